@@ -1,0 +1,30 @@
+# Shared set-up for ./scripts/test and ./scripts/demo: makes sure the tools the local stack needs are present,
+# installing them when they are not (a fresh machine has only the Rust toolchain).
+
+need_node() {
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    echo "==> installing Node.js and npm (needed to run Azurite)"
+    if [ "$(id -u)" = 0 ]; then
+      apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null
+    else
+      sudo apt-get update -qq && sudo apt-get install -y -qq nodejs npm >/dev/null
+    fi
+  fi
+  local major
+  major=$(node -p 'process.versions.node.split(".")[0]')
+  if [ "$major" -lt 18 ]; then
+    echo "Node.js $major is too old for Azurite 3.35 (needs 18 or newer); install Node.js 20." >&2
+    exit 1
+  fi
+}
+
+# Installs node_modules from package-lock.json unless they are already current.
+need_azurite() {
+  need_node
+  local stamp=node_modules/.installed-lock
+  if [ ! -f node_modules/azurite/dist/src/azurite.js ] || ! cmp -s package-lock.json "$stamp"; then
+    echo "==> installing Azurite (npm ci)"
+    npm ci --no-audit --no-fund --loglevel=error
+    cp package-lock.json "$stamp"
+  fi
+}

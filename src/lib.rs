@@ -1,0 +1,18 @@
+//! fhir-migration-tool: continuously copies FHIR data from Azure API for FHIR (or an AHDS FHIR service) into an
+//! Azure Health Data Services FHIR service, by rounds of `$export` on the source and incremental `$import` on
+//! the destination, until the operator cuts over. It runs as an Azure Functions custom handler.
+//!
+//! Layout:
+//! - [`config`]: typed settings (`AZURE_*` names of the original tool), validated once at start-up.
+//! - [`app`]: the adapters built from the settings, shared by every function and CLI command.
+//! - [`functions`]: the custom-handler HTTP surface; one thin handler per Azure Function folder.
+//! - [`storage`]: Table storage (state, ETag-guarded) and Blob storage (`$import` payloads).
+//! - [`secret`]: a wrapper that keeps keys and tokens out of logs.
+//! - [`logging`]: stdout logging (the host treats stderr as errors).
+
+pub mod app;
+pub mod config;
+pub mod functions;
+pub mod logging;
+pub mod secret;
+pub mod storage;

@@ -1,0 +1,157 @@
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use crate::{HarnessError, free_port, poll_until, workspace_root};
+
+/// Azurite's well-known development account (public, documented by Microsoft; not a secret).
+pub const DEV_ACCOUNT: &str = "devstoreaccount1";
+/// Azurite's well-known development account key (public, documented by Microsoft; not a secret).
+pub const DEV_KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+/// How long Azurite gets to answer after it starts; it needs about 1 s on an idle machine and more under a
+/// parallel `cargo build`, so the deadline is generous and the poll returns as soon as it is up.
+const READY_DEADLINE: Duration = Duration::from_secs(60);
+/// How many times to retry with fresh ports when another process took a port between choosing and binding.
+const START_ATTEMPTS: u32 = 3;
+
+static INSTANCE: AtomicU32 = AtomicU32::new(0);
+
+/// A running Azurite with in-memory persistence on loopback ports chosen at start. Dropping it kills the
+/// process; isolate tests by giving each its own table and container names (or its own `Azurite`).
+pub struct Azurite {
+    child: Child,
+    blob_port: u16,
+    table_port: u16,
+    log: PathBuf,
+}
+
+impl Azurite {
+    /// Starts Azurite and returns once both the Blob and the Table endpoints answer HTTP.
+    pub async fn start() -> Result<Azurite, HarnessError> {
+        let mut last_error = None;
+        for _ in 0..START_ATTEMPTS {
+            match Self::start_once().await {
+                Ok(azurite) => return Ok(azurite),
+                // A port race makes Azurite exit early; choose new ports and try again.
+                Err(err @ HarnessError::AzuriteExited { .. }) => last_error = Some(err),
+                Err(other) => return Err(other),
+            }
+        }
+        Err(last_error.expect("at least one attempt ran"))
+    }
+
+    async fn start_once() -> Result<Azurite, HarnessError> {
+        let root = workspace_root();
+        let entry = root.join("node_modules/azurite/dist/src/azurite.js");
+        if !entry.exists() {
+            return Err(HarnessError::AzuriteMissing(entry));
+        }
+        let (blob_port, queue_port, table_port) = (free_port()?, free_port()?, free_port()?);
+        let n = INSTANCE.fetch_add(1, Ordering::SeqCst);
+        let workdir = std::env::temp_dir().join(format!("fhir-testkit-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&workdir)?;
+        let log = workdir.join("azurite.log");
+        let out = File::create(&log)?;
+
+        let child = Command::new("node")
+            .arg(root.join("scripts/azurite-supervised.cjs"))
+            .args([
+                "--silent",
+                "--disableTelemetry",
+                "--skipApiVersionCheck",
+                "--inMemoryPersistence",
+            ])
+            .args(["--extentMemoryLimit", "256"])
+            .args(["--blobHost", "127.0.0.1", "--blobPort", &blob_port.to_string()])
+            .args(["--queueHost", "127.0.0.1", "--queuePort", &queue_port.to_string()])
+            .args(["--tableHost", "127.0.0.1", "--tablePort", &table_port.to_string()])
+            .env("AZURITE_PARENT_PID", std::process::id().to_string())
+            .current_dir(&workdir)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .map_err(HarnessError::NodeMissing)?;
+        let mut azurite = Azurite {
+            child,
+            blob_port,
+            table_port,
+            log,
+        };
+        azurite.wait_ready().await?;
+        Ok(azurite)
+    }
+
+    async fn wait_ready(&mut self) -> Result<(), HarnessError> {
+        let http = reqwest::Client::new();
+        for (what, url) in [
+            ("blob", format!("http://127.0.0.1:{}/", self.blob_port)),
+            ("table", format!("http://127.0.0.1:{}/", self.table_port)),
+        ] {
+            let child = &mut self.child;
+            let log = self.log.clone();
+            let ready = poll_until(what, READY_DEADLINE, Duration::from_millis(50), || {
+                let exited = child.try_wait().ok().flatten();
+                let request = http.get(&url).send();
+                async move {
+                    if let Some(status) = exited {
+                        return Some(Err(status.to_string()));
+                    }
+                    // Any HTTP answer (even 400) means the listener is up.
+                    request.await.ok().map(|_| Ok(()))
+                }
+            })
+            .await;
+            match ready {
+                Ok(Ok(())) => {}
+                Ok(Err(status)) => return Err(HarnessError::AzuriteExited { status, log }),
+                Err(_) => {
+                    return Err(HarnessError::AzuriteNotReady {
+                        what: what.to_string(),
+                        log,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `http://127.0.0.1:<port>/devstoreaccount1` (path-style, no trailing slash: Azurite rejects `//`).
+    pub fn blob_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/{DEV_ACCOUNT}", self.blob_port)
+    }
+
+    /// `http://127.0.0.1:<port>/devstoreaccount1`.
+    pub fn table_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/{DEV_ACCOUNT}", self.table_port)
+    }
+
+    /// A storage connection string for this instance, in the form Azure portals hand out.
+    pub fn connection_string(&self) -> String {
+        format!(
+            "DefaultEndpointsProtocol=http;AccountName={DEV_ACCOUNT};AccountKey={DEV_KEY};BlobEndpoint={};TableEndpoint={};",
+            self.blob_endpoint(),
+            self.table_endpoint()
+        )
+    }
+
+    /// Where Azurite's stdout and stderr go, for diagnosing a failed test.
+    pub fn log_path(&self) -> &std::path::Path {
+        &self.log
+    }
+
+    /// The process id, so a test can prove the process is gone after drop.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Azurite {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

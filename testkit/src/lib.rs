@@ -1,0 +1,52 @@
+//! Test harness shared by the workspace's integration tests.
+//!
+//! Layout:
+//! - [`Azurite`]: a real Azurite (Blob + Table) on free loopback ports, killed when dropped — and, through
+//!   `scripts/azurite-supervised.cjs`, also when the test process dies without running destructors.
+//! - [`HandlerProcess`]: the real `fhir-migration-tool serve` process, driven as the Functions host drives it.
+//! - [`poll_until`]: wait for a condition with a deadline instead of sleeping and hoping.
+//! - [`free_port`]: a loopback port nobody is listening on right now.
+//!
+//! The harness never mocks storage: every storage test talks to Azurite over HTTP exactly as the tool talks to
+//! Azure Storage in production.
+
+mod azurite;
+mod handler;
+mod poll;
+
+pub use azurite::{Azurite, DEV_ACCOUNT, DEV_KEY};
+pub use handler::{HandlerProcess, http_payload, timer_payload};
+pub use poll::{PollTimeout, poll_until};
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+
+/// Errors the harness reports; each says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    #[error("Azurite is not installed at {0}: run `npm ci` at the repository root (./scripts/test does this for you)")]
+    AzuriteMissing(PathBuf),
+    #[error("could not start `node` for Azurite: {0} (install Node.js 20; ./scripts/test checks for it)")]
+    NodeMissing(std::io::Error),
+    #[error("Azurite exited during start-up ({status}); its output is in {log}")]
+    AzuriteExited { status: String, log: PathBuf },
+    #[error("Azurite did not answer on {what} in time; its output is in {log}")]
+    AzuriteNotReady { what: String, log: PathBuf },
+    #[error("local I/O failed while starting the test stack: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The workspace root (where `package.json` and `node_modules/` live).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("testkit lives one level below the workspace root")
+        .to_path_buf()
+}
+
+/// A loopback port that was free a moment ago. Callers that hand it to another process must retry on
+/// "address in use", since another test may grab the same port in between.
+pub fn free_port() -> std::io::Result<u16> {
+    let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    Ok(listener.local_addr()?.port())
+}

@@ -1,0 +1,144 @@
+//! The real `fhir-migration-tool serve` process, driven by the harness the way the Azure Functions host drives it.
+
+use std::path::Path;
+use std::process::Command;
+
+use fhir_migration_tool::functions::{FUNCTIONS, Trigger};
+use fhir_testkit::{Azurite, HandlerProcess, free_port, http_payload, timer_payload as host_timer};
+use serde_json::{Value, json};
+
+use crate::support::{azurite, table_service, unique_name};
+
+const NOW: &str = "2026-11-26T07:40:45.004275Z";
+
+async fn start(azurite: &Azurite, chunk: &str, export: &str) -> HandlerProcess {
+    let settings = [
+        ("AzureWebJobsStorage", azurite.connection_string()),
+        ("AZURE_ChunkTableName", chunk.to_string()),
+        ("AZURE_ExportTableName", export.to_string()),
+    ];
+    HandlerProcess::start(Path::new(env!("CARGO_BIN_EXE_fhir-migration-tool")), &settings, None)
+        .await
+        .expect("the handler starts and answers GET /")
+}
+
+fn timer_payload(function: &str, binding: &str) -> Value {
+    host_timer(function, binding, NOW, false)
+}
+
+#[tokio::test]
+async fn timer_tick_creates_the_state_tables_and_reports_through_logs() {
+    let azurite = azurite().await;
+    let (chunk, export) = (unique_name("chunk"), unique_name("export"));
+    let handler = start(&azurite, &chunk, &export).await;
+
+    let resp = handler
+        .invoke(
+            "MigrationOrchestrator",
+            &timer_payload("MigrationOrchestrator", "myTimer"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    let log = body["Logs"][0].as_str().unwrap();
+    assert!(
+        log.contains("2026-11-26T07:40:45") && log.contains(&chunk) && log.contains(&export),
+        "{log}"
+    );
+    assert!(body["Outputs"].as_object().unwrap().is_empty());
+
+    // Both tables now exist: a row can be written to each.
+    let service = table_service(&azurite);
+    for name in [&chunk, &export] {
+        let table = service.table(name).unwrap();
+        table
+            .upsert(&fhir_migration_tool::storage::tables::Entity::new("p", "r").unwrap())
+            .await
+            .unwrap();
+    }
+    // A second (or past-due) tick is harmless.
+    let late = host_timer("MigrationOrchestrator", "myTimer", NOW, true);
+    assert_eq!(
+        handler.invoke("MigrationOrchestrator", &late).await.unwrap().status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn every_listed_function_is_routed_and_unknown_ones_get_a_json_404() {
+    let azurite = azurite().await;
+    let handler = start(&azurite, &unique_name("chunk"), &unique_name("export")).await;
+    for spec in FUNCTIONS {
+        let payload = match spec.trigger {
+            Trigger::Timer { binding, .. } => timer_payload(spec.name, binding),
+            Trigger::Http { binding, .. } => http_payload(spec.name, binding, "GET", json!({}), None),
+        };
+        let resp = handler.invoke(spec.name, &payload).await.unwrap();
+        assert_eq!(
+            resp.status(),
+            200,
+            "{} answered {}",
+            spec.name,
+            resp.text().await.unwrap()
+        );
+    }
+
+    let resp = handler
+        .invoke("NoSuchFunction", &json!({"Data": {}, "Metadata": {}}))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("MigrationOrchestrator"),
+        "{body}"
+    );
+
+    // A payload missing its trigger binding fails the invocation visibly (non-2xx), with the reason.
+    let resp = handler
+        .invoke("MigrationOrchestrator", &json!({"Data": {}, "Metadata": {}}))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 500);
+    let body: Value = resp.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("myTimer"), "{body}");
+}
+
+#[tokio::test]
+async fn listens_on_loopback_only() {
+    let azurite = azurite().await;
+    let handler = start(&azurite, &unique_name("chunk"), &unique_name("export")).await;
+    // /proc/net/tcp lists listening sockets as hex "address:port" with state 0A; 0100007F is 127.0.0.1.
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let wanted = format!(":{:04X}", handler.port());
+    let listening: Vec<_> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let cols: Vec<_> = l.split_whitespace().collect();
+            (cols.get(3) == Some(&"0A") && cols[1].ends_with(&wanted)).then(|| cols[1].to_string())
+        })
+        .collect();
+    assert_eq!(listening, [format!("0100007F{wanted}")]);
+    let v6 = std::fs::read_to_string("/proc/net/tcp6").unwrap_or_default();
+    assert!(
+        !v6.lines().any(|l| l.contains(&wanted) && l.contains(" 0A ")),
+        "must not listen on IPv6 any"
+    );
+}
+
+#[tokio::test]
+async fn refuses_to_start_without_storage_and_says_why_on_stdout() {
+    let out = Command::new(env!("CARGO_BIN_EXE_fhir-migration-tool"))
+        .arg("serve")
+        .env_clear()
+        .env("FUNCTIONS_CUSTOMHANDLER_PORT", free_port().unwrap().to_string())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("no storage account configured"), "{stdout}");
+    // The host logs every stderr line as an Error; the handler writes nothing there.
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -1,0 +1,9 @@
+//! Integration tests, one binary (one link) for all of them. Storage tests run against a real Azurite started by
+//! the harness on free ports; the handler tests start the real binary and play the Functions host.
+
+mod blobs;
+mod handler;
+mod layout;
+mod router;
+mod support;
+mod tables;

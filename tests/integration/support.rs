@@ -1,0 +1,56 @@
+//! Helpers shared by the integration tests.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use fhir_migration_tool::config::{Settings, SettingsSource};
+use fhir_migration_tool::storage::StorageCredential;
+use fhir_migration_tool::storage::tables::{TableClient, TableService};
+use fhir_testkit::Azurite;
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A table or container name no other test in this run uses (letters and digits only, valid for both).
+pub fn unique_name(prefix: &str) -> String {
+    format!("{prefix}{}x{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst))
+}
+
+pub async fn azurite() -> Azurite {
+    Azurite::start().await.expect("Azurite starts (run `npm ci` first)")
+}
+
+/// Settings pointing at `azurite`, with table names of their own.
+pub fn settings_for(azurite: &Azurite) -> Settings {
+    let mut source = SettingsSource::default();
+    source.extend([
+        ("AZURE_StorageConnectionString", azurite.connection_string()),
+        ("AZURE_ChunkTableName", unique_name("chunk")),
+        ("AZURE_ExportTableName", unique_name("export")),
+    ]);
+    Settings::from_source(&source).expect("test settings are valid")
+}
+
+pub fn table_service(azurite: &Azurite) -> TableService {
+    let settings = settings_for(azurite);
+    let credential = settings.storage.credential().unwrap();
+    TableService::new(
+        settings.storage.table_endpoint().clone(),
+        credential,
+        reqwest::Client::new(),
+    )
+}
+
+pub fn table_service_with(azurite: &Azurite, credential: StorageCredential) -> TableService {
+    let settings = settings_for(azurite);
+    TableService::new(
+        settings.storage.table_endpoint().clone(),
+        credential,
+        reqwest::Client::new(),
+    )
+}
+
+/// A fresh, created table.
+pub async fn new_table(service: &TableService) -> TableClient {
+    let table = service.table(&unique_name("t")).unwrap();
+    table.create_if_missing().await.unwrap();
+    table
+}

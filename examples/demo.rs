@@ -127,7 +127,7 @@ async fn start_emulator(flavor: Flavor) -> Result<fhir_emulator::RunningEmulator
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| e.to_string())?;
-    spawn(EmulatorConfig { flavor, base_url: None }, listener)
+    spawn(EmulatorConfig::quick(flavor), listener)
         .await
         .map_err(|e| e.to_string())
 }

@@ -1,122 +1,151 @@
 //! fhir-emulator: a local stand-in for Azure API for FHIR ("aapi", the migration source) and the Azure Health
-//! Data Services FHIR service ("ahds", the destination), behaving on the wire as the real servers do
-//! (see `shared/reference/azure-fhir-bulk-api.md`).
+//! Data Services FHIR service ("ahds", the destination), behaving on the wire as the real servers do, item by
+//! item, as described in `shared/reference/azure-fhir-bulk-api.md` (§10 is the checklist; emulator/README.md
+//! maps each item to its test).
 //!
 //! Layout:
-//! - [`Flavor`] and [`EmulatorConfig`]: which product to imitate and how.
-//! - [`spawn`]: start an emulator on a listener (port 0 in tests) and get a handle that stops it on drop.
-//!
-//! This is the skeleton the emulator issue builds out (store, search, history, `$export`, `$import`, auth,
-//! faults); today it answers the capability statement so the local stack can be started and probed.
+//! - [`config`]: flavor (E-1), cancel semantics (E-2), timings, storage (E-4), token checking.
+//! - [`faults`]: fault injection (E-3), switchable at run time through `/_admin/faults`.
+//! - [`store`]: the versioned resource store and the incremental-import merge rules.
+//! - `routes/`: one module per operation family (crud, search, history, export, import, reindex, admin), each
+//!   owning its handlers; `middleware` adds request ids, throttling faults and token checks to all of them.
+//! - [`spawn`]: start an emulator on a listener (port 0 in tests); the handle stops it when dropped.
+
+pub mod blob;
+pub mod config;
+pub mod faults;
+mod middleware;
+pub mod outcome;
+pub mod resource_types;
+mod routes;
+pub mod seed;
+pub mod store;
+pub mod time;
+pub mod wire;
+pub mod writer;
+
+pub use config::{AuthConfig, CancelMode, EmulatorConfig, Flavor};
+pub use faults::{Faults, JobFailure};
+pub use middleware::test_token;
+pub use store::Store;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
-use axum::Router;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{Semaphore, watch};
 
-/// Which Azure product the emulator imitates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Flavor {
-    /// Azure API for FHIR (Gen1): the migration source; `$import` is not available.
-    Aapi,
-    /// Azure Health Data Services FHIR service (Gen2): the destination; `$import` is available.
-    Ahds,
+use crate::blob::BlobClient;
+use crate::faults::RequestCounter;
+
+/// Everything one emulator instance shares between requests and background jobs.
+pub(crate) struct Shared {
+    pub config: EmulatorConfig,
+    pub base_url: String,
+    pub store: Store,
+    pub blob: Option<BlobClient>,
+    pub faults: Mutex<Faults>,
+    pub requests: RequestCounter,
+    /// One id sequence for every job and sub-job, like the servers' job queue.
+    next_job: AtomicU64,
+    pub exports: Mutex<routes::export::ExportJobs>,
+    pub imports: Mutex<routes::import::ImportJobs>,
+    pub reindex: Mutex<routes::reindex::ReindexJobs>,
+    pub import_slots: Option<Arc<Semaphore>>,
+    /// Flips to true when the emulator stops, so background jobs end with it.
+    pub stopping: watch::Receiver<bool>,
 }
 
-impl Flavor {
-    pub fn name(self) -> &'static str {
-        match self {
-            Flavor::Aapi => "aapi",
-            Flavor::Ahds => "ahds",
-        }
+impl Shared {
+    pub fn next_job_id(&self) -> u64 {
+        self.next_job.fetch_add(1, Ordering::SeqCst)
+    }
+
+    pub fn faults(&self) -> std::sync::MutexGuard<'_, Faults> {
+        self.faults.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-#[derive(Debug, Clone)]
-pub struct EmulatorConfig {
-    pub flavor: Flavor,
-    /// The base URL clients use (it appears in `Content-Location` and manifests). `None`: derived from the
-    /// listener address.
-    pub base_url: Option<String>,
-}
+pub(crate) type App = Arc<Shared>;
 
-/// A running emulator. Dropping it stops the server.
+/// A running emulator. Dropping it stops the server and its background jobs.
 pub struct RunningEmulator {
     pub addr: SocketAddr,
     pub base_url: String,
-    _stop: oneshot::Sender<()>,
+    shared: App,
+    _stop: watch::Sender<bool>,
+}
+
+impl RunningEmulator {
+    /// The emulator's store, for seeding and for comparing two servers in tests.
+    pub fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    /// Replaces the faults in force (the same as `PUT /_admin/faults`).
+    pub fn set_faults(&self, faults: Faults) {
+        *self.shared.faults() = faults;
+    }
 }
 
 /// Serves the emulator on `listener` until the returned handle is dropped.
 pub async fn spawn(config: EmulatorConfig, listener: TcpListener) -> std::io::Result<RunningEmulator> {
+    spawn_with_store(config, listener, Store::new()).await
+}
+
+/// Like [`spawn`], serving an existing store (a seeded dataset, or one shared with another test step).
+pub async fn spawn_with_store(
+    config: EmulatorConfig,
+    listener: TcpListener,
+    store: Store,
+) -> std::io::Result<RunningEmulator> {
     let addr = listener.local_addr()?;
-    let base_url = config.base_url.clone().unwrap_or_else(|| format!("http://{addr}"));
-    let (stop, stopped) = oneshot::channel::<()>();
-    let app = router(config);
+    let base_url = config
+        .base_url
+        .clone()
+        .map(|u| u.trim_end_matches('/').to_string())
+        .unwrap_or_else(|| format!("http://{addr}"));
+    let blob = match &config.blob {
+        Some(b) => {
+            Some(BlobClient::new(b.clone()).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?)
+        }
+        None => None,
+    };
+    let (stop, stopping) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        import_slots: config.import_concurrency.map(|n| Arc::new(Semaphore::new(n.max(1)))),
+        config,
+        base_url: base_url.clone(),
+        store,
+        blob,
+        faults: Mutex::new(Faults::default()),
+        requests: RequestCounter::default(),
+        next_job: AtomicU64::new(1000),
+        exports: Mutex::default(),
+        imports: Mutex::default(),
+        reindex: Mutex::default(),
+        stopping: stopping.clone(),
+    });
+    let app = routes::router(shared.clone());
+    let mut stopped = stopping;
     tokio::spawn(async move {
         let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
+            .with_graceful_shutdown(async move {
+                let _ = stopped.wait_for(|s| *s).await;
             })
             .await;
     });
     Ok(RunningEmulator {
         addr,
         base_url,
+        shared,
         _stop: stop,
     })
 }
 
-pub fn router(config: EmulatorConfig) -> Router {
-    let flavor = config.flavor;
-    Router::new()
-        .route("/metadata", get(move || capability_statement(flavor)))
-        .fallback(not_implemented)
-}
-
-fn fhir_json(status: StatusCode, body: serde_json::Value) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/fhir+json; charset=utf-8")],
-        body.to_string(),
-    )
-        .into_response()
-}
-
-async fn capability_statement(flavor: Flavor) -> Response {
-    let import = matches!(flavor, Flavor::Ahds);
-    let mut operations =
-        vec![json!({ "name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export" })];
-    if import {
-        operations.push(
-            json!({ "name": "import", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/import" }),
-        );
+impl Drop for RunningEmulator {
+    fn drop(&mut self) {
+        let _ = self._stop.send(true);
     }
-    fhir_json(
-        StatusCode::OK,
-        json!({
-            "resourceType": "CapabilityStatement",
-            "status": "active",
-            "kind": "instance",
-            "fhirVersion": "4.0.1",
-            "format": ["application/fhir+json"],
-            "software": { "name": format!("fhir-emulator ({})", flavor.name()), "version": env!("CARGO_PKG_VERSION") },
-            "rest": [{ "mode": "server", "operation": operations }]
-        }),
-    )
-}
-
-async fn not_implemented() -> Response {
-    fhir_json(
-        StatusCode::NOT_FOUND,
-        json!({
-            "resourceType": "OperationOutcome",
-            "issue": [{ "severity": "error", "code": "not-found", "diagnostics": "This route is not emulated yet." }]
-        }),
-    )
 }

@@ -1,0 +1,91 @@
+//! Fault injection (E-3), switchable at run time through `GET/PUT /_admin/faults`, so a test can start a
+//! throttling storm mid-migration and end it again.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+/// The faults in force. Every field defaults to "off".
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Faults {
+    /// Answer every N-th request (admin routes excepted) with 429, `Retry-After` and `x-ms-retry-after-ms`.
+    pub throttle_every: Option<u64>,
+    /// The delay those 429s advertise.
+    pub retry_after_ms: Option<u64>,
+    /// The next `count` export jobs fail with this status and reason.
+    pub export_failure: Option<JobFailure>,
+    /// The next `count` import processing units fail with this status and reason.
+    pub import_unit_failure: Option<JobFailure>,
+    /// After an export first reports 200, its next status call answers 202 once.
+    pub export_status_flap: bool,
+    /// Every import status call is delayed this long (the real server may take up to 60 s).
+    pub import_status_delay_ms: u64,
+    /// aapi search and history pages: every other page comes back empty, still with a `next` link.
+    pub empty_pages: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobFailure {
+    pub status: u16,
+    pub reason: String,
+    /// How many jobs (or units) it applies to; `None`: all until switched off.
+    #[serde(default)]
+    pub count: Option<u32>,
+}
+
+impl Faults {
+    /// Consumes one use of a counted failure; returns the failure to apply, if any.
+    pub fn take(slot: &mut Option<JobFailure>) -> Option<JobFailure> {
+        let failure = slot.clone()?;
+        match failure.count {
+            Some(n) if n <= 1 => *slot = None,
+            Some(n) => slot.as_mut().expect("present").count = Some(n - 1),
+            None => {}
+        }
+        Some(failure)
+    }
+}
+
+/// Counts requests for `throttle_every`.
+#[derive(Debug, Default)]
+pub struct RequestCounter(AtomicU64);
+
+impl RequestCounter {
+    pub fn next(&self) -> u64 {
+        self.0.fetch_add(1, Ordering::SeqCst) + 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counted_failures_run_out() {
+        let mut slot = Some(JobFailure {
+            status: 429,
+            reason: "RU".into(),
+            count: Some(2),
+        });
+        assert!(Faults::take(&mut slot).is_some());
+        assert!(Faults::take(&mut slot).is_some());
+        assert!(Faults::take(&mut slot).is_none());
+        let mut forever = Some(JobFailure {
+            status: 500,
+            reason: "x".into(),
+            count: None,
+        });
+        for _ in 0..5 {
+            assert!(Faults::take(&mut forever).is_some());
+        }
+    }
+
+    #[test]
+    fn faults_parse_from_partial_json() {
+        let f: Faults = serde_json::from_str(r#"{"throttleEvery": 3}"#).unwrap();
+        assert_eq!(f.throttle_every, Some(3));
+        assert!(!f.export_status_flap);
+    }
+}

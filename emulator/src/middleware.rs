@@ -1,0 +1,207 @@
+//! What every request goes through, outermost first: a request id (and OperationOutcome rendering, which needs
+//! it), injected throttling (E-3, item 63), and token checks (items 61–62).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use serde_json::Value;
+
+use crate::App;
+use crate::outcome::{FHIR_JSON, FhirError, IssueCode, PendingOutcome};
+
+/// The id of the current request (Bundle ids and OperationOutcome ids use it).
+#[derive(Clone)]
+pub struct RequestId(pub String);
+
+/// Assigns `X-Request-Id`, echoes a client's own id as `X-Correlation-Id`, and renders error bodies.
+pub async fn request_context(mut request: Request, next: Next) -> Response {
+    static COUNTER: AtomicU64 = AtomicU64::new(1);
+    let id = format!(
+        "{:016x}{:016x}",
+        std::process::id() as u64 * 7919,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    let client_id = request.headers().get("x-request-id").cloned();
+    request.extensions_mut().insert(RequestId(id.clone()));
+    let mut response = next.run(request).await;
+    if let Some(PendingOutcome(error)) = response.extensions_mut().remove::<PendingOutcome>() {
+        let headers = std::mem::take(response.headers_mut());
+        let content_type = if error.code == IssueCode::Throttled {
+            "application/json; charset=utf-8"
+        } else {
+            FHIR_JSON
+        };
+        response = (
+            error.status,
+            [(header::CONTENT_TYPE, content_type)],
+            error.body(&id).to_string(),
+        )
+            .into_response();
+        for (name, value) in headers {
+            if let Some(name) = name
+                && name != header::CONTENT_TYPE
+                && name != header::CONTENT_LENGTH
+            {
+                response.headers_mut().insert(name, value);
+            }
+        }
+    } else if matches!(
+        response.status(),
+        StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED
+    ) && response.headers().get(header::CONTENT_TYPE).is_none()
+    {
+        // Router-level misses get the server's OperationOutcome too.
+        let error = if response.status() == StatusCode::METHOD_NOT_ALLOWED {
+            FhirError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                IssueCode::NotSupported,
+                "The requested route was not found.",
+            )
+        } else {
+            FhirError::not_found("The requested route was not found.")
+        };
+        response = (
+            error.status,
+            [(header::CONTENT_TYPE, FHIR_JSON)],
+            error.body(&id).to_string(),
+        )
+            .into_response();
+    }
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    if let Some(client) = client_id {
+        response.headers_mut().insert("x-correlation-id", client);
+    }
+    response
+}
+
+/// Answers every N-th request with 429 while the `throttleEvery` fault is on. Admin routes are exempt, so a
+/// test can always switch the storm off.
+pub async fn throttle(State(app): State<App>, request: Request, next: Next) -> Response {
+    if request.uri().path().starts_with("/_admin") {
+        return next.run(request).await;
+    }
+    let (every, delay_ms) = {
+        let faults = app.faults();
+        (faults.throttle_every, faults.retry_after_ms.unwrap_or(1000))
+    };
+    let n = app.requests.next();
+    if every.is_some_and(|e| e > 0 && n % e == 0) {
+        let diagnostics = match app.config.flavor {
+            crate::Flavor::Aapi => {
+                "The request rate has exceeded the maximum API request rate and is being throttled. Please try again later."
+            }
+            crate::Flavor::Ahds => "The maximum number of concurrent API calls on this instance was reached.",
+        };
+        return FhirError::new(StatusCode::TOO_MANY_REQUESTS, IssueCode::Throttled, diagnostics)
+            .with_header("retry-after", delay_ms.div_ceil(1000).max(1).to_string())
+            .with_header("x-ms-retry-after-ms", delay_ms.to_string())
+            .into_response();
+    }
+    next.run(request).await
+}
+
+/// The data action a request needs (reference §8).
+fn required_action(method: &Method, path: &str) -> Option<&'static str> {
+    if path.starts_with("/_admin") || path == "/metadata" {
+        return None;
+    }
+    Some(
+        if path.ends_with("/$export") || path.starts_with("/_operations/export") {
+            "export"
+        } else if path.ends_with("/$import") || path.starts_with("/_operations/import") {
+            "import"
+        } else if path.ends_with("/$reindex") || path.starts_with("/_operations/reindex") {
+            "reindex"
+        } else if method == Method::GET || method == Method::HEAD {
+            "read"
+        } else {
+            "write"
+        },
+    )
+}
+
+/// The actions an Azure role or an action name grants.
+fn grants(role: &str) -> &'static [&'static str] {
+    match role {
+        "FHIR Data Reader" | "read" => &["read"],
+        "FHIR Data Writer" => &["read", "write"],
+        "write" => &["write"],
+        "FHIR Data Exporter" => &["read", "export"],
+        "export" => &["export"],
+        "FHIR Data Importer" => &["read", "import"],
+        "import" => &["import"],
+        "reindex" => &["reindex"],
+        "FHIR Data Contributor" | "*" => &["read", "write", "export", "import", "reindex"],
+        _ => &[],
+    }
+}
+
+/// With token checking on: the bearer token's `aud` must be the server URL and its `roles` must grant the
+/// request's action. Signatures are not checked (there is no Entra ID here); tokens are unsigned JWTs whose
+/// payload carries `aud` and `roles`.
+pub async fn authorize(State(app): State<App>, request: Request, next: Next) -> Response {
+    let Some(auth) = &app.config.auth else {
+        return next.run(request).await;
+    };
+    let Some(action) = required_action(request.method(), request.uri().path()) else {
+        return next.run(request).await;
+    };
+    let claims = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(decode_claims);
+    let audience_ok = claims
+        .as_ref()
+        .and_then(|c| c.get("aud"))
+        .and_then(Value::as_str)
+        .is_some_and(|aud| aud.trim_end_matches('/') == app.base_url.trim_end_matches('/'));
+    if !audience_ok {
+        let challenge = format!(
+            "Bearer authorization_uri=\"{}\", resource_id=\"{}\", realm=\"{}\"",
+            auth.authority, app.base_url, app.base_url
+        );
+        return FhirError::new(StatusCode::UNAUTHORIZED, IssueCode::Login, "Authentication failed.")
+            .with_header("www-authenticate", challenge)
+            .into_response();
+    }
+    let roles: Vec<String> = claims
+        .as_ref()
+        .and_then(|c| c.get("roles"))
+        .and_then(Value::as_array)
+        .map(|r| r.iter().filter_map(Value::as_str).map(str::to_string).collect())
+        .unwrap_or_default();
+    if !roles.iter().any(|r| grants(r).contains(&action)) {
+        return FhirError::new(StatusCode::FORBIDDEN, IssueCode::Forbidden, "Authorization failed.").into_response();
+    }
+    next.run(request).await
+}
+
+fn decode_claims(token: &str) -> Option<Value> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// An unsigned JWT for the emulator: `aud` plus `roles`. Tests and the seeder use it when tokens are checked.
+pub fn test_token(audience: &str, roles: &[&str]) -> String {
+    let enc = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let header = enc(&serde_json::json!({ "alg": "none", "typ": "JWT" }));
+    let payload = enc(&serde_json::json!({ "aud": audience, "roles": roles }));
+    format!("{header}.{payload}.")
+}
+
+/// A body-less response helper used by routes that answer 202/204.
+pub fn empty(status: StatusCode) -> Response {
+    (status, Body::empty()).into_response()
+}

@@ -1,0 +1,92 @@
+//! Emulator-only administration (no Azure equivalent): switch faults at run time, load historical data with
+//! its own versionId and lastUpdated (how the seeder writes history into an aapi source, which has no
+//! `$import`), and read store statistics. Not subject to throttling or token checks.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+
+use crate::App;
+use crate::faults::Faults;
+use crate::outcome::{FhirError, FhirResult, plain_json};
+use crate::store::{ImportOptions, LineOutcome, parse_import_line};
+use crate::time::now_ms;
+
+pub fn router() -> Router<App> {
+    Router::new()
+        .route("/faults", get(get_faults).put(put_faults))
+        .route("/load", post(load))
+        .route("/stats", get(stats))
+}
+
+async fn get_faults(State(app): State<App>) -> Response {
+    plain_json(
+        StatusCode::OK,
+        &serde_json::to_value(app.faults().clone()).unwrap_or_default(),
+    )
+}
+
+async fn put_faults(State(app): State<App>, body: Bytes) -> FhirResult<Response> {
+    let faults: Faults =
+        serde_json::from_slice(&body).map_err(|e| FhirError::bad_request(format!("Invalid faults: {e}")))?;
+    *app.faults() = faults.clone();
+    Ok(plain_json(
+        StatusCode::OK,
+        &serde_json::to_value(faults).unwrap_or_default(),
+    ))
+}
+
+/// NDJSON in, merged with the incremental-import rules (negative versions allowed), counts out.
+async fn load(State(app): State<App>, body: Bytes) -> FhirResult<Response> {
+    let opts = ImportOptions {
+        allow_negative_versions: true,
+        input_type: None,
+        now: now_ms(),
+    };
+    let text = String::from_utf8_lossy(&body);
+    let mut errors = Vec::new();
+    let mut lines = Vec::new();
+    for (i, raw) in text
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+    {
+        match parse_import_line(raw, i + 1, &opts) {
+            // The seeder also loads custom SearchParameters, which $import refuses but a server stores.
+            Err(e) if e.starts_with("SearchParameter") => lines.push(search_parameter_line(raw, i + 1, &opts)?),
+            Ok(line) => lines.push(line),
+            Err(e) => errors.push(json!({ "line": i + 1, "error": e })),
+        }
+    }
+    let mut loaded = 0;
+    let mut unchanged = 0;
+    for (line, outcome) in app.store.import_batch(lines, &opts) {
+        match outcome {
+            LineOutcome::Loaded => loaded += 1,
+            LineOutcome::Unchanged => unchanged += 1,
+            LineOutcome::Error(e) => errors.push(json!({ "line": line, "error": e })),
+        }
+    }
+    Ok(plain_json(
+        StatusCode::OK,
+        &json!({ "loaded": loaded, "unchanged": unchanged, "errors": errors }),
+    ))
+}
+
+fn search_parameter_line(raw: &str, line: usize, opts: &ImportOptions) -> FhirResult<crate::store::ImportLine> {
+    let masked = raw.replacen("\"SearchParameter\"", "\"Basic\"", 1);
+    let mut parsed = parse_import_line(&masked, line, opts).map_err(FhirError::bad_request)?;
+    parsed.resource_type = "SearchParameter".into();
+    parsed.body["resourceType"] = json!("SearchParameter");
+    Ok(parsed)
+}
+
+async fn stats(State(app): State<App>) -> impl IntoResponse {
+    let (resources, versions) = app.store.size();
+    plain_json(StatusCode::OK, &json!({ "resources": resources, "versions": versions }))
+}

@@ -8,10 +8,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use fhir_emulator::blob::BlobConfig;
+use fhir_emulator::seed::{SeedParams, generate, load_into};
 use fhir_emulator::{EmulatorConfig, Flavor, spawn};
 use fhir_migration_tool::config::{Settings, SettingsSource};
 use fhir_migration_tool::storage::tables::TableService;
-use fhir_testkit::{Azurite, HandlerProcess, timer_payload};
+use fhir_testkit::{Azurite, DEV_ACCOUNT, DEV_KEY, HandlerProcess, timer_payload};
 use serde_json::Value;
 
 #[tokio::main]
@@ -53,15 +55,31 @@ async fn run() -> Result<(), String> {
         azurite.table_endpoint()
     );
 
-    step("starting the emulated FHIR servers");
-    let source = start_emulator(Flavor::Aapi).await?;
-    let destination = start_emulator(Flavor::Ahds).await?;
+    step("starting the emulated FHIR servers (export/import storage: the Azurite account)");
+    let source = start_emulator(Flavor::Aapi, &azurite).await?;
+    let destination = start_emulator(Flavor::Ahds, &azurite).await?;
     for (role, base) in [
         ("source (Azure API for FHIR)", &source.base_url),
         ("destination (AHDS FHIR service)", &destination.base_url),
     ] {
         let software = capability(base).await?;
         println!("    {role}: {base} answers as {software}");
+    }
+
+    step("seeding the source: 2,000 resources over 30 days, with history and soft deletes");
+    let lines = generate(&SeedParams {
+        resources: 2000,
+        ..SeedParams::default()
+    });
+    let (loaded, errors) = load_into(source.store(), &lines);
+    if !errors.is_empty() {
+        return Err(format!("seeding refused {} lines: {}", errors.len(), errors[0]));
+    }
+    println!("    {loaded} versions loaded");
+    for (role, base) in [("source", &source.base_url), ("destination", &destination.base_url)] {
+        let current = count(&format!("{base}/?_summary=count")).await?;
+        let versions = count(&format!("{base}/_history?_summary=count")).await?;
+        println!("    {role}: {current} current resources, {versions} versions");
     }
 
     step("starting the custom handler as the Functions host would");
@@ -113,8 +131,12 @@ async fn run() -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         println!("    state table '{name}' exists ({} rows)", rows.len());
     }
-    println!("\nverification: PASS — the stack is up and the handler serves its functions end to end.");
-    println!("(The migration engine and verification checks arrive with the next issues; see README.)");
+    println!(
+        "\nverification: PASS — the stack is up, the source is seeded, and the handler serves its functions end to end."
+    );
+    println!(
+        "(The migration engine that moves the data, and the verification checks, arrive with the next issues; see README.)"
+    );
     drop(handler);
     Ok(())
 }
@@ -123,13 +145,32 @@ fn step(what: &str) {
     println!("==> {what}");
 }
 
-async fn start_emulator(flavor: Flavor) -> Result<fhir_emulator::RunningEmulator, String> {
+async fn start_emulator(flavor: Flavor, azurite: &Azurite) -> Result<fhir_emulator::RunningEmulator, String> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| e.to_string())?;
-    spawn(EmulatorConfig::quick(flavor), listener)
+    let blob = BlobConfig {
+        endpoint: url::Url::parse(&azurite.blob_endpoint()).map_err(|e| e.to_string())?,
+        account: DEV_ACCOUNT.to_string(),
+        key: DEV_KEY.to_string(),
+    };
+    let config = EmulatorConfig {
+        blob: Some(blob),
+        ..EmulatorConfig::quick(flavor)
+    };
+    spawn(config, listener).await.map_err(|e| e.to_string())
+}
+
+async fn count(url: &str) -> Result<u64, String> {
+    let body: Value = reqwest::get(url)
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())?;
+    body["total"]
+        .as_u64()
+        .ok_or_else(|| format!("{url} returned no total: {body}"))
 }
 
 async fn capability(base: &str) -> Result<String, String> {

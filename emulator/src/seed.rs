@@ -8,7 +8,7 @@
 
 use serde_json::{Value, json};
 
-use crate::store::{DELETED_STATE_URL, ImportOptions, LineOutcome, Store, parse_import_line};
+use crate::store::{DELETED_STATE_URL, ImportLine, ImportOptions, LineOutcome, Store, parse_import_line};
 use crate::time::{Millis, format_ms, now_ms};
 
 /// The default mix: 18 types, weighted towards clinical data as real servers are.
@@ -266,37 +266,25 @@ fn hostile(start: Millis, span: Millis, rng: &mut Rng) -> Vec<String> {
     ]
 }
 
-/// Loads lines into a store in-process with the incremental-import rules. Returns (loaded, errors).
+/// Loads lines into a store in-process with the incremental-import rules. Returns (loaded, errors). Lines are
+/// parsed a chunk at a time, so a large dataset never exists twice in memory as JSON trees.
 pub fn load_into(store: &Store, lines: &[String]) -> (usize, Vec<String>) {
     let opts = ImportOptions {
         allow_negative_versions: true,
         input_type: None,
         now: now_ms(),
     };
-    let mut parsed = Vec::new();
     let mut errors = Vec::new();
-    for (i, text) in lines.iter().enumerate() {
-        let masked;
-        let (text, search_parameter) = if text.contains("\"resourceType\":\"SearchParameter\"") {
-            masked = text.replacen("\"SearchParameter\"", "\"Basic\"", 1);
-            (masked.as_str(), true)
-        } else {
-            (text.as_str(), false)
-        };
-        match parse_import_line(text, i + 1, &opts) {
-            Ok(mut line) => {
-                if search_parameter {
-                    line.resource_type = "SearchParameter".into();
-                    line.body["resourceType"] = json!("SearchParameter");
-                }
-                parsed.push(line);
-            }
-            Err(e) => errors.push(e),
-        }
-    }
     let mut loaded = 0;
-    for chunk in parsed.chunks(5000) {
-        for (_, outcome) in store.import_batch(chunk.to_vec(), &opts) {
+    for (chunk_no, chunk) in lines.chunks(5000).enumerate() {
+        let mut parsed = Vec::with_capacity(chunk.len());
+        for (i, text) in chunk.iter().enumerate() {
+            match parse_seed_line(text, chunk_no * 5000 + i + 1, &opts) {
+                Ok(line) => parsed.push(line),
+                Err(e) => errors.push(e),
+            }
+        }
+        for (_, outcome) in store.import_batch(parsed, &opts) {
             match outcome {
                 LineOutcome::Error(e) => errors.push(e),
                 _ => loaded += 1,
@@ -304,6 +292,18 @@ pub fn load_into(store: &Store, lines: &[String]) -> (usize, Vec<String>) {
         }
     }
     (loaded, errors)
+}
+
+/// Like an import line, but SearchParameters (which `$import` refuses) are accepted: a server stores them.
+pub(crate) fn parse_seed_line(text: &str, line: usize, opts: &ImportOptions) -> Result<ImportLine, String> {
+    if !text.contains("\"resourceType\":\"SearchParameter\"") {
+        return parse_import_line(text, line, opts);
+    }
+    let masked = text.replacen("\"SearchParameter\"", "\"Basic\"", 1);
+    let mut parsed = parse_import_line(&masked, line, opts)?;
+    parsed.resource_type = "SearchParameter".into();
+    parsed.body["resourceType"] = json!("SearchParameter");
+    Ok(parsed)
 }
 
 #[cfg(test)]

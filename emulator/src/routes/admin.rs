@@ -13,7 +13,7 @@ use serde_json::json;
 use crate::App;
 use crate::faults::Faults;
 use crate::outcome::{FhirError, FhirResult, plain_json};
-use crate::store::{ImportOptions, LineOutcome, parse_import_line};
+use crate::store::{ImportOptions, LineOutcome};
 use crate::time::now_ms;
 
 pub fn router() -> Router<App> {
@@ -56,9 +56,8 @@ async fn load(State(app): State<App>, body: Bytes) -> FhirResult<Response> {
         .filter(|l| !l.trim().is_empty())
         .enumerate()
     {
-        match parse_import_line(raw, i + 1, &opts) {
-            // The seeder also loads custom SearchParameters, which $import refuses but a server stores.
-            Err(e) if e.starts_with("SearchParameter") => lines.push(search_parameter_line(raw, i + 1, &opts)?),
+        // The seeder also loads custom SearchParameters, which $import refuses but a server stores.
+        match crate::seed::parse_seed_line(raw, i + 1, &opts) {
             Ok(line) => lines.push(line),
             Err(e) => errors.push(json!({ "line": i + 1, "error": e })),
         }
@@ -76,14 +75,6 @@ async fn load(State(app): State<App>, body: Bytes) -> FhirResult<Response> {
         StatusCode::OK,
         &json!({ "loaded": loaded, "unchanged": unchanged, "errors": errors }),
     ))
-}
-
-fn search_parameter_line(raw: &str, line: usize, opts: &ImportOptions) -> FhirResult<crate::store::ImportLine> {
-    let masked = raw.replacen("\"SearchParameter\"", "\"Basic\"", 1);
-    let mut parsed = parse_import_line(&masked, line, opts).map_err(FhirError::bad_request)?;
-    parsed.resource_type = "SearchParameter".into();
-    parsed.body["resourceType"] = json!("SearchParameter");
-    Ok(parsed)
 }
 
 async fn stats(State(app): State<App>) -> impl IntoResponse {

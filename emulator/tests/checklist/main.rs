@@ -10,3 +10,4 @@ mod import_kickoff;
 mod roundtrip;
 mod search;
 mod support;
+mod tools;

@@ -302,3 +302,29 @@ async fn crud_batch_and_hard_delete() {
         "hard delete removes history too"
     );
 }
+
+#[tokio::test]
+async fn concurrent_writes_to_one_resource_get_distinct_versions_in_time_order() {
+    let s = server(Flavor::Ahds).await;
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let (http, url) = (s.http.clone(), s.url("Patient/busy"));
+        tasks.push(tokio::spawn(async move {
+            let body = json!({ "resourceType": "Patient", "id": "busy", "birthDate": format!("19{i:02}-01-01") });
+            http.put(url).json(&body).send().await.unwrap().status().as_u16()
+        }));
+    }
+    for t in tasks {
+        assert!(matches!(t.await.unwrap(), 200 | 201));
+    }
+    let resource = s.emu.store().resource("Patient", "busy").unwrap();
+    let versions: Vec<i64> = resource.versions().iter().map(|v| v.version_id).collect();
+    assert_eq!(versions, (1..=40).collect::<Vec<_>>());
+    assert!(
+        resource
+            .versions()
+            .windows(2)
+            .all(|w| w[0].last_updated < w[1].last_updated),
+        "strictly increasing lastUpdated"
+    );
+}

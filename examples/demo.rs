@@ -87,6 +87,8 @@ async fn run() -> Result<(), String> {
         ("AzureWebJobsStorage", azurite.connection_string()),
         ("AZURE_ChunkTableName", "chunk".to_string()),
         ("AZURE_ExportTableName", "export".to_string()),
+        ("AZURE_SourceUri", source.base_url.clone()),
+        ("AZURE_DestinationUri", destination.base_url.clone()),
     ];
     let log = workdir.join("handler.log");
     let handler = HandlerProcess::start(&handler_binary()?, &settings, Some(&log))

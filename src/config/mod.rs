@@ -4,8 +4,12 @@
 //! every problem in one error instead of failing on the first, so an operator fixes a configuration in one go.
 //! The engine issue grows this with every migration setting; this module holds what the handler needs to start.
 
+mod migration;
 mod source;
 
+pub use migration::{
+    ChunkUnit, ClientSecretSettings, DEFAULT_RESOURCE_TYPES, ImportErrorPolicy, MigrationSettings, PauseWindow,
+};
 pub use source::SettingsSource;
 
 use std::fmt;
@@ -25,6 +29,7 @@ pub struct Settings {
     pub chunk_table: String,
     /// `AZURE_ExportTableName`: one row per export/import job (default `export`).
     pub export_table: String,
+    pub migration: MigrationSettings,
 }
 
 /// How the tool reaches its own storage account (state tables and payload blobs).
@@ -87,11 +92,13 @@ impl Settings {
         if chunk_table.eq_ignore_ascii_case(&export_table) {
             problems.push("AZURE_ChunkTableName and AZURE_ExportTableName must name different tables".into());
         }
-        match storage {
-            Some(storage) if problems.is_empty() => Ok(Settings {
+        let migration = MigrationSettings::from_source(source, &mut problems);
+        match (storage, migration) {
+            (Some(storage), Some(migration)) if problems.is_empty() => Ok(Settings {
                 storage,
                 chunk_table,
                 export_table,
+                migration,
             }),
             _ => Err(ConfigError(problems)),
         }
@@ -175,6 +182,10 @@ mod tests {
 
     fn source(pairs: &[(&str, &str)]) -> SettingsSource {
         let mut s = SettingsSource::default();
+        s.extend([
+            ("AZURE_SourceUri", "https://src.example"),
+            ("AZURE_DestinationUri", "https://dst.example"),
+        ]);
         s.extend(pairs.iter().copied());
         s
     }

@@ -81,6 +81,8 @@ fn managed_identity_refuses_plain_http_endpoints() {
         s.extend([
             ("AZURE_StagingStorageUri", "https://sa.table.core.windows.net"),
             ("AZURE_BlobStorageUri", "https://sa.blob.core.windows.net"),
+            ("AZURE_SourceUri", "https://source.example"),
+            ("AZURE_DestinationUri", "https://destination.example"),
         ]);
         s
     })

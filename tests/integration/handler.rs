@@ -16,6 +16,8 @@ async fn start(azurite: &Azurite, chunk: &str, export: &str) -> HandlerProcess {
         ("AzureWebJobsStorage", azurite.connection_string()),
         ("AZURE_ChunkTableName", chunk.to_string()),
         ("AZURE_ExportTableName", export.to_string()),
+        ("AZURE_SourceUri", "https://source.example".to_string()),
+        ("AZURE_DestinationUri", "https://destination.example".to_string()),
     ];
     HandlerProcess::start(Path::new(env!("CARGO_BIN_EXE_fhir-migration-tool")), &settings, None)
         .await

@@ -12,7 +12,11 @@ use tower::ServiceExt;
 /// An app whose storage is never contacted by these requests.
 fn app() -> App {
     let mut source = SettingsSource::default();
-    source.extend([("AzureWebJobsStorage", "UseDevelopmentStorage=true")]);
+    source.extend([
+        ("AzureWebJobsStorage", "UseDevelopmentStorage=true"),
+        ("AZURE_SourceUri", "https://source.example"),
+        ("AZURE_DestinationUri", "https://destination.example"),
+    ]);
     App::build(Settings::from_source(&source).unwrap()).unwrap()
 }
 

@@ -23,6 +23,8 @@ pub fn settings_for(azurite: &Azurite) -> Settings {
     let mut source = SettingsSource::default();
     source.extend([
         ("AZURE_StorageConnectionString", azurite.connection_string()),
+        ("AZURE_SourceUri", "https://source.example".to_string()),
+        ("AZURE_DestinationUri", "https://destination.example".to_string()),
         ("AZURE_ChunkTableName", unique_name("chunk")),
         ("AZURE_ExportTableName", unique_name("export")),
     ]);

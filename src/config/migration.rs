@@ -1,0 +1,613 @@
+//! The migration settings: every `AZURE_*` setting of the original tool (same name, default and meaning), the
+//! spellings its deployment template used, and the settings this tool adds. Parsed into real types and
+//! validated in one pass by [`MigrationSettings::from_source`].
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeDelta, Utc};
+use url::Url;
+
+use super::SettingsSource;
+use crate::secret::Secret;
+
+/// The R4 resource types the tool migrates in per-type mode and checks after migration: all 146 but
+/// `SearchParameter` (copied through the REST API). The original's list also lacked `SubstanceNucleicAcid`.
+pub const DEFAULT_RESOURCE_TYPES: &[&str] = &[
+    "Account",
+    "ActivityDefinition",
+    "AdverseEvent",
+    "AllergyIntolerance",
+    "Appointment",
+    "AppointmentResponse",
+    "AuditEvent",
+    "Basic",
+    "Binary",
+    "BiologicallyDerivedProduct",
+    "BodyStructure",
+    "Bundle",
+    "CapabilityStatement",
+    "CarePlan",
+    "CareTeam",
+    "CatalogEntry",
+    "ChargeItem",
+    "ChargeItemDefinition",
+    "Claim",
+    "ClaimResponse",
+    "ClinicalImpression",
+    "CodeSystem",
+    "Communication",
+    "CommunicationRequest",
+    "CompartmentDefinition",
+    "Composition",
+    "ConceptMap",
+    "Condition",
+    "Consent",
+    "Contract",
+    "Coverage",
+    "CoverageEligibilityRequest",
+    "CoverageEligibilityResponse",
+    "DetectedIssue",
+    "Device",
+    "DeviceDefinition",
+    "DeviceMetric",
+    "DeviceRequest",
+    "DeviceUseStatement",
+    "DiagnosticReport",
+    "DocumentManifest",
+    "DocumentReference",
+    "EffectEvidenceSynthesis",
+    "Encounter",
+    "Endpoint",
+    "EnrollmentRequest",
+    "EnrollmentResponse",
+    "EpisodeOfCare",
+    "EventDefinition",
+    "Evidence",
+    "EvidenceVariable",
+    "ExampleScenario",
+    "ExplanationOfBenefit",
+    "FamilyMemberHistory",
+    "Flag",
+    "Goal",
+    "GraphDefinition",
+    "Group",
+    "GuidanceResponse",
+    "HealthcareService",
+    "ImagingStudy",
+    "Immunization",
+    "ImmunizationEvaluation",
+    "ImmunizationRecommendation",
+    "ImplementationGuide",
+    "InsurancePlan",
+    "Invoice",
+    "Library",
+    "Linkage",
+    "List",
+    "Location",
+    "Measure",
+    "MeasureReport",
+    "Media",
+    "Medication",
+    "MedicationAdministration",
+    "MedicationDispense",
+    "MedicationKnowledge",
+    "MedicationRequest",
+    "MedicationStatement",
+    "MedicinalProduct",
+    "MedicinalProductAuthorization",
+    "MedicinalProductContraindication",
+    "MedicinalProductIndication",
+    "MedicinalProductIngredient",
+    "MedicinalProductInteraction",
+    "MedicinalProductManufactured",
+    "MedicinalProductPackaged",
+    "MedicinalProductPharmaceutical",
+    "MedicinalProductUndesirableEffect",
+    "MessageDefinition",
+    "MessageHeader",
+    "MolecularSequence",
+    "NamingSystem",
+    "NutritionOrder",
+    "Observation",
+    "ObservationDefinition",
+    "OperationDefinition",
+    "OperationOutcome",
+    "Organization",
+    "OrganizationAffiliation",
+    "Parameters",
+    "Patient",
+    "PaymentNotice",
+    "PaymentReconciliation",
+    "Person",
+    "PlanDefinition",
+    "Practitioner",
+    "PractitionerRole",
+    "Procedure",
+    "Provenance",
+    "Questionnaire",
+    "QuestionnaireResponse",
+    "RelatedPerson",
+    "RequestGroup",
+    "ResearchDefinition",
+    "ResearchElementDefinition",
+    "ResearchStudy",
+    "ResearchSubject",
+    "RiskAssessment",
+    "RiskEvidenceSynthesis",
+    "Schedule",
+    "ServiceRequest",
+    "Slot",
+    "Specimen",
+    "SpecimenDefinition",
+    "StructureDefinition",
+    "StructureMap",
+    "Subscription",
+    "Substance",
+    "SubstanceNucleicAcid",
+    "SubstancePolymer",
+    "SubstanceProtein",
+    "SubstanceReferenceInformation",
+    "SubstanceSourceMaterial",
+    "SubstanceSpecification",
+    "SupplyDelivery",
+    "SupplyRequest",
+    "Task",
+    "TerminologyCapabilities",
+    "TestReport",
+    "TestScript",
+    "ValueSet",
+    "VerificationResult",
+    "VisionPrescription",
+];
+
+/// The unit of `AZURE_ExportChunkTime` (`AZURE_ExportChunkDuration`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkUnit {
+    Days,
+    Hours,
+    Minutes,
+}
+
+impl ChunkUnit {
+    pub fn span(self, n: u32) -> TimeDelta {
+        let n = i64::from(n);
+        match self {
+            ChunkUnit::Days => TimeDelta::days(n),
+            ChunkUnit::Hours => TimeDelta::hours(n),
+            ChunkUnit::Minutes => TimeDelta::minutes(n),
+        }
+    }
+}
+
+/// The business-hours pause (`AZURE_PauseDm`/`AZURE_StopDm`, `AZURE_StartTime`, `AZURE_EndTime`): UTC hours,
+/// start inclusive, end exclusive, wrapping past midnight when start > end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PauseWindow {
+    pub start_hour: u32,
+    pub end_hour: u32,
+}
+
+/// What to do when an import finishes with per-line errors (`AZURE_ImportErrorPolicy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportErrorPolicy {
+    /// Record the failed lines (row, telemetry, status) and move on.
+    Continue,
+    /// Stop the migration at that window until an operator clears it.
+    Halt,
+}
+
+/// The source's client-secret credential (`AZURE_ClientCredential`), for a source in another tenant.
+#[derive(Clone)]
+pub struct ClientSecretSettings {
+    pub tenant_id: String,
+    pub client_id: String,
+    pub secret: Secret<String>,
+}
+
+impl std::fmt::Debug for ClientSecretSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ClientSecret {{ tenant_id: {}, client_id: {}, secret: <redacted> }}",
+            self.tenant_id, self.client_id
+        )
+    }
+}
+
+/// Every migration setting, parsed.
+#[derive(Debug, Clone)]
+pub struct MigrationSettings {
+    /// `AZURE_SourceUri`
+    pub source: Url,
+    /// `AZURE_DestinationUri`
+    pub destination: Url,
+    /// `AZURE_StartDate`: the first window's start when the cursor is empty (else the source's oldest resource).
+    pub start_date: Option<DateTime<Utc>>,
+    /// `AZURE_EndDate`, honoured with `AZURE_SpecificRun`.
+    pub end_date: Option<DateTime<Utc>>,
+    pub specific_run: bool,
+    /// `AZURE_ImportMode` (the `$import` mode parameter).
+    pub import_mode: String,
+    pub user_agent: String,
+    pub partition_key: String,
+    pub row_key: String,
+    pub surface_row_key: String,
+    pub deep_row_key: String,
+    pub is_parallel: bool,
+    pub export_chunk_time: u32,
+    pub resource_export_chunk_time: u32,
+    pub chunk_unit: ChunkUnit,
+    /// `AZURE_ChunkLimit`: most resources per window before it is halved (honoured, unlike the original).
+    pub chunk_limit: u64,
+    pub export_with_history: bool,
+    pub export_with_delete: bool,
+    /// `AZURE_IsExportDeidentified` (or the template's `AZURE_ExportDeidentified`) with `AZURE_ConfigFile`.
+    pub deidentify_config: Option<String>,
+    /// `AZURE_MaxCount` + `AZURE_MaxCountValue` (10,000 when the value is 0).
+    pub max_count: Option<u32>,
+    pub pause: Option<PauseWindow>,
+    pub continue_last_import_during_pause: bool,
+    /// `AZURE_MaxExportRetriesEnabled` + `AZURE_MaxExportRetries`.
+    pub max_export_retries: Option<u32>,
+    /// `AZURE_PayloadCount`: most imports running at once.
+    pub payload_count: usize,
+    /// `AZURE_FileCount`: most input files per `$import`.
+    pub file_count: usize,
+    /// `AZURE_ResourceTypes`: replaces the default list (comma-separated or `__0`, `__1`, …).
+    pub resource_types: Vec<String>,
+    pub query_surface: Vec<String>,
+    pub history_delete_query_surface: Vec<String>,
+    pub query_deep: Vec<String>,
+    pub history_delete_query_deep: Vec<String>,
+    pub deep_check_count: u32,
+    /// `AZURE_ScheduleInterval` (minutes): kept for compatibility; polling follows the timer schedules.
+    pub schedule_interval_minutes: f64,
+    pub client_secret: Option<ClientSecretSettings>,
+    /// `AZURE_AuthorityHost`: Entra ID authority for the client-secret credential (sovereign clouds).
+    pub authority_host: Option<Url>,
+    /// `AZURE_ManagedIdentityClientId`: a user-assigned identity for FHIR and storage tokens.
+    pub managed_identity_client_id: Option<String>,
+    /// `AZURE_SafetyLagSeconds`: windows never end later than now minus this (late commits are not missed).
+    pub safety_lag: TimeDelta,
+    /// `AZURE_OverlapExports`: export window N+1 while window N imports.
+    pub overlap_exports: bool,
+    pub import_error_policy: ImportErrorPolicy,
+    /// `AZURE_MaxImportRetries`: attempts per payload before the window counts as failed.
+    pub max_import_retries: u32,
+    pub app_insights_connection_string: Option<Secret<String>>,
+    pub debug: bool,
+}
+
+impl MigrationSettings {
+    /// Parses every migration setting, adding each problem found to `problems`. `None` when the source or
+    /// destination URL is unusable (nothing can run without them).
+    pub fn from_source(source: &SettingsSource, problems: &mut Vec<String>) -> Option<MigrationSettings> {
+        let mut p = Parser { source, problems };
+        let source_uri = p.url("AZURE_SourceUri");
+        let destination_uri = p.url("AZURE_DestinationUri");
+        let start_date = p.date("AZURE_StartDate");
+        let end_date = p.date("AZURE_EndDate");
+        let specific_run = p.flag(&["AZURE_SpecificRun"], false);
+        let chunk_unit = match source.get("AZURE_ExportChunkDuration").unwrap_or("Days") {
+            d if d.eq_ignore_ascii_case("days") => ChunkUnit::Days,
+            d if d.eq_ignore_ascii_case("hours") => ChunkUnit::Hours,
+            d if d.eq_ignore_ascii_case("minutes") => ChunkUnit::Minutes,
+            other => {
+                p.problem(format!(
+                    "AZURE_ExportChunkDuration '{other}' is not Days, Hours or Minutes"
+                ));
+                ChunkUnit::Days
+            }
+        };
+        let deidentified = p.flag(&["AZURE_IsExportDeidentified", "AZURE_ExportDeidentified"], false);
+        let config_file = source.get("AZURE_ConfigFile").map(str::to_string);
+        let is_parallel = p.flag(&["AZURE_IsParallel"], true);
+        let paused = p.flag(&["AZURE_PauseDm", "AZURE_StopDm"], false);
+        let start_hour = p.number("AZURE_StartTime", 8u32);
+        let end_hour = p.number("AZURE_EndTime", 17u32);
+        let max_count_on = p.flag(&["AZURE_MaxCount"], false);
+        let max_count_value = p.number("AZURE_MaxCountValue", 0u32);
+        let retries_on = p.flag(&["AZURE_MaxExportRetriesEnabled"], false);
+        let retries = p.number("AZURE_MaxExportRetries", 5u32);
+        let client_credential = p.flag(&["AZURE_ClientCredential"], false);
+        let export_with_history = p.flag(&["AZURE_ExportWithHistory"], false);
+        let export_with_delete = p.flag(&["AZURE_ExportWithDelete"], false);
+        let import_error_policy = match source.get("AZURE_ImportErrorPolicy").unwrap_or("Continue") {
+            v if v.eq_ignore_ascii_case("continue") => ImportErrorPolicy::Continue,
+            v if v.eq_ignore_ascii_case("halt") => ImportErrorPolicy::Halt,
+            other => {
+                p.problem(format!("AZURE_ImportErrorPolicy '{other}' is not Continue or Halt"));
+                ImportErrorPolicy::Continue
+            }
+        };
+        let settings = MigrationSettings {
+            start_date,
+            end_date,
+            specific_run,
+            import_mode: source.get("AZURE_ImportMode").unwrap_or("IncrementalLoad").to_string(),
+            user_agent: source
+                .get("AZURE_UserAgent")
+                .unwrap_or("fhir-migration-tool")
+                .to_string(),
+            partition_key: p.key("AZURE_PartitionKey", "mypartitionkey"),
+            row_key: p.key("AZURE_RowKey", "myrowkey"),
+            surface_row_key: p.key("AZURE_SurfaceRowKey", "surfacerowkey"),
+            deep_row_key: p.key("AZURE_DeepRowKey", "deeprowkey"),
+            is_parallel,
+            export_chunk_time: p.positive("AZURE_ExportChunkTime", 30),
+            resource_export_chunk_time: p.positive("AZURE_ResourceExportChunkTime", 30),
+            chunk_unit,
+            chunk_limit: p.number("AZURE_ChunkLimit", 100_000_000u64).max(1),
+            export_with_history,
+            export_with_delete,
+            deidentify_config: None,
+            max_count: max_count_on.then_some(if max_count_value == 0 { 10_000 } else { max_count_value }),
+            pause: paused.then_some(PauseWindow { start_hour, end_hour }),
+            continue_last_import_during_pause: p.flag(&["AZURE_ContinueLastImportDuringPause"], false),
+            max_export_retries: retries_on.then_some(retries.max(1)),
+            payload_count: p.positive("AZURE_PayloadCount", 5) as usize,
+            file_count: p.positive("AZURE_FileCount", 10_000) as usize,
+            resource_types: p.list("AZURE_ResourceTypes", DEFAULT_RESOURCE_TYPES),
+            query_surface: p.list("AZURE_QuerySurface", &["?_summary=Count"]),
+            history_delete_query_surface: p.list("AZURE_HistoryDeleteQuerySurface", &["_history?_summary=count"]),
+            query_deep: p.list("AZURE_QueryDeep", &["Patient?_count="]),
+            history_delete_query_deep: p.list("AZURE_HistoryDeleteQueryDeep", &["Patient/_history?_count="]),
+            deep_check_count: p.number("AZURE_DeepCheckCount", 0u32),
+            schedule_interval_minutes: p.number("AZURE_ScheduleInterval", 2.0f64),
+            client_secret: None,
+            authority_host: source
+                .get("AZURE_AuthorityHost")
+                .and_then(|v| p.parse_url("AZURE_AuthorityHost", v)),
+            managed_identity_client_id: source.get("AZURE_ManagedIdentityClientId").map(str::to_string),
+            safety_lag: TimeDelta::seconds(p.number("AZURE_SafetyLagSeconds", 300i64)),
+            overlap_exports: p.flag(&["AZURE_OverlapExports"], true),
+            import_error_policy,
+            max_import_retries: p.positive("AZURE_MaxImportRetries", 3),
+            app_insights_connection_string: source
+                .get_any(&[
+                    "AZURE_AppInsightConnectionstring",
+                    "APPLICATIONINSIGHTS_CONNECTION_STRING",
+                ])
+                .map(|v| Secret::new(v.to_string())),
+            debug: p.flag(&["AZURE_Debug"], false),
+            source: source_uri
+                .clone()
+                .unwrap_or_else(|| Url::parse("https://invalid.invalid").expect("static")),
+            destination: destination_uri
+                .clone()
+                .unwrap_or_else(|| Url::parse("https://invalid.invalid").expect("static")),
+        };
+        let mut settings = settings;
+        // Cross-field rules.
+        if paused {
+            for (name, hour) in [("AZURE_StartTime", start_hour), ("AZURE_EndTime", end_hour)] {
+                if hour > 23 {
+                    p.problem(format!("{name} {hour} is not an hour of the day (0 to 23, UTC)"));
+                }
+            }
+            if start_hour == end_hour {
+                p.problem("AZURE_StartTime and AZURE_EndTime are equal: the pause window would be empty".into());
+            }
+        }
+        if let (Some(s), Some(e)) = (start_date, end_date)
+            && e <= s
+        {
+            p.problem(format!("AZURE_EndDate {e} is not after AZURE_StartDate {s}"));
+        }
+        if specific_run && end_date.is_none() {
+            p.problem("AZURE_SpecificRun is true but AZURE_EndDate is not set".into());
+        }
+        if deidentified {
+            match &config_file {
+                None => p.problem("de-identified export (AZURE_IsExportDeidentified) needs AZURE_ConfigFile".into()),
+                Some(f) => settings.deidentify_config = Some(config_file_name(f)),
+            }
+            if !is_parallel {
+                p.problem(
+                    "de-identified export needs AZURE_IsParallel=true (the servers de-identify system exports only)"
+                        .into(),
+                );
+            }
+        }
+        if !["IncrementalLoad", "InitialLoad"]
+            .iter()
+            .any(|m| m.eq_ignore_ascii_case(&settings.import_mode))
+        {
+            p.problem(format!(
+                "AZURE_ImportMode '{}' is not IncrementalLoad or InitialLoad",
+                settings.import_mode
+            ));
+        } else if settings.import_mode.eq_ignore_ascii_case("InitialLoad") {
+            p.problem(
+                "AZURE_ImportMode InitialLoad cannot migrate versions or run continuously; use IncrementalLoad".into(),
+            );
+        }
+        if settings.safety_lag < TimeDelta::zero() {
+            p.problem("AZURE_SafetyLagSeconds must not be negative".into());
+        }
+        if client_credential {
+            let tenant = source.get("AZURE_TenantId");
+            let client = source.get("AZURE_ClientId");
+            let secret = source.get("AZURE_ClientSecret");
+            match (tenant, client, secret) {
+                (Some(t), Some(c), Some(s)) => {
+                    settings.client_secret = Some(ClientSecretSettings {
+                        tenant_id: t.to_string(),
+                        client_id: c.to_string(),
+                        secret: Secret::new(s.to_string()),
+                    })
+                }
+                _ => p.problem("AZURE_ClientCredential is true: AZURE_TenantId, AZURE_ClientId and AZURE_ClientSecret are all required".into()),
+            }
+        }
+        for t in &settings.resource_types {
+            if t == "SearchParameter" {
+                p.problem(
+                    "AZURE_ResourceTypes must not list SearchParameter (it is copied through the REST API)".into(),
+                );
+            }
+        }
+        (source_uri.is_some() && destination_uri.is_some()).then_some(settings)
+    }
+
+    /// Warnings worth logging at start-up (valid, but probably not what the operator wants).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.export_with_history && !self.export_with_delete {
+            w.push("AZURE_ExportWithHistory is on without AZURE_ExportWithDelete: deleted resources will come back to life at the destination (their last live version becomes current). Turn on AZURE_ExportWithDelete for a faithful migration.".into());
+        }
+        if !self.export_with_history {
+            w.push("AZURE_ExportWithHistory is off: only the current version of each resource is migrated.".into());
+        }
+        if self.source == self.destination {
+            w.push("AZURE_SourceUri and AZURE_DestinationUri are the same server.".into());
+        }
+        w
+    }
+
+    /// The `includeAssociatedData` value for the export query, if any.
+    pub fn associated_data(&self) -> Option<&'static str> {
+        match (self.export_with_history, self.export_with_delete) {
+            (true, true) => Some("_history,_deleted"),
+            (true, false) => Some("_history"),
+            (false, true) => Some("_deleted"),
+            (false, false) => None,
+        }
+    }
+
+    /// The window length in the current mode.
+    pub fn chunk_span(&self) -> TimeDelta {
+        let n = if self.is_parallel {
+            self.export_chunk_time
+        } else {
+            self.resource_export_chunk_time
+        };
+        self.chunk_unit.span(n)
+    }
+}
+
+/// The original kept only the name without extension and re-appended `.json`.
+fn config_file_name(f: &str) -> String {
+    let stem = f.rsplit(['/', '\\']).next().unwrap_or(f);
+    let stem = stem.strip_suffix(".json").unwrap_or(stem);
+    format!("{stem}.json")
+}
+
+struct Parser<'a> {
+    source: &'a SettingsSource,
+    problems: &'a mut Vec<String>,
+}
+
+impl Parser<'_> {
+    fn problem(&mut self, p: String) {
+        self.problems.push(p);
+    }
+
+    fn parse_url(&mut self, name: &str, value: &str) -> Option<Url> {
+        match Url::parse(value) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => Some(u),
+            Ok(_) => {
+                self.problem(format!("{name} '{value}' must be an http(s) URL"));
+                None
+            }
+            Err(e) => {
+                self.problem(format!("{name} '{value}' is not a valid URL: {e}"));
+                None
+            }
+        }
+    }
+
+    fn url(&mut self, name: &str) -> Option<Url> {
+        match self.source.get(name) {
+            Some(v) => self.parse_url(name, v),
+            None => {
+                self.problem(format!("{name} is required"));
+                None
+            }
+        }
+    }
+
+    fn flag(&mut self, names: &[&str], default: bool) -> bool {
+        match self.source.get_any(names) {
+            None => default,
+            Some(v) if v.eq_ignore_ascii_case("true") => true,
+            Some(v) if v.eq_ignore_ascii_case("false") => false,
+            Some(v) => {
+                self.problem(format!("{} '{v}' is not true or false", names[0]));
+                default
+            }
+        }
+    }
+
+    fn number<T: std::str::FromStr + Copy>(&mut self, name: &str, default: T) -> T {
+        match self.source.get(name) {
+            None => default,
+            Some(v) => v.parse().unwrap_or_else(|_| {
+                self.problem(format!("{name} '{v}' is not a valid number"));
+                default
+            }),
+        }
+    }
+
+    fn positive(&mut self, name: &str, default: u32) -> u32 {
+        let n = self.number(name, default);
+        if n == 0 {
+            self.problem(format!("{name} must be at least 1"));
+            return default;
+        }
+        n
+    }
+
+    fn key(&mut self, name: &str, default: &str) -> String {
+        let v = self.source.get(name).unwrap_or(default).to_string();
+        if v.chars().any(|c| matches!(c, '/' | '\\' | '#' | '?') || c.is_control()) || v.len() > 200 {
+            self.problem(format!("{name} '{v}' cannot be used as a table key"));
+        }
+        v
+    }
+
+    fn date(&mut self, name: &str) -> Option<DateTime<Utc>> {
+        let v = self.source.get(name)?;
+        let parsed = DateTime::parse_from_rfc3339(v)
+            .map(|d| d.with_timezone(&Utc))
+            .ok()
+            .or_else(|| {
+                NaiveDateTime::parse_from_str(v, "%Y-%m-%dT%H:%M:%S%.f")
+                    .ok()
+                    .map(|d| d.and_utc())
+            })
+            .or_else(|| {
+                NaiveDate::parse_from_str(v, "%Y-%m-%d")
+                    .ok()
+                    .and_then(|d| d.and_hms_opt(0, 0, 0))
+                    .map(|d| d.and_utc())
+            });
+        if parsed.is_none() {
+            self.problem(format!(
+                "{name} '{v}' is not a date (use 2024-01-31 or 2024-01-31T00:00:00Z; times are UTC)"
+            ));
+        }
+        parsed
+    }
+
+    /// A list setting: `NAME` as a comma-separated value, or `NAME__0`, `NAME__1`, …; either replaces the default.
+    fn list(&mut self, name: &str, default: &[&str]) -> Vec<String> {
+        if let Some(v) = self.source.get(name) {
+            return v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect();
+        }
+        let indexed: Vec<String> = (0..)
+            .map_while(|i| self.source.get(&format!("{name}__{i}")).map(str::to_string))
+            .collect();
+        if indexed.is_empty() {
+            default.iter().map(|s| s.to_string()).collect()
+        } else {
+            indexed
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -5,14 +5,18 @@
 //! Layout:
 //! - [`config`]: typed settings (`AZURE_*` names of the original tool), validated once at start-up.
 //! - [`app`]: the adapters built from the settings, shared by every function and CLI command.
+//! - [`planner`]: pure time decisions (pause window, window end, halving), driven by a given `now`.
 //! - [`functions`]: the custom-handler HTTP surface; one thin handler per Azure Function folder.
+//! - [`fhir`]: the FHIR client: export, import, counts, search parameters; tokens only to configured hosts.
 //! - [`storage`]: Table storage (state, ETag-guarded) and Blob storage (`$import` payloads).
 //! - [`secret`]: a wrapper that keeps keys and tokens out of logs.
 //! - [`logging`]: stdout logging (the host treats stderr as errors).
 
 pub mod app;
 pub mod config;
+pub mod fhir;
 pub mod functions;
 pub mod logging;
+pub mod planner;
 pub mod secret;
 pub mod storage;

@@ -1,0 +1,153 @@
+//! Tokens for the FHIR servers. In Azure: managed identity (system- or user-assigned), or for the source a
+//! client-secret credential in another tenant; locally against real Azure: the Azure CLI login. Loopback
+//! emulator URLs get no token at all.
+
+use std::sync::Arc;
+
+use azure_core::credentials::TokenCredential;
+use url::Url;
+
+use crate::config::MigrationSettings;
+use crate::secret::Secret;
+
+/// Where a client's bearer tokens come from.
+#[derive(Clone)]
+pub enum TokenSource {
+    /// No Authorization header (loopback emulators).
+    None,
+    /// An Entra ID credential; tokens are requested for `scope` and cached by the credential until near expiry.
+    Credential {
+        credential: Arc<dyn TokenCredential>,
+        scope: String,
+    },
+}
+
+impl std::fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenSource::None => f.write_str("TokenSource::None"),
+            TokenSource::Credential { scope, .. } => write!(f, "TokenSource::Credential {{ scope: {scope} }}"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("could not get a token for {scope}: {message}. {hint}")]
+pub struct TokenError {
+    pub scope: String,
+    pub message: String,
+    pub hint: &'static str,
+}
+
+impl TokenSource {
+    pub async fn bearer(&self) -> Result<Option<Secret<String>>, TokenError> {
+        match self {
+            TokenSource::None => Ok(None),
+            TokenSource::Credential { credential, scope } => {
+                let token = credential.get_token(&[scope.as_str()], None).await.map_err(|e| TokenError {
+                    scope: scope.clone(),
+                    message: e.to_string(),
+                    hint: "Check that the Function App's identity is enabled and holds a FHIR data role on this server",
+                })?;
+                Ok(Some(Secret::new(token.token.secret().to_string())))
+            }
+        }
+    }
+}
+
+/// `{scheme}://{host}/.default`: the audience of a FHIR server is its root URL.
+pub fn scope_for(base: &Url) -> String {
+    let port = base.port().map(|p| format!(":{p}")).unwrap_or_default();
+    format!(
+        "{}://{}{port}/.default",
+        base.scheme(),
+        base.host_str().unwrap_or_default()
+    )
+}
+
+/// Loopback hosts (the local emulators) get no token.
+pub fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
+/// Which server a credential is for: the source may use a client secret, the destination never does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Server {
+    Source,
+    Destination,
+}
+
+/// Builds the token source for one server from the settings.
+pub fn token_source(settings: &MigrationSettings, server: Server) -> Result<TokenSource, String> {
+    let base = match server {
+        Server::Source => &settings.source,
+        Server::Destination => &settings.destination,
+    };
+    if is_loopback(base) {
+        return Ok(TokenSource::None);
+    }
+    if base.scheme() != "https" {
+        return Err(format!(
+            "{base} is not https: tokens are only sent over https (loopback emulators excepted)"
+        ));
+    }
+    let scope = scope_for(base);
+    let credential: Arc<dyn TokenCredential> = match (&settings.client_secret, server) {
+        (Some(cs), Server::Source) => {
+            // A custom authority (sovereign or private cloud) replaces the public login endpoint.
+            let options = settings.authority_host.as_ref().map(|authority| {
+                let mut custom = azure_core::cloud::CustomConfiguration::default();
+                custom.authority_host = authority.as_str().trim_end_matches('/').to_string();
+                let mut options = azure_identity::ClientSecretCredentialOptions::default();
+                options.client_options.cloud = Some(Arc::new(azure_core::cloud::CloudConfiguration::from(custom)));
+                options
+            });
+            azure_identity::ClientSecretCredential::new(
+                &cs.tenant_id,
+                cs.client_id.clone(),
+                azure_core::credentials::Secret::new(cs.secret.expose().clone()),
+                options,
+            )
+            .map_err(|e| format!("cannot set up the client-secret credential: {e}"))?
+        }
+        _ => {
+            let options = settings.managed_identity_client_id.as_ref().map(|id| {
+                azure_identity::ManagedIdentityCredentialOptions {
+                    user_assigned_id: Some(azure_identity::UserAssignedId::ClientId(id.clone())),
+                    ..Default::default()
+                }
+            });
+            azure_identity::ManagedIdentityCredential::new(options)
+                .map_err(|e| format!("cannot set up the managed identity: {e}"))?
+        }
+    };
+    Ok(TokenSource::Credential { credential, scope })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scope_is_the_server_root() {
+        let u = Url::parse("https://ws-fhir.fhir.azurehealthcareapis.com/some/path").unwrap();
+        assert_eq!(scope_for(&u), "https://ws-fhir.fhir.azurehealthcareapis.com/.default");
+    }
+
+    #[test]
+    fn loopback_detection() {
+        for (u, l) in [
+            ("http://127.0.0.1:8080", true),
+            ("http://localhost:1", true),
+            ("http://[::1]:2", true),
+            ("https://x.azurehealthcareapis.com", false),
+        ] {
+            assert_eq!(is_loopback(&Url::parse(u).unwrap()), l, "{u}");
+        }
+    }
+}

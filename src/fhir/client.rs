@@ -1,0 +1,222 @@
+//! One HTTP client per FHIR server: base URL (its path kept), User-Agent, bearer token only for that server,
+//! and retries that honour the server's own throttling signals.
+
+use std::time::Duration;
+
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde_json::Value;
+use url::Url;
+
+use super::FhirError;
+use super::auth::TokenSource;
+
+/// How a call is retried. Kick-offs and polls are all safe to repeat (reference Appendix A and §9), but each
+/// tick must stay bounded, so attempts and total waiting are capped.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 6,
+            base_delay: Duration::from_secs(2),
+            max_delay: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct FhirClient {
+    base: Url,
+    http: reqwest::Client,
+    tokens: TokenSource,
+    user_agent: String,
+    retry: RetryPolicy,
+}
+
+impl FhirClient {
+    pub fn new(base: Url, tokens: TokenSource, user_agent: &str, http: reqwest::Client) -> FhirClient {
+        FhirClient {
+            base,
+            http,
+            tokens,
+            user_agent: user_agent.to_string(),
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    pub fn with_retry(mut self, retry: RetryPolicy) -> FhirClient {
+        self.retry = retry;
+        self
+    }
+
+    pub fn base(&self) -> &Url {
+        &self.base
+    }
+
+    /// `{base}/{relative}`: the configured base path is kept (the original dropped it for some calls).
+    pub fn url(&self, relative: &str) -> Result<Url, FhirError> {
+        let text = format!(
+            "{}/{}",
+            self.base.as_str().trim_end_matches('/'),
+            relative.trim_start_matches('/')
+        );
+        Url::parse(&text).map_err(|e| FhirError::BadUrl(format!("{text}: {e}")))
+    }
+
+    /// Accepts a URL from a server response (Content-Location, next links) only if it points at this server:
+    /// the token for this server must never travel anywhere else.
+    pub fn own_url(&self, text: &str) -> Result<Url, FhirError> {
+        let url = Url::parse(text).map_err(|e| FhirError::BadUrl(format!("{text}: {e}")))?;
+        let same = url.scheme() == self.base.scheme()
+            && url.host_str() == self.base.host_str()
+            && url.port_or_known_default() == self.base.port_or_known_default();
+        if !same {
+            return Err(FhirError::ForeignUrl {
+                url: text.to_string(),
+                server: self.base.to_string(),
+            });
+        }
+        Ok(url)
+    }
+
+    /// Sends a request built by `build`, retrying on connection errors, 408, 5xx and 429. A 429 or 503 waits
+    /// for `x-ms-retry-after-ms` or `Retry-After` when given. `retry_429_without_hint`: a 429 without either
+    /// header is a *failed job* on status URLs (reference §9), so pollers pass `false` and see it as final.
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &Url,
+        build: impl Fn(RequestBuilder) -> RequestBuilder,
+        retry_429_without_hint: bool,
+    ) -> Result<Response, FhirError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut request = self
+                .http
+                .request(method.clone(), url.clone())
+                .header("user-agent", &self.user_agent);
+            if let Some(token) = self.tokens.bearer().await? {
+                request = request.bearer_auth(token.expose());
+            }
+            let outcome = build(request).send().await;
+            let last = attempt >= self.retry.attempts;
+            let wait = match &outcome {
+                Ok(resp) => {
+                    let status = resp.status();
+                    let hint = retry_hint(resp);
+                    let transient = status == StatusCode::REQUEST_TIMEOUT
+                        || status.is_server_error()
+                        || (status == StatusCode::TOO_MANY_REQUESTS && (hint.is_some() || retry_429_without_hint));
+                    if !transient || last {
+                        return Ok(outcome.expect("matched Ok"));
+                    }
+                    hint.unwrap_or_else(|| self.backoff(attempt))
+                }
+                Err(e) if !last && (e.is_connect() || e.is_timeout() || e.is_request()) => self.backoff(attempt),
+                Err(_) => {
+                    let e = outcome.expect_err("matched Err");
+                    return Err(FhirError::Transport {
+                        url: redact(url),
+                        message: describe(&e),
+                    });
+                }
+            };
+            tracing::debug!(url = %redact(url), attempt, wait_ms = wait.as_millis() as u64, "retrying FHIR call");
+            tokio::time::sleep(wait.min(self.retry.max_delay)).await;
+        }
+    }
+
+    /// Exponential backoff with jitter: base × 2^(attempt-1), ±25 %.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self.retry.base_delay.saturating_mul(1 << (attempt - 1).min(10));
+        let jitter = (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
+            % 500) as f64
+            / 1000.0;
+        exp.mul_f64(0.75 + jitter).min(self.retry.max_delay)
+    }
+
+    pub async fn get_json(&self, relative: &str) -> Result<Value, FhirError> {
+        let url = self.url(relative)?;
+        let resp = self
+            .send(Method::GET, &url, |r| r.header("accept", "application/fhir+json"), true)
+            .await?;
+        read_json(resp, &url).await
+    }
+}
+
+fn retry_hint(resp: &Response) -> Option<Duration> {
+    let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    if let Some(ms) = header("x-ms-retry-after-ms").and_then(|v| v.parse::<u64>().ok()) {
+        return Some(Duration::from_millis(ms));
+    }
+    header("retry-after")
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
+/// The error a failed response carries: its status and the OperationOutcome's first diagnostics.
+pub async fn rejection(resp: Response, url: &Url) -> FhirError {
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    FhirError::Rejected {
+        status,
+        url: redact(url),
+        diagnostics: diagnostics_of(&text),
+    }
+}
+
+/// `issue[0].diagnostics`, else the original tool's fallback text.
+pub fn diagnostics_of(body: &str) -> String {
+    serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| v["issue"][0]["diagnostics"].as_str().map(str::to_string))
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| "For more information check Content location.".to_string())
+}
+
+pub async fn read_json(resp: Response, url: &Url) -> Result<Value, FhirError> {
+    if !resp.status().is_success() {
+        return Err(rejection(resp, url).await);
+    }
+    let bytes = resp.bytes().await.map_err(|e| FhirError::Transport {
+        url: redact(url),
+        message: describe(&e),
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| FhirError::InvalidResponse {
+        url: redact(url),
+        detail: e.to_string(),
+    })
+}
+
+/// URLs are logged without their query string: export queries are harmless, but SAS-bearing blob URLs are not.
+pub fn redact(url: &Url) -> String {
+    let mut u = url.clone();
+    if u.query().is_some_and(|q| q.contains("sig=")) {
+        u.set_query(Some("<redacted>"));
+    }
+    u.to_string()
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "could not connect"
+    } else {
+        "request failed"
+    };
+    // reqwest's own text may include the URL; keep it out and name the kind of failure instead.
+    format!(
+        "{kind}: {}",
+        std::error::Error::source(e).map(|s| s.to_string()).unwrap_or_default()
+    )
+}

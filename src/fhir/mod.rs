@@ -1,0 +1,325 @@
+//! Talking to the FHIR servers: one call per operation the migration needs (reference §5.3 of the original,
+//! Appendix A of the bulk-API reference), with responses turned into enums at the edge.
+//!
+//! - [`auth`]: where tokens come from, and which hosts get them.
+//! - [`client`]: the HTTP client with retries that honour `Retry-After`.
+//! - [`wire`]: the manifest, import result and `Parameters` shapes.
+
+pub mod auth;
+pub mod client;
+pub mod wire;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+pub use client::FhirClient;
+use client::{read_json, redact, rejection};
+use wire::{ExportManifest, ImportResult};
+
+/// What went wrong in a FHIR call, sorted by what the caller can do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum FhirError {
+    #[error("the server refused {url}: HTTP {status}: {diagnostics}")]
+    Rejected {
+        status: u16,
+        url: String,
+        diagnostics: String,
+    },
+    #[error("could not reach {url}: {message}")]
+    Transport { url: String, message: String },
+    #[error("{url} answered with something the tool cannot read: {detail}")]
+    InvalidResponse { url: String, detail: String },
+    #[error("invalid URL {0}")]
+    BadUrl(String),
+    #[error(
+        "the server sent a URL on another host ({url}) where one on {server} was expected; it is not followed, so no token leaves the configured servers"
+    )]
+    ForeignUrl { url: String, server: String },
+    #[error(transparent)]
+    Token(#[from] auth::TokenError),
+}
+
+/// An accepted kick-off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// The status URL (`Content-Location`).
+    pub status_url: String,
+}
+
+/// A status poll's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Poll<T> {
+    /// 202: still running (an import may include a partial result).
+    Running(Option<T>),
+    /// 200 with the result.
+    Done(T),
+    /// Any other status: the job failed; the status and the server's diagnostics.
+    Failed { status: u16, diagnostics: String },
+}
+
+/// The tool's time format for `_since`/`_till`: milliseconds and a literal `Z`.
+pub fn format_instant(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn enc(v: &str) -> String {
+    crate::storage::encode_component(v)
+}
+
+impl FhirClient {
+    /// `_summary=count` over current resources, optionally of one type, with lastUpdated in `[since, till)`.
+    pub async fn count(
+        &self,
+        resource_type: Option<&str>,
+        since: DateTime<Utc>,
+        till: DateTime<Utc>,
+    ) -> Result<u64, FhirError> {
+        let mut query = format!(
+            "?_summary=count&_lastUpdated=ge{}&_lastUpdated=lt{}",
+            enc(&format_instant(since)),
+            enc(&format_instant(till))
+        );
+        if let Some(t) = resource_type {
+            query.push_str(&format!("&_type={}", enc(t)));
+        }
+        let body = self.get_json(&query).await?;
+        total_of(&body, self)
+    }
+
+    /// Counts every version (history and delete markers) with lastUpdated in `[since, till)`. History endpoints
+    /// ignore `_lastUpdated`, so `_since`/`_before` bound it.
+    pub async fn history_count(&self, since: DateTime<Utc>, till: DateTime<Utc>) -> Result<u64, FhirError> {
+        let query = format!(
+            "_history?_summary=count&_since={}&_before={}",
+            enc(&format_instant(since)),
+            enc(&format_instant(till))
+        );
+        let body = self.get_json(&query).await?;
+        total_of(&body, self)
+    }
+
+    /// Whole-server totals: current resources, and with `history` every version.
+    pub async fn total(&self, history: bool) -> Result<u64, FhirError> {
+        let body = self
+            .get_json(if history {
+                "_history?_summary=count"
+            } else {
+                "?_summary=count"
+            })
+            .await?;
+        total_of(&body, self)
+    }
+
+    /// The oldest `meta.lastUpdated` on the server (of any version when `history`), truncated to milliseconds;
+    /// `None` for an empty server.
+    pub async fn oldest_last_updated(&self, history: bool) -> Result<Option<DateTime<Utc>>, FhirError> {
+        let path = if history {
+            "_history?_sort=_lastUpdated&_count=1"
+        } else {
+            "?_sort=_lastUpdated&_count=1"
+        };
+        let mut url = self.url(path)?;
+        // AAPI can answer with empty pages that still have a next link (reference §7.4): follow them.
+        for _ in 0..100 {
+            let resp = self
+                .send(Method::GET, &url, |r| r.header("accept", "application/fhir+json"), true)
+                .await?;
+            let body = read_json(resp, &url).await?;
+            let found = body["entry"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e["resource"]["meta"]["lastUpdated"].as_str())
+                .filter_map(|t| DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&Utc))
+                .min();
+            if let Some(t) = found {
+                return Ok(Some(DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)));
+            }
+            match next_link(&body) {
+                Some(next) => url = self.own_url(&next)?,
+                None => return Ok(None),
+            }
+        }
+        Ok(None)
+    }
+
+    /// `GET {base}/$export?{query}` with the headers the servers require.
+    pub async fn export(&self, query: &str) -> Result<Accepted, FhirError> {
+        let url = self.url(&format!("$export?{query}"))?;
+        let resp = self
+            .send(
+                Method::GET,
+                &url,
+                |r| {
+                    r.header("accept", "application/fhir+json")
+                        .header("prefer", "respond-async")
+                },
+                true,
+            )
+            .await?;
+        accepted(resp, &url).await
+    }
+
+    /// One poll of an export status URL.
+    pub async fn export_status(&self, status_url: &str) -> Result<Poll<ExportManifest>, FhirError> {
+        let url = self.own_url(status_url)?;
+        let resp = self.send(Method::GET, &url, |r| r, false).await?;
+        match resp.status() {
+            StatusCode::ACCEPTED => Ok(Poll::Running(None)),
+            StatusCode::OK => {
+                let body = read_json(resp, &url).await?;
+                let manifest = serde_json::from_value(body).map_err(|e| FhirError::InvalidResponse {
+                    url: redact(&url),
+                    detail: e.to_string(),
+                })?;
+                Ok(Poll::Done(manifest))
+            }
+            _ => failed(resp).await,
+        }
+    }
+
+    /// `POST {base}/$import` with a `Parameters` body.
+    pub async fn import(&self, parameters: &Value) -> Result<Accepted, FhirError> {
+        let url = self.url("$import")?;
+        let body = parameters.to_string();
+        let resp = self
+            .send(
+                Method::POST,
+                &url,
+                |r| {
+                    r.header("accept", "application/fhir+json")
+                        .header("prefer", "respond-async")
+                        .header("content-type", "application/fhir+json; charset=utf-8")
+                        .body(body.clone())
+                },
+                true,
+            )
+            .await?;
+        accepted(resp, &url).await
+    }
+
+    /// One poll of an import status URL. A 202 may carry a partial result.
+    pub async fn import_status(&self, status_url: &str) -> Result<Poll<ImportResult>, FhirError> {
+        let url = self.own_url(status_url)?;
+        let resp = self.send(Method::GET, &url, |r| r, false).await?;
+        match resp.status() {
+            StatusCode::ACCEPTED => {
+                let text = resp.text().await.unwrap_or_default();
+                Ok(Poll::Running(serde_json::from_str(&text).ok()))
+            }
+            StatusCode::OK => {
+                let body = read_json(resp, &url).await?;
+                let result = serde_json::from_value(body).map_err(|e| FhirError::InvalidResponse {
+                    url: redact(&url),
+                    detail: e.to_string(),
+                })?;
+                Ok(Poll::Done(result))
+            }
+            _ => failed(resp).await,
+        }
+    }
+
+    /// Every custom SearchParameter, following `next` links (the original read only the first 1,000).
+    pub async fn search_parameters(&self) -> Result<Vec<Value>, FhirError> {
+        let mut url = self.url("SearchParameter?_count=1000")?;
+        let mut all = Vec::new();
+        for _ in 0..10_000 {
+            let resp = self
+                .send(Method::GET, &url, |r| r.header("accept", "application/fhir+json"), true)
+                .await?;
+            let body = read_json(resp, &url).await?;
+            all.extend(
+                body["entry"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|e| e.get("resource").cloned()),
+            );
+            match next_link(&body) {
+                Some(next) => url = self.own_url(&next)?,
+                None => break,
+            }
+        }
+        Ok(all)
+    }
+
+    /// Reads one resource; `None` when it does not exist (404) or was deleted (410).
+    pub async fn read(&self, resource_type: &str, id: &str) -> Result<Option<Value>, FhirError> {
+        let url = self.url(&format!("{}/{}", enc(resource_type), enc(id)))?;
+        let resp = self
+            .send(Method::GET, &url, |r| r.header("accept", "application/fhir+json"), true)
+            .await?;
+        if matches!(resp.status(), StatusCode::NOT_FOUND | StatusCode::GONE) {
+            return Ok(None);
+        }
+        read_json(resp, &url).await.map(Some)
+    }
+
+    /// `PUT {type}/{id}`, keeping the id.
+    pub async fn put(&self, resource: &Value) -> Result<(), FhirError> {
+        let t = resource["resourceType"].as_str().unwrap_or_default();
+        let id = resource["id"].as_str().unwrap_or_default();
+        let url = self.url(&format!("{}/{}", enc(t), enc(id)))?;
+        let body = resource.to_string();
+        let resp = self
+            .send(
+                Method::PUT,
+                &url,
+                |r| {
+                    r.header("content-type", "application/fhir+json; charset=utf-8")
+                        .body(body.clone())
+                },
+                true,
+            )
+            .await?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(rejection(resp, &url).await)
+        }
+    }
+}
+
+fn total_of(body: &Value, client: &FhirClient) -> Result<u64, FhirError> {
+    body["total"].as_u64().ok_or_else(|| FhirError::InvalidResponse {
+        url: client.base().to_string(),
+        detail: "the count Bundle has no total".into(),
+    })
+}
+
+fn next_link(body: &Value) -> Option<String> {
+    body["link"]
+        .as_array()?
+        .iter()
+        .find(|l| l["relation"] == "next")
+        .and_then(|l| l["url"].as_str())
+        .map(str::to_string)
+}
+
+async fn accepted(resp: reqwest::Response, url: &url::Url) -> Result<Accepted, FhirError> {
+    if resp.status() != StatusCode::ACCEPTED {
+        return Err(rejection(resp, url).await);
+    }
+    let location = resp
+        .headers()
+        .get("content-location")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| FhirError::InvalidResponse {
+            url: redact(url),
+            detail: "202 without Content-Location".into(),
+        })?;
+    Ok(Accepted {
+        status_url: location.to_string(),
+    })
+}
+
+async fn failed<T>(resp: reqwest::Response) -> Result<Poll<T>, FhirError> {
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    Ok(Poll::Failed {
+        status,
+        diagnostics: client::diagnostics_of(&text),
+    })
+}

@@ -8,6 +8,7 @@
 //! - [`planner`]: pure time decisions (pause window, window end, halving), driven by a given `now`.
 //! - [`functions`]: the custom-handler HTTP surface; one thin handler per Azure Function folder.
 //! - [`fhir`]: the FHIR client: export, import, counts, search parameters; tokens only to configured hosts.
+//! - [`state`]: the cursor, window and payload rows the engine persists (original column names kept).
 //! - [`storage`]: Table storage (state, ETag-guarded) and Blob storage (`$import` payloads).
 //! - [`secret`]: a wrapper that keeps keys and tokens out of logs.
 //! - [`logging`]: stdout logging (the host treats stderr as errors).
@@ -19,4 +20,5 @@ pub mod functions;
 pub mod logging;
 pub mod planner;
 pub mod secret;
+pub mod state;
 pub mod storage;

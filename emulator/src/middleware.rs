@@ -50,20 +50,34 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
                 response.headers_mut().insert(name, value);
             }
         }
-    } else if matches!(
-        response.status(),
-        StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED
-    ) && response.headers().get(header::CONTENT_TYPE).is_none()
+    } else if (response.status().is_client_error() || response.status().is_server_error())
+        && !response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|c| c.contains("json"))
     {
-        // Router-level misses get the server's OperationOutcome too.
-        let error = if response.status() == StatusCode::METHOD_NOT_ALLOWED {
-            FhirError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                IssueCode::NotSupported,
-                "The requested route was not found.",
-            )
-        } else {
-            FhirError::not_found("The requested route was not found.")
+        // Router misses and extractor rejections (oversized bodies, bad path encoding) get the server's
+        // OperationOutcome too, never a plain-text body.
+        let status = response.status();
+        let body = axum::body::to_bytes(std::mem::take(response.body_mut()), 64 * 1024)
+            .await
+            .unwrap_or_default();
+        let text = String::from_utf8_lossy(&body).trim().to_string();
+        let error = match status {
+            StatusCode::METHOD_NOT_ALLOWED => {
+                FhirError::new(status, IssueCode::NotSupported, "The requested route was not found.")
+            }
+            StatusCode::NOT_FOUND => FhirError::not_found("The requested route was not found."),
+            _ => FhirError::new(
+                status,
+                IssueCode::Invalid,
+                if text.is_empty() {
+                    "The request is not valid.".into()
+                } else {
+                    text
+                },
+            ),
         };
         response = (
             error.status,
@@ -127,6 +141,20 @@ fn required_action(method: &Method, path: &str) -> Option<&'static str> {
     )
 }
 
+/// The roles of an authenticated caller, for checks a handler must make at a specific point of its own
+/// validation (export kick-off authorizes after parameter validation, reference §1.4). `None`: tokens are not
+/// checked.
+#[derive(Clone, Debug)]
+pub struct CallerRoles(pub Option<Vec<String>>);
+
+impl CallerRoles {
+    pub fn may(&self, action: &str) -> bool {
+        self.0
+            .as_ref()
+            .is_none_or(|roles| roles.iter().any(|r| grants(r).contains(&action)))
+    }
+}
+
 /// The actions an Azure role or an action name grants.
 fn grants(role: &str) -> &'static [&'static str] {
     match role {
@@ -146,11 +174,13 @@ fn grants(role: &str) -> &'static [&'static str] {
 /// With token checking on: the bearer token's `aud` must be the server URL and its `roles` must grant the
 /// request's action. Signatures are not checked (there is no Entra ID here); tokens are unsigned JWTs whose
 /// payload carries `aud` and `roles`.
-pub async fn authorize(State(app): State<App>, request: Request, next: Next) -> Response {
+pub async fn authorize(State(app): State<App>, mut request: Request, next: Next) -> Response {
     let Some(auth) = &app.config.auth else {
+        request.extensions_mut().insert(CallerRoles(None));
         return next.run(request).await;
     };
     let Some(action) = required_action(request.method(), request.uri().path()) else {
+        request.extensions_mut().insert(CallerRoles(None));
         return next.run(request).await;
     };
     let claims = request
@@ -179,9 +209,12 @@ pub async fn authorize(State(app): State<App>, request: Request, next: Next) -> 
         .and_then(Value::as_array)
         .map(|r| r.iter().filter_map(Value::as_str).map(str::to_string).collect())
         .unwrap_or_default();
-    if !roles.iter().any(|r| grants(r).contains(&action)) {
+    // An export kick-off checks the role itself, after its parameter validation, as the servers do.
+    let deferred = action == "export" && request.uri().path().ends_with("/$export");
+    if !deferred && !roles.iter().any(|r| grants(r).contains(&action)) {
         return FhirError::new(StatusCode::FORBIDDEN, IssueCode::Forbidden, "Authorization failed.").into_response();
     }
+    request.extensions_mut().insert(CallerRoles(Some(roles)));
     next.run(request).await
 }
 
@@ -199,6 +232,29 @@ pub fn test_token(audience: &str, roles: &[&str]) -> String {
     let header = enc(&serde_json::json!({ "alg": "none", "typ": "JWT" }));
     let payload = enc(&serde_json::json!({ "aud": audience, "roles": roles }));
     format!("{header}.{payload}.")
+}
+
+/// InitialImportMode (reference §5.6): every write is refused with 423 and a non-FHIR body, except `$import`
+/// and cancelling operations; GETs pass, but `$reindex` is locked.
+pub async fn initial_import_lock(State(app): State<App>, request: Request, next: Next) -> Response {
+    if !app.config.initial_import_mode {
+        return next.run(request).await;
+    }
+    let (method, path) = (request.method().clone(), request.uri().path().to_string());
+    let allowed = path.starts_with("/_admin")
+        || (method == Method::GET && !path.contains("$reindex") && !path.contains("/_operations/reindex"))
+        || (method == Method::POST && path.ends_with("/$import"))
+        || (method == Method::DELETE && path.starts_with("/_operations/"));
+    if allowed {
+        return next.run(request).await;
+    }
+    let body = serde_json::json!({ "severity": "Error", "code": "Locked", "diagnostics": "Service is locked for initial import mode." });
+    (
+        StatusCode::LOCKED,
+        [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 /// A body-less response helper used by routes that answer 202/204.

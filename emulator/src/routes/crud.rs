@@ -28,18 +28,6 @@ fn gone(resource_type: &str, id: &str) -> FhirError {
     )
 }
 
-/// InitialImportMode locks every write (reference §5.6), with a non-FHIR body.
-fn check_unlocked(app: &App) -> FhirResult<()> {
-    if app.config.initial_import_mode {
-        return Err(FhirError::new(
-            StatusCode::LOCKED,
-            IssueCode::Processing,
-            "Service is locked for initial import mode.",
-        ));
-    }
-    Ok(())
-}
-
 fn version_headers(response: &mut Response, v: &Version) {
     let last_modified = chrono::DateTime::from_timestamp_millis(v.last_updated)
         .unwrap_or_default()
@@ -123,7 +111,6 @@ pub async fn update(
     body: Bytes,
 ) -> FhirResult<Response> {
     check_type(&resource_type)?;
-    check_unlocked(&app)?;
     let written = app
         .store
         .put(&resource_type, &id, parse_body(&body)?)
@@ -133,7 +120,6 @@ pub async fn update(
 
 pub async fn create(State(app): State<App>, Path(resource_type): Path<String>, body: Bytes) -> FhirResult<Response> {
     check_type(&resource_type)?;
-    check_unlocked(&app)?;
     let written = app
         .store
         .create(&resource_type, parse_body(&body)?)
@@ -148,7 +134,6 @@ pub async fn delete(
     RawQuery(raw): RawQuery,
 ) -> FhirResult<Response> {
     check_type(&resource_type)?;
-    check_unlocked(&app)?;
     let pairs = query_pairs(raw.as_deref());
     if first(&pairs, "hardDelete").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
         app.store.hard_delete(&resource_type, &id);
@@ -216,7 +201,6 @@ fn apply_entry(
     check_type(resource_type)?;
     match (method, id) {
         ("PUT", Some(id)) => {
-            check_unlocked(app)?;
             let w = app
                 .store
                 .put(resource_type, id, resource.unwrap_or(Value::Null))
@@ -224,7 +208,6 @@ fn apply_entry(
             Ok((if w.created { "201 Created" } else { "200 OK" }, Some(w.version)))
         }
         ("POST", None) => {
-            check_unlocked(app)?;
             let w = app
                 .store
                 .create(resource_type, resource.unwrap_or(Value::Null))
@@ -232,7 +215,6 @@ fn apply_entry(
             Ok(("201 Created", Some(w.version)))
         }
         ("DELETE", Some(id)) => {
-            check_unlocked(app)?;
             app.store.delete(resource_type, id);
             Ok(("204 NoContent", None))
         }

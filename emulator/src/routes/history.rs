@@ -58,7 +58,7 @@ pub async fn instance(
 
 /// History's own rule-breaking is a 403 (InvalidSearchOperationException on the real server).
 fn forbidden(message: String) -> FhirError {
-    FhirError::new(StatusCode::FORBIDDEN, IssueCode::Invalid, message)
+    FhirError::new(StatusCode::FORBIDDEN, IssueCode::Forbidden, message)
 }
 
 struct HistoryRequest {
@@ -187,7 +187,7 @@ fn run(app: &App, request_id: &str, uri: &OriginalUri, raw: Option<&str>, scope:
     for v in &page {
         let (method, url, status) = match (v.version.deleted, v.version.method) {
             (true, _) => ("DELETE", format!("{}/{}", v.resource_type(), v.id()), "204 NoContent"),
-            (false, WriteMethod::Post) => ("POST", v.resource_type().to_string(), "201 Created"),
+            (false, WriteMethod::Post) => ("POST", format!("{}/", v.resource_type()), "201 Created"),
             (false, _) => ("PUT", format!("{}/{}", v.resource_type(), v.id()), "200 OK"),
         };
         let after = json!({

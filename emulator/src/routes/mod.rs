@@ -17,7 +17,7 @@ use axum::routing::{get, post};
 use serde_json::json;
 
 use crate::App;
-use crate::middleware::{authorize, request_context, throttle};
+use crate::middleware::{authorize, initial_import_lock, request_context, throttle};
 use crate::outcome::{FhirError, FhirResult, fhir_json};
 use crate::resource_types::is_resource_type;
 use crate::store::VersionRef;
@@ -45,9 +45,12 @@ pub fn router(app: App) -> Router {
         .route("/{type}/{id}/_history", get(history::instance))
         .route("/{type}/{id}/_history/{vid}", get(crud::vread))
         .nest("/_admin", admin::router())
+        .layer(from_fn_with_state(app.clone(), initial_import_lock))
         .layer(from_fn_with_state(app.clone(), authorize))
         .layer(from_fn_with_state(app.clone(), throttle))
         .layer(axum::middleware::from_fn(request_context))
+        // Import files and seed loads can be large; the real servers take bodies of many megabytes.
+        .layer(axum::extract::DefaultBodyLimit::max(512 * 1024 * 1024))
         .with_state(app)
 }
 

@@ -36,18 +36,19 @@ fn body(id: u64, job: &ReindexJob) -> Value {
             { "name": "totalResourcesToReindex", "valueDecimal": job.total },
             { "name": "resourcesSuccessfullyReindexed", "valueDecimal": done },
             { "name": "progress", "valueDecimal": (done * 100).checked_div(job.total).unwrap_or(100) },
-            { "name": "status", "valueString": job.status }
+            { "name": "status", "valueString": job.status },
+            { "name": "resources", "valueString": "" }
         ]
     })
 }
 
 pub async fn kickoff(State(app): State<App>, headers: HeaderMap) -> FhirResult<Response> {
-    if let Some(prefer) = headers.get("prefer").and_then(|v| v.to_str().ok())
-        && !prefer.trim().eq_ignore_ascii_case("respond-sync")
-    {
-        return Err(FhirError::bad_request(format!(
-            "Value supplied, {prefer},  for the \"Prefer\" header is not supported."
-        )));
+    for prefer in headers.get_all("prefer").iter().filter_map(|v| v.to_str().ok()) {
+        if !prefer.trim().eq_ignore_ascii_case("respond-sync") {
+            return Err(FhirError::bad_request(format!(
+                "Value supplied, {prefer},  for the \"Prefer\" header is not supported."
+            )));
+        }
     }
     let (id, job) = {
         let mut jobs = app.reindex.lock().unwrap_or_else(|p| p.into_inner());

@@ -44,6 +44,8 @@ pub async fn type_level(
 
 /// A parsed search request.
 pub(crate) struct SearchRequest {
+    /// Informational outcome entries (the `_count` clamp).
+    pub notes: Vec<String>,
     pub filter: SearchFilter,
     pub count_only: bool,
     pub count: usize,
@@ -79,6 +81,7 @@ pub(crate) fn parse(
         after: None,
         empty_served: false,
         warnings: Vec::new(),
+        notes: Vec::new(),
     };
     for (name, value) in pairs {
         match name.as_str() {
@@ -91,7 +94,7 @@ pub(crate) fn parse(
                 if n == 0 {
                     req.count_only = true;
                 } else if n > MAX_COUNT {
-                    req.warnings.push(format!(
+                    req.notes.push(format!(
                         "The '_count' parameter exceeds limit configured for server. Current limit is {MAX_COUNT} while `_count` parameter set to {n}."
                     ));
                     req.count = MAX_COUNT;
@@ -227,11 +230,16 @@ fn run(
     if req.count_only {
         let total = app.store.count(&req.filter);
         let mut bundle = BundleBuilder::new(request_id, "searchset", Some(total), &[("self", self_link)]);
-        add_warnings(&mut bundle, request_id, &req.warnings);
+        add_warnings(&mut bundle, request_id, &req);
         return Ok(bundle.finish());
     }
     if inject_empty_page(app, req.empty_served) {
-        let position = req.after.unwrap_or((i64::MIN, 0));
+        let start = if req.filter.descending {
+            (i64::MAX, u64::MAX)
+        } else {
+            (i64::MIN, 0)
+        };
+        let position = req.after.unwrap_or(start);
         let next = link_with_ct(app, uri, Some(encode_ct(position, true)));
         return Ok(BundleBuilder::new(request_id, "searchset", None, &[("self", self_link), ("next", next)]).finish());
     }
@@ -248,7 +256,7 @@ fn run(
         ));
     }
     let mut bundle = BundleBuilder::new(request_id, "searchset", None, &links);
-    add_warnings(&mut bundle, request_id, &req.warnings);
+    add_warnings(&mut bundle, request_id, &req);
     for v in &page {
         let fields = json!({ "fullUrl": full_url(app, v) });
         let search = json!({ "search": { "mode": "match" } });
@@ -261,9 +269,14 @@ fn run(
     Ok(bundle.finish())
 }
 
-pub(crate) fn add_warnings(bundle: &mut BundleBuilder, request_id: &str, warnings: &[String]) {
-    for w in warnings {
-        let outcome = outcome_body(request_id, "warning", IssueCode::NotSupported, w);
+pub(crate) fn add_warnings(bundle: &mut BundleBuilder, request_id: &str, req: &SearchRequest) {
+    let issues = req
+        .notes
+        .iter()
+        .map(|n| ("information", IssueCode::Informational, n))
+        .chain(req.warnings.iter().map(|w| ("warning", IssueCode::NotSupported, w)));
+    for (severity, code, text) in issues {
+        let outcome = outcome_body(request_id, severity, code, text);
         bundle.entry(
             &json!({}),
             &outcome.to_string(),

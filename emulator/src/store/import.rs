@@ -68,6 +68,11 @@ pub fn parse_import_line(text: &str, line: usize, opts: &ImportOptions) -> Resul
             "Invalid resource id: '{id}'. Id must be any combination of upper or lower case ASCII letters; numerals; \"-\" and \".\", with a length limit of 64 characters."
         ));
     }
+    if !crate::resource_types::is_resource_type(&resource_type) {
+        return Err(format!(
+            "Failed to parse resource: '{resource_type}' is not a known resource type."
+        ));
+    }
     if resource_type == "SearchParameter" {
         return Err("SearchParameter resources cannot be processed by import.".into());
     }
@@ -78,10 +83,14 @@ pub fn parse_import_line(text: &str, line: usize, opts: &ImportOptions) -> Resul
     let mut version_text = None;
     let mut deleted = false;
     if let Some(Value::Object(meta)) = map.get_mut("meta") {
-        last_updated = meta
-            .get("lastUpdated")
-            .and_then(Value::as_str)
-            .and_then(parse_instant_ms);
+        last_updated = match meta.get("lastUpdated") {
+            None => None,
+            Some(v) => Some(
+                v.as_str()
+                    .and_then(parse_instant_ms)
+                    .ok_or("Failed to parse resource: meta.lastUpdated is not a valid instant.")?,
+            ),
+        };
         version_text = match meta.get("versionId") {
             Some(Value::String(s)) => Some(s.clone()),
             Some(Value::Number(n)) => Some(n.to_string()),
@@ -91,7 +100,10 @@ pub fn parse_import_line(text: &str, line: usize, opts: &ImportOptions) -> Resul
         meta.remove("versionId");
         if let Some(Value::Array(extensions)) = meta.get_mut("extension") {
             let before = extensions.len();
-            extensions.retain(|e| e.get("url").and_then(Value::as_str) != Some(DELETED_STATE_URL));
+            extensions.retain(|e| {
+                !(e.get("url").and_then(Value::as_str) == Some(DELETED_STATE_URL)
+                    && e.get("valueString").and_then(Value::as_str) == Some("soft-deleted"))
+            });
             deleted = extensions.len() != before;
             if extensions.is_empty() {
                 meta.remove("extension");

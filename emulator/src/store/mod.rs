@@ -50,8 +50,14 @@ pub struct Resource {
 }
 
 impl Resource {
+    /// The current version: the latest non-negative one (negative versions are always history, reference
+    /// §6.3).
     pub fn current(&self) -> Option<&Version> {
-        self.versions.last()
+        self.versions
+            .iter()
+            .rev()
+            .find(|v| v.version_id >= 0)
+            .or(self.versions.last())
     }
 
     pub fn versions(&self) -> &[Version] {
@@ -60,7 +66,10 @@ impl Resource {
 
     /// The version that was current at `t` (the latest with lastUpdated < t).
     pub fn current_before(&self, t: Millis) -> Option<&Version> {
-        self.versions.iter().rev().find(|v| v.last_updated < t)
+        self.versions
+            .iter()
+            .rev()
+            .find(|v| v.last_updated < t && v.version_id >= 0)
     }
 
     fn insert(&mut self, v: Version) {

@@ -262,19 +262,31 @@ impl Inner {
         }
         let lo = filter.from.map_or(Bound::Unbounded, |f| Bound::Included((f, 0)));
         let hi = filter.to.map_or(Bound::Unbounded, |t| Bound::Excluded((t, 0)));
+        let (lo, hi) = match (after, filter.descending) {
+            (Some(p), true) => (lo, tighter_upper(hi, p)),
+            (Some(p), false) => (tighter_lower(lo, p), hi),
+            (None, _) => (lo, hi),
+        };
+        // A continuation token comes from the client: bounds it produces may cross, which BTreeMap::range
+        // would panic on. Crossed bounds simply select nothing.
+        if !valid_range(&lo, &hi) {
+            return Box::new(std::iter::empty());
+        }
         if filter.descending {
-            let hi = match after {
-                Some(p) => tighter_upper(hi, p),
-                None => hi,
-            };
             Box::new(self.index.range((lo, hi)).rev())
         } else {
-            let lo = match after {
-                Some(p) => tighter_lower(lo, p),
-                None => lo,
-            };
             Box::new(self.index.range((lo, hi)))
         }
+    }
+}
+
+fn valid_range(lo: &Bound<Position>, hi: &Bound<Position>) -> bool {
+    match (lo, hi) {
+        (Bound::Included(a) | Bound::Excluded(a), Bound::Included(b)) | (Bound::Included(a), Bound::Excluded(b)) => {
+            a <= b
+        }
+        (Bound::Excluded(a), Bound::Excluded(b)) => a < b,
+        _ => true,
     }
 }
 

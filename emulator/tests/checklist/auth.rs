@@ -156,3 +156,83 @@ async fn item_64_errors_are_operation_outcomes_with_request_ids() {
     let (status, _, _) = diagnostics(s.get("NotAType").send().await.unwrap()).await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn item_13_export_authorization_comes_after_parameter_validation() {
+    let s = with_tokens().await;
+    let reader = test_token(&s.emu.base_url, &["FHIR Data Reader"]);
+    // A reader with a bad parameter gets the 400 first, as the servers validate before authorizing.
+    let resp = s
+        .get("$export?_foo=1")
+        .bearer_auth(&reader)
+        .header("accept", FHIR_JSON)
+        .header("prefer", "respond-async")
+        .send()
+        .await
+        .unwrap();
+    let (status, _, text) = diagnostics(resp).await;
+    assert_eq!(
+        (status, text.as_str()),
+        (400, "The \"_foo\" parameter is not supported.")
+    );
+    // The route's type is checked after the headers.
+    let resp = s
+        .get("Observation/$export")
+        .bearer_auth(&reader)
+        .header("accept", "application/json")
+        .header("prefer", "respond-async")
+        .send()
+        .await
+        .unwrap();
+    let (status, _, text) = diagnostics(resp).await;
+    assert_eq!(status, 400);
+    assert!(text.contains("\"Accept\" header"), "{text}");
+}
+
+#[tokio::test]
+async fn initial_import_mode_locks_writes_with_the_servers_body() {
+    let config = EmulatorConfig {
+        initial_import_mode: true,
+        ..EmulatorConfig::quick(Flavor::Ahds)
+    };
+    let s = server_with(config, false).await;
+    let resp = s
+        .http
+        .put(s.url("Patient/x"))
+        .json(&serde_json::json!({"resourceType":"Patient"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 423);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({ "severity": "Error", "code": "Locked", "diagnostics": "Service is locked for initial import mode." })
+    );
+    assert_eq!(s.get("Patient").send().await.unwrap().status(), 200, "reads pass");
+    assert_eq!(s.http.post(s.url("$reindex")).send().await.unwrap().status(), 423);
+}
+
+#[tokio::test]
+async fn large_bodies_are_accepted_and_extractor_errors_are_operation_outcomes() {
+    let s = server(Flavor::Aapi).await;
+    let big = "x".repeat(3 * 1024 * 1024);
+    let line = serde_json::json!({ "resourceType": "Basic", "id": "big", "meta": { "versionId": "1", "lastUpdated": "2024-01-01T00:00:00Z" }, "text": { "div": big } });
+    let resp = s
+        .http
+        .post(s.url("_admin/load"))
+        .body(line.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "a 3 MB body is fine");
+    let resp = s
+        .http
+        .put(s.url("Patient/%FF"))
+        .json(&serde_json::json!({"resourceType":"Patient"}))
+        .send()
+        .await
+        .unwrap();
+    let (status, code, _) = diagnostics(resp).await;
+    assert_eq!((status, code.as_str()), (400, "invalid"));
+}

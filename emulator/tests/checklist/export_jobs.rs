@@ -323,6 +323,27 @@ async fn item_24_failed_jobs_report_their_status_with_a_processing_outcome() {
             "export operation failed for reason: The storage account not found."
         )
     );
+    // Storage that cannot be reached fails the job with 404 as well.
+    let mut config = EmulatorConfig::quick(Flavor::Ahds);
+    config.blob = Some(fhir_emulator::blob::BlobConfig {
+        endpoint: url::Url::parse(&format!(
+            "http://127.0.0.1:{}/devstoreaccount1",
+            fhir_testkit::free_port().unwrap()
+        ))
+        .unwrap(),
+        account: fhir_testkit::DEV_ACCOUNT.into(),
+        key: fhir_testkit::DEV_KEY.into(),
+    });
+    let unreachable = server_with(config, false).await;
+    let location = unreachable.export_ok("$export").await;
+    let (status, _, text) = diagnostics(unreachable.finish(&location).await).await;
+    assert_eq!(
+        (status, text.as_str()),
+        (
+            404,
+            "export operation failed for reason: The storage account not found."
+        )
+    );
     // A missing Group fails with 400.
     let location = s.export_ok("Group/nope/$export").await;
     let (status, _, text) = diagnostics(s.finish(&location).await).await;

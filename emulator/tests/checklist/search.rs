@@ -193,6 +193,25 @@ async fn item_58_paging_with_next_links_and_aapi_empty_pages() {
     let (all_again, empty) = walk(&s, "Patient?_count=4").await;
     assert_eq!(all_again, all, "empty pages lose nothing");
     assert!(empty >= 3, "empty pages with next links were served");
+    let (newest_first, _) = walk(&s, "Patient?_count=4&_sort=-_lastUpdated").await;
+    assert_eq!(newest_first.len(), 11, "empty pages also work newest first");
+    assert_eq!(newest_first[0], "p05");
+}
+
+#[tokio::test]
+async fn item_58_a_forged_continuation_token_selects_nothing_instead_of_crashing() {
+    use base64::Engine as _;
+    let s = populated(Flavor::Ahds).await;
+    for (path, position) in [
+        ("_history?_since=2024-01-01T00:00:00Z", "0:0:0"),
+        ("Patient?_lastUpdated=lt2020-01-01", "9999999999999:1:0"),
+    ] {
+        let ct = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(position);
+        let b = bundle(&s, &format!("{path}&ct={ct}")).await;
+        assert!(ids(&b).is_empty(), "{path}");
+    }
+    let (status, _, _) = diagnostics(s.get("Patient?ct=not-base64!").send().await.unwrap()).await;
+    assert_eq!(status, 400);
 }
 
 #[tokio::test]

@@ -13,7 +13,7 @@ use axum::response::Response;
 use serde_json::Value;
 
 use super::query_pairs;
-use crate::middleware::empty;
+use crate::middleware::{CallerRoles, empty};
 use crate::outcome::{FhirError, FhirResult, IssueCode, plain_json};
 use crate::time::{Millis, now_ms, parse_partial};
 use crate::wire::{ExportManifest, ExportOutput};
@@ -92,41 +92,58 @@ pub struct ExportJobs {
     pub jobs: HashMap<u64, ExportJob>,
 }
 
-pub async fn kickoff_system(State(app): State<App>, headers: HeaderMap, uri: OriginalUri) -> FhirResult<Response> {
-    kickoff(&app, &headers, &uri, Scope::System)
+pub async fn kickoff_system(
+    State(app): State<App>,
+    axum::Extension(roles): axum::Extension<CallerRoles>,
+    headers: HeaderMap,
+    uri: OriginalUri,
+) -> FhirResult<Response> {
+    kickoff(&app, &roles, &headers, &uri, Ok(Scope::System))
 }
 
 pub async fn kickoff_type(
     State(app): State<App>,
+    axum::Extension(roles): axum::Extension<CallerRoles>,
     headers: HeaderMap,
     uri: OriginalUri,
     Path(resource_type): Path<String>,
 ) -> FhirResult<Response> {
-    if resource_type != "Patient" {
-        return Err(unsupported_type(&resource_type));
-    }
-    kickoff(&app, &headers, &uri, Scope::Patient)
+    let scope = if resource_type == "Patient" {
+        Ok(Scope::Patient)
+    } else {
+        Err(unsupported_type(&resource_type))
+    };
+    kickoff(&app, &roles, &headers, &uri, scope)
 }
 
 pub async fn kickoff_instance(
     State(app): State<App>,
+    axum::Extension(roles): axum::Extension<CallerRoles>,
     headers: HeaderMap,
     uri: OriginalUri,
     Path((resource_type, id)): Path<(String, String)>,
 ) -> FhirResult<Response> {
-    if resource_type != "Group" || id.is_empty() {
-        return Err(unsupported_type(&resource_type));
-    }
-    kickoff(&app, &headers, &uri, Scope::Group(id))
+    let scope = if resource_type == "Group" && !id.is_empty() {
+        Ok(Scope::Group(id))
+    } else {
+        Err(unsupported_type(&resource_type))
+    };
+    kickoff(&app, &roles, &headers, &uri, scope)
 }
 
 fn unsupported_type(t: &str) -> FhirError {
     FhirError::bad_request(format!("Requested operation does not support resource type: {t}."))
 }
 
-fn kickoff(app: &App, headers: &HeaderMap, uri: &OriginalUri, scope: Scope) -> FhirResult<Response> {
+fn kickoff(
+    app: &App,
+    roles: &CallerRoles,
+    headers: &HeaderMap,
+    uri: &OriginalUri,
+    scope: FhirResult<Scope>,
+) -> FhirResult<Response> {
     let pairs = query_pairs(uri.query());
-    let request = validate(app, headers, &pairs, scope)?;
+    let request = validate(app, roles, headers, &pairs, scope)?;
     let id = app.next_job_id();
     let created = now_ms();
     let request_url = format!("{}{}", app.base_url, uri.0);
@@ -151,7 +168,13 @@ fn kickoff(app: &App, headers: &HeaderMap, uri: &OriginalUri, scope: Scope) -> F
 }
 
 /// Kick-off validation in the servers' order (reference §1.4).
-fn validate(app: &App, headers: &HeaderMap, pairs: &[(String, String)], scope: Scope) -> FhirResult<ExportRequest> {
+fn validate(
+    app: &App,
+    roles: &CallerRoles,
+    headers: &HeaderMap,
+    pairs: &[(String, String)],
+    scope: FhirResult<Scope>,
+) -> FhirResult<ExportRequest> {
     let get = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
     // 1. Model binding of typed parameters.
     let instant = |name: &str| -> FhirResult<Option<Millis>> {
@@ -234,7 +257,8 @@ fn validate(app: &App, headers: &HeaderMap, pairs: &[(String, String)], scope: S
             "The output format '{f}' is not supported."
         )));
     }
-    // 3. Controller checks.
+    // 3. Controller checks: the route's type first.
+    let scope = scope?;
     let container = get("_container").map(str::to_string);
     if let Some(c) = &container {
         let decoded = percent_encoding::percent_decode_str(c).decode_utf8_lossy().into_owned();
@@ -269,7 +293,8 @@ fn validate(app: &App, headers: &HeaderMap, pairs: &[(String, String)], scope: S
     }
     let type_filter = get("_typeFilter");
     let (mut history, mut deleted) = (false, false);
-    if let Some(values) = get("includeAssociatedData") {
+    // includeAssociatedData is accepted, unchecked and ignored on Patient and Group exports.
+    if let Some(values) = get("includeAssociatedData").filter(|_| scope == Scope::System) {
         let bad: Vec<&str> = values
             .split(',')
             .filter(|v| !matches!(*v, "_history" | "_deleted"))
@@ -288,7 +313,14 @@ fn validate(app: &App, headers: &HeaderMap, pairs: &[(String, String)], scope: S
         history = values.split(',').any(|v| v == "_history");
         deleted = values.split(',').any(|v| v == "_deleted");
     }
-    // 4. Handler checks.
+    // 4. Handler checks, starting with authorization.
+    if !roles.may("export") {
+        return Err(FhirError::new(
+            StatusCode::FORBIDDEN,
+            IssueCode::Forbidden,
+            "Authorization failed.",
+        ));
+    }
     let types: Option<HashSet<String>> =
         get("_type").map(|t| t.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect());
     let mut type_filters = Vec::new();

@@ -68,9 +68,7 @@ async fn run(app: &App, id: u64, created: Millis, request: ExportRequest) -> Res
         Some(c) => (c.clone(), format!("{}-{id}/", compact_stamp(created))),
         None => (format!("export-{id}"), String::new()),
     };
-    blob.ensure_container(&container)
-        .await
-        .map_err(|e| Failure(e.status.max(400), e.message))?;
+    blob.ensure_container(&container).await.map_err(storage_failure)?;
     let rules = match &request.anonymization {
         Some((name, etag)) => {
             let config = blob.get("anonymization", name).await.map_err(|e| {
@@ -176,12 +174,21 @@ async fn write_file(
     let name = format!("{prefix}{resource_type}-{job}-{file_no}.ndjson");
     blob.put(container, &name, content.into_bytes())
         .await
-        .map_err(|e| Failure(e.status.max(400), e.message))?;
+        .map_err(storage_failure)?;
     let url = blob.url(container, &name);
     if let Some(j) = app.exports.lock().unwrap_or_else(|p| p.into_inner()).jobs.get_mut(&id) {
         j.output.push((resource_type.to_string(), url, lines));
     }
     Ok(())
+}
+
+/// A storage error as a job failure: the storage status, or 404 when the account could not be reached.
+fn storage_failure(e: crate::blob::BlobFailure) -> Failure {
+    if e.status == 0 {
+        Failure(404, "The storage account not found.".into())
+    } else {
+        Failure(e.status, e.message)
+    }
 }
 
 /// The versions the request selects, by scope and the flavor's window semantics.

@@ -33,6 +33,8 @@ pub struct ImportInput {
 #[derive(Debug, Clone)]
 pub struct ImportSpec {
     pub inputs: Vec<ImportInput>,
+    /// `force` and `eventualConsistency`: part of the definition even where they change nothing here.
+    pub flags: String,
     pub initial_load: bool,
     pub allow_negative_versions: bool,
     pub unit_bytes: usize,
@@ -169,8 +171,9 @@ fn definition_key(request_url: &str, spec: &ImportSpec) -> String {
         })
         .collect();
     format!(
-        "{request_url}\n{}\n{}|{}|{}|{}",
+        "{request_url}\n{}\n{}|{}|{}|{}|{}",
         inputs.join("\n"),
+        spec.flags,
         spec.initial_load,
         spec.allow_negative_versions,
         spec.unit_bytes,
@@ -317,6 +320,11 @@ fn parse_parameters(app: &App, body: &[u8]) -> FhirResult<ImportSpec> {
         Some(Err(_)) => return Err(invalid("processingUnitBytesToRead")),
     };
     Ok(ImportSpec {
+        flags: format!(
+            "force={}|eventualConsistency={}",
+            flag("force"),
+            flag("eventualConsistency")
+        ),
         inputs: parsed,
         initial_load,
         allow_negative_versions: flag("allowNegativeVersions"),

@@ -1,0 +1,366 @@
+//! The typed rows of the two state tables, mapped to and from Table entities. Column names and status strings
+//! are the original tool's, so its runbooks and queries keep working; columns it lacked are added.
+
+use chrono::{DateTime, Utc};
+
+use crate::storage::tables::{ETag, Entity, TableError};
+
+/// `IsExportRunning` values.
+pub mod export_status {
+    pub const STARTED: &str = "Started";
+    pub const RUNNING: &str = "Running";
+    pub const COMPLETED: &str = "Completed";
+    pub const FAILED: &str = "Failed";
+    /// Intent recorded, `$export` not yet confirmed (a crash here is repaired after the lease).
+    pub const STARTING: &str = "Starting";
+}
+
+/// `IsImportRunning` values.
+pub mod import_status {
+    pub const NOT_STARTED: &str = "Not Started";
+    pub const STARTED: &str = "Started";
+    pub const RUNNING: &str = "Running";
+    pub const COMPLETED: &str = "Completed";
+    pub const FAILED: &str = "Failed";
+    /// The `$import` POST is in flight (a crash here re-posts the same definition, which the server
+    /// de-duplicates).
+    pub const POSTING: &str = "Posting";
+}
+
+/// The cursor row (`chunk` table): how far the migration has committed, and its counters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cursor {
+    /// `since`: everything with lastUpdated before this is migrated.
+    pub since: Option<DateTime<Utc>>,
+    /// `JobId`: the sequence number the next window gets.
+    pub next_job: i64,
+    /// `CommittedJobId`: the oldest window not yet committed (windows commit in order).
+    pub committed_job: i64,
+    /// `PlannedTill`: the end of the last window planned (or found empty); the next window starts here.
+    pub planned_till: Option<DateTime<Utc>>,
+    /// `maxExportRetries`: failures since the last success (the retry latch).
+    pub failures: i64,
+    /// `SearchParameterMigration`
+    pub search_parameters_copied: bool,
+    /// `SearchParameterCount`: custom SearchParameters copied (for the `$reindex` reminder).
+    pub search_parameter_count: i64,
+    pub etag: Option<ETag>,
+}
+
+/// One window (`export` table, RowKey `{RowKey}{seq:010}`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    pub seq: i64,
+    pub since: DateTime<Utc>,
+    pub till: DateTime<Utc>,
+    /// `IsExportRunning`
+    pub export_status: String,
+    /// `exportContentLocation`
+    pub export_url: String,
+    /// `ExportId`: last segment of the status URL.
+    pub export_id: String,
+    /// `ExportAttempt`: how many times this window has been kicked off.
+    pub attempt: i64,
+    /// `LeaseUntil`: while `Starting`, when an unfinished kick-off may be presumed crashed.
+    pub lease_until: Option<DateTime<Utc>>,
+    pub start_time: Option<DateTime<Utc>>,
+    pub export_end_time: Option<DateTime<Utc>>,
+    /// `TotalExportResourceCount`
+    pub exported: i64,
+    pub search_parameter_count: i64,
+    /// `PayloadCount`
+    pub payloads: i64,
+    /// `IsImportRunning` (summary over payloads)
+    pub import_status: String,
+    /// `ImportRequest`: Yes / No / "".
+    pub import_request: String,
+    /// `IsProcessed`: every payload imported successfully (the window may commit).
+    pub processed: bool,
+    pub failure_reason: String,
+    /// `resourceTypeValue` (per-type mode).
+    pub resource_type: String,
+    pub end_time: Option<DateTime<Utc>>,
+    pub etag: Option<ETag>,
+}
+
+/// One `$import` of a window's files (`export` table, RowKey `{RowKey}{seq:010}-{k:04}`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Payload {
+    pub seq: i64,
+    pub index: i64,
+    /// `ImportNo`: the payload blob name.
+    pub blob: String,
+    /// `importContentLocation`
+    pub import_url: String,
+    /// `IsImportRunning`
+    pub status: String,
+    /// `ImportAttempt`
+    pub attempt: i64,
+    pub lease_until: Option<DateTime<Utc>>,
+    pub start_time: Option<DateTime<Utc>>,
+    pub end_time: Option<DateTime<Utc>>,
+    /// `TotalImportResourceCount`
+    pub imported: i64,
+    /// `TotalFailedImportCount`
+    pub failed_lines: i64,
+    /// `FailedImportResources`: "Type:count, …"
+    pub failed_resources: String,
+    /// `ImportErrorFiles`: error-file URLs, one per line.
+    pub error_files: String,
+    pub failure_reason: String,
+    pub etag: Option<ETag>,
+}
+
+pub fn job_key(row_key: &str, seq: i64) -> String {
+    format!("{row_key}{seq:010}")
+}
+
+pub fn payload_key(row_key: &str, seq: i64, index: i64) -> String {
+    format!("{row_key}{seq:010}-{index:04}")
+}
+
+fn opt_time(e: &mut Entity, name: &str, t: Option<DateTime<Utc>>) {
+    match t {
+        Some(t) => e.set_datetime(name, t),
+        None => e.remove(name),
+    };
+}
+
+fn time_str(e: &mut Entity, name: &str, t: Option<DateTime<Utc>>) {
+    // The original stored window bounds as text in its own format; keep that for Since/Till.
+    match t {
+        Some(t) => e.set_str(name, crate::fhir::format_instant(t)),
+        None => e.set_str(name, ""),
+    };
+}
+
+fn read_time_str(e: &Entity, name: &str) -> Option<DateTime<Utc>> {
+    e.get_str(name).and_then(|s| DateTime::parse_from_rfc3339(s).ok()).map(|t| t.with_timezone(&Utc))
+}
+
+impl Cursor {
+    pub fn new() -> Cursor {
+        Cursor {
+            since: None,
+            next_job: 0,
+            committed_job: 0,
+            planned_till: None,
+            failures: 0,
+            search_parameters_copied: false,
+            search_parameter_count: 0,
+            etag: None,
+        }
+    }
+
+    pub fn to_entity(&self, pk: &str, rk: &str) -> Result<Entity, TableError> {
+        let mut e = Entity::new(pk, rk)?;
+        time_str(&mut e, "since", self.since);
+        e.set_i64("JobId", self.next_job)
+            .set_i64("CommittedJobId", self.committed_job)
+            .set_i64("maxExportRetries", self.failures)
+            .set_bool("SearchParameterMigration", self.search_parameters_copied)
+            .set_i64("SearchParameterCount", self.search_parameter_count);
+        time_str(&mut e, "PlannedTill", self.planned_till);
+        Ok(e)
+    }
+
+    pub fn from_entity(e: &Entity) -> Cursor {
+        Cursor {
+            since: read_time_str(e, "since"),
+            next_job: e.get_i64("JobId").unwrap_or(0),
+            committed_job: e.get_i64("CommittedJobId").unwrap_or(0),
+            planned_till: read_time_str(e, "PlannedTill"),
+            failures: e.get_i64("maxExportRetries").unwrap_or(0),
+            search_parameters_copied: e.get_bool("SearchParameterMigration").unwrap_or(false),
+            search_parameter_count: e.get_i64("SearchParameterCount").unwrap_or(0),
+            etag: e.etag().cloned(),
+        }
+    }
+
+    /// Where the next window starts: after the last planned one, else the committed frontier.
+    pub fn next_since(&self) -> Option<DateTime<Utc>> {
+        self.planned_till.or(self.since)
+    }
+}
+
+impl Default for Cursor {
+    fn default() -> Self {
+        Cursor::new()
+    }
+}
+
+impl Job {
+    pub fn planned(seq: i64, since: DateTime<Utc>, till: DateTime<Utc>, resource_type: &str) -> Job {
+        Job {
+            seq,
+            since,
+            till,
+            export_status: export_status::STARTING.into(),
+            export_url: String::new(),
+            export_id: String::new(),
+            attempt: 0,
+            lease_until: None,
+            start_time: None,
+            export_end_time: None,
+            exported: 0,
+            search_parameter_count: 0,
+            payloads: 0,
+            import_status: import_status::NOT_STARTED.into(),
+            import_request: String::new(),
+            processed: false,
+            failure_reason: String::new(),
+            resource_type: resource_type.into(),
+            end_time: None,
+            etag: None,
+        }
+    }
+
+    pub fn to_entity(&self, pk: &str, rk: &str) -> Result<Entity, TableError> {
+        let mut e = Entity::new(pk, job_key(rk, self.seq))?;
+        time_str(&mut e, "Since", Some(self.since));
+        time_str(&mut e, "Till", Some(self.till));
+        let export_complete = matches!(self.export_status.as_str(), export_status::COMPLETED | export_status::FAILED);
+        let import_complete = matches!(self.import_status.as_str(), import_status::COMPLETED);
+        e.set_i64("JobSeq", self.seq)
+            .set_str("IsExportRunning", &self.export_status)
+            .set_bool("IsExportComplete", export_complete)
+            .set_str("exportContentLocation", &self.export_url)
+            .set_str("ExportId", &self.export_id)
+            .set_i64("ExportAttempt", self.attempt)
+            .set_str("TotalExportResourceCount", self.exported.to_string())
+            .set_i64("SearchParameterCount", self.search_parameter_count)
+            .set_i32("PayloadCount", self.payloads as i32)
+            .set_str("IsImportRunning", &self.import_status)
+            .set_bool("IsImportComplete", import_complete)
+            .set_str("ImportRequest", &self.import_request)
+            .set_bool("IsProcessed", self.processed)
+            .set_bool("IsFirst", true)
+            .set_str("FailureReason", &self.failure_reason)
+            .set_str("resourceTypeValue", &self.resource_type);
+        opt_time(&mut e, "LeaseUntil", self.lease_until);
+        opt_time(&mut e, "StartTime", self.start_time);
+        opt_time(&mut e, "ExportEndTime", self.export_end_time);
+        opt_time(&mut e, "EndTime", self.end_time);
+        Ok(e)
+    }
+
+    pub fn from_entity(e: &Entity) -> Option<Job> {
+        Some(Job {
+            seq: e.get_i64("JobSeq")?,
+            since: read_time_str(e, "Since")?,
+            till: read_time_str(e, "Till")?,
+            export_status: e.get_str("IsExportRunning").unwrap_or_default().into(),
+            export_url: e.get_str("exportContentLocation").unwrap_or_default().into(),
+            export_id: e.get_str("ExportId").unwrap_or_default().into(),
+            attempt: e.get_i64("ExportAttempt").unwrap_or(0),
+            lease_until: e.get_datetime("LeaseUntil"),
+            start_time: e.get_datetime("StartTime"),
+            export_end_time: e.get_datetime("ExportEndTime"),
+            exported: e.get_i64("TotalExportResourceCount").unwrap_or(0),
+            search_parameter_count: e.get_i64("SearchParameterCount").unwrap_or(0),
+            payloads: e.get_i64("PayloadCount").unwrap_or(0),
+            import_status: e.get_str("IsImportRunning").unwrap_or_default().into(),
+            import_request: e.get_str("ImportRequest").unwrap_or_default().into(),
+            processed: e.get_bool("IsProcessed").unwrap_or(false),
+            failure_reason: e.get_str("FailureReason").unwrap_or_default().into(),
+            resource_type: e.get_str("resourceTypeValue").unwrap_or_default().into(),
+            end_time: e.get_datetime("EndTime"),
+            etag: e.etag().cloned(),
+        })
+    }
+}
+
+impl Payload {
+    pub fn new(seq: i64, index: i64, blob: String) -> Payload {
+        Payload {
+            seq,
+            index,
+            blob,
+            import_url: String::new(),
+            status: import_status::NOT_STARTED.into(),
+            attempt: 0,
+            lease_until: None,
+            start_time: None,
+            end_time: None,
+            imported: 0,
+            failed_lines: 0,
+            failed_resources: String::new(),
+            error_files: String::new(),
+            failure_reason: String::new(),
+            etag: None,
+        }
+    }
+
+    pub fn to_entity(&self, pk: &str, rk: &str) -> Result<Entity, TableError> {
+        let mut e = Entity::new(pk, payload_key(rk, self.seq, self.index))?;
+        e.set_i64("JobSeq", self.seq)
+            .set_i64("PayloadIndex", self.index)
+            .set_str("ImportNo", &self.blob)
+            .set_str("importContentLocation", &self.import_url)
+            .set_str("IsImportRunning", &self.status)
+            .set_bool("IsImportComplete", self.status == import_status::COMPLETED)
+            .set_i64("ImportAttempt", self.attempt)
+            .set_str("TotalImportResourceCount", self.imported.to_string())
+            .set_str("TotalFailedImportCount", self.failed_lines.to_string())
+            .set_str("FailedImportResources", &self.failed_resources)
+            .set_str("ImportErrorFiles", &self.error_files)
+            .set_str("FailureReason", &self.failure_reason);
+        opt_time(&mut e, "LeaseUntil", self.lease_until);
+        opt_time(&mut e, "ImportStartTime", self.start_time);
+        opt_time(&mut e, "EndTime", self.end_time);
+        Ok(e)
+    }
+
+    pub fn from_entity(e: &Entity) -> Option<Payload> {
+        Some(Payload {
+            seq: e.get_i64("JobSeq")?,
+            index: e.get_i64("PayloadIndex")?,
+            blob: e.get_str("ImportNo").unwrap_or_default().into(),
+            import_url: e.get_str("importContentLocation").unwrap_or_default().into(),
+            status: e.get_str("IsImportRunning").unwrap_or_default().into(),
+            attempt: e.get_i64("ImportAttempt").unwrap_or(0),
+            lease_until: e.get_datetime("LeaseUntil"),
+            start_time: e.get_datetime("ImportStartTime"),
+            end_time: e.get_datetime("EndTime"),
+            imported: e.get_i64("TotalImportResourceCount").unwrap_or(0),
+            failed_lines: e.get_i64("TotalFailedImportCount").unwrap_or(0),
+            failed_resources: e.get_str("FailedImportResources").unwrap_or_default().into(),
+            error_files: e.get_str("ImportErrorFiles").unwrap_or_default().into(),
+            failure_reason: e.get_str("FailureReason").unwrap_or_default().into(),
+            etag: e.etag().cloned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn rows_round_trip_through_entities() {
+        let t0 = Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).unwrap();
+        let mut cursor = Cursor::new();
+        cursor.since = Some(t0);
+        cursor.next_job = 7;
+        let back = Cursor::from_entity(&cursor.to_entity("pk", "rk").unwrap());
+        assert_eq!(back, cursor);
+
+        let mut job = Job::planned(12, t0, t0 + chrono::TimeDelta::days(30), "");
+        job.export_status = export_status::COMPLETED.into();
+        job.exported = 12345;
+        job.lease_until = Some(t0);
+        let e = job.to_entity("pk", "myrowkey").unwrap();
+        assert_eq!(e.row_key(), "myrowkey0000000012");
+        assert_eq!(e.get_str("Since"), Some("2024-01-01T00:00:00.000Z"));
+        assert_eq!(e.get_bool("IsExportComplete"), Some(true));
+        assert_eq!(Job::from_entity(&e).unwrap(), job);
+
+        let mut p = Payload::new(12, 1, "import_payload_1.json".into());
+        p.imported = 99;
+        let e = p.to_entity("pk", "myrowkey").unwrap();
+        assert_eq!(e.row_key(), "myrowkey0000000012-0001");
+        assert!(e.row_key() > job_key("myrowkey", 12).as_str() && e.row_key() < job_key("myrowkey", 13).as_str());
+        assert_eq!(Payload::from_entity(&e).unwrap(), p);
+    }
+}

@@ -15,6 +15,7 @@
 
 pub mod app;
 pub mod config;
+pub mod engine;
 pub mod fhir;
 pub mod functions;
 pub mod logging;
@@ -22,3 +23,4 @@ pub mod planner;
 pub mod secret;
 pub mod state;
 pub mod storage;
+pub mod telemetry;

@@ -111,14 +111,27 @@ impl FhirClient {
         total_of(&body, self)
     }
 
-    /// The oldest `meta.lastUpdated` on the server (of any version when `history`), truncated to milliseconds;
-    /// `None` for an empty server.
-    pub async fn oldest_last_updated(&self, history: bool) -> Result<Option<DateTime<Utc>>, FhirError> {
-        let path = if history {
-            "_history?_sort=_lastUpdated&_count=1"
-        } else {
-            "?_sort=_lastUpdated&_count=1"
+    /// The oldest `meta.lastUpdated` on the server at or after `from` (of any version when `history`),
+    /// truncated to milliseconds; `None` when there is none.
+    pub async fn oldest_last_updated(
+        &self,
+        history: bool,
+        from: Option<DateTime<Utc>>,
+    ) -> Result<Option<DateTime<Utc>>, FhirError> {
+        let path = match (history, from) {
+            (true, None) => "_history?_sort=_lastUpdated&_count=1".to_string(),
+            (false, None) => "?_sort=_lastUpdated&_count=1".to_string(),
+            // History endpoints ignore _lastUpdated; _since bounds them.
+            (true, Some(f)) => format!(
+                "_history?_since={}&_sort=_lastUpdated&_count=1",
+                enc(&format_instant(f))
+            ),
+            (false, Some(f)) => format!(
+                "?_lastUpdated=ge{}&_sort=_lastUpdated&_count=1",
+                enc(&format_instant(f))
+            ),
         };
+        let path = path.as_str();
         let mut url = self.url(path)?;
         // AAPI can answer with empty pages that still have a next link (reference §7.4): follow them.
         for _ in 0..100 {

@@ -1,11 +1,16 @@
-//! `MigrationOrchestrator`: the starter timer. Until the engine lands it proves the wiring end to end: it parses
-//! its timer, makes sure the state tables exist (idempotent, so every tick may call it) and reports what it saw.
+//! The migration's functions: three timers that drive the engine, and two HTTP functions (function key
+//! required) to resume after the retry latch and to read progress.
 
-use super::payload::{InvocationRequest, InvocationResponse};
+use chrono::Utc;
+use serde_json::json;
+
+use super::payload::{HttpResponseData, InvocationRequest, InvocationResponse};
 use super::{FunctionError, FunctionSpec, Trigger};
 use crate::app::App;
 
-pub(super) async fn orchestrator(
+/// `MigrationOrchestrator`, `ExportStatus`, `ImportStatus`. A conflict with an overlapping invocation is not a
+/// failure: that invocation did the work.
+pub(super) async fn timer(
     app: &App,
     spec: &FunctionSpec,
     request: &InvocationRequest,
@@ -14,15 +19,73 @@ pub(super) async fn orchestrator(
         return Err(FunctionError::Unrouted(spec.name));
     };
     let timer = request.timer(binding)?;
-    let tables = app.ensure_tables().await?;
-    let at = request
-        .utc_now()
-        .map_or_else(|| "unknown time".to_string(), |t| t.to_rfc3339());
-    let line = format!(
-        "MigrationOrchestrator tick at {at} (past due: {}); state tables ready: {}",
-        timer.is_past_due,
-        tables.join(", ")
-    );
-    tracing::info!(past_due = timer.is_past_due, "{line}");
-    Ok(InvocationResponse::logs(vec![line]))
+    let engine = app.engine();
+    let now = Utc::now();
+    let outcome = match spec.name {
+        "MigrationOrchestrator" => engine.starter_tick(now).await,
+        "ExportStatus" => engine.export_status_tick(now).await,
+        _ => engine.import_status_tick(now).await,
+    };
+    let mut logs = Vec::new();
+    if timer.is_past_due {
+        logs.push(format!(
+            "{} ran late (past due); state is re-read, so this is harmless",
+            spec.name
+        ));
+    }
+    match outcome {
+        Ok(report) => {
+            logs.extend(report.lines);
+            Ok(InvocationResponse::logs(logs))
+        }
+        Err(e) if e.is_conflict() => {
+            logs.push(format!(
+                "{}: another invocation changed the same state first; it carries on ({e})",
+                spec.name
+            ));
+            Ok(InvocationResponse::logs(logs))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn http_output(spec: &FunctionSpec) -> Result<&'static str, FunctionError> {
+    match spec.trigger {
+        Trigger::Http { output, .. } => Ok(output),
+        _ => Err(FunctionError::Unrouted(spec.name)),
+    }
+}
+
+/// `ClearMaxExportRetries_Http`: resets the retry latch (and accepts imports halted by the error policy).
+pub(super) async fn clear_retries(
+    app: &App,
+    spec: &FunctionSpec,
+    request: &InvocationRequest,
+) -> Result<InvocationResponse, FunctionError> {
+    let output = http_output(spec)?;
+    request.http("req")?;
+    let before = app.engine().clear_failures().await?;
+    let line = format!("maxExportRetries cleared successfully (was {before}).");
+    Ok(InvocationResponse::http(
+        output,
+        HttpResponseData::text(200, "maxExportRetries cleared successfully."),
+        vec![line],
+    ))
+}
+
+/// `MigrationStatus_Http`: progress as JSON.
+pub(super) async fn status(
+    app: &App,
+    spec: &FunctionSpec,
+    request: &InvocationRequest,
+) -> Result<InvocationResponse, FunctionError> {
+    let output = http_output(spec)?;
+    request.http("req")?;
+    let status = app.engine().status(Utc::now()).await?;
+    let body = serde_json::to_value(&status).unwrap_or_else(|e| json!({ "error": e.to_string() }));
+    Ok(InvocationResponse::http(
+        output,
+        HttpResponseData::json(200, &body),
+        Vec::new(),
+    ))
 }

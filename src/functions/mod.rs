@@ -51,13 +51,49 @@ pub struct FunctionSpec {
 }
 
 /// Every function this binary serves. Later issues add their functions here and as folders.
-pub const FUNCTIONS: &[FunctionSpec] = &[FunctionSpec {
-    name: "MigrationOrchestrator",
-    trigger: Trigger::Timer {
-        binding: "myTimer",
-        schedule: "%MigrationStarterCron%",
+pub const FUNCTIONS: &[FunctionSpec] = &[
+    FunctionSpec {
+        name: "MigrationOrchestrator",
+        trigger: Trigger::Timer {
+            binding: "myTimer",
+            schedule: "%MigrationStarterCron%",
+        },
     },
-}];
+    FunctionSpec {
+        name: "ExportStatus",
+        trigger: Trigger::Timer {
+            binding: "myTimer",
+            schedule: "%ExportStatusCron%",
+        },
+    },
+    FunctionSpec {
+        name: "ImportStatus",
+        trigger: Trigger::Timer {
+            binding: "myTimer",
+            schedule: "%ImportStatusCron%",
+        },
+    },
+    FunctionSpec {
+        name: "ClearMaxExportRetries_Http",
+        trigger: Trigger::Http {
+            binding: "req",
+            output: "res",
+            methods: &["post"],
+            auth_level: "function",
+            route: None,
+        },
+    },
+    FunctionSpec {
+        name: "MigrationStatus_Http",
+        trigger: Trigger::Http {
+            binding: "req",
+            output: "res",
+            methods: &["get"],
+            auth_level: "function",
+            route: None,
+        },
+    },
+];
 
 impl FunctionSpec {
     pub fn find(name: &str) -> Option<&'static FunctionSpec> {
@@ -177,6 +213,8 @@ pub enum FunctionError {
     Payload(#[from] payload::PayloadError),
     #[error(transparent)]
     Tables(#[from] crate::storage::tables::TableError),
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
     #[error("function {0} is listed but has no handler in this build")]
     Unrouted(&'static str),
 }
@@ -187,7 +225,9 @@ async fn dispatch(
     request: &InvocationRequest,
 ) -> Result<InvocationResponse, FunctionError> {
     match spec.name {
-        "MigrationOrchestrator" => migration::orchestrator(app, spec, request).await,
+        "MigrationOrchestrator" | "ExportStatus" | "ImportStatus" => migration::timer(app, spec, request).await,
+        "ClearMaxExportRetries_Http" => migration::clear_retries(app, spec, request).await,
+        "MigrationStatus_Http" => migration::status(app, spec, request).await,
         other => Err(FunctionError::Unrouted(other)),
     }
 }

@@ -2,3 +2,7 @@
 //! payload (see [`rows`]); every write is ETag-guarded.
 
 pub mod rows;
+pub mod store;
+
+pub use rows::{Cursor, Job, Payload};
+pub use store::{Active, StateStore};

@@ -87,6 +87,8 @@ pub struct Job {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Payload {
     pub seq: i64,
+    /// The window's export attempt these files came from.
+    pub export_attempt: i64,
     pub index: i64,
     /// `ImportNo`: the payload blob name.
     pub blob: String,
@@ -115,8 +117,10 @@ pub fn job_key(row_key: &str, seq: i64) -> String {
     format!("{row_key}{seq:010}")
 }
 
-pub fn payload_key(row_key: &str, seq: i64, index: i64) -> String {
-    format!("{row_key}{seq:010}-{index:04}")
+/// Payload rows sort right after their window's row; the export attempt is part of the key, so a re-exported
+/// window gets fresh payload rows while the old attempt's rows stay as history.
+pub fn payload_key(row_key: &str, seq: i64, attempt: i64, index: i64) -> String {
+    format!("{row_key}{seq:010}-{attempt:03}-{index:04}")
 }
 
 fn opt_time(e: &mut Entity, name: &str, t: Option<DateTime<Utc>>) {
@@ -135,7 +139,9 @@ fn time_str(e: &mut Entity, name: &str, t: Option<DateTime<Utc>>) {
 }
 
 fn read_time_str(e: &Entity, name: &str) -> Option<DateTime<Utc>> {
-    e.get_str(name).and_then(|s| DateTime::parse_from_rfc3339(s).ok()).map(|t| t.with_timezone(&Utc))
+    e.get_str(name)
+        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&Utc))
 }
 
 impl Cursor {
@@ -219,7 +225,10 @@ impl Job {
         let mut e = Entity::new(pk, job_key(rk, self.seq))?;
         time_str(&mut e, "Since", Some(self.since));
         time_str(&mut e, "Till", Some(self.till));
-        let export_complete = matches!(self.export_status.as_str(), export_status::COMPLETED | export_status::FAILED);
+        let export_complete = matches!(
+            self.export_status.as_str(),
+            export_status::COMPLETED | export_status::FAILED
+        );
         let import_complete = matches!(self.import_status.as_str(), import_status::COMPLETED);
         e.set_i64("JobSeq", self.seq)
             .set_str("IsExportRunning", &self.export_status)
@@ -271,9 +280,10 @@ impl Job {
 }
 
 impl Payload {
-    pub fn new(seq: i64, index: i64, blob: String) -> Payload {
+    pub fn new(seq: i64, export_attempt: i64, index: i64, blob: String) -> Payload {
         Payload {
             seq,
+            export_attempt,
             index,
             blob,
             import_url: String::new(),
@@ -292,8 +302,9 @@ impl Payload {
     }
 
     pub fn to_entity(&self, pk: &str, rk: &str) -> Result<Entity, TableError> {
-        let mut e = Entity::new(pk, payload_key(rk, self.seq, self.index))?;
+        let mut e = Entity::new(pk, payload_key(rk, self.seq, self.export_attempt, self.index))?;
         e.set_i64("JobSeq", self.seq)
+            .set_i64("ExportAttempt", self.export_attempt)
             .set_i64("PayloadIndex", self.index)
             .set_str("ImportNo", &self.blob)
             .set_str("importContentLocation", &self.import_url)
@@ -314,6 +325,7 @@ impl Payload {
     pub fn from_entity(e: &Entity) -> Option<Payload> {
         Some(Payload {
             seq: e.get_i64("JobSeq")?,
+            export_attempt: e.get_i64("ExportAttempt").unwrap_or(1),
             index: e.get_i64("PayloadIndex")?,
             blob: e.get_str("ImportNo").unwrap_or_default().into(),
             import_url: e.get_str("importContentLocation").unwrap_or_default().into(),
@@ -356,10 +368,10 @@ mod tests {
         assert_eq!(e.get_bool("IsExportComplete"), Some(true));
         assert_eq!(Job::from_entity(&e).unwrap(), job);
 
-        let mut p = Payload::new(12, 1, "import_payload_1.json".into());
+        let mut p = Payload::new(12, 2, 1, "import_payload_1.json".into());
         p.imported = 99;
         let e = p.to_entity("pk", "myrowkey").unwrap();
-        assert_eq!(e.row_key(), "myrowkey0000000012-0001");
+        assert_eq!(e.row_key(), "myrowkey0000000012-002-0001");
         assert!(e.row_key() > job_key("myrowkey", 12).as_str() && e.row_key() < job_key("myrowkey", 13).as_str());
         assert_eq!(Payload::from_entity(&e).unwrap(), p);
     }

@@ -11,17 +11,44 @@ use crate::support::{azurite, table_service, unique_name};
 
 const NOW: &str = "2026-11-26T07:40:45.004275Z";
 
-async fn start(azurite: &Azurite, chunk: &str, export: &str) -> HandlerProcess {
+/// The handler process with its FHIR servers (emulators, kept alive alongside it).
+struct Running {
+    handler: HandlerProcess,
+    _servers: (fhir_emulator::RunningEmulator, fhir_emulator::RunningEmulator),
+}
+
+impl std::ops::Deref for Running {
+    type Target = HandlerProcess;
+    fn deref(&self) -> &HandlerProcess {
+        &self.handler
+    }
+}
+
+async fn start(azurite: &Azurite, chunk: &str, export: &str) -> Running {
+    let emulator = |flavor| async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        fhir_emulator::spawn(fhir_emulator::EmulatorConfig::quick(flavor), listener)
+            .await
+            .unwrap()
+    };
+    let (source, destination) = (
+        emulator(fhir_emulator::Flavor::Aapi).await,
+        emulator(fhir_emulator::Flavor::Ahds).await,
+    );
     let settings = [
         ("AzureWebJobsStorage", azurite.connection_string()),
         ("AZURE_ChunkTableName", chunk.to_string()),
         ("AZURE_ExportTableName", export.to_string()),
-        ("AZURE_SourceUri", "https://source.example".to_string()),
-        ("AZURE_DestinationUri", "https://destination.example".to_string()),
+        ("AZURE_SourceUri", source.base_url.clone()),
+        ("AZURE_DestinationUri", destination.base_url.clone()),
     ];
-    HandlerProcess::start(Path::new(env!("CARGO_BIN_EXE_fhir-migration-tool")), &settings, None)
+    let handler = HandlerProcess::start(Path::new(env!("CARGO_BIN_EXE_fhir-migration-tool")), &settings, None)
         .await
-        .expect("the handler starts and answers GET /")
+        .expect("the handler starts and answers GET /");
+    Running {
+        handler,
+        _servers: (source, destination),
+    }
 }
 
 fn timer_payload(function: &str, binding: &str) -> Value {
@@ -29,7 +56,7 @@ fn timer_payload(function: &str, binding: &str) -> Value {
 }
 
 #[tokio::test]
-async fn timer_tick_creates_the_state_tables_and_reports_through_logs() {
+async fn starter_tick_creates_the_state_tables_and_reports_through_logs() {
     let azurite = azurite().await;
     let (chunk, export) = (unique_name("chunk"), unique_name("export"));
     let handler = start(&azurite, &chunk, &export).await;
@@ -43,10 +70,10 @@ async fn timer_tick_creates_the_state_tables_and_reports_through_logs() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.unwrap();
-    let log = body["Logs"][0].as_str().unwrap();
+    let logs = body["Logs"].to_string();
     assert!(
-        log.contains("2026-11-26T07:40:45") && log.contains(&chunk) && log.contains(&export),
-        "{log}"
+        logs.contains("no resources yet"),
+        "the empty source is reported: {logs}"
     );
     assert!(body["Outputs"].as_object().unwrap().is_empty());
 

@@ -4,6 +4,7 @@
 mod blobs;
 mod handler;
 mod layout;
+mod migration;
 mod router;
 mod support;
 mod tables;

@@ -1,0 +1,487 @@
+//! Windows and exports: committing finished windows, planning the next one (sizing, halving, skipping empty
+//! ranges), kicking it off, polling it, and turning its manifest into persisted import payloads.
+
+use chrono::{DateTime, Utc};
+
+use super::{Engine, EngineError, TickReport};
+use crate::fhir::wire::{ExportFile, ExportManifest, import_parameters};
+use crate::fhir::{FhirError, Poll, format_instant};
+use crate::planner;
+use crate::state::rows::{export_status, import_status};
+use crate::state::{Cursor, Job, Payload};
+use crate::storage::tables::TableError;
+use crate::telemetry::{Event, id_of};
+
+/// Windows in flight at most: the one importing and, with overlap, the next one exporting.
+fn max_uncommitted(overlap: bool) -> usize {
+    if overlap { 2 } else { 1 }
+}
+
+fn is_exporting(job: &Job) -> bool {
+    matches!(
+        job.export_status.as_str(),
+        export_status::STARTING | export_status::STARTED | export_status::RUNNING
+    )
+}
+
+impl Engine {
+    /// Moves the cursor through every window, in order, whose payloads all imported; then over any empty
+    /// range planned after them.
+    pub(crate) async fn commit(&self, report: &mut TickReport) -> Result<(), EngineError> {
+        for _ in 0..1000 {
+            let mut cursor = self.state.cursor().await?;
+            if cursor.committed_job < cursor.next_job {
+                let Some(job) = self.state.job(cursor.committed_job).await? else {
+                    // The planner moved the cursor but its row is gone: nothing to wait for.
+                    return Ok(());
+                };
+                if !job.processed {
+                    return Ok(());
+                }
+                cursor.since = Some(job.till);
+                cursor.committed_job += 1;
+                cursor.failures = 0;
+                match self.state.save_cursor(&cursor).await {
+                    Ok(_) => {
+                        report.say(format!(
+                            "Window {} to {} migrated; cursor advanced",
+                            format_instant(job.since),
+                            format_instant(job.till)
+                        ));
+                        self.emit(Event::new("ImportTill").with("Till", format_instant(job.till)));
+                    }
+                    Err(TableError::Conflict { .. }) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            } else {
+                // No window outstanding: ranges planned as empty are committed too.
+                match (cursor.planned_till, cursor.since) {
+                    (Some(planned), Some(since)) if planned > since => {
+                        cursor.since = Some(planned);
+                        match self.state.save_cursor(&cursor).await {
+                            Ok(_) => self.emit(Event::new("ImportTill").with("Till", format_instant(planned))),
+                            Err(TableError::Conflict { .. }) => continue,
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                    _ => return Ok(()),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-kicks a failed or stalled window, or plans and kicks off the next one, when the pipeline has room.
+    pub(crate) async fn start_next_export(
+        &self,
+        now: DateTime<Utc>,
+        report: &mut TickReport,
+    ) -> Result<(), EngineError> {
+        for _ in 0..=self.timing.max_empty_skips {
+            let cursor = self.state.cursor().await?;
+            let active = self.state.active(&cursor).await?;
+            // A halted window (import errors under the Halt policy) stops everything until acknowledged.
+            if let Some(j) = active.jobs.iter().find(|j| j.import_status == "Halted") {
+                report.say(format!(
+                    "Migration halted at window {} to {}: {}",
+                    format_instant(j.since),
+                    format_instant(j.till),
+                    j.failure_reason
+                ));
+                return Ok(());
+            }
+            // One export at a time; a kick-off whose lease ran out was interrupted and is repaired.
+            if let Some(job) = active.jobs.iter().find(|j| is_exporting(j)) {
+                if job.export_status == export_status::STARTING && job.lease_until.is_none_or(|l| l < now) {
+                    report.say(format!(
+                        "Repairing window {}: its kick-off was never confirmed",
+                        job.seq
+                    ));
+                    return self.kick_off(job.clone(), now, report).await;
+                }
+                return Ok(());
+            }
+            // A failed window is exported again before anything new.
+            if let Some(job) = active.jobs.iter().find(|j| j.export_status == export_status::FAILED) {
+                report.say(format!(
+                    "Exporting window {} to {} again (attempt {})",
+                    format_instant(job.since),
+                    format_instant(job.till),
+                    job.attempt + 1
+                ));
+                return self.kick_off(job.clone(), now, report).await;
+            }
+            let uncommitted = active.jobs.iter().filter(|j| !j.processed).count();
+            if uncommitted >= max_uncommitted(self.settings.overlap_exports) {
+                return Ok(());
+            }
+            match self.plan(&cursor, now, report).await? {
+                Planned::Job(job) => return self.kick_off(*job, now, report).await,
+                Planned::Skipped => continue,
+                Planned::Nothing => return Ok(()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Decides the next window and records it (a job row, or an empty range on the cursor).
+    async fn plan(&self, cursor: &Cursor, now: DateTime<Utc>, report: &mut TickReport) -> Result<Planned, EngineError> {
+        let history = self.settings.export_with_history || self.settings.export_with_delete;
+        let since = match cursor.next_since().or(self.settings.start_date) {
+            Some(s) => s,
+            None => match self.source.oldest_last_updated(history, None).await? {
+                Some(first) => first,
+                None => {
+                    report.say("The source server has no resources yet; nothing to export");
+                    return Ok(Planned::Nothing);
+                }
+            },
+        };
+        let Some(mut till) = planner::window_end(&self.settings, since, now) else {
+            return Ok(Planned::Nothing);
+        };
+        let mut count = self.window_count(history, since, till).await?;
+        while count > self.settings.chunk_limit {
+            match planner::halve(since, till) {
+                Some(shorter) => {
+                    till = shorter;
+                    count = self.window_count(history, since, till).await?;
+                }
+                None => break,
+            }
+        }
+        if count == 0 {
+            // Skip straight to the next resource (or the frontier) without an export.
+            let next = self.source.oldest_last_updated(history, Some(till)).await?;
+            let frontier = planner::frontier(&self.settings, now);
+            let skip_to = next.map_or(frontier, |n| n.min(frontier)).max(till);
+            let mut updated = cursor.clone();
+            updated.planned_till = Some(skip_to);
+            if updated.since.is_none() {
+                updated.since = Some(since);
+            }
+            return match self.state.save_cursor(&updated).await {
+                Ok(_) => {
+                    report.say(format!(
+                        "No data from {} to {}; skipped without an export",
+                        format_instant(since),
+                        format_instant(skip_to)
+                    ));
+                    Ok(Planned::Skipped)
+                }
+                Err(TableError::Conflict { .. }) => Ok(Planned::Nothing),
+                Err(e) => Err(e.into()),
+            };
+        }
+        let seq = cursor.next_job;
+        let job = Job::planned(seq, since, till, "");
+        let job = match self.state.insert_job(&job).await {
+            Ok(job) => job,
+            // A planner that crashed after inserting this window: let the cursor catch up first.
+            Err(TableError::AlreadyExists { .. }) => {
+                if let Some(existing) = self.state.job(seq).await? {
+                    let mut repaired = cursor.clone();
+                    repaired.next_job = seq + 1;
+                    repaired.planned_till = Some(existing.till);
+                    let _ = self.state.save_cursor(&repaired).await;
+                }
+                return Ok(Planned::Nothing);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut updated = cursor.clone();
+        updated.next_job = seq + 1;
+        updated.planned_till = Some(till);
+        if updated.since.is_none() {
+            updated.since = Some(since);
+        }
+        match self.state.save_cursor(&updated).await {
+            Ok(_) => {}
+            // Another invocation moved the cursor; it will see this row and repair the cursor.
+            Err(TableError::Conflict { .. }) => return Ok(Planned::Nothing),
+            Err(e) => return Err(e.into()),
+        }
+        report.say(format!(
+            "Planned window {seq}: {} to {} ({count} resources)",
+            format_instant(since),
+            format_instant(till)
+        ));
+        Ok(Planned::Job(Box::new(job)))
+    }
+
+    /// Resources (versions, when history or deletes are exported) with lastUpdated in `[since, till)`.
+    async fn window_count(&self, history: bool, since: DateTime<Utc>, till: DateTime<Utc>) -> Result<u64, EngineError> {
+        Ok(if history {
+            self.source.history_count(since, till).await?
+        } else {
+            self.source.count(None, since, till).await?
+        })
+    }
+
+    /// The `$export` query for a window.
+    pub(crate) fn export_query(&self, job: &Job) -> String {
+        let enc = crate::storage::encode_component;
+        let mut q = vec![if job.resource_type.is_empty() {
+            "_isParallel=true".to_string()
+        } else {
+            format!("_type={}", enc(&job.resource_type))
+        }];
+        if let Some(config) = &self.settings.deidentify_config {
+            q.push(format!("_container=anonymization&_anonymizationConfig={}", enc(config)));
+        }
+        if let Some(assoc) = self.settings.associated_data() {
+            q.push(format!("includeAssociatedData={assoc}"));
+        }
+        q.push(format!("_since={}", enc(&format_instant(job.since))));
+        q.push(format!("_till={}", enc(&format_instant(job.till))));
+        if let Some(n) = self.settings.max_count {
+            q.push(format!("_maxCount={n}"));
+        }
+        q.join("&")
+    }
+
+    /// Claims the window (ETag), calls `$export`, records the status URL or the rejection.
+    pub(crate) async fn kick_off(
+        &self,
+        mut job: Job,
+        now: DateTime<Utc>,
+        report: &mut TickReport,
+    ) -> Result<(), EngineError> {
+        job.attempt += 1;
+        job.export_status = export_status::STARTING.into();
+        job.lease_until = Some(now + self.timing.lease);
+        job.failure_reason.clear();
+        job.export_url.clear();
+        job.export_id.clear();
+        job.payloads = 0;
+        job.processed = false;
+        job.import_status = import_status::NOT_STARTED.into();
+        job.import_request.clear();
+        let mut job = match self.state.save_job(&job).await {
+            Ok(j) => j,
+            Err(TableError::Conflict { .. }) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let query = self.export_query(&job);
+        let (since, till) = (format_instant(job.since), format_instant(job.till));
+        match self.source.export(&query).await {
+            Ok(accepted) => {
+                job.export_id = id_of(&accepted.status_url);
+                job.export_url = accepted.status_url;
+                job.export_status = export_status::STARTED.into();
+                job.start_time = Some(Utc::now());
+                job.lease_until = None;
+                self.state.save_job(&job).await?;
+                report.say(format!("Export {} started for {since} to {till}", job.export_id));
+                self.emit(
+                    Event::new("Export")
+                        .with("ExportId", &job.export_id)
+                        .with("StatusUrl", &job.export_url)
+                        .with("ExportStatus", "Started")
+                        .with("Since", &since)
+                        .with("Till", &till),
+                );
+                Ok(())
+            }
+            Err(FhirError::Rejected {
+                status, diagnostics, ..
+            }) => {
+                job.export_status = export_status::FAILED.into();
+                job.failure_reason = format!("$export refused with HTTP {status}: {diagnostics}");
+                job.lease_until = None;
+                self.state.save_job(&job).await?;
+                self.count_failure().await?;
+                report.say(format!(
+                    "Export kick-off for {since} to {till} failed: {}",
+                    job.failure_reason
+                ));
+                self.emit(
+                    Event::new("Export")
+                        .with("ExportId", "")
+                        .with("StatusUrl", "")
+                        .with("ExportStatus", "Failed")
+                        .with("Since", &since)
+                        .with("Till", &till)
+                        .with("FailureReason", &job.failure_reason),
+                );
+                Ok(())
+            }
+            // Unreachable server or token trouble: the lease expires and a later tick tries again.
+            Err(e) => {
+                report.say(format!("Export kick-off for {since} to {till} could not be sent: {e}"));
+                self.count_failure().await?;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Polls every running export once.
+    pub(crate) async fn poll_exports(&self, now: DateTime<Utc>, report: &mut TickReport) -> Result<(), EngineError> {
+        let cursor = self.state.cursor().await?;
+        let active = self.state.active(&cursor).await?;
+        for job in active.jobs.iter().filter(|j| {
+            matches!(
+                j.export_status.as_str(),
+                export_status::STARTED | export_status::RUNNING
+            )
+        }) {
+            let mut poll = self.source.export_status(&job.export_url).await?;
+            if matches!(poll, Poll::Done(_)) {
+                // Servers can report 200 and then 202 again: trust a completion only when it repeats.
+                tokio::time::sleep(self.timing.confirm_delay).await;
+                poll = match self.source.export_status(&job.export_url).await? {
+                    Poll::Done(m) => Poll::Done(m),
+                    _ => Poll::Running(None),
+                };
+            }
+            let result = match poll {
+                Poll::Running(_) => self.export_running(job.clone()).await,
+                Poll::Done(manifest) => self.export_done(job.clone(), manifest, now, report).await,
+                Poll::Failed { status, diagnostics } => {
+                    self.export_failed(job.clone(), status, diagnostics, report).await
+                }
+            };
+            match result {
+                Err(e) if e.is_conflict() => report.say(format!(
+                    "Window {} was updated by another invocation; left to it",
+                    job.seq
+                )),
+                other => other?,
+            }
+        }
+        Ok(())
+    }
+
+    async fn export_running(&self, mut job: Job) -> Result<(), EngineError> {
+        if job.export_status != export_status::RUNNING {
+            job.export_status = export_status::RUNNING.into();
+            self.state.save_job(&job).await?;
+        }
+        self.emit(
+            Event::new("Export")
+                .with("ExportId", &job.export_id)
+                .with("StatusUrl", &job.export_url)
+                .with("ExportStatus", "Running")
+                .with("Since", "")
+                .with("Till", ""),
+        );
+        Ok(())
+    }
+
+    async fn export_failed(
+        &self,
+        mut job: Job,
+        status: u16,
+        diagnostics: String,
+        report: &mut TickReport,
+    ) -> Result<(), EngineError> {
+        job.export_status = export_status::FAILED.into();
+        job.failure_reason = format!("export failed with HTTP {status}: {diagnostics}");
+        self.state.save_job(&job).await?;
+        self.count_failure().await?;
+        report.say(format!("Export {} failed: {}", job.export_id, job.failure_reason));
+        self.emit(
+            Event::new("Export")
+                .with("ExportId", &job.export_id)
+                .with("StatusUrl", &job.export_url)
+                .with("ExportStatus", "Failed")
+                .with("Since", "")
+                .with("Till", "")
+                .with("TotalResources", "")
+                .with("FailureReason", &job.failure_reason),
+        );
+        Ok(())
+    }
+
+    /// Persists the payloads (blobs first, then rows), then marks the export complete.
+    async fn export_done(
+        &self,
+        mut job: Job,
+        manifest: ExportManifest,
+        now: DateTime<Utc>,
+        report: &mut TickReport,
+    ) -> Result<(), EngineError> {
+        let total: u64 = manifest.output.iter().map(|f| f.count).sum();
+        if !manifest.error.is_empty() {
+            let failed: Vec<String> = manifest
+                .error
+                .iter()
+                .map(|e| format!("{}:{}", e.resource_type, e.count))
+                .collect();
+            return self
+                .export_failed(
+                    job,
+                    200,
+                    format!("the manifest lists export errors ({})", failed.join(", ")),
+                    report,
+                )
+                .await;
+        }
+        let (search_parameters, files): (Vec<ExportFile>, Vec<ExportFile>) = manifest
+            .output
+            .into_iter()
+            .partition(|f| f.resource_type == "SearchParameter");
+        job.search_parameter_count = search_parameters.iter().map(|f| f.count as i64).sum();
+        job.exported = total as i64;
+        job.export_end_time = Some(now);
+        job.export_status = export_status::COMPLETED.into();
+        if files.is_empty() {
+            job.import_request = "No".into();
+            job.import_status = import_status::COMPLETED.into();
+            job.processed = true;
+            job.end_time = Some(now);
+            self.state.save_job(&job).await?;
+            report.say(format!("Export {} finished with nothing to import", job.export_id));
+        } else {
+            let container = format!("import-{}", sanitize(&job.export_id));
+            self.blobs.ensure_container(&container).await?;
+            let chunks: Vec<&[ExportFile]> = files.chunks(self.settings.file_count).collect();
+            for (k, chunk) in chunks.iter().enumerate() {
+                let name = format!("import_payload_{}.json", k + 1);
+                let body = import_parameters(&self.settings.import_mode, chunk, None);
+                self.blobs.put(&container, &name, body.to_string().into_bytes()).await?;
+                self.state
+                    .insert_payload(&Payload::new(job.seq, job.attempt, k as i64 + 1, name))
+                    .await?;
+            }
+            job.payloads = chunks.len() as i64;
+            job.import_request = "Yes".into();
+            self.state.save_job(&job).await?;
+            report.say(format!(
+                "Export {} finished: {total} resources in {} file(s), {} import payload(s)",
+                job.export_id,
+                files.len(),
+                chunks.len()
+            ));
+        }
+        self.emit(
+            Event::new("Export")
+                .with("ExportId", &job.export_id)
+                .with("StatusUrl", &job.export_url)
+                .with("ExportStatus", "Completed")
+                .with("Since", "")
+                .with("Till", "")
+                .with("TotalResources", total)
+                .with("SearchParameterCount", job.search_parameter_count)
+                .with("FailedExportCount", 0)
+                .with("FailedExportType", ""),
+        );
+        Ok(())
+    }
+}
+
+/// The container-name-safe form of an export id.
+fn sanitize(id: &str) -> String {
+    let s: String = id
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect::<String>()
+        .to_ascii_lowercase();
+    if s.is_empty() { "unknown".into() } else { s }
+}
+
+pub(crate) enum Planned {
+    Job(Box<Job>),
+    Skipped,
+    Nothing,
+}

@@ -1,0 +1,382 @@
+//! Imports: posting persisted payloads (at most `AZURE_PayloadCount` running), polling every running import,
+//! retrying failed ones with a new definition, and marking a window processed only when every payload of its
+//! current export attempt imported successfully.
+
+use chrono::{DateTime, Utc};
+
+use super::{Engine, EngineError, TickReport};
+use crate::config::ImportErrorPolicy;
+use crate::fhir::wire::ImportResult;
+use crate::fhir::{FhirError, Poll};
+use crate::state::rows::{export_status, import_status};
+use crate::state::{Active, Job, Payload};
+use crate::storage::tables::TableError;
+use crate::telemetry::{Event, id_of};
+
+/// The servers' default processing-unit size; retries step just below it so each retry is a new definition.
+const DEFAULT_UNIT_BYTES: u64 = 10_000_000;
+const HALTED: &str = "Halted";
+
+fn is_running(p: &Payload, now: DateTime<Utc>) -> bool {
+    match p.status.as_str() {
+        import_status::STARTED | import_status::RUNNING => true,
+        import_status::POSTING => p.lease_until.is_some_and(|l| l >= now),
+        _ => false,
+    }
+}
+
+impl Engine {
+    /// Starts imports for payloads that are waiting, failed with retries left, or whose POST was interrupted.
+    pub(crate) async fn post_payloads(&self, now: DateTime<Utc>, report: &mut TickReport) -> Result<(), EngineError> {
+        let cursor = self.state.cursor().await?;
+        if self.latched(&cursor) {
+            return Ok(());
+        }
+        if crate::planner::paused(self.settings.pause, now) && !self.settings.continue_last_import_during_pause {
+            return Ok(());
+        }
+        let active = self.state.active(&cursor).await?;
+        let mut running = active.payloads.iter().filter(|p| is_running(p, now)).count();
+        for job in active
+            .jobs
+            .iter()
+            .filter(|j| j.export_status == export_status::COMPLETED && !j.processed)
+        {
+            for payload in active.payloads_of(job) {
+                if running >= self.settings.payload_count {
+                    return Ok(());
+                }
+                let retry = payload.status == import_status::FAILED
+                    && payload.attempt < i64::from(self.settings.max_import_retries);
+                let interrupted = payload.status == import_status::POSTING && !is_running(payload, now);
+                if payload.status == import_status::NOT_STARTED || retry || interrupted {
+                    match self.post(job, payload.clone(), interrupted, now, report).await {
+                        Err(e) if e.is_conflict() => continue,
+                        other => other?,
+                    }
+                    running += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn post(
+        &self,
+        job: &Job,
+        mut payload: Payload,
+        same_attempt: bool,
+        now: DateTime<Utc>,
+        report: &mut TickReport,
+    ) -> Result<(), EngineError> {
+        // Claim first: only the invocation whose write wins posts.
+        if !same_attempt {
+            payload.attempt += 1;
+        }
+        payload.status = import_status::POSTING.into();
+        payload.lease_until = Some(now + self.timing.lease);
+        payload.failure_reason.clear();
+        let mut payload = self.state.save_payload(&payload).await?;
+        let container = format!(
+            "import-{}",
+            job.export_id
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric())
+                .collect::<String>()
+                .to_ascii_lowercase()
+        );
+        let Some(bytes) = self.blobs.get(&container, &payload.blob).await? else {
+            payload.status = import_status::FAILED.into();
+            payload.failure_reason = format!("the payload blob {container}/{} is missing", payload.blob);
+            self.state.save_payload(&payload).await?;
+            return Ok(());
+        };
+        let mut body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        // Registration is idempotent on the whole definition: a retry must differ, a repaired POST must not.
+        if payload.attempt > 1
+            && let Some(params) = body["parameter"].as_array_mut()
+        {
+            params.push(serde_json::json!({ "name": "processingUnitBytesToRead", "valueInteger": DEFAULT_UNIT_BYTES - payload.attempt as u64 + 1 }));
+        }
+        match self.destination.import(&body).await {
+            Ok(accepted) => {
+                payload.import_url = accepted.status_url;
+                payload.status = import_status::STARTED.into();
+                payload.start_time = Some(Utc::now());
+                payload.lease_until = None;
+                self.state.save_payload(&payload).await?;
+                report.say(format!(
+                    "Import {} started for window {} (payload {}, attempt {})",
+                    id_of(&payload.import_url),
+                    job.seq,
+                    payload.index,
+                    payload.attempt
+                ));
+                self.emit(
+                    Event::new("Import")
+                        .with("ImportId", id_of(&payload.import_url))
+                        .with("StatusUrl", &payload.import_url)
+                        .with("ImportStatus", "Started"),
+                );
+                Ok(())
+            }
+            Err(FhirError::Rejected {
+                status, diagnostics, ..
+            }) => {
+                payload.status = import_status::FAILED.into();
+                payload.failure_reason = format!("$import refused with HTTP {status}: {diagnostics}");
+                payload.lease_until = None;
+                self.state.save_payload(&payload).await?;
+                self.count_failure().await?;
+                report.say(format!(
+                    "Import of window {} payload {} refused: {}",
+                    job.seq, payload.index, payload.failure_reason
+                ));
+                self.emit(
+                    Event::new("Import")
+                        .with("ImportId", "")
+                        .with("StatusUrl", "")
+                        .with("ImportStatus", "Failed")
+                        .with("FailureReason", &payload.failure_reason),
+                );
+                self.give_up_if_exhausted(job, &payload, report).await
+            }
+            Err(e) => {
+                report.say(format!(
+                    "Import of window {} payload {} could not be sent: {e}",
+                    job.seq, payload.index
+                ));
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Polls every running import once.
+    pub(crate) async fn poll_imports(&self, now: DateTime<Utc>, report: &mut TickReport) -> Result<(), EngineError> {
+        let cursor = self.state.cursor().await?;
+        let active = self.state.active(&cursor).await?;
+        for payload in active
+            .payloads
+            .iter()
+            .filter(|p| matches!(p.status.as_str(), import_status::STARTED | import_status::RUNNING))
+        {
+            let Some(job) = active.job(payload.seq) else { continue };
+            let result = match self.destination.import_status(&payload.import_url).await? {
+                Poll::Running(_) => self.import_running(payload.clone()).await,
+                Poll::Done(result) => self.import_done(job, payload.clone(), result, now, report).await,
+                Poll::Failed { status, diagnostics } => {
+                    self.import_failed(job, payload.clone(), status, diagnostics, report)
+                        .await
+                }
+            };
+            match result {
+                Err(e) if e.is_conflict() => continue,
+                other => other?,
+            }
+        }
+        self.mark_processed(&self.state.active(&self.state.cursor().await?).await?, now)
+            .await
+    }
+
+    async fn import_running(&self, mut payload: Payload) -> Result<(), EngineError> {
+        if payload.status != import_status::RUNNING {
+            payload.status = import_status::RUNNING.into();
+            self.state.save_payload(&payload).await?;
+        }
+        self.emit(
+            Event::new("Import")
+                .with("ImportId", id_of(&payload.import_url))
+                .with("StatusUrl", &payload.import_url)
+                .with("ImportStatus", "Running"),
+        );
+        Ok(())
+    }
+
+    async fn import_done(
+        &self,
+        job: &Job,
+        mut payload: Payload,
+        result: ImportResult,
+        now: DateTime<Utc>,
+        report: &mut TickReport,
+    ) -> Result<(), EngineError> {
+        payload.imported = result.imported() as i64;
+        payload.failed_lines = result.failed() as i64;
+        payload.failed_resources = result
+            .error
+            .iter()
+            .map(|e| format!("{}:{}", e.resource_type.as_deref().unwrap_or(""), e.count))
+            .collect::<Vec<_>>()
+            .join(", ");
+        payload.error_files = result
+            .error
+            .iter()
+            .map(|e| e.url.as_str())
+            .collect::<Vec<_>>()
+            .join("\n");
+        payload.end_time = Some(now);
+        payload.status = import_status::COMPLETED.into();
+        let halt = payload.failed_lines > 0 && self.settings.import_error_policy == ImportErrorPolicy::Halt;
+        if halt {
+            payload.status = HALTED.into();
+            payload.failure_reason = format!(
+                "{} line(s) failed to import ({}); see the error files",
+                payload.failed_lines, payload.failed_resources
+            );
+        }
+        self.state.save_payload(&payload).await?;
+        if payload.failed_lines > 0 {
+            report.say(format!(
+                "Import {} of window {} finished with {} failed line(s) ({}); error files: {}",
+                id_of(&payload.import_url),
+                job.seq,
+                payload.failed_lines,
+                payload.failed_resources,
+                payload.error_files.replace('\n', ", ")
+            ));
+        } else {
+            report.say(format!(
+                "Import {} of window {} finished: {} resources",
+                id_of(&payload.import_url),
+                job.seq,
+                payload.imported
+            ));
+        }
+        self.emit(
+            Event::new("Import")
+                .with("ImportId", id_of(&payload.import_url))
+                .with("StatusUrl", &payload.import_url)
+                .with("ImportStatus", "Completed")
+                .with("TotalImportResources", payload.imported)
+                .with("TotalExportResources", job.exported)
+                .with("FailedImportCount", payload.failed_lines)
+                .with("FailedResourceType", &payload.failed_resources)
+                .with("SearchParameterCount", job.search_parameter_count)
+                .with("FailedExportCount", 0)
+                .with("FailedExportType", ""),
+        );
+        Ok(())
+    }
+
+    async fn import_failed(
+        &self,
+        job: &Job,
+        mut payload: Payload,
+        status: u16,
+        diagnostics: String,
+        report: &mut TickReport,
+    ) -> Result<(), EngineError> {
+        payload.status = import_status::FAILED.into();
+        payload.failure_reason = format!("import failed with HTTP {status}: {diagnostics}");
+        payload.end_time = Some(Utc::now());
+        self.state.save_payload(&payload).await?;
+        self.count_failure().await?;
+        report.say(format!(
+            "Import {} of window {} failed: {}",
+            id_of(&payload.import_url),
+            job.seq,
+            payload.failure_reason
+        ));
+        self.emit(
+            Event::new("Import")
+                .with("ImportId", id_of(&payload.import_url))
+                .with("StatusUrl", &payload.import_url)
+                .with("ImportStatus", "Failed")
+                .with("FailureReason", &payload.failure_reason),
+        );
+        self.give_up_if_exhausted(job, &payload, report).await
+    }
+
+    /// After the last allowed attempt the window is exported again from scratch (new files, new payloads).
+    async fn give_up_if_exhausted(
+        &self,
+        job: &Job,
+        payload: &Payload,
+        report: &mut TickReport,
+    ) -> Result<(), EngineError> {
+        if payload.attempt < i64::from(self.settings.max_import_retries) {
+            return Ok(());
+        }
+        let Some(mut job) = self.state.job(job.seq).await? else {
+            return Ok(());
+        };
+        job.export_status = export_status::FAILED.into();
+        job.import_status = import_status::FAILED.into();
+        job.failure_reason = format!(
+            "payload {} failed {} time(s): {}",
+            payload.index, payload.attempt, payload.failure_reason
+        );
+        self.state.save_job(&job).await?;
+        report.say(format!(
+            "Window {} will be exported again: {}",
+            job.seq, job.failure_reason
+        ));
+        Ok(())
+    }
+
+    /// A window is processed when every payload of its current attempt completed (successes, not merely
+    /// terminal states: the original's counter let a failed payload be masked by a later success).
+    async fn mark_processed(&self, active: &Active, now: DateTime<Utc>) -> Result<(), EngineError> {
+        for job in active
+            .jobs
+            .iter()
+            .filter(|j| j.export_status == export_status::COMPLETED && !j.processed)
+        {
+            let payloads: Vec<&Payload> = active.payloads_of(job).collect();
+            if payloads.is_empty() {
+                continue;
+            }
+            let mut job = job.clone();
+            if payloads.iter().any(|p| p.status == HALTED) {
+                if job.import_status != HALTED {
+                    job.import_status = HALTED.into();
+                    job.failure_reason = payloads
+                        .iter()
+                        .find(|p| p.status == HALTED)
+                        .map(|p| p.failure_reason.clone())
+                        .unwrap_or_default();
+                    self.save_quietly(&job).await?;
+                }
+                continue;
+            }
+            if payloads.iter().all(|p| p.status == import_status::COMPLETED) && payloads.len() as i64 == job.payloads {
+                job.processed = true;
+                job.import_status = import_status::COMPLETED.into();
+                job.end_time = Some(now);
+                self.save_quietly(&job).await?;
+            } else if payloads
+                .iter()
+                .any(|p| matches!(p.status.as_str(), import_status::STARTED | import_status::RUNNING))
+                && job.import_status != import_status::RUNNING
+            {
+                job.import_status = import_status::RUNNING.into();
+                self.save_quietly(&job).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn save_quietly(&self, job: &Job) -> Result<(), EngineError> {
+        match self.state.save_job(job).await {
+            Ok(_) | Err(TableError::Conflict { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The operator accepted halted imports: their windows may commit.
+    pub(crate) async fn acknowledge_halts(&self, active: &Active) -> Result<(), EngineError> {
+        for payload in active.payloads.iter().filter(|p| p.status == HALTED) {
+            let mut p = payload.clone();
+            p.status = import_status::COMPLETED.into();
+            p.failure_reason = format!("accepted by an operator with {} failed line(s)", p.failed_lines);
+            self.state.save_payload(&p).await?;
+        }
+        for job in active.jobs.iter().filter(|j| j.import_status == HALTED) {
+            let mut j = job.clone();
+            j.import_status = import_status::RUNNING.into();
+            self.save_quietly(&j).await?;
+        }
+        self.mark_processed(&self.state.active(&self.state.cursor().await?).await?, Utc::now())
+            .await
+    }
+}

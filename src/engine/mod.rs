@@ -1,0 +1,268 @@
+//! The migration engine: an explicit state machine persisted in Table storage and driven by three timers.
+//!
+//! - `MigrationOrchestrator` ([`Engine::starter_tick`]): gates (retry latch, specific-run end, pause), the
+//!   one-time SearchParameter copy, repairs, and the next export when one may start.
+//! - `ExportStatus` ([`Engine::export_status_tick`]): polls running exports; a finished export's payloads are
+//!   persisted and its imports started at once.
+//! - `ImportStatus` ([`Engine::import_status_tick`]): polls every running import, commits finished windows in
+//!   order, and starts the next export, so throughput never waits for the starter's schedule.
+//!
+//! Crash safety: every step records its intent before acting and is keyed by a persistent id (the window's
+//! sequence number, the export attempt, the payload index). A kick-off whose result was never recorded is
+//! re-kicked after its lease expires; an import POST is repeated with the same definition, which the server
+//! de-duplicates; the cursor moves only through windows whose every payload imported successfully. Every
+//! write is conditional on the ETag read, so overlapping invocations cannot act twice.
+
+mod exports;
+mod imports;
+mod search_parameters;
+mod status;
+
+pub use status::{MigrationStatus, WindowStatus};
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+
+use crate::config::MigrationSettings;
+use crate::fhir::{FhirClient, FhirError};
+use crate::state::{Active, Cursor, StateStore};
+use crate::storage::blob::{BlobError, BlobStore};
+use crate::storage::tables::TableError;
+use crate::telemetry::{Event, Telemetry};
+
+/// Why a tick stopped early. Conflicts are not errors: another invocation got there first.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Table(#[from] TableError),
+    #[error(transparent)]
+    Fhir(#[from] FhirError),
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+}
+
+impl EngineError {
+    pub fn is_conflict(&self) -> bool {
+        matches!(
+            self,
+            EngineError::Table(TableError::Conflict { .. } | TableError::AlreadyExists { .. })
+        )
+    }
+}
+
+/// What a tick did, as lines for the host's log (App Insights `traces`).
+#[derive(Debug, Default, Clone)]
+pub struct TickReport {
+    pub lines: Vec<String>,
+}
+
+impl TickReport {
+    fn say(&mut self, line: impl Into<String>) {
+        let line = line.into();
+        tracing::info!("{line}");
+        self.lines.push(line);
+    }
+}
+
+/// Timings that tests shorten.
+#[derive(Debug, Clone)]
+pub struct Timing {
+    /// Wait before the confirming re-poll of an export that reported 200 (servers can flap 200 → 202).
+    pub confirm_delay: Duration,
+    /// How long an unconfirmed kick-off or POST is presumed still in flight before it is repaired.
+    pub lease: TimeDelta,
+    /// Empty windows skipped per tick at most (sparse data catches up quickly, but a tick stays bounded).
+    pub max_empty_skips: u32,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            confirm_delay: Duration::from_secs(5),
+            lease: TimeDelta::minutes(11),
+            max_empty_skips: 100,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Engine {
+    pub(crate) settings: Arc<MigrationSettings>,
+    pub(crate) state: StateStore,
+    pub(crate) source: FhirClient,
+    pub(crate) destination: FhirClient,
+    pub(crate) blobs: BlobStore,
+    pub(crate) telemetry: Arc<dyn Telemetry>,
+    pub(crate) timing: Timing,
+}
+
+impl Engine {
+    pub fn new(
+        settings: Arc<MigrationSettings>,
+        state: StateStore,
+        source: FhirClient,
+        destination: FhirClient,
+        blobs: BlobStore,
+        telemetry: Arc<dyn Telemetry>,
+    ) -> Engine {
+        Engine {
+            settings,
+            state,
+            source,
+            destination,
+            blobs,
+            telemetry,
+            timing: Timing::default(),
+        }
+    }
+
+    pub fn with_timing(mut self, timing: Timing) -> Engine {
+        self.timing = timing;
+        self
+    }
+
+    pub fn settings(&self) -> &MigrationSettings {
+        &self.settings
+    }
+
+    pub(crate) fn emit(&self, event: Event) {
+        self.telemetry.event(event);
+    }
+
+    async fn load(&self) -> Result<(Cursor, Active), EngineError> {
+        let cursor = self.state.cursor().await?;
+        let active = self.state.active(&cursor).await?;
+        Ok((cursor, active))
+    }
+
+    /// Whether the retry latch has tripped (new work is refused until an operator clears it).
+    fn latched(&self, cursor: &Cursor) -> bool {
+        self.settings
+            .max_export_retries
+            .is_some_and(|max| cursor.failures >= i64::from(max))
+    }
+
+    /// The starter timer: gates, SearchParameters, repairs, and the next export.
+    pub async fn starter_tick(&self, now: DateTime<Utc>) -> Result<TickReport, EngineError> {
+        let mut report = TickReport::default();
+        self.state.ensure_tables().await?;
+        let (cursor, active) = self.load().await?;
+        if self.latched(&cursor) {
+            self.report_halt(&cursor, &active, &mut report);
+            return Ok(report);
+        }
+        if crate::planner::specific_run_finished(&self.settings, cursor.since) {
+            report.say("Execution skipped: Specific time range date is reached");
+            return Ok(report);
+        }
+        if crate::planner::paused(self.settings.pause, now) {
+            report.say("Execution skipped: Current time is within the restricted window");
+            return Ok(report);
+        }
+        if !cursor.search_parameters_copied {
+            self.copy_search_parameters(cursor, &mut report).await?;
+        }
+        self.advance(now, &mut report).await?;
+        Ok(report)
+    }
+
+    /// The export-status timer: poll exports, persist finished ones' payloads, start their imports.
+    pub async fn export_status_tick(&self, now: DateTime<Utc>) -> Result<TickReport, EngineError> {
+        let mut report = TickReport::default();
+        self.state.ensure_tables().await?;
+        self.poll_exports(now, &mut report).await?;
+        self.post_payloads(now, &mut report).await?;
+        Ok(report)
+    }
+
+    /// The import-status timer: poll imports, commit finished windows, keep the pipeline moving.
+    pub async fn import_status_tick(&self, now: DateTime<Utc>) -> Result<TickReport, EngineError> {
+        let mut report = TickReport::default();
+        self.state.ensure_tables().await?;
+        self.poll_imports(now, &mut report).await?;
+        self.post_payloads(now, &mut report).await?;
+        self.commit(&mut report).await?;
+        let cursor = self.state.cursor().await?;
+        if !self.latched(&cursor) && !crate::planner::paused(self.settings.pause, now) {
+            self.advance(now, &mut report).await?;
+        }
+        Ok(report)
+    }
+
+    /// Commits what can be committed, repairs stalled kick-offs, and starts the next export if allowed.
+    async fn advance(&self, now: DateTime<Utc>, report: &mut TickReport) -> Result<(), EngineError> {
+        self.commit(report).await?;
+        self.start_next_export(now, report).await
+    }
+
+    /// The explicit halt message (and the `ExportRetries` event) when the latch has tripped.
+    fn report_halt(&self, cursor: &Cursor, active: &Active, report: &mut TickReport) {
+        let max = self.settings.max_export_retries.unwrap_or_default();
+        let failed = active.jobs.iter().rev().find(|j| !j.failure_reason.is_empty());
+        let window = failed.map_or_else(String::new, |j| {
+            format!(
+                " The failing window is {} to {} (row {}): {}",
+                crate::fhir::format_instant(j.since),
+                crate::fhir::format_instant(j.till),
+                crate::state::rows::job_key(&self.settings.row_key, j.seq),
+                j.failure_reason
+            )
+        });
+        report.say(format!(
+            "MIGRATION HALTED: Maximum export retries limit ({max}) has been reached. The export or import process has failed {} times.{window} ACTION REQUIRED: check the 'FailureReason' column of the export table, resolve the cause, then call ClearMaxExportRetries_Http to resume.",
+            cursor.failures
+        ));
+        self.emit(
+            Event::new("ExportRetries")
+                .with("Status", "MaxRetriesReached")
+                .with("MaxExportRetries", cursor.failures)
+                .with("ConfiguredLimit", max)
+                .with("PartitionKey", &self.settings.partition_key)
+                .with("Time", Utc::now().to_rfc3339())
+                .with(
+                    "ActionRequired",
+                    "Check export table for failure details and resolve issues before resuming",
+                ),
+        );
+    }
+
+    /// Adds one failure to the retry latch (re-reading on conflict, so concurrent failures all count).
+    pub(crate) async fn count_failure(&self) -> Result<(), EngineError> {
+        for _ in 0..5 {
+            let mut cursor = self.state.cursor().await?;
+            cursor.failures += 1;
+            match self.state.save_cursor(&cursor).await {
+                Ok(_) => return Ok(()),
+                Err(TableError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// `ClearMaxExportRetries_Http`: resets the latch and accepts imports halted by the error policy.
+    pub async fn clear_failures(&self) -> Result<i64, EngineError> {
+        loop {
+            let mut cursor = self.state.cursor().await?;
+            let before = cursor.failures;
+            cursor.failures = 0;
+            match self.state.save_cursor(&cursor).await {
+                Ok(saved) => {
+                    let active = self.state.active(&saved).await?;
+                    self.acknowledge_halts(&active).await?;
+                    self.emit(
+                        Event::new("MaxExportRetriesCleared")
+                            .with("PartitionKey", &self.settings.partition_key)
+                            .with("RowKey", &self.settings.row_key)
+                            .with("ClearedAt", Utc::now().to_rfc3339()),
+                    );
+                    return Ok(before);
+                }
+                Err(TableError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}

@@ -31,11 +31,21 @@ pub fn frontier(settings: &MigrationSettings, now: DateTime<Utc>) -> DateTime<Ut
     }
 }
 
+/// The shortest tail window worth an export once the migration has caught up: continuous mode then exports
+/// at most about once a minute instead of chasing the frontier millisecond by millisecond.
+pub const MIN_TAIL: TimeDelta = TimeDelta::seconds(60);
+
 /// The end of the window starting at `since`: one chunk later, capped at the frontier. `None` when there is
-/// nothing to export yet (caught up).
+/// nothing worth exporting yet (caught up).
 pub fn window_end(settings: &MigrationSettings, since: DateTime<Utc>, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    let till = (since + settings.chunk_span()).min(frontier(settings, now));
-    (till > since).then_some(till)
+    let full = since + settings.chunk_span();
+    let frontier = frontier(settings, now);
+    let till = full.min(frontier);
+    if till <= since {
+        return None;
+    }
+    let ends_specific_run = settings.specific_run && settings.end_date == Some(till);
+    (till == full || ends_specific_run || till - since >= MIN_TAIL).then_some(till)
 }
 
 /// The next, smaller window when `[since, till)` holds more than the chunk limit: half as long, never shorter

@@ -272,6 +272,9 @@ pub struct MigrationSettings {
     pub import_error_policy: ImportErrorPolicy,
     /// `AZURE_MaxImportRetries`: attempts per payload before the window counts as failed.
     pub max_import_retries: u32,
+    /// `AZURE_ExportConfirmSeconds`: wait before re-polling an export that reported completion (servers can
+    /// flap 200 → 202); the completion counts only if the re-poll agrees.
+    pub export_confirm_delay: std::time::Duration,
     pub app_insights_connection_string: Option<Secret<String>>,
     pub debug: bool,
 }
@@ -361,6 +364,7 @@ impl MigrationSettings {
             overlap_exports: p.flag(&["AZURE_OverlapExports"], true),
             import_error_policy,
             max_import_retries: p.positive("AZURE_MaxImportRetries", 3),
+            export_confirm_delay: std::time::Duration::from_secs(p.number("AZURE_ExportConfirmSeconds", 5u64)),
             app_insights_connection_string: source
                 .get_any(&[
                     "AZURE_AppInsightConnectionstring",

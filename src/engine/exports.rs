@@ -155,6 +155,9 @@ impl Engine {
             let next = self.source.oldest_last_updated(history, Some(till)).await?;
             let frontier = planner::frontier(&self.settings, now);
             let skip_to = next.map_or(frontier, |n| n.min(frontier)).max(till);
+            if skip_to <= since {
+                return Ok(Planned::Nothing);
+            }
             let mut updated = cursor.clone();
             updated.planned_till = Some(skip_to);
             if updated.since.is_none() {

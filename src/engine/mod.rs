@@ -107,6 +107,10 @@ impl Engine {
         blobs: BlobStore,
         telemetry: Arc<dyn Telemetry>,
     ) -> Engine {
+        let timing = Timing {
+            confirm_delay: settings.export_confirm_delay,
+            ..Timing::default()
+        };
         Engine {
             settings,
             state,
@@ -114,7 +118,7 @@ impl Engine {
             destination,
             blobs,
             telemetry,
-            timing: Timing::default(),
+            timing,
         }
     }
 

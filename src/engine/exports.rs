@@ -43,6 +43,7 @@ impl Engine {
                 cursor.failures = 0;
                 match self.state.save_cursor(&cursor).await {
                     Ok(_) => {
+                        self.fail.hit("committed")?;
                         report.say(format!(
                             "Window {} to {} migrated; cursor advanced",
                             format_instant(job.since),
@@ -177,7 +178,8 @@ impl Engine {
             };
         }
         let seq = cursor.next_job;
-        let job = Job::planned(seq, since, till, "");
+        let mut job = Job::planned(seq, since, till, "");
+        job.lease_until = Some(now + self.timing.lease);
         let job = match self.state.insert_job(&job).await {
             Ok(job) => job,
             // A planner that crashed after inserting this window: let the cursor catch up first.
@@ -192,6 +194,7 @@ impl Engine {
             }
             Err(e) => return Err(e.into()),
         };
+        self.fail.hit("planned-job")?;
         let mut updated = cursor.clone();
         updated.next_job = seq + 1;
         updated.planned_till = Some(till);
@@ -199,7 +202,7 @@ impl Engine {
             updated.since = Some(since);
         }
         match self.state.save_cursor(&updated).await {
-            Ok(_) => {}
+            Ok(_) => self.fail.hit("planned-cursor")?,
             // Another invocation moved the cursor; it will see this row and repair the cursor.
             Err(TableError::Conflict { .. }) => return Ok(Planned::Nothing),
             Err(e) => return Err(e.into()),
@@ -265,10 +268,12 @@ impl Engine {
             Err(TableError::Conflict { .. }) => return Ok(()),
             Err(e) => return Err(e.into()),
         };
+        self.fail.hit("export-claimed")?;
         let query = self.export_query(&job);
         let (since, till) = (format_instant(job.since), format_instant(job.till));
         match self.source.export(&query).await {
             Ok(accepted) => {
+                self.fail.hit("export-accepted")?;
                 job.export_id = id_of(&accepted.status_url);
                 job.export_url = accepted.status_url;
                 job.export_status = export_status::STARTED.into();
@@ -443,10 +448,12 @@ impl Engine {
                 let name = format!("import_payload_{}.json", k + 1);
                 let body = import_parameters(&self.settings.import_mode, chunk, None);
                 self.blobs.put(&container, &name, body.to_string().into_bytes()).await?;
+                self.fail.hit("payload-blobs")?;
                 self.state
                     .insert_payload(&Payload::new(job.seq, job.attempt, k as i64 + 1, name))
                     .await?;
             }
+            self.fail.hit("payload-rows")?;
             job.payloads = chunks.len() as i64;
             job.import_request = "Yes".into();
             self.state.save_job(&job).await?;

@@ -77,6 +77,7 @@ impl Engine {
         payload.lease_until = Some(now + self.timing.lease);
         payload.failure_reason.clear();
         let mut payload = self.state.save_payload(&payload).await?;
+        self.fail.hit("import-claimed")?;
         let container = format!(
             "import-{}",
             job.export_id
@@ -100,6 +101,7 @@ impl Engine {
         }
         match self.destination.import(&body).await {
             Ok(accepted) => {
+                self.fail.hit("import-accepted")?;
                 payload.import_url = accepted.status_url;
                 payload.status = import_status::STARTED.into();
                 payload.start_time = Some(Utc::now());
@@ -225,6 +227,7 @@ impl Engine {
             );
         }
         self.state.save_payload(&payload).await?;
+        self.fail.hit("import-recorded")?;
         if payload.failed_lines > 0 {
             report.say(format!(
                 "Import {} of window {} finished with {} failed line(s) ({}); error files: {}",
@@ -344,6 +347,7 @@ impl Engine {
                 job.import_status = import_status::COMPLETED.into();
                 job.end_time = Some(now);
                 self.save_quietly(&job).await?;
+                self.fail.hit("window-processed")?;
             } else if payloads
                 .iter()
                 .any(|p| matches!(p.status.as_str(), import_status::STARTED | import_status::RUNNING))

@@ -41,6 +41,9 @@ pub enum EngineError {
     Fhir(#[from] FhirError),
     #[error(transparent)]
     Blob(#[from] BlobError),
+    /// A fail point fired (crash-safety tests only; never armed in production).
+    #[error("injected crash at {0}")]
+    Injected(&'static str),
 }
 
 impl EngineError {
@@ -65,6 +68,58 @@ impl TickReport {
         self.lines.push(line);
     }
 }
+
+/// Named points between two writes where tests make a tick stop dead, as a crash would. Unarmed points cost
+/// one uncontended lock.
+#[derive(Clone, Default, Debug)]
+pub struct FailPoints {
+    armed: Arc<std::sync::Mutex<std::collections::HashMap<&'static str, u32>>>,
+}
+
+impl FailPoints {
+    /// Makes the `nth` next pass through `point` fail (1 = the very next one).
+    pub fn arm(&self, point: &'static str, nth: u32) {
+        self.armed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(point, nth.max(1));
+    }
+
+    /// Whether every armed point has fired.
+    pub fn all_fired(&self) -> bool {
+        self.armed.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+    }
+
+    pub(crate) fn hit(&self, point: &'static str) -> Result<(), EngineError> {
+        let mut armed = self.armed.lock().unwrap_or_else(|p| p.into_inner());
+        match armed.get_mut(point) {
+            Some(1) => {
+                armed.remove(point);
+                Err(EngineError::Injected(point))
+            }
+            Some(n) => {
+                *n -= 1;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+/// The fail points, in the order a window passes them.
+pub const FAIL_POINTS: &[&str] = &[
+    "planned-job",
+    "planned-cursor",
+    "export-claimed",
+    "export-accepted",
+    "payload-blobs",
+    "payload-rows",
+    "import-claimed",
+    "import-accepted",
+    "import-recorded",
+    "window-processed",
+    "committed",
+];
 
 /// Timings that tests shorten.
 #[derive(Debug, Clone)]
@@ -96,6 +151,7 @@ pub struct Engine {
     pub(crate) blobs: BlobStore,
     pub(crate) telemetry: Arc<dyn Telemetry>,
     pub(crate) timing: Timing,
+    pub(crate) fail: FailPoints,
 }
 
 impl Engine {
@@ -119,12 +175,18 @@ impl Engine {
             blobs,
             telemetry,
             timing,
+            fail: FailPoints::default(),
         }
     }
 
     pub fn with_timing(mut self, timing: Timing) -> Engine {
         self.timing = timing;
         self
+    }
+
+    /// The engine's fail points (tests arm them to simulate crashes).
+    pub fn fail_points(&self) -> &FailPoints {
+        &self.fail
     }
 
     pub fn settings(&self) -> &MigrationSettings {

@@ -84,15 +84,16 @@ impl FhirClient {
         Ok(url)
     }
 
-    /// Sends a request built by `build`, retrying on connection errors, 408, 5xx and 429. A 429 or 503 waits
-    /// for `x-ms-retry-after-ms` or `Retry-After` when given. `retry_429_without_hint`: a 429 without either
-    /// header is a *failed job* on status URLs (reference §9), so pollers pass `false` and see it as final.
+    /// Sends a request built by `build`. With `retry`, connection errors, 408, 5xx and 429 are retried; a 429
+    /// or 503 waits for `x-ms-retry-after-ms` or `Retry-After` when given. Status polls pass `retry = false`:
+    /// each tick polls again anyway, and a poll's 5xx or 429 may be a failed job rather than a hiccup, which
+    /// only the caller can tell apart.
     pub async fn send(
         &self,
         method: Method,
         url: &Url,
         build: impl Fn(RequestBuilder) -> RequestBuilder,
-        retry_429_without_hint: bool,
+        retry: bool,
     ) -> Result<Response, FhirError> {
         let mut attempt = 0;
         loop {
@@ -105,14 +106,14 @@ impl FhirClient {
                 request = request.bearer_auth(token.expose());
             }
             let outcome = build(request).send().await;
-            let last = attempt >= self.retry.attempts;
+            let last = !retry || attempt >= self.retry.attempts;
             let wait = match &outcome {
                 Ok(resp) => {
                     let status = resp.status();
                     let hint = retry_hint(resp);
                     let transient = status == StatusCode::REQUEST_TIMEOUT
                         || status.is_server_error()
-                        || (status == StatusCode::TOO_MANY_REQUESTS && (hint.is_some() || retry_429_without_hint));
+                        || status == StatusCode::TOO_MANY_REQUESTS;
                     if !transient || last {
                         return Ok(outcome.expect("matched Ok"));
                     }

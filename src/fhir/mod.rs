@@ -328,11 +328,30 @@ async fn accepted(resp: reqwest::Response, url: &url::Url) -> Result<Accepted, F
     })
 }
 
+/// Classifies a poll's non-2xx answer. A job that failed says so in an OperationOutcome ("export operation
+/// failed …", "import operation failed …", a cancellation): final. A 429 with a retry hint, or a 5xx without
+/// such an outcome (a gateway hiccup), is transient: the job is still running as far as anyone knows.
 async fn failed<T>(resp: reqwest::Response) -> Result<Poll<T>, FhirError> {
-    let status = resp.status().as_u16();
+    let status = resp.status();
+    let hinted = resp.headers().contains_key("retry-after") || resp.headers().contains_key("x-ms-retry-after-ms");
     let text = resp.text().await.unwrap_or_default();
+    let outcome: Option<Value> = serde_json::from_str::<Value>(&text)
+        .ok()
+        .filter(|v| v["resourceType"] == "OperationOutcome");
+    let job_failed = outcome.as_ref().is_some_and(|o| {
+        let d = o["issue"][0]["diagnostics"].as_str().unwrap_or_default();
+        d.contains("operation failed") || d.contains("cancellation")
+    });
+    let transient = (status == StatusCode::TOO_MANY_REQUESTS && hinted) || (status.is_server_error() && !job_failed);
+    if transient {
+        tracing::warn!(
+            status = status.as_u16(),
+            "a status poll was answered with a transient error; polling again next tick"
+        );
+        return Ok(Poll::Running(None));
+    }
     Ok(Poll::Failed {
-        status,
+        status: status.as_u16(),
         diagnostics: client::diagnostics_of(&text),
     })
 }

@@ -38,7 +38,11 @@ impl Engine {
                 if !job.processed {
                     return Ok(());
                 }
-                cursor.since = Some(job.till);
+                // A per-type window's jobs commit one by one; `since` moves only when the whole window is done
+                // (below, through `planned_till`).
+                if job.resource_type.is_empty() {
+                    cursor.since = Some(job.till);
+                }
                 cursor.committed_job += 1;
                 cursor.failures = 0;
                 match self.state.save_cursor(&cursor).await {
@@ -116,7 +120,13 @@ impl Engine {
             if uncommitted >= max_uncommitted(self.settings.overlap_exports) {
                 return Ok(());
             }
-            match self.plan(&cursor, now, report).await? {
+            // Per-type mode, and any per-type window still being planned after a switch to parallel mode.
+            let planned = if !self.settings.is_parallel || cursor.global_till.is_some() {
+                self.plan_per_type(&cursor, now, report).await?
+            } else {
+                self.plan(&cursor, now, report).await?
+            };
+            match planned {
                 Planned::Job(job) => return self.kick_off(*job, now, report).await,
                 Planned::Skipped => continue,
                 Planned::Nothing => return Ok(()),
@@ -126,27 +136,40 @@ impl Engine {
     }
 
     /// Decides the next window and records it (a job row, or an empty range on the cursor).
+    /// Where the next window starts: after the last one planned, else `AZURE_StartDate`, else the source's
+    /// oldest resource (of any version when history or deletes are exported).
+    pub(crate) async fn next_window_start(
+        &self,
+        cursor: &Cursor,
+        report: &mut TickReport,
+    ) -> Result<Option<DateTime<Utc>>, EngineError> {
+        let history = self.settings.export_with_history || self.settings.export_with_delete;
+        Ok(match cursor.next_since().or(self.settings.start_date) {
+            Some(s) => Some(s),
+            None => {
+                let first = self.source.oldest_last_updated(history, None).await?;
+                if first.is_none() {
+                    report.say("The source server has no resources yet; nothing to export");
+                }
+                first
+            }
+        })
+    }
+
     async fn plan(&self, cursor: &Cursor, now: DateTime<Utc>, report: &mut TickReport) -> Result<Planned, EngineError> {
         let history = self.settings.export_with_history || self.settings.export_with_delete;
-        let since = match cursor.next_since().or(self.settings.start_date) {
-            Some(s) => s,
-            None => match self.source.oldest_last_updated(history, None).await? {
-                Some(first) => first,
-                None => {
-                    report.say("The source server has no resources yet; nothing to export");
-                    return Ok(Planned::Nothing);
-                }
-            },
+        let Some(since) = self.next_window_start(cursor, report).await? else {
+            return Ok(Planned::Nothing);
         };
         let Some(mut till) = planner::window_end(&self.settings, since, now) else {
             return Ok(Planned::Nothing);
         };
-        let mut count = self.window_count(history, since, till).await?;
+        let mut count = self.window_count(None, since, till).await?;
         while count > self.settings.chunk_limit {
             match planner::halve(since, till) {
                 Some(shorter) => {
                     till = shorter;
-                    count = self.window_count(history, since, till).await?;
+                    count = self.window_count(None, since, till).await?;
                 }
                 None => break,
             }
@@ -215,12 +238,19 @@ impl Engine {
         Ok(Planned::Job(Box::new(job)))
     }
 
-    /// Resources (versions, when history or deletes are exported) with lastUpdated in `[since, till)`.
-    async fn window_count(&self, history: bool, since: DateTime<Utc>, till: DateTime<Utc>) -> Result<u64, EngineError> {
+    /// Resources (versions, when history or deletes are exported) with lastUpdated in `[since, till)`, of one
+    /// type or all.
+    pub(crate) async fn window_count(
+        &self,
+        resource_type: Option<&str>,
+        since: DateTime<Utc>,
+        till: DateTime<Utc>,
+    ) -> Result<u64, EngineError> {
+        let history = self.settings.export_with_history || self.settings.export_with_delete;
         Ok(if history {
-            self.source.history_count(since, till).await?
+            self.source.history_count(resource_type, since, till).await?
         } else {
-            self.source.count(None, since, till).await?
+            self.source.count(resource_type, since, till).await?
         })
     }
 
@@ -490,6 +520,7 @@ fn sanitize(id: &str) -> String {
     if s.is_empty() { "unknown".into() } else { s }
 }
 
+/// What planning decided.
 pub(crate) enum Planned {
     Job(Box<Job>),
     Skipped,

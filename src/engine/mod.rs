@@ -15,6 +15,7 @@
 
 mod exports;
 mod imports;
+mod per_type;
 mod search_parameters;
 mod status;
 

@@ -89,9 +89,15 @@ impl FhirClient {
 
     /// Counts every version (history and delete markers) with lastUpdated in `[since, till)`. History endpoints
     /// ignore `_lastUpdated`, so `_since`/`_before` bound it.
-    pub async fn history_count(&self, since: DateTime<Utc>, till: DateTime<Utc>) -> Result<u64, FhirError> {
+    pub async fn history_count(
+        &self,
+        resource_type: Option<&str>,
+        since: DateTime<Utc>,
+        till: DateTime<Utc>,
+    ) -> Result<u64, FhirError> {
+        let prefix = resource_type.map(|t| format!("{}/", enc(t))).unwrap_or_default();
         let query = format!(
-            "_history?_summary=count&_since={}&_before={}",
+            "{prefix}_history?_summary=count&_since={}&_before={}",
             enc(&format_instant(since)),
             enc(&format_instant(till))
         );

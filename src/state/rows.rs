@@ -44,6 +44,13 @@ pub struct Cursor {
     pub search_parameters_copied: bool,
     /// `SearchParameterCount`: custom SearchParameters copied (for the `$reindex` reminder).
     pub search_parameter_count: i64,
+    /// Per-type mode: the window whose types are being planned (`globalSinceExportType`,
+    /// `globalTillExportType`), the next type to look at (`resourceTypeIndex`) and, when one type's share of
+    /// the window is split, where its next part starts (`subSinceExportType`).
+    pub global_since: Option<DateTime<Utc>>,
+    pub global_till: Option<DateTime<Utc>>,
+    pub type_index: i64,
+    pub sub_since: Option<DateTime<Utc>>,
     pub etag: Option<ETag>,
 }
 
@@ -154,6 +161,10 @@ impl Cursor {
             failures: 0,
             search_parameters_copied: false,
             search_parameter_count: 0,
+            global_since: None,
+            global_till: None,
+            type_index: 0,
+            sub_since: None,
             etag: None,
         }
     }
@@ -167,6 +178,11 @@ impl Cursor {
             .set_bool("SearchParameterMigration", self.search_parameters_copied)
             .set_i64("SearchParameterCount", self.search_parameter_count);
         time_str(&mut e, "PlannedTill", self.planned_till);
+        time_str(&mut e, "globalSinceExportType", self.global_since);
+        time_str(&mut e, "globalTillExportType", self.global_till);
+        time_str(&mut e, "subSinceExportType", self.sub_since);
+        e.set_i64("resourceTypeIndex", self.type_index)
+            .set_str("multiExport", if self.sub_since.is_some() { "Running" } else { "" });
         Ok(e)
     }
 
@@ -179,6 +195,10 @@ impl Cursor {
             failures: e.get_i64("maxExportRetries").unwrap_or(0),
             search_parameters_copied: e.get_bool("SearchParameterMigration").unwrap_or(false),
             search_parameter_count: e.get_i64("SearchParameterCount").unwrap_or(0),
+            global_since: read_time_str(e, "globalSinceExportType"),
+            global_till: read_time_str(e, "globalTillExportType"),
+            type_index: e.get_i64("resourceTypeIndex").unwrap_or(0),
+            sub_since: read_time_str(e, "subSinceExportType"),
             etag: e.etag().cloned(),
         }
     }

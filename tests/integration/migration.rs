@@ -25,6 +25,23 @@ pub struct Stack {
     pub _app: App,
     pub engine: Engine,
     pub telemetry: RecordingTelemetry,
+    /// The settings the stack was built from (to build a second engine on the same tables).
+    pub source_settings: SettingsSource,
+}
+
+impl Stack {
+    /// Another engine on the same tables and servers, with some settings changed (an operator's restart).
+    pub fn engine_with(&self, changes: &[(&str, &str)]) -> Engine {
+        let mut s = self.source_settings.clone();
+        s.extend(changes.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let source_settings = s.clone();
+        let settings = Settings::from_source(&s).expect("valid test settings");
+        let app = App::build_with_telemetry(settings, Arc::new(self.telemetry.clone())).unwrap();
+        app.engine().clone().with_timing(Timing {
+            confirm_delay: Duration::from_millis(5),
+            ..Timing::default()
+        })
+    }
 }
 
 async fn emulator(flavor: Flavor, azurite: &Azurite) -> RunningEmulator {
@@ -59,6 +76,7 @@ pub async fn stack(extra: &[(&str, &str)]) -> Stack {
         ("AZURE_SafetyLagSeconds", "60".into()),
     ]);
     s.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let source_settings = s.clone();
     let settings = Settings::from_source(&s).expect("valid test settings");
     let telemetry = RecordingTelemetry::default();
     let app = App::build_with_telemetry(settings, Arc::new(telemetry.clone())).unwrap();
@@ -73,6 +91,7 @@ pub async fn stack(extra: &[(&str, &str)]) -> Stack {
         _app: app,
         engine,
         telemetry,
+        source_settings,
     }
 }
 

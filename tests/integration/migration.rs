@@ -34,7 +34,6 @@ impl Stack {
     pub fn engine_with(&self, changes: &[(&str, &str)]) -> Engine {
         let mut s = self.source_settings.clone();
         s.extend(changes.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let source_settings = s.clone();
         let settings = Settings::from_source(&s).expect("valid test settings");
         let app = App::build_with_telemetry(settings, Arc::new(self.telemetry.clone())).unwrap();
         app.engine().clone().with_timing(Timing {

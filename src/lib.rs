@@ -14,6 +14,7 @@
 //! - [`logging`]: stdout logging (the host treats stderr as errors).
 
 pub mod app;
+pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod fhir;

@@ -33,6 +33,36 @@ enum Command {
     },
     /// Validate the settings and print the effective configuration (secrets redacted).
     CheckConfig,
+    /// Run the migration without a Functions host: the three timers on their own schedule.
+    Run {
+        /// Seconds between starter ticks (MigrationOrchestrator).
+        #[arg(long, default_value_t = 60)]
+        starter_every: u64,
+        /// Seconds between ExportStatus/ImportStatus ticks.
+        #[arg(long, default_value_t = 30)]
+        poll_every: u64,
+        /// Stop once the migration has caught up (nothing in flight, migrated up to the frontier).
+        #[arg(long)]
+        until_caught_up: bool,
+        /// Stop after this many seconds in any case.
+        #[arg(long)]
+        max_seconds: Option<u64>,
+    },
+    /// Show the migration's progress.
+    Status {
+        /// Print JSON (the MigrationStatus_Http body) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Dry run: the next windows the planner would export, with their sizes. Starts nothing.
+    Plan {
+        #[arg(long, default_value_t = 10)]
+        windows: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reset the retry latch (the same as ClearMaxExportRetries_Http).
+    ClearRetries,
 }
 
 fn main() -> ExitCode {
@@ -66,13 +96,80 @@ fn load_settings(file: Option<&PathBuf>) -> Result<Settings, String> {
 
 async fn run(cli: Cli) -> Result<(), String> {
     let settings = load_settings(cli.settings.as_ref())?;
+    for warning in settings.migration.warnings() {
+        tracing::warn!("{warning}");
+    }
     match cli.command {
         Command::CheckConfig => {
             println!("configuration is valid:\n{settings:#?}");
+            for warning in settings.migration.warnings() {
+                println!("warning: {warning}");
+            }
+            Ok(())
+        }
+        Command::Run {
+            starter_every,
+            poll_every,
+            until_caught_up,
+            max_seconds,
+        } => {
+            let app = App::build(settings).map_err(|e| e.to_string())?;
+            let options = fhir_migration_tool::cli::RunOptions {
+                starter_every: std::time::Duration::from_secs(starter_every),
+                poll_every: std::time::Duration::from_secs(poll_every.max(1)),
+                until_caught_up,
+                max_duration: max_seconds.map(std::time::Duration::from_secs),
+            };
+            let status = fhir_migration_tool::cli::run(&app, &options, Box::pin(shutdown_signal())).await?;
+            println!("{}", fhir_migration_tool::cli::format_status(&status));
+            Ok(())
+        }
+        Command::Status { json } => {
+            let app = App::build(settings).map_err(|e| e.to_string())?;
+            let status = app
+                .engine()
+                .status(chrono::Utc::now())
+                .await
+                .map_err(|e| e.to_string())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status).map_err(|e| e.to_string())?);
+            } else {
+                println!("{}", fhir_migration_tool::cli::format_status(&status));
+            }
+            Ok(())
+        }
+        Command::Plan { windows, json } => {
+            let app = App::build(settings).map_err(|e| e.to_string())?;
+            let plan = app
+                .engine()
+                .preview(chrono::Utc::now(), windows)
+                .await
+                .map_err(|e| e.to_string())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&plan).map_err(|e| e.to_string())?);
+            } else if plan.is_empty() {
+                println!("nothing to export now (caught up, or the source is empty)");
+            } else {
+                println!("{:<26} {:<26} {:>12} {:>9}", "since", "till", "resources", "halvings");
+                for w in plan {
+                    println!("{:<26} {:<26} {:>12} {:>9}", w.since, w.till, w.resources, w.halvings);
+                }
+            }
+            Ok(())
+        }
+        Command::ClearRetries => {
+            let app = App::build(settings).map_err(|e| e.to_string())?;
+            let before = app.engine().clear_failures().await.map_err(|e| e.to_string())?;
+            println!("maxExportRetries cleared successfully (was {before}).");
             Ok(())
         }
         Command::Serve { port } => {
             let app = App::build(settings).map_err(|e| e.to_string())?;
+            // Create the state tables now, so status calls work before the first tick; storage being down at
+            // start-up is not fatal (every tick creates them too).
+            if let Err(e) = app.ensure_tables().await {
+                tracing::warn!("could not prepare the state tables yet: {e}");
+            }
             // Loopback only: the host is the sole client, and nothing else may reach the handler.
             let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
             let listener = tokio::net::TcpListener::bind(addr)

@@ -19,7 +19,7 @@ mod per_type;
 mod search_parameters;
 mod status;
 
-pub use status::{MigrationStatus, WindowStatus};
+pub use status::{MigrationStatus, PlannedWindow, WindowStatus};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -311,6 +311,7 @@ impl Engine {
 
     /// `ClearMaxExportRetries_Http`: resets the latch and accepts imports halted by the error policy.
     pub async fn clear_failures(&self) -> Result<i64, EngineError> {
+        self.state.ensure_tables().await?;
         loop {
             let mut cursor = self.state.cursor().await?;
             let before = cursor.failures;

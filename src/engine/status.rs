@@ -57,6 +57,7 @@ pub struct MigrationStatus {
 
 impl Engine {
     pub async fn status(&self, now: DateTime<Utc>) -> Result<MigrationStatus, EngineError> {
+        self.state.ensure_tables().await?;
         let (cursor, active) = self.load().await?;
         let windows = active
             .jobs
@@ -107,5 +108,56 @@ impl Engine {
                 )
             }),
         })
+    }
+}
+
+/// One window `plan` would export next.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlannedWindow {
+    pub since: String,
+    pub till: String,
+    /// Resources (versions, when history or deletes are exported) in the window.
+    pub resources: u64,
+    /// How many times the window was halved to fit `AZURE_ChunkLimit`.
+    pub halvings: u32,
+}
+
+impl Engine {
+    /// A dry run of the planner: the next `n` windows with their sizes, as the engine would choose them now.
+    /// Reads the cursor and counts on the source; writes nothing and starts nothing.
+    pub async fn preview(&self, now: DateTime<Utc>, n: usize) -> Result<Vec<PlannedWindow>, EngineError> {
+        self.state.ensure_tables().await?;
+        let cursor = self.state.cursor().await?;
+        let mut report = super::TickReport::default();
+        let Some(mut since) = self.next_window_start(&cursor, &mut report).await? else {
+            return Ok(Vec::new());
+        };
+        let mut windows = Vec::new();
+        while windows.len() < n {
+            let Some(mut till) = crate::planner::window_end(&self.settings, since, now) else {
+                break;
+            };
+            let mut count = self.window_count(None, since, till).await?;
+            let mut halvings = 0;
+            while count > self.settings.chunk_limit {
+                match crate::planner::halve(since, till) {
+                    Some(shorter) => {
+                        till = shorter;
+                        halvings += 1;
+                        count = self.window_count(None, since, till).await?;
+                    }
+                    None => break,
+                }
+            }
+            windows.push(PlannedWindow {
+                since: format_instant(since),
+                till: format_instant(till),
+                resources: count,
+                halvings,
+            });
+            since = till;
+        }
+        Ok(windows)
     }
 }

@@ -275,6 +275,10 @@ pub struct MigrationSettings {
     /// `AZURE_ExportConfirmSeconds`: wait before re-polling an export that reported completion (servers can
     /// flap 200 → 202); the completion counts only if the re-poll agrees.
     pub export_confirm_delay: std::time::Duration,
+    /// `AZURE_IntegrationStorageUri`: blob endpoint of the export/import storage account, read (with the managed
+    /// identity) to classify import error files. Unset: files on the tool's own account are read, others only
+    /// counted.
+    pub integration_storage: Option<Url>,
     pub app_insights_connection_string: Option<Secret<String>>,
     pub debug: bool,
 }
@@ -365,6 +369,9 @@ impl MigrationSettings {
             import_error_policy,
             max_import_retries: p.positive("AZURE_MaxImportRetries", 3),
             export_confirm_delay: std::time::Duration::from_secs(p.number("AZURE_ExportConfirmSeconds", 5u64)),
+            integration_storage: source
+                .get("AZURE_IntegrationStorageUri")
+                .and_then(|v| p.parse_url("AZURE_IntegrationStorageUri", v)),
             app_insights_connection_string: source
                 .get_any(&[
                     "AZURE_AppInsightConnectionstring",

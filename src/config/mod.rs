@@ -146,19 +146,22 @@ impl StorageSettings {
                 key: Secret::new(account.key.expose().clone()),
             }),
             StorageSettings::ManagedIdentity { client_id, .. } => {
-                let options = client_id
-                    .as_ref()
-                    .map(|id| azure_identity::ManagedIdentityCredentialOptions {
-                        user_assigned_id: Some(azure_identity::UserAssignedId::ClientId(id.clone())),
-                        ..Default::default()
-                    });
-                let credential = azure_identity::ManagedIdentityCredential::new(options)
-                    .map_err(|e| format!("cannot set up the managed identity credential: {e}"))?;
-                Ok(StorageCredential::Token(
-                    credential as Arc<dyn azure_core::credentials::TokenCredential>,
-                ))
+                StorageSettings::managed_identity_credential(client_id.as_deref())
             }
         }
+    }
+
+    /// A managed-identity storage credential (system-assigned, or user-assigned by client id).
+    pub fn managed_identity_credential(client_id: Option<&str>) -> Result<StorageCredential, String> {
+        let options = client_id.map(|id| azure_identity::ManagedIdentityCredentialOptions {
+            user_assigned_id: Some(azure_identity::UserAssignedId::ClientId(id.to_string())),
+            ..Default::default()
+        });
+        let credential = azure_identity::ManagedIdentityCredential::new(options)
+            .map_err(|e| format!("cannot set up the managed identity credential: {e}"))?;
+        Ok(StorageCredential::Token(
+            credential as Arc<dyn azure_core::credentials::TokenCredential>,
+        ))
     }
 
     pub fn table_endpoint(&self) -> &Url {

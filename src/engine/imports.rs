@@ -216,6 +216,20 @@ impl Engine {
             .map(|e| e.url.as_str())
             .collect::<Vec<_>>()
             .join("\n");
+        if !result.error.is_empty() {
+            let urls: Vec<&str> = result.error.iter().map(|e| e.url.as_str()).collect();
+            match self.summarize_errors(&urls).await {
+                Some(summary) => {
+                    payload.error_kinds = Some((summary.conflicts, summary.duplicates, summary.invalid));
+                    payload.error_samples = summary.samples.join("\n");
+                }
+                None => {
+                    payload.error_samples =
+                        "error files not readable with the tool's storage access (set AZURE_IntegrationStorageUri)"
+                            .into()
+                }
+            }
+        }
         payload.end_time = Some(now);
         payload.status = import_status::COMPLETED.into();
         let halt = payload.failed_lines > 0 && self.settings.import_error_policy == ImportErrorPolicy::Halt;

@@ -13,6 +13,7 @@
 //! de-duplicates; the cursor moves only through windows whose every payload imported successfully. Every
 //! write is conditional on the ETag read, so overlapping invocations cannot act twice.
 
+mod error_files;
 mod exports;
 mod imports;
 mod per_type;
@@ -153,6 +154,9 @@ pub struct Engine {
     pub(crate) telemetry: Arc<dyn Telemetry>,
     pub(crate) timing: Timing,
     pub(crate) fail: FailPoints,
+    /// Where import error files may be read: the tool's own account and, if configured, the export/import
+    /// account.
+    pub(crate) error_stores: Vec<BlobStore>,
 }
 
 impl Engine {
@@ -177,11 +181,18 @@ impl Engine {
             telemetry,
             timing,
             fail: FailPoints::default(),
+            error_stores: Vec::new(),
         }
     }
 
     pub fn with_timing(mut self, timing: Timing) -> Engine {
         self.timing = timing;
+        self
+    }
+
+    /// Blob accounts import error files may be read from (besides the tool's own).
+    pub fn with_error_stores(mut self, stores: Vec<BlobStore>) -> Engine {
+        self.error_stores = stores;
         self
     }
 

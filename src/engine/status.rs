@@ -32,6 +32,11 @@ pub struct PayloadStatus {
     pub imported: i64,
     pub failed_lines: i64,
     pub error_files: Vec<String>,
+    /// Failed lines by kind, when the error files could be read.
+    pub conflict_lines: Option<i64>,
+    pub duplicate_lines: Option<i64>,
+    pub invalid_lines: Option<i64>,
+    pub error_samples: Vec<String>,
     pub failure_reason: String,
 }
 
@@ -81,6 +86,10 @@ impl Engine {
                         imported: p.imported,
                         failed_lines: p.failed_lines,
                         error_files: p.error_files.lines().map(str::to_string).collect(),
+                        conflict_lines: p.error_kinds.map(|k| k.0),
+                        duplicate_lines: p.error_kinds.map(|k| k.1),
+                        invalid_lines: p.error_kinds.map(|k| k.2),
+                        error_samples: p.error_samples.lines().map(str::to_string).collect(),
                         failure_reason: p.failure_reason.clone(),
                     })
                     .collect(),

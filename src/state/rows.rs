@@ -116,6 +116,11 @@ pub struct Payload {
     pub failed_resources: String,
     /// `ImportErrorFiles`: error-file URLs, one per line.
     pub error_files: String,
+    /// Failed lines by kind, from reading the error files (`ConflictLines`, `DuplicateLines`, `InvalidLines`);
+    /// `None` when the files could not be read.
+    pub error_kinds: Option<(i64, i64, i64)>,
+    /// `ImportErrorSamples`: the first few error messages, for the operator.
+    pub error_samples: String,
     pub failure_reason: String,
     pub etag: Option<ETag>,
 }
@@ -316,6 +321,8 @@ impl Payload {
             failed_lines: 0,
             failed_resources: String::new(),
             error_files: String::new(),
+            error_kinds: None,
+            error_samples: String::new(),
             failure_reason: String::new(),
             etag: None,
         }
@@ -335,8 +342,14 @@ impl Payload {
             .set_str("TotalFailedImportCount", self.failed_lines.to_string())
             .set_str("FailedImportResources", &self.failed_resources)
             .set_str("ImportErrorFiles", &self.error_files)
+            .set_str("ImportErrorSamples", &self.error_samples)
             .set_str("FailureReason", &self.failure_reason);
         opt_time(&mut e, "LeaseUntil", self.lease_until);
+        if let Some((conflict, duplicate, invalid)) = self.error_kinds {
+            e.set_i64("ConflictLines", conflict)
+                .set_i64("DuplicateLines", duplicate)
+                .set_i64("InvalidLines", invalid);
+        }
         opt_time(&mut e, "ImportStartTime", self.start_time);
         opt_time(&mut e, "EndTime", self.end_time);
         Ok(e)
@@ -358,6 +371,15 @@ impl Payload {
             failed_lines: e.get_i64("TotalFailedImportCount").unwrap_or(0),
             failed_resources: e.get_str("FailedImportResources").unwrap_or_default().into(),
             error_files: e.get_str("ImportErrorFiles").unwrap_or_default().into(),
+            error_kinds: match (
+                e.get_i64("ConflictLines"),
+                e.get_i64("DuplicateLines"),
+                e.get_i64("InvalidLines"),
+            ) {
+                (Some(c), Some(d), Some(i)) => Some((c, d, i)),
+                _ => None,
+            },
+            error_samples: e.get_str("ImportErrorSamples").unwrap_or_default().into(),
             failure_reason: e.get_str("FailureReason").unwrap_or_default().into(),
             etag: e.etag().cloned(),
         })

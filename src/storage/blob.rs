@@ -151,6 +151,22 @@ impl BlobStore {
             .map_err(|e| describe("upload", container, name, e))
     }
 
+    /// The (container, blob name) a URL names in this account, or `None` when the URL is on another account.
+    /// Matches scheme and host (and the account path segment for path-style endpoints such as Azurite's).
+    pub fn locate(&self, url: &Url) -> Option<(String, String)> {
+        if url.scheme() != self.endpoint.scheme()
+            || url.host_str() != self.endpoint.host_str()
+            || url.port_or_known_default() != self.endpoint.port_or_known_default()
+        {
+            return None;
+        }
+        let base = self.endpoint.path().trim_end_matches('/');
+        let rest = url.path().strip_prefix(base)?.trim_start_matches('/');
+        let (container, name) = rest.split_once('/')?;
+        let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
+        Some((decode(container), decode(name)))
+    }
+
     /// Reads a whole blob; `None` if it (or its container) does not exist.
     pub async fn get(&self, container: &str, name: &str) -> Result<Option<Vec<u8>>, BlobError> {
         let blob = self.client()?.blob_client(container, name);

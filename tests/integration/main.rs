@@ -4,6 +4,7 @@
 mod blobs;
 mod cli;
 mod engine;
+mod fhir;
 mod handler;
 mod layout;
 mod migration;

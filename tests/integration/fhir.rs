@@ -1,0 +1,152 @@
+//! The FHIR client on the wire: tokens reach only the configured server, throttling hints are honoured, and
+//! slow servers time out with a clear error.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use azure_core::credentials::{AccessToken, TokenCredential, TokenRequestOptions};
+use fhir_emulator::{EmulatorConfig, Faults, Flavor};
+use fhir_migration_tool::fhir::auth::TokenSource;
+use fhir_migration_tool::fhir::client::RetryPolicy;
+use fhir_migration_tool::fhir::{FhirClient, FhirError};
+
+#[derive(Debug)]
+struct FixedToken;
+
+#[async_trait::async_trait]
+impl TokenCredential for FixedToken {
+    async fn get_token(
+        &self,
+        _scopes: &[&str],
+        _options: Option<TokenRequestOptions<'_>>,
+    ) -> azure_core::Result<AccessToken> {
+        Ok(AccessToken::new(
+            "token-for-the-source",
+            azure_core::time::OffsetDateTime::now_utc() + azure_core::time::Duration::hours(1),
+        ))
+    }
+}
+
+/// A server that records the Authorization header of every request and answers a kick-off with a status URL
+/// on `elsewhere`.
+async fn recording_server(elsewhere: String) -> (String, Arc<Mutex<Vec<Option<String>>>>) {
+    let seen: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+    let record = seen.clone();
+    let app = Router::new().fallback(get(move |headers: HeaderMap| {
+        let record = record.clone();
+        let elsewhere = elsewhere.clone();
+        async move {
+            record
+                .lock()
+                .unwrap()
+                .push(headers.get("authorization").map(|v| v.to_str().unwrap().to_string()));
+            (
+                StatusCode::ACCEPTED,
+                [("content-location", format!("{elsewhere}/_operations/export/1"))],
+            )
+                .into_response()
+        }
+    }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, seen)
+}
+
+fn client(base: &str, tokens: TokenSource) -> FhirClient {
+    FhirClient::new(
+        url::Url::parse(base).unwrap(),
+        tokens,
+        "fhir-migration-tool-test",
+        reqwest::Client::new(),
+    )
+}
+
+#[tokio::test]
+async fn tokens_never_follow_a_status_url_to_another_host() {
+    let (other, other_seen) = recording_server("http://127.0.0.1:1".into()).await;
+    let (source, source_seen) = recording_server(other.clone()).await;
+    let tokens = TokenSource::Credential {
+        credential: Arc::new(FixedToken),
+        scope: "https://src.example/.default".into(),
+    };
+    let c = client(&source, tokens);
+    let accepted = c.export("_isParallel=true").await.unwrap();
+    assert!(accepted.status_url.starts_with(&other));
+    assert_eq!(
+        source_seen.lock().unwrap()[0].as_deref(),
+        Some("Bearer token-for-the-source")
+    );
+    let err = c.export_status(&accepted.status_url).await.unwrap_err();
+    assert!(matches!(err, FhirError::ForeignUrl { .. }), "{err}");
+    assert!(
+        other_seen.lock().unwrap().is_empty(),
+        "nothing, let alone the token, went to the other host"
+    );
+}
+
+#[tokio::test]
+async fn throttling_is_waited_out_as_the_server_asks() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let emulator = fhir_emulator::spawn(EmulatorConfig::quick(Flavor::Aapi), listener)
+        .await
+        .unwrap();
+    emulator.set_faults(Faults {
+        throttle_every: Some(1),
+        retry_after_ms: Some(300),
+        ..Default::default()
+    });
+    let c = client(&emulator.base_url, TokenSource::None).with_retry(RetryPolicy {
+        attempts: 3,
+        ..RetryPolicy::default()
+    });
+    let started = Instant::now();
+    let err = c.total(false).await.unwrap_err();
+    assert!(matches!(err, FhirError::Rejected { status: 429, .. }), "{err}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(600),
+        "two waits of x-ms-retry-after-ms: {:?}",
+        started.elapsed()
+    );
+    // Every other request throttled: the client gets through.
+    emulator.set_faults(Faults {
+        throttle_every: Some(2),
+        retry_after_ms: Some(50),
+        ..Default::default()
+    });
+    for _ in 0..4 {
+        assert_eq!(c.total(false).await.unwrap(), 0);
+    }
+}
+
+#[tokio::test]
+async fn a_hanging_server_times_out_with_the_url_in_the_error() {
+    let app = Router::new().fallback(get(|| async {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        "late"
+    }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let c = FhirClient::new(url::Url::parse(&base).unwrap(), TokenSource::None, "t", http).with_retry(RetryPolicy {
+        attempts: 2,
+        base_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(20),
+    });
+    let err = c.total(false).await.unwrap_err();
+    match err {
+        FhirError::Transport { url, message } => {
+            assert!(url.starts_with(&base), "{url}");
+            assert!(message.contains("timed out"), "{message}");
+        }
+        other => panic!("expected a transport error, got {other}"),
+    }
+}

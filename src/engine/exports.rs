@@ -203,39 +203,57 @@ impl Engine {
         let seq = cursor.next_job;
         let mut job = Job::planned(seq, since, till, "");
         job.lease_until = Some(now + self.timing.lease);
-        let job = match self.state.insert_job(&job).await {
-            Ok(job) => job,
-            // A planner that crashed after inserting this window: let the cursor catch up first.
-            Err(TableError::AlreadyExists { .. }) => {
-                if let Some(existing) = self.state.job(seq).await? {
-                    let mut repaired = cursor.clone();
-                    repaired.next_job = seq + 1;
-                    repaired.planned_till = Some(existing.till);
-                    let _ = self.state.save_cursor(&repaired).await;
-                }
-                return Ok(Planned::Nothing);
-            }
-            Err(e) => return Err(e.into()),
+        let Some(job) = self
+            .record_planned(cursor, job, |c, j| c.planned_till = Some(j.till))
+            .await?
+        else {
+            return Ok(Planned::Nothing);
         };
-        self.fail.hit("planned-job")?;
-        let mut updated = cursor.clone();
-        updated.next_job = seq + 1;
-        updated.planned_till = Some(till);
-        if updated.since.is_none() {
-            updated.since = Some(since);
-        }
-        match self.state.save_cursor(&updated).await {
-            Ok(_) => self.fail.hit("planned-cursor")?,
-            // Another invocation moved the cursor; it will see this row and repair the cursor.
-            Err(TableError::Conflict { .. }) => return Ok(Planned::Nothing),
-            Err(e) => return Err(e.into()),
-        }
         report.say(format!(
             "Planned window {seq}: {} to {} ({count} resources)",
             format_instant(since),
             format_instant(till)
         ));
         Ok(Planned::Job(Box::new(job)))
+    }
+
+    /// Records a planned window: inserts its row, then moves the cursor past it (`advance` sets the mode's own
+    /// cursor fields from the job). When the row already exists, a planner crashed after inserting it: the
+    /// cursor is repaired to match and nothing new is planned this time. `None` means "plan again later".
+    pub(crate) async fn record_planned(
+        &self,
+        cursor: &Cursor,
+        job: Job,
+        advance: impl Fn(&mut Cursor, &Job),
+    ) -> Result<Option<Job>, EngineError> {
+        let seq = job.seq;
+        let job = match self.state.insert_job(&job).await {
+            Ok(job) => job,
+            Err(TableError::AlreadyExists { .. }) => {
+                if let Some(existing) = self.state.job(seq).await? {
+                    let mut repaired = cursor.clone();
+                    repaired.next_job = seq + 1;
+                    advance(&mut repaired, &existing);
+                    let _ = self.state.save_cursor(&repaired).await;
+                }
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.fail.hit("planned-job")?;
+        let mut updated = cursor.clone();
+        updated.next_job = seq + 1;
+        if updated.since.is_none() {
+            updated.since = Some(job.since);
+        }
+        advance(&mut updated, &job);
+        match self.state.save_cursor(&updated).await {
+            Ok(_) => self.fail.hit("planned-cursor")?,
+            // Another invocation moved the cursor; it will see this row and repair the cursor.
+            Err(TableError::Conflict { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        Ok(Some(job))
     }
 
     /// Resources (versions, when history or deletes are exported) with lastUpdated in `[since, till)`, of one

@@ -59,32 +59,11 @@ impl Engine {
             let seq = cursor.next_job;
             let mut job = Job::planned(seq, start, end, resource_type);
             job.lease_until = Some(now + self.timing.lease);
-            let job = match self.state.insert_job(&job).await {
-                Ok(job) => job,
-                Err(TableError::AlreadyExists { .. }) => {
-                    // A planner crashed between this insert and the cursor update: repair the cursor to match.
-                    if let Some(existing) = self.state.job(seq).await? {
-                        let mut repaired = cursor.clone();
-                        repaired.next_job = seq + 1;
-                        self.advance_type_cursor(&mut repaired, window_since, window_till, index, existing.till);
-                        let _ = self.state.save_cursor(&repaired).await;
-                    }
-                    return Ok(Planned::Nothing);
-                }
-                Err(e) => return Err(e.into()),
+            let advance =
+                |c: &mut Cursor, j: &Job| self.advance_type_cursor(c, window_since, window_till, index, j.till);
+            let Some(job) = self.record_planned(cursor, job, advance).await? else {
+                return Ok(Planned::Nothing);
             };
-            self.fail.hit("planned-job")?;
-            let mut updated = cursor.clone();
-            updated.next_job = seq + 1;
-            if updated.since.is_none() {
-                updated.since = Some(window_since);
-            }
-            self.advance_type_cursor(&mut updated, window_since, window_till, index, end);
-            match self.state.save_cursor(&updated).await {
-                Ok(_) => self.fail.hit("planned-cursor")?,
-                Err(TableError::Conflict { .. }) => return Ok(Planned::Nothing),
-                Err(e) => return Err(e.into()),
-            }
             report.say(format!(
                 "Planned window {seq}: {resource_type} from {} to {} ({count} resources)",
                 format_instant(start),

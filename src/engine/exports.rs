@@ -12,6 +12,19 @@ use crate::state::{Cursor, Job, Payload};
 use crate::storage::tables::TableError;
 use crate::telemetry::{Event, id_of};
 
+/// How soon a kick-off or POST that met a transient error is tried again.
+pub(crate) const RETRY_SOON: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
+
+/// The blob container holding an export's `$import` payloads.
+pub(crate) fn payload_container(export_id: &str) -> String {
+    let id: String = export_id
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect::<String>()
+        .to_ascii_lowercase();
+    format!("import-{}", if id.is_empty() { "unknown".to_string() } else { id })
+}
+
 /// Windows in flight at most: the one importing and, with overlap, the next one exporting.
 fn max_uncommitted(overlap: bool) -> usize {
     if overlap { 2 } else { 1 }
@@ -38,10 +51,12 @@ impl Engine {
                 if !job.processed {
                     return Ok(());
                 }
-                // A per-type window's jobs commit one by one; `since` moves only when the whole window is done
-                // (below, through `planned_till`).
+                // A per-type window's parts commit one by one; `since` moves to the window's end once its last
+                // part commits (and through `planned_till` below when nothing is outstanding).
                 if job.resource_type.is_empty() {
                     cursor.since = Some(job.till);
+                } else if let Some(window_till) = self.per_type_window_complete(&cursor, &job).await? {
+                    cursor.since = Some(window_till);
                 }
                 cursor.committed_job += 1;
                 cursor.failures = 0;
@@ -85,6 +100,12 @@ impl Engine {
         for _ in 0..=self.timing.max_empty_skips {
             let cursor = self.state.cursor().await?;
             let active = self.state.active(&cursor).await?;
+            // A row the cursor does not know about: its planner stopped between inserting it and moving the
+            // cursor. Rebuild the cursor from the row itself (never from a fresh plan) before anything else.
+            if let Some(row) = active.job(cursor.next_job) {
+                self.repair_cursor(&cursor, row, report).await?;
+                continue;
+            }
             // A halted window (import errors under the Halt policy) stops everything until acknowledged.
             if let Some(j) = active.jobs.iter().find(|j| j.import_status == "Halted") {
                 report.say(format!(
@@ -116,7 +137,7 @@ impl Engine {
                 ));
                 return self.kick_off(job.clone(), now, report).await;
             }
-            let uncommitted = active.jobs.iter().filter(|j| !j.processed).count();
+            let uncommitted = (cursor.next_job - cursor.committed_job).max(0) as usize;
             if uncommitted >= max_uncommitted(self.settings.overlap_exports) {
                 return Ok(());
             }
@@ -218,8 +239,7 @@ impl Engine {
     }
 
     /// Records a planned window: inserts its row, then moves the cursor past it (`advance` sets the mode's own
-    /// cursor fields from the job). When the row already exists, a planner crashed after inserting it: the
-    /// cursor is repaired to match and nothing new is planned this time. `None` means "plan again later".
+    /// cursor fields from the job). `None` when the number was taken by another planner: plan again later.
     pub(crate) async fn record_planned(
         &self,
         cursor: &Cursor,
@@ -229,15 +249,9 @@ impl Engine {
         let seq = job.seq;
         let job = match self.state.insert_job(&job).await {
             Ok(job) => job,
-            Err(TableError::AlreadyExists { .. }) => {
-                if let Some(existing) = self.state.job(seq).await? {
-                    let mut repaired = cursor.clone();
-                    repaired.next_job = seq + 1;
-                    advance(&mut repaired, &existing);
-                    let _ = self.state.save_cursor(&repaired).await;
-                }
-                return Ok(None);
-            }
+            // Another planner (or one that stopped early) took this number: the next pass rebuilds the
+            // cursor from its row.
+            Err(TableError::AlreadyExists { .. }) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
         self.fail.hit("planned-job")?;
@@ -249,11 +263,46 @@ impl Engine {
         advance(&mut updated, &job);
         match self.state.save_cursor(&updated).await {
             Ok(_) => self.fail.hit("planned-cursor")?,
-            // Another invocation moved the cursor; it will see this row and repair the cursor.
-            Err(TableError::Conflict { .. }) => return Ok(None),
+            // Another invocation moved the cursor; the row is ours all the same (its kick-off is ETag-claimed)
+            // and the next pass rebuilds the cursor from it.
+            Err(TableError::Conflict { .. }) => {}
             Err(e) => return Err(e.into()),
         }
         Ok(Some(job))
+    }
+
+    /// Moves the cursor past a row a planner inserted without recording it on the cursor: `next_job`, and the
+    /// mode's position, from the row's own columns.
+    async fn repair_cursor(&self, cursor: &Cursor, row: &Job, report: &mut TickReport) -> Result<(), EngineError> {
+        let mut repaired = cursor.clone();
+        repaired.next_job = row.seq + 1;
+        if repaired.since.is_none() {
+            repaired.since = Some(row.window_since.unwrap_or(row.since));
+        }
+        match (row.resource_type.is_empty(), row.window_since, row.window_till) {
+            (false, Some(ws), Some(wt)) => per_type_position(&mut repaired, ws, wt, row.type_index, row.till),
+            _ => repaired.planned_till = Some(repaired.planned_till.map_or(row.till, |p| p.max(row.till))),
+        }
+        match self.state.save_cursor(&repaired).await {
+            Ok(_) => report.say(format!("Cursor repaired to include window {}", row.seq)),
+            Err(TableError::Conflict { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
+    }
+
+    /// For a per-type part being committed: the end of its window when this part is the window's last.
+    async fn per_type_window_complete(&self, cursor: &Cursor, job: &Job) -> Result<Option<DateTime<Utc>>, EngineError> {
+        let Some(window_till) = job.window_till else {
+            return Ok(None);
+        };
+        let later_part_of_same_window =
+            |other: &Job| !other.resource_type.is_empty() && other.window_till == Some(window_till);
+        match self.state.job(job.seq + 1).await? {
+            Some(next) => Ok((!later_part_of_same_window(&next)).then_some(window_till)),
+            // Nothing planned after this part: complete only if planning has finished the window.
+            None => Ok((cursor.global_till != Some(window_till)).then_some(window_till)),
+        }
     }
 
     /// Resources (versions, when history or deletes are exported) with lastUpdated in `[since, till)`, of one
@@ -301,9 +350,11 @@ impl Engine {
         now: DateTime<Utc>,
         report: &mut TickReport,
     ) -> Result<(), EngineError> {
+        let _ = now;
         job.attempt += 1;
         job.export_status = export_status::STARTING.into();
-        job.lease_until = Some(now + self.timing.lease);
+        // The lease runs from the claim itself, not from the start of a tick that may have been slow.
+        job.lease_until = Some(Utc::now() + self.timing.lease);
         job.failure_reason.clear();
         job.export_url.clear();
         job.export_id.clear();
@@ -339,6 +390,19 @@ impl Engine {
                 );
                 Ok(())
             }
+            // Throttled or a server-side hiccup: try again soon with the same window, without a failure.
+            Err(FhirError::Rejected {
+                status, diagnostics, ..
+            }) if status == 429 || status == 408 || status >= 500 => {
+                job.lease_until = Some(Utc::now() + RETRY_SOON);
+                job.failure_reason = format!("$export answered HTTP {status} ({diagnostics}); retrying");
+                self.state.save_job(&job).await?;
+                report.say(format!(
+                    "Export kick-off for {since} to {till} deferred: {}",
+                    job.failure_reason
+                ));
+                Ok(())
+            }
             Err(FhirError::Rejected {
                 status, diagnostics, ..
             }) => {
@@ -364,14 +428,17 @@ impl Engine {
             }
             // Unreachable server or token trouble: the lease expires and a later tick tries again.
             Err(e) => {
+                job.lease_until = Some(Utc::now() + RETRY_SOON);
+                job.failure_reason = format!("$export could not be sent: {e}");
+                self.state.save_job(&job).await?;
                 report.say(format!("Export kick-off for {since} to {till} could not be sent: {e}"));
                 self.count_failure().await?;
-                Err(e.into())
+                Ok(())
             }
         }
     }
 
-    /// Polls every running export once.
+    /// Polls every running export once. One export's trouble is reported and the others are still polled.
     pub(crate) async fn poll_exports(&self, now: DateTime<Utc>, report: &mut TickReport) -> Result<(), EngineError> {
         let cursor = self.state.cursor().await?;
         let active = self.state.active(&cursor).await?;
@@ -381,31 +448,42 @@ impl Engine {
                 export_status::STARTED | export_status::RUNNING
             )
         }) {
-            let mut poll = self.source.export_status(&job.export_url).await?;
-            if matches!(poll, Poll::Done(_)) {
-                // Servers can report 200 and then 202 again: trust a completion only when it repeats.
-                tokio::time::sleep(self.timing.confirm_delay).await;
-                poll = match self.source.export_status(&job.export_url).await? {
-                    Poll::Done(m) => Poll::Done(m),
-                    _ => Poll::Running(None),
-                };
-            }
-            let result = match poll {
-                Poll::Running(_) => self.export_running(job.clone()).await,
-                Poll::Done(manifest) => self.export_done(job.clone(), manifest, now, report).await,
-                Poll::Failed { status, diagnostics } => {
+            let result = match self.poll_confirmed(&job.export_url).await {
+                Ok(Poll::Running(_)) => self.export_running(job.clone()).await,
+                Ok(Poll::Done(manifest)) => self.export_done(job.clone(), manifest, now, report).await,
+                Ok(Poll::Failed { status, diagnostics }) => {
                     self.export_failed(job.clone(), status, diagnostics, report).await
                 }
+                Err(e) => Err(e.into()),
             };
             match result {
+                Ok(()) => {}
                 Err(e) if e.is_conflict() => report.say(format!(
                     "Window {} was updated by another invocation; left to it",
                     job.seq
                 )),
-                other => other?,
+                Err(EngineError::Injected(point)) => return Err(EngineError::Injected(point)),
+                Err(e) => report.say(format!(
+                    "Export {} of window {} could not be polled: {e}",
+                    job.export_id, job.seq
+                )),
             }
         }
         Ok(())
+    }
+
+    /// One poll, and when it reports completion a second one after the confirmation delay: servers can report
+    /// 200 and then 202 again, so a completion counts only when it repeats.
+    async fn poll_confirmed(&self, url: &str) -> Result<Poll<ExportManifest>, FhirError> {
+        let poll = self.source.export_status(url).await?;
+        if !matches!(poll, Poll::Done(_)) {
+            return Ok(poll);
+        }
+        tokio::time::sleep(self.timing.confirm_delay).await;
+        Ok(match self.source.export_status(url).await? {
+            Poll::Done(m) => Poll::Done(m),
+            _ => Poll::Running(None),
+        })
     }
 
     async fn export_running(&self, mut job: Job) -> Result<(), EngineError> {
@@ -489,7 +567,11 @@ impl Engine {
             self.state.save_job(&job).await?;
             report.say(format!("Export {} finished with nothing to import", job.export_id));
         } else {
-            let container = format!("import-{}", sanitize(&job.export_id));
+            let container = payload_container(&job.export_id);
+            // The same split on every run: files of one type come in no set order, and a repeated run (after a
+            // crash) must write the same payloads.
+            let mut files = files;
+            files.sort_by(|a, b| a.url.cmp(&b.url));
             self.blobs.ensure_container(&container).await?;
             let chunks: Vec<&[ExportFile]> = files.chunks(self.settings.file_count).collect();
             for (k, chunk) in chunks.iter().enumerate() {
@@ -528,14 +610,24 @@ impl Engine {
     }
 }
 
-/// The container-name-safe form of an export id.
-fn sanitize(id: &str) -> String {
-    let s: String = id
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .collect::<String>()
-        .to_ascii_lowercase();
-    if s.is_empty() { "unknown".into() } else { s }
+/// Per-type position after planning the type at `index` up to `planned_to` in the window `[since, till)`: the
+/// same type again from there if its share was split, else the next type.
+pub(crate) fn per_type_position(
+    cursor: &mut Cursor,
+    since: DateTime<Utc>,
+    till: DateTime<Utc>,
+    index: i64,
+    planned_to: DateTime<Utc>,
+) {
+    cursor.global_since = Some(since);
+    cursor.global_till = Some(till);
+    if planned_to < till {
+        cursor.type_index = index;
+        cursor.sub_since = Some(planned_to);
+    } else {
+        cursor.type_index = index + 1;
+        cursor.sub_since = None;
+    }
 }
 
 /// What planning decided.

@@ -50,11 +50,16 @@ impl Engine {
                     && payload.attempt < i64::from(self.settings.max_import_retries);
                 let interrupted = payload.status == import_status::POSTING && !is_running(payload, now);
                 if payload.status == import_status::NOT_STARTED || retry || interrupted {
-                    match self.post(job, payload.clone(), interrupted, now, report).await {
+                    match self.post(job, payload.clone(), interrupted, report).await {
+                        Ok(()) => running += 1,
                         Err(e) if e.is_conflict() => continue,
-                        other => other?,
+                        // One payload's trouble must not stop the others (an injected crash still does).
+                        Err(EngineError::Injected(point)) => return Err(EngineError::Injected(point)),
+                        Err(e) => report.say(format!(
+                            "Import of window {} payload {} not started: {e}",
+                            job.seq, payload.index
+                        )),
                     }
-                    running += 1;
                 }
             }
         }
@@ -66,28 +71,22 @@ impl Engine {
         job: &Job,
         mut payload: Payload,
         same_attempt: bool,
-        now: DateTime<Utc>,
         report: &mut TickReport,
     ) -> Result<(), EngineError> {
-        // Claim first: only the invocation whose write wins posts.
+        // Claim first: only the invocation whose write wins posts. The lease runs from the claim itself.
         if !same_attempt {
             payload.attempt += 1;
         }
         payload.status = import_status::POSTING.into();
-        payload.lease_until = Some(now + self.timing.lease);
+        payload.lease_until = Some(Utc::now() + self.timing.lease);
         payload.failure_reason.clear();
         let mut payload = self.state.save_payload(&payload).await?;
         self.fail.hit("import-claimed")?;
-        let container = format!(
-            "import-{}",
-            job.export_id
-                .chars()
-                .filter(|c| c.is_ascii_alphanumeric())
-                .collect::<String>()
-                .to_ascii_lowercase()
-        );
+        let container = super::exports::payload_container(&job.export_id);
         let Some(bytes) = self.blobs.get(&container, &payload.blob).await? else {
+            // Nothing to retry with: exhaust the attempts so the window is exported again.
             payload.status = import_status::FAILED.into();
+            payload.attempt = payload.attempt.max(i64::from(self.settings.max_import_retries));
             payload.failure_reason = format!("the payload blob {container}/{} is missing", payload.blob);
             self.state.save_payload(&payload).await?;
             return Ok(());
@@ -122,6 +121,20 @@ impl Engine {
                 );
                 Ok(())
             }
+            // Throttled, or a gateway error after which the server may well have registered the job: post the
+            // same definition again soon (the server de-duplicates it), without burning an attempt.
+            Err(FhirError::Rejected {
+                status, diagnostics, ..
+            }) if status == 429 || status == 408 || status >= 500 => {
+                payload.lease_until = Some(Utc::now() + super::exports::RETRY_SOON);
+                payload.failure_reason = format!("$import answered HTTP {status} ({diagnostics}); posting again");
+                self.state.save_payload(&payload).await?;
+                report.say(format!(
+                    "Import of window {} payload {} deferred: {}",
+                    job.seq, payload.index, payload.failure_reason
+                ));
+                Ok(())
+            }
             Err(FhirError::Rejected {
                 status, diagnostics, ..
             }) => {
@@ -141,19 +154,24 @@ impl Engine {
                         .with("ImportStatus", "Failed")
                         .with("FailureReason", &payload.failure_reason),
                 );
-                self.give_up_if_exhausted(job, &payload, report).await
+                Ok(())
             }
+            // Not sent, or the answer was lost: post the same definition again after a short lease.
             Err(e) => {
+                payload.lease_until = Some(Utc::now() + super::exports::RETRY_SOON);
+                payload.failure_reason = format!("$import could not be sent: {e}");
+                self.state.save_payload(&payload).await?;
                 report.say(format!(
                     "Import of window {} payload {} could not be sent: {e}",
                     job.seq, payload.index
                 ));
-                Err(e.into())
+                Ok(())
             }
         }
     }
 
-    /// Polls every running import once.
+    /// Polls every running import of each window's current export attempt once. One import's trouble is
+    /// reported and the others are still polled.
     pub(crate) async fn poll_imports(&self, now: DateTime<Utc>, report: &mut TickReport) -> Result<(), EngineError> {
         let cursor = self.state.cursor().await?;
         let active = self.state.active(&cursor).await?;
@@ -163,17 +181,28 @@ impl Engine {
             .filter(|p| matches!(p.status.as_str(), import_status::STARTED | import_status::RUNNING))
         {
             let Some(job) = active.job(payload.seq) else { continue };
-            let result = match self.destination.import_status(&payload.import_url).await? {
-                Poll::Running(_) => self.import_running(payload.clone()).await,
-                Poll::Done(result) => self.import_done(job, payload.clone(), result, now, report).await,
-                Poll::Failed { status, diagnostics } => {
+            // A payload of a superseded export attempt no longer decides anything about its window.
+            if payload.export_attempt != job.attempt {
+                continue;
+            }
+            let result = match self.destination.import_status(&payload.import_url).await {
+                Ok(Poll::Running(_)) => self.import_running(payload.clone()).await,
+                Ok(Poll::Done(result)) => self.import_done(job, payload.clone(), result, now, report).await,
+                Ok(Poll::Failed { status, diagnostics }) => {
                     self.import_failed(job, payload.clone(), status, diagnostics, report)
                         .await
                 }
+                Err(e) => Err(e.into()),
             };
             match result {
+                Ok(()) => {}
                 Err(e) if e.is_conflict() => continue,
-                other => other?,
+                Err(EngineError::Injected(point)) => return Err(EngineError::Injected(point)),
+                Err(e) => report.say(format!(
+                    "Import {} of window {} could not be polled: {e}",
+                    id_of(&payload.import_url),
+                    job.seq
+                )),
             }
         }
         self.mark_processed(&self.state.active(&self.state.cursor().await?).await?, now)
@@ -301,33 +330,6 @@ impl Engine {
                 .with("ImportStatus", "Failed")
                 .with("FailureReason", &payload.failure_reason),
         );
-        self.give_up_if_exhausted(job, &payload, report).await
-    }
-
-    /// After the last allowed attempt the window is exported again from scratch (new files, new payloads).
-    async fn give_up_if_exhausted(
-        &self,
-        job: &Job,
-        payload: &Payload,
-        report: &mut TickReport,
-    ) -> Result<(), EngineError> {
-        if payload.attempt < i64::from(self.settings.max_import_retries) {
-            return Ok(());
-        }
-        let Some(mut job) = self.state.job(job.seq).await? else {
-            return Ok(());
-        };
-        job.export_status = export_status::FAILED.into();
-        job.import_status = import_status::FAILED.into();
-        job.failure_reason = format!(
-            "payload {} failed {} time(s): {}",
-            payload.index, payload.attempt, payload.failure_reason
-        );
-        self.state.save_job(&job).await?;
-        report.say(format!(
-            "Window {} will be exported again: {}",
-            job.seq, job.failure_reason
-        ));
         Ok(())
     }
 
@@ -344,6 +346,19 @@ impl Engine {
                 continue;
             }
             let mut job = job.clone();
+            // A payload out of attempts (or without its blob) fails the window, which is then exported
+            // again. Decided from the stored state on every pass, so a lost write is simply redone.
+            let max = i64::from(self.settings.max_import_retries);
+            if let Some(p) = payloads
+                .iter()
+                .find(|p| p.status == import_status::FAILED && p.attempt >= max)
+            {
+                job.export_status = export_status::FAILED.into();
+                job.import_status = import_status::FAILED.into();
+                job.failure_reason = format!("payload {} failed {} time(s): {}", p.index, p.attempt, p.failure_reason);
+                self.save_quietly(&job).await?;
+                continue;
+            }
             if payloads.iter().any(|p| p.status == HALTED) {
                 if job.import_status != HALTED {
                     job.import_status = HALTED.into();

@@ -259,6 +259,8 @@ impl Engine {
     pub async fn import_status_tick(&self, now: DateTime<Utc>) -> Result<TickReport, EngineError> {
         let mut report = TickReport::default();
         self.state.ensure_tables().await?;
+        // Commit first: a window finished by an earlier tick should not wait on this tick's network calls.
+        self.commit(&mut report).await?;
         self.poll_imports(now, &mut report).await?;
         self.post_payloads(now, &mut report).await?;
         self.commit(&mut report).await?;

@@ -6,7 +6,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::exports::Planned;
+use super::exports::{Planned, per_type_position};
 use super::{Engine, EngineError, TickReport};
 use crate::fhir::format_instant;
 use crate::planner;
@@ -58,9 +58,12 @@ impl Engine {
             }
             let seq = cursor.next_job;
             let mut job = Job::planned(seq, start, end, resource_type);
-            job.lease_until = Some(now + self.timing.lease);
+            job.lease_until = Some(Utc::now() + self.timing.lease);
+            job.window_since = Some(window_since);
+            job.window_till = Some(window_till);
+            job.type_index = index as i64;
             let advance =
-                |c: &mut Cursor, j: &Job| self.advance_type_cursor(c, window_since, window_till, index, j.till);
+                |c: &mut Cursor, j: &Job| per_type_position(c, window_since, window_till, index as i64, j.till);
             let Some(job) = self.record_planned(cursor, job, advance).await? else {
                 return Ok(Planned::Nothing);
             };
@@ -92,27 +95,6 @@ impl Engine {
             }
             Err(TableError::Conflict { .. }) => Ok(Planned::Nothing),
             Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Records that the type at `index` is planned up to `planned_to`: the same type again from there if its
-    /// share of the window was split, else the next type.
-    fn advance_type_cursor(
-        &self,
-        cursor: &mut Cursor,
-        since: DateTime<Utc>,
-        till: DateTime<Utc>,
-        index: usize,
-        planned_to: DateTime<Utc>,
-    ) {
-        cursor.global_since = Some(since);
-        cursor.global_till = Some(till);
-        if planned_to < till {
-            cursor.type_index = index as i64;
-            cursor.sub_since = Some(planned_to);
-        } else {
-            cursor.type_index = index as i64 + 1;
-            cursor.sub_since = None;
         }
     }
 }

@@ -161,7 +161,11 @@ impl FhirClient {
                 None => return Ok(None),
             }
         }
-        Ok(None)
+        // Never read "gave up" as "nothing there": a skip decision rests on this answer.
+        Err(FhirError::InvalidResponse {
+            url: client::redact(&url),
+            detail: "no resource found after following 100 empty pages; giving up for this tick".into(),
+        })
     }
 
     /// `GET {base}/$export?{query}` with the headers the servers require.
@@ -175,7 +179,7 @@ impl FhirClient {
                     r.header("accept", "application/fhir+json")
                         .header("prefer", "respond-async")
                 },
-                true,
+                false,
             )
             .await?;
         accepted(resp, &url).await
@@ -335,11 +339,10 @@ async fn accepted(resp: reqwest::Response, url: &url::Url) -> Result<Accepted, F
 }
 
 /// Classifies a poll's non-2xx answer. A job that failed says so in an OperationOutcome ("export operation
-/// failed …", "import operation failed …", a cancellation): final. A 429 with a retry hint, or a 5xx without
-/// such an outcome (a gateway hiccup), is transient: the job is still running as far as anyone knows.
+/// failed …", "import operation failed …", a cancellation), and an unknown job is 404: both final. Everything
+/// else is transient: as far as anyone knows the job is still running.
 async fn failed<T>(resp: reqwest::Response) -> Result<Poll<T>, FhirError> {
     let status = resp.status();
-    let hinted = resp.headers().contains_key("retry-after") || resp.headers().contains_key("x-ms-retry-after-ms");
     let text = resp.text().await.unwrap_or_default();
     let outcome: Option<Value> = serde_json::from_str::<Value>(&text)
         .ok()
@@ -348,7 +351,9 @@ async fn failed<T>(resp: reqwest::Response) -> Result<Poll<T>, FhirError> {
         let d = o["issue"][0]["diagnostics"].as_str().unwrap_or_default();
         d.contains("operation failed") || d.contains("cancellation")
     });
-    let transient = (status == StatusCode::TOO_MANY_REQUESTS && hinted) || (status.is_server_error() && !job_failed);
+    // Final only when the server says the job failed (or no longer knows it); anything else — a gateway error,
+    // an expired token, RBAC still propagating, throttling — may pass, and the next poll will tell.
+    let transient = !(job_failed || status == StatusCode::NOT_FOUND);
     if transient {
         tracing::warn!(
             status = status.as_u16(),

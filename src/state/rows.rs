@@ -86,6 +86,11 @@ pub struct Job {
     pub failure_reason: String,
     /// `resourceTypeValue` (per-type mode).
     pub resource_type: String,
+    /// Per-type rows: the whole window this type's part belongs to (`GlobalSince`, `GlobalTill`) and the type's
+    /// position in the list (`TypeIndex`), so the cursor can be rebuilt from the row alone.
+    pub window_since: Option<DateTime<Utc>>,
+    pub window_till: Option<DateTime<Utc>>,
+    pub type_index: i64,
     pub end_time: Option<DateTime<Utc>>,
     pub etag: Option<ETag>,
 }
@@ -241,6 +246,9 @@ impl Job {
             processed: false,
             failure_reason: String::new(),
             resource_type: resource_type.into(),
+            window_since: None,
+            window_till: None,
+            type_index: 0,
             end_time: None,
             etag: None,
         }
@@ -270,7 +278,10 @@ impl Job {
             .set_bool("IsProcessed", self.processed)
             .set_bool("IsFirst", true)
             .set_str("FailureReason", &self.failure_reason)
-            .set_str("resourceTypeValue", &self.resource_type);
+            .set_str("resourceTypeValue", &self.resource_type)
+            .set_i64("TypeIndex", self.type_index);
+        opt_time(&mut e, "GlobalSince", self.window_since);
+        opt_time(&mut e, "GlobalTill", self.window_till);
         opt_time(&mut e, "LeaseUntil", self.lease_until);
         opt_time(&mut e, "StartTime", self.start_time);
         opt_time(&mut e, "ExportEndTime", self.export_end_time);
@@ -298,6 +309,9 @@ impl Job {
             processed: e.get_bool("IsProcessed").unwrap_or(false),
             failure_reason: e.get_str("FailureReason").unwrap_or_default().into(),
             resource_type: e.get_str("resourceTypeValue").unwrap_or_default().into(),
+            window_since: e.get_datetime("GlobalSince"),
+            window_till: e.get_datetime("GlobalTill"),
+            type_index: e.get_i64("TypeIndex").unwrap_or(0),
             end_time: e.get_datetime("EndTime"),
             etag: e.etag().cloned(),
         })

@@ -474,3 +474,109 @@ async fn switching_is_parallel_mid_run_neither_loses_nor_repeats_data() {
     }
     assert!(ranges.len() > 3, "{ranges:?}");
 }
+
+#[tokio::test]
+async fn per_type_crash_after_planning_repairs_from_the_row_even_when_counts_change() {
+    let mut stack = stack(&[
+        ("AZURE_IsParallel", "false"),
+        ("AZURE_ResourceExportChunkTime", "40"),
+        ("AZURE_ResourceTypes", "Patient,Observation,Encounter"),
+    ])
+    .await;
+    stack.engine = fast(&stack.engine);
+    seed(&stack, 400, 31);
+    // The planner stops right after inserting the first part (Patient) — before moving the cursor.
+    stack.engine.fail_points().arm("planned-job", 1);
+    let _ = stack.engine.starter_tick(Utc::now()).await;
+    assert!(stack.engine.fail_points().all_fired());
+    // Before anyone re-plans, Patient's resources in the window change (the window's Patients are hard-deleted),
+    // so a fresh plan would now start at Observation.
+    for (key, _) in stack.source.store().snapshot() {
+        if &*key.0 == "Patient" {
+            stack.source.store().hard_delete("Patient", &key.1);
+        }
+    }
+    run_to_completion(&stack, 300).await;
+    // Observation and Encounter still arrive: the cursor was rebuilt from the Patient row, not from a new plan.
+    let dst = stack.destination.store().snapshot();
+    for t in ["Observation", "Encounter"] {
+        let src_n = stack
+            .source
+            .store()
+            .snapshot()
+            .iter()
+            .filter(|(k, _)| &*k.0 == t)
+            .count();
+        let dst_n = dst.iter().filter(|(k, _)| &*k.0 == t).count();
+        assert_eq!(src_n, dst_n, "{t}");
+    }
+}
+
+#[tokio::test]
+async fn per_type_progress_is_reported_while_catching_up() {
+    let stack = stack(&[
+        ("AZURE_IsParallel", "false"),
+        ("AZURE_ResourceExportChunkTime", "5"),
+        ("AZURE_ResourceTypes", "Patient,Observation"),
+    ])
+    .await;
+    seed(&stack, 600, 32);
+    let mut seen_progress = false;
+    let mut first: Option<String> = None;
+    for _ in 0..300 {
+        round(&stack.engine).await;
+        let status = stack.engine.status(Utc::now()).await.unwrap();
+        if let Some(t) = status.migrated_through.clone() {
+            match &first {
+                None => first = Some(t),
+                Some(f) if t > *f && !status.windows_in_flight.is_empty() => seen_progress = true,
+                _ => {}
+            }
+        }
+        if seen_progress {
+            break;
+        }
+    }
+    assert!(
+        seen_progress,
+        "migratedThrough moved while windows were still in flight"
+    );
+}
+
+#[tokio::test]
+async fn a_payload_out_of_attempts_gets_its_window_exported_again() {
+    let stack = stack(&[("AZURE_MaxImportRetries", "2")]).await;
+    seed(&stack, 300, 33);
+    stack.destination.set_faults(Faults {
+        import_unit_failure: Some(JobFailure {
+            status: 400,
+            reason: "Input file deleted, renamed, or moved during job.".into(),
+            count: None,
+        }),
+        ..Default::default()
+    });
+    // Long enough for the first window's payload to use both attempts.
+    for _ in 0..40 {
+        round(&stack.engine).await;
+        let failures = stack
+            .telemetry
+            .events()
+            .iter()
+            .filter(|e| e.name == "Import" && e.get("ImportStatus") == Some("Failed"))
+            .count();
+        if failures >= 2 {
+            break;
+        }
+    }
+    stack.destination.set_faults(Faults::default());
+    run_to_completion(&stack, 300).await;
+    assert_same(stack.source.store(), stack.destination.store());
+    let exports = started_exports(&stack);
+    let mut distinct = exports.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert!(
+        exports.len() > distinct.len(),
+        "the window whose payload ran out of attempts was exported again"
+    );
+}

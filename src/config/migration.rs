@@ -272,6 +272,9 @@ pub struct MigrationSettings {
     pub import_error_policy: ImportErrorPolicy,
     /// `AZURE_MaxImportRetries`: attempts per payload before the window counts as failed.
     pub max_import_retries: u32,
+    /// `AZURE_JobTimeoutHours`: an export or import still running after this long is counted as failed (and
+    /// retried), so a job the server never finishes cannot hold the migration forever.
+    pub job_timeout: TimeDelta,
     /// `AZURE_ExportConfirmSeconds`: wait before re-polling an export that reported completion (servers can
     /// flap 200 → 202); the completion counts only if the re-poll agrees.
     pub export_confirm_delay: std::time::Duration,
@@ -368,6 +371,7 @@ impl MigrationSettings {
             overlap_exports: p.flag(&["AZURE_OverlapExports"], true),
             import_error_policy,
             max_import_retries: p.positive("AZURE_MaxImportRetries", 3),
+            job_timeout: TimeDelta::hours(p.positive("AZURE_JobTimeoutHours", 24).into()),
             export_confirm_delay: std::time::Duration::from_secs(p.number("AZURE_ExportConfirmSeconds", 5u64)),
             integration_storage: source
                 .get("AZURE_IntegrationStorageUri")

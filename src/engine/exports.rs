@@ -45,7 +45,11 @@ impl Engine {
             let mut cursor = self.state.cursor().await?;
             if cursor.committed_job < cursor.next_job {
                 let Some(job) = self.state.job(cursor.committed_job).await? else {
-                    // The planner moved the cursor but its row is gone: nothing to wait for.
+                    report.say(format!(
+                        "The row of window {} is missing or unreadable, so the cursor cannot move past it: inspect row {} of the export table",
+                        cursor.committed_job,
+                        crate::state::rows::job_key(&self.settings.row_key, cursor.committed_job)
+                    ));
                     return Ok(());
                 };
                 if !job.processed {
@@ -448,6 +452,24 @@ impl Engine {
                 export_status::STARTED | export_status::RUNNING
             )
         }) {
+            let overdue = job.start_time.is_some_and(|t| now - t > self.settings.job_timeout);
+            if overdue {
+                let hours = self.settings.job_timeout.num_hours();
+                let result = self
+                    .export_failed(
+                        job.clone(),
+                        0,
+                        format!("no result after {hours} hours; exporting the window again"),
+                        report,
+                    )
+                    .await;
+                if let Err(e) = result
+                    && !e.is_conflict()
+                {
+                    return Err(e);
+                }
+                continue;
+            }
             let result = match self.poll_confirmed(&job.export_url).await {
                 Ok(Poll::Running(_)) => self.export_running(job.clone()).await,
                 Ok(Poll::Done(manifest)) => self.export_done(job.clone(), manifest, now, report).await,
@@ -510,7 +532,11 @@ impl Engine {
         report: &mut TickReport,
     ) -> Result<(), EngineError> {
         job.export_status = export_status::FAILED.into();
-        job.failure_reason = format!("export failed with HTTP {status}: {diagnostics}");
+        job.failure_reason = if status == 0 {
+            format!("export failed: {diagnostics}")
+        } else {
+            format!("export failed with HTTP {status}: {diagnostics}")
+        };
         self.state.save_job(&job).await?;
         self.count_failure().await?;
         report.say(format!("Export {} failed: {}", job.export_id, job.failure_reason));

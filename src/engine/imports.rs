@@ -185,6 +185,27 @@ impl Engine {
             if payload.export_attempt != job.attempt {
                 continue;
             }
+            if payload.start_time.is_some_and(|t| now - t > self.settings.job_timeout) {
+                let hours = self.settings.job_timeout.num_hours();
+                let result = self
+                    .import_failed(
+                        job,
+                        payload.clone(),
+                        0,
+                        format!("no result after {hours} hours"),
+                        report,
+                    )
+                    .await;
+                if let Err(e) = result
+                    && !e.is_conflict()
+                {
+                    report.say(format!(
+                        "Import {} could not be marked as timed out: {e}",
+                        id_of(&payload.import_url)
+                    ));
+                }
+                continue;
+            }
             let result = match self.destination.import_status(&payload.import_url).await {
                 Ok(Poll::Running(_)) => self.import_running(payload.clone()).await,
                 Ok(Poll::Done(result)) => self.import_done(job, payload.clone(), result, now, report).await,
@@ -313,7 +334,11 @@ impl Engine {
         report: &mut TickReport,
     ) -> Result<(), EngineError> {
         payload.status = import_status::FAILED.into();
-        payload.failure_reason = format!("import failed with HTTP {status}: {diagnostics}");
+        payload.failure_reason = if status == 0 {
+            format!("import failed: {diagnostics}")
+        } else {
+            format!("import failed with HTTP {status}: {diagnostics}")
+        };
         payload.end_time = Some(Utc::now());
         self.state.save_payload(&payload).await?;
         self.count_failure().await?;

@@ -580,3 +580,29 @@ async fn a_payload_out_of_attempts_gets_its_window_exported_again() {
         "the window whose payload ran out of attempts was exported again"
     );
 }
+
+#[tokio::test]
+async fn an_export_that_never_finishes_is_given_up_after_the_job_timeout() {
+    let stack = stack(&[("AZURE_JobTimeoutHours", "1")]).await;
+    seed(&stack, 200, 34);
+    stack.engine.starter_tick(Utc::now()).await.unwrap();
+    assert_eq!(started_exports(&stack).len(), 1);
+    // Two hours later (the clock is an argument) the export is overdue.
+    stack
+        .engine
+        .export_status_tick(Utc::now() + TimeDelta::hours(2))
+        .await
+        .unwrap();
+    let failed = stack
+        .telemetry
+        .events()
+        .into_iter()
+        .find(|e| e.name == "Export" && e.get("ExportStatus") == Some("Failed"))
+        .expect("the overdue export failed");
+    assert!(
+        failed.get("FailureReason").unwrap().contains("no result after 1 hours"),
+        "{failed:?}"
+    );
+    run_to_completion(&stack, 300).await;
+    assert_same(stack.source.store(), stack.destination.store());
+}

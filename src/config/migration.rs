@@ -265,6 +265,9 @@ pub struct MigrationSettings {
     pub authority_host: Option<Url>,
     /// `AZURE_ManagedIdentityClientId`: a user-assigned identity for FHIR and storage tokens.
     pub managed_identity_client_id: Option<String>,
+    /// `AZURE_CredentialType`: `ManagedIdentity` (in Azure) or `DeveloperTools` (your Azure CLI / azd login,
+    /// for running locally against real Azure).
+    pub developer_credential: bool,
     /// `AZURE_SafetyLagSeconds`: windows never end later than now minus this (late commits are not missed).
     pub safety_lag: TimeDelta,
     /// `AZURE_OverlapExports`: export window N+1 while window N imports.
@@ -367,6 +370,16 @@ impl MigrationSettings {
                 .get("AZURE_AuthorityHost")
                 .and_then(|v| p.parse_url("AZURE_AuthorityHost", v)),
             managed_identity_client_id: source.get("AZURE_ManagedIdentityClientId").map(str::to_string),
+            developer_credential: match source.get("AZURE_CredentialType").unwrap_or("ManagedIdentity") {
+                v if v.eq_ignore_ascii_case("ManagedIdentity") => false,
+                v if v.eq_ignore_ascii_case("DeveloperTools") => true,
+                other => {
+                    p.problem(format!(
+                        "AZURE_CredentialType '{other}' is not ManagedIdentity or DeveloperTools"
+                    ));
+                    false
+                }
+            },
             safety_lag: TimeDelta::seconds(p.number("AZURE_SafetyLagSeconds", 300i64)),
             overlap_exports: p.flag(&["AZURE_OverlapExports"], true),
             import_error_policy,

@@ -43,6 +43,8 @@ pub enum StorageSettings {
         blob_endpoint: Url,
         /// `AZURE_ManagedIdentityClientId`: a user-assigned identity; system-assigned when unset.
         client_id: Option<String>,
+        /// `AZURE_CredentialType=DeveloperTools`: the Azure CLI (or azd) login instead of a managed identity.
+        developer: bool,
     },
 }
 
@@ -58,9 +60,10 @@ impl fmt::Debug for StorageSettings {
                 table_endpoint,
                 blob_endpoint,
                 client_id,
+                developer,
             } => write!(
                 f,
-                "ManagedIdentity {{ tables: {table_endpoint}, blobs: {blob_endpoint}, client_id: {client_id:?} }}"
+                "ManagedIdentity {{ tables: {table_endpoint}, blobs: {blob_endpoint}, client_id: {client_id:?}, developer_login: {developer} }}"
             ),
         }
     }
@@ -125,6 +128,9 @@ fn storage_settings(source: &SettingsSource) -> Result<StorageSettings, String> 
             table_endpoint: tables,
             blob_endpoint: blobs,
             client_id: source.get("AZURE_ManagedIdentityClientId").map(str::to_string),
+            developer: source
+                .get("AZURE_CredentialType")
+                .is_some_and(|v| v.eq_ignore_ascii_case("DeveloperTools")),
         });
     }
     match source.get("AzureWebJobsStorage") {
@@ -177,6 +183,13 @@ impl StorageSettings {
             StorageSettings::ManagedIdentity { blob_endpoint, .. } => blob_endpoint,
         }
     }
+}
+
+/// The developer's own Azure login (Azure CLI, then Azure Developer CLI): for running locally against real Azure.
+pub fn developer_credential() -> Result<Arc<dyn azure_core::credentials::TokenCredential>, String> {
+    azure_identity::DeveloperToolsCredential::new(None)
+        .map(|c| c as Arc<dyn azure_core::credentials::TokenCredential>)
+        .map_err(|e| format!("cannot use the Azure CLI / azd login: {e}"))
 }
 
 #[cfg(test)]

@@ -115,6 +115,7 @@ pub fn token_source(settings: &MigrationSettings, server: Server) -> Result<Toke
             )
             .map_err(|e| format!("cannot set up the client-secret credential: {e}"))?
         }
+        _ if settings.developer_credential => crate::config::developer_credential()?,
         _ => {
             let options = settings.managed_identity_client_id.as_ref().map(|id| {
                 azure_identity::ManagedIdentityCredentialOptions {

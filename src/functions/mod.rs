@@ -135,6 +135,7 @@ pub fn router(app: App) -> Router {
     Router::new()
         .route("/", get(ready))
         .route("/{function}", post(invoke))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(app)
 }
 

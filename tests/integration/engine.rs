@@ -421,18 +421,25 @@ async fn deidentified_export_truncates_overflowing_decimals_so_imports_succeed()
 
 #[tokio::test]
 async fn per_type_mode_migrates_every_version_one_type_at_a_time() {
-    let stack = stack(&[("AZURE_IsParallel", "false"), ("AZURE_ResourceExportChunkTime", "10")]).await;
-    seed(&stack, 1200, 14);
-    run_to_completion(&stack, 600).await;
-    assert_same(stack.source.store(), stack.destination.store());
-    let started: Vec<_> = stack
+    // The bar for both modes: at least 5,000 resources over at least 12 windows.
+    let stack = stack(&[("AZURE_IsParallel", "false"), ("AZURE_ResourceExportChunkTime", "2")]).await;
+    seed(&stack, 5000, 14);
+    run_to_completion(&stack, 2000).await;
+    let versions = assert_same(stack.source.store(), stack.destination.store());
+    assert!(versions >= 5000);
+    let started: Vec<(String, String)> = stack
         .telemetry
         .events()
         .into_iter()
         .filter(|e| e.name == "Export" && e.get("ExportStatus") == Some("Started"))
+        .map(|e| (e.get("Since").unwrap().to_string(), e.get("Till").unwrap().to_string()))
         .collect();
+    let mut windows = started.clone();
+    windows.sort();
+    windows.dedup();
+    assert!(windows.len() >= 12, "{} windows", windows.len());
     assert!(
-        started.len() >= 15 * 3,
+        started.len() >= windows.len() * 10,
         "one export per type with data per window: {}",
         started.len()
     );

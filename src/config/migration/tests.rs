@@ -147,3 +147,15 @@ fn history_without_deletes_is_warned_about() {
     let s = parse(&[("AZURE_ExportWithHistory", "true"), ("AZURE_ExportWithDelete", "true")]).unwrap();
     assert!(s.warnings().is_empty());
 }
+
+#[test]
+fn credential_type_picks_the_developer_login_or_is_refused() {
+    assert!(!parse(&[]).unwrap().developer_credential);
+    assert!(
+        parse(&[("AZURE_CredentialType", "developertools")])
+            .unwrap()
+            .developer_credential
+    );
+    let problems = parse(&[("AZURE_CredentialType", "Password")]).unwrap_err();
+    assert!(problems[0].contains("AZURE_CredentialType 'Password'"));
+}

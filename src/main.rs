@@ -96,6 +96,8 @@ fn load_settings(file: Option<&PathBuf>) -> Result<Settings, String> {
 
 async fn run(cli: Cli) -> Result<(), String> {
     let settings = load_settings(cli.settings.as_ref())?;
+    // Logged once per start, secrets redacted by their types' Debug.
+    tracing::info!(configuration = ?settings, "effective configuration");
     for warning in settings.migration.warnings() {
         tracing::warn!("{warning}");
     }

@@ -29,6 +29,9 @@ pub use faults::{Faults, JobFailure};
 pub use middleware::test_token;
 pub use store::Store;
 
+/// De-identification configurations the emulator understands.
+pub use routes::export::anonymize::TRUNCATE_QUANTITIES;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -41,6 +41,14 @@ async fn rounds_surviving_crashes(engine: &Engine, max: usize, done: impl Fn() -
     }
 }
 
+/// The distinct windows among exported ones (a window exported twice appears once).
+fn distinct_windows(exports: &[String]) -> Vec<String> {
+    let mut distinct = exports.to_vec();
+    distinct.sort();
+    distinct.dedup();
+    distinct
+}
+
 fn started_exports(stack: &Stack) -> Vec<String> {
     stack
         .telemetry
@@ -76,9 +84,7 @@ async fn a_crash_between_any_two_writes_loses_and_duplicates_nothing() {
         // Each window was exported once, or twice when the crash hid an accepted kick-off (the orphan export
         // is never imported).
         let exports = started_exports(&stack);
-        let mut distinct = exports.clone();
-        distinct.sort();
-        distinct.dedup();
+        let distinct = distinct_windows(&exports);
         let repeats = exports.len() - distinct.len();
         let allowed = usize::from(matches!(*point, "export-accepted"));
         assert!(
@@ -106,9 +112,7 @@ async fn two_engines_on_the_same_tables_never_export_a_window_twice() {
     }
     assert_same(stack.source.store(), stack.destination.store());
     let exports = started_exports(&stack);
-    let mut distinct = exports.clone();
-    distinct.sort();
-    distinct.dedup();
+    let distinct = distinct_windows(&exports);
     assert_eq!(
         exports.len(),
         distinct.len(),
@@ -394,7 +398,7 @@ async fn deidentified_export_truncates_overflowing_decimals_so_imports_succeed()
     };
     let (_, errors) = fhir_emulator::seed::load_into(stack.source.store(), &fhir_emulator::seed::generate(&params));
     assert!(errors.is_empty());
-    let config = include_str!("../../../shared/reference/fixtures/DemoTruncate.json");
+    let config = fhir_emulator::TRUNCATE_QUANTITIES;
     let blob = fhir_emulator::blob::BlobClient::new(fhir_emulator::blob::BlobConfig {
         endpoint: url::Url::parse(&stack._azurite.blob_endpoint()).unwrap(),
         account: fhir_testkit::DEV_ACCOUNT.into(),
@@ -579,9 +583,7 @@ async fn a_payload_out_of_attempts_gets_its_window_exported_again() {
     run_to_completion(&stack, 300).await;
     assert_same(stack.source.store(), stack.destination.store());
     let exports = started_exports(&stack);
-    let mut distinct = exports.clone();
-    distinct.sort();
-    distinct.dedup();
+    let distinct = distinct_windows(&exports);
     assert!(
         exports.len() > distinct.len(),
         "the window whose payload ran out of attempts was exported again"

@@ -429,7 +429,7 @@ async fn deidentified_export_applies_the_truncation_rule_and_fails_without_its_c
     let s = server_with_storage(Flavor::Ahds).await;
     let huge = r#"{"resourceType":"Observation","id":"big","meta":{"versionId":"1","lastUpdated":"2024-01-01T00:00:00.000Z"},"status":"final","valueQuantity":{"value":1234567890123456789012.5,"unit":"mg"}}"#;
     load(&s, &[huge.to_string()]);
-    let config = include_str!("../../../../shared/reference/fixtures/DemoTruncate.json");
+    let config = fhir_emulator::TRUNCATE_QUANTITIES;
     s.write_blob("anonymization", "DemoTruncate.json", config).await;
     let manifest = s
         .export_manifest("$export?_container=deid&_anonymizationConfig=DemoTruncate.json")

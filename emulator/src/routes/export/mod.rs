@@ -2,7 +2,7 @@
 //! window and manifest (§2.1–2.2, items 14–17, 24–25) and cancel in both generations (§2.5, item 26). The job
 //! itself runs in [`runner`].
 
-mod anonymize;
+pub mod anonymize;
 mod runner;
 
 use std::collections::{HashMap, HashSet};

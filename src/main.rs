@@ -67,7 +67,11 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init();
+    let sink = match cli.command {
+        Command::Serve { .. } | Command::Run { .. } => logging::Sink::Stdout,
+        _ => logging::Sink::Stderr,
+    };
+    logging::init(sink);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

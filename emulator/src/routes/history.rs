@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::json;
 
-use super::search::{encode_ct, inject_empty_page, link_with_ct};
+use super::search::{encode_ct, inject_empty_page, link_with_ct, page_links};
 use super::{BundleBuilder, check_type, full_url, query_pairs};
 use crate::App;
 use crate::middleware::RequestId;
@@ -172,17 +172,7 @@ fn run(app: &App, request_id: &str, uri: &OriginalUri, raw: Option<&str>, scope:
     let (page, more) = app
         .store
         .history_page(&scope, req.from, req.to, req.ascending, req.after, req.count);
-    let mut links = vec![("self", self_link)];
-    if more && let Some(last) = page.last() {
-        links.push((
-            "next",
-            link_with_ct(
-                app,
-                uri,
-                Some(encode_ct((last.version.last_updated, last.version.seq), false)),
-            ),
-        ));
-    }
+    let links = page_links(app, uri, self_link, &page, more);
     let mut bundle = BundleBuilder::new(request_id, "history", None, &links);
     for v in &page {
         let (method, url, status) = match (v.version.deleted, v.version.method) {

@@ -211,6 +211,22 @@ pub(crate) fn link_with_ct(app: &App, uri: &OriginalUri, ct: Option<String>) -> 
     }
 }
 
+/// `self`, and `next` (continuing after the page's last entry) when more matches exist.
+pub(crate) fn page_links(
+    app: &App,
+    uri: &OriginalUri,
+    self_link: String,
+    page: &[crate::store::VersionRef],
+    more: bool,
+) -> Vec<(&'static str, String)> {
+    let mut links = vec![("self", self_link)];
+    if more && let Some(last) = page.last() {
+        let ct = encode_ct((last.version.last_updated, last.version.seq), false);
+        links.push(("next", link_with_ct(app, uri, Some(ct))));
+    }
+    links
+}
+
 /// Whether this page should be the injected empty AAPI page (E-3).
 pub(crate) fn inject_empty_page(app: &App, empty_served: bool) -> bool {
     app.config.flavor == crate::Flavor::Aapi && app.faults().empty_pages && !empty_served
@@ -244,17 +260,7 @@ fn run(
         return Ok(BundleBuilder::new(request_id, "searchset", None, &[("self", self_link), ("next", next)]).finish());
     }
     let (page, more) = app.store.search_page(&req.filter, req.after, req.count);
-    let mut links = vec![("self", self_link)];
-    if more && let Some(last) = page.last() {
-        links.push((
-            "next",
-            link_with_ct(
-                app,
-                uri,
-                Some(encode_ct((last.version.last_updated, last.version.seq), false)),
-            ),
-        ));
-    }
+    let links = page_links(app, uri, self_link, &page, more);
     let mut bundle = BundleBuilder::new(request_id, "searchset", None, &links);
     add_warnings(&mut bundle, request_id, &req);
     for v in &page {

@@ -284,7 +284,14 @@ impl Engine {
             repaired.since = Some(row.window_since.unwrap_or(row.since));
         }
         match (row.resource_type.is_empty(), row.window_since, row.window_till) {
-            (false, Some(ws), Some(wt)) => per_type_position(&mut repaired, ws, wt, row.type_index, row.till),
+            (false, Some(ws), Some(wt)) => per_type_position(
+                &mut repaired,
+                &self.settings.resource_types,
+                ws,
+                wt,
+                &row.resource_type,
+                row.till,
+            ),
             _ => repaired.planned_till = Some(repaired.planned_till.map_or(row.till, |p| p.max(row.till))),
         }
         match self.state.save_cursor(&repaired).await {
@@ -636,24 +643,33 @@ impl Engine {
     }
 }
 
-/// Per-type position after planning the type at `index` up to `planned_to` in the window `[since, till)`: the
-/// same type again from there if its share was split, else the next type.
+/// Per-type position after planning `resource_type` up to `planned_to` in the window `[since, till)`: the same
+/// type again from there if its share was split, else it joins the window's done types.
 pub(crate) fn per_type_position(
     cursor: &mut Cursor,
+    types: &[String],
     since: DateTime<Utc>,
     till: DateTime<Utc>,
-    index: i64,
+    resource_type: &str,
     planned_to: DateTime<Utc>,
 ) {
+    if cursor.global_till != Some(till) || cursor.global_since != Some(since) {
+        cursor.types_done.clear();
+    }
     cursor.global_since = Some(since);
     cursor.global_till = Some(till);
     if planned_to < till {
-        cursor.type_index = index;
+        cursor.type_name = resource_type.to_string();
         cursor.sub_since = Some(planned_to);
     } else {
-        cursor.type_index = index + 1;
+        if !cursor.types_done.iter().any(|t| t == resource_type) {
+            cursor.types_done.push(resource_type.to_string());
+        }
+        cursor.type_name.clear();
         cursor.sub_since = None;
     }
+    // The original's position column, kept for runbooks.
+    cursor.type_index = types.iter().position(|t| t == resource_type).map_or(0, |i| i as i64);
 }
 
 /// What planning decided.

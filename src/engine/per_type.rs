@@ -35,16 +35,33 @@ impl Engine {
             }
         };
         let types = &self.settings.resource_types;
-        let mut index = cursor.type_index.max(0) as usize;
-        let mut part_since = cursor.sub_since;
-        while index < types.len() {
-            let resource_type = &types[index];
+        let fresh = cursor.global_till.is_none();
+        // A split type continues first; then every listed type not yet planned for this window, in list order.
+        let mut candidates: Vec<(String, Option<DateTime<Utc>>)> = Vec::new();
+        if !fresh && !cursor.type_name.is_empty() && cursor.sub_since.is_some() {
+            if types.contains(&cursor.type_name) {
+                candidates.push((cursor.type_name.clone(), cursor.sub_since));
+            } else {
+                report.say(format!(
+                    "AZURE_ResourceTypes no longer lists {}; its split window part is dropped",
+                    cursor.type_name
+                ));
+            }
+        }
+        let done = |t: &String| !fresh && cursor.types_done.contains(t);
+        candidates.extend(
+            types
+                .iter()
+                .filter(|t| !done(t) && **t != cursor.type_name)
+                .map(|t| (t.clone(), None)),
+        );
+        for (resource_type, part_since) in &candidates {
+            let resource_type = resource_type.as_str();
+            let index = types.iter().position(|t| t == resource_type).unwrap_or(0);
             let start = part_since.unwrap_or(window_since);
             let mut end = window_till;
             let mut count = self.window_count(Some(resource_type), start, end).await?;
             if count == 0 {
-                index += 1;
-                part_since = None;
                 continue;
             }
             while count > self.settings.chunk_limit {
@@ -63,7 +80,7 @@ impl Engine {
             job.window_till = Some(window_till);
             job.type_index = index as i64;
             let advance =
-                |c: &mut Cursor, j: &Job| per_type_position(c, window_since, window_till, index as i64, j.till);
+                |c: &mut Cursor, j: &Job| per_type_position(c, types, window_since, window_till, resource_type, j.till);
             let Some(job) = self.record_planned(cursor, job, advance).await? else {
                 return Ok(Planned::Nothing);
             };
@@ -80,6 +97,8 @@ impl Engine {
         updated.global_till = None;
         updated.type_index = 0;
         updated.sub_since = None;
+        updated.type_name.clear();
+        updated.types_done.clear();
         updated.planned_till = Some(window_till);
         if updated.since.is_none() {
             updated.since = Some(window_since);

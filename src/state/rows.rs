@@ -50,6 +50,11 @@ pub struct Cursor {
     pub global_since: Option<DateTime<Utc>>,
     pub global_till: Option<DateTime<Utc>>,
     pub type_index: i64,
+    /// `resourceTypeName`: the type whose share of the window is split and continues at `sub_since`.
+    pub type_name: String,
+    /// `resourceTypesDone`: the types already planned for the current window, by name, so a reordered or
+    /// edited `AZURE_ResourceTypes` can neither skip nor repeat a type.
+    pub types_done: Vec<String>,
     pub sub_since: Option<DateTime<Utc>>,
     pub etag: Option<ETag>,
 }
@@ -174,6 +179,8 @@ impl Cursor {
             global_since: None,
             global_till: None,
             type_index: 0,
+            type_name: String::new(),
+            types_done: Vec::new(),
             sub_since: None,
             etag: None,
         }
@@ -191,6 +198,8 @@ impl Cursor {
         time_str(&mut e, "globalSinceExportType", self.global_since);
         time_str(&mut e, "globalTillExportType", self.global_till);
         time_str(&mut e, "subSinceExportType", self.sub_since);
+        e.set_str("resourceTypeName", &self.type_name);
+        e.set_str("resourceTypesDone", self.types_done.join(","));
         e.set_i64("resourceTypeIndex", self.type_index)
             .set_str("multiExport", if self.sub_since.is_some() { "Running" } else { "" });
         Ok(e)
@@ -208,6 +217,14 @@ impl Cursor {
             global_since: read_time_str(e, "globalSinceExportType"),
             global_till: read_time_str(e, "globalTillExportType"),
             type_index: e.get_i64("resourceTypeIndex").unwrap_or(0),
+            type_name: e.get_str("resourceTypeName").unwrap_or_default().into(),
+            types_done: e
+                .get_str("resourceTypesDone")
+                .unwrap_or_default()
+                .split(',')
+                .filter(|t| !t.is_empty())
+                .map(str::to_string)
+                .collect(),
             sub_since: read_time_str(e, "subSinceExportType"),
             etag: e.etag().cloned(),
         }

@@ -615,3 +615,25 @@ async fn an_export_that_never_finishes_is_given_up_after_the_job_timeout() {
     run_to_completion(&stack, 300).await;
     assert_same(stack.source.store(), stack.destination.store());
 }
+
+#[tokio::test]
+async fn reordering_resource_types_mid_window_neither_skips_nor_repeats_a_type() {
+    let mut stack = stack(&[
+        ("AZURE_IsParallel", "false"),
+        ("AZURE_ResourceExportChunkTime", "40"),
+        ("AZURE_ResourceTypes", "Patient,Observation,Encounter"),
+    ])
+    .await;
+    seed(&stack, 500, 35);
+    // One starter tick plans and starts the first type of the (single, 40-day) window.
+    stack.engine.starter_tick(Utc::now()).await.unwrap();
+    assert_eq!(started_exports(&stack).len(), 1);
+    // The operator reverses the list and restarts.
+    stack.engine = stack.engine_with(&[("AZURE_ResourceTypes", "Encounter,Observation,Patient")]);
+    run_to_completion(&stack, 300).await;
+    for t in ["Patient", "Observation", "Encounter"] {
+        let n = |store: &fhir_emulator::Store| store.snapshot().iter().filter(|(k, _)| &*k.0 == t).count();
+        assert_eq!(n(stack.source.store()), n(stack.destination.store()), "{t}");
+    }
+    assert_eq!(started_exports(&stack).len(), 3, "each type exported once");
+}

@@ -63,7 +63,16 @@ impl Engine {
                     cursor.since = Some(window_till);
                 }
                 cursor.committed_job += 1;
-                cursor.failures = 0;
+                // Success resets the latch, unless the next window is itself failing right now (with overlap,
+                // this window's success says nothing about that one).
+                let next_failing = self
+                    .state
+                    .job(cursor.committed_job)
+                    .await?
+                    .is_some_and(|j| !j.processed && j.export_status == export_status::FAILED);
+                if !next_failing {
+                    cursor.failures = 0;
+                }
                 match self.state.save_cursor(&cursor).await {
                     Ok(_) => {
                         self.fail.hit("committed")?;

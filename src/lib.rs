@@ -9,6 +9,7 @@
 //! - [`functions`]: the custom-handler HTTP surface; one thin handler per Azure Function folder.
 //! - [`fhir`]: the FHIR client: export, import, counts, search parameters; tokens only to configured hosts.
 //! - [`state`]: the cursor, window and payload rows the engine persists (original column names kept).
+//! - [`verify`]: surface and full checks of the destination against the source.
 //! - [`storage`]: Table storage (state, ETag-guarded) and Blob storage (`$import` payloads).
 //! - [`secret`]: a wrapper that keeps keys and tokens out of logs.
 //! - [`logging`]: stdout logging (the host treats stderr as errors).
@@ -25,3 +26,4 @@ pub mod secret;
 pub mod state;
 pub mod storage;
 pub mod telemetry;
+pub mod verify;

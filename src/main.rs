@@ -63,6 +63,28 @@ enum Command {
     },
     /// Reset the retry latch (the same as ClearMaxExportRetries_Http).
     ClearRetries,
+    /// Compare the destination with the source; exits non-zero when anything differs.
+    Verify {
+        /// surface: counts per type; full: every resource (every version with history) by id, version,
+        /// lastUpdated and content; all: both.
+        #[arg(long, value_enum, default_value = "all")]
+        mode: VerifyMode,
+        /// Types to check (default: AZURE_ResourceTypes).
+        #[arg(long, value_delimiter = ',')]
+        types: Vec<String>,
+        /// Also list types with no data on either side.
+        #[arg(long)]
+        include_empty: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum VerifyMode {
+    Surface,
+    Full,
+    All,
 }
 
 fn main() -> ExitCode {
@@ -162,6 +184,80 @@ async fn run(cli: Cli) -> Result<(), String> {
                 }
             }
             Ok(())
+        }
+        Command::Verify {
+            mode,
+            types,
+            include_empty,
+            json,
+        } => {
+            let app = App::build(settings).map_err(|e| e.to_string())?;
+            let engine = app.engine();
+            let m = engine.settings();
+            let types = if types.is_empty() {
+                m.resource_types.clone()
+            } else {
+                types
+            };
+            let history = m.export_with_history || m.export_with_delete;
+            let mut passed = true;
+            let mut out = serde_json::Map::new();
+            if mode != VerifyMode::Full {
+                let report = fhir_migration_tool::verify::surface::surface(
+                    engine.source(),
+                    engine.destination(),
+                    &types,
+                    history,
+                    include_empty,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+                passed &= report.passed;
+                if !json {
+                    println!(
+                        "{:<32} {:>9} {:>14} {:>14}  result",
+                        "resource", "measure", "source", "destination"
+                    );
+                    for r in &report.rows {
+                        println!(
+                            "{:<32} {:>9} {:>14} {:>14}  {}",
+                            r.resource, r.measure, r.source_count, r.destination_count, r.result
+                        );
+                    }
+                }
+                out.insert("SurfaceCheck".into(), serde_json::to_value(&report).unwrap_or_default());
+            }
+            if mode != VerifyMode::Surface {
+                let report =
+                    fhir_migration_tool::verify::full::full(engine.source(), engine.destination(), &types, history)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                passed &= report.passed;
+                if !json {
+                    println!(
+                        "full check: {} compared, {} missing at the destination, {} extra at the destination, {} different",
+                        report.compared, report.missing, report.extra, report.different
+                    );
+                    for d in &report.differences {
+                        println!(
+                            "  {:?} {}/{} version {} ({})",
+                            d.kind, d.resource_type, d.id, d.version_id, d.last_updated
+                        );
+                    }
+                }
+                out.insert("FullCheck".into(), serde_json::to_value(&report).unwrap_or_default());
+            }
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::Value::Object(out)).map_err(|e| e.to_string())?
+                );
+            }
+            if passed {
+                Ok(())
+            } else {
+                Err("verification found differences".into())
+            }
         }
         Command::ClearRetries => {
             let app = App::build(settings).map_err(|e| e.to_string())?;

@@ -201,6 +201,16 @@ impl Engine {
         &self.fail
     }
 
+    /// The source server's client (verification reads through it).
+    pub fn source(&self) -> &FhirClient {
+        &self.source
+    }
+
+    /// The destination server's client.
+    pub fn destination(&self) -> &FhirClient {
+        &self.destination
+    }
+
     pub fn settings(&self) -> &MigrationSettings {
         &self.settings
     }

@@ -268,6 +268,27 @@ impl FhirClient {
         Ok(all)
     }
 
+    /// One page of a search or history, by a URL on this server (a first page from [`FhirClient::url`], or a
+    /// `next` link).
+    pub async fn page(&self, url: &url::Url) -> Result<Value, FhirError> {
+        let resp = self
+            .send(Method::GET, url, |r| r.header("accept", "application/fhir+json"), true)
+            .await?;
+        read_json(resp, url).await
+    }
+
+    /// The `next` link of a Bundle, checked to point at this server.
+    pub fn next_page(&self, bundle: &Value) -> Result<Option<url::Url>, FhirError> {
+        next_link(bundle).map(|n| self.own_url(&n)).transpose()
+    }
+
+    /// `total` of a `_summary=count` search relative to the base (`Patient?_summary=count`,
+    /// `Patient/_history?_summary=count`, …).
+    pub async fn count_of(&self, relative: &str) -> Result<u64, FhirError> {
+        let body = self.get_json(relative).await?;
+        total_of(&body, self)
+    }
+
     /// Reads one resource; `None` when it does not exist (404) or was deleted (410).
     pub async fn read(&self, resource_type: &str, id: &str) -> Result<Option<Value>, FhirError> {
         let url = self.url(&format!("{}/{}", enc(resource_type), enc(id)))?;

@@ -65,10 +65,29 @@ async fn plan_run_and_status_drive_a_migration_without_a_host() {
     );
     assert_same(stack.source.store(), stack.destination.store());
 
-    let out = cli(&stack, &["status", "--json"]);
+    let out = tokio::task::block_in_place(|| cli(&stack, &["status", "--json"]));
     let status: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["windowsInFlight"], serde_json::json!([]));
     assert!(status["windowsCommitted"].as_i64().unwrap() >= 12);
+
+    let out = tokio::task::block_in_place(|| cli(&stack, &["verify", "--json"]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["SurfaceCheck"]["passed"], true);
+    assert_eq!(report["FullCheck"]["passed"], true);
+    // Damage one resource at the destination: verify now fails (non-zero exit) and names it.
+    stack
+        .destination
+        .store()
+        .put(
+            "Patient",
+            "only-at-destination",
+            serde_json::json!({ "resourceType": "Patient", "id": "only-at-destination" }),
+        )
+        .unwrap();
+    let out = tokio::task::block_in_place(|| cli(&stack, &["verify", "--mode", "full"]));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Extra Patient/only-at-destination"));
 }
 
 #[tokio::test]

@@ -11,3 +11,4 @@ mod migration;
 mod router;
 mod support;
 mod tables;
+mod verify;

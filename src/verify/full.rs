@@ -1,0 +1,200 @@
+//! The full check: every current resource — every version when history is migrated — of every type, on both
+//! servers, compared by (id, versionId, lastUpdated, content hash).
+//!
+//! Both servers are read in `lastUpdated` order, a page at a time, and merged: incremental import keeps
+//! `lastUpdated`, so matching entries arrive at the same point of both streams. Entries sharing one
+//! millisecond are compared as a group (the servers may order them differently). Memory holds two pages and
+//! one millisecond's group, whatever the size of the servers.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use chrono::DateTime;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::content_hash;
+use crate::fhir::{FhirClient, FhirError};
+
+/// Differences listed per kind at most (all are counted).
+const LISTED: usize = 100;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Kind {
+    /// At the source, not at the destination.
+    Missing,
+    /// At the destination only (a hard delete at the source, or data written straight to the destination).
+    Extra,
+    /// Both have it, with other content or another delete state.
+    Different,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Difference {
+    pub kind: Kind,
+    pub resource_type: String,
+    pub id: String,
+    pub version_id: String,
+    pub last_updated: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FullReport {
+    /// Versions (or current resources) compared.
+    pub compared: u64,
+    pub missing: u64,
+    pub extra: u64,
+    pub different: u64,
+    /// The first differences of each kind.
+    pub differences: Vec<Difference>,
+    pub passed: bool,
+}
+
+/// One entry of a page, reduced to what is compared.
+#[derive(Debug, Clone)]
+struct Entry {
+    last_updated: i64,
+    last_updated_text: String,
+    id: String,
+    version_id: String,
+    deleted: bool,
+    hash: u64,
+}
+
+/// A server's entries of one type in `lastUpdated` order, fetched a page at a time.
+struct Stream<'a> {
+    client: &'a FhirClient,
+    next: Option<url::Url>,
+    buffer: VecDeque<Entry>,
+}
+
+impl<'a> Stream<'a> {
+    fn new(client: &'a FhirClient, resource_type: &str, history: bool) -> Result<Stream<'a>, FhirError> {
+        let t = crate::storage::encode_component(resource_type);
+        let first = if history {
+            format!("{t}/_history?_sort=_lastUpdated&_count=1000")
+        } else {
+            format!("{t}?_sort=_lastUpdated&_count=1000")
+        };
+        Ok(Stream {
+            client,
+            next: Some(client.url(&first)?),
+            buffer: VecDeque::new(),
+        })
+    }
+
+    /// The next entry's lastUpdated, fetching pages (empty ones included) until one arrives or none are left.
+    async fn peek(&mut self) -> Result<Option<i64>, FhirError> {
+        while self.buffer.is_empty() {
+            let Some(url) = self.next.take() else { return Ok(None) };
+            let page = self.client.page(&url).await?;
+            self.next = self.client.next_page(&page)?;
+            for e in page["entry"].as_array().into_iter().flatten() {
+                if let Some(entry) = parse(e) {
+                    self.buffer.push_back(entry);
+                }
+            }
+        }
+        Ok(self.buffer.front().map(|e| e.last_updated))
+    }
+
+    /// Every entry with this lastUpdated (they are contiguous).
+    async fn take(&mut self, last_updated: i64) -> Result<Vec<Entry>, FhirError> {
+        let mut group = Vec::new();
+        while self.peek().await? == Some(last_updated) {
+            group.extend(self.buffer.pop_front());
+        }
+        Ok(group)
+    }
+}
+
+fn parse(entry: &Value) -> Option<Entry> {
+    let resource = entry.get("resource")?;
+    let meta = &resource["meta"];
+    let text = meta["lastUpdated"].as_str()?.to_string();
+    let last_updated = DateTime::parse_from_rfc3339(&text).ok()?.timestamp_millis();
+    let deleted = entry["request"]["method"] == "DELETE";
+    Some(Entry {
+        last_updated,
+        last_updated_text: text,
+        id: resource["id"].as_str()?.to_string(),
+        version_id: meta["versionId"].as_str().unwrap_or_default().to_string(),
+        deleted,
+        hash: if deleted { 0 } else { content_hash(resource) },
+    })
+}
+
+impl FullReport {
+    fn record(&mut self, kind: Kind, resource_type: &str, e: &Entry) {
+        let counter = match kind {
+            Kind::Missing => &mut self.missing,
+            Kind::Extra => &mut self.extra,
+            Kind::Different => &mut self.different,
+        };
+        *counter += 1;
+        if self.differences.iter().filter(|d| d.kind == kind).count() < LISTED {
+            self.differences.push(Difference {
+                kind,
+                resource_type: resource_type.to_string(),
+                id: e.id.clone(),
+                version_id: e.version_id.clone(),
+                last_updated: e.last_updated_text.clone(),
+            });
+        }
+    }
+}
+
+/// Compares one type and adds what it finds to `report`.
+pub async fn compare_type(
+    source: &FhirClient,
+    destination: &FhirClient,
+    resource_type: &str,
+    history: bool,
+    report: &mut FullReport,
+) -> Result<(), FhirError> {
+    let (mut src, mut dst) = (
+        Stream::new(source, resource_type, history)?,
+        Stream::new(destination, resource_type, history)?,
+    );
+    loop {
+        let (a, b) = (src.peek().await?, dst.peek().await?);
+        let at = match (a, b) {
+            (None, None) => return Ok(()),
+            (Some(x), None) | (None, Some(x)) => x,
+            (Some(x), Some(y)) => x.min(y),
+        };
+        let key = |e: &Entry| (e.id.clone(), e.version_id.clone());
+        let left: BTreeMap<_, Entry> = src.take(at).await?.into_iter().map(|e| (key(&e), e)).collect();
+        let mut right: BTreeMap<_, Entry> = dst.take(at).await?.into_iter().map(|e| (key(&e), e)).collect();
+        for (k, s) in &left {
+            report.compared += 1;
+            match right.remove(k) {
+                None => report.record(Kind::Missing, resource_type, s),
+                Some(d) if d.deleted != s.deleted || d.hash != s.hash => {
+                    report.record(Kind::Different, resource_type, s)
+                }
+                Some(_) => {}
+            }
+        }
+        for d in right.values() {
+            report.record(Kind::Extra, resource_type, d);
+        }
+    }
+}
+
+/// Compares every listed type.
+pub async fn full(
+    source: &FhirClient,
+    destination: &FhirClient,
+    types: &[String],
+    history: bool,
+) -> Result<FullReport, FhirError> {
+    let mut report = FullReport::default();
+    for t in types {
+        compare_type(source, destination, t, history, &mut report).await?;
+    }
+    report.passed = report.missing == 0 && report.extra == 0 && report.different == 0;
+    Ok(report)
+}

@@ -155,7 +155,37 @@ async fn run() -> Result<(), String> {
         println!("    reminder: {reminder}");
     }
 
-    step("verifying: every version of every resource, source against destination");
+    step("verifying over HTTP with the tool's own checks (fhir-migration-tool verify)");
+    let mut verify_settings = fhir_migration_tool::config::SettingsSource::default();
+    verify_settings.extend(settings.iter().cloned());
+    let parsed = fhir_migration_tool::config::Settings::from_source(&verify_settings).map_err(|e| e.to_string())?;
+    let app = fhir_migration_tool::app::App::build(parsed).map_err(|e| e.to_string())?;
+    let (src, dst) = (app.engine().source(), app.engine().destination());
+    let types = app.engine().settings().resource_types.clone();
+    let surface = fhir_migration_tool::verify::surface::surface(src, dst, &types, true, false)
+        .await
+        .map_err(|e| e.to_string())?;
+    let failing: Vec<_> = surface.rows.iter().filter(|r| r.result != "Pass").collect();
+    println!(
+        "    surface check: {} rows, {} failing",
+        surface.rows.len(),
+        failing.len()
+    );
+    let full = fhir_migration_tool::verify::full::full(src, dst, &types, true)
+        .await
+        .map_err(|e| e.to_string())?;
+    println!(
+        "    full check: {} versions compared, {} missing, {} extra, {} different",
+        full.compared, full.missing, full.extra, full.different
+    );
+    if !surface.passed || !full.passed {
+        return Err(format!(
+            "verification: FAIL — surface {:?}, full {:?}",
+            failing, full.differences
+        ));
+    }
+
+    step("cross-checking the emulators' stores directly: every version of every resource");
     let (compared, differences) = compare(source.store(), destination.store());
     for (role, base) in [("source", &source.base_url), ("destination", &destination.base_url)] {
         let current = count(&format!("{base}/?_summary=count")).await?;

@@ -155,34 +155,85 @@ async fn run() -> Result<(), String> {
         println!("    reminder: {reminder}");
     }
 
-    step("verifying over HTTP with the tool's own checks (fhir-migration-tool verify)");
-    let mut verify_settings = fhir_migration_tool::config::SettingsSource::default();
-    verify_settings.extend(settings.iter().cloned());
-    let parsed = fhir_migration_tool::config::Settings::from_source(&verify_settings).map_err(|e| e.to_string())?;
-    let app = fhir_migration_tool::app::App::build(parsed).map_err(|e| e.to_string())?;
-    let (src, dst) = (app.engine().source(), app.engine().destination());
-    let types = app.engine().settings().resource_types.clone();
-    let surface = fhir_migration_tool::verify::surface::surface(src, dst, &types, true, false)
+    step("verifying through the functions: E2ETest_Http (mode=all), E2ETest_Runner ticks, E2ETest_Status");
+    let http_body = |resp: Value| -> Result<(u64, Value), String> {
+        let res = &resp["Outputs"]["res"];
+        let body = serde_json::from_str(res["body"].as_str().unwrap_or("{}")).map_err(|e| e.to_string())?;
+        Ok((res["statusCode"].as_u64().unwrap_or(0), body))
+    };
+    let resp = handler
+        .invoke(
+            "E2ETest_Http",
+            &http_payload(
+                "E2ETest_Http",
+                "req",
+                "POST",
+                serde_json::json!({ "mode": "all", "count": "200" }),
+                None,
+            ),
+        )
         .await
         .map_err(|e| e.to_string())?;
-    let failing: Vec<_> = surface.rows.iter().filter(|r| r.result != "Pass").collect();
+    let (code, started_run) = http_body(resp.json().await.map_err(|e| e.to_string())?)?;
+    if code != 202 {
+        return Err(format!("E2ETest_Http answered {code}: {started_run}"));
+    }
+    let id = started_run["id"].as_str().unwrap_or_default().to_string();
     println!(
-        "    surface check: {} rows, {} failing",
-        surface.rows.len(),
-        failing.len()
+        "    run {id}; poll {}",
+        started_run["statusQueryGetUri"].as_str().unwrap_or("?")
     );
-    let full = fhir_migration_tool::verify::full::full(src, dst, &types, true)
-        .await
-        .map_err(|e| e.to_string())?;
+    let verify_started = std::time::Instant::now();
+    let result = loop {
+        let now = chrono::Utc::now().to_rfc3339();
+        let resp = handler
+            .invoke(
+                "E2ETest_Runner",
+                &timer_payload("E2ETest_Runner", "myTimer", &now, false),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        if !resp.status().is_success() {
+            return Err(format!(
+                "E2ETest_Runner failed: {}",
+                resp.text().await.unwrap_or_default()
+            ));
+        }
+        let mut payload = http_payload("E2ETest_Status", "req", "GET", serde_json::json!({}), None);
+        payload["Data"]["req"]["Params"] = serde_json::json!({ "id": id });
+        let resp = handler
+            .invoke("E2ETest_Status", &payload)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (code, body) = http_body(resp.json().await.map_err(|e| e.to_string())?)?;
+        if code == 200 {
+            break body;
+        }
+        if code != 202 || verify_started.elapsed() > std::time::Duration::from_secs(300) {
+            return Err(format!("E2ETest_Status answered {code}: {body}"));
+        }
+    };
+    let output = &result["output"];
+    let surface_rows = output["SurfaceCheck"].as_array().map_or(0, Vec::len);
+    let surface_failing = output["SurfaceCheck"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["Result"] != "Pass")
+        .count();
+    println!("    surface check: {surface_rows} rows, {surface_failing} failing");
+    let deep = &output["DeepCheckSummary"];
+    println!(
+        "    deep check: {} sampled resources compared, {} differ",
+        deep["compared"], deep["failed"]
+    );
+    let full = &output["FullCheck"];
     println!(
         "    full check: {} versions compared, {} missing, {} extra, {} different",
-        full.compared, full.missing, full.extra, full.different
+        full["compared"], full["missing"], full["extra"], full["different"]
     );
-    if !surface.passed || !full.passed {
-        return Err(format!(
-            "verification: FAIL — surface {:?}, full {:?}",
-            failing, full.differences
-        ));
+    if result["runtimeStatus"] != "Completed" || result["passed"] != true {
+        return Err(format!("verification: FAIL — {result}"));
     }
 
     step("cross-checking the emulators' stores directly: every version of every resource");

@@ -65,26 +65,22 @@ enum Command {
     ClearRetries,
     /// Compare the destination with the source; exits non-zero when anything differs.
     Verify {
-        /// surface: counts per type; full: every resource (every version with history) by id, version,
-        /// lastUpdated and content; all: both.
-        #[arg(long, value_enum, default_value = "all")]
-        mode: VerifyMode,
+        /// surface: counts per type; deep: a sample compared document by document; full: every resource
+        /// (every version with history) by id, version, lastUpdated and content; all; or a comma-separated mix.
+        #[arg(long, default_value = "surface,deep")]
+        mode: String,
         /// Types to check (default: AZURE_ResourceTypes).
         #[arg(long, value_delimiter = ',')]
         types: Vec<String>,
+        /// Resources the deep check samples (default: AZURE_DeepCheckCount).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        count: Option<u16>,
         /// Also list types with no data on either side.
         #[arg(long)]
         include_empty: bool,
         #[arg(long)]
         json: bool,
     },
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum VerifyMode {
-    Surface,
-    Full,
-    All,
 }
 
 fn main() -> ExitCode {
@@ -188,72 +184,30 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Verify {
             mode,
             types,
+            count,
             include_empty,
             json,
         } => {
+            use fhir_migration_tool::verify::{local, runs::Checks};
+            let checks = Checks::parse(&mode)
+                .ok_or_else(|| format!("--mode '{mode}': use surface, deep, full, all, or a comma-separated mix"))?;
             let app = App::build(settings).map_err(|e| e.to_string())?;
-            let engine = app.engine();
-            let m = engine.settings();
-            let types = if types.is_empty() {
-                m.resource_types.clone()
-            } else {
-                types
+            let request = local::Request {
+                checks,
+                types,
+                count: count.map(usize::from),
+                include_empty,
             };
-            let history = m.export_with_history || m.export_with_delete;
-            let mut passed = true;
-            let mut out = serde_json::Map::new();
-            if mode != VerifyMode::Full {
-                let report = fhir_migration_tool::verify::surface::surface(
-                    engine.source(),
-                    engine.destination(),
-                    &types,
-                    history,
-                    include_empty,
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-                passed &= report.passed;
-                if !json {
-                    println!(
-                        "{:<32} {:>9} {:>14} {:>14}  result",
-                        "resource", "measure", "source", "destination"
-                    );
-                    for r in &report.rows {
-                        println!(
-                            "{:<32} {:>9} {:>14} {:>14}  {}",
-                            r.resource, r.measure, r.source_count, r.destination_count, r.result
-                        );
-                    }
-                }
-                out.insert("SurfaceCheck".into(), serde_json::to_value(&report).unwrap_or_default());
-            }
-            if mode != VerifyMode::Surface {
-                let report =
-                    fhir_migration_tool::verify::full::full(engine.source(), engine.destination(), &types, history)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                passed &= report.passed;
-                if !json {
-                    println!(
-                        "full check: {} compared, {} missing at the destination, {} extra at the destination, {} different",
-                        report.compared, report.missing, report.extra, report.different
-                    );
-                    for d in &report.differences {
-                        println!(
-                            "  {:?} {}/{} version {} ({})",
-                            d.kind, d.resource_type, d.id, d.version_id, d.last_updated
-                        );
-                    }
-                }
-                out.insert("FullCheck".into(), serde_json::to_value(&report).unwrap_or_default());
-            }
+            let outcome = local::run(app.engine(), request).await.map_err(|e| e.to_string())?;
             if json {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&serde_json::Value::Object(out)).map_err(|e| e.to_string())?
+                    serde_json::to_string_pretty(&outcome.output).map_err(|e| e.to_string())?
                 );
+            } else {
+                print!("{}", outcome.text);
             }
-            if passed {
+            if outcome.passed {
                 Ok(())
             } else {
                 Err("verification found differences".into())

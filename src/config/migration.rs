@@ -257,7 +257,12 @@ pub struct MigrationSettings {
     pub history_delete_query_surface: Vec<String>,
     pub query_deep: Vec<String>,
     pub history_delete_query_deep: Vec<String>,
+    /// `AZURE_DeepCheckCount`: resources the deep check samples across all types (0 or unset: 100; at most
+    /// 1000 — the full check covers everything).
     pub deep_check_count: u32,
+    /// `AZURE_DeepCheckIgnorePaths`: JSON paths (e.g. `meta.source`) a destination server adds on its own,
+    /// which the deep check then ignores. Empty by default: every difference counts.
+    pub deep_check_ignore_paths: Vec<String>,
     /// `AZURE_ScheduleInterval` (minutes): kept for compatibility; polling follows the timer schedules.
     pub schedule_interval_minutes: f64,
     pub client_secret: Option<ClientSecretSettings>,
@@ -363,7 +368,11 @@ impl MigrationSettings {
             history_delete_query_surface: p.list("AZURE_HistoryDeleteQuerySurface", &["_history?_summary=count"]),
             query_deep: p.list("AZURE_QueryDeep", &["Patient?_count="]),
             history_delete_query_deep: p.list("AZURE_HistoryDeleteQueryDeep", &["Patient/_history?_count="]),
-            deep_check_count: p.number("AZURE_DeepCheckCount", 0u32),
+            deep_check_count: match p.number("AZURE_DeepCheckCount", 100u32) {
+                0 => 100,
+                n => n.min(crate::verify::deep::MAX_COUNT as u32),
+            },
+            deep_check_ignore_paths: p.list("AZURE_DeepCheckIgnorePaths", &[]),
             schedule_interval_minutes: p.number("AZURE_ScheduleInterval", 2.0f64),
             client_secret: None,
             authority_host: source

@@ -219,6 +219,11 @@ impl Engine {
         self.telemetry.event(event);
     }
 
+    /// Sends an event through the engine's telemetry sink (verification reports its results this way).
+    pub fn telemetry_event(&self, event: Event) {
+        self.emit(event);
+    }
+
     async fn load(&self) -> Result<(Cursor, Active), EngineError> {
         let cursor = self.state.cursor().await?;
         let active = self.state.active(&cursor).await?;

@@ -8,6 +8,7 @@
 
 mod migration;
 pub mod payload;
+pub mod verification;
 
 use std::future::Future;
 
@@ -91,6 +92,33 @@ pub const FUNCTIONS: &[FunctionSpec] = &[
             methods: &["get"],
             auth_level: "function",
             route: None,
+        },
+    },
+    FunctionSpec {
+        name: "E2ETest_Http",
+        trigger: Trigger::Http {
+            binding: "req",
+            output: "res",
+            methods: &["get", "post"],
+            auth_level: "function",
+            route: None,
+        },
+    },
+    FunctionSpec {
+        name: "E2ETest_Status",
+        trigger: Trigger::Http {
+            binding: "req",
+            output: "res",
+            methods: &["get"],
+            auth_level: "function",
+            route: Some("E2ETest_Status/{id}"),
+        },
+    },
+    FunctionSpec {
+        name: "E2ETest_Runner",
+        trigger: Trigger::Timer {
+            binding: "myTimer",
+            schedule: "%VerificationCron%",
         },
     },
 ];
@@ -229,6 +257,9 @@ async fn dispatch(
         "MigrationOrchestrator" | "ExportStatus" | "ImportStatus" => migration::timer(app, spec, request).await,
         "ClearMaxExportRetries_Http" => migration::clear_retries(app, spec, request).await,
         "MigrationStatus_Http" => migration::status(app, spec, request).await,
+        "E2ETest_Http" => verification::start(app, spec, request).await,
+        "E2ETest_Status" => verification::status(app, spec, request).await,
+        "E2ETest_Runner" => verification::runner(app, spec, request).await,
         other => Err(FunctionError::Unrouted(other)),
     }
 }

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use chrono::DateTime;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::content_hash;
@@ -18,7 +18,7 @@ use crate::fhir::{FhirClient, FhirError};
 /// Differences listed per kind at most (all are counted).
 const LISTED: usize = 100;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Kind {
     /// At the source, not at the destination.
@@ -29,7 +29,7 @@ pub enum Kind {
     Different,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Difference {
     pub kind: Kind,
@@ -39,7 +39,7 @@ pub struct Difference {
     pub last_updated: String,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FullReport {
     /// Versions (or current resources) compared.
@@ -71,12 +71,28 @@ struct Stream<'a> {
 }
 
 impl<'a> Stream<'a> {
-    fn new(client: &'a FhirClient, resource_type: &str, history: bool) -> Result<Stream<'a>, FhirError> {
+    /// From `from` (inclusive, milliseconds) when resuming, else from the oldest entry.
+    fn new(
+        client: &'a FhirClient,
+        resource_type: &str,
+        history: bool,
+        from: Option<i64>,
+    ) -> Result<Stream<'a>, FhirError> {
         let t = crate::storage::encode_component(resource_type);
-        let first = if history {
-            format!("{t}/_history?_sort=_lastUpdated&_count=1000")
-        } else {
-            format!("{t}?_sort=_lastUpdated&_count=1000")
+        let from = from
+            .and_then(chrono::DateTime::from_timestamp_millis)
+            .map(crate::fhir::format_instant);
+        let first = match (history, from) {
+            (true, None) => format!("{t}/_history?_sort=_lastUpdated&_count=1000"),
+            (true, Some(f)) => format!(
+                "{t}/_history?_since={}&_sort=_lastUpdated&_count=1000",
+                crate::storage::encode_component(&f)
+            ),
+            (false, None) => format!("{t}?_sort=_lastUpdated&_count=1000"),
+            (false, Some(f)) => format!(
+                "{t}?_lastUpdated=ge{}&_sort=_lastUpdated&_count=1000",
+                crate::storage::encode_component(&f)
+            ),
         };
         Ok(Stream {
             client,
@@ -154,14 +170,31 @@ pub async fn compare_type(
     history: bool,
     report: &mut FullReport,
 ) -> Result<(), FhirError> {
+    compare_type_from(source, destination, resource_type, history, None, report, |_| false)
+        .await
+        .map(|_| ())
+}
+
+/// Compares one type from `from` (a lastUpdated in milliseconds, inclusive) on. After each group of entries
+/// sharing a millisecond, `stop` is asked whether to pause; when it says yes, the returned value is where to
+/// resume (every entry before it is compared and counted). `None` means the type is done.
+pub async fn compare_type_from(
+    source: &FhirClient,
+    destination: &FhirClient,
+    resource_type: &str,
+    history: bool,
+    from: Option<i64>,
+    report: &mut FullReport,
+    mut stop: impl FnMut(&FullReport) -> bool,
+) -> Result<Option<i64>, FhirError> {
     let (mut src, mut dst) = (
-        Stream::new(source, resource_type, history)?,
-        Stream::new(destination, resource_type, history)?,
+        Stream::new(source, resource_type, history, from)?,
+        Stream::new(destination, resource_type, history, from)?,
     );
     loop {
         let (a, b) = (src.peek().await?, dst.peek().await?);
         let at = match (a, b) {
-            (None, None) => return Ok(()),
+            (None, None) => return Ok(None),
             (Some(x), None) | (None, Some(x)) => x,
             (Some(x), Some(y)) => x.min(y),
         };
@@ -180,6 +213,10 @@ pub async fn compare_type(
         }
         for d in right.values() {
             report.record(Kind::Extra, resource_type, d);
+        }
+        if stop(report) {
+            // Resume right after this millisecond.
+            return Ok(Some(at + 1));
         }
     }
 }

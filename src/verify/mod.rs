@@ -1,12 +1,18 @@
 //! Verification: does the destination hold what the source holds?
 //!
 //! - [`surface`]: counts per type on both servers (and version totals when history or deletes are migrated).
+//! - [`deep`]: a sample of resources from every type with data, compared as whole documents, differences named
+//!   by JSON path.
 //! - [`full`]: every current resource — every version, with history — compared by id, versionId,
 //!   lastUpdated and a hash of its content, streamed page by page so memory stays bounded.
 //!
-//! The CLI (`fhir-migration-tool verify`) calls these directly; the `E2ETest_Http` function will call the same.
+//! The CLI (`fhir-migration-tool verify`) calls these directly; the `E2ETest_*` functions run the same checks as
+//! persisted [`runs`] that a timer works on in slices.
 
+pub mod deep;
 pub mod full;
+pub mod local;
+pub mod runs;
 pub mod surface;
 
 use serde_json::Value;

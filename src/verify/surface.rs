@@ -2,14 +2,14 @@
 //! history or deletes are migrated, the number of versions too. Pass when every count matches.
 
 use futures::{StreamExt, stream};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::fhir::{FhirClient, FhirError};
 
 /// Parallel count requests per server; enough to finish 145 types quickly without straining either server.
 const CONCURRENCY: usize = 8;
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "PascalCase")]
 pub struct SurfaceRow {
     /// The original's property names, so the dashboard and runbooks keep reading them.
@@ -21,7 +21,7 @@ pub struct SurfaceRow {
     pub measure: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SurfaceReport {
     pub rows: Vec<SurfaceRow>,
@@ -46,27 +46,20 @@ pub async fn surface(
     history: bool,
     include_empty: bool,
 ) -> Result<SurfaceReport, FhirError> {
-    let measures: Vec<(&str, &str)> = if history {
-        vec![("current", ""), ("versions", "/_history")]
-    } else {
-        vec![("current", "")]
-    };
-    let jobs: Vec<(String, &str, String)> = types
+    // (type, versions?, query): owned values, so the futures below are `Send` for any caller.
+    let jobs: Vec<(String, bool, String)> = types
         .iter()
         .flat_map(|t| {
-            measures.iter().map(move |(m, suffix)| {
-                (
-                    t.clone(),
-                    *m,
-                    format!("{}{suffix}?_summary=count", crate::storage::encode_component(t)),
-                )
-            })
+            let name = crate::storage::encode_component(t);
+            let current = (t.clone(), false, format!("{name}?_summary=count"));
+            let versions = history.then(|| (t.clone(), true, format!("{name}/_history?_summary=count")));
+            std::iter::once(current).chain(versions)
         })
         .collect();
     let results: Vec<Result<SurfaceRow, FhirError>> = stream::iter(jobs)
-        .map(|(t, measure, query)| async move {
+        .map(|(t, versions, query)| async move {
             let (s, d) = tokio::join!(source.count_of(&query), destination.count_of(&query));
-            Ok(row(&t, measure, s?, d?))
+            Ok(row(&t, if versions { "versions" } else { "current" }, s?, d?))
         })
         .buffered(CONCURRENCY)
         .collect()

@@ -70,11 +70,18 @@ async fn plan_run_and_status_drive_a_migration_without_a_host() {
     assert_eq!(status["windowsInFlight"], serde_json::json!([]));
     assert!(status["windowsCommitted"].as_i64().unwrap() >= 12);
 
-    let out = tokio::task::block_in_place(|| cli(&stack, &["verify", "--json"]));
+    let out = tokio::task::block_in_place(|| cli(&stack, &["verify", "--mode", "all", "--count", "30", "--json"]));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["SurfaceCheck"]["passed"], true);
+    let rows = |check: &str| report[check].as_array().cloned().unwrap_or_default();
+    assert!(!rows("SurfaceCheck").is_empty() && rows("SurfaceCheck").iter().all(|r| r["Result"] == "Pass"));
+    assert_eq!(rows("DeepCheck").len(), 30, "the sample size asked for");
+    assert!(rows("DeepCheck").iter().all(|r| r["Result"] == "Pass"), "{report}");
     assert_eq!(report["FullCheck"]["passed"], true);
+    // An unknown mode is refused before anything runs.
+    let out = tokio::task::block_in_place(|| cli(&stack, &["verify", "--mode", "quick"]));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--mode 'quick'"));
     // Damage one resource at the destination: verify now fails (non-zero exit) and names it.
     stack
         .destination

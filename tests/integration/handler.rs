@@ -171,3 +171,138 @@ async fn refuses_to_start_without_storage_and_says_why_on_stdout() {
     // The host logs every stderr line as an Error; the handler writes nothing there.
     assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// The verification functions as the host calls them: start a run, work on it with the timer, poll its status.
+#[tokio::test]
+async fn verification_runs_through_the_functions_and_reports_what_is_missing() {
+    let azurite = azurite().await;
+    let handler = start(&azurite, &unique_name("chunk"), &unique_name("export")).await;
+    // Data only at the source: the check must fail and say so.
+    handler
+        ._servers
+        .0
+        .store()
+        .put("Patient", "p1", json!({ "resourceType": "Patient", "id": "p1" }))
+        .unwrap();
+    let body_of = |resp: Value| -> (u64, Value) {
+        let res = &resp["Outputs"]["res"];
+        let body = match &res["body"] {
+            Value::String(text) => serde_json::from_str(text).unwrap(),
+            other => other.clone(),
+        };
+        (res["statusCode"].as_u64().unwrap_or(0), body)
+    };
+
+    let bad = http_payload("E2ETest_Http", "req", "POST", json!({ "types": "Patient,../x" }), None);
+    let (code, body) = body_of(
+        handler
+            .invoke("E2ETest_Http", &bad)
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(code, 400, "{body}");
+
+    // Options from the query string and from a JSON body, together.
+    let mut payload = http_payload(
+        "E2ETest_Http",
+        "req",
+        "POST",
+        json!({ "types": "Patient" }),
+        Some(r#"{"mode": ["surface", "deep", "full"], "count": 5}"#),
+    );
+    payload["Data"]["req"]["Url"] = json!("https://fn.example/api/E2ETest_Http?code=SECRETKEY&types=Patient");
+    let (code, body) = body_of(
+        handler
+            .invoke("E2ETest_Http", &payload)
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(code, 202, "{body}");
+    let id = body["id"].as_str().unwrap().to_string();
+    let status_uri = body["statusQueryGetUri"].as_str().unwrap();
+    assert_eq!(status_uri, format!("https://fn.example/api/E2ETest_Status/{id}"));
+    assert_eq!(
+        body["input"],
+        json!({ "mode": "surface,deep,full", "types": 1, "count": 5 })
+    );
+    let resp: Value = handler
+        .invoke("E2ETest_Http", &payload)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        resp["Outputs"]["res"]["headers"]["Location"]
+            .as_str()
+            .unwrap()
+            .contains("/api/E2ETest_Status/")
+    );
+    assert!(
+        !body.to_string().contains("SECRETKEY"),
+        "the function key is never echoed"
+    );
+
+    let status = |id: &str| {
+        let mut p = http_payload("E2ETest_Status", "req", "GET", json!({}), None);
+        p["Data"]["req"]["Params"] = json!({ "id": id });
+        p
+    };
+    let (code, body) = body_of(
+        handler
+            .invoke("E2ETest_Status", &status(&id))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap(),
+    );
+    assert_eq!((code, body["runtimeStatus"].as_str()), (202, Some("Pending")), "{body}");
+
+    let resp = handler
+        .invoke("E2ETest_Runner", &timer_payload("E2ETest_Runner", "myTimer"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let (code, body) = body_of(
+        handler
+            .invoke("E2ETest_Status", &status(&id))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        (code, body["runtimeStatus"].as_str()),
+        (200, Some("Completed")),
+        "{body}"
+    );
+    assert_eq!(body["output"]["FullCheck"]["missing"], 1, "{body}");
+    assert_eq!(body["output"]["FullCheck"]["differences"][0]["id"], "p1", "{body}");
+    assert_eq!(body["output"]["FullCheck"]["passed"], false, "{body}");
+    assert_eq!(body["output"]["DeepCheck"][0]["id"], "p1", "{body}");
+    assert_eq!(
+        body["output"]["DeepCheck"][0]["differences"][0], "(missing at destination)",
+        "{body}"
+    );
+    assert_eq!(body["output"]["SurfaceCheck"][0]["Result"], "Fail", "{body}");
+    assert_eq!(body["passed"], false);
+
+    let (code, _) = body_of(
+        handler
+            .invoke("E2ETest_Status", &status("nosuchrun"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(code, 404);
+}

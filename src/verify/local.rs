@@ -1,0 +1,170 @@
+//! `fhir-migration-tool verify`: the same checks as a verification run, in this process, with progress on the
+//! terminal and a printed (or JSON) report.
+
+use std::io::{IsTerminal, Write};
+
+use serde_json::{Map, Value};
+
+use super::deep::{self, DeepReport};
+use super::full::{FullReport, compare_type_from};
+use super::runs::Checks;
+use super::surface::{SurfaceReport, surface};
+use crate::engine::Engine;
+use crate::fhir::FhirError;
+
+/// What the CLI asked for.
+pub struct Request {
+    pub checks: Checks,
+    pub types: Vec<String>,
+    pub count: Option<usize>,
+    pub include_empty: bool,
+}
+
+/// The combined result; `output` has the same shape as a run's status `output`.
+pub struct Outcome {
+    pub passed: bool,
+    pub output: Value,
+    pub text: String,
+}
+
+/// One line of progress, redrawn in place on a terminal and left alone otherwise (logs stay clean).
+struct Progress {
+    live: bool,
+}
+
+impl Progress {
+    fn show(&self, line: &str) {
+        if self.live {
+            let mut err = std::io::stderr();
+            let _ = write!(err, "\r\x1b[2K{line}");
+            let _ = err.flush();
+        }
+    }
+
+    fn done(&self) {
+        if self.live {
+            let _ = writeln!(std::io::stderr());
+        }
+    }
+}
+
+pub async fn run(engine: &Engine, request: Request) -> Result<Outcome, FhirError> {
+    let m = engine.settings();
+    let (src, dst) = (engine.source(), engine.destination());
+    let history = m.export_with_history || m.export_with_delete;
+    let types = if request.types.is_empty() {
+        m.resource_types.clone()
+    } else {
+        request.types
+    };
+    let progress = Progress {
+        live: std::io::stderr().is_terminal(),
+    };
+    let mut output = Map::new();
+    let mut text = String::new();
+    let mut passed = true;
+
+    let mut counts: Option<SurfaceReport> = None;
+    if request.checks.surface {
+        progress.show(&format!(
+            "surface check: counting {} types on both servers…",
+            types.len()
+        ));
+        let report = surface(src, dst, &types, history, request.include_empty).await?;
+        progress.done();
+        passed &= report.passed;
+        text.push_str(&format!(
+            "{:<32} {:>9} {:>14} {:>14}  result\n",
+            "resource", "measure", "source", "destination"
+        ));
+        for r in &report.rows {
+            text.push_str(&format!(
+                "{:<32} {:>9} {:>14} {:>14}  {}\n",
+                r.resource, r.measure, r.source_count, r.destination_count, r.result
+            ));
+        }
+        output.insert(
+            "SurfaceCheck".into(),
+            serde_json::to_value(&report.rows).unwrap_or_default(),
+        );
+        counts = Some(report);
+    }
+    if request.checks.deep {
+        progress.show("deep check: sampling…");
+        let counts = match counts {
+            Some(c) => c,
+            None => surface(src, dst, &types, false, false).await?,
+        };
+        let with_counts: Vec<(String, u64)> = counts
+            .rows
+            .iter()
+            .filter(|r| r.measure == "current" && r.resource != "Total")
+            .map(|r| (r.resource.clone(), r.source_count))
+            .collect();
+        let count = request
+            .count
+            .unwrap_or(m.deep_check_count as usize)
+            .clamp(1, deep::MAX_COUNT);
+        let report: DeepReport = deep::deep(
+            src,
+            dst,
+            &deep::allocate(&with_counts, count),
+            &m.deep_check_ignore_paths,
+        )
+        .await?;
+        progress.done();
+        passed &= report.passed;
+        text.push_str(&format!(
+            "deep check: {} sampled resources compared, {} differ\n",
+            report.compared, report.failed
+        ));
+        for r in report.rows.iter().filter(|r| r.result != "Pass") {
+            text.push_str(&format!(
+                "  {}/{} version {}: {}\n",
+                r.resource,
+                r.id,
+                r.version_id,
+                r.differences.join(", ")
+            ));
+        }
+        output.insert(
+            "DeepCheck".into(),
+            serde_json::to_value(&report.rows).unwrap_or_default(),
+        );
+    }
+    if request.checks.full {
+        let mut report = FullReport::default();
+        for (i, t) in types.iter().enumerate() {
+            let total = types.len();
+            let stop = |r: &FullReport| {
+                progress.show(&format!(
+                    "full check: type {}/{total} {t}: {} compared, {} differences",
+                    i + 1,
+                    r.compared,
+                    r.missing + r.extra + r.different
+                ));
+                false
+            };
+            compare_type_from(src, dst, t, history, None, &mut report, stop).await?;
+        }
+        progress.done();
+        report.passed = report.missing == 0 && report.extra == 0 && report.different == 0;
+        passed &= report.passed;
+        text.push_str(&format!(
+            "full check: {} compared, {} missing at the destination, {} extra at the destination, {} different\n",
+            report.compared, report.missing, report.extra, report.different
+        ));
+        for d in &report.differences {
+            text.push_str(&format!(
+                "  {:?} {}/{} version {} ({})\n",
+                d.kind, d.resource_type, d.id, d.version_id, d.last_updated
+            ));
+        }
+        output.insert("FullCheck".into(), serde_json::to_value(&report).unwrap_or_default());
+    }
+    Ok(Outcome {
+        passed,
+        output: Value::Object(output),
+        text,
+    })
+}

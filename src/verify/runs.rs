@@ -1,0 +1,553 @@
+//! Verification runs that outlive a process: `E2ETest_Http` records a run, a timer works on it in bounded
+//! slices, and `E2ETest_Status` reports it. Progress and partial results live in one table row (partition
+//! `{PartitionKey}-verify` of the export table), so each checkpoint is a single ETag-guarded write: a crash
+//! repeats at most the slice in progress, and a lease keeps two ticks off the same run.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde_json::{Value, json};
+
+use super::deep::{self, DeepReport, MAX_COUNT};
+use super::full::{FullReport, compare_type_from};
+use super::surface::{SurfaceReport, surface};
+use crate::engine::Engine;
+use crate::storage::tables::{Entity, IfMatch, TableClient, TableError, filter};
+use crate::telemetry::Event;
+
+/// How long one tick works on a run before checkpointing and letting go.
+const SLICE: Duration = Duration::from_secs(120);
+/// A run claimed longer ago than this is presumed abandoned by a crashed tick.
+const LEASE: TimeDelta = TimeDelta::minutes(5);
+
+/// Which checks a run does. The original ran surface and deep; that stays the default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checks {
+    pub surface: bool,
+    pub deep: bool,
+    pub full: bool,
+}
+
+impl Checks {
+    pub const DEFAULT: Checks = Checks {
+        surface: true,
+        deep: true,
+        full: false,
+    };
+
+    /// `surface`, `deep`, `full`, `all`, or a comma-separated mix; empty means [`Checks::DEFAULT`].
+    pub fn parse(text: &str) -> Option<Checks> {
+        let mut checks = Checks {
+            surface: false,
+            deep: false,
+            full: false,
+        };
+        let mut any = false;
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            any = true;
+            match part.to_ascii_lowercase().as_str() {
+                "surface" => checks.surface = true,
+                "deep" => checks.deep = true,
+                "full" => checks.full = true,
+                "all" => {
+                    checks = Checks {
+                        surface: true,
+                        deep: true,
+                        full: true,
+                    }
+                }
+                _ => return None,
+            }
+        }
+        Some(if any { checks } else { Checks::DEFAULT })
+    }
+
+    pub fn names(&self) -> String {
+        [("surface", self.surface), ("deep", self.deep), ("full", self.full)]
+            .iter()
+            .filter(|(_, on)| *on)
+            .map(|(n, _)| *n)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// One run's persisted state.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub id: String,
+    pub checks: Checks,
+    /// Resources the deep check samples.
+    pub count: usize,
+    pub types: Vec<String>,
+    /// `Pending`, `Running`, `Completed` or `Failed` (the Durable vocabulary the original's callers expect).
+    pub status: String,
+    pub surface: Option<SurfaceReport>,
+    pub deep: Option<DeepReport>,
+    pub full: FullReport,
+    /// The type the full check is on, and where in it to resume.
+    pub type_index: usize,
+    pub resume_from: Option<i64>,
+    pub error: String,
+    pub created: DateTime<Utc>,
+    pub updated: DateTime<Utc>,
+    pub lease_until: Option<DateTime<Utc>>,
+    entity_etag: Option<crate::storage::tables::ETag>,
+}
+
+pub struct Runs<'a> {
+    table: TableClient,
+    partition: String,
+    engine: &'a Engine,
+    slice: Duration,
+}
+
+impl<'a> Runs<'a> {
+    pub fn new(table: TableClient, engine: &'a Engine) -> Runs<'a> {
+        let partition = format!("{}-verify", engine.settings().partition_key);
+        Runs {
+            table,
+            partition,
+            engine,
+            slice: SLICE,
+        }
+    }
+
+    /// Shortens (or lengthens) the work slice per tick; tests use zero to checkpoint after every page.
+    pub fn with_slice(mut self, slice: Duration) -> Runs<'a> {
+        self.slice = slice;
+        self
+    }
+
+    /// Records a new run; the timer picks it up.
+    pub async fn start(&self, checks: Checks, types: Vec<String>, count: Option<usize>) -> Result<Run, TableError> {
+        self.table.create_if_missing().await?;
+        let now = Utc::now();
+        // Time, process and a per-process counter: unique without coordination, and sorted by creation.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) & 0xffff;
+        let id = format!(
+            "{}{:04x}{n:04x}",
+            now.format("%Y%m%d%H%M%S%3f"),
+            std::process::id() & 0xffff
+        );
+        let types = if types.is_empty() {
+            self.engine.settings().resource_types.clone()
+        } else {
+            types
+        };
+        let run = Run {
+            id,
+            checks,
+            count: count
+                .unwrap_or(self.engine.settings().deep_check_count as usize)
+                .clamp(1, MAX_COUNT),
+            types,
+            status: "Pending".into(),
+            surface: None,
+            deep: None,
+            full: FullReport::default(),
+            type_index: 0,
+            resume_from: None,
+            error: String::new(),
+            created: now,
+            updated: now,
+            lease_until: None,
+            entity_etag: None,
+        };
+        let etag = self.table.insert(&self.to_entity(&run)?).await?;
+        Ok(Run {
+            entity_etag: Some(etag),
+            ..run
+        })
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Option<Run>, TableError> {
+        self.table.create_if_missing().await?;
+        Ok(self
+            .table
+            .get(&self.partition, id)
+            .await?
+            .as_ref()
+            .and_then(from_entity))
+    }
+
+    /// Works on every unfinished run for one slice each. Returns the ids worked on.
+    pub async fn tick(&self) -> Result<Vec<String>, TableError> {
+        self.table.create_if_missing().await?;
+        let query = format!(
+            "{} and RuntimeStatus ne 'Completed' and RuntimeStatus ne 'Failed'",
+            filter::eq("PartitionKey", &self.partition)
+        );
+        let mut worked = Vec::new();
+        for entity in self.table.query_all(Some(&query)).await? {
+            let Some(run) = from_entity(&entity) else { continue };
+            if run.lease_until.is_some_and(|l| l > Utc::now()) {
+                continue;
+            }
+            // Claim: only the tick whose write wins works on the run.
+            let mut claimed = run.clone();
+            claimed.status = "Running".into();
+            claimed.lease_until = Some(Utc::now() + LEASE);
+            let claimed = match self.save(&claimed).await {
+                Ok(r) => r,
+                Err(TableError::Conflict { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            worked.push(claimed.id.clone());
+            self.work(claimed).await?;
+        }
+        Ok(worked)
+    }
+
+    async fn work(&self, mut run: Run) -> Result<(), TableError> {
+        let engine = self.engine;
+        let m = engine.settings();
+        let history = m.export_with_history || m.export_with_delete;
+        let started = Instant::now();
+        if run.checks.surface && run.surface.is_none() {
+            match surface(engine.source(), engine.destination(), &run.types, history, false).await {
+                Ok(report) => {
+                    for row in &report.rows {
+                        engine.telemetry_event(
+                            Event::new("SurfaceCheck")
+                                .with("Resource", &row.resource)
+                                .with("SourceCount", row.source_count)
+                                .with("DestinationCount", row.destination_count)
+                                .with("Result", &row.result),
+                        );
+                    }
+                    run.surface = Some(report);
+                    run = self.save(&run).await?;
+                }
+                Err(e) => return self.fail(run, format!("surface check: {e}")).await,
+            }
+        }
+        if run.checks.deep && run.deep.is_none() {
+            match self.deep(&run).await {
+                Ok(report) => {
+                    run.deep = Some(report);
+                    run = self.save(&run).await?;
+                }
+                Err(e) => return self.fail(run, format!("deep check: {e}")).await,
+            }
+        }
+        if run.checks.full {
+            while run.type_index < run.types.len() {
+                let t = run.types[run.type_index].clone();
+                let stop = |_: &FullReport| started.elapsed() >= self.slice;
+                match compare_type_from(
+                    engine.source(),
+                    engine.destination(),
+                    &t,
+                    history,
+                    run.resume_from,
+                    &mut run.full,
+                    stop,
+                )
+                .await
+                {
+                    Ok(Some(resume)) => {
+                        run.resume_from = Some(resume);
+                        run.lease_until = None;
+                        self.save(&run).await?;
+                        return Ok(());
+                    }
+                    Ok(None) => {
+                        run.type_index += 1;
+                        run.resume_from = None;
+                        run = self.save(&run).await?;
+                    }
+                    Err(e) => return self.fail(run, format!("full check of {t}: {e}")).await,
+                }
+                if started.elapsed() >= self.slice {
+                    run.lease_until = None;
+                    self.save(&run).await?;
+                    return Ok(());
+                }
+            }
+            run.full.passed = run.full.missing == 0 && run.full.extra == 0 && run.full.different == 0;
+            engine.telemetry_event(
+                Event::new("FullCheck")
+                    .with("Compared", run.full.compared)
+                    .with("Missing", run.full.missing)
+                    .with("Extra", run.full.extra)
+                    .with("Different", run.full.different)
+                    .with("Result", if run.full.passed { "Pass" } else { "Fail" }),
+            );
+        }
+        run.status = "Completed".into();
+        run.lease_until = None;
+        self.save(&run).await?;
+        Ok(())
+    }
+
+    /// Samples types with data (counted now: the surface check may not be part of the run).
+    async fn deep(&self, run: &Run) -> Result<DeepReport, crate::fhir::FhirError> {
+        let engine = self.engine;
+        let counts = match &run.surface {
+            Some(s) => s.clone(),
+            None => surface(engine.source(), engine.destination(), &run.types, false, false).await?,
+        };
+        let with_counts: Vec<(String, u64)> = counts
+            .rows
+            .iter()
+            .filter(|r| r.measure == "current" && r.resource != "Total")
+            .map(|r| (r.resource.clone(), r.source_count))
+            .collect();
+        let plan = deep::allocate(&with_counts, run.count);
+        let report = deep::deep(
+            engine.source(),
+            engine.destination(),
+            &plan,
+            &engine.settings().deep_check_ignore_paths,
+        )
+        .await?;
+        for row in &report.rows {
+            engine.telemetry_event(
+                Event::new("DeepCheck")
+                    .with("Resource", &row.resource)
+                    .with("id", &row.id)
+                    .with("Result", &row.result),
+            );
+        }
+        Ok(report)
+    }
+
+    async fn fail(&self, mut run: Run, error: String) -> Result<(), TableError> {
+        run.status = "Failed".into();
+        run.error = error;
+        run.lease_until = None;
+        self.save(&run).await.map(|_| ())
+    }
+
+    async fn save(&self, run: &Run) -> Result<Run, TableError> {
+        let mut run = run.clone();
+        run.updated = Utc::now();
+        let entity = self.to_entity(&run)?;
+        let if_match = run.entity_etag.clone().map_or(IfMatch::Any, IfMatch::ETag);
+        run.entity_etag = Some(self.table.replace(&entity, &if_match).await?);
+        Ok(run)
+    }
+
+    fn to_entity(&self, run: &Run) -> Result<Entity, TableError> {
+        let mut e = Entity::new(&self.partition, &run.id)?;
+        e.set_str("Checks", run.checks.names())
+            .set_i64("Count", run.count as i64)
+            .set_str("Types", run.types.join(","))
+            .set_str("RuntimeStatus", &run.status)
+            .set_i64("TypeIndex", run.type_index as i64)
+            .set_str("Error", &run.error)
+            .set_datetime("CreatedTime", run.created)
+            .set_datetime("LastUpdatedTime", run.updated);
+        let surface = run.surface.as_ref().map(serde_json::to_string).transpose();
+        set_pieces(&mut e, "SurfaceOutput", &surface.ok().flatten().unwrap_or_default());
+        set_pieces(
+            &mut e,
+            "DeepOutput",
+            &run.deep.as_ref().map(fit_deep).unwrap_or_default(),
+        );
+        set_pieces(
+            &mut e,
+            "FullOutput",
+            &serde_json::to_string(&run.full).unwrap_or_default(),
+        );
+        match run.resume_from {
+            Some(r) => e.set_i64("ResumeFrom", r),
+            None => e.remove("ResumeFrom"),
+        };
+        match run.lease_until {
+            Some(l) => e.set_datetime("LeaseUntil", l),
+            None => e.remove("LeaseUntil"),
+        };
+        Ok(e)
+    }
+}
+
+fn from_entity(e: &Entity) -> Option<Run> {
+    Some(Run {
+        id: e.row_key().to_string(),
+        checks: Checks::parse(e.get_str("Checks")?)?,
+        count: e.get_i64("Count").unwrap_or(1).clamp(1, MAX_COUNT as i64) as usize,
+        deep: serde_json::from_str(&get_pieces(e, "DeepOutput")).ok(),
+        types: e
+            .get_str("Types")
+            .unwrap_or_default()
+            .split(',')
+            .filter(|t| !t.is_empty())
+            .map(str::to_string)
+            .collect(),
+        status: e.get_str("RuntimeStatus")?.to_string(),
+        surface: serde_json::from_str(&get_pieces(e, "SurfaceOutput")).ok(),
+        full: serde_json::from_str(&get_pieces(e, "FullOutput")).unwrap_or_default(),
+        type_index: e.get_i64("TypeIndex").unwrap_or(0).max(0) as usize,
+        resume_from: e.get_i64("ResumeFrom"),
+        error: e.get_str("Error").unwrap_or_default().to_string(),
+        created: e.get_datetime("CreatedTime")?,
+        updated: e.get_datetime("LastUpdatedTime")?,
+        lease_until: e.get_datetime("LeaseUntil"),
+        entity_etag: e.etag().cloned(),
+    })
+}
+
+impl Run {
+    /// The Durable-style status body: `runtimeStatus`, progress in `customStatus`, and the output as real JSON.
+    pub fn status_body(&self) -> Value {
+        let mut output = serde_json::Map::new();
+        if let Some(s) = &self.surface {
+            output.insert("SurfaceCheck".into(), serde_json::to_value(&s.rows).unwrap_or_default());
+        }
+        if let Some(d) = &self.deep {
+            output.insert("DeepCheck".into(), serde_json::to_value(&d.rows).unwrap_or_default());
+            output.insert(
+                "DeepCheckSummary".into(),
+                json!({
+                    "compared": d.compared,
+                    "failed": d.failed,
+                    "passed": d.passed,
+                    "rowsOmitted": (d.compared as usize).saturating_sub(d.rows.len()),
+                }),
+            );
+        }
+        if self.checks.full {
+            output.insert("FullCheck".into(), serde_json::to_value(&self.full).unwrap_or_default());
+        }
+        let passed = self.surface.as_ref().is_none_or(|s| s.passed)
+            && self.deep.as_ref().is_none_or(|d| d.passed)
+            && (!self.checks.full || self.full.passed);
+        let done = self.status == "Completed";
+        json!({
+            "name": "E2ETest",
+            "instanceId": self.id,
+            "runtimeStatus": self.status,
+            "input": { "mode": self.checks.names(), "types": self.types, "count": self.count },
+            "customStatus": {
+                "surfaceDone": self.surface.is_some(),
+                "deepDone": self.deep.is_some(),
+                "typesDone": self.type_index,
+                "typesTotal": self.types.len(),
+                "compared": self.full.compared,
+            },
+            "output": if done { Value::Object(output) } else { Value::Null },
+            "passed": if done { Value::Bool(passed) } else { Value::Null },
+            "error": if self.error.is_empty() { Value::Null } else { Value::String(self.error.clone()) },
+            "createdTime": self.created.to_rfc3339(),
+            "lastUpdatedTime": self.updated.to_rfc3339(),
+        })
+    }
+
+    /// Still being worked on (the status function answers 202 then).
+    pub fn is_open(&self) -> bool {
+        self.status == "Pending" || self.status == "Running"
+    }
+}
+
+/// Keeps a deep report within [`DEEP_BUDGET`] characters: passing rows go first, then failing ones from the
+/// end; the counts stay exact (the status shows how many rows were left out).
+fn fit_deep(report: &DeepReport) -> String {
+    let mut r = report.clone();
+    let mut text = serde_json::to_string(&r).unwrap_or_default();
+    if text.len() > DEEP_BUDGET {
+        r.rows.retain(|row| row.result != "Pass");
+        text = serde_json::to_string(&r).unwrap_or_default();
+    }
+    while text.len() > DEEP_BUDGET && !r.rows.is_empty() {
+        let keep = r.rows.len() * DEEP_BUDGET / text.len();
+        r.rows.truncate(keep.min(r.rows.len() - 1));
+        text = serde_json::to_string(&r).unwrap_or_default();
+    }
+    text
+}
+
+/// A deep report's share of the run's row; with the surface and full reports (both bounded) the row stays well
+/// under the 1 MiB entity limit.
+const DEEP_BUDGET: usize = 200_000;
+/// Azure Tables caps a string property at 64 KiB, i.e. 32,768 UTF-16 units; pieces stay below that.
+const PIECE_UNITS: usize = 30_000;
+
+/// Stores `text` as `name`, `name_1`, `name_2`, … in pieces a table property can hold. The row is always
+/// replaced whole, so no stale piece survives a shorter report.
+fn set_pieces(e: &mut Entity, name: &str, text: &str) {
+    let mut pieces = vec![String::new()];
+    let mut units = 0;
+    for c in text.chars() {
+        if units + c.len_utf16() > PIECE_UNITS {
+            pieces.push(String::new());
+            units = 0;
+        }
+        units += c.len_utf16();
+        pieces.last_mut().expect("never empty").push(c);
+    }
+    for (i, piece) in pieces.into_iter().enumerate() {
+        let key = if i == 0 {
+            name.to_string()
+        } else {
+            format!("{name}_{i}")
+        };
+        e.set_str(&key, piece);
+    }
+}
+
+fn get_pieces(e: &Entity, name: &str) -> String {
+    let mut text = e.get_str(name).unwrap_or_default().to_string();
+    for i in 1.. {
+        match e.get_str(&format!("{name}_{i}")) {
+            Some(piece) => text.push_str(piece),
+            None => break,
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_reports_are_split_into_pieces_a_table_property_holds_and_joined_back() {
+        // Mixed widths: '€' is one UTF-16 unit, '𝄞' two.
+        let text: String = "ab€𝄞".repeat(20_000);
+        let mut e = Entity::new("p", "r").unwrap();
+        set_pieces(&mut e, "Out", &text);
+        let names: Vec<_> = e
+            .property_names()
+            .filter(|n| n.starts_with("Out"))
+            .map(str::to_string)
+            .collect();
+        assert!(names.len() >= 4, "{names:?}");
+        for n in &names {
+            assert!(e.get_str(n).unwrap().encode_utf16().count() <= PIECE_UNITS);
+        }
+        assert_eq!(get_pieces(&e, "Out"), text);
+        set_pieces(&mut e, "Empty", "");
+        assert_eq!(get_pieces(&e, "Empty"), "");
+    }
+
+    #[test]
+    fn an_oversized_deep_report_keeps_its_failures_and_exact_counts() {
+        let row = |i: usize, result: &str| super::deep::DeepRow {
+            resource: "Observation".into(),
+            id: format!("{i:0>60}"),
+            version_id: "1".into(),
+            result: result.into(),
+            differences: if result == "Pass" {
+                vec![]
+            } else {
+                vec!["value.x".repeat(20); 10]
+            },
+        };
+        let report = DeepReport {
+            compared: 1000,
+            failed: 300,
+            rows: (0..1000)
+                .map(|i| row(i, if i % 10 < 3 { "Fail" } else { "Pass" }))
+                .collect(),
+            passed: false,
+        };
+        let text = fit_deep(&report);
+        assert!(text.len() <= DEEP_BUDGET);
+        let back: DeepReport = serde_json::from_str(&text).unwrap();
+        assert_eq!((back.compared, back.failed), (1000, 300));
+        assert!(!back.rows.is_empty() && back.rows.iter().all(|r| r.result == "Fail"));
+    }
+}

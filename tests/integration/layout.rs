@@ -44,6 +44,15 @@ fn each_function_json_declares_what_its_handler_parses() {
             spec.name
         );
         assert_eq!(FunctionSpec::find(spec.name), Some(spec));
+        // The host refuses an HTTP call without a function (or admin) key only if the binding says so.
+        if on_disk["bindings"][0]["type"] == "httpTrigger" {
+            let level = on_disk["bindings"][0]["authLevel"].as_str();
+            assert!(
+                matches!(level, Some("function" | "admin")),
+                "{} must require a key, has authLevel {level:?}",
+                spec.name
+            );
+        }
     }
 }
 

@@ -29,7 +29,7 @@ async fn checks_pass_after_a_migration_and_name_every_kind_of_damage() {
     assert!(f.passed, "{:?}", f.differences);
     assert!(f.compared > 400, "{} compared", f.compared);
 
-    // Damage the destination four ways.
+    // Damage the destination five ways.
     let snapshot = stack.destination.store().snapshot();
     let live: Vec<_> = snapshot
         .iter()
@@ -55,7 +55,18 @@ async fn checks_pass_after_a_migration_and_name_every_kind_of_damage() {
     lines.push(body.to_string());
     let (_, errors) = fhir_emulator::seed::load_into(stack.destination.store(), &lines);
     assert!(errors.is_empty(), "{errors:?}");
-    // 2. A resource missing altogether. 3. A soft delete only at the destination. 4. An extra resource.
+    // 2. One old version missing (the current one intact).
+    let (thinned, versions) = live[3..]
+        .iter()
+        .find(|(_, r)| r.versions().len() >= 2)
+        .map(|(k, r)| (k.1.to_string(), r.versions().to_vec()))
+        .expect("a Patient with history");
+    stack.destination.store().hard_delete("Patient", &thinned);
+    let lines: Vec<String> = versions.iter().skip(1).map(|v| v.body.to_string()).collect();
+    let (_, errors) = fhir_emulator::seed::load_into(stack.destination.store(), &lines);
+    assert!(errors.is_empty(), "{errors:?}");
+    let lost_version = versions[0].version_id.to_string();
+    // 3. A resource missing altogether. 4. A soft delete only at the destination. 5. An extra resource.
     stack.destination.store().hard_delete("Patient", &gone);
     stack.destination.store().delete("Patient", &deleted);
     stack
@@ -77,6 +88,13 @@ async fn checks_pass_after_a_migration_and_name_every_kind_of_damage() {
     };
     assert!(named(Kind::Different, &changed), "{:?}", f.differences);
     assert!(named(Kind::Missing, &gone), "{:?}", f.differences);
+    assert!(
+        f.differences
+            .iter()
+            .any(|d| d.kind == Kind::Missing && d.id == thinned && d.version_id == lost_version),
+        "the lost version of {thinned}: {:?}",
+        f.differences
+    );
     assert!(
         named(Kind::Extra, &deleted),
         "the destination-only delete version: {:?}",
@@ -226,4 +244,18 @@ async fn a_persisted_run_resumes_slice_by_slice_and_matches_a_one_shot_check() {
 
     // A finished run is left alone by later ticks.
     assert!(runs(Duration::ZERO).tick().await.unwrap().is_empty());
+
+    // A server refusing the checks' requests fails the run, with the reason.
+    let broken = stack.engine_with(&[("AZURE_SourceUri", &format!("{}/no-such-base", stack.source.base_url))]);
+    let failing = Runs::new(table.clone(), &broken);
+    let run = failing
+        .start(Checks::DEFAULT, vec!["Patient".into()], None)
+        .await
+        .unwrap();
+    assert_eq!(failing.tick().await.unwrap(), vec![run.id.clone()]);
+    let run = failing.get(&run.id).await.unwrap().unwrap();
+    assert_eq!(run.status, "Failed");
+    assert!(run.error.starts_with("surface check:"), "{}", run.error);
+    assert_eq!(run.status_body()["error"], json!(run.error));
+    assert!(!run.is_open());
 }

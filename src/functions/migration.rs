@@ -5,7 +5,7 @@ use chrono::Utc;
 use serde_json::json;
 
 use super::payload::{HttpResponseData, InvocationRequest, InvocationResponse};
-use super::{FunctionError, FunctionSpec, Trigger};
+use super::{FunctionError, FunctionSpec, Trigger, http_output};
 use crate::app::App;
 
 /// `MigrationOrchestrator`, `ExportStatus`, `ImportStatus`. A conflict with an overlapping invocation is not a
@@ -46,13 +46,6 @@ pub(super) async fn timer(
             Ok(InvocationResponse::logs(logs))
         }
         Err(e) => Err(e.into()),
-    }
-}
-
-fn http_output(spec: &FunctionSpec) -> Result<&'static str, FunctionError> {
-    match spec.trigger {
-        Trigger::Http { output, .. } => Ok(output),
-        _ => Err(FunctionError::Unrouted(spec.name)),
     }
 }
 

@@ -235,6 +235,14 @@ async fn invoke(State(app): State<App>, Path(function): Path<String>, headers: H
     }
 }
 
+/// The name of an HTTP function's output binding (its response goes there).
+fn http_output(spec: &FunctionSpec) -> Result<&'static str, FunctionError> {
+    match spec.trigger {
+        Trigger::Http { output, .. } => Ok(output),
+        _ => Err(FunctionError::Unrouted(spec.name)),
+    }
+}
+
 /// A handler's failure, with a message fit for the operator (no secrets: errors never carry them).
 #[derive(Debug, thiserror::Error)]
 pub enum FunctionError {

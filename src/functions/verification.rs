@@ -5,7 +5,7 @@
 use serde_json::{Value, json};
 
 use super::payload::{HttpRequestData, HttpResponseData, InvocationRequest, InvocationResponse};
-use super::{FunctionError, FunctionSpec, Trigger};
+use super::{FunctionError, FunctionSpec, Trigger, http_output};
 use crate::app::App;
 use crate::verify::deep::MAX_COUNT;
 use crate::verify::runs::{Checks, Runs};
@@ -13,13 +13,6 @@ use crate::verify::runs::{Checks, Runs};
 fn runs(app: &App) -> Result<Runs<'_>, FunctionError> {
     let table = app.tables().table(&app.settings().export_table)?;
     Ok(Runs::new(table, app.engine()))
-}
-
-fn http_output(spec: &FunctionSpec) -> Result<&'static str, FunctionError> {
-    match spec.trigger {
-        Trigger::Http { output, .. } => Ok(output),
-        _ => Err(FunctionError::Unrouted(spec.name)),
-    }
 }
 
 fn bad_request(output: &str, message: String) -> InvocationResponse {

@@ -13,6 +13,7 @@ use futures::{StreamExt, stream};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::surface::{SurfaceReport, surface};
 use crate::fhir::{FhirClient, FhirError};
 
 /// Parallel reads per server.
@@ -73,6 +74,33 @@ pub fn allocate(types_with_counts: &[(String, u64)], count: usize) -> Vec<(Strin
         .filter(|(_, k, _)| *k > 0)
         .map(|(t, k, _)| (t, k))
         .collect()
+}
+
+/// The deep check over `types`: samples `count` resources from the types with data, using the current counts
+/// of `counts` (a surface report) or counting them first when there is none.
+pub async fn check(
+    source: &FhirClient,
+    destination: &FhirClient,
+    types: &[String],
+    counts: Option<&SurfaceReport>,
+    count: usize,
+    ignore: &[String],
+) -> Result<DeepReport, FhirError> {
+    let counted;
+    let counts = match counts {
+        Some(c) => c,
+        None => {
+            counted = surface(source, destination, types, false, false).await?;
+            &counted
+        }
+    };
+    let with_counts: Vec<(String, u64)> = counts
+        .rows
+        .iter()
+        .filter(|r| r.measure == "current" && r.resource != "Total")
+        .map(|r| (r.resource.clone(), r.source_count))
+        .collect();
+    deep(source, destination, &allocate(&with_counts, count), ignore).await
 }
 
 /// Samples and compares. `plan` comes from [`allocate`]; `ignore` are JSON paths never reported.

@@ -91,27 +91,12 @@ pub async fn run(engine: &Engine, request: Request) -> Result<Outcome, FhirError
     }
     if request.checks.deep {
         progress.show("deep check: sampling…");
-        let counts = match counts {
-            Some(c) => c,
-            None => surface(src, dst, &types, false, false).await?,
-        };
-        let with_counts: Vec<(String, u64)> = counts
-            .rows
-            .iter()
-            .filter(|r| r.measure == "current" && r.resource != "Total")
-            .map(|r| (r.resource.clone(), r.source_count))
-            .collect();
         let count = request
             .count
             .unwrap_or(m.deep_check_count as usize)
             .clamp(1, deep::MAX_COUNT);
-        let report: DeepReport = deep::deep(
-            src,
-            dst,
-            &deep::allocate(&with_counts, count),
-            &m.deep_check_ignore_paths,
-        )
-        .await?;
+        let report: DeepReport =
+            deep::check(src, dst, &types, counts.as_ref(), count, &m.deep_check_ignore_paths).await?;
         progress.done();
         passed &= report.passed;
         text.push_str(&format!(

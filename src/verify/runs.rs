@@ -285,21 +285,12 @@ impl<'a> Runs<'a> {
     /// Samples types with data (counted now: the surface check may not be part of the run).
     async fn deep(&self, run: &Run) -> Result<DeepReport, crate::fhir::FhirError> {
         let engine = self.engine;
-        let counts = match &run.surface {
-            Some(s) => s.clone(),
-            None => surface(engine.source(), engine.destination(), &run.types, false, false).await?,
-        };
-        let with_counts: Vec<(String, u64)> = counts
-            .rows
-            .iter()
-            .filter(|r| r.measure == "current" && r.resource != "Total")
-            .map(|r| (r.resource.clone(), r.source_count))
-            .collect();
-        let plan = deep::allocate(&with_counts, run.count);
-        let report = deep::deep(
+        let report = deep::check(
             engine.source(),
             engine.destination(),
-            &plan,
+            &run.types,
+            run.surface.as_ref(),
+            run.count,
             &engine.settings().deep_check_ignore_paths,
         )
         .await?;

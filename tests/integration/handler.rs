@@ -184,25 +184,8 @@ async fn verification_runs_through_the_functions_and_reports_what_is_missing() {
         .store()
         .put("Patient", "p1", json!({ "resourceType": "Patient", "id": "p1" }))
         .unwrap();
-    let body_of = |resp: Value| -> (u64, Value) {
-        let res = &resp["Outputs"]["res"];
-        let body = match &res["body"] {
-            Value::String(text) => serde_json::from_str(text).unwrap(),
-            other => other.clone(),
-        };
-        (res["statusCode"].as_u64().unwrap_or(0), body)
-    };
-
     let bad = http_payload("E2ETest_Http", "req", "POST", json!({ "types": "Patient,../x" }), None);
-    let (code, body) = body_of(
-        handler
-            .invoke("E2ETest_Http", &bad)
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap(),
-    );
+    let (code, body) = call(&handler, "E2ETest_Http", &bad).await;
     assert_eq!(code, 400, "{body}");
 
     // Options from the query string and from a JSON body, together.
@@ -214,15 +197,7 @@ async fn verification_runs_through_the_functions_and_reports_what_is_missing() {
         Some(r#"{"mode": ["surface", "deep", "full"], "count": 5}"#),
     );
     payload["Data"]["req"]["Url"] = json!("https://fn.example/api/E2ETest_Http?code=SECRETKEY&types=Patient");
-    let (code, body) = body_of(
-        handler
-            .invoke("E2ETest_Http", &payload)
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap(),
-    );
+    let (code, body, headers) = call_with_headers(&handler, "E2ETest_Http", &payload).await;
     assert_eq!(code, 202, "{body}");
     let id = body["id"].as_str().unwrap().to_string();
     let status_uri = body["statusQueryGetUri"].as_str().unwrap();
@@ -231,18 +206,10 @@ async fn verification_runs_through_the_functions_and_reports_what_is_missing() {
         body["input"],
         json!({ "mode": "surface,deep,full", "types": 1, "count": 5 })
     );
-    let resp: Value = handler
-        .invoke("E2ETest_Http", &payload)
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert!(
-        resp["Outputs"]["res"]["headers"]["Location"]
-            .as_str()
-            .unwrap()
-            .contains("/api/E2ETest_Status/")
+    assert_eq!(
+        headers["Location"],
+        json!(status_uri),
+        "the status URL is in Location too"
     );
     assert!(
         !body.to_string().contains("SECRETKEY"),
@@ -254,15 +221,7 @@ async fn verification_runs_through_the_functions_and_reports_what_is_missing() {
         p["Data"]["req"]["Params"] = json!({ "id": id });
         p
     };
-    let (code, body) = body_of(
-        handler
-            .invoke("E2ETest_Status", &status(&id))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap(),
-    );
+    let (code, body) = call(&handler, "E2ETest_Status", &status(&id)).await;
     assert_eq!((code, body["runtimeStatus"].as_str()), (202, Some("Pending")), "{body}");
 
     let resp = handler
@@ -270,15 +229,7 @@ async fn verification_runs_through_the_functions_and_reports_what_is_missing() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let (code, body) = body_of(
-        handler
-            .invoke("E2ETest_Status", &status(&id))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap(),
-    );
+    let (code, body) = call(&handler, "E2ETest_Status", &status(&id)).await;
     assert_eq!(
         (code, body["runtimeStatus"].as_str()),
         (200, Some("Completed")),
@@ -295,14 +246,19 @@ async fn verification_runs_through_the_functions_and_reports_what_is_missing() {
     assert_eq!(body["output"]["SurfaceCheck"][0]["Result"], "Fail", "{body}");
     assert_eq!(body["passed"], false);
 
-    let (code, _) = body_of(
-        handler
-            .invoke("E2ETest_Status", &status("nosuchrun"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap(),
-    );
+    let (code, _) = call(&handler, "E2ETest_Status", &status("nosuchrun")).await;
     assert_eq!(code, 404);
+}
+
+/// Invokes an HTTP function as the host would; returns the status code, the JSON body and the headers it set.
+async fn call_with_headers(handler: &HandlerProcess, function: &str, payload: &Value) -> (u64, Value, Value) {
+    let resp: Value = handler.invoke(function, payload).await.unwrap().json().await.unwrap();
+    let res = &resp["Outputs"]["res"];
+    let body = serde_json::from_str(res["body"].as_str().unwrap_or("null")).unwrap();
+    (res["statusCode"].as_u64().unwrap_or(0), body, res["headers"].clone())
+}
+
+async fn call(handler: &HandlerProcess, function: &str, payload: &Value) -> (u64, Value) {
+    let (code, body, _) = call_with_headers(handler, function, payload).await;
+    (code, body)
 }

@@ -8,7 +8,7 @@ use super::payload::{HttpRequestData, HttpResponseData, InvocationRequest, Invoc
 use super::{FunctionError, FunctionSpec, Trigger, http_output};
 use crate::app::App;
 use crate::verify::deep::MAX_COUNT;
-use crate::verify::runs::{Checks, Runs};
+use crate::verify::runs::{Checks, MAX_TYPES, Runs};
 
 fn runs(app: &App) -> Result<Runs<'_>, FunctionError> {
     let table = app.tables().table(&app.settings().export_table)?;
@@ -77,6 +77,9 @@ pub(super) async fn start(
         .filter(|t| !t.is_empty())
         .map(str::to_string)
         .collect();
+    if types.len() > MAX_TYPES {
+        return Ok(bad_request(output, format!("at most {MAX_TYPES} types per run")));
+    }
     if let Some(bad) = types.iter().find(|t| !valid_type(t)) {
         return Ok(bad_request(
             output,
@@ -97,7 +100,11 @@ pub(super) async fn start(
     // The status URL is built from the request's own address, without its query: that holds the function key,
     // which must not be echoed into logs or bodies.
     let base = req.url.split('?').next().unwrap_or_default();
-    let base = base.rsplit_once("/E2ETest_Http").map_or(base, |(b, _)| b);
+    // Routes are case-insensitive: find the function's segment however the caller spelled it.
+    let base = match base.to_ascii_lowercase().rfind("/e2etest_http") {
+        Some(at) => &base[..at],
+        None => base.rsplit_once('/').map_or(base, |(b, _)| b),
+    };
     let status_uri = format!("{base}/E2ETest_Status/{}", run.id);
     let body = json!({
         "id": run.id,
@@ -107,6 +114,7 @@ pub(super) async fn start(
     });
     let mut res = HttpResponseData::json(202, &body);
     res.headers.insert("Location".into(), status_uri);
+    res.headers.insert("Retry-After".into(), "60".into());
     Ok(InvocationResponse::http(
         output,
         res,
@@ -135,7 +143,12 @@ pub(super) async fn status(
         ));
     }
     let res = match runs(app)?.get(id).await? {
-        Some(run) => HttpResponseData::json(if run.is_open() { 202 } else { 200 }, &run.status_body()),
+        Some(run) if run.is_open() => {
+            let mut res = HttpResponseData::json(202, &run.status_body());
+            res.headers.insert("Retry-After".into(), "60".into());
+            res
+        }
+        Some(run) => HttpResponseData::json(200, &run.status_body()),
         None => HttpResponseData::json(404, &json!({ "error": format!("no verification run with id {id}") })),
     };
     Ok(InvocationResponse::http(output, res, Vec::new()))

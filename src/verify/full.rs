@@ -108,9 +108,16 @@ impl<'a> Stream<'a> {
             let page = self.client.page(&url).await?;
             self.next = self.client.next_page(&page)?;
             for e in page["entry"].as_array().into_iter().flatten() {
-                if let Some(entry) = parse(e) {
-                    self.buffer.push_back(entry);
+                // Servers may add an OperationOutcome entry (search mode `outcome`) with warnings; it is no data.
+                if e["search"]["mode"] == "outcome" || e["resource"]["resourceType"] == "OperationOutcome" {
+                    continue;
                 }
+                // Anything else that cannot be read would silently shrink the comparison: refuse it.
+                let entry = parse(e).ok_or_else(|| FhirError::InvalidResponse {
+                    url: url.to_string(),
+                    detail: "an entry has no readable id, version or lastUpdated".into(),
+                })?;
+                self.buffer.push_back(entry);
             }
         }
         Ok(self.buffer.front().map(|e| e.last_updated))
@@ -126,19 +133,37 @@ impl<'a> Stream<'a> {
     }
 }
 
+/// An entry's id, version and lastUpdated: from its resource, or — for a delete in history, which a server may
+/// send without a resource — from `request.url`, `response.etag` and `response.lastModified`.
 fn parse(entry: &Value) -> Option<Entry> {
-    let resource = entry.get("resource")?;
-    let meta = &resource["meta"];
-    let text = meta["lastUpdated"].as_str()?.to_string();
-    let last_updated = DateTime::parse_from_rfc3339(&text).ok()?.timestamp_millis();
     let deleted = entry["request"]["method"] == "DELETE";
+    let resource = entry.get("resource").filter(|r| r.is_object());
+    let (id, version_id, text) = match resource {
+        Some(r) => (
+            r["id"].as_str()?.to_string(),
+            r["meta"]["versionId"].as_str().unwrap_or_default().to_string(),
+            r["meta"]["lastUpdated"].as_str()?.to_string(),
+        ),
+        None if deleted => {
+            let url = entry["request"]["url"].as_str()?;
+            let id = url.split('?').next()?.split('/').nth(1)?.to_string();
+            let etag = entry["response"]["etag"].as_str().unwrap_or_default();
+            let version = etag.trim_start_matches("W/").trim_matches('"').to_string();
+            (id, version, entry["response"]["lastModified"].as_str()?.to_string())
+        }
+        None => return None,
+    };
+    let last_updated = DateTime::parse_from_rfc3339(&text).ok()?.timestamp_millis();
     Some(Entry {
         last_updated,
         last_updated_text: text,
-        id: resource["id"].as_str()?.to_string(),
-        version_id: meta["versionId"].as_str().unwrap_or_default().to_string(),
+        id,
+        version_id,
         deleted,
-        hash: if deleted { 0 } else { content_hash(resource) },
+        hash: match resource {
+            Some(r) if !deleted => content_hash(r),
+            _ => 0,
+        },
     })
 }
 
@@ -234,4 +259,24 @@ pub async fn full(
     }
     report.passed = report.missing == 0 && report.extra == 0 && report.different == 0;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_delete_without_a_resource_is_read_from_request_and_response() {
+        let e = json!({ "request": { "method": "DELETE", "url": "Patient/p1/_history/3" },
+                        "response": { "etag": "W/\"3\"", "lastModified": "2026-01-02T03:04:05.678+00:00" } });
+        let entry = parse(&e).unwrap();
+        assert_eq!(
+            (entry.id.as_str(), entry.version_id.as_str(), entry.deleted),
+            ("p1", "3", true)
+        );
+        assert_eq!(entry.last_updated_text, "2026-01-02T03:04:05.678+00:00");
+        // Not a delete and no resource: unreadable (the stream refuses the page).
+        assert!(parse(&json!({ "request": { "method": "PUT", "url": "Patient/p1" } })).is_none());
+    }
 }

@@ -17,7 +17,11 @@ use crate::telemetry::Event;
 
 /// How long one tick works on a run before checkpointing and letting go.
 const SLICE: Duration = Duration::from_secs(120);
-/// A run claimed longer ago than this is presumed abandoned by a crashed tick.
+/// A server error ends the slice and keeps the checkpoint; this many in a row fail the run.
+pub const MAX_ATTEMPTS: u32 = 3;
+/// Most types one run checks (the R4 list has about 145).
+pub const MAX_TYPES: usize = 300;
+/// A run whose lease has not been renewed for this long is presumed abandoned by a crashed tick.
 const LEASE: TimeDelta = TimeDelta::minutes(5);
 
 /// Which checks a run does. The original ran surface and deep; that stays the default.
@@ -89,6 +93,8 @@ pub struct Run {
     pub type_index: usize,
     pub resume_from: Option<i64>,
     pub error: String,
+    /// Failed attempts in a row (a server error); the run fails for good at [`MAX_ATTEMPTS`].
+    pub attempts: u32,
     pub created: DateTime<Utc>,
     pub updated: DateTime<Utc>,
     pub lease_until: Option<DateTime<Utc>>,
@@ -123,19 +129,23 @@ impl<'a> Runs<'a> {
     pub async fn start(&self, checks: Checks, types: Vec<String>, count: Option<usize>) -> Result<Run, TableError> {
         self.table.create_if_missing().await?;
         let now = Utc::now();
-        // Time, process and a per-process counter: unique without coordination, and sorted by creation.
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) & 0xffff;
-        let id = format!(
-            "{}{:04x}{n:04x}",
-            now.format("%Y%m%d%H%M%S%3f"),
-            std::process::id() & 0xffff
-        );
-        let types = if types.is_empty() {
+        // Time first (ids sort by creation), then 64 random bits: instances of a scaled-out app share no counter.
+        let random = {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u128(now.timestamp_nanos_opt().unwrap_or_default() as u128);
+            h.write_u32(std::process::id());
+            h.finish()
+        };
+        let id = format!("{}{random:016x}", now.format("%Y%m%d%H%M%S%3f"));
+        let mut types = if types.is_empty() {
             self.engine.settings().resource_types.clone()
         } else {
             types
         };
+        let mut seen = std::collections::BTreeSet::new();
+        types.retain(|t| seen.insert(t.clone()));
+        types.truncate(MAX_TYPES);
         let run = Run {
             id,
             checks,
@@ -150,6 +160,7 @@ impl<'a> Runs<'a> {
             type_index: 0,
             resume_from: None,
             error: String::new(),
+            attempts: 0,
             created: now,
             updated: now,
             lease_until: None,
@@ -172,16 +183,25 @@ impl<'a> Runs<'a> {
             .and_then(from_entity))
     }
 
-    /// Works on every unfinished run for one slice each. Returns the ids worked on.
+    /// Works on open runs, least recently updated first, until the slice is used up. A run that cannot be
+    /// saved is logged and skipped, so it never blocks the others. Returns the ids worked on.
     pub async fn tick(&self) -> Result<Vec<String>, TableError> {
         self.table.create_if_missing().await?;
+        let started = Instant::now();
         let query = format!(
             "{} and RuntimeStatus ne 'Completed' and RuntimeStatus ne 'Failed'",
             filter::eq("PartitionKey", &self.partition)
         );
+        let mut open: Vec<Run> = self
+            .table
+            .query_all(Some(&query))
+            .await?
+            .iter()
+            .filter_map(from_entity)
+            .collect();
+        open.sort_by_key(|r| r.updated);
         let mut worked = Vec::new();
-        for entity in self.table.query_all(Some(&query)).await? {
-            let Some(run) = from_entity(&entity) else { continue };
+        for run in open {
             if run.lease_until.is_some_and(|l| l > Utc::now()) {
                 continue;
             }
@@ -192,19 +212,30 @@ impl<'a> Runs<'a> {
             let claimed = match self.save(&claimed).await {
                 Ok(r) => r,
                 Err(TableError::Conflict { .. }) => continue,
-                Err(e) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(run = %run.id, error = %e, "could not claim verification run");
+                    continue;
+                }
             };
-            worked.push(claimed.id.clone());
-            self.work(claimed).await?;
+            let id = claimed.id.clone();
+            worked.push(id.clone());
+            if let Err(e) = self.work(claimed, started).await {
+                tracing::warn!(run = %id, error = %e, "verification run not saved; the next tick retries it");
+            }
+            if started.elapsed() >= self.slice {
+                break;
+            }
         }
         Ok(worked)
     }
 
-    async fn work(&self, mut run: Run) -> Result<(), TableError> {
+    async fn work(&self, mut run: Run, started: Instant) -> Result<(), TableError> {
         let engine = self.engine;
         let m = engine.settings();
         let history = m.export_with_history || m.export_with_delete;
-        let started = Instant::now();
+        // Any save below records progress, which ends a run of failed attempts.
+        run.attempts = 0;
+        run.error.clear();
         if run.checks.surface && run.surface.is_none() {
             match surface(engine.source(), engine.destination(), &run.types, history, false).await {
                 Ok(report) => {
@@ -220,7 +251,7 @@ impl<'a> Runs<'a> {
                     run.surface = Some(report);
                     run = self.save(&run).await?;
                 }
-                Err(e) => return self.fail(run, format!("surface check: {e}")).await,
+                Err(e) => return self.setback(run, format!("surface check: {e}")).await,
             }
         }
         if run.checks.deep && run.deep.is_none() {
@@ -229,7 +260,7 @@ impl<'a> Runs<'a> {
                     run.deep = Some(report);
                     run = self.save(&run).await?;
                 }
-                Err(e) => return self.fail(run, format!("deep check: {e}")).await,
+                Err(e) => return self.setback(run, format!("deep check: {e}")).await,
             }
         }
         if run.checks.full {
@@ -258,7 +289,7 @@ impl<'a> Runs<'a> {
                         run.resume_from = None;
                         run = self.save(&run).await?;
                     }
-                    Err(e) => return self.fail(run, format!("full check of {t}: {e}")).await,
+                    Err(e) => return self.setback(run, format!("full check of {t}: {e}")).await,
                 }
                 if started.elapsed() >= self.slice {
                     run.lease_until = None;
@@ -305,19 +336,46 @@ impl<'a> Runs<'a> {
         Ok(report)
     }
 
-    async fn fail(&self, mut run: Run, error: String) -> Result<(), TableError> {
-        run.status = "Failed".into();
-        run.error = error;
-        run.lease_until = None;
-        self.save(&run).await.map(|_| ())
+    /// A server error: the work since the last checkpoint is dropped (the row still holds it), the run is
+    /// released for the next tick, and after [`MAX_ATTEMPTS`] in a row it fails with the reason.
+    async fn setback(&self, run: Run, error: String) -> Result<(), TableError> {
+        let mut saved = match self
+            .table
+            .get(&self.partition, &run.id)
+            .await?
+            .as_ref()
+            .and_then(from_entity)
+        {
+            Some(saved) => saved,
+            None => return Ok(()),
+        };
+        saved.attempts += 1;
+        saved.error = clip(&error, 2000);
+        saved.lease_until = None;
+        if saved.attempts >= MAX_ATTEMPTS {
+            saved.status = "Failed".into();
+        }
+        self.save(&saved).await.map(|_| ())
     }
 
+    /// Writes the run if nobody else did since it was read. A lease still held is renewed, so a tick that keeps
+    /// saving keeps its claim however long the run takes.
     async fn save(&self, run: &Run) -> Result<Run, TableError> {
         let mut run = run.clone();
         run.updated = Utc::now();
+        if run.lease_until.is_some() {
+            run.lease_until = Some(run.updated + LEASE);
+        }
         let entity = self.to_entity(&run)?;
-        let if_match = run.entity_etag.clone().map_or(IfMatch::Any, IfMatch::ETag);
-        run.entity_etag = Some(self.table.replace(&entity, &if_match).await?);
+        let Some(etag) = run.entity_etag.clone() else {
+            // Only rows read from the table are saved; without an ETag the write could not be guarded.
+            return Err(TableError::Conflict {
+                table: self.table.name().to_string(),
+                partition_key: self.partition.clone(),
+                row_key: run.id.clone(),
+            });
+        };
+        run.entity_etag = Some(self.table.replace(&entity, &IfMatch::ETag(etag)).await?);
         Ok(run)
     }
 
@@ -328,7 +386,8 @@ impl<'a> Runs<'a> {
             .set_str("Types", run.types.join(","))
             .set_str("RuntimeStatus", &run.status)
             .set_i64("TypeIndex", run.type_index as i64)
-            .set_str("Error", &run.error)
+            .set_str("Error", clip(&run.error, 2000))
+            .set_i64("Attempts", i64::from(run.attempts))
             .set_datetime("CreatedTime", run.created)
             .set_datetime("LastUpdatedTime", run.updated);
         let surface = run.surface.as_ref().map(serde_json::to_string).transpose();
@@ -374,6 +433,7 @@ fn from_entity(e: &Entity) -> Option<Run> {
         type_index: e.get_i64("TypeIndex").unwrap_or(0).max(0) as usize,
         resume_from: e.get_i64("ResumeFrom"),
         error: e.get_str("Error").unwrap_or_default().to_string(),
+        attempts: e.get_i64("Attempts").unwrap_or(0).clamp(0, i64::from(MAX_ATTEMPTS)) as u32,
         created: e.get_datetime("CreatedTime")?,
         updated: e.get_datetime("LastUpdatedTime")?,
         lease_until: e.get_datetime("LeaseUntil"),
@@ -407,6 +467,7 @@ impl Run {
             && self.deep.as_ref().is_none_or(|d| d.passed)
             && (!self.checks.full || self.full.passed);
         let done = self.status == "Completed";
+        let failed = self.status == "Failed";
         json!({
             "name": "E2ETest",
             "instanceId": self.id,
@@ -418,8 +479,12 @@ impl Run {
                 "typesDone": self.type_index,
                 "typesTotal": self.types.len(),
                 "compared": self.full.compared,
+                "failedAttempts": self.attempts,
+                "lastError": if self.error.is_empty() { Value::Null } else { Value::String(self.error.clone()) },
             },
-            "output": if done { Value::Object(output) } else { Value::Null },
+            // A failed run shows what it had checked before it stopped, marked partial.
+            "output": if done || failed { Value::Object(output) } else { Value::Null },
+            "partial": failed,
             "passed": if done { Value::Bool(passed) } else { Value::Null },
             "error": if self.error.is_empty() { Value::Null } else { Value::String(self.error.clone()) },
             "createdTime": self.created.to_rfc3339(),
@@ -431,6 +496,15 @@ impl Run {
     pub fn is_open(&self) -> bool {
         self.status == "Pending" || self.status == "Running"
     }
+}
+
+/// At most `max` bytes of `text`, cut at a character boundary (server diagnostics can be any length).
+fn clip(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
 }
 
 /// Keeps a deep report within [`DEEP_BUDGET`] characters: passing rows go first, then failing ones from the

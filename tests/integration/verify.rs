@@ -245,17 +245,24 @@ async fn a_persisted_run_resumes_slice_by_slice_and_matches_a_one_shot_check() {
     // A finished run is left alone by later ticks.
     assert!(runs(Duration::ZERO).tick().await.unwrap().is_empty());
 
-    // A server refusing the checks' requests fails the run, with the reason.
+    // A server refusing the checks' requests: each attempt keeps the checkpoint and says why; the third fails
+    // the run for good, still showing the reason.
     let broken = stack.engine_with(&[("AZURE_SourceUri", &format!("{}/no-such-base", stack.source.base_url))]);
     let failing = Runs::new(table.clone(), &broken);
     let run = failing
         .start(Checks::DEFAULT, vec!["Patient".into()], None)
         .await
         .unwrap();
-    assert_eq!(failing.tick().await.unwrap(), vec![run.id.clone()]);
+    for attempt in 1..=3 {
+        assert_eq!(failing.tick().await.unwrap(), vec![run.id.clone()]);
+        let now = failing.get(&run.id).await.unwrap().unwrap();
+        assert_eq!(now.attempts, attempt);
+        assert!(now.error.starts_with("surface check:"), "{}", now.error);
+        assert_eq!(now.is_open(), attempt < 3, "attempt {attempt}: {}", now.status);
+    }
     let run = failing.get(&run.id).await.unwrap().unwrap();
-    assert_eq!(run.status, "Failed");
-    assert!(run.error.starts_with("surface check:"), "{}", run.error);
-    assert_eq!(run.status_body()["error"], json!(run.error));
-    assert!(!run.is_open());
+    let body = run.status_body();
+    assert_eq!(body["runtimeStatus"], "Failed");
+    assert_eq!(body["error"], json!(run.error));
+    assert_eq!(body["partial"], true);
 }

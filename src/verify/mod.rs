@@ -13,6 +13,7 @@ pub mod deep;
 pub mod full;
 pub mod local;
 pub mod runs;
+mod stored;
 pub mod surface;
 
 use serde_json::Value;

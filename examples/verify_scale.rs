@@ -7,17 +7,8 @@ use std::time::Instant;
 
 use fhir_emulator::seed::{SeedParams, generate, load_into};
 use fhir_emulator::{EmulatorConfig, Flavor, spawn};
+use fhir_testkit::process_memory_mb;
 use serde_json::json;
-
-fn rss_mb(field: &str) -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
 
 #[tokio::main]
 async fn main() {
@@ -62,13 +53,13 @@ async fn main() {
     let engine = app.engine();
     let types = engine.settings().resource_types.clone();
 
-    let rss_before = rss_mb("VmRSS:");
+    let rss_before = process_memory_mb("VmRSS:");
     let started = Instant::now();
     let report = fhir_migration_tool::verify::full::full(engine.source(), engine.destination(), &types, true)
         .await
         .expect("full check runs");
     let secs = started.elapsed().as_secs_f64();
-    let rss_after = rss_mb("VmRSS:");
+    let rss_after = process_memory_mb("VmRSS:");
     assert!(
         report.passed,
         "identical servers must compare equal: {:?}",

@@ -7,18 +7,8 @@ use std::time::{Duration, Instant};
 use fhir_emulator::blob::BlobConfig;
 use fhir_emulator::seed::{SeedParams, generate, load_into};
 use fhir_emulator::{EmulatorConfig, Flavor, spawn};
-use fhir_testkit::{Azurite, DEV_ACCOUNT, DEV_KEY};
+use fhir_testkit::{Azurite, DEV_ACCOUNT, DEV_KEY, process_memory_mb};
 use serde_json::{Value, json};
-
-fn rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
 
 #[tokio::main]
 async fn main() {
@@ -54,7 +44,7 @@ async fn main() {
     drop(lines);
     let seed_secs = started.elapsed().as_secs_f64();
     let (resource_count, version_count) = emulator.store().size();
-    let rss_after_load = rss_mb();
+    let rss_after_load = process_memory_mb("VmRSS:");
 
     let http = reqwest::Client::new();
     let started = Instant::now();
@@ -89,7 +79,7 @@ async fn main() {
         .map(|o| o["count"].as_u64().unwrap())
         .sum();
     let files = manifest["output"].as_array().unwrap().len();
-    let rss_peak = rss_mb();
+    let rss_peak = process_memory_mb("VmRSS:");
     assert_eq!(exported as usize, loaded, "every stored version was exported");
 
     let rows = [

@@ -50,3 +50,15 @@ pub fn free_port() -> std::io::Result<u16> {
     let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
     Ok(listener.local_addr()?.port())
 }
+
+/// A memory figure of this process from `/proc/self/status` in MB (`VmRSS:` now, `VmHWM:` the peak), for the
+/// benchmarks; 0 where the file is unavailable.
+pub fn process_memory_mb(field: &str) -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}

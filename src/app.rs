@@ -4,14 +4,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::Settings;
+use crate::config::{Settings, StorageSettings};
 use crate::engine::Engine;
 use crate::fhir::FhirClient;
 use crate::fhir::auth::{Server, token_source};
 use crate::state::StateStore;
 use crate::storage::blob::{BlobError, BlobStore};
 use crate::storage::tables::{TableError, TableService};
-use crate::telemetry::{LogTelemetry, Telemetry};
+use crate::telemetry::appinsights::AppInsights;
+use crate::telemetry::{Fanout, LogTelemetry, Telemetry};
 
 /// Why the application could not be built from its settings.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +27,8 @@ pub enum StartupError {
     Http(#[from] reqwest::Error),
     #[error("FHIR credential: {0}")]
     FhirCredential(String),
+    #[error("App Insights telemetry needs an async runtime; build the app inside one")]
+    NoRuntime,
 }
 
 #[derive(Clone, Debug)]
@@ -38,6 +41,8 @@ struct Inner {
     tables: TableService,
     blobs: BlobStore,
     engine: Engine,
+    telemetry: Arc<dyn Telemetry>,
+    app_insights: Option<Arc<AppInsights>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -48,10 +53,14 @@ impl std::fmt::Debug for Inner {
     }
 }
 
+const USER_AGENT: &str = concat!("fhir-migration-tool/", env!("CARGO_PKG_VERSION"));
+
 /// Storage calls are small; anything slower than this is a stuck connection, and the next tick retries.
 const STORAGE_TIMEOUT: Duration = Duration::from_secs(30);
 /// FHIR calls include the import status call, which the server itself may hold for up to 60 s.
 const FHIR_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long a stopping process waits for queued telemetry to reach App Insights.
+const TELEMETRY_FLUSH: Duration = Duration::from_secs(5);
 
 impl App {
     pub fn build(settings: Settings) -> Result<App, StartupError> {
@@ -59,22 +68,37 @@ impl App {
     }
 
     /// Builds every adapter from the settings. Nothing is contacted yet; credentials that cannot even be set
-    /// up fail here, at start-up.
-    pub fn build_with_telemetry(settings: Settings, telemetry: Arc<dyn Telemetry>) -> Result<App, StartupError> {
+    /// up fail here, at start-up. Telemetry goes to `local` and, when configured, to App Insights.
+    pub fn build_with_telemetry(settings: Settings, local: Arc<dyn Telemetry>) -> Result<App, StartupError> {
+        let app_insights = match &settings.app_insights {
+            Some(cs) => {
+                tokio::runtime::Handle::try_current().map_err(|_| StartupError::NoRuntime)?;
+                let http = reqwest::Client::builder().user_agent(USER_AGENT).build()?;
+                Some(Arc::new(AppInsights::start(cs, http)))
+            }
+            None => None,
+        };
+        let telemetry: Arc<dyn Telemetry> = match &app_insights {
+            Some(ai) => Arc::new(Fanout(vec![local, ai.clone() as Arc<dyn Telemetry>])),
+            None => local,
+        };
         let credential = settings.storage.credential().map_err(StartupError::Credential)?;
-        let user_agent = concat!("fhir-migration-tool/", env!("CARGO_PKG_VERSION"));
         let http = reqwest::Client::builder()
             .timeout(STORAGE_TIMEOUT)
-            .user_agent(user_agent)
+            .user_agent(USER_AGENT)
             .build()?;
-        let tables = TableService::new(settings.storage.table_endpoint().clone(), credential.clone(), http);
-        let blobs = BlobStore::new(settings.storage.blob_endpoint().clone(), credential)?;
+        let tables = TableService::new(settings.storage.table_endpoint().clone(), credential.clone(), http)
+            .with_telemetry(telemetry.clone());
+        let blobs =
+            BlobStore::new(settings.storage.blob_endpoint().clone(), credential)?.with_telemetry(telemetry.clone());
         let m = &settings.migration;
         let fhir_http = reqwest::Client::builder().timeout(FHIR_TIMEOUT).build()?;
         let source_tokens = token_source(m, Server::Source).map_err(StartupError::FhirCredential)?;
         let destination_tokens = token_source(m, Server::Destination).map_err(StartupError::FhirCredential)?;
-        let source = FhirClient::new(m.source.clone(), source_tokens, &m.user_agent, fhir_http.clone());
-        let destination = FhirClient::new(m.destination.clone(), destination_tokens, &m.user_agent, fhir_http);
+        let source = FhirClient::new(m.source.clone(), source_tokens, &m.user_agent, fhir_http.clone())
+            .with_telemetry(telemetry.clone());
+        let destination = FhirClient::new(m.destination.clone(), destination_tokens, &m.user_agent, fhir_http)
+            .with_telemetry(telemetry.clone());
         let state = StateStore::new(
             tables.table(&settings.chunk_table)?,
             tables.table(&settings.export_table)?,
@@ -87,20 +111,58 @@ impl App {
             source,
             destination,
             blobs.clone(),
-            telemetry,
+            telemetry.clone(),
         );
+        // Import error files live on the export/import account; read them from there when it is named, and
+        // from the tool's own account (the same account in local set-ups) in any case.
+        let mut error_stores = vec![blobs.clone()];
+        if let Some(uri) = m
+            .integration_storage
+            .as_ref()
+            .filter(|u| *u != settings.storage.blob_endpoint())
+        {
+            let credential = match &settings.storage {
+                StorageSettings::AccountKey(_) => StorageSettings::managed_identity_credential(None),
+                other => other.credential(),
+            }
+            .map_err(StartupError::Credential)?;
+            error_stores.push(BlobStore::new(uri.clone(), credential)?.with_telemetry(telemetry.clone()));
+        }
+        let engine = engine.with_error_stores(error_stores);
         Ok(App {
             inner: Arc::new(Inner {
                 settings,
                 tables,
                 blobs,
                 engine,
+                telemetry,
+                app_insights,
             }),
         })
     }
 
     pub fn engine(&self) -> &Engine {
         &self.inner.engine
+    }
+
+    /// Where this app's telemetry goes (the log, and App Insights when configured).
+    pub fn telemetry(&self) -> &Arc<dyn Telemetry> {
+        &self.inner.telemetry
+    }
+
+    /// The App Insights sink, when configured (tests read its counters).
+    pub fn app_insights(&self) -> Option<&AppInsights> {
+        self.inner.app_insights.as_deref()
+    }
+
+    /// Sends what telemetry is still queued; call before the process exits. Bounded, so a dead endpoint cannot
+    /// hold up a shutdown.
+    pub async fn shutdown(&self) {
+        if let Some(ai) = &self.inner.app_insights
+            && !ai.flush(TELEMETRY_FLUSH).await
+        {
+            tracing::warn!("not all telemetry reached App Insights before shutdown");
+        }
     }
 
     pub fn settings(&self) -> &Settings {

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use fhir_migration_tool::app::App;
 use fhir_migration_tool::config::{Settings, SettingsSource};
+use fhir_migration_tool::telemetry::context::{self, Operation};
 use fhir_migration_tool::{functions, logging};
 
 #[derive(Parser)]
@@ -144,7 +145,9 @@ async fn run(cli: Cli) -> Result<(), String> {
                 until_caught_up,
                 max_duration: max_seconds.map(std::time::Duration::from_secs),
             };
-            let status = fhir_migration_tool::cli::run(&app, &options, Box::pin(shutdown_signal())).await?;
+            let outcome = fhir_migration_tool::cli::run(&app, &options, Box::pin(shutdown_signal())).await;
+            app.shutdown().await;
+            let status = outcome?;
             println!("{}", fhir_migration_tool::cli::format_status(&status));
             Ok(())
         }
@@ -198,7 +201,9 @@ async fn run(cli: Cli) -> Result<(), String> {
                 count: count.map(usize::from),
                 include_empty,
             };
-            let outcome = local::run(app.engine(), request).await.map_err(|e| e.to_string())?;
+            let outcome = local::run(app.engine(), request).await.map_err(|e| e.to_string());
+            app.shutdown().await;
+            let outcome = outcome?;
             if json {
                 println!(
                     "{}",
@@ -215,7 +220,9 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Command::ClearRetries => {
             let app = App::build(settings).map_err(|e| e.to_string())?;
-            let before = app.engine().clear_failures().await.map_err(|e| e.to_string())?;
+            let before = app.engine().clear_failures().await.map_err(|e| e.to_string());
+            app.shutdown().await;
+            let before = before?;
             println!("maxExportRetries cleared successfully (was {before}).");
             Ok(())
         }
@@ -223,7 +230,8 @@ async fn run(cli: Cli) -> Result<(), String> {
             let app = App::build(settings).map_err(|e| e.to_string())?;
             // Create the state tables now, so status calls work before the first tick; storage being down at
             // start-up is not fatal (every tick creates them too).
-            if let Err(e) = app.ensure_tables().await {
+            let startup = Operation::for_invocation(None, "Startup");
+            if let Err(e) = context::scope(startup, app.ensure_tables()).await {
                 tracing::warn!("could not prepare the state tables yet: {e}");
             }
             // Loopback only: the host is the sole client, and nothing else may reach the handler.
@@ -232,9 +240,10 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .await
                 .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
             tracing::info!(%addr, "custom handler listening");
-            functions::serve(app, listener, shutdown_signal())
-                .await
-                .map_err(|e| format!("server failed: {e}"))
+            let served = functions::serve(app.clone(), listener, shutdown_signal()).await;
+            // In-flight invocations have finished; send their telemetry before the host's grace period ends.
+            app.shutdown().await;
+            served.map_err(|e| format!("server failed: {e}"))
         }
     }
 }

@@ -290,7 +290,6 @@ pub struct MigrationSettings {
     /// identity) to classify import error files. Unset: files on the tool's own account are read, others only
     /// counted.
     pub integration_storage: Option<Url>,
-    pub app_insights_connection_string: Option<Secret<String>>,
     pub debug: bool,
 }
 
@@ -398,12 +397,6 @@ impl MigrationSettings {
             integration_storage: source
                 .get("AZURE_IntegrationStorageUri")
                 .and_then(|v| p.parse_url("AZURE_IntegrationStorageUri", v)),
-            app_insights_connection_string: source
-                .get_any(&[
-                    "AZURE_AppInsightConnectionstring",
-                    "APPLICATIONINSIGHTS_CONNECTION_STRING",
-                ])
-                .map(|v| Secret::new(v.to_string())),
             debug: p.flag(&["AZURE_Debug"], false),
             source: source_uri
                 .clone()

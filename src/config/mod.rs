@@ -20,6 +20,7 @@ use url::Url;
 use crate::secret::Secret;
 use crate::storage::StorageCredential;
 use crate::storage::connection_string::{StorageAccount, endpoint};
+use crate::telemetry::appinsights::ConnectionString;
 
 /// Every setting the handler reads, parsed.
 #[derive(Debug, Clone)]
@@ -30,6 +31,9 @@ pub struct Settings {
     /// `AZURE_ExportTableName`: one row per export/import job (default `export`).
     pub export_table: String,
     pub migration: MigrationSettings,
+    /// `APPLICATIONINSIGHTS_CONNECTION_STRING` (what the Functions host also reads), else the original's
+    /// `AZURE_AppInsightConnectionstring`. Unset: telemetry goes to the log only.
+    pub app_insights: Option<ConnectionString>,
 }
 
 /// How the tool reaches its own storage account (state tables and payload blobs).
@@ -96,12 +100,24 @@ impl Settings {
             problems.push("AZURE_ChunkTableName and AZURE_ExportTableName must name different tables".into());
         }
         let migration = MigrationSettings::from_source(source, &mut problems);
+        let app_insights = [
+            "APPLICATIONINSIGHTS_CONNECTION_STRING",
+            "AZURE_AppInsightConnectionstring",
+        ]
+        .into_iter()
+        .find_map(|name| source.get(name).filter(|v| !v.trim().is_empty()).map(|v| (name, v)))
+        .and_then(|(name, value)| {
+            ConnectionString::parse(value)
+                .map_err(|e| problems.push(format!("{name}: {e}")))
+                .ok()
+        });
         match (storage, migration) {
             (Some(storage), Some(migration)) if problems.is_empty() => Ok(Settings {
                 storage,
                 chunk_table,
                 export_table,
                 migration,
+                app_insights,
             }),
             _ => Err(ConfigError(problems)),
         }
@@ -249,6 +265,34 @@ mod tests {
         assert_eq!(err.0.len(), 3, "{err}");
         assert!(err.to_string().contains("AZURE_BlobStorageUri is required"));
         assert!(err.to_string().contains("'bad-name'"));
+    }
+
+    #[test]
+    fn app_insights_from_the_standard_setting_or_the_originals() {
+        let key = "00000000-1111-2222-3333-444444444444";
+        let dev = ("AzureWebJobsStorage", "UseDevelopmentStorage=true");
+        let s = Settings::from_source(&source(&[dev])).unwrap();
+        assert!(s.app_insights.is_none());
+        let legacy = format!("InstrumentationKey={key};IngestionEndpoint=https://legacy.example/");
+        let standard = format!("InstrumentationKey={key};IngestionEndpoint=https://standard.example/");
+        let s = Settings::from_source(&source(&[dev, ("AZURE_AppInsightConnectionstring", &legacy)])).unwrap();
+        assert_eq!(s.app_insights.unwrap().track_url().host_str(), Some("legacy.example"));
+        let s = Settings::from_source(&source(&[
+            dev,
+            ("AZURE_AppInsightConnectionstring", &legacy),
+            ("APPLICATIONINSIGHTS_CONNECTION_STRING", &standard),
+        ]))
+        .unwrap();
+        assert_eq!(s.app_insights.unwrap().track_url().host_str(), Some("standard.example"));
+        let err = Settings::from_source(&source(&[
+            dev,
+            ("APPLICATIONINSIGHTS_CONNECTION_STRING", "InstrumentationKey=x"),
+        ]))
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("APPLICATIONINSIGHTS_CONNECTION_STRING: its InstrumentationKey is not a GUID")
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::planner;
 use crate::state::rows::{export_status, import_status};
 use crate::state::{Cursor, Job, Payload};
 use crate::storage::tables::TableError;
-use crate::telemetry::{Event, id_of};
+use crate::telemetry::{Event, Exception, id_of};
 
 /// How soon a kick-off or POST that met a transient error is tried again.
 pub(crate) const RETRY_SOON: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
@@ -228,6 +228,12 @@ impl Engine {
                         format_instant(since),
                         format_instant(skip_to)
                     ));
+                    self.emit(
+                        Event::new("WindowSkipped")
+                            .with("Since", format_instant(since))
+                            .with("Till", format_instant(skip_to))
+                            .with("Reason", "the source has no resources in this range"),
+                    );
                     Ok(Planned::Skipped)
                 }
                 Err(TableError::Conflict { .. }) => Ok(Planned::Nothing),
@@ -444,6 +450,11 @@ impl Engine {
                         .with("Till", &till)
                         .with("FailureReason", &job.failure_reason),
                 );
+                self.telemetry.exception(
+                    Exception::new("ExportFailed", &job.failure_reason)
+                        .with("Since", &since)
+                        .with("Till", &till),
+                );
                 Ok(())
             }
             // Unreachable server or token trouble: the lease expires and a later tick tries again.
@@ -565,6 +576,12 @@ impl Engine {
                 .with("Till", "")
                 .with("TotalResources", "")
                 .with("FailureReason", &job.failure_reason),
+        );
+        self.telemetry.exception(
+            Exception::new("ExportFailed", &job.failure_reason)
+                .with("ExportId", &job.export_id)
+                .with("Since", format_instant(job.since))
+                .with("Till", format_instant(job.till)),
         );
         Ok(())
     }

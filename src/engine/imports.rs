@@ -6,12 +6,13 @@ use chrono::{DateTime, Utc};
 
 use super::{Engine, EngineError, TickReport};
 use crate::config::ImportErrorPolicy;
+use crate::fhir::format_instant;
 use crate::fhir::wire::ImportResult;
 use crate::fhir::{FhirError, Poll};
 use crate::state::rows::{export_status, import_status};
 use crate::state::{Active, Job, Payload};
 use crate::storage::tables::TableError;
-use crate::telemetry::{Event, id_of};
+use crate::telemetry::{Event, Exception, id_of};
 
 /// The servers' default processing-unit size; retries step just below it so each retry is a new definition.
 const DEFAULT_UNIT_BYTES: u64 = 10_000_000;
@@ -154,6 +155,11 @@ impl Engine {
                         .with("ImportStatus", "Failed")
                         .with("FailureReason", &payload.failure_reason),
                 );
+                self.telemetry.exception(
+                    Exception::new("ImportFailed", &payload.failure_reason)
+                        .with("Since", format_instant(job.since))
+                        .with("Till", format_instant(job.till)),
+                );
                 Ok(())
             }
             // Not sent, or the answer was lost: post the same definition again after a short lease.
@@ -175,6 +181,7 @@ impl Engine {
     pub(crate) async fn poll_imports(&self, now: DateTime<Utc>, report: &mut TickReport) -> Result<(), EngineError> {
         let cursor = self.state.cursor().await?;
         let active = self.state.active(&cursor).await?;
+        let mut totals = None;
         for payload in active
             .payloads
             .iter()
@@ -193,6 +200,7 @@ impl Engine {
                         payload.clone(),
                         0,
                         format!("no result after {hours} hours"),
+                        &mut totals,
                         report,
                     )
                     .await;
@@ -207,10 +215,13 @@ impl Engine {
                 continue;
             }
             let result = match self.destination.import_status(&payload.import_url).await {
-                Ok(Poll::Running(_)) => self.import_running(payload.clone()).await,
-                Ok(Poll::Done(result)) => self.import_done(job, payload.clone(), result, now, report).await,
+                Ok(Poll::Running(_)) => self.import_running(payload.clone(), &mut totals).await,
+                Ok(Poll::Done(result)) => {
+                    self.import_done(job, payload.clone(), result, now, &mut totals, report)
+                        .await
+                }
                 Ok(Poll::Failed { status, diagnostics }) => {
-                    self.import_failed(job, payload.clone(), status, diagnostics, report)
+                    self.import_failed(job, payload.clone(), status, diagnostics, &mut totals, report)
                         .await
                 }
                 Err(e) => Err(e.into()),
@@ -230,18 +241,41 @@ impl Engine {
             .await
     }
 
-    async fn import_running(&self, mut payload: Payload) -> Result<(), EngineError> {
+    async fn import_running(&self, mut payload: Payload, totals: &mut Option<Totals>) -> Result<(), EngineError> {
         if payload.status != import_status::RUNNING {
             payload.status = import_status::RUNNING.into();
             self.state.save_payload(&payload).await?;
         }
-        self.emit(
-            Event::new("Import")
-                .with("ImportId", id_of(&payload.import_url))
-                .with("StatusUrl", &payload.import_url)
-                .with("ImportStatus", "Running"),
-        );
+        let event = Event::new("Import")
+            .with("ImportId", id_of(&payload.import_url))
+            .with("StatusUrl", &payload.import_url)
+            .with("ImportStatus", "Running");
+        let event = self.totals(totals).await.add_to(event);
+        self.emit(event);
         Ok(())
+    }
+
+    /// The whole-server totals the original put on `Import` events (the dashboard's "Total Resource Count"
+    /// tile): every version with history or deletes on, else current resources. Fetched once per tick, and only
+    /// when an event needs them; a failed count is reported in `SourceError`/`DestinationError`, never fatal.
+    async fn totals<'a>(&self, cache: &'a mut Option<Totals>) -> &'a Totals {
+        if cache.is_none() {
+            let history = self.settings.export_with_history || self.settings.export_with_delete;
+            let (s, d) = tokio::join!(self.source.total(history), self.destination.total(history));
+            let split = |r: Result<u64, crate::fhir::FhirError>| match r {
+                Ok(n) => (n.to_string(), String::new()),
+                Err(e) => (" ".to_string(), e.to_string()),
+            };
+            let (source, source_error) = split(s);
+            let (destination, destination_error) = split(d);
+            *cache = Some(Totals {
+                source,
+                destination,
+                source_error,
+                destination_error,
+            });
+        }
+        cache.get_or_insert_with(Totals::default)
     }
 
     async fn import_done(
@@ -250,6 +284,7 @@ impl Engine {
         mut payload: Payload,
         result: ImportResult,
         now: DateTime<Utc>,
+        totals: &mut Option<Totals>,
         report: &mut TickReport,
     ) -> Result<(), EngineError> {
         payload.imported = result.imported() as i64;
@@ -309,19 +344,43 @@ impl Engine {
                 payload.imported
             ));
         }
-        self.emit(
-            Event::new("Import")
-                .with("ImportId", id_of(&payload.import_url))
-                .with("StatusUrl", &payload.import_url)
-                .with("ImportStatus", "Completed")
-                .with("TotalImportResources", payload.imported)
-                .with("TotalExportResources", job.exported)
-                .with("FailedImportCount", payload.failed_lines)
-                .with("FailedResourceType", &payload.failed_resources)
-                .with("SearchParameterCount", job.search_parameter_count)
-                .with("FailedExportCount", 0)
-                .with("FailedExportType", ""),
-        );
+        let event = Event::new("Import")
+            .with("ImportId", id_of(&payload.import_url))
+            .with("StatusUrl", &payload.import_url)
+            .with("ImportStatus", "Completed")
+            .with("TotalImportResources", payload.imported)
+            .with("TotalExportResources", job.exported);
+        let event = self
+            .totals(totals)
+            .await
+            .add_to(event)
+            .with("FailedImportCount", payload.failed_lines)
+            .with("FailedResourceType", &payload.failed_resources)
+            .with("SearchParameterCount", job.search_parameter_count)
+            .with("FailedExportCount", 0)
+            .with("FailedExportType", "");
+        self.emit(event);
+        if payload.failed_lines > 0 {
+            let (conflicts, duplicates, invalid) = payload.error_kinds.unwrap_or_default();
+            let unknown = |n: i64| {
+                if payload.error_kinds.is_some() {
+                    n.to_string()
+                } else {
+                    String::new()
+                }
+            };
+            self.emit(
+                Event::new("ImportErrors")
+                    .with("ImportId", id_of(&payload.import_url))
+                    .with("Since", format_instant(job.since))
+                    .with("Till", format_instant(job.till))
+                    .with("FailedImportCount", payload.failed_lines)
+                    .with("FailedResourceType", &payload.failed_resources)
+                    .with("Conflicts", unknown(conflicts))
+                    .with("Duplicates", unknown(duplicates))
+                    .with("Invalid", unknown(invalid)),
+            );
+        }
         Ok(())
     }
 
@@ -331,6 +390,7 @@ impl Engine {
         mut payload: Payload,
         status: u16,
         diagnostics: String,
+        totals: &mut Option<Totals>,
         report: &mut TickReport,
     ) -> Result<(), EngineError> {
         payload.status = import_status::FAILED.into();
@@ -348,12 +408,21 @@ impl Engine {
             job.seq,
             payload.failure_reason
         ));
-        self.emit(
-            Event::new("Import")
+        let event = Event::new("Import")
+            .with("ImportId", id_of(&payload.import_url))
+            .with("StatusUrl", &payload.import_url)
+            .with("ImportStatus", "Failed");
+        let event = self
+            .totals(totals)
+            .await
+            .add_to(event)
+            .with("FailureReason", &payload.failure_reason);
+        self.emit(event);
+        self.telemetry.exception(
+            Exception::new("ImportFailed", &payload.failure_reason)
                 .with("ImportId", id_of(&payload.import_url))
-                .with("StatusUrl", &payload.import_url)
-                .with("ImportStatus", "Failed")
-                .with("FailureReason", &payload.failure_reason),
+                .with("Since", format_instant(job.since))
+                .with("Till", format_instant(job.till)),
         );
         Ok(())
     }
@@ -436,5 +505,24 @@ impl Engine {
         }
         self.mark_processed(&self.state.active(&self.state.cursor().await?).await?, Utc::now())
             .await
+    }
+}
+
+/// Whole-server totals for one tick's `Import` events; `" "` when a count failed (the original's marker).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Totals {
+    source: String,
+    destination: String,
+    source_error: String,
+    destination_error: String,
+}
+
+impl Totals {
+    fn add_to(&self, event: Event) -> Event {
+        event
+            .with("SourceResourceCount", &self.source)
+            .with("DestinationResourceCount", &self.destination)
+            .with("SourceError", &self.source_error)
+            .with("DestinationError", &self.destination_error)
     }
 }

@@ -177,11 +177,11 @@ impl Engine {
             state,
             source,
             destination,
-            blobs,
+            blobs: blobs.clone(),
             telemetry,
             timing,
             fail: FailPoints::default(),
-            error_stores: Vec::new(),
+            error_stores: vec![blobs.clone()],
         }
     }
 
@@ -190,7 +190,7 @@ impl Engine {
         self
     }
 
-    /// Blob accounts import error files may be read from (besides the tool's own).
+    /// Blob accounts import error files may be read from (the tool's own by default).
     pub fn with_error_stores(mut self, stores: Vec<BlobStore>) -> Engine {
         self.error_stores = stores;
         self
@@ -314,8 +314,9 @@ impl Engine {
                 .with("Status", "MaxRetriesReached")
                 .with("MaxExportRetries", cursor.failures)
                 .with("ConfiguredLimit", max)
+                .with("ExportTableName", self.state.export_table_name())
                 .with("PartitionKey", &self.settings.partition_key)
-                .with("Time", Utc::now().to_rfc3339())
+                .with("Time", Utc::now().to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
                 .with(
                     "ActionRequired",
                     "Check export table for failure details and resolve issues before resuming",
@@ -352,7 +353,10 @@ impl Engine {
                         Event::new("MaxExportRetriesCleared")
                             .with("PartitionKey", &self.settings.partition_key)
                             .with("RowKey", &self.settings.row_key)
-                            .with("ClearedAt", Utc::now().to_rfc3339()),
+                            .with(
+                                "ClearedAt",
+                                Utc::now().to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+                            ),
                     );
                     return Ok(before);
                 }

@@ -1,6 +1,7 @@
 //! One HTTP client per FHIR server: base URL (its path kept), User-Agent, bearer token only for that server,
 //! and retries that honour the server's own throttling signals.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
@@ -9,6 +10,7 @@ use url::Url;
 
 use super::FhirError;
 use super::auth::TokenSource;
+use crate::telemetry::{Dependency, NoTelemetry, Telemetry};
 
 /// How a call is retried. Kick-offs and polls are all safe to repeat (reference Appendix A and §9), but each
 /// tick must stay bounded, so attempts and total waiting are capped.
@@ -29,13 +31,24 @@ impl Default for RetryPolicy {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct FhirClient {
     base: Url,
     http: reqwest::Client,
     tokens: TokenSource,
     user_agent: String,
     retry: RetryPolicy,
+    telemetry: Arc<dyn Telemetry>,
+}
+
+impl std::fmt::Debug for FhirClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FhirClient")
+            .field("base", &self.base.as_str())
+            .field("tokens", &self.tokens)
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
 }
 
 impl FhirClient {
@@ -46,7 +59,14 @@ impl FhirClient {
             tokens,
             user_agent: user_agent.to_string(),
             retry: RetryPolicy::default(),
+            telemetry: Arc::new(NoTelemetry),
         }
+    }
+
+    /// Reports every request (each retry too) to `telemetry` as a dependency.
+    pub fn with_telemetry(mut self, telemetry: Arc<dyn Telemetry>) -> FhirClient {
+        self.telemetry = telemetry;
+        self
     }
 
     pub fn with_retry(mut self, retry: RetryPolicy) -> FhirClient {
@@ -105,7 +125,12 @@ impl FhirClient {
             if let Some(token) = self.tokens.bearer().await? {
                 request = request.bearer_auth(token.expose());
             }
+            // Named by method and path; the query stays out of the name (it is in the URL).
+            let timer = Dependency::http("HTTP", url, format!("{method} {}", url.path()), chrono::Utc::now());
             let outcome = build(request).send().await;
+            let status = outcome.as_ref().ok().map(|r| r.status().as_u16());
+            self.telemetry
+                .dependency(timer.finish(status, status.is_some_and(|s| s < 400)));
             let last = !retry || attempt >= self.retry.attempts;
             let wait = match &outcome {
                 Ok(resp) => {

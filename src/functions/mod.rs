@@ -23,6 +23,8 @@ use tokio::net::TcpListener;
 use tracing::Instrument as _;
 
 use crate::app::App;
+use crate::telemetry::Exception;
+use crate::telemetry::context::{self, Operation};
 use payload::{HttpResponseData, InvocationRequest, InvocationResponse};
 
 /// How a function is triggered, as its `function.json` declares it.
@@ -213,7 +215,19 @@ async fn invoke(State(app): State<App>, Path(function): Path<String>, headers: H
         .unwrap_or("-")
         .to_string();
     let span = tracing::info_span!("invocation", function = spec.name, invocation_id = %invocation_id);
-    let outcome = dispatch(&app, spec, &request).instrument(span.clone()).await;
+    // Telemetry from this invocation joins the host's request for it in App Insights.
+    let operation = Operation::for_invocation(headers.get("traceparent").and_then(|v| v.to_str().ok()), spec.name);
+    let outcome = context::scope(
+        operation.clone(),
+        dispatch(&app, spec, &request).instrument(span.clone()),
+    )
+    .await;
+    if let Err(e) = &outcome {
+        let failure = Exception::new("FunctionFailed", e)
+            .with("Function", spec.name)
+            .with("InvocationId", &invocation_id);
+        context::scope(operation, async { app.telemetry().exception(failure) }).await;
+    }
     match (outcome, spec.trigger) {
         (Ok(response), _) => (StatusCode::OK, axum::Json(response)).into_response(),
         // An HTTP function's caller gets a proper error response; the host still sees a successful hand-off.

@@ -34,6 +34,11 @@ impl Active {
 }
 
 impl StateStore {
+    /// The job table's name (operators look rows up there).
+    pub fn export_table_name(&self) -> &str {
+        self.export.name()
+    }
+
     pub fn new(chunk: TableClient, export: TableClient, partition_key: &str, row_key: &str) -> StateStore {
         StateStore {
             chunk,

@@ -17,6 +17,7 @@ use sha2::Sha256;
 use url::Url;
 
 use super::{StorageCredential, encode_component as encode};
+use crate::telemetry::{Dependency, DependencyTimer, NoTelemetry, Telemetry};
 
 /// Account SAS lifetime; a fresh one is signed when less than [`SAS_RENEW_BEFORE`] remains.
 const SAS_LIFETIME_HOURS: i64 = 24;
@@ -65,6 +66,7 @@ pub struct BlobStore {
     endpoint: Url,
     credential: StorageCredential,
     client: Arc<Mutex<Option<CachedClient>>>,
+    telemetry: Arc<dyn Telemetry>,
 }
 
 impl std::fmt::Debug for BlobStore {
@@ -89,9 +91,35 @@ impl BlobStore {
             endpoint,
             credential,
             client: Arc::new(Mutex::new(None)),
+            telemetry: Arc::new(NoTelemetry),
         };
         store.client()?;
         Ok(store)
+    }
+
+    /// Reports every call to `telemetry` as a dependency.
+    pub fn with_telemetry(mut self, telemetry: Arc<dyn Telemetry>) -> BlobStore {
+        self.telemetry = telemetry;
+        self
+    }
+
+    /// Starts timing one call; the URL is the blob's (or container's) without any SAS.
+    fn track(&self, operation: &str, container: &str, name: &str) -> DependencyTimer {
+        let base = self.endpoint.as_str().trim_end_matches('/');
+        let text = format!("{base}/{}/{}", encode(container), encode(name));
+        let url = Url::parse(&text).unwrap_or_else(|_| self.endpoint.clone());
+        Dependency::http("Azure blob", &url, format!("{operation} {container}"), Utc::now())
+    }
+
+    /// Reports a finished call: `expected` statuses (a missing blob on a read, an existing container) count as
+    /// success.
+    fn report<T>(&self, timer: DependencyTimer, result: &Result<T, azure_core::Error>, ok: u16, expected: u16) {
+        let status = match result {
+            Ok(_) => Some(ok),
+            Err(e) => e.http_status().map(u16::from),
+        };
+        let success = status.is_some_and(|s| s < 400 || s == expected);
+        self.telemetry.dependency(timer.finish(status, success));
     }
 
     fn client(&self) -> Result<Arc<BlobServiceClient>, BlobError> {
@@ -135,7 +163,10 @@ impl BlobStore {
 
     /// Creates the container; an existing one is success.
     pub async fn ensure_container(&self, container: &str) -> Result<(), BlobError> {
-        match self.client()?.blob_container_client(container).create(None).await {
+        let timer = self.track("CreateContainer", container, "");
+        let result = self.client()?.blob_container_client(container).create(None).await;
+        self.report(timer, &result, 201, 409);
+        match result {
             Ok(_) => Ok(()),
             Err(e) if e.http_status().map(u16::from) == Some(409) => Ok(()),
             Err(e) => Err(describe("create container", container, "", e)),
@@ -145,10 +176,10 @@ impl BlobStore {
     /// Writes (or overwrites) a block blob.
     pub async fn put(&self, container: &str, name: &str, bytes: Vec<u8>) -> Result<(), BlobError> {
         let blob = self.client()?.blob_client(container, name);
-        blob.upload(RequestContent::from(bytes), None)
-            .await
-            .map(|_| ())
-            .map_err(|e| describe("upload", container, name, e))
+        let timer = self.track("PutBlob", container, name);
+        let result = blob.upload(RequestContent::from(bytes), None).await;
+        self.report(timer, &result, 201, 0);
+        result.map(|_| ()).map_err(|e| describe("upload", container, name, e))
     }
 
     /// The (container, blob name) a URL names in this account, or `None` when the URL is on another account.
@@ -170,7 +201,10 @@ impl BlobStore {
     /// Reads a whole blob; `None` if it (or its container) does not exist.
     pub async fn get(&self, container: &str, name: &str) -> Result<Option<Vec<u8>>, BlobError> {
         let blob = self.client()?.blob_client(container, name);
-        match blob.download(None).await {
+        let timer = self.track("GetBlob", container, name);
+        let result = blob.download(None).await;
+        self.report(timer, &result, 200, 404);
+        match result {
             Ok(result) => {
                 let bytes = result
                     .body
@@ -194,14 +228,18 @@ impl BlobStore {
         let mut pager = client
             .list_blobs(Some(options))
             .map_err(|e| describe("list", container, prefix, e))?;
+        // The pager yields blobs and fetches pages lazily; the whole listing is reported as one call.
+        let timer = self.track("ListBlobs", container, "");
         let mut names = Vec::new();
-        while let Some(item) = pager
-            .try_next()
-            .await
-            .map_err(|e| describe("list", container, prefix, e))?
-        {
-            names.extend(item.name);
+        let listed = async {
+            while let Some(item) = pager.try_next().await? {
+                names.extend(item.name);
+            }
+            Ok::<(), azure_core::Error>(())
         }
+        .await;
+        self.report(timer, &listed, 200, 0);
+        listed.map_err(|e| describe("list", container, prefix, e))?;
         Ok(names)
     }
 }

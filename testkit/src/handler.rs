@@ -70,6 +70,27 @@ impl HandlerProcess {
         Ok(handler)
     }
 
+    /// Stops the process the way the host recycles a worker (SIGTERM) and waits, up to `within`, for it to exit.
+    pub async fn terminate(&mut self, within: Duration) -> std::io::Result<std::process::ExitStatus> {
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()?;
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("the handler did not exit within {within:?} of SIGTERM"),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }

@@ -5,6 +5,7 @@
 //!   `scripts/azurite-supervised.cjs`, also when the test process dies without running destructors.
 //! - [`HandlerProcess`]: the real `fhir-migration-tool serve` process, driven as the Functions host drives it.
 //! - [`poll_until`]: wait for a condition with a deadline instead of sleeping and hoping.
+//! - [`MockIngestion`]: a local App Insights ingestion endpoint that keeps what it receives.
 //! - [`free_port`]: a loopback port nobody is listening on right now.
 //!
 //! The harness never mocks storage: every storage test talks to Azurite over HTTP exactly as the tool talks to
@@ -12,10 +13,12 @@
 
 mod azurite;
 mod handler;
+mod ingestion;
 mod poll;
 
 pub use azurite::{Azurite, DEV_ACCOUNT, DEV_KEY};
 pub use handler::{HandlerProcess, http_payload, timer_payload};
+pub use ingestion::{MockIngestion, Scripted, TEST_INSTRUMENTATION_KEY};
 pub use poll::{PollTimeout, poll_until};
 
 use std::net::{SocketAddr, TcpListener};

@@ -3,6 +3,7 @@
 
 mod blobs;
 mod cli;
+mod dashboard;
 mod engine;
 mod fhir;
 mod handler;
@@ -11,4 +12,5 @@ mod migration;
 mod router;
 mod support;
 mod tables;
+mod telemetry;
 mod verify;

@@ -43,7 +43,7 @@ impl Stack {
     }
 }
 
-async fn emulator(flavor: Flavor, azurite: &Azurite) -> RunningEmulator {
+pub async fn emulator(flavor: Flavor, azurite: &Azurite) -> RunningEmulator {
     let config = EmulatorConfig {
         blob: Some(fhir_emulator::blob::BlobConfig {
             endpoint: url::Url::parse(&azurite.blob_endpoint()).unwrap(),

@@ -34,6 +34,13 @@ impl TableService {
         }
     }
 
+    /// Reports every request to `telemetry` as a dependency.
+    pub fn with_telemetry(self, telemetry: std::sync::Arc<dyn crate::telemetry::Telemetry>) -> TableService {
+        TableService {
+            sender: self.sender.with_telemetry(telemetry),
+        }
+    }
+
     /// A client for one table (which need not exist yet).
     pub fn table(&self, name: &str) -> Result<TableClient, TableError> {
         let valid = (3..=63).contains(&name.len())

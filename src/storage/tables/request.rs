@@ -13,6 +13,7 @@ use url::Url;
 
 use super::{ETag, IfMatch, TableError};
 use crate::storage::{STORAGE_SCOPE, StorageCredential};
+use crate::telemetry::{Dependency, NoTelemetry, Telemetry};
 
 /// The oldest REST version that accepts Entra ID tokens for Tables; Azurite and Azure both serve it.
 const API_VERSION: &str = "2019-02-02";
@@ -22,6 +23,7 @@ const ATTEMPTS: u32 = 3;
 #[derive(Clone)]
 pub(crate) struct Sender {
     inner: Arc<Inner>,
+    telemetry: Arc<dyn Telemetry>,
 }
 
 struct Inner {
@@ -47,7 +49,14 @@ impl Sender {
                 credential,
                 http,
             }),
+            telemetry: Arc::new(NoTelemetry),
         }
+    }
+
+    /// Reports every request as a dependency to `telemetry`.
+    pub(crate) fn with_telemetry(mut self, telemetry: Arc<dyn Telemetry>) -> Sender {
+        self.telemetry = telemetry;
+        self
     }
 
     /// Sends one request to `path` (already percent-encoded) below the service endpoint, retrying only when
@@ -78,7 +87,13 @@ impl Sender {
             if let Some(body) = &body {
                 request = request.body(body.clone());
             }
-            let retry = match request.send().await {
+            let timer = Dependency::http("Azure table", &url, format!("{operation} {table}"), chrono::Utc::now());
+            let sent = request.send().await;
+            // 404, 409 and 412 are answers the protocol expects (absent row, existing table, lost ETag race).
+            let status = sent.as_ref().ok().map(|r| r.status().as_u16());
+            let success = status.is_some_and(|s| s < 400 || matches!(s, 404 | 409 | 412));
+            self.telemetry.dependency(timer.finish(status, success));
+            let retry = match sent {
                 Ok(resp) if resp.status() == StatusCode::SERVICE_UNAVAILABLE && attempt < ATTEMPTS => true,
                 Ok(resp) => return Ok(resp),
                 Err(e) if e.is_connect() && attempt < ATTEMPTS => true,

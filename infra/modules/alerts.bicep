@@ -1,0 +1,129 @@
+// Alert rules on the tool's custom events, with an action group that emails the operator. Each rule's KQL lives
+// in infra/alerts; a test checks every event and property it uses against the events the code sends.
+//
+// The original shipped no alerts, although its guide asks operators to check for failures daily.
+
+@description('Prefix of the rule and action group names.')
+@minLength(2)
+@maxLength(40)
+param namePrefix string = 'fhirmig'
+
+param location string = resourceGroup().location
+
+@description('Resource id of the Application Insights component the tool reports to.')
+param appInsightsId string
+
+@description('Who is emailed when a rule fires. Empty: the rules are created and show in the portal, but notify nobody.')
+param alertEmail string = ''
+
+@description('Fire "no progress" when no window has been committed for this many hours (at most 48). Set it above the longest pause window and the MigrationStarterCron interval.')
+@minValue(1)
+@maxValue(48)
+param noProgressHours int = 6
+
+@description('Create the rules enabled. Disable after cut-over, when the tool is stopped on purpose.')
+param alertsEnabled bool = true
+
+param tags object = {}
+
+resource actionGroup 'Microsoft.Insights/actionGroups@2023-01-01' = if (!empty(alertEmail)) {
+  name: '${namePrefix}-operators'
+  location: 'global'
+  tags: tags
+  properties: {
+    groupShortName: 'fhirmig'
+    enabled: true
+    emailReceivers: [
+      {
+        name: 'operator'
+        emailAddress: alertEmail
+        useCommonAlertSchema: true
+      }
+    ]
+  }
+}
+
+// operator/threshold: on the number of rows the query returns in the window.
+var rules = [
+  {
+    key: 'job-failed'
+    displayName: 'FHIR migration: an export or import failed'
+    description: 'An $export or $import job failed or was refused. The tool retries it; check the FailureReason (dashboard: Failed exports / Failed imports).'
+    severity: 1
+    frequency: 'PT15M'
+    window: 'PT15M'
+    operator: 'GreaterThan'
+    threshold: 0
+    query: loadTextContent('../alerts/export-or-import-failed.kql')
+  }
+  {
+    key: 'retry-latch'
+    displayName: 'FHIR migration: halted by the retry latch'
+    description: 'Exports or imports failed too many times in a row and the migration has stopped. Fix the cause (export table, FailureReason column), then call ClearMaxExportRetries_Http.'
+    severity: 0
+    frequency: 'PT15M'
+    window: 'PT15M'
+    operator: 'GreaterThan'
+    threshold: 0
+    query: loadTextContent('../alerts/retry-latch-reached.kql')
+  }
+  {
+    key: 'no-progress'
+    displayName: 'FHIR migration: no progress'
+    description: 'No window has been committed for ${noProgressHours} hours. Check that the function app runs, the dashboard\'s running jobs, and the MigrationStatus_Http function.'
+    severity: 2
+    frequency: 'PT1H'
+    window: 'PT${noProgressHours}H'
+    operator: 'LessThan'
+    threshold: 1
+    query: loadTextContent('../alerts/no-progress.kql')
+  }
+  {
+    key: 'verification-failed'
+    displayName: 'FHIR migration: verification found differences'
+    description: 'A surface, deep or full check found a difference between source and destination (dashboard: Surface / Deep / Full check).'
+    severity: 2
+    frequency: 'PT15M'
+    window: 'PT15M'
+    operator: 'GreaterThan'
+    threshold: 0
+    query: loadTextContent('../alerts/verification-failed.kql')
+  }
+]
+
+resource alertRules 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = [
+  for rule in rules: {
+    name: '${namePrefix}-${rule.key}'
+    location: location
+    tags: tags
+    properties: {
+      displayName: rule.displayName
+      description: rule.description
+      severity: rule.severity
+      enabled: alertsEnabled
+      scopes: [appInsightsId]
+      evaluationFrequency: rule.frequency
+      windowSize: rule.window
+      criteria: {
+        allOf: [
+          {
+            query: rule.query
+            timeAggregation: 'Count'
+            operator: rule.operator
+            threshold: rule.threshold
+            failingPeriods: {
+              numberOfEvaluationPeriods: 1
+              minFailingPeriodsToAlert: 1
+            }
+          }
+        ]
+      }
+      autoMitigate: false
+      actions: {
+        actionGroups: empty(alertEmail) ? [] : [actionGroup.id]
+      }
+    }
+  }
+]
+
+output ruleNames array = [for (rule, i) in rules: alertRules[i].name]

@@ -1,0 +1,165 @@
+//! A local stand-in for App Insights' ingestion endpoint (`POST /v2/track`): it keeps every envelope and every
+//! raw body it receives, answers as the Track API does, and can be told to fail the next posts.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use serde_json::{Value, json};
+
+/// The instrumentation key the mock's connection string carries.
+pub const TEST_INSTRUMENTATION_KEY: &str = "5e1c0de0-0000-4000-8000-00000000a11c";
+
+#[derive(Default)]
+struct Received {
+    envelopes: Vec<Value>,
+    bodies: Vec<String>,
+    /// Scripted answers for the next posts, instead of 200.
+    script: VecDeque<Scripted>,
+}
+
+/// What the mock answers to one post.
+#[derive(Debug, Clone)]
+pub enum Scripted {
+    /// The whole post fails with this status; nothing is kept.
+    Status(u16),
+    /// 206: the items at these indices fail with the given status; the others are kept.
+    Partial(Vec<(usize, u16)>),
+}
+
+/// A running mock ingestion endpoint; stops when dropped.
+pub struct MockIngestion {
+    port: u16,
+    received: Arc<Mutex<Received>>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl MockIngestion {
+    pub async fn start() -> std::io::Result<MockIngestion> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let received = Arc::new(Mutex::new(Received::default()));
+        let app = Router::new()
+            .route("/v2/track", post(track))
+            .with_state(received.clone());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Ok(MockIngestion {
+            port,
+            received,
+            _stop: stop,
+        })
+    }
+
+    /// A connection string pointing at this mock.
+    pub fn connection_string(&self) -> String {
+        format!(
+            "InstrumentationKey={TEST_INSTRUMENTATION_KEY};IngestionEndpoint=http://127.0.0.1:{}/;LiveEndpoint=http://127.0.0.1:{}/",
+            self.port, self.port
+        )
+    }
+
+    /// Answers the next posts with these instead of 200.
+    pub fn script(&self, answers: impl IntoIterator<Item = Scripted>) {
+        self.lock().script.extend(answers);
+    }
+
+    /// Every envelope kept so far, in arrival order.
+    pub fn envelopes(&self) -> Vec<Value> {
+        self.lock().envelopes.clone()
+    }
+
+    /// Every raw request body, including refused ones (to search for secrets).
+    pub fn bodies(&self) -> Vec<String> {
+        self.lock().bodies.clone()
+    }
+
+    /// The kept envelopes of one kind: `Event`, `RemoteDependency`, `Exception`.
+    pub fn of_kind(&self, kind: &str) -> Vec<Value> {
+        let name = format!("Microsoft.ApplicationInsights.{kind}");
+        self.envelopes()
+            .into_iter()
+            .filter(|e| e["name"] == name.as_str())
+            .collect()
+    }
+
+    /// Custom events as (name, properties).
+    pub fn custom_events(&self) -> Vec<(String, serde_json::Map<String, Value>)> {
+        self.of_kind("Event")
+            .into_iter()
+            .map(|e| {
+                let base = &e["data"]["baseData"];
+                (
+                    base["name"].as_str().unwrap_or_default().to_string(),
+                    base["properties"].as_object().cloned().unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Received> {
+        self.received.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Accepts a JSON array or newline-delimited JSON, as the Track API does.
+async fn track(State(received): State<Arc<Mutex<Received>>>, body: Bytes) -> (StatusCode, axum::Json<Value>) {
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let items: Option<Vec<Value>> = match serde_json::from_str::<Value>(&text) {
+        Ok(Value::Array(items)) => Some(items),
+        Ok(single @ Value::Object(_)) => Some(vec![single]),
+        _ => text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).ok())
+            .collect(),
+    };
+    let mut r = received.lock().unwrap_or_else(|p| p.into_inner());
+    r.bodies.push(text);
+    let Some(items) = items else {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({ "itemsReceived": 0, "itemsAccepted": 0, "errors": [] })),
+        );
+    };
+    let n = items.len();
+    match r.script.pop_front() {
+        Some(Scripted::Status(code)) => (
+            StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            axum::Json(json!({ "itemsReceived": n, "itemsAccepted": 0, "errors": [] })),
+        ),
+        Some(Scripted::Partial(failures)) => {
+            let errors: Vec<Value> = failures
+                .iter()
+                .filter(|(i, _)| *i < n)
+                .map(|(i, code)| json!({ "index": i, "statusCode": code, "message": "scripted" }))
+                .collect();
+            for (i, item) in items.into_iter().enumerate() {
+                if !failures.iter().any(|(f, _)| *f == i) {
+                    r.envelopes.push(item);
+                }
+            }
+            (
+                StatusCode::PARTIAL_CONTENT,
+                axum::Json(json!({ "itemsReceived": n, "itemsAccepted": n - errors.len(), "errors": errors })),
+            )
+        }
+        None => {
+            r.envelopes.extend(items);
+            (
+                StatusCode::OK,
+                axum::Json(json!({ "itemsReceived": n, "itemsAccepted": n, "errors": [] })),
+            )
+        }
+    }
+}

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use fhir_emulator::blob::BlobConfig;
 use fhir_emulator::seed::{SeedParams, generate, load_into};
 use fhir_emulator::{EmulatorConfig, Flavor, spawn};
-use fhir_testkit::{Azurite, DEV_ACCOUNT, DEV_KEY, HandlerProcess, http_payload, timer_payload};
+use fhir_testkit::{Azurite, DEV_ACCOUNT, DEV_KEY, HandlerProcess, MockIngestion, http_payload, timer_payload};
 use serde_json::Value;
 
 #[tokio::main]
@@ -81,6 +81,9 @@ async fn run() -> Result<(), String> {
         println!("    {role}: {current} current resources, {versions} versions");
     }
 
+    step("starting a local App Insights ingestion endpoint (receives the tool's telemetry)");
+    let ingestion = MockIngestion::start().await.map_err(|e| e.to_string())?;
+
     step("starting the custom handler as the Functions host would");
     let settings = [
         ("AzureWebJobsStorage", azurite.connection_string()),
@@ -94,9 +97,10 @@ async fn run() -> Result<(), String> {
         ("AZURE_SafetyLagSeconds", "60".to_string()),
         ("AZURE_ExportConfirmSeconds", "1".to_string()),
         ("AZURE_MaxExportRetriesEnabled", "true".to_string()),
+        ("APPLICATIONINSIGHTS_CONNECTION_STRING", ingestion.connection_string()),
     ];
     let log = workdir.join("handler.log");
-    let handler = HandlerProcess::start(&handler_binary()?, &settings, Some(&log))
+    let mut handler = HandlerProcess::start(&handler_binary()?, &settings, Some(&log))
         .await
         .map_err(|e| format!("the handler did not become ready: {e} (see {})", log.display()))?;
     println!("    listening on 127.0.0.1:{} (log: {})", handler.port(), log.display());
@@ -243,7 +247,12 @@ async fn run() -> Result<(), String> {
         let versions = count(&format!("{base}/_history?_summary=count")).await?;
         println!("    {role}: {current} current resources, {versions} versions");
     }
-    drop(handler);
+    // SIGTERM, as the host recycles a worker: the handler flushes its telemetry before it exits.
+    handler
+        .terminate(std::time::Duration::from_secs(15))
+        .await
+        .map_err(|e| e.to_string())?;
+    report_telemetry(&ingestion);
     if differences.is_empty() {
         println!(
             "\nverification: PASS — {compared} versions identical on both servers (custom SearchParameters copied separately)."
@@ -298,6 +307,21 @@ fn compare(source: &fhir_emulator::Store, destination: &fhir_emulator::Store) ->
             .map(|k| format!("{k} (only at the destination)")),
     );
     (compared, differences)
+}
+
+/// What App Insights would have received: custom events by name, dependency calls, exceptions.
+fn report_telemetry(ingestion: &MockIngestion) {
+    let mut events: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for (name, _) in ingestion.custom_events() {
+        *events.entry(name).or_default() += 1;
+    }
+    let summary: Vec<String> = events.iter().map(|(n, c)| format!("{n} {c}")).collect();
+    println!(
+        "    telemetry received: custom events [{}], {} dependency calls, {} exceptions",
+        summary.join(", "),
+        ingestion.of_kind("RemoteDependency").len(),
+        ingestion.of_kind("Exception").len()
+    );
 }
 
 fn step(what: &str) {

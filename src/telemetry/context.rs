@@ -70,8 +70,8 @@ pub fn current() -> Option<Operation> {
     CURRENT.try_with(Operation::clone).ok()
 }
 
-/// `len` random lower-case hex digits, from the standard library's per-process random hash keys (ids for
-/// correlation, not secrets).
+/// `len` random lower-case hex digits, from the standard library's randomly keyed hasher (each `RandomState` gets
+/// fresh keys), mixed with the time and process id. For ids that must not collide, not for secrets.
 pub fn random_hex(len: usize) -> String {
     let mut out = String::with_capacity(len + 16);
     while out.len() < len {
@@ -82,6 +82,7 @@ pub fn random_hex(len: usize) -> String {
                 .map(|d| d.as_nanos())
                 .unwrap_or(0),
         );
+        h.write_u32(std::process::id());
         out.push_str(&format!("{:016x}", h.finish()));
     }
     out.truncate(len);

@@ -131,14 +131,11 @@ impl<'a> Runs<'a> {
         self.table.create_if_missing().await?;
         let now = Utc::now();
         // Time first (ids sort by creation), then 64 random bits: instances of a scaled-out app share no counter.
-        let random = {
-            use std::hash::{BuildHasher, Hasher};
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_u128(now.timestamp_nanos_opt().unwrap_or_default() as u128);
-            h.write_u32(std::process::id());
-            h.finish()
-        };
-        let id = format!("{}{random:016x}", now.format("%Y%m%d%H%M%S%3f"));
+        let id = format!(
+            "{}{}",
+            now.format("%Y%m%d%H%M%S%3f"),
+            crate::telemetry::context::random_hex(16)
+        );
         let mut types = if types.is_empty() {
             self.engine.settings().resource_types.clone()
         } else {

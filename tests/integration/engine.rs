@@ -7,9 +7,10 @@ use std::time::Duration;
 use chrono::{TimeDelta, Utc};
 use fhir_emulator::{Faults, JobFailure};
 use fhir_migration_tool::engine::{Engine, EngineError, FAIL_POINTS, Timing};
+use fhir_migration_tool::telemetry::contract;
 use serde_json::json;
 
-use crate::migration::{Stack, assert_same, round, run_to_completion, seed, stack};
+use crate::migration::{Stack, assert_contract, assert_same, round, run_to_completion, seed, stack};
 
 fn fast(engine: &Engine) -> Engine {
     engine.clone().with_timing(Timing {
@@ -184,12 +185,34 @@ async fn the_retry_latch_halts_with_the_failing_window_named_until_cleared() {
         text.contains("MIGRATION HALTED") && text.contains("The failing window is") && text.contains("Unknown Error."),
         "{text}"
     );
+    let events = stack.telemetry.events();
+    assert_contract(&events);
+    let latch = events
+        .iter()
+        .find(|e| e.name == "ExportRetries" && e.get("Status") == Some("MaxRetriesReached"))
+        .expect("an ExportRetries event");
+    let keys: Vec<&str> = latch.properties.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        keys,
+        contract::spec("ExportRetries").unwrap().properties,
+        "every key the original sent"
+    );
+    assert_eq!(latch.get("ConfiguredLimit"), Some("2"));
+    assert!(latch.get("Time").is_some_and(|t| t.ends_with('Z')));
+    let failed = events
+        .iter()
+        .filter(|e| e.name == "Export" && e.get("ExportStatus") == Some("Failed"))
+        .count();
+    let exceptions = stack.telemetry.exceptions();
+    assert!(failed >= 2);
+    assert_eq!(
+        exceptions.iter().filter(|x| x.type_name == "ExportFailed").count(),
+        failed,
+        "each failed export is also an exception"
+    );
     assert!(
-        stack
-            .telemetry
-            .events()
-            .iter()
-            .any(|e| e.name == "ExportRetries" && e.get("Status") == Some("MaxRetriesReached"))
+        exceptions.iter().all(|x| x.message.contains("Unknown Error.")),
+        "{exceptions:?}"
     );
     // No export starts while halted.
     let before = started_exports(&stack).len();
@@ -258,6 +281,16 @@ async fn import_line_errors_are_recorded_and_continue_or_halt_by_policy() {
             .filter_map(|e| e.get("FailedImportCount")?.parse::<i64>().ok())
             .sum();
         assert_eq!(failed_lines, 1, "{policy}: the conflict is counted");
+        let events = stack.telemetry.events();
+        assert_contract(&events);
+        let errors: Vec<_> = events.iter().filter(|e| e.name == "ImportErrors").collect();
+        assert_eq!(errors.len(), 1, "{policy}");
+        assert_eq!(
+            (errors[0].get("Conflicts"), errors[0].get("FailedImportCount")),
+            (Some("1"), Some("1")),
+            "{policy}: the error file was read and classified: {:?}",
+            errors[0]
+        );
         if policy == "Continue" {
             assert!(!status.halted, "{status:?}");
             assert!(status.windows_in_flight.is_empty(), "{status:?}");

@@ -57,13 +57,14 @@ pub async fn emulator(flavor: Flavor, azurite: &Azurite) -> RunningEmulator {
         .unwrap()
 }
 
-/// A stack with the given extra settings (on top of: history and deletes on, 2-day windows, 60 s lag).
-pub async fn stack(extra: &[(&str, &str)]) -> Stack {
-    let azurite = Azurite::start().await.unwrap();
-    let source = emulator(Flavor::Aapi, &azurite).await;
-    let destination = emulator(Flavor::Ahds, &azurite).await;
-    let mut s = SettingsSource::default();
-    s.extend([
+/// Settings for a migration between two emulators on one Azurite, with fresh table names: history and deletes
+/// on, 2-day windows, 60 s lag.
+pub fn base_settings(
+    azurite: &Azurite,
+    source: &RunningEmulator,
+    destination: &RunningEmulator,
+) -> Vec<(&'static str, String)> {
+    vec![
         ("AZURE_StorageConnectionString", azurite.connection_string()),
         ("AZURE_ChunkTableName", unique_name("chunk")),
         ("AZURE_ExportTableName", unique_name("export")),
@@ -73,7 +74,16 @@ pub async fn stack(extra: &[(&str, &str)]) -> Stack {
         ("AZURE_ExportWithDelete", "true".into()),
         ("AZURE_ExportChunkTime", "2".into()),
         ("AZURE_SafetyLagSeconds", "60".into()),
-    ]);
+    ]
+}
+
+/// A stack with the given extra settings (on top of: history and deletes on, 2-day windows, 60 s lag).
+pub async fn stack(extra: &[(&str, &str)]) -> Stack {
+    let azurite = Azurite::start().await.unwrap();
+    let source = emulator(Flavor::Aapi, &azurite).await;
+    let destination = emulator(Flavor::Ahds, &azurite).await;
+    let mut s = SettingsSource::default();
+    s.extend(base_settings(&azurite, &source, &destination));
     s.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let source_settings = s.clone();
     let settings = Settings::from_source(&s).expect("valid test settings");
@@ -91,6 +101,20 @@ pub async fn stack(extra: &[(&str, &str)]) -> Stack {
         engine,
         telemetry,
         source_settings,
+    }
+}
+
+/// Every event is in the telemetry contract: known name, known keys, allowed values.
+pub fn assert_contract(events: &[fhir_migration_tool::telemetry::Event]) {
+    use fhir_migration_tool::telemetry::contract;
+    for e in events {
+        let keys: Vec<&str> = e.properties.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(contract::violation(&e.name, &keys), None);
+        for (k, v) in &e.properties {
+            if let Some(allowed) = contract::allowed_values(&e.name, k) {
+                assert!(allowed.contains(&v.as_str()), "{}.{k} = {v}", e.name);
+            }
+        }
     }
 }
 

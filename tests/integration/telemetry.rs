@@ -19,7 +19,7 @@ use fhir_testkit::{
 };
 use serde_json::{Value, json};
 
-use crate::migration::emulator;
+use crate::migration::{base_settings, emulator};
 use crate::support::unique_name;
 
 /// The trace id and span the harness sends as `traceparent` with every invocation.
@@ -242,19 +242,11 @@ async fn a_whole_migration_reports_the_originals_events_and_no_secrets() {
     let source = emulator(Flavor::Aapi, &azurite).await;
     let destination = emulator(Flavor::Ahds, &azurite).await;
     let versions = seed(source.store(), destination.store());
-    let settings = [
-        ("AZURE_StorageConnectionString", azurite.connection_string()),
-        ("AZURE_ChunkTableName", unique_name("chunk")),
-        ("AZURE_ExportTableName", unique_name("export")),
-        ("AZURE_SourceUri", source.base_url.clone()),
-        ("AZURE_DestinationUri", destination.base_url.clone()),
-        ("AZURE_ExportWithHistory", "true".into()),
-        ("AZURE_ExportWithDelete", "true".into()),
-        ("AZURE_ExportChunkTime", "2".into()),
-        ("AZURE_SafetyLagSeconds", "60".into()),
+    let mut settings = base_settings(&azurite, &source, &destination);
+    settings.extend([
         ("AZURE_ExportConfirmSeconds", "1".into()),
         ("APPLICATIONINSIGHTS_CONNECTION_STRING", mock.connection_string()),
-    ];
+    ]);
     let log = std::env::temp_dir().join(format!("{}.log", unique_name("telemetry-handler")));
     let mut handler = HandlerProcess::start(
         Path::new(env!("CARGO_BIN_EXE_fhir-migration-tool")),

@@ -615,6 +615,12 @@ impl Engine {
             .into_iter()
             .partition(|f| f.resource_type == "SearchParameter");
         job.search_parameter_count = search_parameters.iter().map(|f| f.count as i64).sum();
+        // As the original: an export with nothing to import reports an empty total.
+        let reported_total = if files.is_empty() {
+            String::new()
+        } else {
+            total.to_string()
+        };
         job.exported = total as i64;
         job.export_end_time = Some(now);
         job.export_status = export_status::COMPLETED.into();
@@ -660,7 +666,7 @@ impl Engine {
                 .with("ExportStatus", "Completed")
                 .with("Since", "")
                 .with("Till", "")
-                .with("TotalResources", total)
+                .with("TotalResources", reported_total)
                 .with("SearchParameterCount", job.search_parameter_count)
                 .with("FailedExportCount", 0)
                 .with("FailedExportType", ""),

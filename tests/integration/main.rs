@@ -9,6 +9,7 @@ mod fhir;
 mod handler;
 mod layout;
 mod migration;
+mod package;
 mod router;
 mod support;
 mod tables;

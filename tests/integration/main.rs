@@ -7,6 +7,7 @@ mod dashboard;
 mod engine;
 mod fhir;
 mod handler;
+mod infra;
 mod layout;
 mod migration;
 mod package;

@@ -28,3 +28,20 @@ need_azurite() {
     cp package-lock.json "$stamp"
   fi
 }
+
+# The template checks parse Bicep with pycep-parser (no Bicep compiler can be installed here).
+need_template_tools() {
+  if ! command -v python3 >/dev/null 2>&1; then
+    echo "==> installing Python 3 (needed for the template checks and scripts/package)"
+    if [ "$(id -u)" = 0 ]; then
+      apt-get update -qq && apt-get install -y -qq python3 python3-pip >/dev/null
+    else
+      sudo apt-get update -qq && sudo apt-get install -y -qq python3 python3-pip >/dev/null
+    fi
+  fi
+  if ! python3 -c "import pycep" >/dev/null 2>&1; then
+    echo "==> installing pycep-parser (Bicep syntax checks)"
+    python3 -m pip install --quiet --disable-pip-version-check "pycep-parser==0.7.1" \
+      || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "pycep-parser==0.7.1"
+  fi
+}

@@ -96,3 +96,183 @@ fn the_demo_truncate_config_truncates_long_observation_values() {
             .any(|v| v.as_str().unwrap().contains("substring(0, 18)"))
     );
 }
+
+fn bicep_files() -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    walk(&root().join("infra"), &mut files);
+    files.retain(|p| p.extension().is_some_and(|x| x == "bicep"));
+    files.sort();
+    files
+}
+
+#[test]
+fn every_bicep_file_parses() {
+    let files = bicep_files();
+    assert!(files.len() >= 10, "{files:?}");
+    let script = "import sys\nfrom pathlib import Path\nfrom pycep import BicepParser\nfailed = 0\nfor f in sys.argv[1:]:\n    try:\n        BicepParser().parse(file_path=Path(f))\n    except Exception as e:\n        failed += 1\n        print(f'{f}: {str(e)[:400]}')\nsys.exit(1 if failed else 0)\n";
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(&files)
+        .output()
+        .expect("python3 runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !text.contains("No module named 'pycep'"),
+        "pycep-parser is missing: run ./scripts/test, which installs it (or pip install pycep-parser)"
+    );
+    assert!(out.status.success(), "Bicep syntax errors:\n{text}");
+}
+
+/// The app-setting names main.bicep writes (keys of its settings objects).
+fn template_settings() -> std::collections::BTreeSet<String> {
+    let text = std::fs::read_to_string(root().join("infra/main.bicep")).unwrap();
+    let start = text.find("var runtimeSettings").expect("the settings objects");
+    let end = text[start..]
+        .find("resource site ")
+        .expect("the settings end before the site")
+        + start;
+    let mut names = std::collections::BTreeSet::new();
+    for line in text[start..end].lines().filter(|l| !l.trim_start().starts_with("//")) {
+        for part in line.split(['{', ',']) {
+            if let Some((key, _)) = part.split_once(':') {
+                let key = key.trim();
+                if !key.is_empty()
+                    && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    && !key.starts_with("var")
+                {
+                    names.insert(key.to_string());
+                }
+            }
+        }
+    }
+    names
+}
+
+#[test]
+fn the_template_sets_only_settings_something_reads_and_all_the_required_ones() {
+    let set = template_settings();
+    let mut known = crate::layout::settings_read_by_code();
+    // Read by the Functions host rather than the tool.
+    known.extend(
+        [
+            "FUNCTIONS_EXTENSION_VERSION",
+            "FUNCTIONS_WORKER_RUNTIME",
+            "WEBSITE_RUN_FROM_PACKAGE",
+            "AzureWebJobsStorage__accountName",
+        ]
+        .map(String::from),
+    );
+    let mut crons = std::collections::BTreeSet::new();
+    for spec in fhir_migration_tool::functions::FUNCTIONS {
+        let text = std::fs::read_to_string(root().join(spec.name).join("function.json")).unwrap();
+        crons.extend(text.split('%').skip(1).step_by(2).map(String::from));
+    }
+    known.extend(crons.iter().cloned());
+    let unknown: Vec<_> = set.difference(&known).collect();
+    assert!(
+        unknown.is_empty(),
+        "main.bicep sets settings nothing reads: {unknown:?}"
+    );
+    let mut required: Vec<String> = [
+        "AZURE_SourceUri",
+        "AZURE_DestinationUri",
+        "AZURE_StagingStorageUri",
+        "AZURE_BlobStorageUri",
+        "AzureWebJobsStorage__accountName",
+        "APPLICATIONINSIGHTS_CONNECTION_STRING",
+    ]
+    .map(String::from)
+    .to_vec();
+    required.extend(crons);
+    for name in required {
+        assert!(set.contains(&name), "main.bicep does not set {name}");
+    }
+    // Secrets never as plain values: the client secret is a Key Vault reference.
+    let main = std::fs::read_to_string(root().join("infra/main.bicep")).unwrap();
+    assert!(main.contains("AZURE_ClientSecret: vault!.outputs.secretReference"));
+    assert!(main.contains("@secure()\nparam clientSecret string"));
+}
+
+#[test]
+fn role_assignments_are_least_privilege_typed_and_principal_bound() {
+    const ALLOWED: &[(&str, &str)] = &[
+        ("3db33094-8700-4567-8da5-1501d4e7e843", "FHIR Data Exporter"),
+        ("4465e953-8ced-4406-a58e-0f6e3f3b530b", "FHIR Data Importer"),
+        ("4c8d0bbc-75d3-4935-991f-5f3c56d81508", "FHIR Data Reader"),
+        ("3f88fce4-5892-4214-ae73-ba5294559913", "FHIR Data Writer"),
+        ("b7e6dc6d-f1e8-4753-8033-0f276bb0955b", "Storage Blob Data Owner"),
+        ("0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3", "Storage Table Data Contributor"),
+        ("4633458b-17de-408a-b874-0445c86b69e6", "Key Vault Secrets User"),
+        ("de139f84-1756-47ae-9be6-808fbbe84772", "Website Contributor"),
+    ];
+    const FORBIDDEN: &[(&str, &str)] = &[
+        ("5a1fc7df-4bf1-4951-a576-89034ee01acd", "FHIR Data Contributor"),
+        ("17d1049b-9a84-46fb-8f53-869881c3d3ab", "Storage Account Contributor"),
+        ("974c5e8b-45b9-4653-ba55-5f855dd0fb88", "Storage Queue Data Contributor"),
+        ("8e3af657-a8ff-443c-a75c-2fe8c4bcb635", "Owner"),
+        ("b24988ac-6180-42a0-ab88-20f7382dd24c", "Contributor"),
+    ];
+    let mut assignments = 0;
+    for path in bicep_files() {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let file = path.file_name().unwrap().to_string_lossy().into_owned();
+        for (id, role) in FORBIDDEN {
+            assert!(!text.contains(id), "{file} grants {role}");
+        }
+        for guid in text
+            .split('\'')
+            .filter(|s| s.len() == 36 && s.matches('-').count() == 4)
+        {
+            assert!(
+                ALLOWED.iter().any(|(id, _)| *id == guid),
+                "{file}: unexpected GUID {guid}"
+            );
+        }
+        for (i, _) in text.match_indices("'Microsoft.Authorization/roleAssignments@") {
+            assignments += 1;
+            let block = &text[i..text[i..]
+                .find("\n}")
+                .or_else(|| text[i..].find("\n  }\n]"))
+                .unwrap_or(text.len() - i)
+                + i];
+            assert!(
+                block.contains("principalType: 'ServicePrincipal'"),
+                "{file}: an assignment without principalType"
+            );
+            let name = block
+                .lines()
+                .find(|l| l.trim_start().starts_with("name: guid("))
+                .expect("a guid() name");
+            assert!(
+                name.contains("principalId") || name.contains("PrincipalId"),
+                "{file}: {name} must include the principal id"
+            );
+            assert!(
+                !block.contains("scope: resourceGroup()"),
+                "{file}: resource scope, not the resource group"
+            );
+        }
+    }
+    assert!(assignments >= 5, "{assignments} role assignment resources");
+}
+
+#[test]
+fn templates_hard_code_no_cloud_suffix_or_resource_id() {
+    for path in bicep_files() {
+        let text = std::fs::read_to_string(&path).unwrap();
+        for literal in [
+            "core.windows.net",
+            "azurehealthcareapis.com",
+            "vault.azure.net",
+            "/subscriptions/",
+        ] {
+            let hits = text
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("//") && !l.trim_start().starts_with("@description"));
+            for line in hits {
+                assert!(!line.contains(literal), "{}: {line}", path.display());
+            }
+        }
+    }
+}

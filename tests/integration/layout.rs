@@ -79,9 +79,9 @@ fn host_json_starts_this_binary_in_payload_mode() {
     );
 }
 
-/// Every `"AZURE_..."` (and `AzureWebJobsStorage`) literal in src/ outside unit tests names a setting the
-/// code reads.
-fn settings_read_by_code() -> BTreeSet<String> {
+/// Every `"AZURE_..."` (and `AzureWebJobsStorage`, `APPLICATIONINSIGHTS_CONNECTION_STRING`) literal in src/
+/// outside unit tests names a setting the code reads.
+pub(crate) fn settings_read_by_code() -> BTreeSet<String> {
     fn walk(dir: &Path, found: &mut BTreeSet<String>) {
         for entry in std::fs::read_dir(dir).unwrap().filter_map(Result::ok) {
             let path = entry.path();
@@ -93,7 +93,8 @@ fn settings_read_by_code() -> BTreeSet<String> {
                 let code = text.split("#[cfg(test)]").next().unwrap_or_default();
                 for chunk in code.split('"').skip(1).step_by(2) {
                     let is_name = chunk.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-                    if is_name && (chunk.starts_with("AZURE_") || chunk == "AzureWebJobsStorage") {
+                    let other = ["AzureWebJobsStorage", "APPLICATIONINSIGHTS_CONNECTION_STRING"];
+                    if is_name && (chunk.starts_with("AZURE_") || other.contains(&chunk)) {
                         found.insert(chunk.to_string());
                     }
                 }

@@ -1,0 +1,126 @@
+// The Linux function app that runs the custom handler, its plan, and its system-assigned identity's roles on the
+// tool's storage account. App settings are written by main.bicep once every value is known (the FHIR URLs
+// and the Key Vault reference need this identity first).
+//
+// Plans: Flex Consumption (FC1, default) is the cheapest plan that runs custom handlers on Linux and scales to
+// zero; Linux Consumption is closed to new apps. Premium (EP1) and Dedicated (B1) are there for VNet-heavy or
+// always-warm set-ups.
+
+param appName string
+param planName string
+param location string
+param tags object
+@allowed([
+  'FlexConsumption'
+  'Premium'
+  'Dedicated'
+])
+param hostingPlan string
+param storageName string
+param storageBlobEndpoint string
+@description('Subnet for outbound VNet integration; empty: none.')
+param integrationSubnetId string = ''
+
+var isFlex = hostingPlan == 'FlexConsumption'
+var sku = {
+  FlexConsumption: { name: 'FC1', tier: 'FlexConsumption' }
+  Premium: { name: 'EP1', tier: 'ElasticPremium' }
+  Dedicated: { name: 'B1', tier: 'Basic' }
+}
+
+// Storage roles for the app's identity, at the account only: the Functions host keeps timer locks as blobs
+// (Storage Blob Data Owner is its documented minimum, which also covers the payload blobs and the Flex package),
+// and the state lives in tables.
+var storageBlobDataOwner = 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
+var storageTableDataContributor = '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
+
+// Flex Consumption: the runtime and the package container are properties of the app, not app settings.
+var flexConfig = {
+  deployment: {
+    storage: {
+      type: 'blobContainer'
+      value: '${storageBlobEndpoint}app-package'
+      authentication: {
+        type: 'SystemAssignedIdentity'
+      }
+    }
+  }
+  scaleAndConcurrency: {
+    maximumInstanceCount: 40
+    instanceMemoryMB: 512
+  }
+  runtime: {
+    name: 'custom'
+    version: '1.0'
+  }
+}
+
+resource plan 'Microsoft.Web/serverfarms@2024-11-01' = {
+  name: planName
+  location: location
+  tags: tags
+  kind: isFlex ? 'functionapp' : 'elastic'
+  sku: sku[hostingPlan]
+  properties: {
+    reserved: true
+  }
+}
+
+resource site 'Microsoft.Web/sites@2024-11-01' = {
+  name: appName
+  location: location
+  tags: tags
+  kind: 'functionapp,linux'
+  identity: {
+    type: 'SystemAssigned'
+  }
+  properties: {
+    serverFarmId: plan.id
+    httpsOnly: true
+    clientCertEnabled: false
+    virtualNetworkSubnetId: empty(integrationSubnetId) ? null : integrationSubnetId
+    siteConfig: {
+      minTlsVersion: '1.2'
+      ftpsState: 'Disabled'
+      http20Enabled: true
+      linuxFxVersion: isFlex ? null : ''
+      alwaysOn: hostingPlan == 'Dedicated'
+      vnetRouteAllEnabled: !empty(integrationSubnetId)
+    }
+    functionAppConfig: isFlex ? flexConfig : null
+  }
+}
+
+// No basic-auth publishing: deployments go through Entra ID.
+resource ftp 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-11-01' = {
+  parent: site
+  name: 'ftp'
+  properties: {
+    allow: false
+  }
+}
+
+resource scm 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-11-01' = {
+  parent: site
+  name: 'scm'
+  properties: {
+    allow: false
+  }
+}
+
+module storageRoles 'storage-roles.bicep' = {
+  name: 'storage-roles-${uniqueString(site.id)}'
+  params: {
+    storageName: storageName
+    principalId: site.identity.principalId
+    roles: [
+      storageBlobDataOwner
+      storageTableDataContributor
+    ]
+  }
+}
+
+output id string = site.id
+output name string = site.name
+output principalId string = site.identity.principalId
+output hostName string = site.properties.defaultHostName

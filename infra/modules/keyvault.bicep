@@ -1,0 +1,52 @@
+// Holds the source's client secret (client-credential mode only), so it is never a plain app setting or a value
+// in the deployment history. RBAC authorization: the function app reads it as Key Vault Secrets User.
+
+param name string
+param location string
+param tags object
+@secure()
+param clientSecret string
+@description('Principal id of the function app\'s managed identity.')
+param readerPrincipalId string
+
+var keyVaultSecretsUser = '4633458b-17de-408a-b874-0445c86b69e6'
+
+resource vault 'Microsoft.KeyVault/vaults@2024-11-01' = {
+  name: name
+  location: location
+  tags: tags
+  properties: {
+    tenantId: subscription().tenantId
+    sku: {
+      family: 'A'
+      name: 'standard'
+    }
+    enableRbacAuthorization: true
+    enableSoftDelete: true
+    softDeleteRetentionInDays: 30
+    enablePurgeProtection: true
+    publicNetworkAccess: 'Enabled'
+  }
+}
+
+resource secret 'Microsoft.KeyVault/vaults/secrets@2024-11-01' = {
+  parent: vault
+  name: 'source-client-secret'
+  properties: {
+    value: clientSecret
+    contentType: 'client secret for the source FHIR server'
+  }
+}
+
+resource secretReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(vault.id, readerPrincipalId, keyVaultSecretsUser)
+  scope: vault
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', keyVaultSecretsUser)
+    principalId: readerPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+@description('The app-setting value that makes the platform resolve the secret from the vault.')
+output secretReference string = '@Microsoft.KeyVault(SecretUri=${secret.properties.secretUri})'

@@ -29,19 +29,26 @@ need_azurite() {
   fi
 }
 
-# The template checks parse Bicep with pycep-parser (no Bicep compiler can be installed here).
+# The template checks (Bicep syntax, main.json drift, checkov) run in their own virtual environment under target/,
+# so they neither need nor disturb the machine's Python packages. Tests find it through FHIRMIG_PYTHON.
+PY_TOOLS="target/py-tools"
+CHECKOV_VERSION="3.3.30"
 need_template_tools() {
   if ! command -v python3 >/dev/null 2>&1; then
     echo "==> installing Python 3 (needed for the template checks and scripts/package)"
     if [ "$(id -u)" = 0 ]; then
-      apt-get update -qq && apt-get install -y -qq python3 python3-pip >/dev/null
+      apt-get update -qq && apt-get install -y -qq python3 python3-venv >/dev/null
     else
-      sudo apt-get update -qq && sudo apt-get install -y -qq python3 python3-pip >/dev/null
+      sudo apt-get update -qq && sudo apt-get install -y -qq python3 python3-venv >/dev/null
     fi
   fi
-  if ! python3 -c "import pycep" >/dev/null 2>&1; then
-    echo "==> installing pycep-parser (Bicep syntax checks)"
-    python3 -m pip install --quiet --disable-pip-version-check "pycep-parser==0.7.1" \
-      || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "pycep-parser==0.7.1"
+  local stamp="$PY_TOOLS/.installed-checkov-$CHECKOV_VERSION"
+  if [ ! -f "$stamp" ]; then
+    echo "==> installing the template checkers (checkov $CHECKOV_VERSION with its Bicep parser) into $PY_TOOLS"
+    rm -rf "$PY_TOOLS"
+    python3 -m venv "$PY_TOOLS"
+    "$PY_TOOLS/bin/python" -m pip install --quiet --disable-pip-version-check "checkov==$CHECKOV_VERSION"
+    touch "$stamp"
   fi
+  export FHIRMIG_PYTHON="$PWD/$PY_TOOLS/bin/python"
 }

@@ -8,7 +8,7 @@ param tags object
 param appName string
 param packageUri string
 @description('Changes force the script to run again (a new package at the same URL).')
-param forceUpdateTag string = utcNow()
+param forceUpdateTag string
 
 var websiteContributor = 'de139f84-1756-47ae-9be6-808fbbe84772'
 

@@ -9,11 +9,12 @@ param tags object
 param storageId string
 @description('Flex Consumption integrates through a subnet delegated to Microsoft.App/environments; Premium and Dedicated through Microsoft.Web/serverFarms.')
 param flex bool
-@description('Address space of the VNet; two /24 subnets are carved from its start.')
+@description('Address space of the VNet.')
 param addressPrefix string = '10.60.0.0/16'
-
-var integrationPrefix = cidrSubnet(addressPrefix, 24, 0)
-var endpointsPrefix = cidrSubnet(addressPrefix, 24, 1)
+@description('Subnet for the function app\'s outbound traffic, inside addressPrefix.')
+param integrationPrefix string = '10.60.0.0/24'
+@description('Subnet for the private endpoints, inside addressPrefix.')
+param endpointsPrefix string = '10.60.1.0/24'
 var services = [
   'blob'
   'table'

@@ -10,6 +10,26 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The Python with the template checkers (pycep-parser, checkov) that ./scripts/test installs under target/.
+fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("FHIRMIG_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = root().join("target/py-tools/bin/python");
+    if venv.exists() { venv } else { PathBuf::from("python3") }
+}
+
+/// Runs a Python checker; a missing module means the tools were never installed, which says how to fix it.
+fn run_python(args: &[&std::ffi::OsStr]) -> (bool, String) {
+    let out = Command::new(python()).args(args).output().expect("python3 runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !text.contains("No module named"),
+        "the template checkers are missing: run ./scripts/test, which installs them into target/py-tools\n{text}"
+    );
+    (out.status.success(), text)
+}
+
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
@@ -273,6 +293,60 @@ fn templates_hard_code_no_cloud_suffix_or_resource_id() {
             for line in hits {
                 assert!(!line.contains(literal), "{}: {line}", path.display());
             }
+        }
+    }
+}
+
+#[test]
+fn main_json_is_generated_current_and_agrees_with_main_bicep() {
+    let script = root().join("infra/tools/check_templates.py");
+    let (ok, text) = run_python(&[script.as_os_str()]);
+    assert!(ok, "template checks failed:\n{text}");
+}
+
+#[test]
+fn checkov_passes_on_bicep_and_arm_with_every_skip_explained() {
+    let infra = root().join("infra");
+    let (_, text) = run_python(&[
+        "-m".as_ref(),
+        "checkov.main".as_ref(),
+        "-d".as_ref(),
+        infra.as_os_str(),
+        "--framework".as_ref(),
+        "bicep".as_ref(),
+        "arm".as_ref(),
+        "--quiet".as_ref(),
+        "--compact".as_ref(),
+        "--skip-download".as_ref(),
+        "-o".as_ref(),
+        "cli".as_ref(),
+    ]);
+    for framework in ["arm", "bicep"] {
+        let section = text
+            .split(&format!("{framework} scan results:"))
+            .nth(1)
+            .unwrap_or_else(|| panic!("checkov scanned no {framework} files:\n{text}"));
+        let summary = section.lines().find(|l| l.starts_with("Passed checks:")).unwrap();
+        assert!(summary.contains("Failed checks: 0,"), "{framework}: {summary}\n{text}");
+        assert!(!summary.contains("Parsing errors"), "{framework}: {summary}");
+    }
+    for path in bicep_files() {
+        for line in std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("checkov:skip="))
+        {
+            let reason = line
+                .split_once("checkov:skip=")
+                .unwrap()
+                .1
+                .split_once(':')
+                .map(|(_, r)| r.trim());
+            assert!(
+                reason.is_some_and(|r| r.len() >= 30),
+                "{}: a skip without a reason: {line}",
+                path.display()
+            );
         }
     }
 }

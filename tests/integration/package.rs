@@ -62,10 +62,15 @@ fn package(out: &Path) -> Vec<u8> {
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "zip"))
         .collect();
-    assert_eq!(zip.len(), 1, "{zip:?}");
-    let name = zip[0].file_name().unwrap().to_string_lossy().into_owned();
-    assert_eq!(name, format!("fhir-migration-tool-{}.zip", env!("CARGO_PKG_VERSION")));
-    std::fs::read(&zip[0]).unwrap()
+    let versioned = out.join(format!("fhir-migration-tool-{}.zip", env!("CARGO_PKG_VERSION")));
+    let latest = out.join("fhir-migration-tool.zip");
+    assert_eq!(zip.len(), 2, "{zip:?}");
+    let bytes = std::fs::read(&versioned).unwrap();
+    assert!(
+        bytes == std::fs::read(&latest).unwrap(),
+        "the version-free copy is the same package"
+    );
+    bytes
 }
 
 #[test]

@@ -1,0 +1,320 @@
+"""Checks the deployment templates without Azure and without a Bicep compiler.
+
+1. infra/main.json is what build_arm.py generates (no hand edits, no stale copy).
+2. Every ARM expression in main.json is well formed, calls known functions, and names parameters and variables
+   that exist in its own template (nested templates have their own).
+3. main.json and main.bicep agree: the same parameters (names, types, defaults, allowed values, bounds), the same
+   resource types and API versions, the same app-setting names and the same role definitions, every role
+   assignment typed ServicePrincipal and named from the principal id.
+4. The portal wizard (uiDefForm.json) and ARMmain.parameters.json fit the template's parameters.
+
+Exit status 1 with one line per problem. Usage: python3 infra/tools/check_templates.py
+"""
+
+import json
+import re
+import sys
+from pathlib import Path
+
+from pycep import BicepParser
+
+INFRA = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import build_arm  # noqa: E402
+
+problems = []
+
+
+def problem(text):
+    problems.append(text)
+
+
+# --- 1. generated file is current ---------------------------------------------------------------------------
+
+def check_generated():
+    expected = json.dumps(build_arm.template(), indent=2, ensure_ascii=False) + "\n"
+    if (INFRA / "main.json").read_text() != expected:
+        problem("infra/main.json is out of date: run python3 infra/tools/build_arm.py")
+
+
+# --- 2. ARM expressions -------------------------------------------------------------------------------------
+
+FUNCTIONS = {
+    "and", "or", "not", "if", "equals", "empty", "concat", "format", "toLower", "toUpper", "replace", "split", "take",
+    "last", "first", "length", "union", "createObject", "createArray", "uniqueString", "guid", "resourceGroup",
+    "subscription", "resourceId", "subscriptionResourceId", "extensionResourceId", "reference", "parameters",
+    "variables", "copyIndex", "string", "int", "bool", "null", "true", "false", "dateTimeAdd", "utcNow",
+    "environment", "cidrSubnet", "div", "mul", "add", "sub", "contains", "coalesce", "json", "skip", "trim",
+}
+TOKEN = re.compile(r"\s*(?:('(?:[^']|'')*')|(\d+)|([A-Za-z_][A-Za-z0-9_]*)|(.))")
+
+
+def lint_expression(text, where, params, variables, copies):
+    body = text[1:-1]
+    depth = []
+    tokens = [m for m in TOKEN.finditer(body) if m.group(0).strip()]
+    for i, m in enumerate(tokens):
+        literal, _number, ident, punct = m.groups()
+        punct = punct or ""
+        if punct and punct in "([":
+            depth.append(punct)
+        elif punct and punct in ")]":
+            if not depth or {"(": ")", "[": "]"}[depth.pop()] != punct:
+                problem(f"{where}: unbalanced brackets in {text[:120]}")
+                return
+        elif ident and i + 1 < len(tokens) and tokens[i + 1].group(4) == "(":
+            previous = tokens[i - 1].group(4) if i > 0 else None
+            if previous != "." and ident not in FUNCTIONS:
+                problem(f"{where}: unknown function {ident}()")
+            argument = tokens[i + 2].group(1) if i + 2 < len(tokens) else None
+            if argument and ident in ("parameters", "variables", "copyIndex"):
+                name = argument[1:-1].replace("''", "'")
+                known = {"parameters": params, "variables": variables, "copyIndex": copies}[ident]
+                if name not in known:
+                    problem(f"{where}: {ident}('{name}') is not defined in this template")
+        elif literal is None and punct and punct not in ".,":
+            problem(f"{where}: unexpected '{punct}' in {text[:120]}")
+    if depth:
+        problem(f"{where}: unclosed brackets in {text[:120]}")
+
+
+def props(resource):
+    """A resource's properties when they are an object (they may be one expression)."""
+    value = resource.get("properties")
+    return value if isinstance(value, dict) else {}
+
+
+def walk_values(value, where, visit):
+    if isinstance(value, dict):
+        for k, v in value.items():
+            walk_values(k, f"{where}.{k}", visit)
+            walk_values(v, f"{where}.{k}", visit)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            walk_values(v, f"{where}[{i}]", visit)
+    elif isinstance(value, str) and value.startswith("[") and not value.startswith("[[") and value.endswith("]"):
+        visit(value, where)
+
+
+def lint_template(template, where):
+    params = set(template.get("parameters", {}))
+    variables = set(template.get("variables", {})) - {"copy"}
+    copies = set()
+    for c in template.get("variables", {}).get("copy", []):
+        variables.add(c["name"])
+        copies.add(c["name"])
+    for r in template.get("resources", []):
+        if "copy" in r:
+            copies.add(r["copy"]["name"])
+    nested = []
+
+    def visit(text, path):
+        lint_expression(text, path, params, variables, copies)
+
+    for key in ("variables", "outputs"):
+        walk_values(template.get(key, {}), f"{where}.{key}", visit)
+    for section in ("parameters",):
+        for name, spec in template.get(section, {}).items():
+            walk_values(spec.get("defaultValue"), f"{where}.parameters.{name}", visit)
+    for i, r in enumerate(template.get("resources", [])):
+        inner = props(r).get("template")
+        scope_inner = props(r).get("expressionEvaluationOptions", {}).get("scope") == "inner"
+        if inner is not None:
+            nested.append((inner, f"{where}.resources[{i}].template"))
+            if not scope_inner:
+                problem(f"{where}.resources[{i}]: nested templates use inner expression scope")
+            shallow = {k: v for k, v in r.items() if k != "properties"}
+            shallow["properties"] = {k: v for k, v in r["properties"].items() if k != "template"}
+            walk_values(shallow, f"{where}.resources[{i}]", visit)
+        else:
+            walk_values(r, f"{where}.resources[{i}]", visit)
+    for inner, path in nested:
+        lint_template(inner, path)
+
+
+# --- 3. drift between main.bicep and main.json --------------------------------------------------------------
+
+def parse_bicep(path):
+    return BicepParser().parse(file_path=path)
+
+
+def bicep_default(value):
+    """A Bicep default as main.json writes it: literals as they are, the two expressions used as ARM text."""
+    if isinstance(value, dict):
+        text = json.dumps(value)
+        if '"resource_group"' in text and '"location"' in text:
+            return "[resourceGroup().location]"
+        if "utc_now" in text:
+            return "[utcNow()]"
+        if not value:
+            return {}
+        return ("unsupported", text[:80])
+    return value
+
+
+def check_parameters(bicep, arm):
+    bp, ap = bicep["parameters"], arm["parameters"]
+    if set(bp) != set(ap):
+        problem(f"parameters differ: only in main.bicep {sorted(set(bp) - set(ap))}, only in main.json {sorted(set(ap) - set(bp))}")
+    for name in sorted(set(bp) & set(ap)):
+        b, a = bp[name], ap[name]
+        decorators = {d["type"]: d.get("argument") for d in b.get("decorators", [])}
+        btype = "securestring" if "secure" in decorators and b["type"] == "string" else b["type"]
+        if btype != a["type"]:
+            problem(f"parameter {name}: type {btype} in main.bicep, {a['type']} in main.json")
+        bdefault = bicep_default(b.get("default")) if "default" in b else None
+        if bdefault != a.get("defaultValue"):
+            problem(f"parameter {name}: default {bdefault!r} in main.bicep, {a.get('defaultValue')!r} in main.json")
+        for bicep_key, arm_key in (("allowed", "allowedValues"), ("min_length", "minLength"), ("max_length", "maxLength"),
+                                   ("min_value", "minValue"), ("max_value", "maxValue")):
+            if decorators.get(bicep_key) != a.get(arm_key):
+                problem(f"parameter {name}: {arm_key} {decorators.get(bicep_key)!r} in main.bicep, {a.get(arm_key)!r} in main.json")
+
+
+def bicep_resources(path, seen=None):
+    """(type, apiVersion) of every resource main.bicep deploys, through its modules; `existing` ones excluded."""
+    seen = seen or set()
+    if path in seen:
+        return set(), ""
+    seen.add(path)
+    tree = parse_bicep(path)
+    found = {(r["type"], r["api_version"]) for r in tree.get("resources", {}).values() if not r.get("existing")}
+    text = path.read_text()
+    for module in tree.get("modules", {}).values():
+        inner, inner_text = bicep_resources((path.parent / module["detail"]["path"]).resolve(), seen)
+        found |= inner
+        text += inner_text
+    return found, text
+
+
+def arm_resources(template):
+    found = set()
+    for r in template.get("resources", []):
+        inner = props(r).get("template")
+        if inner is not None:
+            found |= arm_resources(inner)
+        else:
+            found.add((r["type"], r["apiVersion"]))
+    return found
+
+
+SETTING = re.compile(r"^(AZURE_\w+|AzureWebJobsStorage__accountName|APPLICATIONINSIGHTS_CONNECTION_STRING|FUNCTIONS_\w+|WEBSITE_\w+|\w+Cron)$")
+
+
+def bicep_settings():
+    text = (INFRA / "main.bicep").read_text()
+    start, end = text.index("var runtimeSettings"), text.index("resource site ")
+    names = set()
+    for line in text[start:end].splitlines():
+        if line.strip().startswith("//"):
+            continue
+        for part in re.split(r"[{,]", line):
+            key = part.split(":")[0].strip() if ":" in part else ""
+            if SETTING.match(key):
+                names.add(key)
+    return names
+
+
+def arm_settings(arm):
+    config = next(r for r in arm["resources"] if r["type"] == "Microsoft.Web/sites/config")
+    text = config["properties"] + arm["variables"]["runtimeSettings"] + arm["variables"]["optionalSettings"]
+    names = re.findall(r"(?<!parameters\()(?<!variables\()'([A-Za-z_][A-Za-z0-9_]*)'", text)
+    return {m for m in names if SETTING.match(m)}
+
+
+def role_guids(text):
+    return set(re.findall(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", text))
+
+
+def check_role_assignments(template, where):
+    for i, r in enumerate(template.get("resources", [])):
+        inner = props(r).get("template")
+        if inner is not None:
+            check_role_assignments(inner, f"{where}.resources[{i}]")
+        elif r["type"] == "Microsoft.Authorization/roleAssignments":
+            if r["properties"].get("principalType") != "ServicePrincipal":
+                problem(f"{where}.resources[{i}]: role assignment without principalType ServicePrincipal")
+            if "principalId" not in r["name"]:
+                problem(f"{where}.resources[{i}]: role assignment name {r['name']} does not include the principal id")
+            if "reference(" in r["name"]:
+                problem(f"{where}.resources[{i}]: reference() in a resource name is refused by ARM")
+
+
+def check_drift(arm):
+    bicep = parse_bicep(INFRA / "main.bicep")
+    check_parameters(bicep, arm)
+    b_res, b_text = bicep_resources((INFRA / "main.bicep").resolve())
+    a_res = arm_resources(arm)
+    if b_res != a_res:
+        problem(f"resources differ: only in main.bicep {sorted(b_res - a_res)}, only in main.json {sorted(a_res - b_res)}")
+    b_set, a_set = bicep_settings(), arm_settings(arm)
+    if b_set != a_set:
+        problem(f"app settings differ: only in main.bicep {sorted(b_set - a_set)}, only in main.json {sorted(a_set - b_set)}")
+    known_roles = set(build_arm.ROLES.values())
+    b_roles = role_guids(b_text) & known_roles
+    a_roles = role_guids(json.dumps(arm)) & known_roles
+    if b_roles != a_roles or b_roles != known_roles:
+        problem(f"role definitions differ: main.bicep {sorted(b_roles)}, main.json {sorted(a_roles)}")
+    check_role_assignments(arm, "main.json")
+
+
+# --- 4. wizard and parameters file --------------------------------------------------------------------------
+
+def check_wizard(arm):
+    params = arm["parameters"]
+    ui = json.loads((INFRA / "uiDefForm.json").read_text())["parameters"]
+    outputs = ui["outputs"]
+    for name in outputs:
+        if name not in params:
+            problem(f"uiDefForm.json output {name} is not a template parameter")
+    for name, spec in params.items():
+        if "defaultValue" not in spec and name not in outputs:
+            problem(f"uiDefForm.json does not set the required parameter {name}")
+    steps = {s["name"]: {e["name"] for e in s["elements"]} for s in ui["steps"]}
+    basics = {e["name"] for e in ui["basics"]}
+    for name, value in outputs.items():
+        for step, element in re.findall(r"steps\('(\w+)'\)\.(\w+)", value):
+            if element not in steps.get(step, set()):
+                problem(f"uiDefForm.json output {name} reads steps('{step}').{element}, which does not exist")
+        for element in re.findall(r"basics\('(\w+)'\)", value):
+            if element not in basics:
+                problem(f"uiDefForm.json output {name} reads basics('{element}'), which does not exist")
+    for step in ui["steps"]:
+        for e in step["elements"]:
+            if e["name"] == "clientSecret" and e["type"] != "Microsoft.Common.PasswordBox":
+                problem("uiDefForm.json asks for the client secret without a password box")
+    # Allowed values offered by the wizard must be allowed by the template.
+    for element in ui["basics"] + [e for s in ui["steps"] for e in s["elements"]]:
+        allowed = element.get("constraints", {}).get("allowedValues")
+        if allowed and element["name"] in params and "allowedValues" in params[element["name"]]:
+            offered = {a["value"] for a in allowed}
+            if not offered <= set(params[element["name"]]["allowedValues"]):
+                problem(f"uiDefForm.json offers {element['name']} values the template refuses: {sorted(offered)}")
+
+    values = json.loads((INFRA / "ARMmain.parameters.json").read_text())["parameters"]
+    types = {"string": str, "securestring": str, "bool": bool, "int": int, "object": dict}
+    for name, value in values.items():
+        if name not in params:
+            problem(f"ARMmain.parameters.json sets {name}, which is not a template parameter")
+        elif not isinstance(value.get("value"), types[params[name]["type"]]):
+            problem(f"ARMmain.parameters.json: {name} should be a {params[name]['type']}")
+    for name, spec in params.items():
+        if "defaultValue" not in spec and name not in values:
+            problem(f"ARMmain.parameters.json does not set the required parameter {name}")
+
+
+def main():
+    arm = json.loads((INFRA / "main.json").read_text())
+    check_generated()
+    lint_template(arm, "main.json")
+    check_drift(arm)
+    check_wizard(arm)
+    for p in problems:
+        print(p)
+    if not problems:
+        print("templates: main.json current, expressions well formed, main.bicep and main.json agree, wizard and parameters fit")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

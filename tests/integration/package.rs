@@ -51,12 +51,17 @@ fn entries(zip: &[u8]) -> Vec<Entry> {
 
 fn package(out: &Path) -> Vec<u8> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let status = Command::new(root.join("scripts/package"))
+    let run = Command::new(root.join("scripts/package"))
         .args(["--binary", env!("CARGO_BIN_EXE_fhir-migration-tool"), "--out"])
         .arg(out)
-        .status()
+        .output()
         .expect("scripts/package runs");
-    assert!(status.success());
+    assert!(
+        run.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
     let zip: Vec<PathBuf> = std::fs::read_dir(out)
         .unwrap()
         .map(|e| e.unwrap().path())

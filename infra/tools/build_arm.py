@@ -236,6 +236,22 @@ def variables():
     }
 
 
+def copied_assignment(name_expr, scope_expr):
+    """One role assignment per entry of the nested template's `roles` parameter, to its `principalId`."""
+    return {
+        "type": "Microsoft.Authorization/roleAssignments",
+        "apiVersion": API["roles"],
+        "name": f"[guid({name_expr}, parameters('principalId'), parameters('roles')[copyIndex()])]",
+        "scope": f"[{scope_expr}]",
+        "copy": {"name": "roles", "count": "[length(parameters('roles'))]"},
+        "properties": {
+            "roleDefinitionId": "[subscriptionResourceId('Microsoft.Authorization/roleDefinitions', parameters('roles')[copyIndex()])]",
+            "principalId": "[parameters('principalId')]",
+            "principalType": "ServicePrincipal",
+        },
+    }
+
+
 def nested_roles(name, scope_type, scope_name_expr, roles, principal_expr, condition=None, depends=None):
     """Role assignments for one principal on one resource of this resource group, in a nested deployment: ARM
     cannot use reference() in a resource name, and the name must include the principal id (mirrors the Bicep
@@ -245,18 +261,7 @@ def nested_roles(name, scope_type, scope_name_expr, roles, principal_expr, condi
         "contentVersion": "1.0.0.0",
         "parameters": {"scopeName": {"type": "string"}, "principalId": {"type": "string"}, "roles": {"type": "array"}},
         "resources": [
-            {
-                "type": "Microsoft.Authorization/roleAssignments",
-                "apiVersion": API["roles"],
-                "name": f"[guid(resourceId('{scope_type}', parameters('scopeName')), parameters('principalId'), parameters('roles')[copyIndex()])]",
-                "scope": f"[format('{scope_type}/{{0}}', parameters('scopeName'))]",
-                "copy": {"name": "roles", "count": "[length(parameters('roles'))]"},
-                "properties": {
-                    "roleDefinitionId": "[subscriptionResourceId('Microsoft.Authorization/roleDefinitions', parameters('roles')[copyIndex()])]",
-                    "principalId": "[parameters('principalId')]",
-                    "principalType": "ServicePrincipal",
-                },
-            }
+            copied_assignment(f"resourceId('{scope_type}', parameters('scopeName'))", f"format('{scope_type}/{{0}}', parameters('scopeName'))")
         ],
     }
     res = {
@@ -283,24 +288,9 @@ def nested_roles(name, scope_type, scope_name_expr, roles, principal_expr, condi
 def fhir_roles_deployment(name, id_expr, roles, condition=None):
     """A nested deployment into the FHIR server's own subscription and resource group (cross-subscription)."""
     inner_roles = [ROLES[r] for r in roles]
-    api_scope = "[format('Microsoft.HealthcareApis/services/{0}', variables('parts')[8])]"
-    svc_scope = "[format('Microsoft.HealthcareApis/workspaces/{0}/fhirservices/{1}', variables('parts')[8], last(variables('parts')))]"
-
-    def assignment(scope, when):
-        return {
-            "type": "Microsoft.Authorization/roleAssignments",
-            "apiVersion": API["roles"],
-            "name": "[guid(parameters('fhirId'), parameters('principalId'), parameters('roles')[copyIndex()])]",
-            "scope": scope,
-            "condition": when,
-            "copy": {"name": "roles", "count": "[length(parameters('roles'))]"},
-            "properties": {
-                "roleDefinitionId": "[subscriptionResourceId('Microsoft.Authorization/roleDefinitions', parameters('roles')[copyIndex()])]",
-                "principalId": "[parameters('principalId')]",
-                "principalType": "ServicePrincipal",
-            },
-        }
-
+    # One resource whose scope depends on the server kind (two resources would need two copy loop names).
+    scope = ("if(variables('isApiForFhir'), format('Microsoft.HealthcareApis/services/{0}', variables('parts')[8]), "
+             "format('Microsoft.HealthcareApis/workspaces/{0}/fhirservices/{1}', variables('parts')[8], last(variables('parts'))))")
     inner = {
         "$schema": "https://schema.management.azure.com/schemas/2019-04-01/deploymentTemplate.json#",
         "contentVersion": "1.0.0.0",
@@ -309,10 +299,7 @@ def fhir_roles_deployment(name, id_expr, roles, condition=None):
             "parts": "[split(parameters('fhirId'), '/')]",
             "isApiForFhir": "[and(equals(toLower(variables('parts')[6]), 'microsoft.healthcareapis'), equals(toLower(variables('parts')[7]), 'services'))]",
         },
-        "resources": [
-            assignment(api_scope, "[variables('isApiForFhir')]"),
-            assignment(svc_scope, "[not(variables('isApiForFhir'))]"),
-        ],
+        "resources": [copied_assignment("parameters('fhirId')", scope)],
         "outputs": {
             "url": {
                 "type": "string",

@@ -105,7 +105,12 @@ def lint_template(template, where):
         copies.add(c["name"])
     for r in template.get("resources", []):
         if "copy" in r:
+            if r["copy"]["name"] in copies:
+                problem(f"{where}: copy loop name {r['copy']['name']} is used twice")
             copies.add(r["copy"]["name"])
+    names = [(r["type"], r["name"]) for r in template.get("resources", [])]
+    for dup in {n for n in names if names.count(n) > 1}:
+        problem(f"{where}: resource {dup} is defined twice")
     nested = []
 
     def visit(text, path):

@@ -277,6 +277,9 @@ pub struct MigrationSettings {
     pub safety_lag: TimeDelta,
     /// `AZURE_OverlapExports`: export window N+1 while window N imports.
     pub overlap_exports: bool,
+    /// Windows exported or imported at once: `AZURE_MaxWindowsInFlight` (1-10, default 3) with overlap, else 1.
+    /// Each window's imports run as their own jobs, so this also bounds the destination's parallel imports.
+    pub windows_in_flight: usize,
     pub import_error_policy: ImportErrorPolicy,
     /// `AZURE_MaxImportRetries`: attempts per payload before the window counts as failed.
     pub max_import_retries: u32,
@@ -390,6 +393,7 @@ impl MigrationSettings {
             },
             safety_lag: TimeDelta::seconds(p.number("AZURE_SafetyLagSeconds", 300i64)),
             overlap_exports: p.flag(&["AZURE_OverlapExports"], true),
+            windows_in_flight: 1,
             import_error_policy,
             max_import_retries: p.positive("AZURE_MaxImportRetries", 3),
             job_timeout: TimeDelta::hours(p.positive("AZURE_JobTimeoutHours", 24).into()),
@@ -424,6 +428,15 @@ impl MigrationSettings {
         }
         if specific_run && end_date.is_none() {
             p.problem("AZURE_SpecificRun is true but AZURE_EndDate is not set".into());
+        }
+        if settings.overlap_exports {
+            let n = p.positive("AZURE_MaxWindowsInFlight", 3);
+            if n > 10 {
+                p.problem(format!(
+                    "AZURE_MaxWindowsInFlight {n} is more than 10 (each window runs its own import jobs)"
+                ));
+            }
+            settings.windows_in_flight = n.min(10) as usize;
         }
         if deidentified {
             match &config_file {

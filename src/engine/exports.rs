@@ -25,11 +25,6 @@ pub(crate) fn payload_container(export_id: &str) -> String {
     format!("import-{}", if id.is_empty() { "unknown".to_string() } else { id })
 }
 
-/// Windows in flight at most: the one importing and, with overlap, the next one exporting.
-fn max_uncommitted(overlap: bool) -> usize {
-    if overlap { 2 } else { 1 }
-}
-
 fn is_exporting(job: &Job) -> bool {
     matches!(
         job.export_status.as_str(),
@@ -151,7 +146,9 @@ impl Engine {
                 return self.kick_off(job.clone(), now, report).await;
             }
             let uncommitted = (cursor.next_job - cursor.committed_job).max(0) as usize;
-            if uncommitted >= max_uncommitted(self.settings.overlap_exports) {
+            // Windows in flight at most: one without overlap; with it, several, so the next windows export while
+            // earlier ones import (they still commit in order).
+            if uncommitted >= self.settings.windows_in_flight {
                 return Ok(());
             }
             // Per-type mode, and any per-type window still being planned after a switch to parallel mode.

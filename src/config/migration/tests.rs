@@ -159,3 +159,24 @@ fn credential_type_picks_the_developer_login_or_is_refused() {
     let problems = parse(&[("AZURE_CredentialType", "Password")]).unwrap_err();
     assert!(problems[0].contains("AZURE_CredentialType 'Password'"));
 }
+
+#[test]
+fn windows_in_flight_is_bounded_and_one_without_overlap() {
+    assert_eq!(parse(&[]).unwrap().windows_in_flight, 3);
+    assert_eq!(
+        parse(&[("AZURE_MaxWindowsInFlight", "5")]).unwrap().windows_in_flight,
+        5
+    );
+    let off = parse(&[("AZURE_OverlapExports", "false"), ("AZURE_MaxWindowsInFlight", "5")]).unwrap();
+    assert_eq!(
+        off.windows_in_flight, 1,
+        "without overlap one window at a time, whatever the setting"
+    );
+    for bad in ["0", "11", "many"] {
+        let err = parse(&[("AZURE_MaxWindowsInFlight", bad)]).unwrap_err();
+        assert!(
+            err.iter().any(|p| p.contains("AZURE_MaxWindowsInFlight")),
+            "{bad}: {err:?}"
+        );
+    }
+}

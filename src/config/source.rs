@@ -47,6 +47,11 @@ impl SettingsSource {
         }
     }
 
+    /// Every (name, value) pair, names as first given (to hand the same settings to a child process).
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.values.values().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
     /// The value of `name` (any case); blank values count as unset, as they did in the original.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.values

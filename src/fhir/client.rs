@@ -192,7 +192,7 @@ fn retry_hint(resp: &Response) -> Option<Duration> {
 /// The error a failed response carries: its status and the OperationOutcome's first diagnostics.
 pub async fn rejection(resp: Response, url: &Url) -> FhirError {
     let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap_or_default();
+    let text = read_text(resp).await;
     FhirError::Rejected {
         status,
         url: redact(url),
@@ -209,18 +209,53 @@ pub fn diagnostics_of(body: &str) -> String {
         .unwrap_or_else(|| "For more information check Content location.".to_string())
 }
 
+/// The largest JSON body the tool reads (a manifest of 10,000 files, or a page of 1,000 large resources, is
+/// far smaller): a broken or hostile server cannot make it buffer without bound.
+pub const MAX_JSON_BODY: usize = 64 * 1024 * 1024;
+
 pub async fn read_json(resp: Response, url: &Url) -> Result<Value, FhirError> {
     if !resp.status().is_success() {
         return Err(rejection(resp, url).await);
     }
-    let bytes = resp.bytes().await.map_err(|e| FhirError::Transport {
-        url: redact(url),
-        message: describe(&e),
-    })?;
+    let bytes = read_bounded(resp, url, MAX_JSON_BODY).await?;
     serde_json::from_slice(&bytes).map_err(|e| FhirError::InvalidResponse {
         url: redact(url),
         detail: e.to_string(),
     })
+}
+
+/// The largest error or progress body read (OperationOutcomes are small); longer ones are cut.
+pub const MAX_TEXT_BODY: usize = 1024 * 1024;
+
+/// A small body as text, at most [`MAX_TEXT_BODY`]; empty when it cannot be read or is too large.
+pub async fn read_text(resp: Response) -> String {
+    let url = resp.url().clone();
+    read_bounded(resp, &url, MAX_TEXT_BODY)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+/// Reads a body of at most `limit` bytes, refusing larger ones before reading them when the length is declared.
+pub async fn read_bounded(mut resp: Response, url: &Url, limit: usize) -> Result<Vec<u8>, FhirError> {
+    let too_big = || FhirError::InvalidResponse {
+        url: redact(url),
+        detail: format!("the body is larger than {} MB", limit / (1024 * 1024)),
+    };
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(too_big());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| FhirError::Transport {
+        url: redact(url),
+        message: describe(&e),
+    })? {
+        if body.len() + chunk.len() > limit {
+            return Err(too_big());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// URLs are logged without their query string: export queries are harmless, but SAS-bearing blob URLs are not.

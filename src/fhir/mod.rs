@@ -229,7 +229,7 @@ impl FhirClient {
         let resp = self.send(Method::GET, &url, |r| r, false).await?;
         match resp.status() {
             StatusCode::ACCEPTED => {
-                let text = resp.text().await.unwrap_or_default();
+                let text = client::read_text(resp).await;
                 Ok(Poll::Running(serde_json::from_str(&text).ok()))
             }
             StatusCode::OK => {
@@ -364,7 +364,7 @@ async fn accepted(resp: reqwest::Response, url: &url::Url) -> Result<Accepted, F
 /// else is transient: as far as anyone knows the job is still running.
 async fn failed<T>(resp: reqwest::Response) -> Result<Poll<T>, FhirError> {
     let status = resp.status();
-    let text = resp.text().await.unwrap_or_default();
+    let text = client::read_text(resp).await;
     let outcome: Option<Value> = serde_json::from_str::<Value>(&text)
         .ok()
         .filter(|v| v["resourceType"] == "OperationOutcome");

@@ -3,8 +3,9 @@
 //!
 //! Both servers are read in `lastUpdated` order, a page at a time, and merged: incremental import keeps
 //! `lastUpdated`, so matching entries arrive at the same point of both streams. Entries sharing one
-//! millisecond are compared as a group (the servers may order them differently). Memory holds two pages and
-//! one millisecond's group, whatever the size of the servers.
+//! millisecond are compared as a group (the servers may order them differently). Each stream fetches one page
+//! ahead in the background, so memory holds at most two pages per server and one millisecond's group, whatever
+//! the size of the servers.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -63,21 +64,51 @@ struct Entry {
     hash: u64,
 }
 
-/// A server's entries of one type in `lastUpdated` order, fetched a page at a time.
-struct Stream<'a> {
-    client: &'a FhirClient,
+/// A page's entries and the link to the next page.
+type Page = (Vec<Entry>, Option<url::Url>);
+
+/// A server's entries of one type in `lastUpdated` order, fetched a page at a time. While one page is compared,
+/// the next is already being fetched and parsed in the background (one page ahead, so memory stays bounded),
+/// which lets both servers be read at once instead of in turn.
+struct Stream {
+    client: FhirClient,
     next: Option<url::Url>,
+    ahead: Option<tokio::task::JoinHandle<Result<Page, FhirError>>>,
     buffer: VecDeque<Entry>,
 }
 
-impl<'a> Stream<'a> {
+impl Drop for Stream {
+    fn drop(&mut self) {
+        // A paused or failed comparison must not leave a fetch running.
+        if let Some(task) = self.ahead.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Fetches one page and reads its entries.
+async fn fetch(client: FhirClient, url: url::Url) -> Result<Page, FhirError> {
+    let page = client.page(&url).await?;
+    let next = client.next_page(&page)?;
+    let mut entries = Vec::new();
+    for e in page["entry"].as_array().into_iter().flatten() {
+        // Servers may add an OperationOutcome entry (search mode `outcome`) with warnings; it is no data.
+        if e["search"]["mode"] == "outcome" || e["resource"]["resourceType"] == "OperationOutcome" {
+            continue;
+        }
+        // Anything else that cannot be read would silently shrink the comparison: refuse it.
+        let entry = parse(e).ok_or_else(|| FhirError::InvalidResponse {
+            url: url.to_string(),
+            detail: "an entry has no readable id, version or lastUpdated".into(),
+        })?;
+        entries.push(entry);
+    }
+    Ok((entries, next))
+}
+
+impl Stream {
     /// From `from` (inclusive, milliseconds) when resuming, else from the oldest entry.
-    fn new(
-        client: &'a FhirClient,
-        resource_type: &str,
-        history: bool,
-        from: Option<i64>,
-    ) -> Result<Stream<'a>, FhirError> {
+    fn new(client: &FhirClient, resource_type: &str, history: bool, from: Option<i64>) -> Result<Stream, FhirError> {
         let t = crate::storage::encode_component(resource_type);
         let from = from
             .and_then(chrono::DateTime::from_timestamp_millis)
@@ -94,31 +125,36 @@ impl<'a> Stream<'a> {
                 crate::storage::encode_component(&f)
             ),
         };
-        Ok(Stream {
-            client,
+        let mut stream = Stream {
+            client: client.clone(),
             next: Some(client.url(&first)?),
+            ahead: None,
             buffer: VecDeque::new(),
-        })
+        };
+        stream.fetch_ahead();
+        Ok(stream)
     }
 
-    /// The next entry's lastUpdated, fetching pages (empty ones included) until one arrives or none are left.
+    /// Starts fetching the next page, if there is one and none is being fetched.
+    fn fetch_ahead(&mut self) {
+        if self.ahead.is_none()
+            && let Some(url) = self.next.take()
+        {
+            self.ahead = Some(tokio::spawn(fetch(self.client.clone(), url)));
+        }
+    }
+
+    /// The next entry's lastUpdated, waiting for pages (empty ones included) until one arrives or none are left.
     async fn peek(&mut self) -> Result<Option<i64>, FhirError> {
         while self.buffer.is_empty() {
-            let Some(url) = self.next.take() else { return Ok(None) };
-            let page = self.client.page(&url).await?;
-            self.next = self.client.next_page(&page)?;
-            for e in page["entry"].as_array().into_iter().flatten() {
-                // Servers may add an OperationOutcome entry (search mode `outcome`) with warnings; it is no data.
-                if e["search"]["mode"] == "outcome" || e["resource"]["resourceType"] == "OperationOutcome" {
-                    continue;
-                }
-                // Anything else that cannot be read would silently shrink the comparison: refuse it.
-                let entry = parse(e).ok_or_else(|| FhirError::InvalidResponse {
-                    url: url.to_string(),
-                    detail: "an entry has no readable id, version or lastUpdated".into(),
-                })?;
-                self.buffer.push_back(entry);
-            }
+            let Some(task) = self.ahead.take() else { return Ok(None) };
+            let (entries, next) = task.await.map_err(|e| FhirError::Transport {
+                url: self.client.base().to_string(),
+                message: format!("a page fetch stopped: {e}"),
+            })??;
+            self.buffer.extend(entries);
+            self.next = next;
+            self.fetch_ahead();
         }
         Ok(self.buffer.front().map(|e| e.last_updated))
     }

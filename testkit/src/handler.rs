@@ -91,6 +91,11 @@ impl HandlerProcess {
         }
     }
 
+    /// The process id (benchmarks read its memory from /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }

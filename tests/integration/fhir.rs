@@ -150,3 +150,56 @@ async fn a_hanging_server_times_out_with_the_url_in_the_error() {
         other => panic!("expected a transport error, got {other}"),
     }
 }
+
+#[tokio::test]
+async fn oversized_bodies_are_refused_instead_of_buffered() {
+    use fhir_migration_tool::fhir::client::MAX_JSON_BODY;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A body streamed past the cap without a declared length.
+    let app = Router::new().fallback(get(|| async {
+        let chunk = axum::body::Bytes::from(vec![b' '; 1024 * 1024]);
+        let chunks = (0..=MAX_JSON_BODY / (1024 * 1024)).map(move |_| Ok::<_, std::io::Error>(chunk.clone()));
+        axum::body::Body::from_stream(futures::stream::iter(chunks))
+    }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let streaming = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    // A response that declares four times the cap (hyper would not send one, so it is written by hand).
+    let raw = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let declaring = format!("http://{}", raw.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = raw.accept().await {
+            // Read the request head first, as a server would.
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match socket.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{{}}",
+                MAX_JSON_BODY * 4
+            );
+            let _ = socket.write_all(head.as_bytes()).await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    });
+    for base in [streaming, declaring] {
+        let c = client(&base, TokenSource::None).with_retry(RetryPolicy {
+            attempts: 1,
+            base_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(10),
+        });
+        let started = Instant::now();
+        match c.get_json("Patient").await {
+            Err(FhirError::InvalidResponse { detail, .. }) => assert!(detail.contains("larger than 64 MB"), "{detail}"),
+            other => panic!("{base}: expected a refusal, got {other:?}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "refused without waiting for the body"
+        );
+    }
+}

@@ -13,6 +13,8 @@ pub struct Faults {
     pub throttle_every: Option<u64>,
     /// The delay those 429s advertise.
     pub retry_after_ms: Option<u64>,
+    /// Answer every N-th request (admin routes excepted) with 503, as a gateway does during a brief outage.
+    pub server_error_every: Option<u64>,
     /// The next `count` export jobs fail with this status and reason.
     pub export_failure: Option<JobFailure>,
     /// The next `count` import processing units fail with this status and reason.

@@ -95,17 +95,29 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
     response
 }
 
-/// Answers every N-th request with 429 while the `throttleEvery` fault is on. Admin routes are exempt, so a
-/// test can always switch the storm off.
+/// Answers every N-th request with 429 while the `throttleEvery` fault is on, and with 503 while
+/// `serverErrorEvery` is. Admin routes are exempt, so a test can always switch the storm off.
 pub async fn throttle(State(app): State<App>, request: Request, next: Next) -> Response {
     if request.uri().path().starts_with("/_admin") {
         return next.run(request).await;
     }
-    let (every, delay_ms) = {
+    let (every, delay_ms, errors_every) = {
         let faults = app.faults();
-        (faults.throttle_every, faults.retry_after_ms.unwrap_or(1000))
+        (
+            faults.throttle_every,
+            faults.retry_after_ms.unwrap_or(1000),
+            faults.server_error_every,
+        )
     };
     let n = app.requests.next();
+    if errors_every.is_some_and(|e| e > 0 && n % e == 0) {
+        return FhirError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            IssueCode::Processing,
+            "The service is temporarily unavailable.",
+        )
+        .into_response();
+    }
     if every.is_some_and(|e| e > 0 && n % e == 0) {
         let diagnostics = match app.config.flavor {
             crate::Flavor::Aapi => {

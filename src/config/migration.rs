@@ -289,6 +289,10 @@ pub struct MigrationSettings {
     /// `AZURE_ExportConfirmSeconds`: wait before re-polling an export that reported completion (servers can
     /// flap 200 → 202); the completion counts only if the re-poll agrees.
     pub export_confirm_delay: std::time::Duration,
+    /// `AZURE_LeaseSeconds` (default 660): how long a kick-off or import POST whose answer was never recorded
+    /// (the process died) is presumed still in flight before it is repaired. Keep it above host.json's
+    /// functionTimeout (10 minutes), so a slow invocation is never taken for a dead one.
+    pub lease: TimeDelta,
     /// `AZURE_IntegrationStorageUri`: blob endpoint of the export/import storage account, read (with the managed
     /// identity) to classify import error files. Unset: files on the tool's own account are read, others only
     /// counted.
@@ -398,6 +402,7 @@ impl MigrationSettings {
             max_import_retries: p.positive("AZURE_MaxImportRetries", 3),
             job_timeout: TimeDelta::hours(p.positive("AZURE_JobTimeoutHours", 24).into()),
             export_confirm_delay: std::time::Duration::from_secs(p.number("AZURE_ExportConfirmSeconds", 5u64)),
+            lease: TimeDelta::seconds(p.positive("AZURE_LeaseSeconds", 660).into()),
             integration_storage: source
                 .get("AZURE_IntegrationStorageUri")
                 .and_then(|v| p.parse_url("AZURE_IntegrationStorageUri", v)),

@@ -15,6 +15,16 @@ use crate::telemetry::{Event, Exception, id_of};
 /// How soon a kick-off or POST that met a transient error is tried again.
 pub(crate) const RETRY_SOON: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
 
+/// When to try a deferred kick-off or POST again: when the server said (bounded to 1 s – 5 min), else soon.
+pub(crate) fn retry_at(retry_after: Option<std::time::Duration>) -> DateTime<Utc> {
+    let wait = retry_after
+        .and_then(|d| chrono::TimeDelta::from_std(d).ok())
+        .map_or(RETRY_SOON, |d| {
+            d.clamp(chrono::TimeDelta::seconds(1), chrono::TimeDelta::minutes(5))
+        });
+    Utc::now() + wait
+}
+
 /// The blob container holding an export's `$import` payloads.
 pub(crate) fn payload_container(export_id: &str) -> String {
     let id: String = export_id
@@ -415,9 +425,12 @@ impl Engine {
             }
             // Throttled or a server-side hiccup: try again soon with the same window, without a failure.
             Err(FhirError::Rejected {
-                status, diagnostics, ..
+                status,
+                diagnostics,
+                retry_after,
+                ..
             }) if status == 429 || status == 408 || status >= 500 => {
-                job.lease_until = Some(Utc::now() + RETRY_SOON);
+                job.lease_until = Some(retry_at(retry_after));
                 job.failure_reason = format!("$export answered HTTP {status} ({diagnostics}); retrying");
                 self.state.save_job(&job).await?;
                 report.say(format!(
@@ -706,4 +719,24 @@ pub(crate) enum Planned {
     Job(Box<Job>),
     Skipped,
     Nothing,
+}
+
+#[cfg(test)]
+mod retry_tests {
+    use super::*;
+
+    #[test]
+    fn deferred_calls_wait_as_the_server_asked_within_bounds() {
+        let wait = |hint: Option<std::time::Duration>| (retry_at(hint) - Utc::now()).num_milliseconds();
+        assert!(
+            (900..=1000).contains(&wait(Some(std::time::Duration::from_millis(150)))),
+            "at least a second"
+        );
+        assert!((19_900..=20_000).contains(&wait(Some(std::time::Duration::from_secs(20)))));
+        assert!(
+            (299_900..=300_000).contains(&wait(Some(std::time::Duration::from_secs(3600)))),
+            "at most 5 min"
+        );
+        assert!((29_900..=30_000).contains(&wait(None)), "no hint: soon");
+    }
 }

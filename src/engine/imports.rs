@@ -125,9 +125,12 @@ impl Engine {
             // Throttled, or a gateway error after which the server may well have registered the job: post the
             // same definition again soon (the server de-duplicates it), without burning an attempt.
             Err(FhirError::Rejected {
-                status, diagnostics, ..
+                status,
+                diagnostics,
+                retry_after,
+                ..
             }) if status == 429 || status == 408 || status >= 500 => {
-                payload.lease_until = Some(Utc::now() + super::exports::RETRY_SOON);
+                payload.lease_until = Some(super::exports::retry_at(retry_after));
                 payload.failure_reason = format!("$import answered HTTP {status} ({diagnostics}); posting again");
                 self.state.save_payload(&payload).await?;
                 report.say(format!(

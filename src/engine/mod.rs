@@ -170,6 +170,7 @@ impl Engine {
     ) -> Engine {
         let timing = Timing {
             confirm_delay: settings.export_confirm_delay,
+            lease: settings.lease,
             ..Timing::default()
         };
         Engine {

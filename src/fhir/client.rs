@@ -192,9 +192,11 @@ fn retry_hint(resp: &Response) -> Option<Duration> {
 /// The error a failed response carries: its status and the OperationOutcome's first diagnostics.
 pub async fn rejection(resp: Response, url: &Url) -> FhirError {
     let status = resp.status().as_u16();
+    let retry_after = retry_hint(&resp);
     let text = read_text(resp).await;
     FhirError::Rejected {
         status,
+        retry_after,
         url: redact(url),
         diagnostics: diagnostics_of(&text),
     }

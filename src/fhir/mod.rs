@@ -25,6 +25,8 @@ pub enum FhirError {
         status: u16,
         url: String,
         diagnostics: String,
+        /// The wait the server asked for (`x-ms-retry-after-ms` or `Retry-After`), when it named one.
+        retry_after: Option<std::time::Duration>,
     },
     #[error("could not reach {url}: {message}")]
     Transport { url: String, message: String },

@@ -106,8 +106,31 @@ impl HandlerProcess {
 
     /// POSTs an invocation payload with the headers the host sends.
     pub async fn invoke(&self, function: &str, payload: &Value) -> reqwest::Result<reqwest::Response> {
+        self.invoker().invoke(function, payload).await
+    }
+
+    /// A handle that invokes this process from another task (it outlives nothing: once the process is gone,
+    /// its calls fail).
+    pub fn invoker(&self) -> Invoker {
+        Invoker {
+            base: self.url(""),
+            http: self.http.clone(),
+        }
+    }
+}
+
+/// Invokes a handler process the way the host does, from any task.
+#[derive(Clone, Debug)]
+pub struct Invoker {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Invoker {
+    /// POSTs an invocation payload with the headers the host sends.
+    pub async fn invoke(&self, function: &str, payload: &Value) -> reqwest::Result<reqwest::Response> {
         self.http
-            .post(self.url(function))
+            .post(format!("{}{function}", self.base))
             .header("Content-Type", "application/json; charset=utf-8")
             .header("X-Azure-Functions-InvocationId", "4c4f3a5e-0000-4000-8000-000000000001")
             .header("X-Azure-Functions-HostVersion", "4.1037.0")

@@ -17,7 +17,7 @@ mod ingestion;
 mod poll;
 
 pub use azurite::{Azurite, DEV_ACCOUNT, DEV_KEY};
-pub use handler::{HandlerProcess, http_payload, timer_payload};
+pub use handler::{HandlerProcess, Invoker, http_payload, timer_payload};
 pub use ingestion::{MockIngestion, Scripted, TEST_INSTRUMENTATION_KEY};
 pub use poll::{PollTimeout, poll_until};
 

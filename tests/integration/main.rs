@@ -5,6 +5,7 @@ mod blobs;
 mod cli;
 mod dashboard;
 mod engine;
+mod faults;
 mod fhir;
 mod handler;
 mod infra;

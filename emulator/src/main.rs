@@ -225,6 +225,7 @@ async fn writer(args: WriterArgs) -> Result<(), String> {
         seed: args.seed,
         types: args.types,
         token: None,
+        hard_deletes: true,
     };
     let stop = async move {
         match args.duration_secs {

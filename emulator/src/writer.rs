@@ -15,6 +15,8 @@ pub struct WriterParams {
     pub types: Vec<String>,
     /// Optional bearer token (for emulators that check tokens).
     pub token: Option<String>,
+    /// Whether some deletes are hard deletes (which no export can carry; off for tests that expect equality).
+    pub hard_deletes: bool,
 }
 
 /// What a writer did.
@@ -94,7 +96,7 @@ pub async fn run(params: WriterParams, stop: impl std::future::Future<Output = (
                     report.failed += 1;
                 }
             } else {
-                let hard = roll >= 95;
+                let hard = params.hard_deletes && roll >= 95;
                 let url = format!(
                     "{}/{t}/{id}{}",
                     params.target,

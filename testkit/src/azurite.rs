@@ -1,4 +1,3 @@
-use std::fs::File;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -24,16 +23,30 @@ static INSTANCE: AtomicU32 = AtomicU32::new(0);
 pub struct Azurite {
     child: Child,
     blob_port: u16,
+    queue_port: u16,
     table_port: u16,
     log: PathBuf,
+    /// `Some(dir)`: data is kept on disk there, so the process can be stopped and started again.
+    location: Option<PathBuf>,
+    workdir: PathBuf,
 }
 
 impl Azurite {
     /// Starts Azurite and returns once both the Blob and the Table endpoints answer HTTP.
     pub async fn start() -> Result<Azurite, HarnessError> {
+        Self::start_with(false).await
+    }
+
+    /// Starts Azurite keeping its data on disk, so [`Azurite::stop`] and [`Azurite::restart`] model a storage
+    /// outage that loses nothing.
+    pub async fn start_persistent() -> Result<Azurite, HarnessError> {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(persistent: bool) -> Result<Azurite, HarnessError> {
         let mut last_error = None;
         for _ in 0..START_ATTEMPTS {
-            match Self::start_once().await {
+            match Self::start_once(persistent).await {
                 Ok(azurite) => return Ok(azurite),
                 // A port race makes Azurite exit early; choose new ports and try again.
                 Err(err @ HarnessError::AzuriteExited { .. }) => last_error = Some(err),
@@ -43,46 +56,78 @@ impl Azurite {
         Err(last_error.expect("at least one attempt ran"))
     }
 
-    async fn start_once() -> Result<Azurite, HarnessError> {
+    async fn start_once(persistent: bool) -> Result<Azurite, HarnessError> {
+        let (blob_port, queue_port, table_port) = (free_port()?, free_port()?, free_port()?);
+        let n = INSTANCE.fetch_add(1, Ordering::SeqCst);
+        let workdir = std::env::temp_dir().join(format!("fhir-testkit-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&workdir)?;
+        let location = persistent.then(|| workdir.join("data"));
+        let log = workdir.join("azurite.log");
+        let child = Self::spawn(&workdir, &log, location.as_deref(), (blob_port, queue_port, table_port))?;
+        let mut azurite = Azurite {
+            child,
+            blob_port,
+            queue_port,
+            table_port,
+            log,
+            location,
+            workdir,
+        };
+        azurite.wait_ready().await?;
+        Ok(azurite)
+    }
+
+    fn spawn(
+        workdir: &std::path::Path,
+        log: &std::path::Path,
+        location: Option<&std::path::Path>,
+        (blob_port, queue_port, table_port): (u16, u16, u16),
+    ) -> Result<Child, HarnessError> {
         let root = workspace_root();
         let entry = root.join("node_modules/azurite/dist/src/azurite.js");
         if !entry.exists() {
             return Err(HarnessError::AzuriteMissing(entry));
         }
-        let (blob_port, queue_port, table_port) = (free_port()?, free_port()?, free_port()?);
-        let n = INSTANCE.fetch_add(1, Ordering::SeqCst);
-        let workdir = std::env::temp_dir().join(format!("fhir-testkit-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&workdir)?;
-        let log = workdir.join("azurite.log");
-        let out = File::create(&log)?;
-
-        let child = Command::new("node")
-            .arg(root.join("scripts/azurite-supervised.cjs"))
-            .args([
-                "--silent",
-                "--disableTelemetry",
-                "--skipApiVersionCheck",
-                "--inMemoryPersistence",
-            ])
-            .args(["--extentMemoryLimit", "256"])
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+        let mut command = Command::new("node");
+        command.arg(root.join("scripts/azurite-supervised.cjs")).args([
+            "--silent",
+            "--disableTelemetry",
+            "--skipApiVersionCheck",
+        ]);
+        // The extent memory limit applies to in-memory persistence only (Azurite refuses it otherwise).
+        match location {
+            Some(dir) => command.arg("--location").arg(dir),
+            None => command.args(["--inMemoryPersistence", "--extentMemoryLimit", "256"]),
+        };
+        command
             .args(["--blobHost", "127.0.0.1", "--blobPort", &blob_port.to_string()])
             .args(["--queueHost", "127.0.0.1", "--queuePort", &queue_port.to_string()])
             .args(["--tableHost", "127.0.0.1", "--tablePort", &table_port.to_string()])
             .env("AZURITE_PARENT_PID", std::process::id().to_string())
-            .current_dir(&workdir)
+            .current_dir(workdir)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .map_err(HarnessError::NodeMissing)?;
-        let mut azurite = Azurite {
-            child,
-            blob_port,
-            table_port,
-            log,
-        };
-        azurite.wait_ready().await?;
-        Ok(azurite)
+            .stderr(out);
+        command.spawn().map_err(HarnessError::NodeMissing)
+    }
+
+    /// Kills the process (its data stays on disk when started with [`Azurite::start_persistent`]).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the process again on the same ports and data, and waits until it answers.
+    pub async fn restart(&mut self) -> Result<(), HarnessError> {
+        self.stop();
+        self.child = Self::spawn(
+            &self.workdir,
+            &self.log,
+            self.location.as_deref(),
+            (self.blob_port, self.queue_port, self.table_port),
+        )?;
+        self.wait_ready().await
     }
 
     async fn wait_ready(&mut self) -> Result<(), HarnessError> {

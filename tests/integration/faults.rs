@@ -40,17 +40,19 @@ impl Rng {
 
 /// Azurite, two emulators sharing it, the source seeded, and the settings a handler needs.
 pub struct Scenario {
-    pub _azurite: Azurite,
+    pub azurite: Azurite,
     pub source: RunningEmulator,
     pub destination: RunningEmulator,
     pub settings: Vec<(&'static str, String)>,
-    pub versions: usize,
     /// Everything to migrate ends here.
     pub end: chrono::DateTime<Utc>,
 }
 
 pub async fn scenario(resources: usize, days: u32, extra: &[(&'static str, &str)]) -> Scenario {
-    let azurite = Azurite::start().await.unwrap();
+    scenario_on(Azurite::start().await.unwrap(), resources, days, extra).await
+}
+
+pub async fn scenario_on(azurite: Azurite, resources: usize, days: u32, extra: &[(&'static str, &str)]) -> Scenario {
     let source = emulator(Flavor::Aapi, &azurite).await;
     let destination = emulator(Flavor::Ahds, &azurite).await;
     let end = Utc::now() - TimeDelta::minutes(10);
@@ -62,7 +64,7 @@ pub async fn scenario(resources: usize, days: u32, extra: &[(&'static str, &str)
         search_parameters: 0,
         ..SeedParams::default()
     });
-    let (versions, errors) = load_into(source.store(), &lines);
+    let (_, errors) = load_into(source.store(), &lines);
     assert!(errors.is_empty(), "{errors:?}");
     let mut settings = base_settings(&azurite, &source, &destination);
     settings.extend([
@@ -74,11 +76,10 @@ pub async fn scenario(resources: usize, days: u32, extra: &[(&'static str, &str)
     ]);
     settings.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
     Scenario {
-        _azurite: azurite,
+        azurite,
         source,
         destination,
         settings,
-        versions,
         end,
     }
 }
@@ -117,7 +118,11 @@ impl Scenario {
             report.passed && report.missing == 0 && report.extra == 0 && report.different == 0,
             "{report:?}"
         );
-        assert_eq!(report.compared as usize, self.versions, "every version compared");
+        let (_, versions) = self.source.store().size();
+        assert_eq!(
+            report.compared as usize, versions,
+            "every version at the source compared"
+        );
         report
     }
 }
@@ -301,5 +306,88 @@ async fn r2_server_faults_mid_migration_are_ridden_out() {
         "R2: {} fault phases, {} versions compared",
         phases.len(),
         report.compared
+    );
+}
+
+#[tokio::test]
+async fn r3_a_storage_outage_mid_migration_fails_ticks_cleanly_and_resumes() {
+    let mut s = scenario_on(Azurite::start_persistent().await.unwrap(), 800, 15, &[]).await;
+    let handler = s.handler().await;
+    let invoker = handler.invoker();
+    for _ in 0..4 {
+        round(&invoker).await;
+    }
+    s.azurite.stop();
+    // While storage is down every timer still answers, promptly, with a failure the host counts and logs.
+    for function in ["MigrationOrchestrator", "ExportStatus", "ImportStatus"] {
+        let started = std::time::Instant::now();
+        let payload = timer_payload(function, "myTimer", &Utc::now().to_rfc3339(), false);
+        let resp = invoker.invoke(function, &payload).await.expect("the handler answers");
+        assert_eq!(resp.status(), 500, "{function}");
+        let body: Value = resp.json().await.unwrap();
+        assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{body}");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{function} took {:?}",
+            started.elapsed()
+        );
+    }
+    let ready = reqwest::get(handler.url("")).await.unwrap();
+    assert!(ready.status().is_success(), "the handler itself stays up");
+    s.azurite.restart().await.unwrap();
+    finish(&[invoker], s.end).await;
+    let report = s.assert_complete().await;
+    println!(
+        "R3: storage stopped and restarted mid-migration, {} versions compared",
+        report.compared
+    );
+}
+
+#[tokio::test]
+async fn r5_live_writes_during_the_migration_are_all_migrated_once_writes_stop() {
+    // A short safety lag, so the tool catches up with the last writes within the test.
+    let s = scenario(600, 10, &[("AZURE_SafetyLagSeconds", "3")]).await;
+    let handler = s.handler().await;
+    let invoker = handler.invoker();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let writer = tokio::spawn(fhir_emulator::writer::run(
+        fhir_emulator::writer::WriterParams {
+            target: s.source.base_url.clone(),
+            rate: 40.0,
+            seed: 5,
+            types: vec!["Patient".into(), "Observation".into(), "Encounter".into()],
+            token: None,
+            hard_deletes: false,
+        },
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    // Late commits: resources that become visible with a lastUpdated already 2 s old, inside the lag window.
+    let mut late = 0;
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(8) {
+        round(&invoker).await;
+        let at = Utc::now() - TimeDelta::seconds(2);
+        let line = json!({ "resourceType": "Patient", "id": format!("late-{late}"),
+            "meta": { "versionId": "1", "lastUpdated": at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true) } });
+        let (_, errors) = load_into(s.source.store(), &[line.to_string()]);
+        assert!(errors.is_empty(), "{errors:?}");
+        late += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop.send(());
+    let writes = writer.await.unwrap();
+    assert!(
+        writes.created + writes.updated + writes.soft_deleted > 100,
+        "{writes:?}"
+    );
+    assert!(writes.hard_deleted.is_empty());
+    // Once writes stop, the tool catches up past the last one.
+    finish(&[invoker], Utc::now()).await;
+    let report = s.assert_complete().await;
+    println!(
+        "R5: {} created, {} updated, {} soft-deleted, {late} late commits; {} versions compared, all equal",
+        writes.created, writes.updated, writes.soft_deleted, report.compared
     );
 }

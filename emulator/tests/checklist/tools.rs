@@ -62,6 +62,7 @@ async fn the_writer_creates_updates_and_deletes_and_reports_hard_deletes() {
         seed: 9,
         types: vec![],
         token: None,
+        hard_deletes: true,
     };
     let report = run(params, tokio::time::sleep(Duration::from_millis(1500))).await;
     assert_eq!(report.failed, 0);

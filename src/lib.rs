@@ -27,3 +27,6 @@ pub mod state;
 pub mod storage;
 pub mod telemetry;
 pub mod verify;
+
+#[cfg(test)]
+mod robustness;

@@ -13,7 +13,7 @@
 //! de-duplicates; the cursor moves only through windows whose every payload imported successfully. Every
 //! write is conditional on the ETag read, so overlapping invocations cannot act twice.
 
-mod error_files;
+pub(crate) mod error_files;
 mod exports;
 mod imports;
 mod per_type;

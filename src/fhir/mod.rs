@@ -356,8 +356,14 @@ async fn accepted(resp: reqwest::Response, url: &url::Url) -> Result<Accepted, F
             url: redact(url),
             detail: "202 without Content-Location".into(),
         })?;
+    // Content-Location may be relative (RFC 9110 §8.7): resolve it against the request. Where it points is
+    // checked before each poll, so a token never follows it to another host.
+    let status_url = url.join(location).map_err(|e| FhirError::InvalidResponse {
+        url: redact(url),
+        detail: format!("Content-Location '{location}' is not a URL: {e}"),
+    })?;
     Ok(Accepted {
-        status_url: location.to_string(),
+        status_url: status_url.to_string(),
     })
 }
 

@@ -65,6 +65,19 @@ pub async fn scope<F: Future>(operation: Operation, f: F) -> F::Output {
     CURRENT.scope(operation, f).await
 }
 
+/// Spawns `f` on the runtime inside the current operation, so what it reports still joins the invocation
+/// (task-locals do not cross `tokio::spawn` by themselves).
+pub fn spawn_in_current<F>(f: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    match current() {
+        Some(operation) => tokio::spawn(CURRENT.scope(operation, f)),
+        None => tokio::spawn(f),
+    }
+}
+
 /// The current operation, if the caller runs inside [`scope`].
 pub fn current() -> Option<Operation> {
     CURRENT.try_with(Operation::clone).ok()
@@ -132,6 +145,17 @@ mod tests {
         let inside = scope(op.clone(), async { current() }).await;
         assert_eq!(inside, Some(op));
         assert_eq!(current(), None);
+    }
+
+    #[tokio::test]
+    async fn spawned_work_stays_in_its_operation() {
+        let op = Operation::for_invocation(None, "f");
+        let seen = scope(op.clone(), async {
+            spawn_in_current(async { current() }).await.unwrap()
+        })
+        .await;
+        assert_eq!(seen, Some(op));
+        assert_eq!(spawn_in_current(async { current() }).await.unwrap(), None);
     }
 
     #[test]

@@ -140,7 +140,10 @@ impl Stream {
         if self.ahead.is_none()
             && let Some(url) = self.next.take()
         {
-            self.ahead = Some(tokio::spawn(fetch(self.client.clone(), url)));
+            self.ahead = Some(crate::telemetry::context::spawn_in_current(fetch(
+                self.client.clone(),
+                url,
+            )));
         }
     }
 

@@ -3,6 +3,7 @@
 //! check, which must find nothing missing, extra or different.
 //!
 //! Random choices come from a seeded generator whose seed is printed; `FAULT_SEED=<n>` replays a run.
+//! `./scripts/soak` repeats the whole suite with fresh seeds and more kills.
 
 use std::path::Path;
 use std::time::Duration;
@@ -171,7 +172,11 @@ async fn r1_killing_the_handler_at_random_moments_loses_and_duplicates_nothing()
     let s = scenario(1200, 25, &[]).await;
     let mut rng = Rng::from_env("R1");
     let mut handler = s.handler().await;
-    let kills = 30;
+    // The soak form (scripts/soak) raises this.
+    let kills: usize = std::env::var("FAULT_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
     for _ in 0..kills {
         // Timers fire back to back while the process is killed at a random moment, mid-invocation or not.
         let invoker = handler.invoker();

@@ -203,3 +203,97 @@ async fn oversized_bodies_are_refused_instead_of_buffered() {
         );
     }
 }
+
+#[tokio::test]
+async fn hostile_and_malformed_answers_give_clear_errors() {
+    use axum::routing::get;
+    // Calls to the "foreign" listener are counted: the tool must never make any.
+    let foreign_calls: Arc<Mutex<usize>> = Arc::default();
+    let counter = foreign_calls.clone();
+    let foreign = Router::new().fallback(get(move || {
+        let counter = counter.clone();
+        async move {
+            *counter.lock().unwrap() += 1;
+            "{}"
+        }
+    }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let foreign_base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, foreign).await });
+
+    let manifest = serde_json::json!({
+        "transactionTime": "2026-01-01T00:00:00Z", "request": "x", "requiresAccessToken": false,
+        "output": [{ "type": "Patient", "url": format!("{foreign_base}/c/Patient.ndjson"), "count": 3 }],
+        "error": []
+    })
+    .to_string();
+    let app = Router::new()
+        .route("/a/$export", get(|| async { StatusCode::ACCEPTED }))
+        .route(
+            "/b/$export",
+            get(|| async { (StatusCode::ACCEPTED, [("content-location", "/b/_operations/export/7")]) }),
+        )
+        .route(
+            "/b/_operations/export/7",
+            get(|| async { (StatusCode::OK, "{\"output\":[{\"type\":") }),
+        )
+        .route(
+            "/c/_operations/export/8",
+            get(|| async { (StatusCode::OK, [("content-type", "text/html")], "<html>busy</html>") }),
+        )
+        .route(
+            "/d/_operations/export/9",
+            get(move || async move { (StatusCode::OK, manifest) }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    // 202 without Content-Location.
+    let err = client(&format!("{base}/a"), TokenSource::None)
+        .export("_type=Patient")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("202 without Content-Location"), "{err}");
+    // A relative Content-Location is resolved on the same server; its truncated manifest is refused clearly.
+    let b = client(&format!("{base}/b"), TokenSource::None);
+    let accepted = b.export("_type=Patient").await.unwrap();
+    assert_eq!(accepted.status_url, format!("{base}/b/_operations/export/7"));
+    let err = b.export_status(&accepted.status_url).await.unwrap_err();
+    assert!(matches!(err, FhirError::InvalidResponse { .. }), "{err}");
+    // A 200 that is not JSON at all.
+    let c = client(&base, TokenSource::None);
+    let err = c
+        .export_status(&format!("{base}/c/_operations/export/8"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FhirError::InvalidResponse { .. }), "{err}");
+    // A manifest whose files sit on another host: read, never fetched by the tool (the destination server
+    // fetches them for $import), and not an account the tool's blob store would read error files from.
+    let polled = c
+        .export_status(&format!("{base}/d/_operations/export/9"))
+        .await
+        .unwrap();
+    let fhir_migration_tool::fhir::Poll::Done(manifest) = polled else {
+        panic!("a finished export")
+    };
+    let file = url::Url::parse(&manifest.output[0].url).unwrap();
+    let blobs = fhir_migration_tool::storage::blob::BlobStore::new(
+        url::Url::parse("http://127.0.0.1:10000/devstoreaccount1").unwrap(),
+        fhir_migration_tool::storage::StorageCredential::SharedKey {
+            account: fhir_testkit::DEV_ACCOUNT.into(),
+            key: fhir_migration_tool::secret::Secret::new(b"key".to_vec()),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        blobs.locate(&file),
+        None,
+        "a foreign file is never read with the tool's storage access"
+    );
+    assert_eq!(
+        *foreign_calls.lock().unwrap(),
+        0,
+        "nothing was sent to the foreign host"
+    );
+}

@@ -138,3 +138,45 @@ fn the_sample_settings_list_every_setting_the_code_reads() {
         }
     }
 }
+
+/// docs/reliability.md names its evidence as `module::test`; every one must exist, so the table cannot drift
+/// from the suite.
+#[test]
+fn every_test_named_in_the_reliability_doc_exists() {
+    let doc = std::fs::read_to_string(root().join("docs/reliability.md")).unwrap();
+    let mut sources = String::new();
+    for dir in ["tests/integration", "src"] {
+        let mut stack = vec![root().join(dir)];
+        while let Some(d) = stack.pop() {
+            for entry in std::fs::read_dir(&d).unwrap().filter_map(Result::ok) {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    sources.push_str(&std::fs::read_to_string(&path).unwrap());
+                }
+            }
+        }
+    }
+    let mut named = 0;
+    for quoted in doc.split('`').skip(1).step_by(2) {
+        let Some((module, rest)) = quoted.split_once("::") else {
+            continue;
+        };
+        if !module.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+            continue;
+        }
+        let names: Vec<&str> = match rest.strip_prefix('{').and_then(|r| r.strip_suffix('}')) {
+            Some(list) => list.split(',').map(str::trim).collect(),
+            None => vec![rest],
+        };
+        for name in names.into_iter().filter(|n| !n.contains('*') && !n.contains('…')) {
+            named += 1;
+            assert!(
+                sources.contains(&format!("fn {name}(")),
+                "docs/reliability.md names {module}::{name}, which does not exist"
+            );
+        }
+    }
+    assert!(named >= 15, "{named} tests named");
+}

@@ -435,5 +435,12 @@ async fn a_whole_migration_reports_the_originals_events_and_no_secrets() {
             );
         }
     }
+    // The handler's own log (what the host forwards to `traces`) carries none of them either.
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("custom handler listening"), "the log was captured");
+    for secret in [DEV_KEY, "FUNCTIONKEYSECRET", TEST_INSTRUMENTATION_KEY] {
+        assert!(!logged.contains(secret), "a secret reached the log");
+    }
+    assert!(!logged.contains("sig="), "a SAS signature reached the log");
     let _ = std::fs::remove_file(log);
 }

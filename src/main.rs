@@ -82,6 +82,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Find resources hard-deleted at the source (still at the destination) and, with --apply, delete them at
+    /// the destination. Dry run by default; exits non-zero while anything is left to reconcile.
+    Reconcile {
+        /// Types to compare (default: AZURE_ResourceTypes).
+        #[arg(long, value_delimiter = ',')]
+        types: Vec<String>,
+        /// Hard-delete the candidates at the destination (each recorded in the reconcile table).
+        #[arg(long)]
+        apply: bool,
+        /// Delete nothing when there are more candidates than this.
+        #[arg(long, default_value_t = 100)]
+        max_deletes: usize,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -216,6 +231,52 @@ async fn run(cli: Cli) -> Result<(), String> {
                 Ok(())
             } else {
                 Err("verification found differences".into())
+            }
+        }
+        Command::Reconcile {
+            types,
+            apply,
+            max_deletes,
+            json,
+        } => {
+            let app = App::build(settings).map_err(|e| e.to_string())?;
+            let engine = app.engine();
+            let options = fhir_migration_tool::reconcile::Options {
+                types: if types.is_empty() {
+                    engine.settings().resource_types.clone()
+                } else {
+                    types
+                },
+                apply,
+                max_deletes,
+            };
+            let table = app
+                .tables()
+                .table(&app.settings().reconcile_table)
+                .map_err(|e| e.to_string())?;
+            let outcome = fhir_migration_tool::reconcile::reconcile(
+                engine.source(),
+                engine.destination(),
+                &options,
+                Some(&table),
+                app.telemetry().as_ref(),
+            )
+            .await
+            .map_err(|e| e.to_string());
+            app.shutdown().await;
+            let report = outcome?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
+            } else {
+                print!("{}", fhir_migration_tool::reconcile::describe(&report));
+            }
+            if let Some(why) = &report.refused {
+                return Err(format!("nothing deleted: {why}"));
+            }
+            if report.clean() {
+                Ok(())
+            } else {
+                Err("the servers are not reconciled (see above)".into())
             }
         }
         Command::ClearRetries => {

@@ -30,6 +30,8 @@ pub struct Settings {
     pub chunk_table: String,
     /// `AZURE_ExportTableName`: one row per export/import job (default `export`).
     pub export_table: String,
+    /// `AZURE_ReconcileTableName`: one row per resource hard-deleted by reconciliation (default `reconcile`).
+    pub reconcile_table: String,
     pub migration: MigrationSettings,
     /// `APPLICATIONINSIGHTS_CONNECTION_STRING` (what the Functions host also reads), else the original's
     /// `AZURE_AppInsightConnectionstring`. Unset: telemetry goes to the log only.
@@ -96,6 +98,7 @@ impl Settings {
         };
         let chunk_table = table("AZURE_ChunkTableName", "chunk");
         let export_table = table("AZURE_ExportTableName", "export");
+        let reconcile_table = table("AZURE_ReconcileTableName", "reconcile");
         if chunk_table.eq_ignore_ascii_case(&export_table) {
             problems.push("AZURE_ChunkTableName and AZURE_ExportTableName must name different tables".into());
         }
@@ -116,6 +119,7 @@ impl Settings {
                 storage,
                 chunk_table,
                 export_table,
+                reconcile_table,
                 migration,
                 app_insights,
             }),

@@ -103,6 +103,24 @@ pub const EVENTS: &[EventSpec] = &[
         added: true,
     },
     EventSpec {
+        name: "Reconcile",
+        properties: &[
+            "RunId",
+            "HardDeletedAtSource",
+            "MissingAtDestination",
+            "PendingSoftDeletes",
+            "Deleted",
+            "Applied",
+            "Result",
+        ],
+        added: true,
+    },
+    EventSpec {
+        name: "ReconcileDelete",
+        properties: &["RunId", "Resource", "id"],
+        added: true,
+    },
+    EventSpec {
         name: "WindowSkipped",
         properties: &["Since", "Till", "Reason"],
         added: true,
@@ -117,6 +135,8 @@ pub const VALUES: &[(&str, &str, &[&str])] = &[
     ("DeepCheck", "Result", &["Pass", "Fail"]),
     ("FullCheck", "Result", &["Pass", "Fail"]),
     ("ExportRetries", "Status", &["MaxRetriesReached"]),
+    ("Reconcile", "Result", &["Pass", "Fail", "Refused"]),
+    ("Reconcile", "Applied", &["true", "false"]),
 ];
 
 /// The allowed values of `key` on event `name`, when they are a fixed set.

@@ -22,6 +22,7 @@ pub mod fhir;
 pub mod functions;
 pub mod logging;
 pub mod planner;
+pub mod preflight;
 pub mod reconcile;
 pub mod secret;
 pub mod state;

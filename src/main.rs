@@ -82,6 +82,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check storage, both FHIR servers, the identity's roles and the import mode; prints Pass/Fail and the fix
+    /// for each, and exits non-zero when any fails (the same as CheckAccess_Http).
+    Preflight {
+        #[arg(long)]
+        json: bool,
+    },
     /// Find resources hard-deleted at the source (still at the destination) and, with --apply, delete them at
     /// the destination. Dry run by default; exits non-zero while anything is left to reconcile.
     Reconcile {
@@ -231,6 +237,21 @@ async fn run(cli: Cli) -> Result<(), String> {
                 Ok(())
             } else {
                 Err("verification found differences".into())
+            }
+        }
+        Command::Preflight { json } => {
+            let app = App::build(settings).map_err(|e| e.to_string())?;
+            let report = fhir_migration_tool::preflight::preflight(&app).await;
+            app.shutdown().await;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
+            } else {
+                print!("{}", fhir_migration_tool::preflight::describe(&report));
+            }
+            if report.passed {
+                Ok(())
+            } else {
+                Err("preflight found problems (see above)".into())
             }
         }
         Command::Reconcile {

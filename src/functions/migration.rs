@@ -82,3 +82,26 @@ pub(super) async fn status(
         Vec::new(),
     ))
 }
+
+/// `CheckAccess_Http`: the preflight checks as JSON (200 either way; `passed` says whether all passed).
+pub(super) async fn check_access(
+    app: &App,
+    spec: &FunctionSpec,
+    request: &InvocationRequest,
+) -> Result<InvocationResponse, FunctionError> {
+    let output = http_output(spec)?;
+    request.http("req")?;
+    let report = crate::preflight::preflight(app).await;
+    let body = serde_json::to_value(&report).unwrap_or_else(|e| json!({ "error": e.to_string() }));
+    let failed: Vec<String> = report
+        .checks
+        .iter()
+        .filter(|c| !c.passed)
+        .map(|c| format!("preflight {} failed: {} (fix: {})", c.name, c.detail, c.fix))
+        .collect();
+    Ok(InvocationResponse::http(
+        output,
+        HttpResponseData::json(200, &body),
+        failed,
+    ))
+}

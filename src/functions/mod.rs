@@ -97,6 +97,16 @@ pub const FUNCTIONS: &[FunctionSpec] = &[
         },
     },
     FunctionSpec {
+        name: "CheckAccess_Http",
+        trigger: Trigger::Http {
+            binding: "req",
+            output: "res",
+            methods: &["get"],
+            auth_level: "function",
+            route: None,
+        },
+    },
+    FunctionSpec {
         name: "E2ETest_Http",
         trigger: Trigger::Http {
             binding: "req",
@@ -279,6 +289,7 @@ async fn dispatch(
         "MigrationOrchestrator" | "ExportStatus" | "ImportStatus" => migration::timer(app, spec, request).await,
         "ClearMaxExportRetries_Http" => migration::clear_retries(app, spec, request).await,
         "MigrationStatus_Http" => migration::status(app, spec, request).await,
+        "CheckAccess_Http" => migration::check_access(app, spec, request).await,
         "E2ETest_Http" => verification::start(app, spec, request).await,
         "E2ETest_Status" => verification::status(app, spec, request).await,
         "E2ETest_Runner" => verification::runner(app, spec, request).await,

@@ -12,6 +12,7 @@ mod infra;
 mod layout;
 mod migration;
 mod package;
+mod preflight;
 mod reconcile;
 mod router;
 mod support;

@@ -1,0 +1,260 @@
+//! Preflight: before a migration starts (and whenever an operator wonders), check that everything the tool
+//! needs answers as it must, with the identity and roles it will use. Each check says Pass or Fail, and on Fail
+//! what to fix. Every probe is harmless:
+//!
+//! - state storage: the tables are created if missing, and a blob listing proves blob access;
+//! - source: a count (FHIR Data Reader), and an export of an empty window in the future, cancelled at once
+//!   (FHIR Data Exporter and a configured export);
+//! - destination: a count (Reader); a delete of an id that never existed, which changes nothing but needs FHIR
+//!   Data Writer and is refused with 423 when the service is in initial import mode; and an `$import` without
+//!   inputs, which a server refuses with 400 when the caller may import and import is configured, with 403 when
+//!   it may not, and with "not enabled" when import is not configured.
+
+use chrono::{TimeDelta, Utc};
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::app::App;
+use crate::fhir::{FhirClient, FhirError, format_instant};
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Check {
+    pub name: String,
+    pub passed: bool,
+    pub detail: String,
+    /// What to do when it failed.
+    pub fix: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    pub passed: bool,
+    pub checks: Vec<Check>,
+}
+
+fn pass(name: &str, detail: impl Into<String>) -> Check {
+    Check {
+        name: name.into(),
+        passed: true,
+        detail: detail.into(),
+        fix: String::new(),
+    }
+}
+
+fn fail(name: &str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
+    Check {
+        name: name.into(),
+        passed: false,
+        detail: detail.into(),
+        fix: fix.into(),
+    }
+}
+
+/// The fix for an authentication or authorization refusal by a FHIR server.
+fn access_fix(status: u16, server: &str, role: &str) -> String {
+    match status {
+        401 => format!(
+            "the {server} did not accept the tool's token: check the URL (it is the token audience) and, for a client secret, AZURE_TenantId/AZURE_ClientId/AZURE_ClientSecret"
+        ),
+        403 => format!("grant the function app's managed identity '{role}' on the {server}"),
+        _ => format!("the {server} refused the call: see the detail"),
+    }
+}
+
+/// Runs every check with the app's own clients.
+pub async fn preflight(app: &App) -> Report {
+    preflight_with(app, app.engine().source(), app.engine().destination()).await
+}
+
+/// Runs every check with the given FHIR clients (tests swap in clients with other identities).
+pub async fn preflight_with(app: &App, source: &FhirClient, destination: &FhirClient) -> Report {
+    let mut checks = Vec::new();
+    checks.push(match app.ensure_tables().await {
+        Ok(names) => pass("state tables", format!("{} ready", names.join(", "))),
+        Err(e) => fail(
+            "state tables",
+            e.to_string(),
+            "grant the function app's identity 'Storage Table Data Contributor' on the tool's storage account, and check AZURE_StagingStorageUri",
+        ),
+    });
+    checks.push(match app.blobs().list("preflight-probe", "").await {
+        Ok(_) => pass("state blobs", "blob service answered"),
+        Err(e) if e.to_string().contains("404") => pass("state blobs", "blob service answered"),
+        Err(e) => fail(
+            "state blobs",
+            e.to_string(),
+            "grant the function app's identity 'Storage Blob Data Owner' (or Contributor) on the tool's storage account, and check AZURE_BlobStorageUri",
+        ),
+    });
+    checks.push(read_check("source: read", source, "source", "FHIR Data Reader").await);
+    checks.push(export_check(source).await);
+    checks.push(read_check("destination: read", destination, "destination", "FHIR Data Reader").await);
+    checks.push(write_check(destination).await);
+    checks.push(import_check(destination).await);
+    Report {
+        passed: checks.iter().all(|c| c.passed),
+        checks,
+    }
+}
+
+async fn read_check(name: &str, client: &FhirClient, server: &str, role: &str) -> Check {
+    match client.total(false).await {
+        Ok(n) => pass(name, format!("{n} resources at {}", client.base())),
+        Err(FhirError::Rejected {
+            status, diagnostics, ..
+        }) => fail(
+            name,
+            format!("HTTP {status}: {diagnostics}"),
+            access_fix(status, server, role),
+        ),
+        Err(e) => fail(
+            name,
+            e.to_string(),
+            format!("check that the {server} URL is right and reachable from the function app"),
+        ),
+    }
+}
+
+async fn export_check(source: &FhirClient) -> Check {
+    let name = "source: export";
+    // A window entirely in the future: the job exports nothing.
+    let since = format_instant(Utc::now() + TimeDelta::days(1));
+    let query = format!("_since={}&_type=Patient", crate::storage::encode_component(&since));
+    match source.export(&query).await {
+        Ok(accepted) => {
+            // Cancel it, so the probe leaves no job behind (a failed cancel is harmless: it exports nothing).
+            if let Ok(url) = source.own_url(&accepted.status_url) {
+                let _ = source.send(Method::DELETE, &url, |r| r, false).await;
+            }
+            pass(name, "an empty export was accepted and cancelled")
+        }
+        Err(FhirError::Rejected {
+            status, diagnostics, ..
+        }) => fail(
+            name,
+            format!("HTTP {status}: {diagnostics}"),
+            if matches!(status, 401 | 403) {
+                access_fix(status, "source", "FHIR Data Exporter")
+            } else {
+                "configure export on the source (its export storage account) and check the server's own logs".into()
+            },
+        ),
+        Err(e) => fail(name, e.to_string(), "check that the source URL is right and reachable"),
+    }
+}
+
+async fn write_check(destination: &FhirClient) -> Check {
+    let name = "destination: write";
+    let id = format!("preflight-probe-{}", crate::telemetry::context::random_hex(12));
+    let url = match destination.url(&format!("Patient/{id}")) {
+        Ok(u) => u,
+        Err(e) => return fail(name, e.to_string(), "check AZURE_DestinationUri"),
+    };
+    match destination.send(Method::DELETE, &url, |r| r, true).await {
+        Ok(resp) if resp.status().is_success() || resp.status() == StatusCode::NOT_FOUND => pass(
+            name,
+            "writes are accepted (probed with a delete of an id that never existed)",
+        ),
+        Ok(resp) if resp.status() == StatusCode::LOCKED => fail(
+            name,
+            "HTTP 423: the service is locked for initial import mode",
+            "switch the destination's import configuration to incremental mode (initialImportMode: false)",
+        ),
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let text = crate::fhir::client::read_text(resp).await;
+            fail(
+                name,
+                format!("HTTP {status}: {}", crate::fhir::client::diagnostics_of(&text)),
+                access_fix(status, "destination", "FHIR Data Writer"),
+            )
+        }
+        Err(e) => fail(
+            name,
+            e.to_string(),
+            "check that the destination URL is right and reachable",
+        ),
+    }
+}
+
+async fn import_check(destination: &FhirClient) -> Check {
+    let name = "destination: import";
+    // Valid in every way but one: no input. A server that lets us import says so with a 400 about the input.
+    let body = json!({ "resourceType": "Parameters", "parameter": [
+        { "name": "inputFormat", "valueString": "application/fhir+ndjson" },
+        { "name": "mode", "valueString": "IncrementalLoad" }
+    ]});
+    let url = match destination.url("$import") {
+        Ok(u) => u,
+        Err(e) => return fail(name, e.to_string(), "check AZURE_DestinationUri"),
+    };
+    let sent = destination
+        .send(
+            Method::POST,
+            &url,
+            |r| {
+                r.header("content-type", "application/fhir+json")
+                    .header("prefer", "respond-async")
+                    .json(&body)
+            },
+            true,
+        )
+        .await;
+    match sent {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let text = crate::fhir::client::read_text(resp).await;
+            let diagnostics = crate::fhir::client::diagnostics_of(&text);
+            match status {
+                400 if ["not enabled", "not configured"]
+                    .iter()
+                    .any(|m| diagnostics.to_ascii_lowercase().contains(m)) =>
+                {
+                    fail(
+                        name,
+                        format!("HTTP 400: {diagnostics}"),
+                        "configure import on the destination (importConfiguration.enabled, with the same storage account the source exports to); an Azure API for FHIR cannot be a destination",
+                    )
+                }
+                400 => pass(name, "an $import without input was refused for its input only"),
+                423 => fail(
+                    name,
+                    format!("HTTP 423: {diagnostics}"),
+                    "switch the destination's import configuration to incremental mode (initialImportMode: false)",
+                ),
+                s if (200..300).contains(&s) => pass(name, "the import endpoint accepted the call"),
+                s => fail(
+                    name,
+                    format!("HTTP {s}: {diagnostics}"),
+                    access_fix(s, "destination", "FHIR Data Importer"),
+                ),
+            }
+        }
+        Err(e) => fail(
+            name,
+            e.to_string(),
+            "check that the destination URL is right and reachable",
+        ),
+    }
+}
+
+/// The report as text for the CLI.
+pub fn describe(report: &Report) -> String {
+    let mut out = String::new();
+    for c in &report.checks {
+        let mark = if c.passed { "Pass" } else { "FAIL" };
+        out.push_str(&format!("{mark:<5} {:<22} {}\n", c.name, c.detail));
+        if !c.passed {
+            out.push_str(&format!("      fix: {}\n", c.fix));
+        }
+    }
+    out.push_str(if report.passed {
+        "preflight: PASS\n"
+    } else {
+        "preflight: FAIL\n"
+    });
+    out
+}

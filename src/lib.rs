@@ -17,6 +17,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod cutover;
 pub mod engine;
 pub mod fhir;
 pub mod functions;

@@ -82,6 +82,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Is it safe to cut over? Reports the lag; with --final (after stopping writes to the source) waits for
+    /// quiet, migrates the last tail, runs the full check and a reconciliation, and prints READY or NOT READY.
+    Cutover {
+        #[arg(long = "final")]
+        final_check: bool,
+        /// Seconds the source must have had no write (at least AZURE_SafetyLagSeconds).
+        #[arg(long, default_value_t = 300)]
+        quiet_seconds: u64,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 3600)]
+        timeout_seconds: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Check storage, both FHIR servers, the identity's roles and the import mode; prints Pass/Fail and the fix
     /// for each, and exits non-zero when any fails (the same as CheckAccess_Http).
     Preflight {
@@ -238,6 +252,31 @@ async fn run(cli: Cli) -> Result<(), String> {
             } else {
                 Err("verification found differences".into())
             }
+        }
+        Command::Cutover {
+            final_check,
+            quiet_seconds,
+            timeout_seconds,
+            json,
+        } => {
+            let app = App::build(settings).map_err(|e| e.to_string())?;
+            let options = fhir_migration_tool::cutover::Options {
+                final_check,
+                quiet: std::time::Duration::from_secs(quiet_seconds),
+                timeout: std::time::Duration::from_secs(timeout_seconds),
+                poll: std::time::Duration::from_secs(2),
+            };
+            let outcome = fhir_migration_tool::cutover::cutover(&app, &options)
+                .await
+                .map_err(|e| e.to_string());
+            app.shutdown().await;
+            let report = outcome?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
+            } else {
+                print!("{}", fhir_migration_tool::cutover::describe(&report));
+            }
+            if report.ready { Ok(()) } else { Err("NOT READY".into()) }
         }
         Command::Preflight { json } => {
             let app = App::build(settings).map_err(|e| e.to_string())?;

@@ -38,6 +38,16 @@ pub const MIN_TAIL: TimeDelta = TimeDelta::seconds(60);
 /// The end of the window starting at `since`: one chunk later, capped at the frontier. `None` when there is
 /// nothing worth exporting yet (caught up).
 pub fn window_end(settings: &MigrationSettings, since: DateTime<Utc>, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    window_end_with(settings, since, now, MIN_TAIL)
+}
+
+/// [`window_end`] with another shortest tail (the cut-over drives the last, short tail with none).
+pub fn window_end_with(
+    settings: &MigrationSettings,
+    since: DateTime<Utc>,
+    now: DateTime<Utc>,
+    min_tail: TimeDelta,
+) -> Option<DateTime<Utc>> {
     let full = since + settings.chunk_span();
     let frontier = frontier(settings, now);
     let till = full.min(frontier);
@@ -45,7 +55,7 @@ pub fn window_end(settings: &MigrationSettings, since: DateTime<Utc>, now: DateT
         return None;
     }
     let ends_specific_run = settings.specific_run && settings.end_date == Some(till);
-    (till == full || ends_specific_run || till - since >= MIN_TAIL).then_some(till)
+    (till == full || ends_specific_run || till - since >= min_tail).then_some(till)
 }
 
 /// The next, smaller window when `[since, till)` holds more than the chunk limit: half as long, never shorter

@@ -202,7 +202,7 @@ impl Engine {
         let Some(since) = self.next_window_start(cursor, report).await? else {
             return Ok(Planned::Nothing);
         };
-        let Some(mut till) = planner::window_end(&self.settings, since, now) else {
+        let Some(mut till) = planner::window_end_with(&self.settings, since, now, self.timing.min_tail) else {
             return Ok(Planned::Nothing);
         };
         let mut count = self.window_count(None, since, till).await?;

@@ -132,6 +132,9 @@ pub struct Timing {
     pub lease: TimeDelta,
     /// Empty windows skipped per tick at most (sparse data catches up quickly, but a tick stays bounded).
     pub max_empty_skips: u32,
+    /// The shortest tail window exported once caught up ([`crate::planner::MIN_TAIL`]); the cut-over's final
+    /// drive uses zero, to migrate right up to the last write.
+    pub min_tail: chrono::TimeDelta,
 }
 
 impl Default for Timing {
@@ -140,6 +143,7 @@ impl Default for Timing {
             confirm_delay: Duration::from_secs(5),
             lease: TimeDelta::minutes(11),
             max_empty_skips: 100,
+            min_tail: crate::planner::MIN_TAIL,
         }
     }
 }
@@ -184,6 +188,11 @@ impl Engine {
             fail: FailPoints::default(),
             error_stores: vec![blobs.clone()],
         }
+    }
+
+    /// The engine's timings (tests and the cut-over adjust a copy).
+    pub fn timing(&self) -> &Timing {
+        &self.timing
     }
 
     pub fn with_timing(mut self, timing: Timing) -> Engine {

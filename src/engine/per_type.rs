@@ -28,7 +28,7 @@ impl Engine {
                 };
                 let span = self.settings.chunk_unit.span(self.settings.resource_export_chunk_time);
                 let till = (since + span).min(planner::frontier(&self.settings, now));
-                match planner::window_end(&self.settings, since, now) {
+                match planner::window_end_with(&self.settings, since, now, self.timing.min_tail) {
                     Some(_) if till > since => (since, till),
                     _ => return Ok(Planned::Nothing),
                 }

@@ -139,7 +139,22 @@ impl FhirClient {
                 enc(&format_instant(f))
             ),
         };
-        let path = path.as_str();
+        self.first_stamp(&path).await
+    }
+
+    /// The newest `meta.lastUpdated` on the server (of any version when `history`): when the source was last
+    /// written, for the cut-over assistant. `None` when the server is empty.
+    pub async fn newest_last_updated(&self, history: bool) -> Result<Option<DateTime<Utc>>, FhirError> {
+        let path = if history {
+            "_history?_sort=-_lastUpdated&_count=1"
+        } else {
+            "?_sort=-_lastUpdated&_count=1"
+        };
+        self.first_stamp(path).await
+    }
+
+    /// The lastUpdated of the first entry of a one-entry sorted query, following empty pages.
+    async fn first_stamp(&self, path: &str) -> Result<Option<DateTime<Utc>>, FhirError> {
         let mut url = self.url(path)?;
         // AAPI can answer with empty pages that still have a next link (reference §7.4): follow them.
         for _ in 0..100 {
@@ -151,10 +166,14 @@ impl FhirClient {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .filter_map(|e| e["resource"]["meta"]["lastUpdated"].as_str())
+                .filter_map(|e| {
+                    e["resource"]["meta"]["lastUpdated"]
+                        .as_str()
+                        .or_else(|| e["response"]["lastModified"].as_str())
+                })
                 .filter_map(|t| DateTime::parse_from_rfc3339(t).ok())
                 .map(|t| t.with_timezone(&Utc))
-                .min();
+                .next();
             if let Some(t) = found {
                 return Ok(Some(DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)));
             }

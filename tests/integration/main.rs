@@ -3,6 +3,7 @@
 
 mod blobs;
 mod cli;
+mod cutover;
 mod dashboard;
 mod engine;
 mod faults;

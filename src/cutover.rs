@@ -1,0 +1,235 @@
+//! The cut-over assistant: is it safe to point the applications at the destination now?
+//!
+//! Without `final`, it reports the lag: how far the migration trails, how many source versions are newer than
+//! the migrated-through time, and what is still in flight. With `final` (after the operator has stopped writes
+//! to the source), it:
+//!
+//! 1. waits until the source has had no write for the quiet period;
+//! 2. drives the last windows right up to the last write (the short tail a caught-up migration would
+//!    otherwise wait for);
+//! 3. runs the full check and a reconciliation dry run;
+//! 4. answers READY, or NOT READY with every reason.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::Serialize;
+
+use crate::app::App;
+use crate::engine::{EngineError, Timing};
+use crate::fhir::{FhirError, format_instant};
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Wait for quiet, drive the tail, check.
+    pub final_check: bool,
+    /// How long the source must have had no write (at least the safety lag).
+    pub quiet: Duration,
+    /// Give up after this long.
+    pub timeout: Duration,
+    /// Pause between ticks while driving the tail.
+    pub poll: Duration,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    pub ready: bool,
+    pub reasons: Vec<String>,
+    pub migrated_through: Option<String>,
+    pub last_source_write: Option<String>,
+    /// Source versions (current resources without history) newer than the migrated-through time.
+    pub pending_source_versions: u64,
+    pub windows_in_flight: usize,
+    pub full_check_compared: Option<u64>,
+    pub full_check_passed: Option<bool>,
+    pub reconcile_clean: Option<bool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CutoverError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Fhir(#[from] FhirError),
+    #[error(transparent)]
+    Reconcile(#[from] crate::reconcile::ReconcileError),
+}
+
+fn parse(t: Option<&str>) -> Option<DateTime<Utc>> {
+    t.and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&Utc))
+}
+
+pub async fn cutover(app: &App, options: &Options) -> Result<Report, CutoverError> {
+    let engine = app.engine();
+    let settings = engine.settings();
+    let history = settings.export_with_history || settings.export_with_delete;
+    let mut report = Report::default();
+    let started = Instant::now();
+
+    if options.final_check {
+        // 1. Quiet: no source write for the quiet period (never less than the safety lag, so the frontier
+        //    passes the last write).
+        let quiet = TimeDelta::from_std(options.quiet)
+            .unwrap_or(TimeDelta::zero())
+            .max(settings.safety_lag);
+        loop {
+            let last = engine.source().newest_last_updated(history).await?;
+            if last.is_none_or(|t| Utc::now() - t >= quiet) {
+                break;
+            }
+            if started.elapsed() >= options.timeout {
+                report.reasons.push(format!(
+                    "the source is still being written (last write {}); stop writes, then run --final again",
+                    last.map(format_instant).unwrap_or_default()
+                ));
+                return finish(app, report, history).await;
+            }
+            tokio::time::sleep(options.poll).await;
+        }
+        // 2. Drive the last windows up to the last write, tail included.
+        let last = engine.source().newest_last_updated(history).await?;
+        let tail = engine.clone().with_timing(Timing {
+            min_tail: TimeDelta::zero(),
+            ..engine.timing().clone()
+        });
+        loop {
+            let now = Utc::now();
+            for result in [
+                tail.starter_tick(now).await.map(|_| ()),
+                tail.export_status_tick(now).await.map(|_| ()),
+                tail.import_status_tick(now).await.map(|_| ()),
+            ] {
+                if let Err(e) = result
+                    && !e.is_conflict()
+                {
+                    report
+                        .reasons
+                        .push(format!("a tick failed while driving the tail: {e}"));
+                }
+            }
+            let status = tail.status(Utc::now()).await?;
+            let through = parse(status.migrated_through.as_deref());
+            let done = status.windows_in_flight.is_empty() && last.is_none_or(|l| through.is_some_and(|t| t > l));
+            if done || status.halted {
+                break;
+            }
+            if started.elapsed() >= options.timeout {
+                report.reasons.push("the last windows did not finish in time".into());
+                break;
+            }
+            tokio::time::sleep(options.poll).await;
+        }
+        // 3. The checks.
+        let full =
+            crate::verify::full::full(engine.source(), engine.destination(), &settings.resource_types, history).await?;
+        report.full_check_compared = Some(full.compared);
+        report.full_check_passed = Some(full.passed);
+        if !full.passed {
+            report.reasons.push(format!(
+                "the full check found {} missing, {} extra and {} different versions",
+                full.missing, full.extra, full.different
+            ));
+        }
+        let reconciled = crate::reconcile::reconcile(
+            engine.source(),
+            engine.destination(),
+            &crate::reconcile::Options {
+                types: settings.resource_types.clone(),
+                apply: false,
+                max_deletes: 0,
+            },
+            None,
+            app.telemetry().as_ref(),
+        )
+        .await?;
+        let clean = reconciled.clean() && reconciled.pending_soft_deletes == 0;
+        report.reconcile_clean = Some(clean);
+        if reconciled.hard_deleted_at_source > 0 {
+            report.reasons.push(format!(
+                "{} resources hard-deleted at the source are still at the destination: run `reconcile --apply`",
+                reconciled.hard_deleted_at_source
+            ));
+        }
+    }
+    finish(app, report, history).await
+}
+
+/// Fills in the lag figures and the verdict.
+async fn finish(app: &App, mut report: Report, history: bool) -> Result<Report, CutoverError> {
+    let engine = app.engine();
+    let status = engine.status(Utc::now()).await?;
+    report.migrated_through = status.migrated_through.clone();
+    report.windows_in_flight = status.windows_in_flight.len();
+    let last = engine.source().newest_last_updated(history).await?;
+    report.last_source_write = last.map(format_instant);
+    let through = parse(status.migrated_through.as_deref());
+    report.pending_source_versions = match (through, last) {
+        (Some(t), Some(l)) if l >= t => {
+            let till = l + TimeDelta::milliseconds(1);
+            if history {
+                engine.source().history_count(None, t, till).await?
+            } else {
+                engine.source().count(None, t, till).await?
+            }
+        }
+        (None, Some(_)) => engine.source().total(history).await?,
+        _ => 0,
+    };
+    if status.halted {
+        report
+            .reasons
+            .push("the migration is halted: see MigrationStatus_Http".into());
+    }
+    if report.pending_source_versions > 0 {
+        report.reasons.push(format!(
+            "{} source versions are newer than the migrated-through time",
+            report.pending_source_versions
+        ));
+    }
+    if report.windows_in_flight > 0 {
+        report
+            .reasons
+            .push(format!("{} windows are still in flight", report.windows_in_flight));
+    }
+    if report.full_check_passed.is_none() {
+        report
+            .reasons
+            .push("not checked: stop writes to the source, then run with --final".into());
+    }
+    report.ready = report.reasons.is_empty();
+    Ok(report)
+}
+
+/// The report as text for the CLI.
+pub fn describe(r: &Report) -> String {
+    let mut out = format!(
+        "migrated through:      {}\nlast source write:     {}\nsource versions newer: {}\nwindows in flight:     {}\n",
+        r.migrated_through.as_deref().unwrap_or("-"),
+        r.last_source_write.as_deref().unwrap_or("-"),
+        r.pending_source_versions,
+        r.windows_in_flight
+    );
+    if let (Some(n), Some(passed)) = (r.full_check_compared, r.full_check_passed) {
+        out.push_str(&format!(
+            "full check:            {} ({n} versions)\n",
+            if passed { "passed" } else { "FAILED" }
+        ));
+    }
+    if let Some(clean) = r.reconcile_clean {
+        out.push_str(&format!(
+            "reconciliation:        {}\n",
+            if clean { "nothing to do" } else { "differences" }
+        ));
+    }
+    if r.ready {
+        out.push_str("\nREADY: the destination holds everything the source holds; point the applications at it.\n");
+    } else {
+        out.push_str("\nNOT READY:\n");
+        for reason in &r.reasons {
+            out.push_str(&format!("  - {reason}\n"));
+        }
+    }
+    out
+}

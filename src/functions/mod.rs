@@ -8,6 +8,7 @@
 
 mod migration;
 pub mod payload;
+mod reconcile;
 pub mod verification;
 
 use std::future::Future;
@@ -124,6 +125,26 @@ pub const FUNCTIONS: &[FunctionSpec] = &[
             methods: &["get"],
             auth_level: "function",
             route: Some("E2ETest_Status/{id}"),
+        },
+    },
+    FunctionSpec {
+        name: "Reconcile_Http",
+        trigger: Trigger::Http {
+            binding: "req",
+            output: "res",
+            methods: &["post"],
+            auth_level: "function",
+            route: None,
+        },
+    },
+    FunctionSpec {
+        name: "Reconcile_Status",
+        trigger: Trigger::Http {
+            binding: "req",
+            output: "res",
+            methods: &["get"],
+            auth_level: "function",
+            route: Some("Reconcile_Status/{id}"),
         },
     },
     FunctionSpec {
@@ -293,6 +314,8 @@ async fn dispatch(
         "E2ETest_Http" => verification::start(app, spec, request).await,
         "E2ETest_Status" => verification::status(app, spec, request).await,
         "E2ETest_Runner" => verification::runner(app, spec, request).await,
+        "Reconcile_Http" => reconcile::start(app, spec, request).await,
+        "Reconcile_Status" => reconcile::status(app, spec, request).await,
         other => Err(FunctionError::Unrouted(other)),
     }
 }

@@ -15,7 +15,7 @@ fn runs(app: &App) -> Result<Runs<'_>, FunctionError> {
     Ok(Runs::new(table, app.engine()))
 }
 
-fn bad_request(output: &str, message: String) -> InvocationResponse {
+pub(super) fn bad_request(output: &str, message: String) -> InvocationResponse {
     InvocationResponse::http(
         output,
         HttpResponseData::json(400, &json!({ "error": message })),
@@ -24,13 +24,13 @@ fn bad_request(output: &str, message: String) -> InvocationResponse {
 }
 
 /// A resource type name as FHIR spells them; anything else never reaches a URL.
-fn valid_type(name: &str) -> bool {
+pub(super) fn valid_type(name: &str) -> bool {
     let mut chars = name.chars();
     chars.next().is_some_and(|c| c.is_ascii_uppercase()) && chars.all(|c| c.is_ascii_alphanumeric()) && name.len() <= 64
 }
 
 /// An option from the query string, else from a JSON body (`{"mode": "full", "types": ["Patient"], "count": 50}`).
-fn option(req: &HttpRequestData, body: &Value, name: &str) -> Option<String> {
+pub(super) fn option(req: &HttpRequestData, body: &Value, name: &str) -> Option<String> {
     if let Some(v) = req.query_param(name) {
         return Some(v.to_string());
     }
@@ -165,10 +165,15 @@ pub(super) async fn runner(
     };
     request.timer(binding)?;
     let worked = runs(app)?.tick().await?;
-    let line = if worked.is_empty() {
+    let mut lines = vec![if worked.is_empty() {
         "no open verification runs".to_string()
     } else {
         format!("worked on verification runs: {}", worked.join(", "))
-    };
-    Ok(InvocationResponse::logs(vec![line]))
+    }];
+    // The same timer runs reconciliation runs (Reconcile_Http).
+    let reconciled = super::reconcile::tick(app).await?;
+    if !reconciled.is_empty() {
+        lines.push(format!("worked on reconciliation runs: {}", reconciled.join(", ")));
+    }
+    Ok(InvocationResponse::logs(lines))
 }

@@ -141,3 +141,113 @@ async fn hard_deletes_at_the_source_are_found_capped_applied_and_recorded() {
     assert_eq!(telemetry.events().last().unwrap().get("Result"), Some("Pass"));
     assert_same(stack.source.store(), stack.destination.store());
 }
+
+#[tokio::test]
+async fn reconcile_http_records_a_run_the_runner_completes_and_status_reports() {
+    use crate::faults::{finish, scenario};
+    use fhir_testkit::{http_payload, timer_payload};
+    use serde_json::{Value, json};
+
+    let s = scenario(200, 5, &[]).await;
+    let handler = s.handler().await;
+    finish(&[handler.invoker()], s.end).await;
+    let http = reqwest::Client::new();
+    let gone: Vec<String> = s
+        .source
+        .store()
+        .snapshot()
+        .into_iter()
+        .filter(|(k, r)| &*k.0 == "Patient" && !r.current().unwrap().deleted)
+        .map(|(k, _)| k.1.to_string())
+        .take(3)
+        .collect();
+    for id in &gone {
+        let url = format!("{}/Patient/{id}?hardDelete=true", s.source.base_url);
+        assert!(http.delete(url).send().await.unwrap().status().is_success());
+    }
+    let body = |resp: Value| -> (u64, Value) {
+        let res = &resp["Outputs"]["res"];
+        (
+            res["statusCode"].as_u64().unwrap_or(0),
+            serde_json::from_str(res["body"].as_str().unwrap_or("null")).unwrap(),
+        )
+    };
+    let mut start = http_payload(
+        "Reconcile_Http",
+        "req",
+        "POST",
+        json!({ "types": "Patient", "maxDeletes": "10" }),
+        Some(r#"{"apply": true}"#),
+    );
+    start["Data"]["req"]["Url"] = json!("https://fn.example/api/Reconcile_Http?code=SECRET&types=Patient");
+    let (code, started) = body(
+        handler
+            .invoke("Reconcile_Http", &start)
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(code, 202, "{started}");
+    let id = started["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        started["statusQueryGetUri"],
+        format!("https://fn.example/api/Reconcile_Status/{id}")
+    );
+    assert!(!started.to_string().contains("SECRET"));
+
+    let mut status = http_payload("Reconcile_Status", "req", "GET", json!({}), None);
+    status["Data"]["req"]["Params"] = json!({ "id": id });
+    let (code, _) = body(
+        handler
+            .invoke("Reconcile_Status", &status)
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(code, 202, "pending until the runner runs it");
+    let tick = timer_payload("E2ETest_Runner", "myTimer", &chrono::Utc::now().to_rfc3339(), false);
+    assert!(
+        handler
+            .invoke("E2ETest_Runner", &tick)
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
+    let (code, done) = body(
+        handler
+            .invoke("Reconcile_Status", &status)
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(code, 200, "{done}");
+    assert_eq!(done["runtimeStatus"], "Completed", "{done}");
+    assert_eq!(done["output"]["hardDeletedAtSource"], 3, "{done}");
+    assert_eq!(done["output"]["deleted"], 3, "{done}");
+    for id in &gone {
+        let url = format!("{}/Patient/{id}", s.destination.base_url);
+        assert_eq!(http.get(url).send().await.unwrap().status(), 404);
+    }
+    let mut unknown = status.clone();
+    unknown["Data"]["req"]["Params"] = json!({ "id": "nosuchrun" });
+    assert_eq!(
+        body(
+            handler
+                .invoke("Reconcile_Status", &unknown)
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap()
+        )
+        .0,
+        404
+    );
+}

@@ -14,6 +14,8 @@
 //! are no more than `max_deletes` of them. Every deletion is recorded in the `reconcile` table and as an App
 //! Insights event. Re-running is safe: it recomputes from the servers, and deleting an absent id is a no-op.
 
+pub mod runs;
+
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};

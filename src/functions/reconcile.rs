@@ -1,0 +1,118 @@
+//! The reconciliation functions: `Reconcile_Http` (POST) records a run and answers at once with its status URL,
+//! the `E2ETest_Runner` timer runs it, and `Reconcile_Status/{id}` reports it.
+
+use serde_json::{Value, json};
+
+use super::payload::{HttpResponseData, InvocationRequest, InvocationResponse};
+use super::verification::{bad_request, option, valid_type};
+use super::{FunctionError, FunctionSpec, http_output};
+use crate::app::App;
+use crate::reconcile::Options;
+use crate::reconcile::runs::Runs;
+
+fn runs(app: &App) -> Result<Runs<'_>, FunctionError> {
+    let table = app.tables().table(&app.settings().reconcile_table)?;
+    Ok(Runs::new(table, app.engine()))
+}
+
+/// Runs open reconciliation runs (called by the `E2ETest_Runner` timer).
+pub(super) async fn tick(app: &App) -> Result<Vec<String>, FunctionError> {
+    Ok(runs(app)?.tick(app.telemetry().as_ref()).await?)
+}
+
+/// `Reconcile_Http` (POST; `types=Patient,Observation` default every type, `apply=true` to delete,
+/// `maxDeletes=N` default 100): records a run and answers 202 with the status URL.
+pub(super) async fn start(
+    app: &App,
+    spec: &FunctionSpec,
+    request: &InvocationRequest,
+) -> Result<InvocationResponse, FunctionError> {
+    let output = http_output(spec)?;
+    let req = request.http("req")?;
+    let body = match req.body_text() {
+        Some(text) if !text.trim().is_empty() => match serde_json::from_str::<Value>(&text) {
+            Ok(v @ Value::Object(_)) => v,
+            _ => {
+                return Ok(bad_request(
+                    output,
+                    "the request body must be a JSON object (or empty)".into(),
+                ));
+            }
+        },
+        _ => Value::Null,
+    };
+    let mut types: Vec<String> = option(&req, &body, "types")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+        .collect();
+    if let Some(bad) = types.iter().find(|t| !valid_type(t)) {
+        return Ok(bad_request(output, format!("'{bad}' is not a resource type name")));
+    }
+    if types.is_empty() {
+        types = app.engine().settings().resource_types.clone();
+    }
+    let apply = match option(&req, &body, "apply").or_else(|| body.get("apply").map(Value::to_string)) {
+        None => false,
+        Some(v) if v.eq_ignore_ascii_case("true") => true,
+        Some(v) if v.eq_ignore_ascii_case("false") => false,
+        Some(v) => return Ok(bad_request(output, format!("apply must be true or false, not '{v}'"))),
+    };
+    let max_deletes = match option(&req, &body, "maxDeletes").map(|v| v.parse::<usize>()) {
+        None => 100,
+        Some(Ok(n)) => n,
+        Some(Err(_)) => return Ok(bad_request(output, "maxDeletes must be a whole number".into())),
+    };
+    let run = runs(app)?
+        .start(Options {
+            types,
+            apply,
+            max_deletes,
+        })
+        .await?;
+    // Built from the request's address without its query, which holds the function key.
+    let base = req.url.split('?').next().unwrap_or_default();
+    let base = match base.to_ascii_lowercase().rfind("/reconcile_http") {
+        Some(at) => &base[..at],
+        None => base.rsplit_once('/').map_or(base, |(b, _)| b),
+    };
+    let status_uri = format!("{base}/Reconcile_Status/{}", run.id);
+    let mut body = run.status_body();
+    body["statusQueryGetUri"] = json!(status_uri);
+    let mut res = HttpResponseData::json(202, &body);
+    res.headers.insert("Location".into(), status_uri);
+    res.headers.insert("Retry-After".into(), "60".into());
+    Ok(InvocationResponse::http(
+        output,
+        res,
+        vec![format!(
+            "reconciliation run {} recorded (apply: {apply}, cap: {max_deletes})",
+            run.id
+        )],
+    ))
+}
+
+/// `Reconcile_Status/{id}` (GET): 202 while open, 200 with the report when done, 404 for an unknown id.
+pub(super) async fn status(
+    app: &App,
+    spec: &FunctionSpec,
+    request: &InvocationRequest,
+) -> Result<InvocationResponse, FunctionError> {
+    let output = http_output(spec)?;
+    let req = request.http("req")?;
+    let id = req.params.get("id").map(String::as_str).unwrap_or_default();
+    if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return Ok(bad_request(
+            output,
+            "the run id in the path is missing or malformed".into(),
+        ));
+    }
+    let res = match runs(app)?.get(id).await? {
+        Some(run) if run.is_open() => HttpResponseData::json(202, &run.status_body()),
+        Some(run) => HttpResponseData::json(200, &run.status_body()),
+        None => HttpResponseData::json(404, &json!({ "error": format!("no reconciliation run with id {id}") })),
+    };
+    Ok(InvocationResponse::http(output, res, Vec::new()))
+}

@@ -73,9 +73,25 @@ pub(super) async fn status(
     request: &InvocationRequest,
 ) -> Result<InvocationResponse, FunctionError> {
     let output = http_output(spec)?;
-    request.http("req")?;
+    let req = request.http("req")?;
     let status = app.engine().status(Utc::now()).await?;
-    let body = serde_json::to_value(&status).unwrap_or_else(|e| json!({ "error": e.to_string() }));
+    let mut body = serde_json::to_value(&status).unwrap_or_else(|e| json!({ "error": e.to_string() }));
+    // `?cutover=true`: the cut-over assistant's lag report too (it asks the source, so only on request).
+    if req
+        .query_param("cutover")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    {
+        let options = crate::cutover::Options {
+            final_check: false,
+            quiet: std::time::Duration::ZERO,
+            timeout: std::time::Duration::ZERO,
+            poll: std::time::Duration::ZERO,
+        };
+        body["cutover"] = match crate::cutover::cutover(app, &options).await {
+            Ok(report) => serde_json::to_value(&report).unwrap_or_default(),
+            Err(e) => json!({ "error": e.to_string() }),
+        };
+    }
     Ok(InvocationResponse::http(
         output,
         HttpResponseData::json(200, &body),

@@ -250,4 +250,32 @@ async fn reconcile_http_records_a_run_the_runner_completes_and_status_reports() 
         .0,
         404
     );
+
+    // MigrationStatus_Http?cutover=true adds the cut-over assistant's lag report.
+    let get = http_payload("MigrationStatus_Http", "req", "GET", json!({ "cutover": "true" }), None);
+    let (code, progress) = body(
+        handler
+            .invoke("MigrationStatus_Http", &get)
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(code, 200);
+    let cutover = &progress["cutover"];
+    assert_eq!(cutover["ready"], false, "{progress}");
+    assert!(cutover["pendingSourceVersions"].is_u64(), "{progress}");
+    assert!(cutover["reasons"].to_string().contains("--final"), "{progress}");
+    let plain = http_payload("MigrationStatus_Http", "req", "GET", json!({}), None);
+    let (_, progress) = body(
+        handler
+            .invoke("MigrationStatus_Http", &plain)
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap(),
+    );
+    assert!(progress.get("cutover").is_none(), "only on request");
 }

@@ -161,6 +161,8 @@ var fhirDataExporter = '3db33094-8700-4567-8da5-1501d4e7e843'
 var fhirDataImporter = '4465e953-8ced-4406-a58e-0f6e3f3b530b'
 var fhirDataReader = '4c8d0bbc-75d3-4935-991f-5f3c56d81508'
 var fhirDataWriter = '3f88fce4-5892-4214-ae73-ba5294559913'
+// Control-plane Reader on each FHIR resource only: preflight reads their export and import configuration.
+var reader = 'acdd72a7-3385-48ef-bd42-f606fba81ae7'
 
 module storage 'modules/storage.bicep' = {
   name: 'storage-${suffix}'
@@ -220,6 +222,7 @@ module sourceRoles 'modules/fhir-roles.bicep' = {
     roles: [
       fhirDataExporter
       fhirDataReader
+      reader
     ]
   }
 }
@@ -234,6 +237,7 @@ module destinationRoles 'modules/fhir-roles.bicep' = {
       fhirDataImporter
       fhirDataWriter
       fhirDataReader
+      reader
     ]
   }
 }
@@ -295,6 +299,9 @@ var coreSettings = {
   AZURE_StartTime: string(startTime)
   AZURE_EndTime: string(endTime)
   AZURE_SpecificRun: string(specificRun)
+  AZURE_SourceResourceId: sourceId
+  AZURE_DestinationResourceId: fhirServiceId
+  AZURE_ResourceManagerUri: environment().resourceManager
   AZURE_MaxExportRetriesEnabled: 'true'
   AZURE_MaxExportRetries: '5'
   MigrationStarterCron: migrationStarterCron

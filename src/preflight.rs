@@ -23,6 +23,8 @@ use crate::fhir::{FhirClient, FhirError, format_instant};
 pub struct Check {
     pub name: String,
     pub passed: bool,
+    /// Not run (its settings are missing); counts as passed, and says what would enable it.
+    pub skipped: bool,
     pub detail: String,
     /// What to do when it failed.
     pub fix: String,
@@ -35,10 +37,18 @@ pub struct Report {
     pub checks: Vec<Check>,
 }
 
+fn skip(name: &str, detail: impl Into<String>) -> Check {
+    Check {
+        skipped: true,
+        ..pass(name, detail)
+    }
+}
+
 fn pass(name: &str, detail: impl Into<String>) -> Check {
     Check {
         name: name.into(),
         passed: true,
+        skipped: false,
         detail: detail.into(),
         fix: String::new(),
     }
@@ -48,6 +58,7 @@ fn fail(name: &str, detail: impl Into<String>, fix: impl Into<String>) -> Check 
     Check {
         name: name.into(),
         passed: false,
+        skipped: false,
         detail: detail.into(),
         fix: fix.into(),
     }
@@ -94,6 +105,7 @@ pub async fn preflight_with(app: &App, source: &FhirClient, destination: &FhirCl
     checks.push(read_check("destination: read", destination, "destination", "FHIR Data Reader").await);
     checks.push(write_check(destination).await);
     checks.push(import_check(destination).await);
+    checks.extend(resource_checks(app).await);
     Report {
         passed: checks.iter().all(|c| c.passed),
         checks,
@@ -241,11 +253,151 @@ async fn import_check(destination: &FhirClient) -> Check {
     }
 }
 
+/// Reads one FHIR resource from Azure Resource Manager: `id` is a resource id (read from
+/// `AZURE_ResourceManagerUri`) or a full Resource Manager URL.
+async fn arm_resource(app: &App, id: &str) -> Result<serde_json::Value, String> {
+    let settings = &app.engine().settings();
+    let full = if id.starts_with("http://") || id.starts_with("https://") {
+        url::Url::parse(id).map_err(|e| e.to_string())?
+    } else {
+        settings.resource_manager.join(id).map_err(|e| e.to_string())?
+    };
+    let mut root = full.clone();
+    root.set_path("/");
+    root.set_query(None);
+    let tokens = crate::fhir::auth::resource_manager_tokens(settings, &root)?;
+    let client = FhirClient::new(root, tokens, &settings.user_agent, reqwest::Client::new());
+    client
+        .get_json(&format!("{}?api-version=2024-03-31", full.path()))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Checks that need the FHIR resources' Azure configuration: skipped unless both ids are set.
+async fn resource_checks(app: &App) -> Vec<Check> {
+    let settings = app.engine().settings();
+    let (Some(source_id), Some(destination_id)) = (&settings.source_resource, &settings.destination_resource) else {
+        return vec![skip(
+            "export = import account",
+            "set AZURE_SourceResourceId and AZURE_DestinationResourceId (and grant the app Reader on both) to check the servers' storage and import configuration",
+        )];
+    };
+    let reader_fix = "grant the function app's identity 'Reader' on the FHIR resource, and check the resource id";
+    let source = match arm_resource(app, source_id).await {
+        Ok(v) => v,
+        Err(e) => {
+            return vec![fail(
+                "export = import account",
+                format!("source resource: {e}"),
+                reader_fix,
+            )];
+        }
+    };
+    let destination = match arm_resource(app, destination_id).await {
+        Ok(v) => v,
+        Err(e) => {
+            return vec![fail(
+                "export = import account",
+                format!("destination resource: {e}"),
+                reader_fix,
+            )];
+        }
+    };
+    let exports_to = source["properties"]["exportConfiguration"]["storageAccountName"]
+        .as_str()
+        .unwrap_or_default();
+    let import = &destination["properties"]["importConfiguration"];
+    let imports_from = import["integrationDataStore"].as_str().unwrap_or_default();
+    let mut checks = vec![
+        if !exports_to.is_empty() && exports_to.eq_ignore_ascii_case(imports_from) {
+            pass(
+                "export = import account",
+                format!("both use the storage account '{exports_to}'"),
+            )
+        } else {
+            fail(
+                "export = import account",
+                format!("the source exports to '{exports_to}', the destination imports from '{imports_from}'"),
+                "configure the destination's import (integrationDataStore) on the account the source exports to",
+            )
+        },
+    ];
+    let enabled = import["enabled"].as_bool().unwrap_or(false);
+    let initial = import["initialImportMode"].as_bool().unwrap_or(false);
+    checks.push(match (enabled, initial) {
+        (true, false) => pass("destination import mode", "import enabled, incremental mode"),
+        (false, _) => fail(
+            "destination import mode",
+            "import is not enabled",
+            "enable import on the destination (importConfiguration.enabled)",
+        ),
+        (true, true) => fail(
+            "destination import mode",
+            "initial import mode",
+            "switch the destination to incremental mode (initialImportMode: false)",
+        ),
+    });
+    if let Some(config) = &settings.deidentify_config {
+        checks.push(deid_check(app, config).await);
+    }
+    checks
+}
+
+/// The anonymization config blob the de-identified export will ask for exists in the export account.
+async fn deid_check(app: &App, config: &str) -> Check {
+    let name = "de-identification config";
+    let settings = app.engine().settings();
+    let Some(account) = &settings.integration_storage else {
+        return skip(
+            name,
+            "set AZURE_IntegrationStorageUri (the export account's blob endpoint) to check that the config exists",
+        );
+    };
+    let text = format!("{}/anonymization/{config}", account.as_str().trim_end_matches('/'));
+    let Ok(url) = url::Url::parse(&text) else {
+        return fail(
+            name,
+            format!("cannot build the config URL from {account}"),
+            "check AZURE_IntegrationStorageUri",
+        );
+    };
+    let located = app
+        .engine()
+        .error_stores
+        .iter()
+        .find_map(|s| s.locate(&url).map(|(c, n)| (s, c, n)));
+    let Some((store, container, blob)) = located else {
+        return skip(
+            name,
+            "the export account is not readable with the tool's storage access",
+        );
+    };
+    match store.get(&container, &blob).await {
+        Ok(Some(_)) => pass(name, format!("anonymization/{config} exists")),
+        Ok(None) => fail(
+            name,
+            format!("anonymization/{config} does not exist in the export account"),
+            "upload it with infra/Anonymization/upload-config.sh, and set AZURE_ConfigFile to the name it prints",
+        ),
+        Err(e) => fail(
+            name,
+            e.to_string(),
+            "grant the app 'Storage Blob Data Reader' on the export account",
+        ),
+    }
+}
+
 /// The report as text for the CLI.
 pub fn describe(report: &Report) -> String {
     let mut out = String::new();
     for c in &report.checks {
-        let mark = if c.passed { "Pass" } else { "FAIL" };
+        let mark = if c.skipped {
+            "Skip"
+        } else if c.passed {
+            "Pass"
+        } else {
+            "FAIL"
+        };
         out.push_str(&format!("{mark:<5} {:<22} {}\n", c.name, c.detail));
         if !c.passed {
             out.push_str(&format!("      fix: {}\n", c.fix));

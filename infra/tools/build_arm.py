@@ -41,6 +41,7 @@ ROLES = {
     "storageTableDataContributor": "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3",
     "keyVaultSecretsUser": "4633458b-17de-408a-b874-0445c86b69e6",
     "websiteContributor": "de139f84-1756-47ae-9be6-808fbbe84772",
+    "reader": "acdd72a7-3385-48ef-bd42-f606fba81ae7",
 }
 
 
@@ -433,8 +434,8 @@ def resources():
     ]
     # FHIR roles in the servers' own subscriptions and resource groups.
     out += [
-        fhir_roles_deployment("source-fhir-roles", v("sourceId"), ["fhirDataExporter", "fhirDataReader"]),
-        fhir_roles_deployment("destination-fhir-roles", p("fhirServiceId"), ["fhirDataImporter", "fhirDataWriter", "fhirDataReader"]),
+        fhir_roles_deployment("source-fhir-roles", v("sourceId"), ["fhirDataExporter", "fhirDataReader", "reader"]),
+        fhir_roles_deployment("destination-fhir-roles", p("fhirServiceId"), ["fhirDataImporter", "fhirDataWriter", "fhirDataReader", "reader"]),
     ]
     # Key Vault for the client secret (client-credential mode only).
     creds = p("useClientCredentials")
@@ -496,6 +497,9 @@ def resources():
         ("AZURE_StartTime", f"string({p('startTime')})"),
         ("AZURE_EndTime", f"string({p('endTime')})"),
         ("AZURE_SpecificRun", f"string({p('specificRun')})"),
+        ("AZURE_SourceResourceId", v("sourceId")),
+        ("AZURE_DestinationResourceId", p("fhirServiceId")),
+        ("AZURE_ResourceManagerUri", "environment().resourceManager"),
         ("AZURE_MaxExportRetriesEnabled", "'true'"),
         ("AZURE_MaxExportRetries", "'5'"),
         ("MigrationStarterCron", p("migrationStarterCron")),

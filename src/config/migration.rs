@@ -297,6 +297,13 @@ pub struct MigrationSettings {
     /// identity) to classify import error files. Unset: files on the tool's own account are read, others only
     /// counted.
     pub integration_storage: Option<Url>,
+    /// `AZURE_SourceResourceId` / `AZURE_DestinationResourceId`: the FHIR servers' Azure resource ids (or full
+    /// Resource Manager URLs, for sovereign clouds). With them, preflight reads both resources' export and import
+    /// configuration (the identity needs Reader on them).
+    pub source_resource: Option<String>,
+    pub destination_resource: Option<String>,
+    /// `AZURE_ResourceManagerUri` (default `https://management.azure.com`).
+    pub resource_manager: Url,
     pub debug: bool,
 }
 
@@ -403,6 +410,12 @@ impl MigrationSettings {
             job_timeout: TimeDelta::hours(p.positive("AZURE_JobTimeoutHours", 24).into()),
             export_confirm_delay: std::time::Duration::from_secs(p.number("AZURE_ExportConfirmSeconds", 5u64)),
             lease: TimeDelta::seconds(p.positive("AZURE_LeaseSeconds", 660).into()),
+            source_resource: p.resource_id("AZURE_SourceResourceId"),
+            destination_resource: p.resource_id("AZURE_DestinationResourceId"),
+            resource_manager: source
+                .get("AZURE_ResourceManagerUri")
+                .and_then(|v| p.parse_url("AZURE_ResourceManagerUri", v))
+                .unwrap_or_else(|| Url::parse("https://management.azure.com").expect("static")),
             integration_storage: source
                 .get("AZURE_IntegrationStorageUri")
                 .and_then(|v| p.parse_url("AZURE_IntegrationStorageUri", v)),
@@ -593,6 +606,24 @@ impl Parser<'_> {
                 default
             }),
         }
+    }
+
+    /// An Azure resource id (`/subscriptions/…`) or its full Resource Manager URL.
+    fn resource_id(&mut self, name: &str) -> Option<String> {
+        let v = self.source.get(name)?.to_string();
+        let path = match v.split_once("://") {
+            Some((scheme, rest)) if scheme == "https" || scheme == "http" => {
+                rest.split_once('/').map(|(_, p)| format!("/{p}")).unwrap_or_default()
+            }
+            _ => v.clone(),
+        };
+        if !path.to_ascii_lowercase().starts_with("/subscriptions/") || v.contains(['?', '#', ' ']) {
+            self.problem(format!(
+                "{name} '{v}' is not an Azure resource id (/subscriptions/…/providers/Microsoft.HealthcareApis/…)"
+            ));
+            return None;
+        }
+        Some(v)
     }
 
     fn positive(&mut self, name: &str, default: u32) -> u32 {

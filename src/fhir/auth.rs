@@ -115,19 +115,43 @@ pub fn token_source(settings: &MigrationSettings, server: Server) -> Result<Toke
             )
             .map_err(|e| format!("cannot set up the client-secret credential: {e}"))?
         }
-        _ if settings.developer_credential => crate::config::developer_credential()?,
-        _ => {
-            let options = settings.managed_identity_client_id.as_ref().map(|id| {
-                azure_identity::ManagedIdentityCredentialOptions {
-                    user_assigned_id: Some(azure_identity::UserAssignedId::ClientId(id.clone())),
-                    ..Default::default()
-                }
-            });
-            azure_identity::ManagedIdentityCredential::new(options)
-                .map_err(|e| format!("cannot set up the managed identity: {e}"))?
-        }
+        _ => identity(settings)?,
     };
     Ok(TokenSource::Credential { credential, scope })
+}
+
+/// The app's own identity: the developer's login when asked for, else the (user- or system-assigned) managed
+/// identity.
+fn identity(settings: &MigrationSettings) -> Result<Arc<dyn TokenCredential>, String> {
+    if settings.developer_credential {
+        return crate::config::developer_credential();
+    }
+    let options =
+        settings
+            .managed_identity_client_id
+            .as_ref()
+            .map(|id| azure_identity::ManagedIdentityCredentialOptions {
+                user_assigned_id: Some(azure_identity::UserAssignedId::ClientId(id.clone())),
+                ..Default::default()
+            });
+    let credential = azure_identity::ManagedIdentityCredential::new(options)
+        .map_err(|e| format!("cannot set up the managed identity: {e}"))?;
+    Ok(credential)
+}
+
+/// Tokens for Azure Resource Manager at `base` (the preflight reads the FHIR resources' configuration), with the
+/// app's own identity; none for a loopback stand-in.
+pub fn resource_manager_tokens(settings: &MigrationSettings, base: &Url) -> Result<TokenSource, String> {
+    if is_loopback(base) {
+        return Ok(TokenSource::None);
+    }
+    if base.scheme() != "https" {
+        return Err(format!("{base} is not https: tokens are only sent over https"));
+    }
+    Ok(TokenSource::Credential {
+        credential: identity(settings)?,
+        scope: scope_for(base),
+    })
 }
 
 #[cfg(test)]

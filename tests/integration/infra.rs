@@ -227,6 +227,10 @@ fn role_assignments_are_least_privilege_typed_and_principal_bound() {
         ("0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3", "Storage Table Data Contributor"),
         ("4633458b-17de-408a-b874-0445c86b69e6", "Key Vault Secrets User"),
         ("de139f84-1756-47ae-9be6-808fbbe84772", "Website Contributor"),
+        (
+            "acdd72a7-3385-48ef-bd42-f606fba81ae7",
+            "Reader (on the FHIR resources only)",
+        ),
     ];
     const FORBIDDEN: &[(&str, &str)] = &[
         ("5a1fc7df-4bf1-4951-a576-89034ee01acd", "FHIR Data Contributor"),

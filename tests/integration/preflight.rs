@@ -34,9 +34,42 @@ fn app(
     source: &fhir_emulator::RunningEmulator,
     destination: &fhir_emulator::RunningEmulator,
 ) -> App {
+    app_with(azurite, source, destination, &[])
+}
+
+fn app_with(
+    azurite: &Azurite,
+    source: &fhir_emulator::RunningEmulator,
+    destination: &fhir_emulator::RunningEmulator,
+    extra: &[(&str, String)],
+) -> App {
     let mut s = SettingsSource::default();
     s.extend(base_settings(azurite, source, destination));
+    s.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
     App::build(Settings::from_source(&s).unwrap()).unwrap()
+}
+
+/// Settings naming both servers' resources by full URL on their emulators' Resource Manager stand-in.
+fn resource_ids(
+    source: &fhir_emulator::RunningEmulator,
+    destination: &fhir_emulator::RunningEmulator,
+) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "AZURE_SourceResourceId",
+            format!(
+                "{}/subscriptions/s1/resourceGroups/rg/providers/Microsoft.HealthcareApis/services/src",
+                source.base_url
+            ),
+        ),
+        (
+            "AZURE_DestinationResourceId",
+            format!(
+                "{}/subscriptions/s1/resourceGroups/rg/providers/Microsoft.HealthcareApis/workspaces/ws/fhirservices/dst",
+                destination.base_url
+            ),
+        ),
+    ]
 }
 
 fn check<'a>(report: &'a Report, name: &str) -> &'a fhir_migration_tool::preflight::Check {
@@ -69,7 +102,18 @@ async fn a_healthy_setup_passes_every_check() {
     );
     let report = preflight(&app(&azurite, &source, &destination)).await;
     assert!(report.passed, "{report:#?}");
-    assert_eq!(report.checks.len(), 7);
+    assert_eq!(report.checks.len(), 8);
+    let skipped: Vec<&str> = report
+        .checks
+        .iter()
+        .filter(|c| c.skipped)
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(
+        skipped,
+        ["export = import account"],
+        "without resource ids, the Resource Manager checks are skipped"
+    );
     // The probes changed nothing: no resource was written anywhere.
     assert_eq!(destination.store().size().0, 0);
 }
@@ -129,4 +173,71 @@ async fn initial_import_mode_a_missing_role_and_unconfigured_import_fail_with_th
     let report = preflight(&app(&azurite, &source, &unconfigured)).await;
     let import = check(&report, "destination: import");
     assert!(!import.passed && import.fix.contains("configure import"), "{import:?}");
+}
+
+#[tokio::test]
+async fn resource_manager_checks_find_a_wrong_account_initial_mode_and_a_missing_deid_config() {
+    let azurite = Azurite::start().await.unwrap();
+    let source = emulator(Flavor::Aapi, &azurite).await;
+    let destination = emulator(Flavor::Ahds, &azurite).await;
+    let report = preflight(&app_with(
+        &azurite,
+        &source,
+        &destination,
+        &resource_ids(&source, &destination),
+    ))
+    .await;
+    assert!(report.passed, "{report:#?}");
+    assert!(check(&report, "export = import account").detail.contains(DEV_ACCOUNT));
+    assert!(check(&report, "destination import mode").passed);
+
+    // The destination imports from another account than the source exports to.
+    let mut other = blob(&azurite).unwrap();
+    other.account = "otheraccount".into();
+    let elsewhere = spawn(EmulatorConfig {
+        blob: Some(other),
+        ..EmulatorConfig::quick(Flavor::Ahds)
+    })
+    .await;
+    let report = preflight(&app_with(
+        &azurite,
+        &source,
+        &elsewhere,
+        &resource_ids(&source, &elsewhere),
+    ))
+    .await;
+    let accounts = check(&report, "export = import account");
+    assert!(
+        !accounts.passed && accounts.detail.contains("otheraccount"),
+        "{accounts:?}"
+    );
+
+    // Initial import mode, as Resource Manager reports it.
+    let initial = spawn(EmulatorConfig {
+        blob: blob(&azurite),
+        initial_import_mode: true,
+        ..EmulatorConfig::quick(Flavor::Ahds)
+    })
+    .await;
+    let report = preflight(&app_with(&azurite, &source, &initial, &resource_ids(&source, &initial))).await;
+    let mode = check(&report, "destination import mode");
+    assert!(!mode.passed && mode.fix.contains("incremental"), "{mode:?}");
+
+    // De-identified export: the config blob must exist in the export account's anonymization container.
+    let mut deid = resource_ids(&source, &destination);
+    deid.extend([
+        ("AZURE_IsExportDeidentified", "true".to_string()),
+        ("AZURE_ConfigFile", "DemoTruncate.json".to_string()),
+        ("AZURE_IntegrationStorageUri", azurite.blob_endpoint()),
+    ]);
+    let tool = app_with(&azurite, &source, &destination, &deid);
+    let missing = check(&preflight(&tool).await, "de-identification config").clone();
+    assert!(!missing.passed && missing.fix.contains("upload-config"), "{missing:?}");
+    tool.blobs().ensure_container("anonymization").await.unwrap();
+    tool.blobs()
+        .put("anonymization", "DemoTruncate.json", b"{}".to_vec())
+        .await
+        .unwrap();
+    let present = check(&preflight(&tool).await, "de-identification config").clone();
+    assert!(present.passed && !present.skipped, "{present:?}");
 }

@@ -2,6 +2,7 @@
 //! router and holds the helpers they share (query parsing, Bundle building).
 
 pub mod admin;
+mod arm;
 mod crud;
 pub mod export;
 mod history;
@@ -45,6 +46,7 @@ pub fn router(app: App) -> Router {
         .route("/{type}/{id}/_history", get(history::instance))
         .route("/{type}/{id}/_history/{vid}", get(crud::vread))
         .nest("/_admin", admin::router())
+        .route("/subscriptions/{*rest}", get(arm::resource))
         .layer(from_fn_with_state(app.clone(), initial_import_lock))
         .layer(from_fn_with_state(app.clone(), authorize))
         .layer(from_fn_with_state(app.clone(), throttle))

@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 use super::payload::{HttpResponseData, InvocationRequest, InvocationResponse};
-use super::verification::{bad_request, option, valid_type};
+use super::verification::{bad_request, json_body, option, status_uri, types_option};
 use super::{FunctionError, FunctionSpec, http_output};
 use crate::app::App;
 use crate::reconcile::Options;
@@ -29,28 +29,14 @@ pub(super) async fn start(
 ) -> Result<InvocationResponse, FunctionError> {
     let output = http_output(spec)?;
     let req = request.http("req")?;
-    let body = match req.body_text() {
-        Some(text) if !text.trim().is_empty() => match serde_json::from_str::<Value>(&text) {
-            Ok(v @ Value::Object(_)) => v,
-            _ => {
-                return Ok(bad_request(
-                    output,
-                    "the request body must be a JSON object (or empty)".into(),
-                ));
-            }
-        },
-        _ => Value::Null,
+    let body = match json_body(&req) {
+        Ok(body) => body,
+        Err(message) => return Ok(bad_request(output, message)),
     };
-    let mut types: Vec<String> = option(&req, &body, "types")
-        .unwrap_or_default()
-        .split(',')
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(str::to_string)
-        .collect();
-    if let Some(bad) = types.iter().find(|t| !valid_type(t)) {
-        return Ok(bad_request(output, format!("'{bad}' is not a resource type name")));
-    }
+    let mut types = match types_option(&req, &body, usize::MAX) {
+        Ok(types) => types,
+        Err(message) => return Ok(bad_request(output, message)),
+    };
     if types.is_empty() {
         types = app.engine().settings().resource_types.clone();
     }
@@ -72,13 +58,7 @@ pub(super) async fn start(
             max_deletes,
         })
         .await?;
-    // Built from the request's address without its query, which holds the function key.
-    let base = req.url.split('?').next().unwrap_or_default();
-    let base = match base.to_ascii_lowercase().rfind("/reconcile_http") {
-        Some(at) => &base[..at],
-        None => base.rsplit_once('/').map_or(base, |(b, _)| b),
-    };
-    let status_uri = format!("{base}/Reconcile_Status/{}", run.id);
+    let status_uri = status_uri(&req, spec.name, "Reconcile_Status", &run.id);
     let mut body = run.status_body();
     body["statusQueryGetUri"] = json!(status_uri);
     let mut res = HttpResponseData::json(202, &body);

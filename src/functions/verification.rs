@@ -42,6 +42,52 @@ pub(super) fn option(req: &HttpRequestData, body: &Value, name: &str) -> Option<
     }
 }
 
+/// The request's JSON object body, `Null` when empty; `Err` (a message for a 400) when it is something else.
+pub(super) fn json_body(req: &HttpRequestData) -> Result<Value, String> {
+    match req.body_text() {
+        Some(text) if !text.trim().is_empty() => match serde_json::from_str::<Value>(&text) {
+            Ok(v @ Value::Object(_)) => Ok(v),
+            _ => Err("the request body must be a JSON object (or empty)".into()),
+        },
+        _ => Ok(Value::Null),
+    }
+}
+
+/// The `types` option: resource type names, checked, at most `max`.
+pub(super) fn types_option(req: &HttpRequestData, body: &Value, max: usize) -> Result<Vec<String>, String> {
+    let types: Vec<String> = option(req, body, "types")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+        .collect();
+    if types.len() > max {
+        return Err(format!("at most {max} types per run"));
+    }
+    if let Some(bad) = types.iter().find(|t| !valid_type(t)) {
+        return Err(format!(
+            "'{bad}' is not a resource type name (expected e.g. types=Patient,Observation)"
+        ));
+    }
+    Ok(types)
+}
+
+/// The status URL of a run started by `function`: the request's own address with the function's segment
+/// replaced, and without its query (which holds the function key, never to be echoed). Routes are
+/// case-insensitive, so the segment is found however the caller spelled it.
+pub(super) fn status_uri(req: &HttpRequestData, function: &str, status_function: &str, id: &str) -> String {
+    let base = req.url.split('?').next().unwrap_or_default();
+    let base = match base
+        .to_ascii_lowercase()
+        .rfind(&format!("/{}", function.to_ascii_lowercase()))
+    {
+        Some(at) => &base[..at],
+        None => base.rsplit_once('/').map_or(base, |(b, _)| b),
+    };
+    format!("{base}/{status_function}/{id}")
+}
+
 /// `E2ETest_Http` (GET or POST; `mode=surface|deep|full|all` or a comma-separated mix, default surface,deep;
 /// `types=Patient,Observation`, default every type; `count=N`, default `AZURE_DeepCheckCount`): records a run
 /// and answers 202 with the status URL to poll, in the body and in `Location`.
@@ -52,17 +98,9 @@ pub(super) async fn start(
 ) -> Result<InvocationResponse, FunctionError> {
     let output = http_output(spec)?;
     let req = request.http("req")?;
-    let body = match req.body_text() {
-        Some(text) if !text.trim().is_empty() => match serde_json::from_str::<Value>(&text) {
-            Ok(v @ Value::Object(_)) => v,
-            _ => {
-                return Ok(bad_request(
-                    output,
-                    "the request body must be a JSON object (or empty)".into(),
-                ));
-            }
-        },
-        _ => Value::Null,
+    let body = match json_body(&req) {
+        Ok(body) => body,
+        Err(message) => return Ok(bad_request(output, message)),
     };
     let Some(checks) = Checks::parse(&option(&req, &body, "mode").unwrap_or_default()) else {
         return Ok(bad_request(
@@ -70,22 +108,10 @@ pub(super) async fn start(
             "mode must be surface, deep, full, all, or a comma-separated mix".into(),
         ));
     };
-    let types: Vec<String> = option(&req, &body, "types")
-        .unwrap_or_default()
-        .split(',')
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(str::to_string)
-        .collect();
-    if types.len() > MAX_TYPES {
-        return Ok(bad_request(output, format!("at most {MAX_TYPES} types per run")));
-    }
-    if let Some(bad) = types.iter().find(|t| !valid_type(t)) {
-        return Ok(bad_request(
-            output,
-            format!("'{bad}' is not a resource type name (expected e.g. types=Patient,Observation)"),
-        ));
-    }
+    let types = match types_option(&req, &body, MAX_TYPES) {
+        Ok(types) => types,
+        Err(message) => return Ok(bad_request(output, message)),
+    };
     let count = match option(&req, &body, "count").map(|c| c.parse::<usize>()) {
         None => None,
         Some(Ok(n)) if (1..=MAX_COUNT).contains(&n) => Some(n),
@@ -97,15 +123,7 @@ pub(super) async fn start(
         }
     };
     let run = runs(app)?.start(checks, types, count).await?;
-    // The status URL is built from the request's own address, without its query: that holds the function key,
-    // which must not be echoed into logs or bodies.
-    let base = req.url.split('?').next().unwrap_or_default();
-    // Routes are case-insensitive: find the function's segment however the caller spelled it.
-    let base = match base.to_ascii_lowercase().rfind("/e2etest_http") {
-        Some(at) => &base[..at],
-        None => base.rsplit_once('/').map_or(base, |(b, _)| b),
-    };
-    let status_uri = format!("{base}/E2ETest_Status/{}", run.id);
+    let status_uri = status_uri(&req, spec.name, "E2ETest_Status", &run.id);
     let body = json!({
         "id": run.id,
         "runtimeStatus": run.status,

@@ -165,12 +165,15 @@ async fn reconcile_http_records_a_run_the_runner_completes_and_status_reports() 
         let url = format!("{}/Patient/{id}?hardDelete=true", s.source.base_url);
         assert!(http.delete(url).send().await.unwrap().status().is_success());
     }
-    let body = |resp: Value| -> (u64, Value) {
-        let res = &resp["Outputs"]["res"];
-        (
-            res["statusCode"].as_u64().unwrap_or(0),
-            serde_json::from_str(res["body"].as_str().unwrap_or("null")).unwrap(),
-        )
+    // An HTTP function's status code and JSON body, as the host relays them.
+    let call = |function: &'static str, payload: Value| {
+        let invoker = handler.invoker();
+        async move {
+            let resp: Value = invoker.invoke(function, &payload).await.unwrap().json().await.unwrap();
+            let res = &resp["Outputs"]["res"];
+            let body: Value = serde_json::from_str(res["body"].as_str().unwrap_or("null")).unwrap();
+            (res["statusCode"].as_u64().unwrap_or(0), body)
+        }
     };
     let mut start = http_payload(
         "Reconcile_Http",
@@ -180,15 +183,7 @@ async fn reconcile_http_records_a_run_the_runner_completes_and_status_reports() 
         Some(r#"{"apply": true}"#),
     );
     start["Data"]["req"]["Url"] = json!("https://fn.example/api/Reconcile_Http?code=SECRET&types=Patient");
-    let (code, started) = body(
-        handler
-            .invoke("Reconcile_Http", &start)
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap(),
-    );
+    let (code, started) = call("Reconcile_Http", start.clone()).await;
     assert_eq!(code, 202, "{started}");
     let id = started["id"].as_str().unwrap().to_string();
     assert_eq!(
@@ -199,15 +194,7 @@ async fn reconcile_http_records_a_run_the_runner_completes_and_status_reports() 
 
     let mut status = http_payload("Reconcile_Status", "req", "GET", json!({}), None);
     status["Data"]["req"]["Params"] = json!({ "id": id });
-    let (code, _) = body(
-        handler
-            .invoke("Reconcile_Status", &status)
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap(),
-    );
+    let (code, _) = call("Reconcile_Status", status.clone()).await;
     assert_eq!(code, 202, "pending until the runner runs it");
     let tick = timer_payload("E2ETest_Runner", "myTimer", &chrono::Utc::now().to_rfc3339(), false);
     assert!(
@@ -218,15 +205,7 @@ async fn reconcile_http_records_a_run_the_runner_completes_and_status_reports() 
             .status()
             .is_success()
     );
-    let (code, done) = body(
-        handler
-            .invoke("Reconcile_Status", &status)
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap(),
-    );
+    let (code, done) = call("Reconcile_Status", status.clone()).await;
     assert_eq!(code, 200, "{done}");
     assert_eq!(done["runtimeStatus"], "Completed", "{done}");
     assert_eq!(done["output"]["hardDeletedAtSource"], 3, "{done}");
@@ -237,45 +216,17 @@ async fn reconcile_http_records_a_run_the_runner_completes_and_status_reports() 
     }
     let mut unknown = status.clone();
     unknown["Data"]["req"]["Params"] = json!({ "id": "nosuchrun" });
-    assert_eq!(
-        body(
-            handler
-                .invoke("Reconcile_Status", &unknown)
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap()
-        )
-        .0,
-        404
-    );
+    assert_eq!(call("Reconcile_Status", unknown.clone()).await.0, 404);
 
     // MigrationStatus_Http?cutover=true adds the cut-over assistant's lag report.
     let get = http_payload("MigrationStatus_Http", "req", "GET", json!({ "cutover": "true" }), None);
-    let (code, progress) = body(
-        handler
-            .invoke("MigrationStatus_Http", &get)
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap(),
-    );
+    let (code, progress) = call("MigrationStatus_Http", get.clone()).await;
     assert_eq!(code, 200);
     let cutover = &progress["cutover"];
     assert_eq!(cutover["ready"], false, "{progress}");
     assert!(cutover["pendingSourceVersions"].is_u64(), "{progress}");
     assert!(cutover["reasons"].to_string().contains("--final"), "{progress}");
     let plain = http_payload("MigrationStatus_Http", "req", "GET", json!({}), None);
-    let (_, progress) = body(
-        handler
-            .invoke("MigrationStatus_Http", &plain)
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap(),
-    );
+    let (_, progress) = call("MigrationStatus_Http", plain.clone()).await;
     assert!(progress.get("cutover").is_none(), "only on request");
 }

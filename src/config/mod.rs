@@ -8,7 +8,7 @@ mod migration;
 mod source;
 
 pub use migration::{
-    ChunkUnit, ClientSecretSettings, DEFAULT_RESOURCE_TYPES, ImportErrorPolicy, MigrationSettings, PauseWindow,
+    ChunkUnit, ClientSecretSettings, ImportErrorPolicy, MigrationSettings, PauseWindow, default_resource_types,
 };
 pub use source::SettingsSource;
 

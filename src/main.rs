@@ -271,22 +271,14 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .map_err(|e| e.to_string());
             app.shutdown().await;
             let report = outcome?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
-            } else {
-                print!("{}", fhir_migration_tool::cutover::describe(&report));
-            }
+            show(json, &report, fhir_migration_tool::cutover::describe)?;
             if report.ready { Ok(()) } else { Err("NOT READY".into()) }
         }
         Command::Preflight { json } => {
             let app = App::build(settings).map_err(|e| e.to_string())?;
             let report = fhir_migration_tool::preflight::preflight(&app).await;
             app.shutdown().await;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
-            } else {
-                print!("{}", fhir_migration_tool::preflight::describe(&report));
-            }
+            show(json, &report, fhir_migration_tool::preflight::describe)?;
             if report.passed {
                 Ok(())
             } else {
@@ -325,11 +317,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             .map_err(|e| e.to_string());
             app.shutdown().await;
             let report = outcome?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
-            } else {
-                print!("{}", fhir_migration_tool::reconcile::describe(&report));
-            }
+            show(json, &report, fhir_migration_tool::reconcile::describe)?;
             if let Some(why) = &report.refused {
                 return Err(format!("nothing deleted: {why}"));
             }
@@ -367,6 +355,16 @@ async fn run(cli: Cli) -> Result<(), String> {
             served.map_err(|e| format!("server failed: {e}"))
         }
     }
+}
+
+/// Prints a report as JSON (`--json`) or as the text `describe` makes of it.
+fn show<T: serde::Serialize>(json: bool, report: &T, describe: impl Fn(&T) -> String) -> Result<(), String> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report).map_err(|e| e.to_string())?);
+    } else {
+        print!("{}", describe(report));
+    }
+    Ok(())
 }
 
 /// Ctrl-C or SIGTERM (what the host sends when it recycles the worker).

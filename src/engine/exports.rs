@@ -10,7 +10,7 @@ use crate::planner;
 use crate::state::rows::{export_status, import_status};
 use crate::state::{Cursor, Job, Payload};
 use crate::storage::tables::TableError;
-use crate::telemetry::{Event, Exception, id_of};
+use crate::telemetry::{Event, id_of};
 
 /// How soon a kick-off or POST that met a transient error is tried again.
 pub(crate) const RETRY_SOON: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
@@ -429,7 +429,7 @@ impl Engine {
                 diagnostics,
                 retry_after,
                 ..
-            }) if status == 429 || status == 408 || status >= 500 => {
+            }) if crate::fhir::is_transient(status) => {
                 job.lease_until = Some(retry_at(retry_after));
                 job.failure_reason = format!("$export answered HTTP {status} ({diagnostics}); retrying");
                 self.state.save_job(&job).await?;
@@ -451,7 +451,7 @@ impl Engine {
                     "Export kick-off for {since} to {till} failed: {}",
                     job.failure_reason
                 ));
-                self.emit(
+                self.emit_failure(
                     Event::new("Export")
                         .with("ExportId", "")
                         .with("StatusUrl", "")
@@ -459,11 +459,8 @@ impl Engine {
                         .with("Since", &since)
                         .with("Till", &till)
                         .with("FailureReason", &job.failure_reason),
-                );
-                self.telemetry.exception(
-                    Exception::new("ExportFailed", &job.failure_reason)
-                        .with("Since", &since)
-                        .with("Till", &till),
+                    job.since,
+                    job.till,
                 );
                 Ok(())
             }
@@ -577,7 +574,7 @@ impl Engine {
         self.state.save_job(&job).await?;
         self.count_failure().await?;
         report.say(format!("Export {} failed: {}", job.export_id, job.failure_reason));
-        self.emit(
+        self.emit_failure(
             Event::new("Export")
                 .with("ExportId", &job.export_id)
                 .with("StatusUrl", &job.export_url)
@@ -586,12 +583,8 @@ impl Engine {
                 .with("Till", "")
                 .with("TotalResources", "")
                 .with("FailureReason", &job.failure_reason),
-        );
-        self.telemetry.exception(
-            Exception::new("ExportFailed", &job.failure_reason)
-                .with("ExportId", &job.export_id)
-                .with("Since", format_instant(job.since))
-                .with("Till", format_instant(job.till)),
+            job.since,
+            job.till,
         );
         Ok(())
     }

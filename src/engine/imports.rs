@@ -12,7 +12,7 @@ use crate::fhir::{FhirError, Poll};
 use crate::state::rows::{export_status, import_status};
 use crate::state::{Active, Job, Payload};
 use crate::storage::tables::TableError;
-use crate::telemetry::{Event, Exception, id_of};
+use crate::telemetry::{Event, id_of};
 
 /// The servers' default processing-unit size; retries step just below it so each retry is a new definition.
 const DEFAULT_UNIT_BYTES: u64 = 10_000_000;
@@ -129,7 +129,7 @@ impl Engine {
                 diagnostics,
                 retry_after,
                 ..
-            }) if status == 429 || status == 408 || status >= 500 => {
+            }) if crate::fhir::is_transient(status) => {
                 payload.lease_until = Some(super::exports::retry_at(retry_after));
                 payload.failure_reason = format!("$import answered HTTP {status} ({diagnostics}); posting again");
                 self.state.save_payload(&payload).await?;
@@ -151,17 +151,14 @@ impl Engine {
                     "Import of window {} payload {} refused: {}",
                     job.seq, payload.index, payload.failure_reason
                 ));
-                self.emit(
+                self.emit_failure(
                     Event::new("Import")
                         .with("ImportId", "")
                         .with("StatusUrl", "")
                         .with("ImportStatus", "Failed")
                         .with("FailureReason", &payload.failure_reason),
-                );
-                self.telemetry.exception(
-                    Exception::new("ImportFailed", &payload.failure_reason)
-                        .with("Since", format_instant(job.since))
-                        .with("Till", format_instant(job.till)),
+                    job.since,
+                    job.till,
                 );
                 Ok(())
             }
@@ -420,13 +417,7 @@ impl Engine {
             .await
             .add_to(event)
             .with("FailureReason", &payload.failure_reason);
-        self.emit(event);
-        self.telemetry.exception(
-            Exception::new("ImportFailed", &payload.failure_reason)
-                .with("ImportId", id_of(&payload.import_url))
-                .with("Since", format_instant(job.since))
-                .with("Till", format_instant(job.till)),
-        );
+        self.emit_failure(event, job.since, job.till);
         Ok(())
     }
 

@@ -32,7 +32,7 @@ use crate::fhir::{FhirClient, FhirError};
 use crate::state::{Active, Cursor, StateStore};
 use crate::storage::blob::{BlobError, BlobStore};
 use crate::storage::tables::TableError;
-use crate::telemetry::{Event, Telemetry};
+use crate::telemetry::{Event, Exception, Telemetry};
 
 /// Why a tick stopped early. Conflicts are not errors: another invocation got there first.
 #[derive(Debug, thiserror::Error)]
@@ -227,6 +227,24 @@ impl Engine {
 
     pub(crate) fn emit(&self, event: Event) {
         self.telemetry.event(event);
+    }
+
+    /// Sends a job's `Failed` event, and the matching `ExportFailed`/`ImportFailed` exception (for the dashboard's
+    /// exception tile and the alert), with the job's window and id when it has one.
+    pub(crate) fn emit_failure(&self, event: Event, since: DateTime<Utc>, till: DateTime<Utc>) {
+        let id_key = format!("{}Id", event.name);
+        let mut exception = Exception::new(
+            &format!("{}Failed", event.name),
+            event.get("FailureReason").unwrap_or_default(),
+        );
+        if let Some(id) = event.get(&id_key).filter(|id| !id.is_empty()) {
+            exception = exception.with(&id_key, id);
+        }
+        let exception = exception
+            .with("Since", crate::fhir::format_instant(since))
+            .with("Till", crate::fhir::format_instant(till));
+        self.emit(event);
+        self.telemetry.exception(exception);
     }
 
     /// Sends an event through the engine's telemetry sink (verification reports its results this way).

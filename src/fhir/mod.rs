@@ -17,6 +17,11 @@ pub use client::FhirClient;
 use client::{read_json, redact, rejection};
 use wire::{ExportManifest, ImportResult};
 
+/// Whether a refusal with this status is worth the same call again later (throttled, timed out, server-side).
+pub fn is_transient(status: u16) -> bool {
+    status == 429 || status == 408 || status >= 500
+}
+
 /// What went wrong in a FHIR call, sorted by what the caller can do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum FhirError {

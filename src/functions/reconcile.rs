@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 use super::payload::{HttpResponseData, InvocationRequest, InvocationResponse};
-use super::verification::{bad_request, json_body, option, status_uri, types_option};
+use super::verification::{bad_request, json_body, option, run_id, run_status, status_uri, types_option};
 use super::{FunctionError, FunctionSpec, http_output};
 use crate::app::App;
 use crate::reconcile::Options;
@@ -82,17 +82,13 @@ pub(super) async fn status(
 ) -> Result<InvocationResponse, FunctionError> {
     let output = http_output(spec)?;
     let req = request.http("req")?;
-    let id = req.params.get("id").map(String::as_str).unwrap_or_default();
-    if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
+    let Some(id) = run_id(&req) else {
         return Ok(bad_request(
             output,
             "the run id in the path is missing or malformed".into(),
         ));
-    }
-    let res = match runs(app)?.get(id).await? {
-        Some(run) if run.is_open() => HttpResponseData::json(202, &run.status_body()),
-        Some(run) => HttpResponseData::json(200, &run.status_body()),
-        None => HttpResponseData::json(404, &json!({ "error": format!("no reconciliation run with id {id}") })),
     };
+    let run = runs(app)?.get(id).await?.map(|run| (run.is_open(), run.status_body()));
+    let res = run_status(run, "reconciliation", id);
     Ok(InvocationResponse::http(output, res, Vec::new()))
 }

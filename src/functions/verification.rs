@@ -88,6 +88,25 @@ pub(super) fn status_uri(req: &HttpRequestData, function: &str, status_function:
     format!("{base}/{status_function}/{id}")
 }
 
+/// The run id from a status route (`…_Status/{id}`), when present and well formed (it reaches a table key).
+pub(super) fn run_id(req: &HttpRequestData) -> Option<&str> {
+    let id = req.params.get("id").map(String::as_str).unwrap_or_default();
+    (!id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric())).then_some(id)
+}
+
+/// A status route's answer: 202 (poll again in a minute) while the run is open, 200 when done, 404 unknown.
+pub(super) fn run_status(run: Option<(bool, Value)>, what: &str, id: &str) -> HttpResponseData {
+    match run {
+        Some((true, body)) => {
+            let mut res = HttpResponseData::json(202, &body);
+            res.headers.insert("Retry-After".into(), "60".into());
+            res
+        }
+        Some((false, body)) => HttpResponseData::json(200, &body),
+        None => HttpResponseData::json(404, &json!({ "error": format!("no {what} run with id {id}") })),
+    }
+}
+
 /// `E2ETest_Http` (GET or POST; `mode=surface|deep|full|all` or a comma-separated mix, default surface,deep;
 /// `types=Patient,Observation`, default every type; `count=N`, default `AZURE_DeepCheckCount`): records a run
 /// and answers 202 with the status URL to poll, in the body and in `Location`.
@@ -153,22 +172,14 @@ pub(super) async fn status(
 ) -> Result<InvocationResponse, FunctionError> {
     let output = http_output(spec)?;
     let req = request.http("req")?;
-    let id = req.params.get("id").map(String::as_str).unwrap_or_default();
-    if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
+    let Some(id) = run_id(&req) else {
         return Ok(bad_request(
             output,
             "the run id in the path is missing or malformed".into(),
         ));
-    }
-    let res = match runs(app)?.get(id).await? {
-        Some(run) if run.is_open() => {
-            let mut res = HttpResponseData::json(202, &run.status_body());
-            res.headers.insert("Retry-After".into(), "60".into());
-            res
-        }
-        Some(run) => HttpResponseData::json(200, &run.status_body()),
-        None => HttpResponseData::json(404, &json!({ "error": format!("no verification run with id {id}") })),
     };
+    let run = runs(app)?.get(id).await?.map(|run| (run.is_open(), run.status_body()));
+    let res = run_status(run, "verification", id);
     Ok(InvocationResponse::http(output, res, Vec::new()))
 }
 

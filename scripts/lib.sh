@@ -29,26 +29,36 @@ need_azurite() {
   fi
 }
 
-# The template checks (Bicep syntax, main.json drift, checkov) run in their own virtual environment under target/,
-# so they neither need nor disturb the machine's Python packages. Tests find it through FHIRMIG_PYTHON.
+# Every Python the project runs (template checks, scripts/package) is the interpreter of one virtual environment
+# under target/, so it neither needs nor disturbs the machine's Python packages. This is the only place that calls
+# the system python3, to create that environment. Tests find it through FHIRMIG_PYTHON
+# (tests/integration/support.rs: python_tools).
 PY_TOOLS="target/py-tools"
 CHECKOV_VERSION="3.3.30"
-need_template_tools() {
-  if ! command -v python3 >/dev/null 2>&1; then
-    echo "==> installing Python 3 (needed for the template checks and scripts/package)"
+need_python_venv() {
+  if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    echo "==> installing Python 3 with venv (needed for the template checks and scripts/package)"
     if [ "$(id -u)" = 0 ]; then
       apt-get update -qq && apt-get install -y -qq python3 python3-venv >/dev/null
     else
       sudo apt-get update -qq && sudo apt-get install -y -qq python3 python3-venv >/dev/null
     fi
   fi
+  if [ ! -x "$PY_TOOLS/bin/python" ]; then
+    echo "==> creating the project's Python environment in $PY_TOOLS"
+    rm -rf "$PY_TOOLS"
+    python3 -m venv "$PY_TOOLS"
+  fi
+  export FHIRMIG_PYTHON="$PWD/$PY_TOOLS/bin/python"
+}
+
+# The template checkers (Bicep syntax, main.json drift, checkov) in that environment.
+need_template_tools() {
+  need_python_venv
   local stamp="$PY_TOOLS/.installed-checkov-$CHECKOV_VERSION"
   if [ ! -f "$stamp" ]; then
     echo "==> installing the template checkers (checkov $CHECKOV_VERSION with its Bicep parser) into $PY_TOOLS"
-    rm -rf "$PY_TOOLS"
-    python3 -m venv "$PY_TOOLS"
-    "$PY_TOOLS/bin/python" -m pip install --quiet --disable-pip-version-check "checkov==$CHECKOV_VERSION"
+    "$FHIRMIG_PYTHON" -m pip install --quiet --disable-pip-version-check "checkov==$CHECKOV_VERSION"
     touch "$stamp"
   fi
-  export FHIRMIG_PYTHON="$PWD/$PY_TOOLS/bin/python"
 }

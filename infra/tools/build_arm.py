@@ -4,7 +4,7 @@ No Bicep compiler can be installed where this project is built, so the ARM templ
 resource, mirroring main.bicep and its modules. check_templates.py proves the two agree (parameters, resource
 types and API versions, app settings, role assignments), and `--check` fails when main.json is stale.
 
-Usage: python3 infra/tools/build_arm.py [--check]
+Usage: target/py-tools/bin/python infra/tools/build_arm.py [--check]   (./scripts/test creates that environment)
 """
 
 import json
@@ -635,7 +635,7 @@ def main():
     text = json.dumps(template(), indent=2, ensure_ascii=False) + "\n"
     if "--check" in sys.argv:
         if not OUT.exists() or OUT.read_text() != text:
-            print("infra/main.json is out of date: run python3 infra/tools/build_arm.py")
+            print("infra/main.json is out of date: run target/py-tools/bin/python infra/tools/build_arm.py")
             return 1
         return 0
     OUT.write_text(text)

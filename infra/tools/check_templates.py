@@ -8,7 +8,7 @@
    assignment typed ServicePrincipal and named from the principal id.
 4. The portal wizard (uiDefForm.json) and ARMmain.parameters.json fit the template's parameters.
 
-Exit status 1 with one line per problem. Usage: python3 infra/tools/check_templates.py
+Exit status 1 with one line per problem. Usage: target/py-tools/bin/python infra/tools/check_templates.py
 """
 
 import json
@@ -34,7 +34,7 @@ def problem(text):
 def check_generated():
     expected = json.dumps(build_arm.template(), indent=2, ensure_ascii=False) + "\n"
     if (INFRA / "main.json").read_text() != expected:
-        problem("infra/main.json is out of date: run python3 infra/tools/build_arm.py")
+        problem("infra/main.json is out of date: run target/py-tools/bin/python infra/tools/build_arm.py")
 
 
 # --- 2. ARM expressions -------------------------------------------------------------------------------------

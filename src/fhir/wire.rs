@@ -98,7 +98,7 @@ pub fn import_parameters(mode: &str, files: &[ExportFile], unit_bytes: Option<u6
 mod tests {
     use super::*;
 
-    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/reference/fixtures");
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
     #[test]
     fn the_reference_fixtures_parse() {

@@ -8,22 +8,18 @@ use std::process::Command;
 
 use fhir_migration_tool::config::{Settings, SettingsSource};
 
+use crate::support::python_tools;
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The Python with the template checkers (pycep-parser, checkov) that ./scripts/test installs under target/.
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("FHIRMIG_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = root().join("target/py-tools/bin/python");
-    if venv.exists() { venv } else { PathBuf::from("python3") }
-}
-
 /// Runs a Python checker; a missing module means the tools were never installed, which says how to fix it.
 fn run_python(args: &[&std::ffi::OsStr]) -> (bool, String) {
-    let out = Command::new(python()).args(args).output().expect("python3 runs");
+    let out = Command::new(python_tools())
+        .args(args)
+        .output()
+        .expect("the tools' Python runs");
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(
         !text.contains("No module named"),
@@ -132,18 +128,10 @@ fn every_bicep_file_parses() {
     let files = bicep_files();
     assert!(files.len() >= 10, "{files:?}");
     let script = "import sys\nfrom pathlib import Path\nfrom pycep import BicepParser\nfailed = 0\nfor f in sys.argv[1:]:\n    try:\n        BicepParser().parse(file_path=Path(f))\n    except Exception as e:\n        failed += 1\n        print(f'{f}: {str(e)[:400]}')\nsys.exit(1 if failed else 0)\n";
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .args(&files)
-        .output()
-        .expect("python3 runs");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !text.contains("No module named 'pycep'"),
-        "pycep-parser is missing: run ./scripts/test, which installs it (or pip install pycep-parser)"
-    );
-    assert!(out.status.success(), "Bicep syntax errors:\n{text}");
+    let mut args: Vec<&std::ffi::OsStr> = vec!["-c".as_ref(), script.as_ref()];
+    args.extend(files.iter().map(|f| f.as_os_str()));
+    let (ok, text) = run_python(&args);
+    assert!(ok, "Bicep syntax errors:\n{text}");
 }
 
 /// The app-setting names main.bicep writes (keys of its settings objects).

@@ -16,6 +16,7 @@ mod package;
 mod preflight;
 mod reconcile;
 mod router;
+mod self_contained;
 mod support;
 mod tables;
 mod telemetry;

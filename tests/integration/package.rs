@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::support::unique_name;
+use crate::support::{python_tools, unique_name};
 
 /// One zip entry: its name, Unix mode, and (stored or deflated) size.
 #[derive(Debug)]
@@ -114,7 +114,7 @@ fn the_package_has_everything_the_host_needs_at_its_root() {
     }
     // The zip's host.json is the repository's; release.json says what was built.
     let unzip = |name: &str| {
-        let out = Command::new("python3")
+        let out = Command::new(python_tools())
             .args([
                 "-c",
                 "import sys, zipfile; sys.stdout.buffer.write(zipfile.ZipFile(sys.argv[1]).read(sys.argv[2]))",

@@ -56,3 +56,19 @@ pub async fn new_table(service: &TableService) -> TableClient {
     table.create_if_missing().await.unwrap();
     table
 }
+
+/// The one Python the tests run: the interpreter of the virtual environment that ./scripts/test creates under
+/// target/py-tools (it has the template checkers). Never the machine's own python3, whose packages differ from
+/// one machine to the next; tests/integration/self_contained.rs refuses any other way of starting Python.
+pub fn python_tools() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("FHIRMIG_PYTHON") {
+        return p.into();
+    }
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/py-tools/bin/python");
+    assert!(
+        venv.exists(),
+        "the project's Python environment {} is missing: run ./scripts/test, which creates it",
+        venv.display()
+    );
+    venv
+}

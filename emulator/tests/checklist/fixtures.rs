@@ -2,7 +2,7 @@
 
 use fhir_emulator::wire::{Bundle, ExportManifest, ImportResult, Parameters};
 
-const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/reference/fixtures");
+const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures");
 
 fn read(name: &str) -> String {
     std::fs::read_to_string(format!("{DIR}/{name}")).unwrap_or_else(|e| panic!("{name}: {e}"))

@@ -91,25 +91,23 @@ pub fn apply(rules: &[TruncateQuantity], resource_type: &str, line: String) -> S
 mod tests {
     use super::*;
 
-    /// The reference fixture, when the shared folder is beside the repository (it is in CI).
-    fn reference_fixture() -> Option<String> {
+    /// The original tool's demo configuration, vendored with the other fixtures (tests/fixtures/README.md).
+    fn reference_fixture() -> String {
         std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/reference/fixtures/DemoTruncate.json"
+            "/../tests/fixtures/DemoTruncate.json"
         ))
-        .ok()
+        .expect("the vendored fixture tests/fixtures/DemoTruncate.json")
     }
 
     #[test]
     fn the_demo_configuration_truncates_observation_quantities() {
         let rules = parse_rules(TRUNCATE_QUANTITIES.as_bytes()).unwrap();
-        if let Some(fixture) = reference_fixture() {
-            assert_eq!(
-                parse_rules(fixture.as_bytes()).unwrap(),
-                rules,
-                "the reference fixture has the same rule"
-            );
-        }
+        assert_eq!(
+            parse_rules(reference_fixture().as_bytes()).unwrap(),
+            rules,
+            "the original's demo configuration has the same rule"
+        );
         assert_eq!(
             rules,
             [TruncateQuantity {

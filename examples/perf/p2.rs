@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{TimeDelta, Utc};
 use fhir_emulator::Flavor;
-use fhir_migration_tool::state::rows::{export_status, import_status};
+use fhir_migration_tool::state::rows::{ExportStatus, ImportStatus};
 use fhir_migration_tool::state::{Cursor, Job, Payload, StateStore};
 use fhir_migration_tool::telemetry::RecordingTelemetry;
 use fhir_testkit::Azurite;
@@ -56,8 +56,8 @@ pub async fn run(azurite: &Azurite, history: usize) -> Vec<TickCost> {
             async move {
                 let since = base + TimeDelta::minutes(i as i64);
                 let mut job = Job::planned(i as i64, since, since + TimeDelta::minutes(1), "");
-                job.export_status = export_status::COMPLETED.into();
-                job.import_status = import_status::COMPLETED.into();
+                job.export_status = ExportStatus::Completed;
+                job.import_status = ImportStatus::Completed;
                 job.processed = true;
                 job.payloads = 1;
                 job.exported = 100;

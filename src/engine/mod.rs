@@ -1,11 +1,14 @@
-//! The migration engine: an explicit state machine persisted in Table storage and driven by three timers.
+//! The migration engine: a state machine persisted in Table storage and driven by three timers.
 //!
 //! - `MigrationOrchestrator` ([`Engine::starter_tick`]): gates (retry latch, specific-run end, pause), the
-//!   one-time SearchParameter copy, repairs, and the next export when one may start.
+//!   SearchParameter copy, commits, and the next export when one may start.
 //! - `ExportStatus` ([`Engine::export_status_tick`]): polls running exports; a finished export's payloads are
 //!   persisted and its imports started at once.
 //! - `ImportStatus` ([`Engine::import_status_tick`]): polls every running import, commits finished windows in
 //!   order, and starts the next export, so throughput never waits for the starter's schedule.
+//!
+//! Every decision is made by the pure [`core`] from the stored state, the tick's facts and `now`; the
+//! [`shell`] performs it through [`ports::Ports`] (the real adapters here, in-memory ones in the simulator).
 //!
 //! Crash safety: every step records its intent before acting and is keyed by a persistent id (the window's
 //! sequence number, the export attempt, the payload index). A kick-off whose result was never recorded is
@@ -13,11 +16,13 @@
 //! de-duplicates; the cursor moves only through windows whose every payload imported successfully. Every
 //! write is conditional on the ETag read, so overlapping invocations cannot act twice.
 
+pub mod core;
 pub(crate) mod error_files;
-mod exports;
-mod imports;
-mod per_type;
+pub mod ports;
 mod search_parameters;
+pub mod shell;
+#[cfg(test)]
+mod sim;
 mod status;
 
 pub use status::{MigrationStatus, PlannedWindow, WindowStatus};
@@ -32,7 +37,7 @@ use crate::fhir::{FhirClient, FhirError};
 use crate::state::{Active, Cursor, StateStore};
 use crate::storage::blob::{BlobError, BlobStore};
 use crate::storage::tables::TableError;
-use crate::telemetry::{Event, Exception, Telemetry};
+use crate::telemetry::{Event, Telemetry};
 
 /// Why a tick stopped early. Conflicts are not errors: another invocation got there first.
 #[derive(Debug, thiserror::Error)]
@@ -229,24 +234,6 @@ impl Engine {
         self.telemetry.event(event);
     }
 
-    /// Sends a job's `Failed` event, and the matching `ExportFailed`/`ImportFailed` exception (for the dashboard's
-    /// exception tile and the alert), with the job's window and id when it has one.
-    pub(crate) fn emit_failure(&self, event: Event, since: DateTime<Utc>, till: DateTime<Utc>) {
-        let id_key = format!("{}Id", event.name);
-        let mut exception = Exception::new(
-            &format!("{}Failed", event.name),
-            event.get("FailureReason").unwrap_or_default(),
-        );
-        if let Some(id) = event.get(&id_key).filter(|id| !id.is_empty()) {
-            exception = exception.with(&id_key, id);
-        }
-        let exception = exception
-            .with("Since", crate::fhir::format_instant(since))
-            .with("Till", crate::fhir::format_instant(till));
-        self.emit(event);
-        self.telemetry.exception(exception);
-    }
-
     /// Sends an event through the engine's telemetry sink (verification reports its results this way).
     pub fn telemetry_event(&self, event: Event) {
         self.emit(event);
@@ -265,110 +252,40 @@ impl Engine {
             .is_some_and(|max| cursor.failures >= i64::from(max))
     }
 
-    /// The starter timer: gates, SearchParameters, repairs, and the next export.
-    pub async fn starter_tick(&self, now: DateTime<Utc>) -> Result<TickReport, EngineError> {
-        let mut report = TickReport::default();
+    async fn tick(&self, timer: core::Timer, now: DateTime<Utc>) -> Result<TickReport, EngineError> {
         self.state.ensure_tables().await?;
-        let (cursor, active) = self.load().await?;
-        if self.latched(&cursor) {
-            self.report_halt(&cursor, &active, &mut report);
-            return Ok(report);
+        shell::Shell {
+            ports: self,
+            settings: &self.settings,
+            timing: &self.timing,
+            telemetry: self.telemetry.as_ref(),
+            fail: &self.fail,
+            export_table: self.state.export_table_name(),
         }
-        if crate::planner::specific_run_finished(&self.settings, cursor.since) {
-            report.say("Execution skipped: Specific time range date is reached");
-            return Ok(report);
-        }
-        if crate::planner::paused(self.settings.pause, now) {
-            report.say("Execution skipped: Current time is within the restricted window");
-            return Ok(report);
-        }
-        if !cursor.search_parameters_copied {
-            self.copy_search_parameters(cursor, &mut report).await?;
-        }
-        self.advance(now, &mut report).await?;
-        Ok(report)
+        .run(timer, now)
+        .await
+    }
+
+    /// The starter timer: gates, SearchParameters, commits, repairs, and the next export.
+    pub async fn starter_tick(&self, now: DateTime<Utc>) -> Result<TickReport, EngineError> {
+        self.tick(core::Timer::Starter, now).await
     }
 
     /// The export-status timer: poll exports, persist finished ones' payloads, start their imports.
     pub async fn export_status_tick(&self, now: DateTime<Utc>) -> Result<TickReport, EngineError> {
-        let mut report = TickReport::default();
-        self.state.ensure_tables().await?;
-        self.poll_exports(now, &mut report).await?;
-        self.post_payloads(now, &mut report).await?;
-        Ok(report)
+        self.tick(core::Timer::ExportStatus, now).await
     }
 
     /// The import-status timer: poll imports, commit finished windows, keep the pipeline moving.
     pub async fn import_status_tick(&self, now: DateTime<Utc>) -> Result<TickReport, EngineError> {
-        let mut report = TickReport::default();
-        self.state.ensure_tables().await?;
-        // Commit first: a window finished by an earlier tick should not wait on this tick's network calls.
-        self.commit(&mut report).await?;
-        self.poll_imports(now, &mut report).await?;
-        self.post_payloads(now, &mut report).await?;
-        self.commit(&mut report).await?;
-        let cursor = self.state.cursor().await?;
-        if !self.latched(&cursor) && !crate::planner::paused(self.settings.pause, now) {
-            self.advance(now, &mut report).await?;
-        }
-        Ok(report)
+        self.tick(core::Timer::ImportStatus, now).await
     }
 
-    /// Commits what can be committed, repairs stalled kick-offs, and starts the next export if allowed.
-    async fn advance(&self, now: DateTime<Utc>, report: &mut TickReport) -> Result<(), EngineError> {
-        self.commit(report).await?;
-        self.start_next_export(now, report).await
-    }
-
-    /// The explicit halt message (and the `ExportRetries` event) when the latch has tripped.
-    fn report_halt(&self, cursor: &Cursor, active: &Active, report: &mut TickReport) {
-        let max = self.settings.max_export_retries.unwrap_or_default();
-        let failed = active.jobs.iter().rev().find(|j| !j.failure_reason.is_empty());
-        let window = failed.map_or_else(String::new, |j| {
-            format!(
-                " The failing window is {} to {} (row {}): {}",
-                crate::fhir::format_instant(j.since),
-                crate::fhir::format_instant(j.till),
-                crate::state::rows::job_key(&self.settings.row_key, j.seq),
-                j.failure_reason
-            )
-        });
-        report.say(format!(
-            "MIGRATION HALTED: Maximum export retries limit ({max}) has been reached. The export or import process has failed {} times.{window} ACTION REQUIRED: check the 'FailureReason' column of the export table, resolve the cause, then call ClearMaxExportRetries_Http to resume.",
-            cursor.failures
-        ));
-        self.emit(
-            Event::new("ExportRetries")
-                .with("Status", "MaxRetriesReached")
-                .with("MaxExportRetries", cursor.failures)
-                .with("ConfiguredLimit", max)
-                .with("ExportTableName", self.state.export_table_name())
-                .with("PartitionKey", &self.settings.partition_key)
-                .with("Time", Utc::now().to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
-                .with(
-                    "ActionRequired",
-                    "Check export table for failure details and resolve issues before resuming",
-                ),
-        );
-    }
-
-    /// Adds one failure to the retry latch (re-reading on conflict, so concurrent failures all count).
-    pub(crate) async fn count_failure(&self) -> Result<(), EngineError> {
-        for _ in 0..5 {
-            let mut cursor = self.state.cursor().await?;
-            cursor.failures += 1;
-            match self.state.save_cursor(&cursor).await {
-                Ok(_) => return Ok(()),
-                Err(TableError::Conflict { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(())
-    }
-
-    /// `ClearMaxExportRetries_Http`: resets the latch and accepts imports halted by the error policy.
+    /// `ClearMaxExportRetries_Http`: resets the latch, accepts imports halted by the error policy, and lets
+    /// windows halted by a repeating failure go on with a smaller plan ([`core::plan::clear_halts`]).
     pub async fn clear_failures(&self) -> Result<i64, EngineError> {
         self.state.ensure_tables().await?;
+        let now = Utc::now();
         loop {
             let mut cursor = self.state.cursor().await?;
             let before = cursor.failures;
@@ -376,15 +293,24 @@ impl Engine {
             match self.state.save_cursor(&cursor).await {
                 Ok(saved) => {
                     let active = self.state.active(&saved).await?;
-                    self.acknowledge_halts(&active).await?;
+                    let snapshot = core::Snapshot {
+                        cursor: saved,
+                        jobs: active.jobs,
+                        payloads: active.payloads,
+                    };
+                    for (write, line) in core::plan::clear_halts(&snapshot) {
+                        match ports::Ports::write(self, &write).await {
+                            Ok(_) => tracing::info!("{line}"),
+                            // Changed meanwhile by a tick: the next clear (or tick) sees it as it is now.
+                            Err(TableError::Conflict { .. }) => {}
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
                     self.emit(
                         Event::new("MaxExportRetriesCleared")
                             .with("PartitionKey", &self.settings.partition_key)
                             .with("RowKey", &self.settings.row_key)
-                            .with(
-                                "ClearedAt",
-                                Utc::now().to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
-                            ),
+                            .with("ClearedAt", now.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
                     );
                     return Ok(before);
                 }

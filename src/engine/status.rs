@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::{Engine, EngineError};
+use super::{Engine, EngineError, core, ports};
 use crate::fhir::format_instant;
 
 #[derive(Debug, Clone, Serialize)]
@@ -71,16 +71,16 @@ impl Engine {
                 sequence: j.seq,
                 since: format_instant(j.since),
                 till: format_instant(j.till),
-                export_status: j.export_status.clone(),
+                export_status: j.export_status.to_string(),
                 export_id: j.export_id.clone(),
                 export_attempt: j.attempt,
-                import_status: j.import_status.clone(),
+                import_status: j.import_status.to_string(),
                 exported: j.exported,
                 payloads: active
                     .payloads_of(j)
                     .map(|p| PayloadStatus {
                         index: p.index,
-                        status: p.status.clone(),
+                        status: p.status.to_string(),
                         attempt: p.attempt,
                         import_id: crate::telemetry::id_of(&p.import_url),
                         imported: p.imported,
@@ -96,7 +96,11 @@ impl Engine {
                 failure_reason: j.failure_reason.clone(),
             })
             .collect();
-        let halted = self.latched(&cursor) || active.jobs.iter().any(|j| j.import_status == "Halted");
+        let halted = self.latched(&cursor)
+            || active
+                .jobs
+                .iter()
+                .any(|j| core::rules::window_phase(j) == core::rules::WindowPhase::Halted);
         Ok(MigrationStatus {
             source: self.settings.source.to_string(),
             destination: self.settings.destination.to_string(),
@@ -138,8 +142,11 @@ impl Engine {
     pub async fn preview(&self, now: DateTime<Utc>, n: usize) -> Result<Vec<PlannedWindow>, EngineError> {
         self.state.ensure_tables().await?;
         let cursor = self.state.cursor().await?;
-        let mut report = super::TickReport::default();
-        let Some(mut since) = self.next_window_start(&cursor, &mut report).await? else {
+        let start = match cursor.next_since().or(self.settings.start_date) {
+            Some(s) => Some(s),
+            None => ports::Ports::oldest(self, None).await?,
+        };
+        let Some(mut since) = start else {
             return Ok(Vec::new());
         };
         let mut windows = Vec::new();

@@ -270,6 +270,17 @@ impl FhirClient {
         }
     }
 
+    /// `DELETE` on a job's status URL: asks the server to cancel a job nobody waits for any more (reference
+    /// §2.5, §5.5). A job that already ended answers 404 or 409, which is as good as cancelled.
+    pub async fn cancel(&self, status_url: &str) -> Result<(), FhirError> {
+        let url = self.own_url(status_url)?;
+        let resp = self.send(Method::DELETE, &url, |r| r, false).await?;
+        match resp.status().as_u16() {
+            200..=299 | 404 | 409 => Ok(()),
+            _ => Err(client::rejection(resp, &url).await),
+        }
+    }
+
     /// Every custom SearchParameter, following `next` links (the original read only the first 1,000).
     pub async fn search_parameters(&self) -> Result<Vec<Value>, FhirError> {
         let mut url = self.url("SearchParameter?_count=1000")?;

@@ -5,26 +5,103 @@ use chrono::{DateTime, Utc};
 
 use crate::storage::tables::{ETag, Entity, TableError};
 
-/// `IsExportRunning` values.
-pub mod export_status {
-    pub const STARTED: &str = "Started";
-    pub const RUNNING: &str = "Running";
-    pub const COMPLETED: &str = "Completed";
-    pub const FAILED: &str = "Failed";
-    /// Intent recorded, `$export` not yet confirmed (a crash here is repaired after the lease).
-    pub const STARTING: &str = "Starting";
+/// A window's export state (`IsExportRunning`), parsed once where the row is read. The strings are the original
+/// tool's, plus `Starting` (intent recorded, `$export` not yet confirmed) and `Halted` (a failure that retrying
+/// cannot fix: the window waits for an operator).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExportStatus {
+    Starting,
+    Started,
+    Running,
+    Completed,
+    Failed,
+    Halted,
+    /// A value this release does not know (a newer release wrote it): left alone and reported.
+    Other(String),
 }
 
-/// `IsImportRunning` values.
-pub mod import_status {
-    pub const NOT_STARTED: &str = "Not Started";
-    pub const STARTED: &str = "Started";
-    pub const RUNNING: &str = "Running";
-    pub const COMPLETED: &str = "Completed";
-    pub const FAILED: &str = "Failed";
-    /// The `$import` POST is in flight (a crash here re-posts the same definition, which the server
-    /// de-duplicates).
-    pub const POSTING: &str = "Posting";
+/// An import's state (`IsImportRunning`), for a payload and as a window's summary over its payloads. `Posting`
+/// means the `$import` POST is in flight (a crash re-posts the same definition, which the server
+/// de-duplicates); `Superseded` marks a payload of an export attempt that was replaced (its job cancelled).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImportStatus {
+    NotStarted,
+    Posting,
+    Started,
+    Running,
+    Completed,
+    Failed,
+    Halted,
+    Superseded,
+    Other(String),
+}
+
+impl ExportStatus {
+    pub fn as_str(&self) -> &str {
+        match self {
+            ExportStatus::Starting => "Starting",
+            ExportStatus::Started => "Started",
+            ExportStatus::Running => "Running",
+            ExportStatus::Completed => "Completed",
+            ExportStatus::Failed => "Failed",
+            ExportStatus::Halted => "Halted",
+            ExportStatus::Other(s) => s,
+        }
+    }
+
+    pub fn parse(s: &str) -> ExportStatus {
+        match s {
+            "Starting" => ExportStatus::Starting,
+            "Started" => ExportStatus::Started,
+            "Running" => ExportStatus::Running,
+            "Completed" => ExportStatus::Completed,
+            "Failed" => ExportStatus::Failed,
+            "Halted" => ExportStatus::Halted,
+            other => ExportStatus::Other(other.to_string()),
+        }
+    }
+}
+
+impl ImportStatus {
+    pub fn as_str(&self) -> &str {
+        match self {
+            ImportStatus::NotStarted => "Not Started",
+            ImportStatus::Posting => "Posting",
+            ImportStatus::Started => "Started",
+            ImportStatus::Running => "Running",
+            ImportStatus::Completed => "Completed",
+            ImportStatus::Failed => "Failed",
+            ImportStatus::Halted => "Halted",
+            ImportStatus::Superseded => "Superseded",
+            ImportStatus::Other(s) => s,
+        }
+    }
+
+    pub fn parse(s: &str) -> ImportStatus {
+        match s {
+            "Not Started" | "" => ImportStatus::NotStarted,
+            "Posting" => ImportStatus::Posting,
+            "Started" => ImportStatus::Started,
+            "Running" => ImportStatus::Running,
+            "Completed" => ImportStatus::Completed,
+            "Failed" => ImportStatus::Failed,
+            "Halted" => ImportStatus::Halted,
+            "Superseded" => ImportStatus::Superseded,
+            other => ImportStatus::Other(other.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for ExportStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for ImportStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The cursor row (`chunk` table): how far the migration has committed, and its counters.
@@ -66,7 +143,7 @@ pub struct Job {
     pub since: DateTime<Utc>,
     pub till: DateTime<Utc>,
     /// `IsExportRunning`
-    pub export_status: String,
+    pub export_status: ExportStatus,
     /// `exportContentLocation`
     pub export_url: String,
     /// `ExportId`: last segment of the status URL.
@@ -83,7 +160,7 @@ pub struct Job {
     /// `PayloadCount`
     pub payloads: i64,
     /// `IsImportRunning` (summary over payloads)
-    pub import_status: String,
+    pub import_status: ImportStatus,
     /// `ImportRequest`: Yes / No / "".
     pub import_request: String,
     /// `IsProcessed`: every payload imported successfully (the window may commit).
@@ -97,6 +174,16 @@ pub struct Job {
     pub window_till: Option<DateTime<Utc>>,
     pub type_index: i64,
     pub end_time: Option<DateTime<Utc>>,
+    /// `RemainderTill`: when the window was split (the server refused it as too large, or an operator cleared a
+    /// halt), the end of the part still to export after this one; the window commits only when it is empty.
+    pub remainder_till: Option<DateTime<Utc>>,
+    /// `FailureStreak`: identical failures in a row (the window halts at the limit, [`crate::engine::core`]).
+    pub failure_streak: i64,
+    /// `Deferrals`: transient answers to the kick-off in a row.
+    pub deferrals: i64,
+    /// `SplitLevel`: how many times an operator's clear asked for a smaller plan; each level halves the
+    /// window's parts and its payloads' processing units.
+    pub split_level: i64,
     pub etag: Option<ETag>,
 }
 
@@ -112,7 +199,7 @@ pub struct Payload {
     /// `importContentLocation`
     pub import_url: String,
     /// `IsImportRunning`
-    pub status: String,
+    pub status: ImportStatus,
     /// `ImportAttempt`
     pub attempt: i64,
     pub lease_until: Option<DateTime<Utc>>,
@@ -132,6 +219,10 @@ pub struct Payload {
     /// `ImportErrorSamples`: the first few error messages, for the operator.
     pub error_samples: String,
     pub failure_reason: String,
+    /// `Deferrals`: transient answers to the POST in a row.
+    pub deferrals: i64,
+    /// `ProcessingUnitBytes`: the processing unit asked for on the last POST (none: the server's default).
+    pub unit_bytes: Option<i64>,
     pub etag: Option<ETag>,
 }
 
@@ -248,7 +339,7 @@ impl Job {
             seq,
             since,
             till,
-            export_status: export_status::STARTING.into(),
+            export_status: ExportStatus::Starting,
             export_url: String::new(),
             export_id: String::new(),
             attempt: 0,
@@ -258,7 +349,7 @@ impl Job {
             exported: 0,
             search_parameter_count: 0,
             payloads: 0,
-            import_status: import_status::NOT_STARTED.into(),
+            import_status: ImportStatus::NotStarted,
             import_request: String::new(),
             processed: false,
             failure_reason: String::new(),
@@ -267,6 +358,10 @@ impl Job {
             window_till: None,
             type_index: 0,
             end_time: None,
+            remainder_till: None,
+            failure_streak: 0,
+            deferrals: 0,
+            split_level: 0,
             etag: None,
         }
     }
@@ -275,13 +370,10 @@ impl Job {
         let mut e = Entity::new(pk, job_key(rk, self.seq))?;
         time_str(&mut e, "Since", Some(self.since));
         time_str(&mut e, "Till", Some(self.till));
-        let export_complete = matches!(
-            self.export_status.as_str(),
-            export_status::COMPLETED | export_status::FAILED
-        );
-        let import_complete = matches!(self.import_status.as_str(), import_status::COMPLETED);
+        let export_complete = matches!(self.export_status, ExportStatus::Completed | ExportStatus::Failed);
+        let import_complete = self.import_status == ImportStatus::Completed;
         e.set_i64("JobSeq", self.seq)
-            .set_str("IsExportRunning", &self.export_status)
+            .set_str("IsExportRunning", self.export_status.as_str())
             .set_bool("IsExportComplete", export_complete)
             .set_str("exportContentLocation", &self.export_url)
             .set_str("ExportId", &self.export_id)
@@ -289,7 +381,7 @@ impl Job {
             .set_str("TotalExportResourceCount", self.exported.to_string())
             .set_i64("SearchParameterCount", self.search_parameter_count)
             .set_i32("PayloadCount", self.payloads as i32)
-            .set_str("IsImportRunning", &self.import_status)
+            .set_str("IsImportRunning", self.import_status.as_str())
             .set_bool("IsImportComplete", import_complete)
             .set_str("ImportRequest", &self.import_request)
             .set_bool("IsProcessed", self.processed)
@@ -303,6 +395,10 @@ impl Job {
         opt_time(&mut e, "StartTime", self.start_time);
         opt_time(&mut e, "ExportEndTime", self.export_end_time);
         opt_time(&mut e, "EndTime", self.end_time);
+        opt_time(&mut e, "RemainderTill", self.remainder_till);
+        e.set_i64("FailureStreak", self.failure_streak)
+            .set_i64("Deferrals", self.deferrals)
+            .set_i64("SplitLevel", self.split_level);
         Ok(e)
     }
 
@@ -311,7 +407,7 @@ impl Job {
             seq: e.get_i64("JobSeq")?,
             since: read_time_str(e, "Since")?,
             till: read_time_str(e, "Till")?,
-            export_status: e.get_str("IsExportRunning").unwrap_or_default().into(),
+            export_status: ExportStatus::parse(e.get_str("IsExportRunning").unwrap_or_default()),
             export_url: e.get_str("exportContentLocation").unwrap_or_default().into(),
             export_id: e.get_str("ExportId").unwrap_or_default().into(),
             attempt: e.get_i64("ExportAttempt").unwrap_or(0),
@@ -321,7 +417,7 @@ impl Job {
             exported: e.get_i64("TotalExportResourceCount").unwrap_or(0),
             search_parameter_count: e.get_i64("SearchParameterCount").unwrap_or(0),
             payloads: e.get_i64("PayloadCount").unwrap_or(0),
-            import_status: e.get_str("IsImportRunning").unwrap_or_default().into(),
+            import_status: ImportStatus::parse(e.get_str("IsImportRunning").unwrap_or_default()),
             import_request: e.get_str("ImportRequest").unwrap_or_default().into(),
             processed: e.get_bool("IsProcessed").unwrap_or(false),
             failure_reason: e.get_str("FailureReason").unwrap_or_default().into(),
@@ -330,6 +426,10 @@ impl Job {
             window_till: e.get_datetime("GlobalTill"),
             type_index: e.get_i64("TypeIndex").unwrap_or(0),
             end_time: e.get_datetime("EndTime"),
+            remainder_till: e.get_datetime("RemainderTill"),
+            failure_streak: e.get_i64("FailureStreak").unwrap_or(0),
+            deferrals: e.get_i64("Deferrals").unwrap_or(0),
+            split_level: e.get_i64("SplitLevel").unwrap_or(0),
             etag: e.etag().cloned(),
         })
     }
@@ -343,7 +443,7 @@ impl Payload {
             index,
             blob,
             import_url: String::new(),
-            status: import_status::NOT_STARTED.into(),
+            status: ImportStatus::NotStarted,
             attempt: 0,
             lease_until: None,
             start_time: None,
@@ -355,6 +455,8 @@ impl Payload {
             error_kinds: None,
             error_samples: String::new(),
             failure_reason: String::new(),
+            deferrals: 0,
+            unit_bytes: None,
             etag: None,
         }
     }
@@ -366,8 +468,8 @@ impl Payload {
             .set_i64("PayloadIndex", self.index)
             .set_str("ImportNo", &self.blob)
             .set_str("importContentLocation", &self.import_url)
-            .set_str("IsImportRunning", &self.status)
-            .set_bool("IsImportComplete", self.status == import_status::COMPLETED)
+            .set_str("IsImportRunning", self.status.as_str())
+            .set_bool("IsImportComplete", self.status == ImportStatus::Completed)
             .set_i64("ImportAttempt", self.attempt)
             .set_str("TotalImportResourceCount", self.imported.to_string())
             .set_str("TotalFailedImportCount", self.failed_lines.to_string())
@@ -383,6 +485,10 @@ impl Payload {
         }
         opt_time(&mut e, "ImportStartTime", self.start_time);
         opt_time(&mut e, "EndTime", self.end_time);
+        e.set_i64("Deferrals", self.deferrals);
+        if let Some(bytes) = self.unit_bytes {
+            e.set_i64("ProcessingUnitBytes", bytes);
+        }
         Ok(e)
     }
 
@@ -393,7 +499,7 @@ impl Payload {
             index: e.get_i64("PayloadIndex")?,
             blob: e.get_str("ImportNo").unwrap_or_default().into(),
             import_url: e.get_str("importContentLocation").unwrap_or_default().into(),
-            status: e.get_str("IsImportRunning").unwrap_or_default().into(),
+            status: ImportStatus::parse(e.get_str("IsImportRunning").unwrap_or_default()),
             attempt: e.get_i64("ImportAttempt").unwrap_or(0),
             lease_until: e.get_datetime("LeaseUntil"),
             start_time: e.get_datetime("ImportStartTime"),
@@ -412,6 +518,8 @@ impl Payload {
             },
             error_samples: e.get_str("ImportErrorSamples").unwrap_or_default().into(),
             failure_reason: e.get_str("FailureReason").unwrap_or_default().into(),
+            deferrals: e.get_i64("Deferrals").unwrap_or(0),
+            unit_bytes: e.get_i64("ProcessingUnitBytes"),
             etag: e.etag().cloned(),
         })
     }
@@ -432,7 +540,7 @@ mod tests {
         assert_eq!(back, cursor);
 
         let mut job = Job::planned(12, t0, t0 + chrono::TimeDelta::days(30), "");
-        job.export_status = export_status::COMPLETED.into();
+        job.export_status = ExportStatus::Completed;
         job.exported = 12345;
         job.lease_until = Some(t0);
         let e = job.to_entity("pk", "myrowkey").unwrap();

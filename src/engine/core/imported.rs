@@ -1,0 +1,116 @@
+//! A finished import's record: counts, error files and their summary, the import-error policy's verdict, and the
+//! `Import` (and `ImportErrors`) events the dashboard reads.
+
+use super::{Action, Context, Mark, Notes, Totals, Write};
+use crate::engine::error_files::ErrorSummary;
+use crate::fhir::format_instant;
+use crate::fhir::wire::ImportResult;
+use crate::state::rows::ImportStatus;
+use crate::state::{Job, Payload};
+use crate::telemetry::{Event, id_of};
+
+pub fn imported(
+    ctx: &Context,
+    job: &Job,
+    p: &Payload,
+    result: &ImportResult,
+    summary: Option<&Option<ErrorSummary>>,
+    totals: &Totals,
+    handled: Mark,
+) -> Action {
+    let mut payload = p.clone();
+    payload.imported = result.imported() as i64;
+    payload.failed_lines = result.failed() as i64;
+    payload.failed_resources = result
+        .error
+        .iter()
+        .map(|e| format!("{}:{}", e.resource_type.as_deref().unwrap_or(""), e.count))
+        .collect::<Vec<_>>()
+        .join(", ");
+    payload.error_files = result
+        .error
+        .iter()
+        .map(|e| e.url.as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
+    match summary {
+        Some(Some(summary)) => {
+            payload.error_kinds = Some((summary.conflicts, summary.duplicates, summary.invalid));
+            payload.error_samples = summary.samples.join("\n");
+        }
+        Some(None) => {
+            payload.error_samples =
+                "error files not readable with the tool's storage access (set AZURE_IntegrationStorageUri)".into()
+        }
+        None => {}
+    }
+    payload.end_time = Some(ctx.now);
+    payload.status = ImportStatus::Completed;
+    if super::flow::halts(ctx, payload.failed_lines) {
+        payload.status = ImportStatus::Halted;
+        payload.failure_reason = format!(
+            "{} line(s) failed to import ({}); see the error files",
+            payload.failed_lines, payload.failed_resources
+        );
+    }
+    let line = if payload.failed_lines > 0 {
+        format!(
+            "Import {} of window {} finished with {} failed line(s) ({}); error files: {}",
+            id_of(&payload.import_url),
+            job.seq,
+            payload.failed_lines,
+            payload.failed_resources,
+            payload.error_files.replace('\n', ", ")
+        )
+    } else {
+        format!(
+            "Import {} of window {} finished: {} resources",
+            id_of(&payload.import_url),
+            job.seq,
+            payload.imported
+        )
+    };
+    let event = totals
+        .add_to(
+            Event::new("Import")
+                .with("ImportId", id_of(&payload.import_url))
+                .with("StatusUrl", &payload.import_url)
+                .with("ImportStatus", "Completed")
+                .with("TotalImportResources", payload.imported)
+                .with("TotalExportResources", job.exported),
+        )
+        .with("FailedImportCount", payload.failed_lines)
+        .with("FailedResourceType", &payload.failed_resources)
+        .with("SearchParameterCount", job.search_parameter_count)
+        .with("FailedExportCount", 0)
+        .with("FailedExportType", "");
+    let mut notes = Notes::line(line)
+        .event(event)
+        .mark(handled)
+        .fail_point("import-recorded");
+    if payload.failed_lines > 0 {
+        let (conflicts, duplicates, invalid) = payload.error_kinds.unwrap_or_default();
+        let known = |n: i64| {
+            if payload.error_kinds.is_some() {
+                n.to_string()
+            } else {
+                String::new()
+            }
+        };
+        notes = notes.event(
+            Event::new("ImportErrors")
+                .with("ImportId", id_of(&payload.import_url))
+                .with("Since", format_instant(job.since))
+                .with("Till", format_instant(job.till))
+                .with("FailedImportCount", payload.failed_lines)
+                .with("FailedResourceType", &payload.failed_resources)
+                .with("Conflicts", known(conflicts))
+                .with("Duplicates", known(duplicates))
+                .with("Invalid", known(invalid)),
+        );
+    }
+    Action::Write {
+        write: Write::Payload(payload),
+        notes,
+    }
+}

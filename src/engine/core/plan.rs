@@ -1,0 +1,466 @@
+//! Committing finished windows in order, and choosing what to export next: repair a cursor a planner left
+//! behind, kick off a planned or failed window, or plan a new one (sized by counts, halved to fit
+//! `AZURE_ChunkLimit`, empty ranges skipped; per resource type in per-type mode).
+
+use chrono::{DateTime, Utc};
+
+use super::rules::{WindowPhase, window_phase};
+use super::{Action, Context, CountKey, Facts, Mark, Notes, Snapshot, Write};
+use crate::fhir::format_instant;
+use crate::planner;
+use crate::state::{Cursor, Job};
+use crate::telemetry::Event;
+
+/// Moves the cursor past the oldest uncommitted window when it is processed, or over an empty range planned
+/// after the last window. `ImportTill` reports the cursor's new position and nothing beyond it.
+pub fn commit(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Option<Action> {
+    let cursor = &snapshot.cursor;
+    let mut updated = cursor.clone();
+    if cursor.committed_job < cursor.next_job {
+        let Some(job) = snapshot.job(cursor.committed_job) else {
+            let mark = Mark::Reported(format!("missing-{}", cursor.committed_job));
+            return (!facts.marks.contains(&mark)).then(|| {
+                Action::Note(
+                    Notes::line(format!(
+                        "The row of window {} is missing or unreadable, so the cursor cannot move past it: inspect row {} of the export table",
+                        cursor.committed_job,
+                        crate::state::rows::job_key(&ctx.settings.row_key, cursor.committed_job)
+                    ))
+                    .mark(mark),
+                )
+            });
+        };
+        if window_phase(job) != WindowPhase::Processed {
+            return None;
+        }
+        // A per-type window's parts commit one by one; `since` moves to the window's end once its last part
+        // commits.
+        if job.resource_type.is_empty() {
+            updated.since = Some(job.till);
+        } else if let Some(window_till) = per_type_window_complete(snapshot, job) {
+            updated.since = Some(window_till);
+        }
+        updated.committed_job += 1;
+        // Success resets the latch, unless the next window is failing right now.
+        let next_failing = snapshot
+            .job(updated.committed_job)
+            .is_some_and(|j| window_phase(j) == WindowPhase::Failed);
+        if !next_failing {
+            updated.failures = 0;
+        }
+        let mut notes = Notes::line(format!(
+            "Window {} to {} migrated; cursor advanced",
+            format_instant(job.since),
+            format_instant(job.till)
+        ))
+        .fail_point("committed");
+        if updated.since != cursor.since
+            && let Some(since) = updated.since
+        {
+            notes = notes.event(Event::new("ImportTill").with("Till", format_instant(since)));
+        }
+        return Some(Action::Write {
+            write: Write::Cursor(updated),
+            notes,
+        });
+    }
+    match (cursor.planned_till, cursor.since) {
+        (Some(planned), Some(since)) if planned > since && cursor.global_till.is_none() => {
+            updated.since = Some(planned);
+            Some(Action::Write {
+                write: Write::Cursor(updated),
+                notes: Notes::default().event(Event::new("ImportTill").with("Till", format_instant(planned))),
+            })
+        }
+        _ => None,
+    }
+}
+
+/// The end of the per-type window this part belongs to, when it is the window's last part.
+fn per_type_window_complete(snapshot: &Snapshot, job: &Job) -> Option<DateTime<Utc>> {
+    let window_till = job.window_till?;
+    match snapshot.job(job.seq + 1) {
+        Some(next) => (next.resource_type.is_empty() || next.window_till != Some(window_till)).then_some(window_till),
+        // Nothing planned after this part: complete only if planning has finished the window.
+        None => (snapshot.cursor.global_till != Some(window_till)).then_some(window_till),
+    }
+}
+
+/// Repairs the cursor, kicks off what is due, or plans the next window when the pipeline has room.
+pub fn advance(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Option<Action> {
+    let cursor = &snapshot.cursor;
+    // A row the cursor does not know about: its planner stopped between inserting it and moving the cursor
+    // (or this tick inserted it a step ago). The cursor is rebuilt from the row itself.
+    if let Some(row) = snapshot.job(cursor.next_job) {
+        return Some(repair_cursor(ctx, cursor, row));
+    }
+    if let Some(j) = snapshot.jobs.iter().find(|j| window_phase(j) == WindowPhase::Halted) {
+        return Some(Action::Finish(Notes::line(format!(
+            "Migration halted at window {} to {}: {}",
+            format_instant(j.since),
+            format_instant(j.till),
+            j.failure_reason
+        ))));
+    }
+    if let Some(action) = super::flow::kick_offs(ctx, snapshot, facts) {
+        return action;
+    }
+    let uncommitted = (cursor.next_job - cursor.committed_job).max(0) as usize;
+    // Windows in flight at most: with overlap several export while earlier ones import (they commit in order).
+    if uncommitted >= ctx.settings.windows_in_flight || facts.skips > ctx.timing.max_empty_skips {
+        return None;
+    }
+    if !ctx.settings.is_parallel || cursor.global_till.is_some() {
+        plan_per_type(ctx, snapshot, facts)
+    } else {
+        plan_window(ctx, snapshot, facts)
+    }
+}
+
+fn repair_cursor(ctx: &Context, cursor: &Cursor, row: &Job) -> Action {
+    let mut repaired = cursor.clone();
+    repaired.next_job = row.seq + 1;
+    if repaired.since.is_none() {
+        repaired.since = Some(row.window_since.unwrap_or(row.since));
+    }
+    let end = row.remainder_till.unwrap_or(row.till);
+    match (row.resource_type.is_empty(), row.window_since, row.window_till) {
+        (false, Some(ws), Some(wt)) => per_type_position(
+            &mut repaired,
+            &ctx.settings.resource_types,
+            ws,
+            wt,
+            &row.resource_type,
+            end,
+        ),
+        _ => repaired.planned_till = Some(repaired.planned_till.map_or(end, |p| p.max(end))),
+    }
+    Action::Write {
+        write: Write::Cursor(repaired),
+        notes: Notes::default().fail_point("planned-cursor"),
+    }
+}
+
+/// A fact planning needs and this tick does not have yet.
+enum Missing {
+    Count(CountKey),
+    Oldest,
+}
+
+impl From<Missing> for Action {
+    fn from(missing: Missing) -> Action {
+        match missing {
+            Missing::Count((resource_type, since, till)) => Action::Count {
+                resource_type,
+                since,
+                till,
+            },
+            Missing::Oldest => Action::Oldest { from: None },
+        }
+    }
+}
+
+/// Where the next window starts: after the last one planned, else `AZURE_StartDate`, else the source's oldest
+/// resource.
+fn next_window_start(ctx: &Context, cursor: &Cursor, facts: &Facts) -> Result<Option<DateTime<Utc>>, Missing> {
+    if let Some(s) = cursor.next_since().or(ctx.settings.start_date) {
+        return Ok(Some(s));
+    }
+    facts.oldest.get(&None).copied().ok_or(Missing::Oldest)
+}
+
+/// The count of `[since, till)` from the facts.
+fn count(
+    facts: &Facts,
+    resource_type: Option<&str>,
+    since: DateTime<Utc>,
+    till: DateTime<Utc>,
+) -> Result<u64, Missing> {
+    let key = (resource_type.map(str::to_string), since, till);
+    facts.counts.get(&key).copied().ok_or(Missing::Count(key))
+}
+
+/// The longest part of `[since, till)` within the chunk limit (halved until it fits, or cannot shrink).
+fn sized(
+    ctx: &Context,
+    facts: &Facts,
+    resource_type: Option<&str>,
+    since: DateTime<Utc>,
+    mut till: DateTime<Utc>,
+) -> Result<(DateTime<Utc>, u64), Missing> {
+    loop {
+        let n = count(facts, resource_type, since, till)?;
+        match planner::halve(since, till) {
+            Some(shorter) if n > ctx.settings.chunk_limit => till = shorter,
+            _ => return Ok((till, n)),
+        }
+    }
+}
+
+fn plan_window(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Option<Action> {
+    let cursor = &snapshot.cursor;
+    let since = match next_window_start(ctx, cursor, facts) {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            return note_once(
+                facts,
+                "no-data",
+                "The source server has no resources yet; nothing to export",
+            );
+        }
+        Err(missing) => return Some(missing.into()),
+    };
+    let till = planner::window_end_with(ctx.settings, since, ctx.now, ctx.timing.min_tail)?;
+    let (till, n) = match sized(ctx, facts, None, since, till) {
+        Ok(sized) => sized,
+        Err(missing) => return Some(missing.into()),
+    };
+    if n == 0 {
+        // Skip straight to the next resource (or the frontier) without an export.
+        let next = match facts.oldest.get(&Some(till)) {
+            Some(next) => *next,
+            None => return Some(Action::Oldest { from: Some(till) }),
+        };
+        let frontier = planner::frontier(ctx.settings, ctx.now);
+        let skip_to = next.map_or(frontier, |n| n.min(frontier)).max(till);
+        if skip_to <= since {
+            return None;
+        }
+        let mut updated = cursor.clone();
+        updated.planned_till = Some(skip_to);
+        if updated.since.is_none() {
+            updated.since = Some(since);
+        }
+        let notes = Notes::line(format!(
+            "No data from {} to {}; skipped without an export",
+            format_instant(since),
+            format_instant(skip_to)
+        ))
+        .event(
+            Event::new("WindowSkipped")
+                .with("Since", format_instant(since))
+                .with("Till", format_instant(skip_to))
+                .with("Reason", "the source has no resources in this range"),
+        )
+        .mark(Mark::EmptySkip);
+        return Some(Action::Write {
+            write: Write::Cursor(updated),
+            notes,
+        });
+    }
+    let job = Job::planned(cursor.next_job, since, till, "");
+    Some(Action::Write {
+        notes: Notes::line(format!(
+            "Planned window {}: {} to {} ({n} resources)",
+            job.seq,
+            format_instant(since),
+            format_instant(till)
+        ))
+        .fail_point("planned-job"),
+        write: Write::InsertJob(job),
+    })
+}
+
+/// Per-type mode (`AZURE_IsParallel=false`): each window is exported one resource type at a time, in the order
+/// of `AZURE_ResourceTypes`; types with no data in the window are recorded as done without an export; a type
+/// over the chunk limit is split into parts. Progress is kept on the cursor, so planning resumes mid-list.
+fn plan_per_type(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Option<Action> {
+    let cursor = &snapshot.cursor;
+    let (window_since, window_till) = match (cursor.global_since, cursor.global_till) {
+        (Some(s), Some(t)) => (s, t),
+        _ => {
+            let since = match next_window_start(ctx, cursor, facts) {
+                Ok(Some(s)) => s,
+                Ok(None) => {
+                    return note_once(
+                        facts,
+                        "no-data",
+                        "The source server has no resources yet; nothing to export",
+                    );
+                }
+                Err(missing) => return Some(missing.into()),
+            };
+            let span = ctx.settings.chunk_unit.span(ctx.settings.resource_export_chunk_time);
+            let till = (since + span).min(planner::frontier(ctx.settings, ctx.now));
+            planner::window_end_with(ctx.settings, since, ctx.now, ctx.timing.min_tail)?;
+            if till <= since {
+                return None;
+            }
+            (since, till)
+        }
+    };
+    let types = &ctx.settings.resource_types;
+    let fresh = cursor.global_till.is_none();
+    // A split type continues first; then every listed type not yet planned for this window, in list order.
+    let mut candidates: Vec<(String, Option<DateTime<Utc>>)> = Vec::new();
+    if !fresh && !cursor.type_name.is_empty() && cursor.sub_since.is_some() && types.contains(&cursor.type_name) {
+        candidates.push((cursor.type_name.clone(), cursor.sub_since));
+    }
+    candidates.extend(
+        types
+            .iter()
+            .filter(|t| (fresh || !cursor.types_done.contains(t)) && **t != cursor.type_name)
+            .map(|t| (t.clone(), None)),
+    );
+    // Types with nothing left in the window are recorded as done in one write before the next type is planned,
+    // so neither a restart nor the next part can export them again.
+    let mut empty = Vec::new();
+    for (resource_type, part_since) in &candidates {
+        let start = part_since.unwrap_or(window_since);
+        let n = match count(facts, Some(resource_type), start, window_till) {
+            Ok(n) => n,
+            Err(missing) => return Some(missing.into()),
+        };
+        if n == 0 {
+            empty.push(resource_type.clone());
+            continue;
+        }
+        if !empty.is_empty() {
+            return Some(record_empty_types(cursor, window_since, window_till, &empty));
+        }
+        let (end, n) = match sized(ctx, facts, Some(resource_type), start, window_till) {
+            Ok(sized) => sized,
+            Err(missing) => return Some(missing.into()),
+        };
+        let mut job = Job::planned(cursor.next_job, start, end, resource_type);
+        job.window_since = Some(window_since);
+        job.window_till = Some(window_till);
+        job.type_index = types.iter().position(|t| t == resource_type).unwrap_or(0) as i64;
+        return Some(Action::Write {
+            notes: Notes::line(format!(
+                "Planned window {}: {resource_type} from {} to {} ({n} resources)",
+                job.seq,
+                format_instant(start),
+                format_instant(end)
+            ))
+            .fail_point("planned-job"),
+            write: Write::InsertJob(job),
+        });
+    }
+    // Every type of this window is planned: the window ends here, and commits once its parts are imported.
+    let mut updated = cursor.clone();
+    updated.global_since = None;
+    updated.global_till = None;
+    updated.type_index = 0;
+    updated.sub_since = None;
+    updated.type_name.clear();
+    updated.types_done.clear();
+    updated.planned_till = Some(window_till);
+    if updated.since.is_none() {
+        updated.since = Some(window_since);
+    }
+    Some(Action::Write {
+        write: Write::Cursor(updated),
+        notes: Notes::line(format!(
+            "All resource types planned for {} to {}",
+            format_instant(window_since),
+            format_instant(window_till)
+        )),
+    })
+}
+
+fn record_empty_types(cursor: &Cursor, since: DateTime<Utc>, till: DateTime<Utc>, empty: &[String]) -> Action {
+    let mut updated = cursor.clone();
+    if updated.global_till != Some(till) || updated.global_since != Some(since) {
+        updated.types_done.clear();
+    }
+    updated.global_since = Some(since);
+    updated.global_till = Some(till);
+    if updated.since.is_none() {
+        updated.since = Some(since);
+    }
+    for t in empty {
+        if *t == updated.type_name {
+            // A split type whose remainder is empty is finished.
+            updated.type_name.clear();
+            updated.sub_since = None;
+        }
+        if !updated.types_done.contains(t) {
+            updated.types_done.push(t.clone());
+        }
+    }
+    Action::Write {
+        write: Write::Cursor(updated),
+        notes: Notes::default(),
+    }
+}
+
+/// Per-type position after planning `resource_type` up to `planned_to` in the window `[since, till)`: the same
+/// type again from there if its share was split, else it joins the window's done types.
+pub fn per_type_position(
+    cursor: &mut Cursor,
+    types: &[String],
+    since: DateTime<Utc>,
+    till: DateTime<Utc>,
+    resource_type: &str,
+    planned_to: DateTime<Utc>,
+) {
+    if cursor.global_till != Some(till) || cursor.global_since != Some(since) {
+        cursor.types_done.clear();
+    }
+    cursor.global_since = Some(since);
+    cursor.global_till = Some(till);
+    if planned_to < till {
+        cursor.type_name = resource_type.to_string();
+        cursor.sub_since = Some(planned_to);
+    } else {
+        if !cursor.types_done.iter().any(|t| t == resource_type) {
+            cursor.types_done.push(resource_type.to_string());
+        }
+        if cursor.type_name == resource_type {
+            cursor.type_name.clear();
+            cursor.sub_since = None;
+        }
+    }
+    // The original's position column, kept for runbooks.
+    cursor.type_index = types.iter().position(|t| t == resource_type).map_or(0, |i| i as i64);
+}
+
+fn note_once(facts: &Facts, key: &str, line: &str) -> Option<Action> {
+    let mark = Mark::Reported(key.to_string());
+    (!facts.marks.contains(&mark)).then(|| Action::Note(Notes::line(line).mark(mark)))
+}
+
+/// What an operator's clear changes besides the latch: imports halted by the Halt policy are accepted with
+/// their failed lines (the window may commit), and a window halted by a repeating failure is exported again
+/// with a smaller plan: its part halved in time (the rest follows in the same row) and one more halving of its
+/// payloads' processing units. Each write with the line that says what it did.
+pub fn clear_halts(snapshot: &Snapshot) -> Vec<(Write, String)> {
+    use crate::state::rows::{ExportStatus, ImportStatus};
+    let mut writes = Vec::new();
+    for p in snapshot.payloads.iter().filter(|p| p.status == ImportStatus::Halted) {
+        let mut accepted = p.clone();
+        accepted.status = ImportStatus::Completed;
+        accepted.failure_reason = format!("accepted by an operator with {} failed line(s)", p.failed_lines);
+        writes.push((
+            Write::Payload(accepted),
+            format!("Import of window {} payload {} accepted by an operator", p.seq, p.index),
+        ));
+    }
+    for job in &snapshot.jobs {
+        let mut j = job.clone();
+        if job.import_status == ImportStatus::Halted {
+            j.import_status = ImportStatus::Running;
+        }
+        if job.export_status == ExportStatus::Halted {
+            j.export_status = ExportStatus::Failed;
+            j.failure_streak = 0;
+            j.split_level += 1;
+            if let Some(mid) = planner::halve(job.since, job.till) {
+                j.remainder_till = Some(job.remainder_till.unwrap_or(job.till));
+                j.till = mid;
+            }
+        }
+        if j != *job {
+            let line = format!(
+                "Window {} cleared: exported again from {} to {} (split level {})",
+                j.seq,
+                format_instant(j.since),
+                format_instant(j.till),
+                j.split_level
+            );
+            writes.push((Write::Job(j), line));
+        }
+    }
+    writes
+}

@@ -1,0 +1,211 @@
+//! What the shell needs from the outside world, as one trait: the state tables, the source and destination
+//! servers, and the payload blobs. [`Engine`] implements it with the real adapters (Table storage, the FHIR
+//! client, Blob storage); the simulator implements it in memory. Server answers arrive already sorted into the
+//! core's terms ([`Answer`], [`ExportPoll`], [`ImportPoll`]), so both sides feed the core the same facts.
+
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+
+use super::core::{Answer, ExportPoll, ImportPoll, Snapshot, Totals, Write};
+use super::error_files::ErrorSummary;
+use super::{Engine, EngineError};
+use crate::fhir::{FhirError, Poll};
+use crate::state::{Cursor, Job, Payload};
+use crate::storage::tables::TableError;
+
+/// A row as stored after a write, with its new ETag.
+#[derive(Debug, Clone)]
+pub enum Written {
+    Cursor(Cursor),
+    Job(Job),
+    Payload(Payload),
+}
+
+pub trait Ports: Sync {
+    fn load(&self) -> impl Future<Output = Result<Snapshot, EngineError>> + Send;
+    /// Performs a write. An inserted payload that already exists comes back as stored (a repeated run).
+    fn write(&self, write: &Write) -> impl Future<Output = Result<Written, TableError>> + Send;
+    fn count(
+        &self,
+        resource_type: Option<&str>,
+        since: DateTime<Utc>,
+        till: DateTime<Utc>,
+    ) -> impl Future<Output = Result<u64, EngineError>> + Send;
+    fn oldest(
+        &self,
+        from: Option<DateTime<Utc>>,
+    ) -> impl Future<Output = Result<Option<DateTime<Utc>>, EngineError>> + Send;
+    fn kick_off(&self, query: &str) -> impl Future<Output = Answer> + Send;
+    fn poll_export(&self, url: &str) -> impl Future<Output = ExportPoll> + Send;
+    fn post(&self, body: &serde_json::Value) -> impl Future<Output = Answer> + Send;
+    fn poll_import(&self, url: &str) -> impl Future<Output = ImportPoll> + Send;
+    /// Cancels a job (best effort); the error text when the server refused or could not be reached.
+    fn cancel(&self, url: &str, destination: bool) -> impl Future<Output = Result<(), String>> + Send;
+    fn totals(&self) -> impl Future<Output = Totals> + Send;
+    /// Copies the custom SearchParameters: (written, already present), or why it failed.
+    fn copy_search_parameters(&self) -> impl Future<Output = Result<(i64, i64), String>> + Send;
+    fn put_blob(
+        &self,
+        container: &str,
+        name: &str,
+        body: Vec<u8>,
+    ) -> impl Future<Output = Result<(), EngineError>> + Send;
+    fn get_blob(
+        &self,
+        container: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>, EngineError>> + Send;
+    fn read_error_files(&self, urls: &[String]) -> impl Future<Output = Option<ErrorSummary>> + Send;
+}
+
+/// Sorts a kick-off's or POST's result into the core's terms.
+pub fn answer_of(result: Result<crate::fhir::Accepted, FhirError>) -> Answer {
+    match result {
+        Ok(accepted) => Answer::Accepted {
+            status_url: accepted.status_url,
+        },
+        Err(FhirError::Rejected {
+            status,
+            diagnostics,
+            retry_after,
+            ..
+        }) => Answer::Refused {
+            status,
+            diagnostics,
+            retry_after,
+        },
+        Err(e) => Answer::Unsent { error: e.to_string() },
+    }
+}
+
+impl Ports for Engine {
+    async fn load(&self) -> Result<Snapshot, EngineError> {
+        let cursor = self.state.cursor().await?;
+        let active = self.state.active(&cursor).await?;
+        Ok(Snapshot {
+            cursor,
+            jobs: active.jobs,
+            payloads: active.payloads,
+        })
+    }
+
+    async fn write(&self, write: &Write) -> Result<Written, TableError> {
+        Ok(match write {
+            Write::Cursor(c) => Written::Cursor(self.state.save_cursor(c).await?),
+            Write::InsertJob(j) => Written::Job(self.state.insert_job(j).await?),
+            Write::Job(j) => Written::Job(self.state.save_job(j).await?),
+            Write::InsertPayload(p) => Written::Payload(self.state.insert_payload(p).await?),
+            Write::Payload(p) => Written::Payload(self.state.save_payload(p).await?),
+        })
+    }
+
+    async fn count(
+        &self,
+        resource_type: Option<&str>,
+        since: DateTime<Utc>,
+        till: DateTime<Utc>,
+    ) -> Result<u64, EngineError> {
+        Ok(self.window_count(resource_type, since, till).await?)
+    }
+
+    async fn oldest(&self, from: Option<DateTime<Utc>>) -> Result<Option<DateTime<Utc>>, EngineError> {
+        let history = self.settings.export_with_history || self.settings.export_with_delete;
+        Ok(self.source.oldest_last_updated(history, from).await?)
+    }
+
+    async fn kick_off(&self, query: &str) -> Answer {
+        answer_of(self.source.export(query).await)
+    }
+
+    /// One poll, and when it reports completion a second one after the confirmation delay: servers can report
+    /// 200 and then 202 again, so a completion counts only when it repeats.
+    async fn poll_export(&self, url: &str) -> ExportPoll {
+        match self.source.export_status(url).await {
+            Ok(Poll::Done(_)) => {}
+            Ok(Poll::Running(_)) => return ExportPoll::Running,
+            Ok(Poll::Failed { status, diagnostics }) => return ExportPoll::Failed { status, diagnostics },
+            Err(e) => return ExportPoll::Unreachable(e.to_string()),
+        }
+        tokio::time::sleep(self.timing.confirm_delay).await;
+        match self.source.export_status(url).await {
+            Ok(Poll::Done(manifest)) => ExportPoll::Done(manifest),
+            Ok(_) => ExportPoll::Running,
+            Err(e) => ExportPoll::Unreachable(e.to_string()),
+        }
+    }
+
+    async fn post(&self, body: &serde_json::Value) -> Answer {
+        answer_of(self.destination.import(body).await)
+    }
+
+    async fn poll_import(&self, url: &str) -> ImportPoll {
+        match self.destination.import_status(url).await {
+            Ok(Poll::Running(_)) => ImportPoll::Running,
+            Ok(Poll::Done(result)) => ImportPoll::Done(result),
+            Ok(Poll::Failed { status, diagnostics }) => ImportPoll::Failed { status, diagnostics },
+            Err(e) => ImportPoll::Unreachable(e.to_string()),
+        }
+    }
+
+    async fn cancel(&self, url: &str, destination: bool) -> Result<(), String> {
+        let server = if destination { &self.destination } else { &self.source };
+        server.cancel(url).await.map_err(|e| e.to_string())
+    }
+
+    /// Whole-server totals: every version with history or deletes on, else current resources. A failed count
+    /// is reported in `SourceError`/`DestinationError`, never fatal.
+    async fn totals(&self) -> Totals {
+        let history = self.settings.export_with_history || self.settings.export_with_delete;
+        let (s, d) = tokio::join!(self.source.total(history), self.destination.total(history));
+        let split = |r: Result<u64, FhirError>| match r {
+            Ok(n) => (n.to_string(), String::new()),
+            Err(e) => (" ".to_string(), e.to_string()),
+        };
+        let (source, source_error) = split(s);
+        let (destination, destination_error) = split(d);
+        Totals {
+            source,
+            destination,
+            source_error,
+            destination_error,
+        }
+    }
+
+    async fn copy_search_parameters(&self) -> Result<(i64, i64), String> {
+        self.copy_custom_search_parameters().await.map_err(|e| e.to_string())
+    }
+
+    async fn put_blob(&self, container: &str, name: &str, body: Vec<u8>) -> Result<(), EngineError> {
+        self.blobs.ensure_container(container).await?;
+        self.blobs.put(container, name, body).await?;
+        Ok(())
+    }
+
+    async fn get_blob(&self, container: &str, name: &str) -> Result<Option<Vec<u8>>, EngineError> {
+        Ok(self.blobs.get(container, name).await?)
+    }
+
+    async fn read_error_files(&self, urls: &[String]) -> Option<ErrorSummary> {
+        let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+        self.summarize_errors(&urls).await
+    }
+}
+
+impl Engine {
+    /// Resources (versions, when history or deletes are exported) with lastUpdated in `[since, till)`, of one
+    /// type or all.
+    pub(crate) async fn window_count(
+        &self,
+        resource_type: Option<&str>,
+        since: DateTime<Utc>,
+        till: DateTime<Utc>,
+    ) -> Result<u64, FhirError> {
+        let history = self.settings.export_with_history || self.settings.export_with_delete;
+        if history {
+            self.source.history_count(resource_type, since, till).await
+        } else {
+            self.source.count(resource_type, since, till).await
+        }
+    }
+}

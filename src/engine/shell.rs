@@ -1,0 +1,250 @@
+//! The I/O shell of one timer tick: load the state, ask the core for the next action, perform it, fold the
+//! result back (a written row into the snapshot, a server's answer into the facts), and ask again. Writes are
+//! ETag-guarded: a conflict means another invocation moved first, so the state is read again and the core
+//! decides afresh. The notes of a write (log lines, telemetry, a failure for the latch) follow only its success.
+
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+
+use super::core::{self, Action, Context, Facts, Mark, Notes, PostAnswer, PostKey, Snapshot, Timer, Write};
+use super::ports::{Ports, Written};
+use super::{EngineError, FailPoints, TickReport, Timing};
+use crate::config::MigrationSettings;
+use crate::storage::tables::TableError;
+use crate::telemetry::Telemetry;
+
+/// Actions one tick performs at most: far above any real tick (a few dozen), it only bounds a fault.
+const MAX_ACTIONS: usize = 20_000;
+
+pub struct Shell<'a, P: Ports> {
+    pub ports: &'a P,
+    pub settings: &'a MigrationSettings,
+    pub timing: &'a Timing,
+    pub telemetry: &'a dyn Telemetry,
+    pub fail: &'a FailPoints,
+    pub export_table: &'a str,
+}
+
+/// Instants are kept to the millisecond (the format the rows and the servers use), so a window planned now
+/// ends exactly where the stored cursor will say it does.
+pub fn to_millis(t: DateTime<Utc>) -> DateTime<Utc> {
+    t.duration_trunc(TimeDelta::milliseconds(1)).unwrap_or(t)
+}
+
+impl<P: Ports> Shell<'_, P> {
+    pub async fn run(&self, timer: Timer, now: DateTime<Utc>) -> Result<TickReport, EngineError> {
+        let now = to_millis(now);
+        let mut report = TickReport::default();
+        let mut snapshot = self.ports.load().await?;
+        let mut facts = Facts::default();
+        for _ in 0..MAX_ACTIONS {
+            let ctx = Context {
+                settings: self.settings,
+                timing: self.timing,
+                timer,
+                now,
+                export_table: self.export_table,
+            };
+            match core::step(&ctx, &snapshot, &facts) {
+                Action::Idle => return Ok(report),
+                Action::Finish(notes) => {
+                    self.notes(&notes, &mut report);
+                    return Ok(report);
+                }
+                Action::Write { write, notes } => {
+                    self.write(write, notes, &mut snapshot, &mut facts, &mut report).await?;
+                }
+                Action::Note(notes) => {
+                    self.notes(&notes, &mut report);
+                    facts.marks.extend(notes.mark);
+                }
+                Action::Count {
+                    resource_type,
+                    since,
+                    till,
+                } => {
+                    let n = self.ports.count(resource_type.as_deref(), since, till).await?;
+                    facts.counts.insert((resource_type, since, till), n);
+                }
+                Action::Oldest { from } => {
+                    let oldest = self.ports.oldest(from).await?.map(to_millis);
+                    facts.oldest.insert(from, oldest);
+                }
+                Action::KickOff { job, query } => {
+                    let answer = self.ports.kick_off(&query).await;
+                    if matches!(answer, core::Answer::Accepted { .. }) {
+                        self.fail.hit("export-accepted")?;
+                    }
+                    facts.kickoffs.insert((job.seq, job.attempt), answer);
+                }
+                Action::PollExport { job } => {
+                    let poll = self.ports.poll_export(&job.export_url).await;
+                    facts.export_polls.insert((job.seq, job.attempt), poll);
+                }
+                Action::PutBlob {
+                    container,
+                    name,
+                    body,
+                    mark,
+                } => {
+                    self.ports
+                        .put_blob(&container, &name, body.to_string().into_bytes())
+                        .await?;
+                    facts.marks.insert(mark);
+                    self.fail.hit("payload-blobs")?;
+                }
+                Action::Post {
+                    payload,
+                    container,
+                    unit_bytes,
+                } => {
+                    let answer = match self.ports.get_blob(&container, &payload.blob).await? {
+                        None => PostAnswer::BlobMissing,
+                        Some(bytes) => {
+                            let mut body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+                            if let Some(bytes) = unit_bytes
+                                && let Some(params) = body["parameter"].as_array_mut()
+                            {
+                                params.push(
+                                    serde_json::json!({ "name": "processingUnitBytesToRead", "valueInteger": bytes }),
+                                );
+                            }
+                            PostAnswer::Answer(self.ports.post(&body).await)
+                        }
+                    };
+                    if matches!(answer, PostAnswer::Answer(core::Answer::Accepted { .. })) {
+                        self.fail.hit("import-accepted")?;
+                    }
+                    facts.posts.insert(PostKey::of(&payload), answer);
+                }
+                Action::PollImport { payload } => {
+                    let poll = self.ports.poll_import(&payload.import_url).await;
+                    facts.import_polls.insert(PostKey::of(&payload), poll);
+                }
+                Action::ReadErrorFiles { payload, urls } => {
+                    let summary = self.ports.read_error_files(&urls).await;
+                    facts.error_summaries.insert(PostKey::of(&payload), summary);
+                }
+                Action::Cancel { url, destination } => {
+                    match self.ports.cancel(&url, destination).await {
+                        Ok(()) => report.say(format!("Cancelled the job {}", crate::telemetry::id_of(&url))),
+                        Err(e) => report.say(format!(
+                            "Could not cancel the job {} (it may run on at the server): {e}",
+                            crate::telemetry::id_of(&url)
+                        )),
+                    }
+                    facts.marks.insert(Mark::Cancelled(url));
+                }
+                Action::Reload { mark } => {
+                    snapshot = self.ports.load().await?;
+                    facts.marks.insert(mark);
+                }
+                Action::CountTotals => facts.totals = Some(self.ports.totals().await),
+                Action::CopySearchParameters => {
+                    facts.search_parameters_tried = true;
+                    self.copy_search_parameters(&mut snapshot, &mut report).await?;
+                }
+            }
+        }
+        report.say(format!(
+            "This tick stopped after {MAX_ACTIONS} actions; the next tick continues"
+        ));
+        Ok(report)
+    }
+
+    async fn write(
+        &self,
+        write: Write,
+        notes: Notes,
+        snapshot: &mut Snapshot,
+        facts: &mut Facts,
+        report: &mut TickReport,
+    ) -> Result<(), EngineError> {
+        match self.ports.write(&write).await {
+            Ok(written) => {
+                put(snapshot, written);
+                self.notes(&notes, report);
+                if notes.count_failure {
+                    self.count_failure(snapshot).await?;
+                }
+                facts.claimed.extend(notes.claim);
+                if notes.mark == Some(Mark::EmptySkip) {
+                    facts.skips += 1;
+                }
+                facts.marks.extend(notes.mark);
+                if let Some(point) = notes.fail_point {
+                    self.fail.hit(point)?;
+                }
+                Ok(())
+            }
+            // Another invocation changed the row (or took the number) first: decide again from what is stored.
+            Err(TableError::Conflict { .. } | TableError::AlreadyExists { .. }) => {
+                *snapshot = self.ports.load().await?;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn notes(&self, notes: &Notes, report: &mut TickReport) {
+        for line in &notes.lines {
+            report.say(line.clone());
+        }
+        for event in &notes.events {
+            self.telemetry.event(event.clone());
+        }
+        for exception in &notes.exceptions {
+            self.telemetry.exception(exception.clone());
+        }
+    }
+
+    /// Adds one failure to the retry latch (re-reading on conflict, so concurrent failures all count).
+    async fn count_failure(&self, snapshot: &mut Snapshot) -> Result<(), EngineError> {
+        for _ in 0..5 {
+            let mut cursor = snapshot.cursor.clone();
+            cursor.failures += 1;
+            match self.ports.write(&Write::Cursor(cursor)).await {
+                Ok(written) => {
+                    put(snapshot, written);
+                    return Ok(());
+                }
+                Err(TableError::Conflict { .. }) => *snapshot = self.ports.load().await?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    async fn copy_search_parameters(
+        &self,
+        snapshot: &mut Snapshot,
+        report: &mut TickReport,
+    ) -> Result<(), EngineError> {
+        match self.ports.copy_search_parameters().await {
+            Ok((copied, unchanged)) => {
+                report.say(format!(
+                    "Custom SearchParameters copied: {copied} written, {unchanged} already present. Run $reindex on the destination once the migration is complete."
+                ));
+                let mut cursor = snapshot.cursor.clone();
+                cursor.search_parameters_copied = true;
+                cursor.search_parameter_count = copied + unchanged;
+                match self.ports.write(&Write::Cursor(cursor)).await {
+                    Ok(written) => put(snapshot, written),
+                    Err(TableError::Conflict { .. }) => *snapshot = self.ports.load().await?,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(e) => report.say(format!(
+                "Copying custom SearchParameters failed (retried next tick; data migration continues): {e}"
+            )),
+        }
+        Ok(())
+    }
+}
+
+fn put(snapshot: &mut Snapshot, written: Written) {
+    match written {
+        Written::Cursor(c) => snapshot.cursor = c,
+        Written::Job(j) => snapshot.put_job(j),
+        Written::Payload(p) => snapshot.put_payload(p),
+    }
+}

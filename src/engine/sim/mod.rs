@@ -1,0 +1,334 @@
+//! A deterministic simulator of the real shell and core: in-memory state tables (compare-and-swap on ETags),
+//! simulated servers ([`world`]) and a simulated clock. Two shells run interleaved at every port call; a crash
+//! can stop a shell before or after any call takes effect; servers answer with throttling, 5xx, unreachable,
+//! failed, vanished and hanging jobs, 413 and same-millisecond unit failures. Invariants are checked after every
+//! write and at the end; a failing seed is printed and replays exactly (`FHIRMIG_SIM_SEED=<seed>`).
+
+mod ports;
+#[cfg(test)]
+mod tests;
+pub mod world;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll};
+
+use chrono::{DateTime, TimeDelta, TimeZone, Utc};
+
+use super::core::Timer;
+use super::shell::Shell;
+use super::{FailPoints, Timing};
+use crate::config::{MigrationSettings, SettingsSource};
+use world::{Faults, Rng, Version, World};
+
+pub use ports::SimPorts;
+
+/// How a shell's tick ends early: before or after the effect of its n-th port call.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CrashPlan {
+    pub at_call: Option<u32>,
+    pub after_effect: bool,
+    pub calls: u32,
+    pub crashed: bool,
+}
+
+/// A simulation run: settings, the world, and the schedule's knobs.
+pub struct Sim {
+    pub seed: u64,
+    pub settings: MigrationSettings,
+    pub timing: Timing,
+    pub world: Arc<Mutex<World>>,
+    pub rng: Rng,
+    /// Percent of ticks that crash somewhere.
+    pub crash_rate: u64,
+    /// Whether two shells run at once.
+    pub two_shells: bool,
+    pub violations: Arc<Mutex<Vec<String>>>,
+    pub ticks: u64,
+}
+
+pub fn settings(pairs: &[(&str, &str)]) -> MigrationSettings {
+    let mut s = SettingsSource::default();
+    s.extend([
+        ("AZURE_SourceUri", "https://source"),
+        ("AZURE_DestinationUri", "https://destination"),
+        ("AZURE_ExportWithHistory", "true"),
+        ("AZURE_ExportWithDelete", "true"),
+        ("AZURE_ExportChunkTime", "1"),
+        ("AZURE_ChunkLimit", "60"),
+        ("AZURE_PayloadCount", "2"),
+        ("AZURE_FileCount", "1"),
+        ("AZURE_JobTimeoutHours", "1"),
+    ]);
+    s.extend(pairs.iter().copied());
+    let mut problems = Vec::new();
+    let m = MigrationSettings::from_source(&s, &mut problems).expect("simulator settings");
+    assert!(problems.is_empty(), "{problems:?}");
+    m
+}
+
+/// Versions over the four days before `t0`: resources updated a few times, some sharing a millisecond, and a
+/// crowd of `crowd` versions on one millisecond.
+pub fn dataset(rng: &mut Rng, resources: u32, crowd: u32, t0: DateTime<Utc>) -> Vec<Version> {
+    let start = (t0 - TimeDelta::days(4)).timestamp_millis();
+    let span = TimeDelta::days(4).num_milliseconds() - 600_000;
+    let mut versions = Vec::new();
+    for r in 0..resources {
+        let mut at = start + rng.below(span as u64) as i64;
+        for v in 1..=1 + rng.below(3) as u32 {
+            versions.push(Version {
+                resource: r,
+                version: v,
+                at_ms: at,
+            });
+            at += 1 + rng.below(3_600_000) as i64;
+        }
+    }
+    let crowd_at = start + span / 3;
+    for k in 0..crowd {
+        versions.push(Version {
+            resource: resources + k,
+            version: 1,
+            at_ms: crowd_at,
+        });
+    }
+    versions.retain(|v| v.at_ms < t0.timestamp_millis());
+    versions.sort();
+    versions
+}
+
+pub fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 1, 10, 0, 0, 0).unwrap()
+}
+
+impl Sim {
+    pub fn new(seed: u64, settings: MigrationSettings, resources: u32, crowd: u32, faults: Faults) -> Sim {
+        let mut rng = Rng::new(seed);
+        let versions = dataset(&mut rng, resources, crowd, t0());
+        let mut world = World::new(seed.wrapping_mul(31), versions, t0());
+        world.faults = faults;
+        Sim {
+            seed,
+            settings,
+            timing: Timing {
+                confirm_delay: std::time::Duration::ZERO,
+                lease: TimeDelta::minutes(2),
+                ..Timing::default()
+            },
+            world: Arc::new(Mutex::new(world)),
+            rng,
+            crash_rate: 0,
+            two_shells: false,
+            violations: Arc::new(Mutex::new(Vec::new())),
+            ticks: 0,
+        }
+    }
+
+    pub fn world(&self) -> std::sync::MutexGuard<'_, World> {
+        self.world.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn timer(&mut self) -> Timer {
+        match self.rng.below(3) {
+            0 => Timer::Starter,
+            1 => Timer::ExportStatus,
+            _ => Timer::ImportStatus,
+        }
+    }
+
+    fn crash_plan(&mut self) -> CrashPlan {
+        let crash = self.rng.chance(self.crash_rate);
+        CrashPlan {
+            at_call: crash.then(|| 1 + self.rng.below(40) as u32),
+            after_effect: self.rng.chance(50),
+            calls: 0,
+            crashed: false,
+        }
+    }
+
+    /// One round: one tick (or two interleaved), then the clock moves on.
+    pub fn round(&mut self) {
+        let shells = if self.two_shells { 2 } else { 1 };
+        let mut ports = Vec::new();
+        for _ in 0..shells {
+            ports.push(SimPorts {
+                world: self.world.clone(),
+                crash: Arc::new(Mutex::new(self.crash_plan())),
+                violations: self.violations.clone(),
+                settings: self.settings.clone(),
+            });
+        }
+        let timers: Vec<Timer> = (0..shells).map(|_| self.timer()).collect();
+        let now = self.world().now;
+        let mut rng = Rng::new(self.rng.next());
+        let failed = {
+            let fail = FailPoints::default();
+            let shells: Vec<Shell<SimPorts>> = ports
+                .iter()
+                .map(|p| Shell {
+                    ports: p,
+                    settings: &self.settings,
+                    timing: &self.timing,
+                    telemetry: p,
+                    fail: &fail,
+                    export_table: "export",
+                })
+                .collect();
+            type Tick<'t> =
+                Pin<Box<dyn Future<Output = Result<crate::engine::TickReport, crate::engine::EngineError>> + 't>>;
+            let mut ticks: Vec<Option<Tick>> = shells
+                .iter()
+                .zip(&timers)
+                .map(|(s, t)| Some(Box::pin(s.run(*t, now)) as Tick))
+                .collect();
+            let waker = futures::task::noop_waker();
+            let mut cx = TaskContext::from_waker(&waker);
+            let mut failed = Vec::new();
+            for _ in 0..1_000_000 {
+                let live: Vec<usize> = (0..ticks.len()).filter(|i| ticks[*i].is_some()).collect();
+                if live.is_empty() {
+                    break;
+                }
+                let i = live[rng.below(live.len() as u64) as usize];
+                if ports[i].crashed() {
+                    ticks[i] = None;
+                    continue;
+                }
+                if let Some(tick) = ticks[i].as_mut()
+                    && let Poll::Ready(result) = tick.as_mut().poll(&mut cx)
+                {
+                    if let Err(e) = result
+                        && !e.is_conflict()
+                    {
+                        failed.push(format!("a tick failed: {e}"));
+                    }
+                    ticks[i] = None;
+                }
+            }
+            if ticks.iter().any(Option::is_some) {
+                failed.push("a tick never finished".to_string());
+            }
+            failed
+        };
+        for f in failed {
+            self.violate(f);
+        }
+        self.ticks += 1;
+        let by = TimeDelta::seconds(20 + self.rng.below(60) as i64);
+        self.world().advance(by);
+    }
+
+    fn violate(&self, what: String) {
+        self.violations.lock().unwrap_or_else(|p| p.into_inner()).push(what);
+    }
+
+    pub fn violations(&self) -> Vec<String> {
+        self.violations.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Whether every version the source had by the end of the run is committed: the cursor is past the last one.
+    pub fn caught_up(&self) -> bool {
+        let w = self.world();
+        let last = w.source.iter().map(|v| v.at_ms).max().unwrap_or(0);
+        w.cursor
+            .as_ref()
+            .and_then(|(c, _)| c.since)
+            .is_some_and(|s| s.timestamp_millis() > last)
+    }
+
+    /// What the end state must satisfy: every source version at the destination, no job left running at a
+    /// server, and no violation seen on the way.
+    pub fn final_checks(&self) -> Vec<String> {
+        let mut problems = self.violations();
+        let w = self.world();
+        let missing: Vec<&Version> = w.source.iter().filter(|v| !w.destination.contains(v)).collect();
+        if !missing.is_empty() {
+            problems.push(format!(
+                "{} source version(s) never reached the destination, first {:?}",
+                missing.len(),
+                missing[0]
+            ));
+        }
+        let extra = w.destination.iter().filter(|v| !w.source.contains(v)).count();
+        if extra > 0 {
+            problems.push(format!("{extra} version(s) at the destination the source never had"));
+        }
+        let (exports, imports) = w.running_jobs();
+        if imports > 0 {
+            problems.push(format!("{imports} import job(s) left running at the destination"));
+        }
+        if exports > w.orphan_exports() {
+            let running: Vec<String> = w
+                .exports
+                .iter()
+                .enumerate()
+                .filter(|(_, j)| !j.done && !j.cancelled && !j.vanished)
+                .map(|(i, j)| {
+                    let url = format!("https://source/_operations/export/{i}");
+                    let row = w.jobs.values().find(|(r, _)| r.export_url == url).map(|(r, _)| r.seq);
+                    format!("job {i} (hangs {}, recorded {}, window {row:?})", j.hangs, j.recorded)
+                })
+                .collect();
+            problems.push(format!(
+                "{exports} export job(s) left running at the source ({} never recorded): {}",
+                w.orphan_exports(),
+                running.join(", ")
+            ));
+        }
+        problems
+    }
+
+    /// Runs `rounds` rounds with faults, then without faults or crashes until caught up (at most `settle`).
+    pub fn run(&mut self, rounds: u32, settle: u32) -> Result<(), String> {
+        for _ in 0..rounds {
+            self.round();
+        }
+        {
+            // Limits that are the servers' nature stay; misbehaviour stops.
+            let mut w = self.world();
+            w.faults = Faults {
+                export_max_versions: w.faults.export_max_versions,
+                unit_max_same_ms: w.faults.unit_max_same_ms,
+                ..Faults::default()
+            };
+        }
+        self.crash_rate = 0;
+        for _ in 0..settle {
+            if self.caught_up() && self.world().running_jobs().1 == 0 {
+                break;
+            }
+            self.round();
+        }
+        // A few more rounds so timers poll what is left.
+        for _ in 0..6 {
+            self.round();
+        }
+        let mut problems = self.final_checks();
+        if !self.caught_up() {
+            let w = self.world();
+            problems.push(format!(
+                "not caught up after {} rounds: cursor {:?}, windows {:?}",
+                self.ticks,
+                w.cursor
+                    .as_ref()
+                    .map(|(c, _)| (c.since, c.committed_job, c.next_job, c.failures)),
+                w.jobs
+                    .values()
+                    .filter(|(j, _)| !j.processed)
+                    .map(|(j, _)| (
+                        j.seq,
+                        j.export_status.to_string(),
+                        j.import_status.to_string(),
+                        j.failure_reason.clone()
+                    ))
+                    .collect::<Vec<_>>()
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("seed {}: {}", self.seed, problems.join("; ")))
+        }
+    }
+}

@@ -1,0 +1,366 @@
+//! The simulator's side of [`Ports`]: every call is a point where the other shell may run first and where a
+//! crash may stop this one (before the call takes effect, or after it took effect but before its answer is
+//! seen). Writes are compare-and-swap on ETags, as Table storage does them, and check the invariants that a
+//! write can break.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use chrono::{DateTime, Utc};
+
+use super::CrashPlan;
+use super::world::World;
+use crate::config::MigrationSettings;
+use crate::engine::EngineError;
+use crate::engine::core::rules::{WindowPhase, window_phase};
+use crate::engine::core::{Answer, ExportPoll, ImportPoll, Snapshot, Totals, Write};
+use crate::engine::error_files::ErrorSummary;
+use crate::engine::ports::{Ports, Written};
+use crate::state::rows::ImportStatus;
+use crate::storage::tables::TableError;
+use crate::telemetry::{Event, Telemetry};
+
+pub struct SimPorts {
+    pub world: Arc<Mutex<World>>,
+    pub crash: Arc<Mutex<CrashPlan>>,
+    pub violations: Arc<Mutex<Vec<String>>>,
+    pub settings: MigrationSettings,
+}
+
+/// Pending once: lets the driver run the other shell between two calls.
+struct YieldOnce(bool);
+
+impl Future for YieldOnce {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+        if self.0 {
+            Poll::Ready(())
+        } else {
+            self.0 = true;
+            Poll::Pending
+        }
+    }
+}
+
+fn conflict() -> TableError {
+    TableError::Conflict {
+        table: "sim".into(),
+        partition_key: String::new(),
+        row_key: String::new(),
+    }
+}
+
+fn exists() -> TableError {
+    TableError::AlreadyExists {
+        table: "sim".into(),
+        partition_key: String::new(),
+        row_key: String::new(),
+    }
+}
+
+impl SimPorts {
+    pub fn crashed(&self) -> bool {
+        self.crash.lock().unwrap_or_else(|p| p.into_inner()).crashed
+    }
+
+    fn world(&self) -> std::sync::MutexGuard<'_, World> {
+        self.world.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn violate(&self, what: String) {
+        self.violations.lock().unwrap_or_else(|p| p.into_inner()).push(what);
+    }
+
+    /// Before a call: yield to the other shell, then crash here if planned.
+    async fn enter(&self) {
+        YieldOnce(false).await;
+        let stop = {
+            let mut c = self.crash.lock().unwrap_or_else(|p| p.into_inner());
+            c.calls += 1;
+            if c.at_call == Some(c.calls) && !c.after_effect {
+                c.crashed = true;
+            }
+            c.crashed
+        };
+        if stop {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// After a call took effect: crash here if planned (its answer is lost). True when it crashed.
+    fn crashes_after(&self) -> bool {
+        let mut c = self.crash.lock().unwrap_or_else(|p| p.into_inner());
+        if c.at_call == Some(c.calls) && c.after_effect {
+            c.crashed = true;
+        }
+        c.crashed
+    }
+
+    async fn leave(&self) {
+        if self.crashes_after() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// What a load would read now.
+    pub fn snapshot_of(w: &mut World) -> Snapshot {
+        Self::snapshot(w)
+    }
+
+    fn snapshot(w: &mut World) -> Snapshot {
+        if w.cursor.is_none() {
+            let n = w.next_etag();
+            w.cursor = Some((crate::state::Cursor::new(), n));
+        }
+        let (mut cursor, n) = w.cursor.clone().expect("created");
+        cursor.etag = World::etag(n);
+        let range = cursor.committed_job..=cursor.next_job;
+        let jobs = w
+            .jobs
+            .range(range.clone())
+            .map(|(_, (j, n))| crate::state::Job {
+                etag: World::etag(*n),
+                ..j.clone()
+            })
+            .collect();
+        let payloads = w
+            .payloads
+            .values()
+            .filter(|(p, _)| range.contains(&p.seq))
+            .map(|(p, n)| crate::state::Payload {
+                etag: World::etag(*n),
+                ..p.clone()
+            })
+            .collect();
+        Snapshot { cursor, jobs, payloads }
+    }
+
+    /// The invariants a cursor write can break: the cursor never moves back, and a window commits only when it
+    /// is processed with every payload of its current attempt imported.
+    fn check_cursor(&self, w: &World, old: &crate::state::Cursor, new: &crate::state::Cursor) {
+        if let (Some(a), Some(b)) = (old.since, new.since)
+            && b < a
+        {
+            self.violate(format!("the cursor moved back from {a} to {b}"));
+        }
+        if new.committed_job < old.committed_job {
+            self.violate("the committed window count went down".into());
+        }
+        for seq in old.committed_job..new.committed_job {
+            let Some((job, _)) = w.jobs.get(&seq) else {
+                self.violate(format!("window {seq} committed without a row"));
+                continue;
+            };
+            if window_phase(job) != WindowPhase::Processed {
+                self.violate(format!("window {seq} committed while {:?}", window_phase(job)));
+            }
+            let payloads: Vec<_> = w
+                .payloads
+                .values()
+                .filter(|(p, _)| p.seq == seq && p.export_attempt == job.attempt)
+                .collect();
+            if payloads.len() as i64 != job.payloads
+                || payloads.iter().any(|(p, _)| p.status != ImportStatus::Completed)
+            {
+                self.violate(format!("window {seq} committed with a payload not imported"));
+            }
+        }
+    }
+
+    /// Imports in flight (rows that hold a running import of a current attempt) never exceed the cap.
+    fn check_cap(&self, w: &World) {
+        let running = w
+            .payloads
+            .values()
+            .filter(|(p, _)| {
+                matches!(p.status, ImportStatus::Started | ImportStatus::Running)
+                    && w.jobs.get(&p.seq).is_some_and(|(j, _)| j.attempt == p.export_attempt)
+            })
+            .count();
+        if running > self.settings.payload_count {
+            self.violate(format!(
+                "{running} imports in flight, over the cap of {}",
+                self.settings.payload_count
+            ));
+        }
+    }
+}
+
+impl Telemetry for SimPorts {
+    fn event(&self, event: Event) {
+        let mut w = self.world();
+        if event.name == "ImportTill" {
+            let till = event.get("Till").and_then(|t| DateTime::parse_from_rfc3339(t).ok());
+            let since = w.cursor.as_ref().and_then(|(c, _)| c.since);
+            if till.is_none_or(|t| since.is_none_or(|s| t > s)) {
+                drop(w);
+                self.violate(format!(
+                    "ImportTill {:?} ahead of the cursor {since:?}",
+                    event.get("Till")
+                ));
+                return;
+            }
+        }
+        w.events.push(event);
+    }
+}
+
+impl Ports for SimPorts {
+    async fn load(&self) -> Result<Snapshot, EngineError> {
+        self.enter().await;
+        let snapshot = Self::snapshot(&mut self.world());
+        Ok(snapshot)
+    }
+
+    async fn write(&self, write: &Write) -> Result<Written, TableError> {
+        self.enter().await;
+        let result = {
+            let mut w = self.world();
+            let n = w.next_etag();
+            let stored = |mut row: Written| {
+                match &mut row {
+                    Written::Cursor(c) => c.etag = World::etag(n),
+                    Written::Job(j) => j.etag = World::etag(n),
+                    Written::Payload(p) => p.etag = World::etag(n),
+                }
+                row
+            };
+            match write {
+                Write::Cursor(c) => match w.cursor.clone() {
+                    Some((old, tag)) if World::etag_matches(&c.etag, tag) && c.etag.is_some() => {
+                        self.check_cursor(&w, &old, c);
+                        w.cursor = Some((c.clone(), n));
+                        Ok(stored(Written::Cursor(c.clone())))
+                    }
+                    _ => Err(conflict()),
+                },
+                Write::InsertJob(j) => match w.jobs.entry(j.seq) {
+                    std::collections::btree_map::Entry::Occupied(_) => Err(exists()),
+                    std::collections::btree_map::Entry::Vacant(slot) => {
+                        slot.insert((j.clone(), n));
+                        Ok(stored(Written::Job(j.clone())))
+                    }
+                },
+                Write::Job(j) => match w.jobs.get(&j.seq) {
+                    Some((_, tag)) if World::etag_matches(&j.etag, *tag) => {
+                        if let Some(id) = j.export_url.rsplit('/').next().and_then(|n| n.parse::<usize>().ok()) {
+                            w.exports[id].recorded = true;
+                        }
+                        w.jobs.insert(j.seq, (j.clone(), n));
+                        Ok(stored(Written::Job(j.clone())))
+                    }
+                    _ => Err(conflict()),
+                },
+                Write::InsertPayload(p) => {
+                    let key = (p.seq, p.export_attempt, p.index);
+                    match w.payloads.get(&key) {
+                        Some((existing, tag)) => Ok(Written::Payload(crate::state::Payload {
+                            etag: World::etag(*tag),
+                            ..existing.clone()
+                        })),
+                        None => {
+                            w.payloads.insert(key, (p.clone(), n));
+                            Ok(stored(Written::Payload(p.clone())))
+                        }
+                    }
+                }
+                Write::Payload(p) => {
+                    let key = (p.seq, p.export_attempt, p.index);
+                    match w.payloads.get(&key) {
+                        Some((_, tag)) if World::etag_matches(&p.etag, *tag) => {
+                            w.payloads.insert(key, (p.clone(), n));
+                            self.check_cap(&w);
+                            Ok(stored(Written::Payload(p.clone())))
+                        }
+                        _ => Err(conflict()),
+                    }
+                }
+            }
+        };
+        self.leave().await;
+        result
+    }
+
+    async fn count(&self, t: Option<&str>, since: DateTime<Utc>, till: DateTime<Utc>) -> Result<u64, EngineError> {
+        self.enter().await;
+        Ok(self.world().count(t, since, till))
+    }
+
+    async fn oldest(&self, from: Option<DateTime<Utc>>) -> Result<Option<DateTime<Utc>>, EngineError> {
+        self.enter().await;
+        Ok(self.world().oldest(from))
+    }
+
+    async fn kick_off(&self, query: &str) -> Answer {
+        self.enter().await;
+        let answer = self.world().kick_off(query);
+        self.leave().await;
+        answer
+    }
+
+    async fn poll_export(&self, url: &str) -> ExportPoll {
+        self.enter().await;
+        let poll = self.world().poll_export(url);
+        self.leave().await;
+        poll
+    }
+
+    async fn post(&self, body: &serde_json::Value) -> Answer {
+        self.enter().await;
+        let answer = self.world().post(body);
+        self.leave().await;
+        answer
+    }
+
+    async fn poll_import(&self, url: &str) -> ImportPoll {
+        self.enter().await;
+        let poll = self.world().poll_import(url);
+        self.leave().await;
+        poll
+    }
+
+    async fn cancel(&self, url: &str, destination: bool) -> Result<(), String> {
+        self.enter().await;
+        self.world().cancel(url, destination);
+        self.leave().await;
+        Ok(())
+    }
+
+    async fn totals(&self) -> Totals {
+        self.enter().await;
+        let w = self.world();
+        Totals {
+            source: w.source.len().to_string(),
+            destination: w.destination.len().to_string(),
+            ..Totals::default()
+        }
+    }
+
+    async fn copy_search_parameters(&self) -> Result<(i64, i64), String> {
+        self.enter().await;
+        Ok((0, 0))
+    }
+
+    async fn put_blob(&self, container: &str, name: &str, body: Vec<u8>) -> Result<(), EngineError> {
+        self.enter().await;
+        self.world().blobs.insert((container.into(), name.into()), body);
+        self.leave().await;
+        Ok(())
+    }
+
+    async fn get_blob(&self, container: &str, name: &str) -> Result<Option<Vec<u8>>, EngineError> {
+        self.enter().await;
+        Ok(self
+            .world()
+            .blobs
+            .get(&(container.to_string(), name.to_string()))
+            .cloned())
+    }
+
+    async fn read_error_files(&self, _urls: &[String]) -> Option<ErrorSummary> {
+        self.enter().await;
+        Some(ErrorSummary::default())
+    }
+}

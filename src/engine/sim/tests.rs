@@ -1,0 +1,196 @@
+//! Seeded schedules through the simulator, and one scenario per defect the core was built to fix. A failing
+//! seed is in the message; `FHIRMIG_SIM_SEED=<n> cargo test --lib sim::` replays it, and
+//! `FHIRMIG_SIM_SEEDS=<n>` (./scripts/soak) runs more.
+
+use super::world::Faults;
+use super::{Sim, settings};
+use crate::engine::core::rules::{WindowPhase, window_phase};
+
+fn seeds(default: u64) -> Vec<u64> {
+    if let Some(seed) = std::env::var("FHIRMIG_SIM_SEED").ok().and_then(|s| s.parse().ok()) {
+        return vec![seed];
+    }
+    let n = std::env::var("FHIRMIG_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default);
+    (1..=n).collect()
+}
+
+fn stormy() -> Faults {
+    Faults {
+        kick_off_throttled: 10,
+        kick_off_5xx: 10,
+        kick_off_unsent: 5,
+        export_job_fails: 10,
+        export_job_vanishes: 3,
+        export_job_hangs: 5,
+        post_throttled: 10,
+        post_unsent: 5,
+        import_job_fails: 10,
+        import_job_hangs: 5,
+        ..Faults::default()
+    }
+}
+
+#[test]
+fn seeded_schedules_with_crashes_two_shells_and_server_faults_lose_nothing() {
+    let mut failures = Vec::new();
+    for seed in seeds(150) {
+        let overlap = seed % 2 == 0;
+        let mut sim = Sim::new(
+            seed,
+            settings(&[("AZURE_ExportOverlap", if overlap { "true" } else { "false" })]),
+            40 + (seed % 40) as u32,
+            seed as u32 % 5,
+            stormy(),
+        );
+        sim.crash_rate = 20;
+        sim.two_shells = seed % 3 != 0;
+        if let Err(e) = sim.run(250, 3_000) {
+            failures.push(e);
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} schedule(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn per_type_mode_survives_the_same_schedules() {
+    let mut failures = Vec::new();
+    for seed in seeds(40) {
+        let mut sim = Sim::new(
+            seed,
+            settings(&[
+                ("AZURE_IsParallel", "false"),
+                ("AZURE_ResourceTypes", "Patient,Observation"),
+            ]),
+            50,
+            0,
+            stormy(),
+        );
+        sim.crash_rate = 15;
+        sim.two_shells = true;
+        if let Err(e) = sim.run(200, 3_000) {
+            failures.push(e);
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Without faults every version is imported exactly once: no window is exported twice, and a split type whose
+/// remainder is empty is finished rather than exported again from the window's start.
+#[test]
+fn without_faults_every_version_is_imported_exactly_once() {
+    let per_type = vec![
+        ("AZURE_IsParallel", "false"),
+        ("AZURE_ResourceTypes", "Patient,Observation"),
+    ];
+    for (pairs, resources, crowd) in [
+        (vec![], 60, 0),
+        (per_type.clone(), 60, 0),
+        // Only a crowd bigger than the chunk limit: each type's share is halved down to the crowd's minute, and
+        // what remains of the window after it is empty.
+        (per_type, 0, 150),
+    ] {
+        let mut sim = Sim::new(7, settings(&pairs), resources, crowd, Faults::default());
+        sim.run(0, 3_000).unwrap();
+        let w = sim.world();
+        let twice: Vec<_> = w.imported.iter().filter(|(_, n)| **n != 1).collect();
+        assert!(
+            twice.is_empty(),
+            "{pairs:?}: imported more than once: {:?}",
+            &twice[..twice.len().min(3)]
+        );
+        assert_eq!(w.imported.len(), w.source.len());
+    }
+}
+
+/// A window the source refuses as too large (413) is exported in parts instead of being asked for again.
+#[test]
+fn a_window_refused_as_too_large_is_split() {
+    for seed in seeds(10) {
+        let faults = Faults {
+            export_max_versions: Some(25),
+            ..Faults::default()
+        };
+        let mut sim = Sim::new(seed, settings(&[("AZURE_ChunkLimit", "1000")]), 60, 0, faults);
+        sim.run(0, 3_000).unwrap();
+        assert!(sim.world().exports.iter().all(|e| e.versions.len() <= 25));
+    }
+}
+
+/// More versions on one millisecond than one processing unit takes: each retry halves the unit; when even that
+/// fails the same way every time, the window halts with its reason after three identical failures, and an
+/// operator's clear makes the plan smaller (instead of repeating it) so the migration finishes.
+#[test]
+fn an_identical_failure_halts_and_clearing_changes_the_plan() {
+    let faults = Faults {
+        unit_max_same_ms: Some(15),
+        ..Faults::default()
+    };
+    let mut sim = Sim::new(3, settings(&[("AZURE_ChunkLimit", "1000")]), 30, 80, faults);
+    for _ in 0..400 {
+        sim.round();
+    }
+    let halted: Vec<_> = sim
+        .world()
+        .jobs
+        .values()
+        .filter(|(j, _)| window_phase(j) == WindowPhase::Halted)
+        .map(|(j, _)| (j.failure_streak, j.failure_reason.clone()))
+        .collect();
+    assert_eq!(halted.len(), 1, "{halted:?}");
+    assert_eq!(halted[0].0, 3);
+    assert!(
+        halted[0].1.contains("Unable to generate internal IDs"),
+        "{}",
+        halted[0].1
+    );
+    let imports_before = sim.world().imports.len();
+    for _ in 0..20 {
+        sim.round();
+    }
+    assert_eq!(
+        sim.world().imports.len(),
+        imports_before,
+        "a halted window is not retried"
+    );
+    // The operator clears: the window goes on in smaller parts and with smaller units.
+    let snapshot = {
+        let mut w = sim.world();
+        super::SimPorts::snapshot_of(&mut w)
+    };
+    let writes = crate::engine::core::plan::clear_halts(&snapshot);
+    assert_eq!(writes.len(), 1);
+    {
+        let mut w = sim.world();
+        for (write, _) in writes {
+            let crate::engine::core::Write::Job(job) = write else {
+                panic!("a window row")
+            };
+            assert_eq!(job.split_level, 1);
+            assert!(job.remainder_till.is_some());
+            let n = w.next_etag();
+            w.jobs.insert(job.seq, (job, n));
+        }
+    }
+    sim.run(0, 3_000).unwrap();
+}
+
+#[test]
+fn jobs_slower_than_the_timeout_are_cancelled_and_redone() {
+    let faults = Faults {
+        export_job_hangs: 30,
+        import_job_hangs: 30,
+        ..Faults::default()
+    };
+    let mut sim = Sim::new(11, settings(&[]), 50, 0, faults);
+    sim.run(400, 3_000).unwrap();
+    let w = sim.world();
+    assert!(w.exports.iter().any(|e| e.cancelled) && w.imports.iter().any(|i| i.cancelled));
+}

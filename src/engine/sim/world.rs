@@ -1,0 +1,476 @@
+//! The simulated world: state tables with ETags, a source that exports `[since, till)` windows of its versions,
+//! a destination that imports payloads in processing units, and a blob store, all in memory and driven by the
+//! simulated clock. Server answers and job outcomes come from a seeded generator, so a schedule replays exactly.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use chrono::{DateTime, TimeDelta, Utc};
+
+use crate::engine::core::{Answer, ExportPoll, ImportPoll};
+use crate::fhir::wire::{ExportFile, ExportManifest, ImportErrorFile, ImportOutput, ImportResult};
+use crate::state::{Cursor, Job, Payload};
+use crate::storage::tables::ETag;
+
+/// A small deterministic generator (splitmix64): no dependency, same numbers for the same seed everywhere.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next() % n }
+    }
+
+    /// True with probability `p` percent.
+    pub fn chance(&mut self, p: u64) -> bool {
+        self.below(100) < p
+    }
+}
+
+/// The simulated source's resource types; a version's type is its resource number's parity.
+pub const TYPES: [&str; 2] = ["Patient", "Observation"];
+
+/// One resource version: its identity and lastUpdated (milliseconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Version {
+    pub resource: u32,
+    pub version: u32,
+    pub at_ms: i64,
+}
+
+impl Version {
+    pub fn resource_type(&self) -> &'static str {
+        TYPES[(self.resource % 2) as usize]
+    }
+}
+
+pub fn instant(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).expect("in range")
+}
+
+/// How often servers misbehave, in percent per call.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    pub kick_off_throttled: u64,
+    pub kick_off_5xx: u64,
+    pub kick_off_unsent: u64,
+    pub export_job_fails: u64,
+    pub export_job_vanishes: u64,
+    /// Exports that never finish on their own (the tool's job timeout must cancel them).
+    pub export_job_hangs: u64,
+    pub post_throttled: u64,
+    pub post_unsent: u64,
+    pub import_job_fails: u64,
+    pub import_job_hangs: u64,
+    /// A window with more versions than this is refused with 413.
+    pub export_max_versions: Option<usize>,
+    /// A processing unit with more versions than this on one millisecond fails (the servers' 10,000 limit,
+    /// scaled down).
+    pub unit_max_same_ms: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExportJob {
+    pub versions: Vec<Version>,
+    pub polls_left: u32,
+    pub fails: bool,
+    pub hangs: bool,
+    pub vanished: bool,
+    pub cancelled: bool,
+    pub done: bool,
+    /// Whether a window row ever stored this job's status URL (the tool is answerable only for those).
+    pub recorded: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ImportJob {
+    pub body: String,
+    pub polls_left: u32,
+    pub fails: bool,
+    pub hangs: bool,
+    pub cancelled: bool,
+    pub finished: bool,
+    pub result: Option<Result<ImportResult, String>>,
+}
+
+/// Everything outside the tool.
+#[derive(Debug)]
+pub struct World {
+    pub rng: Rng,
+    pub faults: Faults,
+    pub now: DateTime<Utc>,
+    // state tables: row and ETag number
+    pub cursor: Option<(Cursor, u64)>,
+    pub jobs: BTreeMap<i64, (Job, u64)>,
+    pub payloads: BTreeMap<(i64, i64, i64), (Payload, u64)>,
+    pub etags: u64,
+    // servers
+    pub source: Vec<Version>,
+    pub exports: Vec<ExportJob>,
+    pub imports: Vec<ImportJob>,
+    pub destination: BTreeSet<Version>,
+    /// How many times each version was written at the destination.
+    pub imported: HashMap<Version, u32>,
+    pub blobs: HashMap<(String, String), Vec<u8>>,
+    pub files: HashMap<String, Vec<Version>>,
+    pub events: Vec<crate::telemetry::Event>,
+}
+
+impl World {
+    pub fn new(seed: u64, source: Vec<Version>, now: DateTime<Utc>) -> World {
+        World {
+            rng: Rng::new(seed),
+            faults: Faults::default(),
+            now,
+            cursor: None,
+            jobs: BTreeMap::new(),
+            payloads: BTreeMap::new(),
+            etags: 0,
+            source,
+            exports: Vec::new(),
+            imports: Vec::new(),
+            destination: BTreeSet::new(),
+            imported: HashMap::new(),
+            blobs: HashMap::new(),
+            files: HashMap::new(),
+            events: Vec::new(),
+        }
+    }
+
+    pub fn next_etag(&mut self) -> u64 {
+        self.etags += 1;
+        self.etags
+    }
+
+    pub fn etag(n: u64) -> Option<ETag> {
+        Some(ETag(format!("W/\"{n}\"")))
+    }
+
+    pub fn etag_matches(row: &Option<ETag>, stored: u64) -> bool {
+        row.as_ref().is_none_or(|t| t.0 == format!("W/\"{stored}\""))
+    }
+
+    fn visible(&self) -> impl Iterator<Item = &Version> {
+        let now_ms = self.now.timestamp_millis();
+        self.source.iter().filter(move |v| v.at_ms <= now_ms)
+    }
+
+    pub fn count(&self, resource_type: Option<&str>, since: DateTime<Utc>, till: DateTime<Utc>) -> u64 {
+        let (s, t) = (since.timestamp_millis(), till.timestamp_millis());
+        self.visible()
+            .filter(|v| v.at_ms >= s && v.at_ms < t && resource_type.is_none_or(|r| r == v.resource_type()))
+            .count() as u64
+    }
+
+    pub fn oldest(&self, from: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
+        let f = from.map_or(i64::MIN, |f| f.timestamp_millis());
+        self.visible().map(|v| v.at_ms).filter(|m| *m >= f).min().map(instant)
+    }
+
+    fn query_instant(query: &str, key: &str) -> DateTime<Utc> {
+        let value = query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+            .expect("the query names the window");
+        let value = value.replace("%3A", ":");
+        DateTime::parse_from_rfc3339(&value)
+            .expect("an instant")
+            .with_timezone(&Utc)
+    }
+
+    pub fn kick_off(&mut self, query: &str) -> Answer {
+        let f = self.faults.clone();
+        if self.rng.chance(f.kick_off_unsent) {
+            return Answer::Unsent {
+                error: "connection refused".into(),
+            };
+        }
+        if self.rng.chance(f.kick_off_throttled) {
+            return Answer::Refused {
+                status: 429,
+                diagnostics: "Too many requests".into(),
+                retry_after: Some(std::time::Duration::from_secs(5)),
+            };
+        }
+        if self.rng.chance(f.kick_off_5xx) {
+            return Answer::Refused {
+                status: 503,
+                diagnostics: "Service unavailable".into(),
+                retry_after: None,
+            };
+        }
+        let (since, till) = (
+            Self::query_instant(query, "_since"),
+            Self::query_instant(query, "_till"),
+        );
+        let (s, t) = (since.timestamp_millis(), till.timestamp_millis());
+        let only = query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("_type="))
+            .map(str::to_string);
+        let versions: Vec<Version> = self
+            .visible()
+            .filter(|v| v.at_ms >= s && v.at_ms < t && only.as_deref().is_none_or(|r| r == v.resource_type()))
+            .copied()
+            .collect();
+        if f.export_max_versions.is_some_and(|max| versions.len() > max) {
+            return Answer::Refused {
+                status: 413,
+                diagnostics: "The export would be too large".into(),
+                retry_after: None,
+            };
+        }
+        let job = ExportJob {
+            versions,
+            polls_left: self.rng.below(3) as u32,
+            fails: self.rng.chance(f.export_job_fails),
+            hangs: self.rng.chance(f.export_job_hangs),
+            vanished: false,
+            cancelled: false,
+            done: false,
+            recorded: false,
+        };
+        self.exports.push(job);
+        Answer::Accepted {
+            status_url: format!("https://source/_operations/export/{}", self.exports.len() - 1),
+        }
+    }
+
+    fn id_of(url: &str) -> usize {
+        url.rsplit('/').next().and_then(|n| n.parse().ok()).expect("a job id")
+    }
+
+    pub fn poll_export(&mut self, url: &str) -> ExportPoll {
+        let vanishes = self.rng.chance(self.faults.export_job_vanishes);
+        let id = Self::id_of(url);
+        let job = &mut self.exports[id];
+        if job.vanished || job.cancelled || (vanishes && !job.done) {
+            job.vanished = true;
+            return ExportPoll::Failed {
+                status: 404,
+                diagnostics: format!("The requested job \"{id}\" was not found."),
+            };
+        }
+        if job.hangs {
+            return ExportPoll::Running;
+        }
+        if job.polls_left > 0 {
+            job.polls_left -= 1;
+            return ExportPoll::Running;
+        }
+        if job.fails {
+            job.done = true;
+            return ExportPoll::Failed {
+                status: 500,
+                diagnostics: "Unknown Error.".into(),
+            };
+        }
+        job.done = true;
+        let versions = job.versions.clone();
+        let mut output = Vec::new();
+        // One file per type, and a second one per type past 20 versions, as a parallel export writes several.
+        for resource_type in TYPES {
+            let of_type: Vec<Version> = versions
+                .iter()
+                .filter(|v| v.resource_type() == resource_type)
+                .copied()
+                .collect();
+            for (k, part) in of_type.chunks(20).enumerate() {
+                let file = format!("https://exports/{id}/{resource_type}-{k}.ndjson");
+                self.files.insert(file.clone(), part.to_vec());
+                output.push(ExportFile {
+                    resource_type: resource_type.into(),
+                    url: file,
+                    count: part.len() as u64,
+                });
+            }
+        }
+        ExportPoll::Done(ExportManifest {
+            transaction_time: None,
+            request: None,
+            output,
+            error: Vec::new(),
+        })
+    }
+
+    pub fn post(&mut self, body: &serde_json::Value) -> Answer {
+        let f = self.faults.clone();
+        if self.rng.chance(f.post_unsent) {
+            return Answer::Unsent {
+                error: "connection reset".into(),
+            };
+        }
+        if self.rng.chance(f.post_throttled) {
+            return Answer::Refused {
+                status: 429,
+                diagnostics: "Too many requests".into(),
+                retry_after: None,
+            };
+        }
+        let text = body.to_string();
+        // The server de-duplicates an identical definition: the same job comes back.
+        if let Some(id) = self.imports.iter().position(|j| j.body == text) {
+            return Answer::Accepted {
+                status_url: format!("https://destination/_operations/import/{id}"),
+            };
+        }
+        let job = ImportJob {
+            body: text,
+            polls_left: self.rng.below(3) as u32,
+            fails: self.rng.chance(f.import_job_fails),
+            hangs: self.rng.chance(f.import_job_hangs),
+            cancelled: false,
+            finished: false,
+            result: None,
+        };
+        self.imports.push(job);
+        Answer::Accepted {
+            status_url: format!("https://destination/_operations/import/{}", self.imports.len() - 1),
+        }
+    }
+
+    pub fn poll_import(&mut self, url: &str) -> ImportPoll {
+        let id = Self::id_of(url);
+        if self.imports[id].cancelled {
+            return ImportPoll::Failed {
+                status: 400,
+                diagnostics: "User requested cancellation of operation.".into(),
+            };
+        }
+        if let Some(result) = &self.imports[id].result {
+            return match result {
+                Ok(r) => ImportPoll::Done(r.clone()),
+                Err(e) => ImportPoll::Failed {
+                    status: 400,
+                    diagnostics: e.clone(),
+                },
+            };
+        }
+        let job = &mut self.imports[id];
+        if job.hangs {
+            return ImportPoll::Running;
+        }
+        if job.polls_left > 0 {
+            job.polls_left -= 1;
+            return ImportPoll::Running;
+        }
+        job.finished = true;
+        if job.fails {
+            job.result = Some(Err("import operation failed for reason: InternalServerError".into()));
+            return ImportPoll::Failed {
+                status: 500,
+                diagnostics: "import operation failed for reason: InternalServerError".into(),
+            };
+        }
+        let body: serde_json::Value = serde_json::from_str(&job.body).expect("a body the tool wrote");
+        let unit_lines = body["parameter"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == "processingUnitBytesToRead"))
+            .and_then(|p| p["valueInteger"].as_i64())
+            .map_or(100, |bytes| (bytes / 100_000).max(1) as usize);
+        let inputs: Vec<String> = body["parameter"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["name"] == "input")
+            .filter_map(|p| {
+                p["part"].as_array()?.iter().find(|x| x["name"] == "url")?["valueUri"]
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .collect();
+        let mut output = Vec::new();
+        for url in &inputs {
+            let versions = self.files.get(url).cloned().unwrap_or_default();
+            for unit in versions.chunks(unit_lines) {
+                let mut per_ms: HashMap<i64, usize> = HashMap::new();
+                for v in unit {
+                    *per_ms.entry(v.at_ms).or_default() += 1;
+                }
+                if self
+                    .faults
+                    .unit_max_same_ms
+                    .is_some_and(|max| per_ms.values().any(|n| *n > max))
+                {
+                    let reason =
+                        format!("import operation failed for reason: Unable to generate internal IDs ErrorFile: {url}");
+                    self.imports[id].result = Some(Err(reason.clone()));
+                    return ImportPoll::Failed {
+                        status: 400,
+                        diagnostics: reason,
+                    };
+                }
+            }
+            for v in &versions {
+                self.destination.insert(*v);
+                *self.imported.entry(*v).or_default() += 1;
+            }
+            output.push(ImportOutput {
+                resource_type: versions.first().map(|v| v.resource_type().to_string()),
+                count: versions.len() as u64,
+                input_url: Some(url.clone()),
+            });
+        }
+        let result = ImportResult {
+            transaction_time: None,
+            output,
+            error: Vec::<ImportErrorFile>::new(),
+        };
+        self.imports[id].result = Some(Ok(result.clone()));
+        ImportPoll::Done(result)
+    }
+
+    pub fn cancel(&mut self, url: &str, destination: bool) {
+        let id = Self::id_of(url);
+        if destination {
+            let job = &mut self.imports[id];
+            if job.result.is_none() {
+                job.cancelled = true;
+            }
+        } else {
+            let job = &mut self.exports[id];
+            if !job.done {
+                job.cancelled = true;
+            }
+        }
+    }
+
+    /// Jobs still running at either server that nobody cancelled.
+    pub fn running_jobs(&self) -> (usize, usize) {
+        let exports = self
+            .exports
+            .iter()
+            .filter(|j| !j.done && !j.cancelled && !j.vanished)
+            .count();
+        let imports = self
+            .imports
+            .iter()
+            .filter(|j| j.result.is_none() && !j.cancelled)
+            .count();
+        (exports, imports)
+    }
+
+    /// Running exports no row ever recorded: accepted, then the tool stopped before it could write the answer
+    /// down. No API lists export jobs, so nobody can find or cancel them.
+    pub fn orphan_exports(&self) -> usize {
+        self.exports
+            .iter()
+            .filter(|j| !j.done && !j.cancelled && !j.vanished && !j.recorded)
+            .count()
+    }
+
+    pub fn advance(&mut self, by: TimeDelta) {
+        self.now += by;
+    }
+}

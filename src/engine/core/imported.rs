@@ -46,7 +46,7 @@ pub fn imported(
     }
     payload.end_time = Some(ctx.now);
     payload.status = ImportStatus::Completed;
-    if super::flow::halts(ctx, payload.failed_lines) {
+    if super::imports::halts(ctx, payload.failed_lines) {
         payload.status = ImportStatus::Halted;
         payload.failure_reason = format!(
             "{} line(s) failed to import ({}); see the error files",

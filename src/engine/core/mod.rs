@@ -8,10 +8,13 @@
 //! invariants after every step.
 //!
 //! Layout: [`rules`] (phases, answer classification, failure streaks), [`plan`] (commit and the next window),
-//! [`flow`] (kick-offs, export polls, payloads, imports, cancels), [`imported`] (a finished import's record).
+//! [`exports`] (kick-offs, export polls, payloads from the manifest), [`imports`] (POSTs, import polls, a
+//! window's verdict), [`imported`] (a finished import's record), [`flow`] (what both share).
 
+pub mod exports;
 pub mod flow;
 pub mod imported;
+pub mod imports;
 pub mod plan;
 pub mod rules;
 
@@ -422,15 +425,15 @@ pub fn step(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Action {
                 .unwrap_or(Action::Idle)
         }
         Timer::ExportStatus => flow::cancel_superseded(snapshot, facts)
-            .or_else(|| flow::poll_exports(ctx, snapshot, facts))
-            .or_else(|| flow::settle_windows(ctx, snapshot, facts))
-            .or_else(|| flow::post_payloads(ctx, snapshot, facts))
+            .or_else(|| exports::poll_exports(ctx, snapshot, facts))
+            .or_else(|| imports::settle_windows(ctx, snapshot, facts))
+            .or_else(|| imports::post_payloads(ctx, snapshot, facts))
             .unwrap_or(Action::Idle),
         Timer::ImportStatus => plan::commit(ctx, snapshot, facts)
             .or_else(|| flow::cancel_superseded(snapshot, facts))
-            .or_else(|| flow::poll_imports(ctx, snapshot, facts))
-            .or_else(|| flow::settle_windows(ctx, snapshot, facts))
-            .or_else(|| flow::post_payloads(ctx, snapshot, facts))
+            .or_else(|| imports::poll_imports(ctx, snapshot, facts))
+            .or_else(|| imports::settle_windows(ctx, snapshot, facts))
+            .or_else(|| imports::post_payloads(ctx, snapshot, facts))
             .or_else(|| {
                 (!ctx.latched(cursor) && !ctx.paused())
                     .then(|| plan::advance(ctx, snapshot, facts))

@@ -102,7 +102,7 @@ pub fn advance(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Option<Acti
             j.failure_reason
         ))));
     }
-    if let Some(action) = super::flow::kick_offs(ctx, snapshot, facts) {
+    if let Some(action) = super::exports::kick_offs(ctx, snapshot, facts) {
         return action;
     }
     let uncommitted = (cursor.next_job - cursor.committed_job).max(0) as usize;

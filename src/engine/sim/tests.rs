@@ -6,15 +6,15 @@ use super::world::Faults;
 use super::{Sim, settings};
 use crate::engine::core::rules::{WindowPhase, window_phase};
 
+/// The seeds to run: `FHIRMIG_SIM_SEED` alone when set (a replay), else `FHIRMIG_SIM_SEEDS` (or `default`)
+/// seeds from `FHIRMIG_SIM_FIRST_SEED` (or 1).
 fn seeds(default: u64) -> Vec<u64> {
-    if let Some(seed) = std::env::var("FHIRMIG_SIM_SEED").ok().and_then(|s| s.parse().ok()) {
+    let var = |name: &str| std::env::var(name).ok().and_then(|s| s.parse::<u64>().ok());
+    if let Some(seed) = var("FHIRMIG_SIM_SEED") {
         return vec![seed];
     }
-    let n = std::env::var("FHIRMIG_SIM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default);
-    (1..=n).collect()
+    let first = var("FHIRMIG_SIM_FIRST_SEED").unwrap_or(1);
+    (first..first + var("FHIRMIG_SIM_SEEDS").unwrap_or(default)).collect()
 }
 
 fn stormy() -> Faults {
@@ -36,7 +36,7 @@ fn stormy() -> Faults {
 #[test]
 fn seeded_schedules_with_crashes_two_shells_and_server_faults_lose_nothing() {
     let mut failures = Vec::new();
-    for seed in seeds(150) {
+    for seed in seeds(1000) {
         let overlap = seed % 2 == 0;
         let mut sim = Sim::new(
             seed,
@@ -62,7 +62,7 @@ fn seeded_schedules_with_crashes_two_shells_and_server_faults_lose_nothing() {
 #[test]
 fn per_type_mode_survives_the_same_schedules() {
     let mut failures = Vec::new();
-    for seed in seeds(40) {
+    for seed in seeds(200) {
         let mut sim = Sim::new(
             seed,
             settings(&[

@@ -6,6 +6,13 @@
 //! - [`config`]: typed settings (`AZURE_*` names of the original tool), validated once at start-up.
 //! - [`app`]: the adapters built from the settings, shared by every function and CLI command.
 //! - [`planner`]: pure time decisions (pause window, window end, halving), driven by a given `now`.
+//! - [`engine`]: the migration: a pure decision core (`engine::core`), the I/O shell that performs its actions,
+//!   and (in tests) the simulator that drives both through crashes and server faults.
+//! - [`cli`]: the command-line subcommands (`run`, `status`, `plan`, …), calling the same code as the functions.
+//! - [`preflight`]: the access and configuration checks behind `preflight` and `CheckAccess_Http`.
+//! - [`cutover`]: the cut-over lag report and the final drive.
+//! - [`reconcile`]: hard-delete reconciliation (ids at the destination the source no longer has).
+//! - [`telemetry`]: the event contract and the App Insights sender.
 //! - [`functions`]: the custom-handler HTTP surface; one thin handler per Azure Function folder.
 //! - [`fhir`]: the FHIR client: export, import, counts, search parameters; tokens only to configured hosts.
 //! - [`state`]: the cursor, window and payload rows the engine persists (original column names kept).
@@ -13,6 +20,7 @@
 //! - [`storage`]: Table storage (state, ETag-guarded) and Blob storage (`$import` payloads).
 //! - [`secret`]: a wrapper that keeps keys and tokens out of logs.
 //! - [`logging`]: stdout logging (the host treats stderr as errors).
+//! - `robustness` (tests only): seeded mutation fuzzing of every parser.
 
 pub mod app;
 pub mod cli;

@@ -86,6 +86,27 @@ impl RunningEmulator {
         &self.shared.store
     }
 
+    /// The ids of the export and import jobs a client cancelled (`DELETE` on their status URLs), sorted.
+    pub fn cancelled_jobs(&self) -> (Vec<u64>, Vec<u64>) {
+        let exports = self.shared.exports.lock().unwrap_or_else(|p| p.into_inner());
+        let imports = self.shared.imports.lock().unwrap_or_else(|p| p.into_inner());
+        let mut e: Vec<u64> = exports
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.cancelled)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut i: Vec<u64> = imports
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.cancelled)
+            .map(|(id, _)| *id)
+            .collect();
+        e.sort_unstable();
+        i.sort_unstable();
+        (e, i)
+    }
+
     /// Replaces the faults in force (the same as `PUT /_admin/faults`).
     pub fn set_faults(&self, faults: Faults) {
         *self.shared.faults() = faults;

@@ -3,9 +3,9 @@
 //! one next [`Action`]. The shell ([`super::shell`]) performs it, folds the result back into the snapshot or the
 //! facts, and asks again, until the core answers [`Action::Idle`] or [`Action::Finish`].
 //!
-//! Because every decision is made here from data alone, the simulator ([`super::sim`]) can drive the real shell
-//! and core through crashes between any two actions, two shells at once and any server answer, and check the
-//! invariants after every step.
+//! Because every decision is made here from data alone, the simulator (`engine::sim`, tests only) can drive
+//! the real shell and core through crashes between any two actions, two shells at once and any server answer,
+//! and check the invariants after every step.
 //!
 //! Layout: [`rules`] (phases, answer classification, failure streaks), [`plan`] (commit and the next window),
 //! [`exports`] (kick-offs, export polls, payloads from the manifest), [`imports`] (POSTs, import polls, a

@@ -19,6 +19,7 @@
 //! - [`verify`]: surface and full checks of the destination against the source.
 //! - [`storage`]: Table storage (state, ETag-guarded) and Blob storage (`$import` payloads).
 //! - [`secret`]: a wrapper that keeps keys and tokens out of logs.
+//! - [`instant`]: the one time format of queries and rows.
 //! - [`logging`]: stdout logging (the host treats stderr as errors).
 //! - `robustness` (tests only): seeded mutation fuzzing of every parser.
 
@@ -29,6 +30,7 @@ pub mod cutover;
 pub mod engine;
 pub mod fhir;
 pub mod functions;
+pub mod instant;
 pub mod logging;
 pub mod planner;
 pub mod preflight;

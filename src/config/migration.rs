@@ -10,6 +10,9 @@ use crate::secret::Secret;
 
 /// The R4 resource types the tool migrates in per-type mode and checks after migration: all 146 but
 /// `SearchParameter` (copied through the REST API). The original's list also lacked `SubstanceNucleicAcid`.
+/// The largest deep-check sample (each sampled resource is two reads and a row in the report).
+pub const MAX_DEEP_CHECK_COUNT: u32 = 1000;
+
 pub fn default_resource_types() -> Vec<&'static str> {
     fhir_r4_types::R4_TYPES
         .iter()
@@ -243,7 +246,7 @@ impl MigrationSettings {
             history_delete_query_deep: p.list("AZURE_HistoryDeleteQueryDeep", &["Patient/_history?_count="]),
             deep_check_count: match p.number("AZURE_DeepCheckCount", 100u32) {
                 0 => 100,
-                n => n.min(crate::verify::deep::MAX_COUNT as u32),
+                n => n.min(MAX_DEEP_CHECK_COUNT),
             },
             deep_check_ignore_paths: p.list("AZURE_DeepCheckIgnorePaths", &[]),
             schedule_interval_minutes: p.number("AZURE_ScheduleInterval", 2.0f64),

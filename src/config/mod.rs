@@ -8,7 +8,8 @@ mod migration;
 mod source;
 
 pub use migration::{
-    ChunkUnit, ClientSecretSettings, ImportErrorPolicy, MigrationSettings, PauseWindow, default_resource_types,
+    ChunkUnit, ClientSecretSettings, ImportErrorPolicy, MAX_DEEP_CHECK_COUNT, MigrationSettings, PauseWindow,
+    default_resource_types,
 };
 pub use source::SettingsSource;
 

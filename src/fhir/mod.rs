@@ -9,7 +9,7 @@ pub mod auth;
 pub mod client;
 pub mod wire;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
@@ -65,10 +65,7 @@ pub enum Poll<T> {
     Failed { status: u16, diagnostics: String },
 }
 
-/// The tool's time format for `_since`/`_till`: milliseconds and a literal `Z`.
-pub fn format_instant(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
+pub use crate::instant::format_instant;
 
 fn enc(v: &str) -> String {
     crate::storage::encode_component(v)

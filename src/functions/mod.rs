@@ -9,6 +9,7 @@
 mod migration;
 pub mod payload;
 mod reconcile;
+mod requests;
 pub mod verification;
 
 use std::future::Future;

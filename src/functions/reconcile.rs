@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 use super::payload::{HttpResponseData, InvocationRequest, InvocationResponse};
-use super::verification::{bad_request, json_body, option, run_id, run_status, status_uri, types_option};
+use super::requests::{bad_request, json_body, option, run_id, run_status, status_uri, types_option};
 use super::{FunctionError, FunctionSpec, http_output};
 use crate::app::App;
 use crate::reconcile::Options;

@@ -177,7 +177,7 @@ pub struct Job {
     /// `RemainderTill`: when the window was split (the server refused it as too large, or an operator cleared a
     /// halt), the end of the part still to export after this one; the window commits only when it is empty.
     pub remainder_till: Option<DateTime<Utc>>,
-    /// `FailureStreak`: identical failures in a row (the window halts at the limit, [`crate::engine::core`]).
+    /// `FailureStreak`: identical refusals in a row (the window halts at the limit; see the engine core).
     pub failure_streak: i64,
     /// `Deferrals`: transient answers to the kick-off in a row.
     pub deferrals: i64,
@@ -246,7 +246,7 @@ fn opt_time(e: &mut Entity, name: &str, t: Option<DateTime<Utc>>) {
 fn time_str(e: &mut Entity, name: &str, t: Option<DateTime<Utc>>) {
     // The original stored window bounds as text in its own format; keep that for Since/Till.
     match t {
-        Some(t) => e.set_str(name, crate::fhir::format_instant(t)),
+        Some(t) => e.set_str(name, crate::instant::format_instant(t)),
         None => e.set_str(name, ""),
     };
 }

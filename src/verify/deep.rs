@@ -20,8 +20,9 @@ use crate::fhir::{FhirClient, FhirError};
 const CONCURRENCY: usize = 8;
 /// Differing paths named per resource; the rest are counted.
 const PATHS_LISTED: usize = 10;
-/// The largest sample one run takes (each sampled resource is two reads and a row in the report).
-pub const MAX_COUNT: usize = 1000;
+/// The largest sample one run takes (each sampled resource is two reads and a row in the report); the setting
+/// `AZURE_DeepCheckCount` is bounded by it where it is parsed.
+pub const MAX_COUNT: usize = crate::config::MAX_DEEP_CHECK_COUNT as usize;
 
 /// One compared resource. `Resource`, `id` and `Result` are the original's names (the dashboard reads them).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

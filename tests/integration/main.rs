@@ -17,6 +17,7 @@ mod preflight;
 mod reconcile;
 mod router;
 mod self_contained;
+mod structure;
 mod support;
 mod tables;
 mod telemetry;

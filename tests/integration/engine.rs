@@ -726,3 +726,41 @@ async fn a_migration_started_by_the_previous_release_continues_after_the_upgrade
     run_to_completion(&stack, 300).await;
     assert_same(stack.source.store(), stack.destination.store());
 }
+
+/// An export job that fails as too large (413, reference §2.1) is not asked for again as it was: the window is
+/// exported in two halves, the second following in the same row, and the migration finishes.
+#[tokio::test]
+async fn a_window_whose_export_fails_as_too_large_is_exported_in_halves() {
+    let stack = stack(&[("AZURE_ExportChunkTime", "30"), ("AZURE_ChunkLimit", "100000")]).await;
+    seed(&stack, 300, 42);
+    stack.source.set_faults(Faults {
+        export_failure: Some(JobFailure {
+            status: 413,
+            reason: "Timespan in export request contains too much data to export in a single request. Please try reducing the time range and try again.".into(),
+            count: Some(1),
+        }),
+        ..Default::default()
+    });
+    run_to_completion(&stack, 300).await;
+    assert_same(stack.source.store(), stack.destination.store());
+    let started = started_exports(&stack);
+    let span = |w: &String| {
+        let (since, till) = w.split_once("..").unwrap();
+        let at = |t: &str| chrono::DateTime::parse_from_rfc3339(t).unwrap();
+        at(till) - at(since)
+    };
+    assert!(started.len() >= 3, "{started:?}");
+    assert!(
+        (span(&started[0]) - span(&started[1]) * 2).num_milliseconds().abs() <= 1,
+        "the refused window is exported again as its first half: {started:?}"
+    );
+    let (first_since, _) = started[0].split_once("..").unwrap();
+    assert!(started[1].starts_with(first_since), "{started:?}");
+    let (_, half_till) = started[1].split_once("..").unwrap();
+    assert!(
+        started[2].starts_with(half_till),
+        "the second half follows: {started:?}"
+    );
+    let status = stack.engine.status(Utc::now()).await.unwrap();
+    assert_eq!(status.failures, 0, "a split is a plan change, not a failure");
+}

@@ -144,28 +144,33 @@ fn kick_off_answered(ctx: &Context, job: &Job, answer: &super::Answer, handled: 
             }
             write_job(updated, notes.mark(handled))
         }
-        // The server refuses the window as too large: export it in two halves (a plan change, not a failure).
-        Verdict::Refused { status: 413, reason } => match crate::planner::halve(job.since, job.till) {
-            Some(mid) => {
-                updated.remainder_till = Some(job.remainder_till.unwrap_or(job.till));
-                updated.till = mid;
-                updated.lease_until = None;
-                updated.failure_reason = reason.clone();
-                let line = format!(
-                    "Window {since} to {till} is too large for the server ({reason}); exporting it in parts, first to {}",
-                    format_instant(mid)
-                );
-                write_job(updated, Notes::line(line).mark(handled))
-            }
-            None => fail_window(
-                job,
-                format!("{reason}; the window cannot be split further"),
-                Failure::Permanent,
-                handled,
-            ),
-        },
+        Verdict::Refused { status: 413, reason } => split_too_large(job, reason, handled),
         Verdict::Refused { status, reason } => fail_window(job, reason, Failure::of_status(status), handled),
     }
+}
+
+/// The server found the window too large (413, at kick-off or as the job's failure, reference §2.1): it is
+/// exported in two halves, the second following in the same row (a plan change, not a failure). A window of
+/// the shortest length that is still too large halts with the reason.
+fn split_too_large(job: &Job, reason: String, handled: Mark) -> Action {
+    let Some(mid) = crate::planner::halve(job.since, job.till) else {
+        let reason =
+            format!("{reason}; the window cannot be split further (lower AZURE_MaxCount or the server's load)");
+        return fail_window(job, reason, Failure::Permanent, handled);
+    };
+    let mut split = job.clone();
+    split.remainder_till = Some(job.remainder_till.unwrap_or(job.till));
+    split.till = mid;
+    split.export_status = ExportStatus::Starting;
+    split.lease_until = None;
+    split.failure_reason = reason.clone();
+    let line = format!(
+        "Window {} to {} is too large for the server ({reason}); exporting it in parts, first to {}",
+        format_instant(job.since),
+        format_instant(job.till),
+        format_instant(mid)
+    );
+    write_job(split, Notes::line(line).mark(handled))
 }
 
 fn export_failed_notes(notes: Notes, job: &Job, reason: &str) -> Notes {
@@ -296,7 +301,11 @@ pub fn poll_exports(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Option
             }
             ExportPoll::Failed { status, diagnostics } => {
                 let reason = format!("export failed with HTTP {status}: {diagnostics}");
-                fail_window(job, reason, Failure::of_status(*status), handled)
+                if *status == 413 {
+                    split_too_large(job, reason, handled)
+                } else {
+                    fail_window(job, reason, Failure::of_status(*status), handled)
+                }
             }
             ExportPoll::Unreachable(error) => Action::Note(
                 Notes::line(format!(

@@ -73,7 +73,7 @@ pub struct Faults {
     pub post_unsent: u64,
     pub import_job_fails: u64,
     pub import_job_hangs: u64,
-    /// A window with more versions than this is refused with 413.
+    /// An export of more versions than this fails with 413 (reference §2.1: the job record is too large).
     pub export_max_versions: Option<usize>,
     /// A processing unit with more versions than this on one millisecond fails (the servers' 10,000 limit,
     /// scaled down).
@@ -224,13 +224,6 @@ impl World {
             .filter(|v| v.at_ms >= s && v.at_ms < t && only.as_deref().is_none_or(|r| r == v.resource_type()))
             .copied()
             .collect();
-        if f.export_max_versions.is_some_and(|max| versions.len() > max) {
-            return Answer::Refused {
-                status: 413,
-                diagnostics: "The export would be too large".into(),
-                retry_after: None,
-            };
-        }
         let job = ExportJob {
             versions,
             polls_left: self.rng.below(3) as u32,
@@ -274,6 +267,17 @@ impl World {
             return ExportPoll::Failed {
                 status: 500,
                 diagnostics: "Unknown Error.".into(),
+            };
+        }
+        if self
+            .faults
+            .export_max_versions
+            .is_some_and(|max| job.versions.len() > max)
+        {
+            job.done = true;
+            return ExportPoll::Failed {
+                status: 413,
+                diagnostics: "export operation failed for reason: Timespan in export request contains too much data to export in a single request. Please try reducing the time range and try again.".into(),
             };
         }
         job.done = true;

@@ -48,7 +48,9 @@ pub enum EngineError {
     Fhir(#[from] FhirError),
     #[error(transparent)]
     Blob(#[from] BlobError),
-    /// A fail point fired (crash-safety tests only; never armed in production).
+    /// A fail point fired (crash-safety tests only: the variant exists only with the `fail-points` feature,
+    /// which release builds never enable).
+    #[cfg(feature = "fail-points")]
     #[error("injected crash at {0}")]
     Injected(&'static str),
 }
@@ -76,13 +78,23 @@ impl TickReport {
     }
 }
 
-/// Named points between two writes where tests make a tick stop dead, as a crash would. Unarmed points cost
-/// one uncontended lock.
+/// Named points between two writes where tests make a tick stop dead, as a crash would. Only with the
+/// `fail-points` feature (`./scripts/test` turns it on); otherwise passing a point costs nothing.
 #[derive(Clone, Default, Debug)]
 pub struct FailPoints {
+    #[cfg(feature = "fail-points")]
     armed: Arc<std::sync::Mutex<std::collections::HashMap<&'static str, u32>>>,
 }
 
+#[cfg(not(feature = "fail-points"))]
+impl FailPoints {
+    #[inline]
+    pub(crate) fn hit(&self, _point: &'static str) -> Result<(), EngineError> {
+        Ok(())
+    }
+}
+
+#[cfg(feature = "fail-points")]
 impl FailPoints {
     /// Makes the `nth` next pass through `point` fail (1 = the very next one).
     pub fn arm(&self, point: &'static str, nth: u32) {
@@ -212,6 +224,7 @@ impl Engine {
     }
 
     /// The engine's fail points (tests arm them to simulate crashes).
+    #[cfg(feature = "fail-points")]
     pub fn fail_points(&self) -> &FailPoints {
         &self.fail
     }

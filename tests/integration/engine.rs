@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
 use fhir_emulator::{Faults, JobFailure};
-use fhir_migration_tool::engine::{Engine, EngineError, FAIL_POINTS, Timing};
+use fhir_migration_tool::engine::{Engine, Timing};
+#[cfg(feature = "fail-points")]
+use fhir_migration_tool::engine::{EngineError, FAIL_POINTS};
 use fhir_migration_tool::telemetry::contract;
 use serde_json::json;
 
@@ -21,6 +23,7 @@ fn fast(engine: &Engine) -> Engine {
 }
 
 /// Runs ticks, treating an injected crash as the process dying mid-tick (the next tick starts afresh).
+#[cfg(feature = "fail-points")]
 async fn rounds_surviving_crashes(engine: &Engine, max: usize, done: impl Fn() -> bool) {
     for _ in 0..max {
         let now = Utc::now();
@@ -60,6 +63,8 @@ fn started_exports(stack: &Stack) -> Vec<String> {
         .collect()
 }
 
+// The crash tests need the engine's fail points: ./scripts/test runs them (`--features fail-points`).
+#[cfg(feature = "fail-points")]
 #[tokio::test]
 async fn a_crash_between_any_two_writes_loses_and_duplicates_nothing() {
     for (n, point) in FAIL_POINTS.iter().enumerate() {
@@ -519,6 +524,7 @@ async fn switching_is_parallel_mid_run_neither_loses_nor_repeats_data() {
     assert!(ranges.len() > 3, "{ranges:?}");
 }
 
+#[cfg(feature = "fail-points")]
 #[tokio::test]
 async fn per_type_crash_after_planning_repairs_from_the_row_even_when_counts_change() {
     let mut stack = stack(&[

@@ -10,6 +10,14 @@ use crate::secret::Secret;
 
 /// The R4 resource types the tool migrates in per-type mode and checks after migration: all 146 but
 /// `SearchParameter` (copied through the REST API). The original's list also lacked `SubstanceNucleicAcid`.
+/// Whether a server URL is an Azure API for FHIR service (its export searches with an inclusive `_till`).
+pub fn is_azure_api_for_fhir(url: &Url) -> bool {
+    url.host_str().is_some_and(|h| {
+        let h = h.to_ascii_lowercase();
+        h.ends_with(".azurehealthcareapis.com") && !h.ends_with(".fhir.azurehealthcareapis.com")
+    })
+}
+
 /// The largest deep-check sample (each sampled resource is two reads and a row in the report).
 pub const MAX_DEEP_CHECK_COUNT: u32 = 1000;
 
@@ -138,6 +146,12 @@ pub struct MigrationSettings {
     pub developer_credential: bool,
     /// `AZURE_SafetyLagSeconds`: windows never end later than now minus this (late commits are not missed).
     pub safety_lag: TimeDelta,
+    /// `AZURE_ExportTillInclusive` (`auto`, `true`, `false`): whether the source's `$export` treats `_till` as
+    /// inclusive. Azure API for FHIR (and any non-parallel export) searches `_lastUpdated=le<till>`, AHDS's
+    /// parallel system export takes `[since, till)` (reference §3.1). When inclusive, the tool sends `_till`
+    /// one millisecond earlier, so every window is exactly `[since, till)`. `auto`: inclusive for an Azure API
+    /// for FHIR host (`*.azurehealthcareapis.com`, not `*.fhir.azurehealthcareapis.com`).
+    pub export_till_inclusive: bool,
     /// `AZURE_OverlapExports`: export window N+1 while window N imports.
     pub overlap_exports: bool,
     /// Windows exported or imported at once: `AZURE_MaxWindowsInFlight` (1-10, default 3) with overlap, else 1.
@@ -266,6 +280,17 @@ impl MigrationSettings {
                 }
             },
             safety_lag: TimeDelta::seconds(p.number("AZURE_SafetyLagSeconds", 300i64)),
+            export_till_inclusive: match source.get("AZURE_ExportTillInclusive").unwrap_or("auto") {
+                v if v.eq_ignore_ascii_case("auto") => source_uri.as_ref().is_some_and(is_azure_api_for_fhir),
+                v if v.eq_ignore_ascii_case("true") => true,
+                v if v.eq_ignore_ascii_case("false") => false,
+                other => {
+                    p.problem(format!(
+                        "AZURE_ExportTillInclusive '{other}' is not auto, true or false"
+                    ));
+                    false
+                }
+            },
             overlap_exports: p.flag(&["AZURE_OverlapExports"], true),
             windows_in_flight: 1,
             import_error_policy,

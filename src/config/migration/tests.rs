@@ -180,3 +180,28 @@ fn windows_in_flight_is_bounded_and_one_without_overlap() {
         );
     }
 }
+
+#[test]
+fn an_inclusive_till_is_detected_from_the_source_host_or_set() {
+    assert!(
+        parse(&[]).unwrap().export_till_inclusive,
+        "Azure API for FHIR searches with le<till>"
+    );
+    let ahds = [("AZURE_SourceUri", "https://ws-src.fhir.azurehealthcareapis.com")];
+    assert!(
+        !parse(&ahds).unwrap().export_till_inclusive,
+        "AHDS's parallel export takes [since, till)"
+    );
+    let forced = [
+        ("AZURE_SourceUri", "https://ws-src.fhir.azurehealthcareapis.com"),
+        ("AZURE_ExportTillInclusive", "TRUE"),
+    ];
+    assert!(parse(&forced).unwrap().export_till_inclusive);
+    assert!(
+        !parse(&[("AZURE_ExportTillInclusive", "false")])
+            .unwrap()
+            .export_till_inclusive
+    );
+    let bad = parse(&[("AZURE_ExportTillInclusive", "sometimes")]).unwrap_err();
+    assert!(bad[0].contains("AZURE_ExportTillInclusive"), "{bad:?}");
+}

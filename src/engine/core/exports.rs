@@ -106,7 +106,14 @@ pub fn export_query(ctx: &Context, job: &Job) -> String {
         q.push(format!("includeAssociatedData={assoc}"));
     }
     q.push(format!("_since={}", enc(&format_instant(job.since))));
-    q.push(format!("_till={}", enc(&format_instant(job.till))));
+    // Exactly [since, till): on a source whose `_till` is inclusive, the last millisecond belongs to the next
+    // window (instants are whole milliseconds, so `le till − 1 ms` is `lt till`).
+    let till = if ctx.settings.export_till_inclusive {
+        job.till - chrono::TimeDelta::milliseconds(1)
+    } else {
+        job.till
+    };
+    q.push(format!("_till={}", enc(&format_instant(till))));
     if let Some(n) = ctx.settings.max_count {
         q.push(format!("_maxCount={n}"));
     }

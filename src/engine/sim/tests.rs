@@ -111,6 +111,44 @@ fn without_faults_every_version_is_imported_exactly_once() {
 }
 
 /// A window whose export fails as too large (413) is exported in parts instead of being asked for again.
+/// On a source whose `_till` is inclusive, with versions exactly on window boundaries, each version is still
+/// exported and imported once: the tool sends `_till` one millisecond earlier (issue 16, exact windows).
+#[test]
+fn an_inclusive_till_source_exports_each_version_once() {
+    for inclusive_setting in ["true", "false"] {
+        let pairs = [
+            ("AZURE_ExportTillInclusive", inclusive_setting),
+            ("AZURE_ChunkLimit", "100000"),
+        ];
+        let mut sim = Sim::new(5, settings(&pairs), 60, 0, Faults::default());
+        {
+            // Windows are one day long from the oldest version: put versions exactly on those boundaries.
+            let mut w = sim.world();
+            w.till_inclusive = true;
+            let first = w.source.iter().map(|v| v.at_ms).min().unwrap();
+            for k in 0..15 {
+                w.source.push(super::world::Version {
+                    resource: 10_000 + k,
+                    version: 1,
+                    at_ms: first + i64::from(1 + k % 3) * 86_400_000,
+                });
+            }
+            w.source.sort();
+        }
+        sim.run(0, 3_000).unwrap();
+        let w = sim.world();
+        let twice = w.imported.values().filter(|n| **n > 1).count();
+        if inclusive_setting == "true" {
+            assert_eq!(twice, 0, "every version once");
+        } else {
+            assert!(
+                twice > 0,
+                "without the setting, boundary versions are exported twice: the check can fail"
+            );
+        }
+    }
+}
+
 #[test]
 fn a_window_refused_as_too_large_is_split() {
     for seed in seeds(10) {

@@ -125,6 +125,8 @@ pub struct World {
     pub blobs: HashMap<(String, String), Vec<u8>>,
     pub files: HashMap<String, Vec<Version>>,
     pub events: Vec<crate::telemetry::Event>,
+    /// Whether `$export` includes versions exactly at `_till` (Azure API for FHIR's search path).
+    pub till_inclusive: bool,
 }
 
 impl World {
@@ -145,6 +147,7 @@ impl World {
             blobs: HashMap::new(),
             files: HashMap::new(),
             events: Vec::new(),
+            till_inclusive: false,
         }
     }
 
@@ -214,7 +217,10 @@ impl World {
             Self::query_instant(query, "_since"),
             Self::query_instant(query, "_till"),
         );
-        let (s, t) = (since.timestamp_millis(), till.timestamp_millis());
+        let (s, t) = (
+            since.timestamp_millis(),
+            till.timestamp_millis() + i64::from(self.till_inclusive),
+        );
         let only = query
             .split('&')
             .find_map(|kv| kv.strip_prefix("_type="))

@@ -223,6 +223,8 @@ pub struct Payload {
     pub deferrals: i64,
     /// `ProcessingUnitBytes`: the processing unit asked for on the last POST (none: the server's default).
     pub unit_bytes: Option<i64>,
+    /// `ExpectedLines`: the lines of the payload's files, from the export manifest (none: unknown).
+    pub expected_lines: Option<i64>,
     pub etag: Option<ETag>,
 }
 
@@ -457,6 +459,7 @@ impl Payload {
             failure_reason: String::new(),
             deferrals: 0,
             unit_bytes: None,
+            expected_lines: None,
             etag: None,
         }
     }
@@ -489,6 +492,9 @@ impl Payload {
         if let Some(bytes) = self.unit_bytes {
             e.set_i64("ProcessingUnitBytes", bytes);
         }
+        if let Some(lines) = self.expected_lines {
+            e.set_i64("ExpectedLines", lines);
+        }
         Ok(e)
     }
 
@@ -520,6 +526,7 @@ impl Payload {
             failure_reason: e.get_str("FailureReason").unwrap_or_default().into(),
             deferrals: e.get_i64("Deferrals").unwrap_or(0),
             unit_bytes: e.get_i64("ProcessingUnitBytes"),
+            expected_lines: e.get_i64("ExpectedLines"),
             etag: e.etag().cloned(),
         })
     }

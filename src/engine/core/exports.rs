@@ -383,7 +383,10 @@ fn exported(
             };
         }
         return Action::Write {
-            write: Write::InsertPayload(Payload::new(job.seq, job.attempt, index, name)),
+            write: Write::InsertPayload(Payload {
+                expected_lines: Some(chunk.iter().map(|f| f.count as i64).sum()),
+                ..Payload::new(job.seq, job.attempt, index, name)
+            }),
             notes: Notes::default().fail_point("payload-rows"),
         };
     }

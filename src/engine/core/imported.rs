@@ -9,6 +9,37 @@ use crate::state::rows::ImportStatus;
 use crate::state::{Job, Payload};
 use crate::telemetry::{Event, id_of};
 
+/// Why a finished import is not the job this payload posted, if it is not. The server registers imports
+/// idempotently on their definition, including jobs that finished long ago (reference §4.3): a payload that
+/// names the same blob URLs as an older import (another source sharing the export account, an export id
+/// reused) is handed that old job and its old result. Such a result reports more lines than the payload's
+/// files hold, or a transaction time before the POST.
+pub fn foreign_job(p: &Payload, result: &ImportResult) -> Option<String> {
+    let lines = (result.imported() + result.failed()) as i64;
+    if let Some(expected) = p.expected_lines
+        && lines > expected
+    {
+        return Some(format!(
+            "the server answered with another import job ({lines} lines for a payload of {expected}): it de-duplicated this definition to an older import"
+        ));
+    }
+    let created = result
+        .transaction_time
+        .as_deref()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&chrono::Utc));
+    if let (Some(created), Some(posted)) = (created, p.start_time)
+        && created < posted - chrono::TimeDelta::minutes(10)
+    {
+        return Some(format!(
+            "the server answered with another import job (created {}, before this POST at {}): it de-duplicated this definition to an older import",
+            format_instant(created),
+            format_instant(posted)
+        ));
+    }
+    None
+}
+
 pub fn imported(
     ctx: &Context,
     job: &Job,

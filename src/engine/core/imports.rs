@@ -370,6 +370,26 @@ pub fn poll_imports(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Option
                 }
             }
             ImportPoll::Done(result) => {
+                // Never record (or commit on) a job that is not the one this payload posted: post again with a
+                // new definition (the next attempt's processing unit differs).
+                if let Some(reason) = super::imported::foreign_job(p, &result) {
+                    let mut failed = p.clone();
+                    failed.status = ImportStatus::Failed;
+                    failed.failure_reason = format!("{reason}; posting again with a new definition");
+                    failed.end_time = Some(ctx.now);
+                    let notes = Notes::line(format!(
+                        "Import {} of window {} is not this payload's: {reason}",
+                        id_of(&p.import_url),
+                        job.seq
+                    ))
+                    .failure()
+                    .mark(handled);
+                    let notes = import_failed_notes(notes, job, &failed, Some(totals));
+                    return Some(Action::Write {
+                        write: Write::Payload(failed),
+                        notes,
+                    });
+                }
                 if !result.error.is_empty() && !facts.error_summaries.contains_key(&key) {
                     return Some(Action::ReadErrorFiles {
                         payload: p.clone(),

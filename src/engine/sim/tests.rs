@@ -235,3 +235,46 @@ fn jobs_slower_than_the_timeout_are_cancelled_and_redone() {
     let w = sim.world();
     assert!(w.exports.iter().any(|e| e.cancelled) && w.imports.iter().any(|i| i.cancelled));
 }
+
+/// The destination hands back an old import job for a payload whose definition matches it (same blob URLs: an
+/// export id reused, or another source sharing the export account). The tool must not record that job's old
+/// result as this payload's: it posts again with a new definition, and nothing is lost (issue 19).
+#[test]
+fn an_old_import_job_handed_back_for_the_same_definition_is_not_taken_for_this_payload() {
+    use crate::fhir::wire::{ExportFile, ImportOutput, ImportResult, import_parameters};
+    let settings = settings(&[("AZURE_ChunkLimit", "100000")]);
+    let old_file = "https://exports/0/Observation-0.ndjson";
+    let body = import_parameters(
+        &settings.import_mode,
+        &[ExportFile {
+            resource_type: "Observation".into(),
+            url: old_file.into(),
+            count: 0,
+        }],
+        None,
+    );
+    let mut sim = Sim::new(9, settings, 60, 0, Faults::default());
+    {
+        let mut w = sim.world();
+        w.imports.push(super::world::ImportJob {
+            body: body.to_string(),
+            polls_left: 0,
+            fails: false,
+            hangs: false,
+            cancelled: false,
+            finished: true,
+            result: Some(Ok(ImportResult {
+                transaction_time: Some("2025-06-01T00:00:00.000Z".into()),
+                output: vec![ImportOutput {
+                    resource_type: Some("Observation".into()),
+                    count: 500,
+                    input_url: Some(old_file.into()),
+                }],
+                error: Vec::new(),
+            })),
+        });
+    }
+    sim.run(0, 3_000).unwrap();
+    let w = sim.world();
+    assert!(w.imports.len() > 2, "the payload was posted again as a new job");
+}

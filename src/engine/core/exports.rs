@@ -53,18 +53,24 @@ pub fn kick_offs(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Option<Op
         .map(|job| Some(claim_export(ctx, job, false)))
 }
 
+/// A window row as it is before a kick-off: no export, no payloads, nothing imported.
+fn ready_to_export(job: &mut Job) {
+    job.export_status = ExportStatus::Starting;
+    job.lease_until = None;
+    job.export_url.clear();
+    job.export_id.clear();
+    job.payloads = 0;
+    job.processed = false;
+    job.import_status = ImportStatus::NotStarted;
+    job.import_request.clear();
+}
+
 /// Claims a window's kick-off: a new attempt, with a lease that marks it as ours until the call is answered.
 fn claim_export(ctx: &Context, job: &Job, repair: bool) -> Action {
     let mut claimed = job.clone();
     claimed.attempt += 1;
-    claimed.export_status = ExportStatus::Starting;
+    ready_to_export(&mut claimed);
     claimed.lease_until = Some(ctx.now + ctx.timing.lease);
-    claimed.export_url.clear();
-    claimed.export_id.clear();
-    claimed.payloads = 0;
-    claimed.processed = false;
-    claimed.import_status = ImportStatus::NotStarted;
-    claimed.import_request.clear();
     let line = if job.export_status == ExportStatus::Failed {
         format!(
             "Exporting window {} to {} again (attempt {})",
@@ -449,14 +455,7 @@ pub(super) fn next_part_or_done(ctx: &Context, mut job: Job) -> Job {
     job.since = job.till;
     job.till = till;
     job.remainder_till = (till < end).then_some(end);
-    job.export_status = ExportStatus::Starting;
-    job.lease_until = None;
-    job.export_url.clear();
-    job.export_id.clear();
-    job.payloads = 0;
-    job.processed = false;
-    job.import_status = ImportStatus::NotStarted;
-    job.import_request.clear();
+    ready_to_export(&mut job);
     job.failure_streak = 0;
     job.end_time = None;
     job

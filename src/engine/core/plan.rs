@@ -169,6 +169,20 @@ fn next_window_start(ctx: &Context, cursor: &Cursor, facts: &Facts) -> Result<Op
     facts.oldest.get(&None).copied().ok_or(Missing::Oldest)
 }
 
+/// Where the next window starts, or what comes first: finding the source's oldest resource, or saying (once)
+/// that it has none.
+fn window_start(ctx: &Context, cursor: &Cursor, facts: &Facts) -> Result<DateTime<Utc>, Box<Option<Action>>> {
+    match next_window_start(ctx, cursor, facts) {
+        Ok(Some(s)) => Ok(s),
+        Ok(None) => Err(Box::new(note_once(
+            facts,
+            "no-data",
+            "The source server has no resources yet; nothing to export",
+        ))),
+        Err(missing) => Err(Box::new(Some(missing.into()))),
+    }
+}
+
 /// The count of `[since, till)` from the facts.
 fn count(
     facts: &Facts,
@@ -199,16 +213,9 @@ fn sized(
 
 fn plan_window(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Option<Action> {
     let cursor = &snapshot.cursor;
-    let since = match next_window_start(ctx, cursor, facts) {
-        Ok(Some(s)) => s,
-        Ok(None) => {
-            return note_once(
-                facts,
-                "no-data",
-                "The source server has no resources yet; nothing to export",
-            );
-        }
-        Err(missing) => return Some(missing.into()),
+    let since = match window_start(ctx, cursor, facts) {
+        Ok(s) => s,
+        Err(first) => return *first,
     };
     let till = planner::window_end_with(ctx.settings, since, ctx.now, ctx.timing.min_tail)?;
     let (till, n) = match sized(ctx, facts, None, since, till) {
@@ -269,16 +276,9 @@ fn plan_per_type(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Option<Ac
     let (window_since, window_till) = match (cursor.global_since, cursor.global_till) {
         (Some(s), Some(t)) => (s, t),
         _ => {
-            let since = match next_window_start(ctx, cursor, facts) {
-                Ok(Some(s)) => s,
-                Ok(None) => {
-                    return note_once(
-                        facts,
-                        "no-data",
-                        "The source server has no resources yet; nothing to export",
-                    );
-                }
-                Err(missing) => return Some(missing.into()),
+            let since = match window_start(ctx, cursor, facts) {
+                Ok(s) => s,
+                Err(first) => return *first,
             };
             let span = ctx.settings.chunk_unit.span(ctx.settings.resource_export_chunk_time);
             let till = (since + span).min(planner::frontier(ctx.settings, ctx.now));

@@ -152,6 +152,9 @@ pub struct MigrationSettings {
     /// one millisecond earlier, so every window is exactly `[since, till)`. `auto`: inclusive for an Azure API
     /// for FHIR host (`*.azurehealthcareapis.com`, not `*.fhir.azurehealthcareapis.com`).
     pub export_till_inclusive: bool,
+    /// `AZURE_CountIntervalMinutes` (default 15, 0: every time): how long whole-server counts for the `Import`
+    /// events are reused. They are counted afresh when an import completes.
+    pub count_interval: TimeDelta,
     /// `AZURE_OverlapExports`: export window N+1 while window N imports.
     pub overlap_exports: bool,
     /// Windows exported or imported at once: `AZURE_MaxWindowsInFlight` (1-10, default 3) with overlap, else 1.
@@ -280,6 +283,7 @@ impl MigrationSettings {
                 }
             },
             safety_lag: TimeDelta::seconds(p.number("AZURE_SafetyLagSeconds", 300i64)),
+            count_interval: TimeDelta::minutes(p.number("AZURE_CountIntervalMinutes", 15i64)),
             export_till_inclusive: match source.get("AZURE_ExportTillInclusive").unwrap_or("auto") {
                 v if v.eq_ignore_ascii_case("auto") => source_uri.as_ref().is_some_and(is_azure_api_for_fhir),
                 v if v.eq_ignore_ascii_case("true") => true,

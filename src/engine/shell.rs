@@ -138,7 +138,10 @@ impl<P: Ports> Shell<'_, P> {
                     snapshot = self.ports.load().await?;
                     facts.marks.insert(mark);
                 }
-                Action::CountTotals => facts.totals = Some(self.ports.totals().await),
+                Action::CountTotals => {
+                    facts.totals = Some(self.ports.totals().await);
+                    facts.totals_counted = true;
+                }
                 Action::CopySearchParameters => {
                     facts.search_parameters_tried = true;
                     self.copy_search_parameters(&mut snapshot, &mut report).await?;

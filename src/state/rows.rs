@@ -133,6 +133,11 @@ pub struct Cursor {
     /// edited `AZURE_ResourceTypes` can neither skip nor repeat a type.
     pub types_done: Vec<String>,
     pub sub_since: Option<DateTime<Utc>>,
+    /// `TotalsAt`, `SourceTotal`, `DestinationTotal`: the last whole-server counts, reused by the `Import`
+    /// events until `AZURE_CountIntervalMinutes` has passed (counting a large server costs request units).
+    pub totals_at: Option<DateTime<Utc>>,
+    pub source_total: String,
+    pub destination_total: String,
     pub etag: Option<ETag>,
 }
 
@@ -275,6 +280,9 @@ impl Cursor {
             type_name: String::new(),
             types_done: Vec::new(),
             sub_since: None,
+            totals_at: None,
+            source_total: String::new(),
+            destination_total: String::new(),
             etag: None,
         }
     }
@@ -295,6 +303,9 @@ impl Cursor {
         e.set_str("resourceTypesDone", self.types_done.join(","));
         e.set_i64("resourceTypeIndex", self.type_index)
             .set_str("multiExport", if self.sub_since.is_some() { "Running" } else { "" });
+        time_str(&mut e, "TotalsAt", self.totals_at);
+        e.set_str("SourceTotal", &self.source_total)
+            .set_str("DestinationTotal", &self.destination_total);
         Ok(e)
     }
 
@@ -319,6 +330,9 @@ impl Cursor {
                 .map(str::to_string)
                 .collect(),
             sub_since: read_time_str(e, "subSinceExportType"),
+            totals_at: read_time_str(e, "TotalsAt"),
+            source_total: e.get_str("SourceTotal").unwrap_or_default().into(),
+            destination_total: e.get_str("DestinationTotal").unwrap_or_default().into(),
             etag: e.etag().cloned(),
         }
     }

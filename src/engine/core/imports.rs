@@ -322,10 +322,25 @@ pub fn poll_imports(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Option
                 .mark(handled),
             ));
         }
-        // Every Import event carries the whole-server totals (the original's contract).
-        let Some(totals) = &facts.totals else {
-            return Some(Action::CountTotals);
+        // Every Import event carries the whole-server totals (the original's contract). Counting a large server
+        // costs request units, so counts are reused for AZURE_CountIntervalMinutes, and made afresh when an
+        // import finishes.
+        let cached = cached_totals(ctx, &snapshot.cursor);
+        let totals = match (&facts.totals, &cached) {
+            (Some(t), _) => t,
+            (None, Some(t)) if matches!(poll, ImportPoll::Running) => t,
+            _ => return Some(Action::CountTotals),
         };
+        if facts.totals_counted && !facts.marks.contains(&Mark::TotalsSaved) {
+            let mut cursor = snapshot.cursor.clone();
+            cursor.totals_at = Some(ctx.now);
+            cursor.source_total = totals.source.clone();
+            cursor.destination_total = totals.destination.clone();
+            return Some(Action::Write {
+                write: Write::Cursor(cursor),
+                notes: Notes::default().mark(Mark::TotalsSaved),
+            });
+        }
         return Some(match poll {
             ImportPoll::Running => {
                 let event = totals.add_to(
@@ -404,7 +419,86 @@ pub fn poll_imports(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Option
     None
 }
 
+/// The counts a recent tick saved, while they are younger than `AZURE_CountIntervalMinutes`.
+fn cached_totals(ctx: &Context, cursor: &crate::state::Cursor) -> Option<super::Totals> {
+    let at = cursor.totals_at?;
+    (ctx.now - at < ctx.settings.count_interval && !cursor.source_total.trim().is_empty()).then(|| super::Totals {
+        source: cursor.source_total.clone(),
+        destination: cursor.destination_total.clone(),
+        ..super::Totals::default()
+    })
+}
+
 /// The import-error policy's decision on a finished import with failed lines.
 pub fn halts(ctx: &Context, failed_lines: i64) -> bool {
     failed_lines > 0 && ctx.settings.import_error_policy == ImportErrorPolicy::Halt
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeDelta;
+
+    use super::*;
+    use crate::engine::core::{Facts, ImportPoll, PostKey, Snapshot, Timer};
+    use crate::state::rows::ExportStatus;
+    use crate::state::{Cursor, Job, Payload};
+
+    /// One window with one running import, polled Running this tick.
+    fn running(now: chrono::DateTime<chrono::Utc>, counted_ago: TimeDelta) -> (Snapshot, Facts) {
+        let mut cursor = Cursor::new();
+        cursor.next_job = 1;
+        cursor.totals_at = Some(now - counted_ago);
+        cursor.source_total = "10".into();
+        cursor.destination_total = "4".into();
+        let mut job = Job::planned(0, now - TimeDelta::days(1), now - TimeDelta::hours(1), "");
+        job.attempt = 1;
+        job.export_status = ExportStatus::Completed;
+        job.payloads = 1;
+        let mut p = Payload::new(0, 1, 1, "import_payload_1.json".into());
+        p.status = ImportStatus::Running;
+        p.attempt = 1;
+        p.import_url = "https://destination/_operations/import/7".into();
+        p.start_time = Some(now - TimeDelta::minutes(1));
+        let mut facts = Facts::default();
+        facts.import_polls.insert(PostKey::of(&p), ImportPoll::Running);
+        let snapshot = Snapshot {
+            cursor,
+            jobs: vec![job],
+            payloads: vec![p],
+        };
+        (snapshot, facts)
+    }
+
+    #[test]
+    fn whole_server_counts_are_reused_within_the_interval() {
+        let settings = crate::engine::sim::settings(&[]);
+        let timing = crate::engine::Timing::default();
+        let now = crate::engine::sim::t0();
+        let ctx = Context {
+            settings: &settings,
+            timing: &timing,
+            timer: Timer::ImportStatus,
+            now,
+            export_table: "export",
+        };
+        let (snapshot, facts) = running(now, TimeDelta::minutes(5));
+        let Some(Action::Note(notes)) = poll_imports(&ctx, &snapshot, &facts) else {
+            panic!("a Running event from the saved counts, without counting")
+        };
+        assert_eq!(notes.events[0].get("SourceResourceCount"), Some("10"));
+        let (stale, facts) = running(now, TimeDelta::minutes(20));
+        assert_eq!(poll_imports(&ctx, &stale, &facts), Some(Action::CountTotals));
+        // A finished import always counts afresh.
+        let (snapshot, mut facts) = running(now, TimeDelta::minutes(1));
+        let key = PostKey::of(&snapshot.payloads[0]);
+        facts.import_polls.insert(
+            key,
+            ImportPoll::Done(crate::fhir::wire::ImportResult {
+                transaction_time: None,
+                output: Vec::new(),
+                error: Vec::new(),
+            }),
+        );
+        assert_eq!(poll_imports(&ctx, &snapshot, &facts), Some(Action::CountTotals));
+    }
 }

@@ -197,6 +197,7 @@ pub enum Mark {
     EmptySkip,
     /// The state was read again after a POST claim, to see every other claim made meanwhile.
     Reloaded(PostKey),
+    TotalsSaved,
 }
 
 /// A count's question: one type (or all) in `[since, till)`.
@@ -216,6 +217,8 @@ pub struct Facts {
     /// Error-file summaries (`None`: the files could not be read with the tool's access).
     pub error_summaries: HashMap<PostKey, Option<ErrorSummary>>,
     pub totals: Option<Totals>,
+    /// Whether `totals` were counted by this tick (and so are saved on the cursor for later ticks).
+    pub totals_counted: bool,
     pub claimed: HashSet<Claim>,
     pub marks: HashSet<Mark>,
     /// Empty ranges skipped this tick.

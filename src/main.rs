@@ -119,27 +119,62 @@ enum Command {
     },
 }
 
+/// Writes a line to stdout, ignoring a closed pipe (`check-config | head -1` must not panic).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// Why a command did not succeed, which decides its exit code: 1 when it ran and found something wrong
+/// (differences, NOT READY, problems, halted), 2 when it could not run at all.
+enum Failure {
+    Found(String),
+    CouldNotRun(String),
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure::CouldNotRun(message)
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let sink = match cli.command {
-        Command::Serve { .. } | Command::Run { .. } => logging::Sink::Stdout,
-        _ => logging::Sink::Stderr,
+    // The host (serve) and long runs log to stdout: the Functions host logs stderr lines as errors without
+    // context. Every other command keeps stdout for its result (valid JSON with --json) and errors on stderr.
+    let host_style = matches!(cli.command, Command::Serve { .. } | Command::Run { .. });
+    let sink = if host_style {
+        logging::Sink::Stdout
+    } else {
+        logging::Sink::Stderr
     };
     logging::init(sink);
+    let report_error = |message: &str| {
+        if host_style {
+            out!("error: {message}");
+        } else {
+            eprintln!("error: {message}");
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            println!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            report_error(&format!("cannot start the async runtime: {e}"));
+            return ExitCode::from(2);
         }
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            // stdout on purpose: the Functions host logs stderr lines as errors without context.
-            println!("error: {message}");
+        Err(Failure::Found(message)) => {
+            report_error(&message);
+            ExitCode::from(1)
+        }
+        Err(Failure::CouldNotRun(message)) => {
+            report_error(&message);
             tracing::error!("{message}");
-            ExitCode::FAILURE
+            ExitCode::from(2)
         }
     }
 }
@@ -152,7 +187,7 @@ fn load_settings(file: Option<&PathBuf>) -> Result<Settings, String> {
     Settings::from_source(&source).map_err(|e| e.to_string())
 }
 
-async fn run(cli: Cli) -> Result<(), String> {
+async fn run(cli: Cli) -> Result<(), Failure> {
     let settings = load_settings(cli.settings.as_ref())?;
     // Logged once per start, secrets redacted by their types' Debug.
     tracing::info!(configuration = ?settings, "effective configuration");
@@ -161,9 +196,9 @@ async fn run(cli: Cli) -> Result<(), String> {
     }
     match cli.command {
         Command::CheckConfig => {
-            println!("configuration is valid:\n{settings:#?}");
+            out!("configuration is valid:\n{settings:#?}");
             for warning in settings.migration.warnings() {
-                println!("warning: {warning}");
+                out!("warning: {warning}");
             }
             Ok(())
         }
@@ -183,7 +218,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             let outcome = fhir_migration_tool::cli::run(&app, &options, Box::pin(shutdown_signal())).await;
             app.shutdown().await;
             let status = outcome?;
-            println!("{}", fhir_migration_tool::cli::format_status(&status));
+            out!("{}", fhir_migration_tool::cli::format_status(&status));
             Ok(())
         }
         Command::Status { json } => {
@@ -194,11 +229,17 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .await
                 .map_err(|e| e.to_string())?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&status).map_err(|e| e.to_string())?);
+                out!("{}", serde_json::to_string_pretty(&status).map_err(|e| e.to_string())?);
             } else {
-                println!("{}", fhir_migration_tool::cli::format_status(&status));
+                out!("{}", fhir_migration_tool::cli::format_status(&status));
             }
-            Ok(())
+            if status.halted {
+                Err(Failure::Found(
+                    "the migration is halted: see the failure above, then clear-retries".into(),
+                ))
+            } else {
+                Ok(())
+            }
         }
         Command::Plan { windows, json } => {
             let app = App::build(settings).map_err(|e| e.to_string())?;
@@ -208,13 +249,13 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .await
                 .map_err(|e| e.to_string())?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&plan).map_err(|e| e.to_string())?);
+                out!("{}", serde_json::to_string_pretty(&plan).map_err(|e| e.to_string())?);
             } else if plan.is_empty() {
-                println!("nothing to export now (caught up, or the source is empty)");
+                out!("nothing to export now (caught up, or the source is empty)");
             } else {
-                println!("{:<26} {:<26} {:>12} {:>9}", "since", "till", "resources", "halvings");
+                out!("{:<26} {:<26} {:>12} {:>9}", "since", "till", "resources", "halvings");
                 for w in plan {
-                    println!("{:<26} {:<26} {:>12} {:>9}", w.since, w.till, w.resources, w.halvings);
+                    out!("{:<26} {:<26} {:>12} {:>9}", w.since, w.till, w.resources, w.halvings);
                 }
             }
             Ok(())
@@ -240,17 +281,20 @@ async fn run(cli: Cli) -> Result<(), String> {
             app.shutdown().await;
             let outcome = outcome?;
             if json {
-                println!(
+                out!(
                     "{}",
                     serde_json::to_string_pretty(&outcome.output).map_err(|e| e.to_string())?
                 );
             } else {
-                print!("{}", outcome.text);
+                {
+                    use std::io::Write as _;
+                    let _ = write!(std::io::stdout(), "{}", outcome.text);
+                };
             }
             if outcome.passed {
                 Ok(())
             } else {
-                Err("verification found differences".into())
+                Err(Failure::Found("verification found differences".into()))
             }
         }
         Command::Cutover {
@@ -272,7 +316,11 @@ async fn run(cli: Cli) -> Result<(), String> {
             app.shutdown().await;
             let report = outcome?;
             show(json, &report, fhir_migration_tool::cutover::describe)?;
-            if report.ready { Ok(()) } else { Err("NOT READY".into()) }
+            if report.ready {
+                Ok(())
+            } else {
+                Err(Failure::Found("NOT READY".into()))
+            }
         }
         Command::Preflight { json } => {
             let app = App::build(settings).map_err(|e| e.to_string())?;
@@ -282,7 +330,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             if report.passed {
                 Ok(())
             } else {
-                Err("preflight found problems (see above)".into())
+                Err(Failure::Found("preflight found problems (see above)".into()))
             }
         }
         Command::Reconcile {
@@ -319,12 +367,12 @@ async fn run(cli: Cli) -> Result<(), String> {
             let report = outcome?;
             show(json, &report, fhir_migration_tool::reconcile::describe)?;
             if let Some(why) = &report.refused {
-                return Err(format!("nothing deleted: {why}"));
+                return Err(Failure::Found(format!("nothing deleted: {why}")));
             }
             if report.clean() {
                 Ok(())
             } else {
-                Err("the servers are not reconciled (see above)".into())
+                Err(Failure::Found("the servers are not reconciled (see above)".into()))
             }
         }
         Command::ClearRetries => {
@@ -332,7 +380,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             let before = app.engine().clear_failures().await.map_err(|e| e.to_string());
             app.shutdown().await;
             let before = before?;
-            println!("maxExportRetries cleared successfully (was {before}).");
+            out!("maxExportRetries cleared successfully (was {before}).");
             Ok(())
         }
         Command::Serve { port } => {
@@ -352,7 +400,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             let served = functions::serve(app.clone(), listener, shutdown_signal()).await;
             // In-flight invocations have finished; send their telemetry before the host's grace period ends.
             app.shutdown().await;
-            served.map_err(|e| format!("server failed: {e}"))
+            served.map_err(|e| Failure::CouldNotRun(format!("server failed: {e}")))
         }
     }
 }
@@ -360,7 +408,7 @@ async fn run(cli: Cli) -> Result<(), String> {
 /// Prints a report as JSON (`--json`) or as the text `describe` makes of it.
 fn show<T: serde::Serialize>(json: bool, report: &T, describe: impl Fn(&T) -> String) -> Result<(), String> {
     if json {
-        println!("{}", serde_json::to_string_pretty(report).map_err(|e| e.to_string())?);
+        out!("{}", serde_json::to_string_pretty(report).map_err(|e| e.to_string())?);
     } else {
         print!("{}", describe(report));
     }

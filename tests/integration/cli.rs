@@ -93,8 +93,18 @@ async fn plan_run_and_status_drive_a_migration_without_a_host() {
         )
         .unwrap();
     let out = tokio::task::block_in_place(|| cli(&stack, &["verify", "--mode", "full"]));
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(1), "differences found: exit 1");
     assert!(String::from_utf8_lossy(&out.stdout).contains("Extra Patient/only-at-destination"));
+    // With --json, stdout is JSON and nothing else, also when the check fails; the error is on stderr.
+    let out = tokio::task::block_in_place(|| cli(&stack, &["verify", "--mode", "full", "--json"]));
+    assert_eq!(out.status.code(), Some(1));
+    let parsed: Result<Value, _> = serde_json::from_slice(&out.stdout);
+    assert!(
+        parsed.is_ok(),
+        "stdout is one JSON document: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("error: verification found differences"));
 }
 
 #[tokio::test]
@@ -110,10 +120,33 @@ async fn check_config_lists_every_problem_and_never_prints_secrets() {
         .env("AZURE_ClientSecret", "super-secret-value")
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    // Could not run: exit 2, the problems on stderr, nothing on stdout.
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
     for expected in ["AZURE_DestinationUri", "AZURE_ExportChunkDuration", "AZURE_TenantId"] {
-        assert!(stdout.contains(expected), "{stdout}");
+        assert!(stderr.contains(expected), "{stderr}");
     }
-    assert!(!stdout.contains("super-secret-value"));
+    assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(!stderr.contains("super-secret-value"));
+}
+
+/// A reader that goes away (`check-config | head -1`) ends the command quietly instead of a panic.
+#[tokio::test]
+async fn a_closed_output_pipe_is_not_a_panic() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fhir-migration-tool"))
+        .arg("check-config")
+        .env_clear()
+        .env("AZURE_StorageConnectionString", "UseDevelopmentStorage=true")
+        .env("AZURE_SourceUri", "https://src.example")
+        .env("AZURE_DestinationUri", "https://dst.example")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the reading end before the tool writes its first line.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
 }

@@ -57,8 +57,10 @@ enum Command {
     },
     /// Dry run: the next windows the planner would export, with their sizes. Starts nothing.
     Plan {
+        /// How many windows to preview.
         #[arg(long, default_value_t = 10)]
         windows: usize,
+        /// Print the result as one JSON document on stdout (errors still go to stderr).
         #[arg(long)]
         json: bool,
     },
@@ -79,12 +81,15 @@ enum Command {
         /// Also list types with no data on either side.
         #[arg(long)]
         include_empty: bool,
+        /// Print the result as one JSON document on stdout (errors still go to stderr).
         #[arg(long)]
         json: bool,
     },
     /// Is it safe to cut over? Reports the lag; with --final (after stopping writes to the source) waits for
     /// quiet, migrates the last tail, runs the full check and a reconciliation, and prints READY or NOT READY.
     Cutover {
+        /// Only after writes to the source have stopped: wait for quiet, migrate the last tail, run the full
+        /// check and a reconciliation, and answer READY or NOT READY.
         #[arg(long = "final")]
         final_check: bool,
         /// Seconds the source must have had no write (at least AZURE_SafetyLagSeconds).
@@ -93,12 +98,14 @@ enum Command {
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 3600)]
         timeout_seconds: u64,
+        /// Print the result as one JSON document on stdout (errors still go to stderr).
         #[arg(long)]
         json: bool,
     },
     /// Check storage, both FHIR servers, the identity's roles and the import mode; prints Pass/Fail and the fix
     /// for each, and exits non-zero when any fails (the same as CheckAccess_Http).
     Preflight {
+        /// Print the result as one JSON document on stdout (errors still go to stderr).
         #[arg(long)]
         json: bool,
     },
@@ -114,6 +121,7 @@ enum Command {
         /// Delete nothing when there are more candidates than this.
         #[arg(long, default_value_t = 100)]
         max_deletes: usize,
+        /// Print the result as one JSON document on stdout (errors still go to stderr).
         #[arg(long)]
         json: bool,
     },
@@ -430,4 +438,26 @@ async fn shutdown_signal() {
     };
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every option of every command says what it does in `--help`.
+    #[test]
+    fn every_option_has_help_text() {
+        let cli = Cli::command();
+        let mut missing = Vec::new();
+        for sub in cli.get_subcommands() {
+            for arg in sub.get_arguments() {
+                if arg.get_id() != "help" && arg.get_help().is_none() {
+                    missing.push(format!("{} --{}", sub.get_name(), arg.get_id()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "options without help: {missing:?}");
+    }
 }

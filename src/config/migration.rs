@@ -10,6 +10,16 @@ use crate::secret::Secret;
 
 /// The R4 resource types the tool migrates in per-type mode and checks after migration: all 146 but
 /// `SearchParameter` (copied through the REST API). The original's list also lacked `SubstanceNucleicAcid`.
+/// Whether a URL points at this machine (a local emulator: no tokens, plain http allowed).
+pub fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
 /// Whether a server URL is an Azure API for FHIR service (its export searches with an inclusive `_till`).
 pub fn is_azure_api_for_fhir(url: &Url) -> bool {
     url.host_str().is_some_and(|h| {
@@ -185,6 +195,8 @@ pub struct MigrationSettings {
     /// `AZURE_ResourceManagerUri` (default `https://management.azure.com`).
     pub resource_manager: Url,
     pub debug: bool,
+    /// Values outside their range that were replaced by the nearest allowed one, said as warnings.
+    pub adjusted: Vec<String>,
 }
 
 impl MigrationSettings {
@@ -312,6 +324,7 @@ impl MigrationSettings {
                 .get("AZURE_IntegrationStorageUri")
                 .and_then(|v| p.parse_url("AZURE_IntegrationStorageUri", v)),
             debug: p.flag(&["AZURE_Debug"], false),
+            adjusted: Vec::new(),
             source: source_uri
                 .clone()
                 .unwrap_or_else(|| Url::parse("https://invalid.invalid").expect("static")),
@@ -320,6 +333,30 @@ impl MigrationSettings {
                 .unwrap_or_else(|| Url::parse("https://invalid.invalid").expect("static")),
         };
         let mut settings = settings;
+        let deep_asked = source
+            .get("AZURE_DeepCheckCount")
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .unwrap_or(0);
+        if deep_asked > MAX_DEEP_CHECK_COUNT {
+            settings.adjusted.push(format!(
+                "AZURE_DeepCheckCount {deep_asked} is more than {MAX_DEEP_CHECK_COUNT}; {MAX_DEEP_CHECK_COUNT} is used"
+            ));
+        }
+        // Tokens travel only over https: a plain-http FHIR server is refused here, where every command sees it,
+        // not only when a token is first needed. Loopback stand-ins (the emulator) are the exception.
+        for (name, url) in [
+            ("AZURE_SourceUri", &source_uri),
+            ("AZURE_DestinationUri", &destination_uri),
+        ] {
+            if let Some(u) = url
+                && u.scheme() != "https"
+                && !is_loopback(u)
+            {
+                p.problem(format!(
+                    "{name} {u} is not https: tokens are only sent over https (loopback emulators excepted)"
+                ));
+            }
+        }
         // Cross-field rules.
         if paused {
             for (name, hour) in [("AZURE_StartTime", start_hour), ("AZURE_EndTime", end_hour)] {
@@ -403,7 +440,7 @@ impl MigrationSettings {
 
     /// Warnings worth logging at start-up (valid, but probably not what the operator wants).
     pub fn warnings(&self) -> Vec<String> {
-        let mut w = Vec::new();
+        let mut w = self.adjusted.clone();
         if self.export_with_history && !self.export_with_delete {
             w.push("AZURE_ExportWithHistory is on without AZURE_ExportWithDelete: deleted resources will come back to life at the destination (their last live version becomes current). Turn on AZURE_ExportWithDelete for a faithful migration.".into());
         }

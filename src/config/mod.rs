@@ -9,7 +9,7 @@ mod source;
 
 pub use migration::{
     ChunkUnit, ClientSecretSettings, ImportErrorPolicy, MAX_DEEP_CHECK_COUNT, MigrationSettings, PauseWindow,
-    default_resource_types,
+    default_resource_types, is_loopback,
 };
 pub use source::SettingsSource;
 

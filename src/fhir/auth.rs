@@ -66,14 +66,7 @@ pub fn scope_for(base: &Url) -> String {
 }
 
 /// Loopback hosts (the local emulators) get no token.
-pub fn is_loopback(url: &Url) -> bool {
-    match url.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        None => false,
-    }
-}
+pub use crate::config::is_loopback;
 
 /// Which server a credential is for: the source may use a client secret, the destination never does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

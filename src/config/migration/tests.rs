@@ -205,3 +205,30 @@ fn an_inclusive_till_is_detected_from_the_source_host_or_set() {
     let bad = parse(&[("AZURE_ExportTillInclusive", "sometimes")]).unwrap_err();
     assert!(bad[0].contains("AZURE_ExportTillInclusive"), "{bad:?}");
 }
+
+#[test]
+fn a_plain_http_server_is_refused_unless_it_is_on_this_machine() {
+    let problems = parse(&[("AZURE_SourceUri", "http://fhir.example.org")]).unwrap_err();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("AZURE_SourceUri") && p.contains("not https")),
+        "{problems:?}"
+    );
+    assert!(parse(&[("AZURE_DestinationUri", "http://127.0.0.1:8080")]).is_ok());
+    assert!(parse(&[("AZURE_DestinationUri", "http://localhost:8080")]).is_ok());
+}
+
+#[test]
+fn an_out_of_range_value_is_said_not_silently_clamped() {
+    let s = parse(&[("AZURE_DeepCheckCount", "5000")]).unwrap();
+    assert_eq!(s.deep_check_count, MAX_DEEP_CHECK_COUNT);
+    assert!(
+        s.warnings()
+            .iter()
+            .any(|w| w.contains("AZURE_DeepCheckCount 5000") && w.contains("1000 is used")),
+        "{:?}",
+        s.warnings()
+    );
+    assert!(parse(&[("AZURE_DeepCheckCount", "50")]).unwrap().adjusted.is_empty());
+}

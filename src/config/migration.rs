@@ -5,29 +5,13 @@
 use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeDelta, Utc};
 use url::Url;
 
+use super::server_url::{is_azure_api_for_fhir, is_loopback};
+
 use super::SettingsSource;
 use crate::secret::Secret;
 
 /// The R4 resource types the tool migrates in per-type mode and checks after migration: all 146 but
 /// `SearchParameter` (copied through the REST API). The original's list also lacked `SubstanceNucleicAcid`.
-/// Whether a URL points at this machine (a local emulator: no tokens, plain http allowed).
-pub fn is_loopback(url: &Url) -> bool {
-    match url.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        None => false,
-    }
-}
-
-/// Whether a server URL is an Azure API for FHIR service (its export searches with an inclusive `_till`).
-pub fn is_azure_api_for_fhir(url: &Url) -> bool {
-    url.host_str().is_some_and(|h| {
-        let h = h.to_ascii_lowercase();
-        h.ends_with(".azurehealthcareapis.com") && !h.ends_with(".fhir.azurehealthcareapis.com")
-    })
-}
-
 /// The largest deep-check sample (each sampled resource is two reads and a row in the report).
 pub const MAX_DEEP_CHECK_COUNT: u32 = 1000;
 

@@ -5,12 +5,14 @@
 //! The engine issue grows this with every migration setting; this module holds what the handler needs to start.
 
 mod migration;
+mod server_url;
 mod source;
 
 pub use migration::{
     ChunkUnit, ClientSecretSettings, ImportErrorPolicy, MAX_DEEP_CHECK_COUNT, MigrationSettings, PauseWindow,
-    default_resource_types, is_loopback,
+    default_resource_types,
 };
+pub use server_url::{is_azure_api_for_fhir, is_loopback};
 pub use source::SettingsSource;
 
 use std::fmt;

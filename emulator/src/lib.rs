@@ -90,20 +90,13 @@ impl RunningEmulator {
     pub fn cancelled_jobs(&self) -> (Vec<u64>, Vec<u64>) {
         let exports = self.shared.exports.lock().unwrap_or_else(|p| p.into_inner());
         let imports = self.shared.imports.lock().unwrap_or_else(|p| p.into_inner());
-        let mut e: Vec<u64> = exports
-            .jobs
-            .iter()
-            .filter(|(_, j)| j.cancelled)
-            .map(|(id, _)| *id)
-            .collect();
-        let mut i: Vec<u64> = imports
-            .jobs
-            .iter()
-            .filter(|(_, j)| j.cancelled)
-            .map(|(id, _)| *id)
-            .collect();
-        e.sort_unstable();
-        i.sort_unstable();
+        fn ids<J>(jobs: &std::collections::HashMap<u64, J>, cancelled: impl Fn(&J) -> bool) -> Vec<u64> {
+            let mut ids: Vec<u64> = jobs.iter().filter(|(_, j)| cancelled(j)).map(|(id, _)| *id).collect();
+            ids.sort_unstable();
+            ids
+        }
+        let e = ids(&exports.jobs, |j| j.cancelled);
+        let i = ids(&imports.jobs, |j| j.cancelled);
         (e, i)
     }
 

@@ -45,11 +45,14 @@ pub trait Ports: Sync {
     fn totals(&self) -> impl Future<Output = Totals> + Send;
     /// Copies the custom SearchParameters: (written, already present), or why it failed.
     fn copy_search_parameters(&self) -> impl Future<Output = Result<(i64, i64), String>> + Send;
+    /// Writes a payload blob; `new_container` when this tick has not written to the container yet (it is
+    /// created if missing once per tick, not once per blob).
     fn put_blob(
         &self,
         container: &str,
         name: &str,
         body: Vec<u8>,
+        new_container: bool,
     ) -> impl Future<Output = Result<(), EngineError>> + Send;
     fn get_blob(
         &self,
@@ -176,8 +179,16 @@ impl Ports for Engine {
         self.copy_custom_search_parameters().await.map_err(|e| e.to_string())
     }
 
-    async fn put_blob(&self, container: &str, name: &str, body: Vec<u8>) -> Result<(), EngineError> {
-        self.blobs.ensure_container(container).await?;
+    async fn put_blob(
+        &self,
+        container: &str,
+        name: &str,
+        body: Vec<u8>,
+        new_container: bool,
+    ) -> Result<(), EngineError> {
+        if new_container {
+            self.blobs.ensure_container(container).await?;
+        }
         self.blobs.put(container, name, body).await?;
         Ok(())
     }

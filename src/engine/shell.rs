@@ -36,6 +36,8 @@ impl<P: Ports> Shell<'_, P> {
         let mut report = TickReport::default();
         let mut snapshot = self.ports.load().await?;
         let mut facts = Facts::default();
+        // Payload containers this tick has created (or found), so each is ensured once, not once per blob.
+        let mut containers: std::collections::HashSet<String> = std::collections::HashSet::new();
         for _ in 0..MAX_ACTIONS {
             let ctx = Context {
                 settings: self.settings,
@@ -86,8 +88,9 @@ impl<P: Ports> Shell<'_, P> {
                     body,
                     mark,
                 } => {
+                    let new_container = containers.insert(container.clone());
                     self.ports
-                        .put_blob(&container, &name, body.to_string().into_bytes())
+                        .put_blob(&container, &name, body.to_string().into_bytes(), new_container)
                         .await?;
                     facts.marks.insert(mark);
                     self.fail.hit("payload-blobs")?;

@@ -343,7 +343,7 @@ impl Ports for SimPorts {
         Ok((0, 0))
     }
 
-    async fn put_blob(&self, container: &str, name: &str, body: Vec<u8>) -> Result<(), EngineError> {
+    async fn put_blob(&self, container: &str, name: &str, body: Vec<u8>, _new: bool) -> Result<(), EngineError> {
         self.enter().await;
         self.world().blobs.insert((container.into(), name.into()), body);
         self.leave().await;

@@ -8,6 +8,7 @@ use crate::config::{Settings, StorageSettings};
 use crate::engine::Engine;
 use crate::fhir::FhirClient;
 use crate::fhir::auth::{Server, token_source};
+use crate::fhir::client::RetryPolicy;
 use crate::state::StateStore;
 use crate::storage::blob::{BlobError, BlobStore};
 use crate::storage::tables::{TableError, TableService};
@@ -59,6 +60,9 @@ const USER_AGENT: &str = concat!("fhir-migration-tool/", env!("CARGO_PKG_VERSION
 const STORAGE_TIMEOUT: Duration = Duration::from_secs(30);
 /// FHIR calls include the import status call, which the server itself may hold for up to 60 s.
 const FHIR_TIMEOUT: Duration = Duration::from_secs(180);
+/// A server that does not even accept the connection in this time is unreachable (a firewall dropping packets,
+/// a private endpoint not resolvable from here); without it a connect would wait out the whole call timeout.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a stopping process waits for queued telemetry to reach App Insights.
 const TELEMETRY_FLUSH: Duration = Duration::from_secs(5);
 
@@ -67,9 +71,18 @@ impl App {
         App::build_with_telemetry(settings, Arc::new(LogTelemetry))
     }
 
+    /// For commands an operator waits on: FHIR calls give up sooner ([`RetryPolicy::interactive`]).
+    pub fn build_interactive(settings: Settings) -> Result<App, StartupError> {
+        App::build_with(settings, Arc::new(LogTelemetry), RetryPolicy::interactive())
+    }
+
     /// Builds every adapter from the settings. Nothing is contacted yet; credentials that cannot even be set
     /// up fail here, at start-up. Telemetry goes to `local` and, when configured, to App Insights.
     pub fn build_with_telemetry(settings: Settings, local: Arc<dyn Telemetry>) -> Result<App, StartupError> {
+        App::build_with(settings, local, RetryPolicy::default())
+    }
+
+    fn build_with(settings: Settings, local: Arc<dyn Telemetry>, retry: RetryPolicy) -> Result<App, StartupError> {
         let app_insights = match &settings.app_insights {
             Some(cs) => {
                 tokio::runtime::Handle::try_current().map_err(|_| StartupError::NoRuntime)?;
@@ -85,6 +98,7 @@ impl App {
         let credential = settings.storage.credential().map_err(StartupError::Credential)?;
         let http = reqwest::Client::builder()
             .timeout(STORAGE_TIMEOUT)
+            .connect_timeout(CONNECT_TIMEOUT)
             .user_agent(USER_AGENT)
             .build()?;
         let tables = TableService::new(settings.storage.table_endpoint().clone(), credential.clone(), http)
@@ -92,13 +106,18 @@ impl App {
         let blobs =
             BlobStore::new(settings.storage.blob_endpoint().clone(), credential)?.with_telemetry(telemetry.clone());
         let m = &settings.migration;
-        let fhir_http = reqwest::Client::builder().timeout(FHIR_TIMEOUT).build()?;
+        let fhir_http = reqwest::Client::builder()
+            .timeout(FHIR_TIMEOUT)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .build()?;
         let source_tokens = token_source(m, Server::Source).map_err(StartupError::FhirCredential)?;
         let destination_tokens = token_source(m, Server::Destination).map_err(StartupError::FhirCredential)?;
         let source = FhirClient::new(m.source.clone(), source_tokens, &m.user_agent, fhir_http.clone())
-            .with_telemetry(telemetry.clone());
+            .with_telemetry(telemetry.clone())
+            .with_retry(retry.clone());
         let destination = FhirClient::new(m.destination.clone(), destination_tokens, &m.user_agent, fhir_http)
-            .with_telemetry(telemetry.clone());
+            .with_telemetry(telemetry.clone())
+            .with_retry(retry);
         let state = StateStore::new(
             tables.table(&settings.chunk_table)?,
             tables.table(&settings.export_table)?,

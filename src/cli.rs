@@ -21,14 +21,29 @@ pub struct RunOptions {
     pub max_duration: Option<Duration>,
 }
 
-fn print_report(function: &str, report: &TickReport) {
-    for line in &report.lines {
-        println!("[{function}] {line}");
+/// One timer's tick, logged inside a span naming the function: the engine logs each line of its report once
+/// (printing the report again made every message appear twice). A conflict is another invocation's turn.
+async fn tick<F>(function: &'static str, work: F)
+where
+    F: std::future::Future<Output = Result<TickReport, crate::engine::EngineError>>,
+{
+    use tracing::Instrument as _;
+    let span = tracing::info_span!("function", name = function);
+    async {
+        match work.await {
+            Ok(_) => {}
+            Err(e) if e.is_conflict() => {}
+            Err(e) => tracing::warn!("failed (the next tick tries again): {e}"),
+        }
     }
+    .instrument(span)
+    .await
 }
 
 /// Drives the three timers like the Functions host would, until stopped (Ctrl-C), caught up, or timed out.
-/// Returns the final status.
+/// Returns the final status. Like the timers under the host, it rides out outages of storage or of a server:
+/// a failed tick or status read is logged and tried again on the next round; only the deadline, a stop, or
+/// (with `until_caught_up`) a halted migration end it.
 pub async fn run(
     app: &App,
     options: &RunOptions,
@@ -36,40 +51,44 @@ pub async fn run(
 ) -> Result<MigrationStatus, String> {
     let engine = app.engine();
     let started = Instant::now();
+    let deadline = options.max_duration.map(|d| started + d);
     let mut next_starter = Instant::now();
+    let mut last_status = None;
     loop {
         let now = Utc::now();
         if Instant::now() >= next_starter {
-            match engine.starter_tick(now).await {
-                Ok(r) => print_report("MigrationOrchestrator", &r),
-                Err(e) if e.is_conflict() => {}
-                Err(e) => println!("[MigrationOrchestrator] failed: {e}"),
-            }
+            tick("MigrationOrchestrator", engine.starter_tick(now)).await;
             next_starter = Instant::now() + options.starter_every;
         }
-        for (name, result) in [
-            ("ExportStatus", engine.export_status_tick(now).await),
-            ("ImportStatus", engine.import_status_tick(now).await),
-        ] {
-            match result {
-                Ok(r) => print_report(name, &r),
-                Err(e) if e.is_conflict() => {}
-                Err(e) => println!("[{name}] failed: {e}"),
+        tick("ExportStatus", engine.export_status_tick(now)).await;
+        tick("ImportStatus", engine.import_status_tick(now)).await;
+        match engine.status(Utc::now()).await {
+            Ok(status) => {
+                if options.until_caught_up && caught_up(app, &status) {
+                    return Ok(status);
+                }
+                if status.halted && options.until_caught_up {
+                    return Err("the migration is halted; see `status` for the failing window, fix the cause, then run `clear-retries`".into());
+                }
+                last_status = Some(status);
             }
+            Err(e) => tracing::warn!("could not read the migration's status (tried again next round): {e}"),
         }
-        let status = engine.status(Utc::now()).await.map_err(|e| e.to_string())?;
-        if options.until_caught_up && caught_up(app, &status) {
-            return Ok(status);
-        }
-        if status.halted && options.until_caught_up {
-            return Err("the migration is halted; see the status for the failing window, fix the cause, then clear the latch (ClearMaxExportRetries_Http)".into());
-        }
-        if options.max_duration.is_some_and(|d| started.elapsed() >= d) {
-            return Ok(status);
-        }
+        let pause = match deadline {
+            Some(d) if Instant::now() >= d => {
+                return last_status.ok_or_else(|| {
+                    "stopped at --max-seconds without ever reading the migration's status (storage unreachable?)"
+                        .to_string()
+                });
+            }
+            Some(d) => options.poll_every.min(d - Instant::now()),
+            None => options.poll_every,
+        };
         tokio::select! {
-            _ = &mut stop => return Ok(status),
-            _ = tokio::time::sleep(options.poll_every) => {}
+            _ = &mut stop => {
+                return last_status.ok_or_else(|| "stopped before the migration's status could be read".to_string());
+            }
+            _ = tokio::time::sleep(pause) => {}
         }
     }
 }

@@ -181,7 +181,6 @@ fn main() -> ExitCode {
         }
         Err(Failure::CouldNotRun(message)) => {
             report_error(&message);
-            tracing::error!("{message}");
             ExitCode::from(2)
         }
     }
@@ -230,7 +229,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Status { json } => {
-            let app = App::build(settings).map_err(|e| e.to_string())?;
+            let app = App::build_interactive(settings).map_err(|e| e.to_string())?;
             let status = app
                 .engine()
                 .status(chrono::Utc::now())
@@ -250,7 +249,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
         }
         Command::Plan { windows, json } => {
-            let app = App::build(settings).map_err(|e| e.to_string())?;
+            let app = App::build_interactive(settings).map_err(|e| e.to_string())?;
             let plan = app
                 .engine()
                 .preview(chrono::Utc::now(), windows)
@@ -278,7 +277,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             use fhir_migration_tool::verify::{local, runs::Checks};
             let checks = Checks::parse(&mode)
                 .ok_or_else(|| format!("--mode '{mode}': use surface, deep, full, all, or a comma-separated mix"))?;
-            let app = App::build(settings).map_err(|e| e.to_string())?;
+            let app = App::build_interactive(settings).map_err(|e| e.to_string())?;
             let request = local::Request {
                 checks,
                 types,
@@ -311,7 +310,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             timeout_seconds,
             json,
         } => {
-            let app = App::build(settings).map_err(|e| e.to_string())?;
+            let app = App::build_interactive(settings).map_err(|e| e.to_string())?;
             let options = fhir_migration_tool::cutover::Options {
                 final_check,
                 quiet: std::time::Duration::from_secs(quiet_seconds),
@@ -331,7 +330,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
         }
         Command::Preflight { json } => {
-            let app = App::build(settings).map_err(|e| e.to_string())?;
+            let app = App::build_interactive(settings).map_err(|e| e.to_string())?;
             let report = fhir_migration_tool::preflight::preflight(&app).await;
             app.shutdown().await;
             show(json, &report, fhir_migration_tool::preflight::describe)?;
@@ -347,7 +346,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             max_deletes,
             json,
         } => {
-            let app = App::build(settings).map_err(|e| e.to_string())?;
+            let app = App::build_interactive(settings).map_err(|e| e.to_string())?;
             let engine = app.engine();
             let options = fhir_migration_tool::reconcile::Options {
                 types: if types.is_empty() {
@@ -384,7 +383,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
         }
         Command::ClearRetries => {
-            let app = App::build(settings).map_err(|e| e.to_string())?;
+            let app = App::build_interactive(settings).map_err(|e| e.to_string())?;
             let before = app.engine().clear_failures().await.map_err(|e| e.to_string());
             app.shutdown().await;
             let before = before?;

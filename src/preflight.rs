@@ -17,6 +17,8 @@ use serde_json::json;
 
 use crate::app::App;
 use crate::fhir::{FhirClient, FhirError, format_instant};
+use crate::storage::blob::BlobError;
+use crate::storage::tables::TableError;
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -85,6 +87,10 @@ pub async fn preflight_with(app: &App, source: &FhirClient, destination: &FhirCl
     let mut checks = Vec::new();
     checks.push(match app.ensure_tables().await {
         Ok(names) => pass("state tables", format!("{} ready", names.join(", "))),
+        // Not reached at all: no role can fix that, so the advice is about the connection.
+        Err(e @ (TableError::Transport { .. } | TableError::Token(_))) => {
+            fail("state tables", e.to_string(), storage_unreachable_fix(app))
+        }
         Err(e) => fail(
             "state tables",
             e.to_string(),
@@ -93,18 +99,33 @@ pub async fn preflight_with(app: &App, source: &FhirClient, destination: &FhirCl
     });
     checks.push(match app.blobs().list("preflight-probe", "").await {
         Ok(_) => pass("state blobs", "blob service answered"),
-        Err(e) if e.to_string().contains("404") => pass("state blobs", "blob service answered"),
-        Err(e) => fail(
+        Err(BlobError::Service { status: 404, .. }) => pass("state blobs", "blob service answered"),
+        Err(e @ BlobError::Service { status: 401 | 403, .. }) => fail(
             "state blobs",
             e.to_string(),
             "grant the function app's identity 'Storage Blob Data Owner' (or Contributor) on the tool's storage account, and check AZURE_BlobStorageUri",
         ),
+        Err(e) => fail("state blobs", e.to_string(), storage_unreachable_fix(app)),
     });
-    checks.push(read_check("source: read", source, "source", "FHIR Data Reader").await);
-    checks.push(export_check(source).await);
-    checks.push(read_check("destination: read", destination, "destination", "FHIR Data Reader").await);
-    checks.push(write_check(destination).await);
-    checks.push(import_check(destination).await);
+    // A server that cannot be reached is reported once; the checks that need it are not run (each would only
+    // wait out its own retries to say the same).
+    let (source_read, source_reached) = read_check("source: read", source, "source", "FHIR Data Reader").await;
+    checks.push(source_read);
+    checks.push(if source_reached {
+        export_check(source).await
+    } else {
+        not_run("source: export", "source")
+    });
+    let (destination_read, destination_reached) =
+        read_check("destination: read", destination, "destination", "FHIR Data Reader").await;
+    checks.push(destination_read);
+    if destination_reached {
+        checks.push(write_check(destination).await);
+        checks.push(import_check(destination).await);
+    } else {
+        checks.push(not_run("destination: write", "destination"));
+        checks.push(not_run("destination: import", "destination"));
+    }
     checks.extend(resource_checks(app).await);
     Report {
         passed: checks.iter().all(|c| c.passed),
@@ -112,22 +133,51 @@ pub async fn preflight_with(app: &App, source: &FhirClient, destination: &FhirCl
     }
 }
 
-async fn read_check(name: &str, client: &FhirClient, server: &str, role: &str) -> Check {
+/// A count on the server, and whether the server answered at all (refusing counts as answering).
+async fn read_check(name: &str, client: &FhirClient, server: &str, role: &str) -> (Check, bool) {
     match client.total(false).await {
-        Ok(n) => pass(name, format!("{n} resources at {}", client.base())),
+        Ok(n) => (pass(name, format!("{n} resources at {}", client.base())), true),
         Err(FhirError::Rejected {
             status, diagnostics, ..
-        }) => fail(
-            name,
-            format!("HTTP {status}: {diagnostics}"),
-            access_fix(status, server, role),
+        }) => (
+            fail(
+                name,
+                format!("HTTP {status}: {diagnostics}"),
+                access_fix(status, server, role),
+            ),
+            true,
         ),
-        Err(e) => fail(
-            name,
-            e.to_string(),
-            format!("check that the {server} URL is right and reachable from the function app"),
+        Err(e) => (fail(name, e.to_string(), unreachable_fix(server, &e)), false),
+    }
+}
+
+/// A check left out because its server could not be reached: a failure, since nothing about it is known.
+fn not_run(name: &str, server: &str) -> Check {
+    fail(
+        name,
+        format!("not run: the {server} could not be reached (see its read check)"),
+        format!("fix the {server}'s read check first"),
+    )
+}
+
+/// What to do when a FHIR server could not be reached or no token could be had for it.
+fn unreachable_fix(server: &str, e: &FhirError) -> String {
+    match e {
+        FhirError::Token(_) => format!(
+            "no token for the {server}: in Azure, enable the function app's managed identity; on a workstation set AZURE_CredentialType=DeveloperTools and sign in with `az login`"
+        ),
+        _ => format!(
+            "the {server} did not answer: check its URL, that it is running, and that it is reachable from where the tool runs (DNS, firewall, private endpoint)"
         ),
     }
+}
+
+/// What to do when the tool's own storage account did not answer.
+fn storage_unreachable_fix(app: &App) -> String {
+    let endpoint = app.settings().storage.table_endpoint();
+    format!(
+        "storage at {endpoint} did not answer: check that it is running (locally: Azurite) and reachable from where the tool runs (DNS, firewall, private endpoint), and the storage setting (AZURE_StorageConnectionString or AZURE_StagingStorageUri); on a workstation with Entra ID storage, set AZURE_CredentialType=DeveloperTools"
+    )
 }
 
 async fn export_check(source: &FhirClient) -> Check {

@@ -72,6 +72,9 @@ impl Shared {
 
 pub(crate) type App = Arc<Shared>;
 
+/// An import input as registered: its URL and the ETag the client sent with it.
+pub type InputFile = (String, Option<String>);
+
 /// A running emulator. Dropping it stops the server and its background jobs.
 pub struct RunningEmulator {
     pub addr: SocketAddr,
@@ -98,6 +101,21 @@ impl RunningEmulator {
         let e = ids(&exports.jobs, |j| j.cancelled);
         let i = ids(&imports.jobs, |j| j.cancelled);
         (e, i)
+    }
+
+    /// Every registered import job's inputs as (url, etag), by job id: tests check what a client sent.
+    pub fn import_inputs(&self) -> Vec<(u64, Vec<InputFile>)> {
+        let imports = self.shared.imports.lock().unwrap_or_else(|p| p.into_inner());
+        let mut jobs: Vec<_> = imports
+            .jobs
+            .iter()
+            .map(|(id, j)| {
+                let inputs = j.spec.inputs.iter().map(|i| (i.url.clone(), i.etag.clone())).collect();
+                (*id, inputs)
+            })
+            .collect();
+        jobs.sort_by_key(|(id, _)| *id);
+        jobs
     }
 
     /// Replaces the faults in force (the same as `PUT /_admin/faults`).

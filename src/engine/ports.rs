@@ -132,7 +132,10 @@ impl Ports for Engine {
         }
         tokio::time::sleep(self.timing.confirm_delay).await;
         match self.source.export_status(url).await {
-            Ok(Poll::Done(manifest)) => ExportPoll::Done(manifest),
+            Ok(Poll::Done(manifest)) => match self.with_etags(manifest).await {
+                Ok(manifest) => ExportPoll::Done(manifest),
+                Err(e) => ExportPoll::Unreachable(e),
+            },
             Ok(_) => ExportPoll::Running,
             Err(e) => ExportPoll::Unreachable(e.to_string()),
         }
@@ -203,7 +206,48 @@ impl Ports for Engine {
     }
 }
 
+/// Export files whose ETags are read at once.
+const ETAG_READS_AT_ONCE: usize = 16;
+
 impl Engine {
+    /// The manifest with each output file's blob ETag, so the `$import` names the exact file version. A file on
+    /// an account the tool cannot read (refused, or not one it knows) goes without an ETag, with a warning: the
+    /// import's own checks (line counts, transaction time) still guard it. Any other failure is retried on the
+    /// next poll.
+    async fn with_etags(
+        &self,
+        mut manifest: crate::fhir::wire::ExportManifest,
+    ) -> Result<crate::fhir::wire::ExportManifest, String> {
+        use futures::{StreamExt, TryStreamExt, stream};
+        let stores = &self.error_stores;
+        // Owned URLs: the futures must be `Send` for any caller, which borrowed items would not allow.
+        let urls: Vec<String> = manifest.output.iter().map(|f| f.url.clone()).collect();
+        let etags: Vec<Option<String>> = stream::iter(urls)
+            .map(|url| async move {
+                let parsed = url::Url::parse(&url).map_err(|e| format!("export file URL {url}: {e}"))?;
+                let Some((store, (container, name))) = stores.iter().find_map(|s| s.locate(&parsed).map(|l| (s, l)))
+                else {
+                    tracing::warn!("export file {container_url} is on a storage account the tool does not know; imported without an ETag", container_url = crate::fhir::client::redact(&parsed));
+                    return Ok(None);
+                };
+                match store.etag(&container, &name).await {
+                    Ok(etag) => Ok(etag),
+                    Err(crate::storage::blob::BlobError::Service { status: 401 | 403, .. }) => {
+                        tracing::warn!("the tool may not read the export file {container}/{name}; imported without an ETag (grant it 'Storage Blob Data Reader' on the export account)");
+                        Ok(None)
+                    }
+                    Err(e) => Err(format!("could not read the ETag of export file {container}/{name}: {e}")),
+                }
+            })
+            .buffered(ETAG_READS_AT_ONCE)
+            .try_collect()
+            .await?;
+        for (file, etag) in manifest.output.iter_mut().zip(etags) {
+            file.etag = etag;
+        }
+        Ok(manifest)
+    }
+
     /// Resources (versions, when history or deletes are exported) with lastUpdated in `[since, till)`, of one
     /// type or all.
     pub(crate) async fn window_count(

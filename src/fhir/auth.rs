@@ -19,8 +19,17 @@ pub enum TokenSource {
     Credential {
         credential: Arc<dyn TokenCredential>,
         scope: String,
+        /// What to check when no token comes: it depends on the kind of credential.
+        hint: &'static str,
     },
 }
+
+/// The advice for a managed identity that gives no token, which is also what a workstation without
+/// `AZURE_CredentialType=DeveloperTools` sees.
+pub const MANAGED_IDENTITY_HINT: &str = "In Azure, check that the Function App's identity is enabled and holds a FHIR data role on this server; on a workstation there is no managed identity: set AZURE_CredentialType=DeveloperTools and sign in with `az login`";
+const DEVELOPER_HINT: &str =
+    "Sign in with `az login` (or `azd auth login`) as an account that holds a FHIR data role on this server";
+const CLIENT_SECRET_HINT: &str = "Check AZURE_TenantId, AZURE_ClientId and AZURE_ClientSecret (and AZURE_AuthorityHost outside the public cloud), and that the app registration holds a FHIR data role on the source";
 
 impl std::fmt::Debug for TokenSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -43,12 +52,19 @@ impl TokenSource {
     pub async fn bearer(&self) -> Result<Option<Secret<String>>, TokenError> {
         match self {
             TokenSource::None => Ok(None),
-            TokenSource::Credential { credential, scope } => {
-                let token = credential.get_token(&[scope.as_str()], None).await.map_err(|e| TokenError {
-                    scope: scope.clone(),
-                    message: e.to_string(),
-                    hint: "Check that the Function App's identity is enabled and holds a FHIR data role on this server",
-                })?;
+            TokenSource::Credential {
+                credential,
+                scope,
+                hint,
+            } => {
+                let token = credential
+                    .get_token(&[scope.as_str()], None)
+                    .await
+                    .map_err(|e| TokenError {
+                        scope: scope.clone(),
+                        message: e.to_string(),
+                        hint,
+                    })?;
                 Ok(Some(Secret::new(token.token.secret().to_string())))
             }
         }
@@ -90,7 +106,7 @@ pub fn token_source(settings: &MigrationSettings, server: Server) -> Result<Toke
         ));
     }
     let scope = scope_for(base);
-    let credential: Arc<dyn TokenCredential> = match (&settings.client_secret, server) {
+    let (credential, hint): (Arc<dyn TokenCredential>, &'static str) = match (&settings.client_secret, server) {
         (Some(cs), Server::Source) => {
             // A custom authority (sovereign or private cloud) replaces the public login endpoint.
             let options = settings.authority_host.as_ref().map(|authority| {
@@ -100,17 +116,22 @@ pub fn token_source(settings: &MigrationSettings, server: Server) -> Result<Toke
                 options.client_options.cloud = Some(Arc::new(azure_core::cloud::CloudConfiguration::from(custom)));
                 options
             });
-            azure_identity::ClientSecretCredential::new(
+            let credential = azure_identity::ClientSecretCredential::new(
                 &cs.tenant_id,
                 cs.client_id.clone(),
                 azure_core::credentials::Secret::new(cs.secret.expose().clone()),
                 options,
             )
-            .map_err(|e| format!("cannot set up the client-secret credential: {e}"))?
+            .map_err(|e| format!("cannot set up the client-secret credential: {e}"))?;
+            (credential, CLIENT_SECRET_HINT)
         }
-        _ => identity(settings)?,
+        _ => (identity(settings)?, identity_hint(settings)),
     };
-    Ok(TokenSource::Credential { credential, scope })
+    Ok(TokenSource::Credential {
+        credential,
+        scope,
+        hint,
+    })
 }
 
 /// The app's own identity: the developer's login when asked for, else the (user- or system-assigned) managed
@@ -132,6 +153,14 @@ fn identity(settings: &MigrationSettings) -> Result<Arc<dyn TokenCredential>, St
     Ok(credential)
 }
 
+fn identity_hint(settings: &MigrationSettings) -> &'static str {
+    if settings.developer_credential {
+        DEVELOPER_HINT
+    } else {
+        MANAGED_IDENTITY_HINT
+    }
+}
+
 /// Tokens for Azure Resource Manager at `base` (the preflight reads the FHIR resources' configuration), with the
 /// app's own identity; none for a loopback stand-in.
 pub fn resource_manager_tokens(settings: &MigrationSettings, base: &Url) -> Result<TokenSource, String> {
@@ -144,6 +173,7 @@ pub fn resource_manager_tokens(settings: &MigrationSettings, base: &Url) -> Resu
     Ok(TokenSource::Credential {
         credential: identity(settings)?,
         scope: scope_for(base),
+        hint: identity_hint(settings),
     })
 }
 
@@ -155,6 +185,30 @@ mod tests {
     fn scope_is_the_server_root() {
         let u = Url::parse("https://ws-fhir.fhir.azurehealthcareapis.com/some/path").unwrap();
         assert_eq!(scope_for(&u), "https://ws-fhir.fhir.azurehealthcareapis.com/.default");
+    }
+
+    /// Without a managed identity (a workstation), the failure says how to use the developer's login instead.
+    #[test]
+    fn a_managed_identity_failure_points_a_workstation_user_at_developer_tools() {
+        use crate::config::{Settings, SettingsSource};
+        let mut source = SettingsSource::default();
+        source.extend([
+            ("AZURE_StorageConnectionString", "UseDevelopmentStorage=true"),
+            ("AZURE_SourceUri", "https://src.example"),
+            ("AZURE_DestinationUri", "https://dst.example"),
+        ]);
+        let settings = Settings::from_source(&source).unwrap();
+        let hint = |s: &crate::config::MigrationSettings| match token_source(s, Server::Source).unwrap() {
+            TokenSource::Credential { hint, .. } => hint,
+            TokenSource::None => panic!("a remote server gets a token"),
+        };
+        assert!(hint(&settings.migration).contains("AZURE_CredentialType=DeveloperTools"));
+        source.extend([("AZURE_CredentialType", "DeveloperTools")]);
+        if let Ok(settings) = Settings::from_source(&source)
+            && let Ok(TokenSource::Credential { hint, .. }) = token_source(&settings.migration, Server::Source)
+        {
+            assert!(hint.contains("az login"), "{hint}");
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! and retries that honour the server's own throttling signals.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde_json::Value;
@@ -13,20 +13,44 @@ use super::auth::TokenSource;
 use crate::telemetry::{Dependency, NoTelemetry, Telemetry};
 
 /// How a call is retried. Kick-offs and polls are all safe to repeat (reference Appendix A and §9), but each
-/// tick must stay bounded, so attempts and total waiting are capped.
+/// tick and each command must stay bounded: attempts are capped, and so is the whole call's time (`budget`,
+/// attempts and waits together; a later attempt gets only what is left of it as its timeout).
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
     pub attempts: u32,
     pub base_delay: Duration,
     pub max_delay: Duration,
+    pub budget: Duration,
 }
 
+/// A retry is logged at warn level (not debug) once the call has been going on, or would wait, this long: a
+/// hiccup stays quiet, an outage shows within seconds.
+const VISIBLE_AFTER: Duration = Duration::from_secs(3);
+/// An attempt is not started with less than this left of the budget: it could not finish anyway.
+const MIN_ATTEMPT: Duration = Duration::from_secs(5);
+
 impl Default for RetryPolicy {
+    /// For the timers (`serve`, `run`): patient, since the next tick would only try again. A call gives up
+    /// after 6 attempts or 4 minutes, well inside the 10-minute function timeout.
     fn default() -> Self {
         RetryPolicy {
             attempts: 6,
             base_delay: Duration::from_secs(2),
             max_delay: Duration::from_secs(60),
+            budget: Duration::from_secs(240),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// For commands an operator waits on (`plan`, `verify`, `preflight`, …): a call gives up after 4 attempts
+    /// or 60 seconds, so an unreachable server is reported within a minute.
+    pub fn interactive() -> RetryPolicy {
+        RetryPolicy {
+            attempts: 4,
+            base_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(15),
+            budget: Duration::from_secs(60),
         }
     }
 }
@@ -115,6 +139,8 @@ impl FhirClient {
         build: impl Fn(RequestBuilder) -> RequestBuilder,
         retry: bool,
     ) -> Result<Response, FhirError> {
+        let started = Instant::now();
+        let deadline = started + self.retry.budget;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -122,39 +148,59 @@ impl FhirClient {
                 .http
                 .request(method.clone(), url.clone())
                 .header("user-agent", &self.user_agent);
+
             if let Some(token) = self.tokens.bearer().await? {
                 request = request.bearer_auth(token.expose());
             }
             // Named by method and path; the query stays out of the name (it is in the URL).
             let timer = Dependency::http("HTTP", url, format!("{method} {}", url.path()), chrono::Utc::now());
-            let outcome = build(request).send().await;
+            // An attempt gets what is left of the budget for its answer to start (the client's own timeout,
+            // which also covers reading the body, applies too).
+            let left = deadline.saturating_duration_since(Instant::now()).max(MIN_ATTEMPT);
+            let outcome = match tokio::time::timeout(left, build(request).send()).await {
+                Ok(Ok(resp)) => Ok(resp),
+                Ok(Err(e)) => Err((describe(&e), e.is_connect() || e.is_timeout() || e.is_request())),
+                Err(_) => Err((format!("timed out: no answer within {} s", left.as_secs()), true)),
+            };
             let status = outcome.as_ref().ok().map(|r| r.status().as_u16());
             self.telemetry
                 .dependency(timer.finish(status, status.is_some_and(|s| s < 400)));
-            let last = !retry || attempt >= self.retry.attempts;
-            let wait = match &outcome {
+            let mut last = !retry || attempt >= self.retry.attempts;
+            // The wait the server asks for or the backoff, and whether another attempt still fits the budget.
+            let planned = match &outcome {
+                Ok(resp) => retry_hint(resp).unwrap_or_else(|| self.backoff(attempt)),
+                Err(_) => self.backoff(attempt),
+            }
+            .min(self.retry.max_delay);
+            last |= Instant::now() + planned + MIN_ATTEMPT > deadline;
+            let reason = match &outcome {
                 Ok(resp) => {
                     let status = resp.status();
-                    let hint = retry_hint(resp);
                     let transient = status == StatusCode::REQUEST_TIMEOUT
                         || status.is_server_error()
                         || status == StatusCode::TOO_MANY_REQUESTS;
                     if !transient || last {
                         return Ok(outcome.expect("matched Ok"));
                     }
-                    hint.unwrap_or_else(|| self.backoff(attempt))
+                    format!("HTTP {status}")
                 }
-                Err(e) if !last && (e.is_connect() || e.is_timeout() || e.is_request()) => self.backoff(attempt),
+                Err((message, repeatable)) if !last && *repeatable => message.clone(),
                 Err(_) => {
-                    let e = outcome.expect_err("matched Err");
+                    let (message, _) = outcome.expect_err("matched Err");
                     return Err(FhirError::Transport {
                         url: redact(url),
-                        message: describe(&e),
+                        message,
                     });
                 }
             };
-            tracing::debug!(url = %redact(url), attempt, wait_ms = wait.as_millis() as u64, "retrying FHIR call");
-            tokio::time::sleep(wait.min(self.retry.max_delay)).await;
+            let (next, of, secs) = (attempt + 1, self.retry.attempts, planned.as_secs_f64());
+            let host = url.host_str().unwrap_or_default();
+            if started.elapsed() + planned >= VISIBLE_AFTER {
+                tracing::warn!("{host}: retrying {next}/{of} in {secs:.0} s: {reason} ({})", url.path());
+            } else {
+                tracing::debug!("{host}: retrying {next}/{of} in {secs:.1} s: {reason} ({})", url.path());
+            }
+            tokio::time::sleep(planned).await;
         }
     }
 
@@ -277,9 +323,13 @@ fn describe(e: &reqwest::Error) -> String {
     } else {
         "request failed"
     };
-    // reqwest's own text may include the URL; keep it out and name the kind of failure instead.
-    format!(
-        "{kind}: {}",
-        std::error::Error::source(e).map(|s| s.to_string()).unwrap_or_default()
-    )
+    // reqwest's own text may include the URL; keep it out and name the kind of failure instead, with the
+    // innermost cause ("Connection refused", "dns error: …"), which is what an operator can act on.
+    let mut cause = std::error::Error::source(e);
+    let mut text = String::new();
+    while let Some(c) = cause {
+        text = c.to_string();
+        cause = c.source();
+    }
+    format!("{kind}: {text}")
 }

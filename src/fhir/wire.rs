@@ -29,6 +29,9 @@ pub struct ExportFile {
     pub url: String,
     #[serde(default)]
     pub count: u64,
+    /// Not in the manifest: the file's blob ETag, read by the tool before it builds the `$import` body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
 }
 
 /// An import result (200, or a 202 partial).
@@ -86,10 +89,16 @@ pub fn import_parameters(mode: &str, files: &[ExportFile], unit_bytes: Option<u6
         parameter.push(json!({ "name": "processingUnitBytesToRead", "valueInteger": bytes }));
     }
     for f in files {
-        parameter.push(json!({ "name": "input", "part": [
-            { "name": "type", "valueString": f.resource_type },
-            { "name": "url", "valueUri": f.url }
-        ]}));
+        let mut part = vec![
+            json!({ "name": "type", "valueString": f.resource_type }),
+            json!({ "name": "url", "valueUri": f.url }),
+        ];
+        // The server checks the file still has this ETag, and the ETag makes the definition (which the server
+        // de-duplicates on) differ from any older job that named the same URL.
+        if let Some(etag) = &f.etag {
+            part.push(json!({ "name": "etag", "valueString": etag }));
+        }
+        parameter.push(json!({ "name": "input", "part": part }));
     }
     json!({ "resourceType": "Parameters", "parameter": parameter })
 }
@@ -125,15 +134,34 @@ mod tests {
 
     #[test]
     fn import_parameters_have_the_servers_shape() {
-        let files = [ExportFile {
-            resource_type: "Patient".into(),
-            url: "https://a/b.ndjson".into(),
-            count: 1,
-        }];
+        let files = [
+            ExportFile {
+                resource_type: "Patient".into(),
+                url: "https://a/b.ndjson".into(),
+                count: 1,
+                etag: None,
+            },
+            ExportFile {
+                resource_type: "Patient".into(),
+                url: "https://a/c.ndjson".into(),
+                count: 1,
+                etag: Some("\"0x8DC\"".into()),
+            },
+        ];
         let p = import_parameters("IncrementalLoad", &files, Some(9_999_999));
         assert_eq!(p["parameter"][0]["valueString"], "application/fhir+ndjson");
         assert_eq!(p["parameter"][1]["valueString"], "IncrementalLoad");
         assert_eq!(p["parameter"][2]["valueInteger"], 9_999_999);
         assert_eq!(p["parameter"][3]["part"][1]["valueUri"], "https://a/b.ndjson");
+        assert_eq!(
+            p["parameter"][3]["part"].as_array().unwrap().len(),
+            2,
+            "no etag part without an ETag"
+        );
+        // The server reads the etag part as a string (fhir-server ImportRequestExtensions: TryGetStringValue).
+        assert_eq!(
+            p["parameter"][4]["part"][2],
+            json!({ "name": "etag", "valueString": "\"0x8DC\"" })
+        );
     }
 }

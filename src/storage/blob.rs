@@ -218,6 +218,22 @@ impl BlobStore {
         }
     }
 
+    /// A blob's ETag (as the service writes it, quotes included); `None` if the blob does not exist. The tool
+    /// sends it with each `$import` input, so a file rewritten under an old name is a new import definition
+    /// rather than a match for an old job (reference §4.2: registration is idempotent on the definition).
+    pub async fn etag(&self, container: &str, name: &str) -> Result<Option<String>, BlobError> {
+        use azure_storage_blob::models::BlobClientGetPropertiesResultHeaders as _;
+        let blob = self.client()?.blob_client(container, name);
+        let timer = self.track("GetBlobProperties", container, name);
+        let result = blob.get_properties(None).await;
+        self.report(timer, &result, 200, 404);
+        match result {
+            Ok(response) => Ok(response.etag().ok().flatten().map(|e| e.to_string())),
+            Err(e) if e.http_status().map(u16::from) == Some(404) => Ok(None),
+            Err(e) => Err(describe("get properties", container, name, e)),
+        }
+    }
+
     /// Names of the blobs in `container` whose names start with `prefix`, in name order.
     pub async fn list(&self, container: &str, prefix: &str) -> Result<Vec<String>, BlobError> {
         let client = self.client()?.blob_container_client(container);

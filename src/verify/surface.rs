@@ -1,7 +1,7 @@
 //! The surface check: per resource type, the number of current resources on both servers — and, when
 //! history or deletes are migrated, the number of versions too. Pass when every count matches.
 
-use futures::{StreamExt, stream};
+use futures::{StreamExt, TryStreamExt, stream};
 use serde::{Deserialize, Serialize};
 
 use crate::fhir::{FhirClient, FhirError};
@@ -56,27 +56,28 @@ pub async fn surface(
             std::iter::once(current).chain(versions)
         })
         .collect();
-    let results: Vec<Result<SurfaceRow, FhirError>> = stream::iter(jobs)
+    // The first failure ends the check: a server that cannot be reached for one type cannot be for the next
+    // hundred either, and waiting out each of them made an unreachable server a 40-minute silence.
+    let results: Vec<SurfaceRow> = stream::iter(jobs)
         .map(|(t, versions, query)| async move {
-            let (s, d) = tokio::join!(source.count_of(&query), destination.count_of(&query));
-            Ok(row(&t, if versions { "versions" } else { "current" }, s?, d?))
+            let (s, d) = tokio::try_join!(source.count_of(&query), destination.count_of(&query))?;
+            Ok::<_, FhirError>(row(&t, if versions { "versions" } else { "current" }, s, d))
         })
         .buffered(CONCURRENCY)
-        .collect()
-        .await;
+        .try_collect()
+        .await?;
     let mut rows = Vec::new();
     for r in results {
-        let r = r?;
         if include_empty || r.source_count > 0 || r.destination_count > 0 {
             rows.push(r);
         }
     }
     // Whole-server totals last, as the original's dashboard shows them.
-    let (s, d) = tokio::join!(source.total(false), destination.total(false));
-    rows.push(row("Total", "current", s?, d?));
+    let (s, d) = tokio::try_join!(source.total(false), destination.total(false))?;
+    rows.push(row("Total", "current", s, d));
     if history {
-        let (s, d) = tokio::join!(source.total(true), destination.total(true));
-        rows.push(row("Total", "versions", s?, d?));
+        let (s, d) = tokio::try_join!(source.total(true), destination.total(true))?;
+        rows.push(row("Total", "versions", s, d));
     }
     let passed = rows.iter().all(|r| r.result == "Pass");
     Ok(SurfaceReport { rows, passed })

@@ -5,9 +5,18 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::migration::{assert_same, seed, stack};
+use crate::migration::{assert_same, seed, stack, stack_on};
 
 fn cli(stack: &crate::migration::Stack, args: &[&str]) -> std::process::Output {
+    cli_with(stack, args, &[])
+}
+
+/// The binary with the stack's settings, `overrides` replacing some of them.
+fn cli_with(stack: &crate::migration::Stack, args: &[&str], overrides: &[(&str, &str)]) -> std::process::Output {
+    command(stack, args, overrides).output().expect("the binary runs")
+}
+
+fn command(stack: &crate::migration::Stack, args: &[&str], overrides: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_fhir-migration-tool"));
     cmd.args(args)
         .env_clear()
@@ -26,7 +35,8 @@ fn cli(stack: &crate::migration::Stack, args: &[&str]) -> std::process::Output {
         cmd.env(name, stack.source_settings.get(name).unwrap());
     }
     cmd.env("AZURE_ExportConfirmSeconds", "0");
-    cmd.output().expect("the binary runs")
+    cmd.envs(overrides.iter().copied());
+    cmd
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,6 +73,18 @@ async fn plan_run_and_status_drive_a_migration_without_a_host() {
         stdout.contains("Export") && stdout.contains("migrated through"),
         "{stdout}"
     );
+    // Each engine message is printed once (it used to come again as a "[Function] message" line), and the
+    // log line names the function that said it.
+    let finished: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.split_once("fhir_migration_tool::engine: ").map(|(_, m)| m))
+        .filter(|m| m.starts_with("Export ") && m.contains(" finished"))
+        .collect();
+    assert!(!finished.is_empty(), "{stdout}");
+    for message in finished {
+        assert_eq!(stdout.matches(message).count(), 1, "printed more than once: {message}");
+    }
+    assert!(stdout.contains(r#"function{name="ExportStatus"}"#), "{stdout}");
     assert_same(stack.source.store(), stack.destination.store());
 
     let out = tokio::task::block_in_place(|| cli(&stack, &["status", "--json"]));
@@ -149,4 +171,89 @@ async fn a_closed_output_pipe_is_not_a_panic() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
+
+/// A server that refuses connections: the retries show on stderr while they happen ("retrying 4/4 in 4 s:
+/// could not connect"), and each command fails within the documented minute with exit code 2, instead of
+/// minutes of silence (a surface check over 146 types used to wait out every type's retries).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_server_shows_its_retries_and_fails_within_a_minute() {
+    let stack = stack(&[]).await;
+    let refused = [("AZURE_SourceUri", "http://127.0.0.1:1")];
+    for args in [
+        &["plan", "--json"][..],
+        &["verify", "--mode", "surface", "--json"],
+        &["preflight"],
+    ] {
+        let started = std::time::Instant::now();
+        let out = tokio::task::block_in_place(|| cli_with(&stack, args, &refused));
+        let elapsed = started.elapsed();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let expected = if args[0] == "preflight" { 1 } else { 2 };
+        assert_eq!(out.status.code(), Some(expected), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("retrying 4/4 in") && stderr.contains("could not connect"),
+            "{args:?}: the retries are shown: {stderr}"
+        );
+        assert!(
+            elapsed < std::time::Duration::from_secs(75),
+            "{args:?} took {elapsed:?}"
+        );
+        if args[0] == "preflight" {
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                stdout.contains("did not answer"),
+                "connection advice, not a role: {stdout}"
+            );
+            assert!(stdout.contains("not run: the source could not be reached"), "{stdout}");
+        }
+    }
+}
+
+/// `run --max-seconds 3` stops after about three seconds, not after the next 30-second poll interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_stops_at_max_seconds() {
+    let stack = stack(&[]).await;
+    seed(&stack, 50, 5);
+    let started = std::time::Instant::now();
+    let out = tokio::task::block_in_place(|| cli(&stack, &["run", "--max-seconds", "3"]));
+    let elapsed = started.elapsed();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(elapsed < std::time::Duration::from_secs(20), "ran {elapsed:?}");
+}
+
+/// `run` is a long-running process: a storage outage of several seconds is ridden out like the timers do,
+/// and the migration completes once storage is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_rides_out_a_storage_outage() {
+    let mut stack = stack_on(fhir_testkit::Azurite::start_persistent().await.unwrap(), &[]).await;
+    seed(&stack, 300, 9);
+    let args = [
+        "run",
+        "--until-caught-up",
+        "--poll-every",
+        "1",
+        "--starter-every",
+        "1",
+        "--max-seconds",
+        "300",
+    ];
+    let child = command(&stack, &args, &[])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Let it start, then take storage away for eight seconds.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    stack.azurite.stop();
+    tokio::time::sleep(std::time::Duration::from_secs(8)).await;
+    stack.azurite.restart().await.unwrap();
+    let out = tokio::task::block_in_place(|| child.wait_with_output().unwrap());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("could not reach table storage"),
+        "the outage was met, and logged: {stdout}"
+    );
+    assert_same(stack.source.store(), stack.destination.store());
 }

@@ -438,7 +438,7 @@ async fn deidentified_export_truncates_overflowing_decimals_so_imports_succeed()
     assert!(errors.is_empty());
     let config = fhir_emulator::TRUNCATE_QUANTITIES;
     let blob = fhir_emulator::blob::BlobClient::new(fhir_emulator::blob::BlobConfig {
-        endpoint: url::Url::parse(&stack._azurite.blob_endpoint()).unwrap(),
+        endpoint: url::Url::parse(&stack.azurite.blob_endpoint()).unwrap(),
         account: fhir_testkit::DEV_ACCOUNT.into(),
         key: fhir_testkit::DEV_KEY.into(),
     })

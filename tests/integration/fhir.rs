@@ -73,6 +73,7 @@ async fn tokens_never_follow_a_status_url_to_another_host() {
     let tokens = TokenSource::Credential {
         credential: Arc::new(FixedToken),
         scope: "https://src.example/.default".into(),
+        hint: "test",
     };
     let c = client(&source, tokens);
     let accepted = c.export("_isParallel=true").await.unwrap();
@@ -140,6 +141,7 @@ async fn a_hanging_server_times_out_with_the_url_in_the_error() {
         attempts: 2,
         base_delay: Duration::from_millis(10),
         max_delay: Duration::from_millis(20),
+        budget: Duration::from_secs(10),
     });
     let err = c.total(false).await.unwrap_err();
     match err {
@@ -191,6 +193,7 @@ async fn oversized_bodies_are_refused_instead_of_buffered() {
             attempts: 1,
             base_delay: Duration::from_millis(10),
             max_delay: Duration::from_millis(10),
+            budget: Duration::from_secs(10),
         });
         let started = Instant::now();
         match c.get_json("Patient").await {

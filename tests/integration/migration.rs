@@ -19,7 +19,7 @@ use crate::support::unique_name;
 
 pub struct Stack {
     /// Kept alive for the stack's lifetime (dropping it stops Azurite).
-    pub _azurite: Azurite,
+    pub azurite: Azurite,
     pub source: RunningEmulator,
     pub destination: RunningEmulator,
     pub _app: App,
@@ -79,7 +79,11 @@ pub fn base_settings(
 
 /// A stack with the given extra settings (on top of: history and deletes on, 2-day windows, 60 s lag).
 pub async fn stack(extra: &[(&str, &str)]) -> Stack {
-    let azurite = Azurite::start().await.unwrap();
+    stack_on(Azurite::start().await.unwrap(), extra).await
+}
+
+/// A stack on a given Azurite (a persistent one can be stopped and restarted mid-test).
+pub async fn stack_on(azurite: Azurite, extra: &[(&str, &str)]) -> Stack {
     let source = emulator(Flavor::Aapi, &azurite).await;
     let destination = emulator(Flavor::Ahds, &azurite).await;
     let mut s = SettingsSource::default();
@@ -94,7 +98,7 @@ pub async fn stack(extra: &[(&str, &str)]) -> Stack {
         ..Timing::default()
     });
     Stack {
-        _azurite: azurite,
+        azurite,
         source,
         destination,
         _app: app,
@@ -250,4 +254,16 @@ async fn parallel_mode_migrates_every_version_over_many_windows() {
     let status = stack.engine.status(Utc::now()).await.unwrap();
     assert!(status.reminder.unwrap().contains("$reindex"));
     assert_eq!(status.failures, 0);
+    // Every import names each file with its blob's ETag (issue 19): a file rewritten under an old name is a
+    // new import definition, never a match for an old job, and the server checks the file is still that one.
+    let jobs = stack.destination.import_inputs();
+    assert!(jobs.len() >= 12, "{} import jobs", jobs.len());
+    let blobs = stack._app.blobs();
+    for (id, inputs) in jobs {
+        for (url, etag) in inputs {
+            let (container, name) = blobs.locate(&url::Url::parse(&url).unwrap()).expect("an Azurite blob");
+            let current = blobs.etag(&container, &name).await.unwrap().expect("the file exists");
+            assert_eq!(etag.as_deref(), Some(current.as_str()), "import {id}: {url}");
+        }
+    }
 }

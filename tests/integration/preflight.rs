@@ -153,6 +153,7 @@ async fn initial_import_mode_a_missing_role_and_unconfigured_import_fail_with_th
         TokenSource::Credential {
             credential: Arc::new(Token(token)),
             scope: "x/.default".into(),
+            hint: "test",
         },
         "preflight-test",
         reqwest::Client::new(),

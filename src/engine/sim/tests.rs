@@ -250,6 +250,7 @@ fn an_old_import_job_handed_back_for_the_same_definition_is_not_taken_for_this_p
             resource_type: "Observation".into(),
             url: old_file.into(),
             count: 0,
+            etag: None,
         }],
         None,
     );

@@ -303,6 +303,7 @@ impl World {
                     resource_type: resource_type.into(),
                     url: file,
                     count: part.len() as u64,
+                    etag: None,
                 });
             }
         }

@@ -39,7 +39,7 @@ pub enum TableError {
         source: reqwest::Error,
     },
     #[error(
-        "could not get an access token for table storage: {0}. Check that the Function App's managed identity is enabled and has the 'Storage Table Data Contributor' role on the storage account"
+        "could not get an access token for table storage: {0}. In Azure, check that the Function App's managed identity is enabled and has the 'Storage Table Data Contributor' role on the storage account; on a workstation set AZURE_CredentialType=DeveloperTools and sign in with `az login`"
     )]
     Token(String),
     #[error("table storage sent a response the tool cannot read during {operation}: {detail}")]

@@ -76,6 +76,7 @@ impl Sender {
             detail: format!("could not build a request URL: {e}"),
         })?;
         let body = body.map(|b| serde_json::to_vec(&b).expect("JSON values always serialize"));
+        let started = std::time::Instant::now();
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -106,8 +107,18 @@ impl Sender {
                 }
             };
             if retry {
-                tracing::debug!(operation, table, attempt, "table storage busy or unreachable; retrying");
-                tokio::time::sleep(Duration::from_millis(200 * 4u64.pow(attempt - 1))).await;
+                let wait = Duration::from_millis(200 * 4u64.pow(attempt - 1));
+                let next = attempt + 1;
+                if started.elapsed() + wait >= Duration::from_secs(3) {
+                    tracing::warn!(
+                        "table storage busy or unreachable ({operation} {table}): retrying {next}/{ATTEMPTS}"
+                    );
+                } else {
+                    tracing::debug!(
+                        "table storage busy or unreachable ({operation} {table}): retrying {next}/{ATTEMPTS}"
+                    );
+                }
+                tokio::time::sleep(wait).await;
             }
         }
     }

@@ -7,7 +7,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use azure_core::http::RequestContent;
+use azure_core::http::{ExponentialRetryOptions, RequestContent, RetryOptions};
 use azure_storage_blob::{BlobServiceClient, BlobServiceClientOptions};
 use base64::Engine as _;
 use chrono::{DateTime, Duration, Utc};
@@ -135,10 +135,19 @@ impl BlobStore {
             .endpoint
             .host_str()
             .is_some_and(|h| h == "127.0.0.1" || h == "localhost");
-        let options = loopback.then(|| BlobServiceClientOptions {
-            version: AZURITE_API_VERSION.into(),
-            ..Default::default()
+        let mut options = BlobServiceClientOptions::default();
+        if loopback {
+            options.version = AZURITE_API_VERSION.into();
+        }
+        // The SDK's default retries a refused connection 8 times over up to a minute, silently; like the Table
+        // client, a blob call is tried 3 times within seconds and then reported (the next tick tries again).
+        options.client_options.retry = RetryOptions::exponential(ExponentialRetryOptions {
+            initial_delay: azure_core::time::Duration::milliseconds(200),
+            max_retries: 2,
+            max_total_elapsed: azure_core::time::Duration::seconds(15),
+            max_delay: azure_core::time::Duration::seconds(2),
         });
+        let options = Some(options);
         let base = self.endpoint.as_str().trim_end_matches('/');
         let (client, expiry) = match &self.credential {
             StorageCredential::SharedKey { account, key } => {

@@ -210,6 +210,56 @@ async fn an_unreachable_server_shows_its_retries_and_fails_within_a_minute() {
     }
 }
 
+/// Storage that does not answer gets advice about the connection, not a role to grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preflight_against_stopped_storage_advises_on_the_connection() {
+    let stack = stack(&[]).await;
+    let connection = stack.source_settings.get("AZURE_StorageConnectionString").unwrap();
+    // Every endpoint moved to a port nothing listens on.
+    let stopped: String = connection
+        .split(';')
+        .map(|part| match part.split_once("=http://127.0.0.1:") {
+            Some((name, rest)) => {
+                let path = rest.split_once('/').map(|(_, p)| p).unwrap_or("");
+                format!("{name}=http://127.0.0.1:1/{path}")
+            }
+            None => part.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(";");
+    assert_ne!(stopped, connection);
+    let started = std::time::Instant::now();
+    let out = tokio::task::block_in_place(|| {
+        cli_with(
+            &stack,
+            &["preflight", "--json"],
+            &[("AZURE_StorageConnectionString", &stopped)],
+        )
+    });
+    // The blob SDK's own default retried a refused connection for over a minute.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for name in ["state tables", "state blobs"] {
+        let check = report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap();
+        assert_eq!(check["passed"], false);
+        let fix = check["fix"].as_str().unwrap();
+        assert!(
+            fix.contains("did not answer") && !fix.contains("grant"),
+            "{name}: {fix}"
+        );
+    }
+}
+
 /// `run --max-seconds 3` stops after about three seconds, not after the next 30-second poll interval.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_stops_at_max_seconds() {

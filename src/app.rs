@@ -130,6 +130,7 @@ impl App {
             source,
             destination,
             blobs.clone(),
+            crate::ledger::Ledger::new(tables.table(&settings.failure_table)?, &m.partition_key),
             telemetry.clone(),
         );
         // Import error files live on the export/import account; read them from there when it is named, and

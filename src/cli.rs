@@ -133,6 +133,23 @@ pub fn format_status(s: &MigrationStatus) -> String {
             "running"
         }
     ));
+    let f = &s.import_failures;
+    if f.total > 0 {
+        out.push(format!(
+            "import failures:   {} not at the destination ({} permanent, {} retried automatically); {} resolved, {} benign, {} accepted{}",
+            f.unresolved(),
+            f.permanent_unresolved,
+            f.transient_pending,
+            f.resolved,
+            f.benign,
+            f.accepted,
+            if f.permanent_unresolved > 0 {
+                " — see `failures`"
+            } else {
+                ""
+            }
+        ));
+    }
     if s.windows_in_flight.is_empty() {
         out.push("in flight:         nothing".into());
     }

@@ -44,6 +44,11 @@ pub struct Report {
     pub full_check_compared: Option<u64>,
     pub full_check_passed: Option<bool>,
     pub reconcile_clean: Option<bool>,
+    /// The failure ledger: cut-over is NOT READY while any version an import refused is neither at the
+    /// destination nor accepted by an operator.
+    pub import_failures: crate::ledger::Summary,
+    /// The accepted losses, each with its reason (they do not block, but every report names them).
+    pub accepted_failures: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -182,6 +187,26 @@ async fn finish(app: &App, mut report: Report, history: bool) -> Result<Report, 
             .reasons
             .push("the migration is halted: see MigrationStatus_Http".into());
     }
+    let ledger = engine.ledger().list(None).await.map_err(EngineError::from)?;
+    report.import_failures = crate::ledger::Summary::of(&ledger);
+    report.accepted_failures = ledger
+        .iter()
+        .filter(|e| e.state == crate::ledger::State::Accepted)
+        .map(|e| format!("{}: {}", e.describe(), e.resolution))
+        .collect();
+    let f = &report.import_failures;
+    if f.permanent_unresolved > 0 {
+        report.reasons.push(format!(
+            "{} resource version(s) an import refused are not at the destination: list them with `failures`, fix the cause and `failures retry`, or `failures accept` them with a reason",
+            f.permanent_unresolved
+        ));
+    }
+    if f.transient_pending > 0 {
+        report.reasons.push(format!(
+            "{} resource version(s) are waiting for their automatic retry (see `failures`)",
+            f.transient_pending
+        ));
+    }
     if report.pending_source_versions > 0 {
         report.reasons.push(format!(
             "{} source versions are newer than the migrated-through time",
@@ -222,6 +247,19 @@ pub fn describe(r: &Report) -> String {
             "reconciliation:        {}\n",
             if clean { "nothing to do" } else { "differences" }
         ));
+    }
+    let f = &r.import_failures;
+    if f.total > 0 {
+        out.push_str(&format!(
+            "import failures:       {} unresolved, {} resolved, {} benign, {} accepted\n",
+            f.unresolved(),
+            f.resolved,
+            f.benign,
+            f.accepted
+        ));
+    }
+    for accepted in &r.accepted_failures {
+        out.push_str(&format!("  accepted loss: {accepted}\n"));
     }
     if r.ready {
         out.push_str("\nREADY: the destination holds everything the source holds; point the applications at it.\n");

@@ -20,6 +20,7 @@
 //! - [`storage`]: Table storage (state, ETag-guarded) and Blob storage (`$import` payloads).
 //! - [`secret`]: a wrapper that keeps keys and tokens out of logs.
 //! - [`instant`]: the one time format of queries and rows.
+//! - [`ledger`]: the failure ledger: every resource version an import refused, classed, until resolved.
 //! - [`logging`]: stdout logging (the host treats stderr as errors).
 //! - `robustness` (tests only): seeded mutation fuzzing of every parser.
 
@@ -31,6 +32,7 @@ pub mod engine;
 pub mod fhir;
 pub mod functions;
 pub mod instant;
+pub mod ledger;
 pub mod logging;
 pub mod planner;
 pub mod preflight;

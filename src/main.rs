@@ -109,6 +109,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The failure ledger: resource versions an import refused, with their class and state. Exits 1 while any
+    /// is not at the destination (and not accepted).
+    Failures {
+        #[command(subcommand)]
+        action: Option<FailuresAction>,
+        /// List every entry, resolved and benign ones too (default: the unresolved and accepted ones).
+        #[arg(long)]
+        all: bool,
+        /// Print the result as one JSON document on stdout (errors still go to stderr).
+        #[arg(long)]
+        json: bool,
+    },
     /// Find resources hard-deleted at the source (still at the destination) and, with --apply, delete them at
     /// the destination. Dry run by default; exits non-zero while anything is left to reconcile.
     Reconcile {
@@ -124,6 +136,26 @@ enum Command {
         /// Print the result as one JSON document on stdout (errors still go to stderr).
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum FailuresAction {
+    /// Import the named versions again after fixing the cause (all open ones without --ids); the ImportStatus
+    /// timer (or `run`) carries the retry out and settles each by what the destination then holds.
+    Retry {
+        /// Keys as `failures` lists them (Patient|p1|3), comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        ids: Vec<String>,
+    },
+    /// Accept the loss of the named versions, with a reason every cut-over report shows.
+    Accept {
+        /// Keys as `failures` lists them (Patient|p1|3), comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        ids: Vec<String>,
+        /// Why the loss is acceptable.
+        #[arg(long)]
+        reason: String,
     },
 }
 
@@ -380,6 +412,59 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 Ok(())
             } else {
                 Err(Failure::Found("the servers are not reconciled (see above)".into()))
+            }
+        }
+        Command::Failures { action, all, json } => {
+            use fhir_migration_tool::ledger::retry::Selection;
+            let app = App::build_interactive(settings).map_err(|e| e.to_string())?;
+            let engine = app.engine();
+            let selection = |ids: Vec<String>| {
+                if ids.is_empty() {
+                    Selection::AllOpen
+                } else {
+                    Selection::Keys(ids)
+                }
+            };
+            let outcome = match action {
+                Some(FailuresAction::Retry { ids }) => engine
+                    .retry_failures(&selection(ids), chrono::Utc::now())
+                    .await
+                    .map(|n| {
+                        Some(format!(
+                            "{n} failure(s) queued for a retry: the ImportStatus timer (or `run`) imports them again"
+                        ))
+                    }),
+                Some(FailuresAction::Accept { ids, reason }) => engine
+                    .accept_failures(&selection(ids), &reason)
+                    .await
+                    .map(|n| Some(format!("{n} failure(s) accepted"))),
+                None => Ok(None),
+            };
+            let said = outcome.map_err(|e| e.to_string());
+            let listed = engine.ledger().list(None).await.map_err(|e| e.to_string());
+            app.shutdown().await;
+            let (said, entries) = (said?, listed?);
+            let summary = fhir_migration_tool::ledger::Summary::of(&entries);
+            if let Some(line) = &said {
+                eprintln!("{line}");
+            }
+            let shown: Vec<_> = entries
+                .into_iter()
+                .filter(|e| all || e.state.unresolved() || e.state == fhir_migration_tool::ledger::State::Accepted)
+                .collect();
+            if json {
+                let doc = serde_json::json!({ "summary": summary, "entries": shown });
+                out!("{}", serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?);
+            } else {
+                out!("{}", fhir_migration_tool::ledger::describe(&summary, &shown));
+            }
+            if said.is_none() && summary.unresolved() > 0 {
+                Err(Failure::Found(format!(
+                    "{} resource version(s) are not at the destination",
+                    summary.unresolved()
+                )))
+            } else {
+                Ok(())
             }
         }
         Command::ClearRetries => {

@@ -6,12 +6,12 @@
 use serde_json::Value;
 
 use crate::config::{Settings, SettingsSource};
-use crate::engine::error_files::{ErrorSummary, classify};
 use crate::fhir::FhirClient;
 use crate::fhir::auth::TokenSource;
 use crate::fhir::client::diagnostics_of;
 use crate::fhir::wire::{ExportManifest, ImportResult};
 use crate::functions::payload::InvocationRequest;
+use crate::ledger::locate::{error_line, identity, input_line};
 use crate::telemetry::appinsights::ConnectionString;
 use crate::telemetry::context::parse_traceparent;
 
@@ -157,16 +157,20 @@ fn bundles_and_their_next_links() {
 
 #[test]
 fn import_error_lines() {
-    let line = r#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","details":{"text":"Resource with id p1 and version 1 already exists with different content."},"diagnostics":"conflict"}]}"#;
-    let mut summary = ErrorSummary::default();
+    let line = r#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","details":{"text":"Failed to import resource with version conflict, resource id: p1, line: 3"},"diagnostics":"Failed to process resource at line: 3 with stream start offset: 0"}]}"#;
+    let input = "{\"resourceType\":\"Patient\",\"id\":\"p1\"}\n\n{\"a\":1}\n";
     fuzz("error lines", &[line, "not json at all", ""], |b| {
-        classify(&String::from_utf8_lossy(b), &mut summary);
+        let said = error_line(&String::from_utf8_lossy(b));
+        if let Some((offset, n)) = said.position {
+            let _ = input_line(input.as_bytes(), offset, n).map(identity);
+        }
     });
-    assert!(
-        summary.samples.len() <= 10,
-        "samples stay bounded: {}",
-        summary.samples.len()
-    );
+    // Positions from a hostile error file never read outside the input.
+    fuzz("input positions", &[input], |b| {
+        for (offset, n) in [(0, 1), (3, 1), (u64::MAX, 1), (0, u64::MAX), (b.len() as u64, 1)] {
+            let _ = input_line(b, offset, n).map(identity);
+        }
+    });
 }
 
 #[test]

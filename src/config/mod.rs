@@ -35,6 +35,9 @@ pub struct Settings {
     pub export_table: String,
     /// `AZURE_ReconcileTableName`: one row per resource hard-deleted by reconciliation (default `reconcile`).
     pub reconcile_table: String,
+    /// `AZURE_FailureTableName`: the failure ledger, one row per resource version an import refused (default
+    /// `importfailures`).
+    pub failure_table: String,
     pub migration: MigrationSettings,
     /// `APPLICATIONINSIGHTS_CONNECTION_STRING` (what the Functions host also reads), else the original's
     /// `AZURE_AppInsightConnectionstring`. Unset: telemetry goes to the log only.
@@ -102,6 +105,7 @@ impl Settings {
         let chunk_table = table("AZURE_ChunkTableName", "chunk");
         let export_table = table("AZURE_ExportTableName", "export");
         let reconcile_table = table("AZURE_ReconcileTableName", "reconcile");
+        let failure_table = table("AZURE_FailureTableName", "importfailures");
         if chunk_table.eq_ignore_ascii_case(&export_table) {
             problems.push("AZURE_ChunkTableName and AZURE_ExportTableName must name different tables".into());
         }
@@ -123,6 +127,7 @@ impl Settings {
                 chunk_table,
                 export_table,
                 reconcile_table,
+                failure_table,
                 migration,
                 app_insights,
             }),

@@ -34,6 +34,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 
 use crate::config::MigrationSettings;
 use crate::fhir::{FhirClient, FhirError};
+use crate::ledger::Ledger;
 use crate::state::{Active, Cursor, StateStore};
 use crate::storage::blob::{BlobError, BlobStore};
 use crate::storage::tables::TableError;
@@ -178,6 +179,8 @@ pub struct Engine {
     /// Where import error files may be read: the tool's own account and, if configured, the export/import
     /// account.
     pub(crate) error_stores: Vec<BlobStore>,
+    /// Every resource version an import refused (issue 16).
+    pub(crate) ledger: Ledger,
 }
 
 impl Engine {
@@ -187,6 +190,7 @@ impl Engine {
         source: FhirClient,
         destination: FhirClient,
         blobs: BlobStore,
+        ledger: Ledger,
         telemetry: Arc<dyn Telemetry>,
     ) -> Engine {
         let timing = Timing {
@@ -204,7 +208,13 @@ impl Engine {
             timing,
             fail: FailPoints::default(),
             error_stores: vec![blobs.clone()],
+            ledger,
         }
+    }
+
+    /// The failure ledger.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
     }
 
     /// The engine's timings (tests and the cut-over adjust a copy).
@@ -289,9 +299,15 @@ impl Engine {
         self.tick(core::Timer::ExportStatus, now).await
     }
 
-    /// The import-status timer: poll imports, commit finished windows, keep the pipeline moving.
+    /// The import-status timer: poll imports, commit finished windows, keep the pipeline moving; then the
+    /// failure ledger's retries (a failure there is reported and tried again next tick, never fatal).
     pub async fn import_status_tick(&self, now: DateTime<Utc>) -> Result<TickReport, EngineError> {
-        self.tick(core::Timer::ImportStatus, now).await
+        let mut report = self.tick(core::Timer::ImportStatus, now).await?;
+        match self.ledger_tick(now).await {
+            Ok(lines) => lines.into_iter().for_each(|l| report.say(l)),
+            Err(e) => report.say(format!("Failure ledger retries failed (tried again next tick): {e}")),
+        }
+        Ok(report)
     }
 
     /// `ClearMaxExportRetries_Http`: resets the latch, accepts imports halted by the error policy, and lets

@@ -59,7 +59,13 @@ pub trait Ports: Sync {
         container: &str,
         name: &str,
     ) -> impl Future<Output = Result<Option<Vec<u8>>, EngineError>> + Send;
-    fn read_error_files(&self, urls: &[String]) -> impl Future<Output = Option<ErrorSummary>> + Send;
+    /// Records a finished import's failed lines in the failure ledger; the counts by kind and class.
+    fn record_failures(
+        &self,
+        window: i64,
+        errors: &[crate::fhir::wire::ImportErrorFile],
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<ErrorSummary, EngineError>> + Send;
 }
 
 /// Sorts a kick-off's or POST's result into the core's terms.
@@ -200,9 +206,13 @@ impl Ports for Engine {
         Ok(self.blobs.get(container, name).await?)
     }
 
-    async fn read_error_files(&self, urls: &[String]) -> Option<ErrorSummary> {
-        let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
-        self.summarize_errors(&urls).await
+    async fn record_failures(
+        &self,
+        window: i64,
+        errors: &[crate::fhir::wire::ImportErrorFile],
+        now: DateTime<Utc>,
+    ) -> Result<ErrorSummary, EngineError> {
+        Engine::record_failures(self, window, errors, now).await
     }
 }
 

@@ -123,9 +123,9 @@ impl<P: Ports> Shell<'_, P> {
                     let poll = self.ports.poll_import(&payload.import_url).await;
                     facts.import_polls.insert(PostKey::of(&payload), poll);
                 }
-                Action::ReadErrorFiles { payload, urls } => {
-                    let summary = self.ports.read_error_files(&urls).await;
-                    facts.error_summaries.insert(PostKey::of(&payload), summary);
+                Action::RecordFailures { payload, errors } => {
+                    let summary = self.ports.record_failures(payload.seq, &errors, now).await?;
+                    facts.error_summaries.insert(PostKey::of(&payload), Some(summary));
                 }
                 Action::Cancel { url, destination } => {
                     match self.ports.cancel(&url, destination).await {

@@ -58,6 +58,8 @@ pub struct MigrationStatus {
     pub search_parameters_copied: bool,
     pub search_parameter_count: i64,
     pub reminder: Option<String>,
+    /// The failure ledger at a glance (`failures` lists the entries).
+    pub import_failures: crate::ledger::Summary,
 }
 
 impl Engine {
@@ -96,6 +98,7 @@ impl Engine {
                 failure_reason: j.failure_reason.clone(),
             })
             .collect();
+        let import_failures = self.ledger.summary().await?;
         let halted = self.latched(&cursor)
             || active
                 .jobs
@@ -120,6 +123,7 @@ impl Engine {
                     cursor.search_parameter_count
                 )
             }),
+            import_failures,
         })
     }
 }

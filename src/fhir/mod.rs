@@ -65,6 +65,15 @@ pub enum Poll<T> {
     Failed { status: u16, diagnostics: String },
 }
 
+/// One version as the server has it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VersionRead {
+    Found(Value),
+    /// A deleted version (410).
+    Gone,
+    Missing,
+}
+
 pub use crate::instant::format_instant;
 
 fn enc(v: &str) -> String {
@@ -333,6 +342,24 @@ impl FhirClient {
             return Ok(None);
         }
         read_json(resp, &url).await.map(Some)
+    }
+
+    /// Reads one version (`{type}/{id}/_history/{vid}`): the body, `Gone` for a deleted version, or `Missing`.
+    pub async fn vread(&self, resource_type: &str, id: &str, version_id: &str) -> Result<VersionRead, FhirError> {
+        let url = self.url(&format!(
+            "{}/{}/_history/{}",
+            enc(resource_type),
+            enc(id),
+            enc(version_id)
+        ))?;
+        let resp = self
+            .send(Method::GET, &url, |r| r.header("accept", "application/fhir+json"), true)
+            .await?;
+        match resp.status() {
+            StatusCode::NOT_FOUND => Ok(VersionRead::Missing),
+            StatusCode::GONE => Ok(VersionRead::Gone),
+            _ => read_json(resp, &url).await.map(VersionRead::Found),
+        }
     }
 
     /// `PUT {type}/{id}`, keeping the id.

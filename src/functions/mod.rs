@@ -6,6 +6,7 @@
 //! repository root against this list in both directions. Each handler is thin: it parses its trigger and calls
 //! the same operation the CLI calls.
 
+mod failures;
 mod migration;
 pub mod payload;
 mod reconcile;
@@ -94,6 +95,16 @@ pub const FUNCTIONS: &[FunctionSpec] = &[
             binding: "req",
             output: "res",
             methods: &["get"],
+            auth_level: "function",
+            route: None,
+        },
+    },
+    FunctionSpec {
+        name: "ImportFailures_Http",
+        trigger: Trigger::Http {
+            binding: "req",
+            output: "res",
+            methods: &["get", "post"],
             auth_level: "function",
             route: None,
         },
@@ -311,6 +322,7 @@ async fn dispatch(
         "MigrationOrchestrator" | "ExportStatus" | "ImportStatus" => migration::timer(app, spec, request).await,
         "ClearMaxExportRetries_Http" => migration::clear_retries(app, spec, request).await,
         "MigrationStatus_Http" => migration::status(app, spec, request).await,
+        "ImportFailures_Http" => failures::failures(app, spec, request).await,
         "CheckAccess_Http" => migration::check_access(app, spec, request).await,
         "E2ETest_Http" => verification::start(app, spec, request).await,
         "E2ETest_Status" => verification::status(app, spec, request).await,

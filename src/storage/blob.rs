@@ -191,6 +191,13 @@ impl BlobStore {
         result.map(|_| ()).map_err(|e| describe("upload", container, name, e))
     }
 
+    /// The URL of a blob in this account (without any SAS): what a server is told to read.
+    pub fn blob_url(&self, container: &str, name: &str) -> String {
+        let base = self.endpoint.as_str().trim_end_matches('/');
+        let name = name.split('/').map(encode).collect::<Vec<_>>().join("/");
+        format!("{base}/{}/{name}", encode(container))
+    }
+
     /// The (container, blob name) a URL names in this account, or `None` when the URL is on another account.
     /// Matches scheme and host (and the account path segment for path-style endpoints such as Azurite's).
     pub fn locate(&self, url: &Url) -> Option<(String, String)> {

@@ -121,6 +121,23 @@ pub const EVENTS: &[EventSpec] = &[
         added: true,
     },
     EventSpec {
+        name: "ImportFailure",
+        properties: &[
+            "ResourceType",
+            "ResourceId",
+            "VersionId",
+            "LastUpdated",
+            "Kind",
+            "Class",
+            "State",
+            "Window",
+            "Attempts",
+            "Message",
+            "ErrorFile",
+        ],
+        added: true,
+    },
+    EventSpec {
         name: "WindowSkipped",
         properties: &["Since", "Till", "Reason"],
         added: true,
@@ -137,6 +154,22 @@ pub const VALUES: &[(&str, &str, &[&str])] = &[
     ("ExportRetries", "Status", &["MaxRetriesReached"]),
     ("Reconcile", "Result", &["Pass", "Fail", "Refused"]),
     ("Reconcile", "Applied", &["true", "false"]),
+    ("ImportFailure", "Class", &["Benign", "Transient", "Permanent"]),
+    ("ImportFailure", "State", &["Open", "Retrying", "Resolved", "Accepted"]),
+    (
+        "ImportFailure",
+        "Kind",
+        &[
+            "Duplicate",
+            "Conflict",
+            "InvalidId",
+            "WrongType",
+            "SearchParameter",
+            "Future",
+            "Invalid",
+            "Unreadable",
+        ],
+    ),
 ];
 
 /// The allowed values of `key` on event `name`, when they are a fixed set.

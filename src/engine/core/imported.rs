@@ -64,10 +64,18 @@ pub fn imported(
         .map(|e| e.url.as_str())
         .collect::<Vec<_>>()
         .join("\n");
+    // What the ledger made of the failed lines; without it (not recorded), every failed line counts as lost.
+    let mut permanent = payload.failed_lines;
+    let mut ledger_note = String::new();
     match summary {
         Some(Some(summary)) => {
             payload.error_kinds = Some((summary.conflicts, summary.duplicates, summary.invalid));
             payload.error_samples = summary.samples.join("\n");
+            permanent = summary.permanent;
+            ledger_note = format!(
+                "; in the failure ledger: {} permanent, {} retried automatically, {} already at the destination",
+                summary.permanent, summary.transient, summary.benign
+            );
         }
         Some(None) => {
             payload.error_samples =
@@ -77,16 +85,17 @@ pub fn imported(
     }
     payload.end_time = Some(ctx.now);
     payload.status = ImportStatus::Completed;
-    if super::imports::halts(ctx, payload.failed_lines) {
+    // Halt stops at a permanent failure only: benign lines are imported in effect, transient ones retried.
+    if super::imports::halts(ctx, permanent) {
         payload.status = ImportStatus::Halted;
         payload.failure_reason = format!(
-            "{} line(s) failed to import ({}); see the error files",
-            payload.failed_lines, payload.failed_resources
+            "{permanent} line(s) failed to import for good ({}); list them with `failures` (or ImportFailures_Http), fix the cause, then `failures retry` and `clear-retries`",
+            payload.failed_resources
         );
     }
     let line = if payload.failed_lines > 0 {
         format!(
-            "Import {} of window {} finished with {} failed line(s) ({}); error files: {}",
+            "Import {} of window {} finished with {} failed line(s) ({}){ledger_note}; error files: {}",
             id_of(&payload.import_url),
             job.seq,
             payload.failed_lines,

@@ -406,9 +406,9 @@ pub fn poll_imports(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Option
                     });
                 }
                 if !result.error.is_empty() && !facts.error_summaries.contains_key(&key) {
-                    return Some(Action::ReadErrorFiles {
+                    return Some(Action::RecordFailures {
                         payload: p.clone(),
-                        urls: result.error.iter().map(|e| e.url.clone()).collect(),
+                        errors: result.error.clone(),
                     });
                 }
                 super::imported::imported(ctx, job, p, &result, facts.error_summaries.get(&key), totals, handled)
@@ -430,8 +430,8 @@ fn cached_totals(ctx: &Context, cursor: &crate::state::Cursor) -> Option<super::
 }
 
 /// The import-error policy's decision on a finished import with failed lines.
-pub fn halts(ctx: &Context, failed_lines: i64) -> bool {
-    failed_lines > 0 && ctx.settings.import_error_policy == ImportErrorPolicy::Halt
+pub fn halts(ctx: &Context, permanent_lines: i64) -> bool {
+    permanent_lines > 0 && ctx.settings.import_error_policy == ImportErrorPolicy::Halt
 }
 
 #[cfg(test)]

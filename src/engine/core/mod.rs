@@ -352,10 +352,11 @@ pub enum Action {
     PollImport {
         payload: Payload,
     },
-    /// Read a finished import's error files to sort its failed lines.
-    ReadErrorFiles {
+    /// Record a finished import's failed lines in the failure ledger (which reads the error files and sorts
+    /// each line into benign, transient or permanent).
+    RecordFailures {
         payload: Payload,
-        urls: Vec<String>,
+        errors: Vec<crate::fhir::wire::ImportErrorFile>,
     },
     /// Cancel a job on a server (best effort: a job that already ended is fine).
     Cancel {

@@ -359,8 +359,17 @@ impl Ports for SimPorts {
             .cloned())
     }
 
-    async fn read_error_files(&self, _urls: &[String]) -> Option<ErrorSummary> {
+    /// The simulated servers say nothing about single lines: every failed line counts as permanent.
+    async fn record_failures(
+        &self,
+        _window: i64,
+        errors: &[crate::fhir::wire::ImportErrorFile],
+        _now: DateTime<Utc>,
+    ) -> Result<ErrorSummary, EngineError> {
         self.enter().await;
-        Some(ErrorSummary::default())
+        Ok(ErrorSummary {
+            permanent: errors.iter().map(|e| e.count as i64).sum(),
+            ..ErrorSummary::default()
+        })
     }
 }

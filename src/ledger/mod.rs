@@ -1,0 +1,124 @@
+//! The failure ledger: every resource line an `$import` refused is recorded once, with its class, and kept until
+//! it is resolved, so nothing is dropped silently (issue 16).
+//!
+//! - Benign lines (the identical version is already at the destination; a SearchParameter, which the tool copies
+//!   through the REST API) count as success: recorded as resolved, never as failures.
+//! - Transient lines (lastUpdated ahead of the destination's clock) are retried automatically once that time has
+//!   passed.
+//! - Permanent lines (a conflicting version, the loser of two versions on one millisecond, an invalid resource)
+//!   stay open, named in `status`, telemetry and cut-over, until an operator fixes the cause and retries them
+//!   (`failures retry`) or accepts the loss with a reason (`failures accept`).
+//!
+//! Rows are keyed by the resource version (`{type}|{id}|{versionId}`), so a version that fails again on a later
+//! import attempt updates its row (attempts, last seen) instead of adding one. A line whose resource cannot be
+//! told (its input file unreadable) is keyed by its error file and position.
+
+mod entry;
+pub(crate) mod locate;
+mod record;
+pub mod retry;
+
+pub use entry::{Class, Entry, Kind, State, Summary};
+
+use crate::storage::tables::{TableClient, TableError, filter};
+
+/// The human listing of `failures`: the summary, then one line per entry.
+pub fn describe(summary: &Summary, entries: &[Entry]) -> String {
+    let mut out = vec![format!(
+        "{} not at the destination ({} permanent, {} retried automatically); {} resolved, {} benign, {} accepted",
+        summary.unresolved(),
+        summary.permanent_unresolved,
+        summary.transient_pending,
+        summary.resolved,
+        summary.benign,
+        summary.accepted
+    )];
+    if !entries.is_empty() {
+        out.push(format!(
+            "{:<44} {:>6} {:<15} {:<9} {:<8} {:>3}  message",
+            "key", "window", "kind", "class", "state", "try"
+        ));
+    }
+    for e in entries {
+        let why = if e.resolution.is_empty() {
+            &e.message
+        } else {
+            &e.resolution
+        };
+        out.push(format!(
+            "{:<44} {:>6} {:<15} {:<9} {:<8} {:>3}  {}",
+            e.key,
+            e.window,
+            e.kind.as_str(),
+            e.class.as_str(),
+            e.state.as_str(),
+            e.attempts,
+            why.chars().take(120).collect::<String>()
+        ));
+    }
+    out.join("\n")
+}
+
+/// The ledger's table, one partition per migration (the migration's partition key).
+#[derive(Clone, Debug)]
+pub struct Ledger {
+    table: TableClient,
+    partition: String,
+}
+
+impl Ledger {
+    pub fn new(table: TableClient, partition: &str) -> Ledger {
+        Ledger {
+            table,
+            partition: partition.to_string(),
+        }
+    }
+
+    pub fn table_name(&self) -> &str {
+        self.table.name()
+    }
+
+    pub async fn ensure_table(&self) -> Result<(), TableError> {
+        self.table.create_if_missing().await
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<Entry>, TableError> {
+        Ok(self
+            .table
+            .get(&self.partition, key)
+            .await?
+            .and_then(|e| Entry::from_entity(&e)))
+    }
+
+    /// Every entry, or those in `state`.
+    pub async fn list(&self, state: Option<State>) -> Result<Vec<Entry>, TableError> {
+        let mut f = filter::eq("PartitionKey", &self.partition);
+        if let Some(s) = state {
+            f = format!("{f} and {}", filter::eq("State", s.as_str()));
+        }
+        let rows = match self.table.query_all(Some(&f)).await {
+            Ok(rows) => rows,
+            // No failure has ever been recorded: the table does not exist yet.
+            Err(e) if e.is_table_missing() => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut entries: Vec<Entry> = rows.iter().filter_map(Entry::from_entity).collect();
+        entries.sort_by(|a, b| (a.window, &a.key).cmp(&(b.window, &b.key)));
+        Ok(entries)
+    }
+
+    /// Counts by class and state, for status, telemetry and cut-over.
+    pub async fn summary(&self) -> Result<Summary, TableError> {
+        Ok(Summary::of(&self.list(None).await?))
+    }
+
+    /// Inserts a new entry, or replaces the stored one it was read as (ETag-guarded): a concurrent writer makes
+    /// this fail with [`TableError::Conflict`] or [`TableError::AlreadyExists`], and the caller re-reads.
+    pub async fn save(&self, entry: &Entry) -> Result<(), TableError> {
+        let entity = entry.to_entity(&self.partition)?;
+        match &entry.etag {
+            None => self.table.insert(&entity).await.map(|_| ()),
+            Some(_) => self.table.replace(&entity, &entity.if_match()).await.map(|_| ()),
+        }
+    }
+}

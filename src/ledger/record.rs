@@ -1,0 +1,312 @@
+//! Recording a finished import's failed lines: read each error file and the input file it is about, name the
+//! resource version of every failed line, decide its class (checking the destination where the server's word
+//! alone cannot tell benign from lost), and write the ledger row. Re-reading the same error file changes
+//! nothing, so a crash anywhere in here is repaired by doing it again.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use futures::{StreamExt, TryStreamExt, stream};
+use serde_json::Value;
+
+use super::locate::{error_line, identity, input_line};
+use super::{Class, Entry, Kind, State};
+use crate::engine::error_files::ErrorSummary;
+use crate::engine::{Engine, EngineError};
+use crate::fhir::VersionRead;
+use crate::fhir::wire::ImportErrorFile;
+use crate::storage::tables::TableError;
+use crate::telemetry::{Event, id_of};
+
+/// Files larger than this are not read whole (their lines are recorded by position only).
+const MAX_FILE_BYTES: usize = 256 * 1024 * 1024;
+/// Destination checks and ledger writes at once.
+const AT_ONCE: usize = 16;
+/// The soft-delete marker of exported deleted versions (reference §6.4).
+const DELETED_STATE: &str = "http://azurehealthcareapis.com/data-extensions/deleted-state";
+
+/// One failed line, before its class is decided: the entry and the input line it is about.
+struct Failed {
+    entry: Entry,
+    input: Option<Value>,
+}
+
+impl Engine {
+    /// Records every failed line of a finished import in the ledger and returns the counts by kind and class.
+    pub(crate) async fn record_failures(
+        &self,
+        window: i64,
+        errors: &[ImportErrorFile],
+        now: DateTime<Utc>,
+    ) -> Result<ErrorSummary, EngineError> {
+        self.ledger.ensure_table().await?;
+        let mut inputs: HashMap<String, Option<Vec<u8>>> = HashMap::new();
+        let mut failed = Vec::new();
+        for file in errors {
+            let Some(bytes) = self.read_blob(&file.url).await else {
+                failed.push(Failed {
+                    entry: unreadable(window, file, now),
+                    input: None,
+                });
+                continue;
+            };
+            let input_url = file.input_url.clone().unwrap_or_default();
+            if !inputs.contains_key(&input_url) {
+                let read = self.read_blob(&input_url).await;
+                inputs.insert(input_url.clone(), read);
+            }
+            let input = inputs.get(&input_url).and_then(Option::as_deref);
+            for text in String::from_utf8_lossy(&bytes)
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+            {
+                failed.push(line_entry(window, file, &input_url, input, text, now));
+            }
+        }
+        let entries: Vec<Entry> = stream::iter(failed)
+            .map(|f| async move {
+                let entry = self.classify(f.entry, f.input.as_ref()).await;
+                self.upsert(entry, now).await
+            })
+            .buffered(AT_ONCE)
+            .try_collect()
+            .await?;
+        let mut summary = ErrorSummary::default();
+        for e in &entries {
+            summary.add(e);
+        }
+        Ok(summary)
+    }
+
+    /// Reads a blob by URL from an account the tool knows; `None` when it cannot (logged).
+    pub(crate) async fn read_blob(&self, url: &str) -> Option<Vec<u8>> {
+        let parsed = url::Url::parse(url).ok()?;
+        let (store, (container, name)) = self
+            .error_stores
+            .iter()
+            .find_map(|s| s.locate(&parsed).map(|loc| (s, loc)))?;
+        match store.get(&container, &name).await {
+            Ok(Some(b)) if b.len() <= MAX_FILE_BYTES => Some(b),
+            Ok(Some(_)) => {
+                tracing::warn!("{container}/{name} is larger than {MAX_FILE_BYTES} bytes; not read whole");
+                None
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!("could not read {container}/{name}: {e}");
+                None
+            }
+        }
+    }
+
+    /// The class of a failed line. Duplicates and conflicts are benign only when the destination holds the very
+    /// same version (same lastUpdated, same content); otherwise that version is missing there.
+    async fn classify(&self, mut e: Entry, input: Option<&Value>) -> Entry {
+        e.class = match e.kind {
+            Kind::Future => Class::Transient,
+            Kind::SearchParameter => Class::Benign,
+            Kind::Duplicate | Kind::Conflict => match input {
+                Some(line) if self.identical_at_destination(line).await => Class::Benign,
+                _ => Class::Permanent,
+            },
+            Kind::InvalidId | Kind::WrongType | Kind::Invalid | Kind::Unreadable => Class::Permanent,
+        };
+        e.state = match e.class {
+            Class::Benign => State::Resolved,
+            Class::Transient => State::Retrying,
+            Class::Permanent => State::Open,
+        };
+        e.resolution = match e.kind {
+            Kind::SearchParameter => "SearchParameters are copied through the REST API".into(),
+            _ if e.class == Class::Benign => "the identical version is already at the destination".into(),
+            _ => String::new(),
+        };
+        e
+    }
+
+    /// Whether the destination holds this exported line's version as it is (a deleted version as deleted).
+    pub(crate) async fn identical_at_destination(&self, line: &Value) -> bool {
+        let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+        let (t, id, vid) = (
+            text(&line["resourceType"]),
+            text(&line["id"]),
+            text(&line["meta"]["versionId"]),
+        );
+        if t.is_empty() || id.is_empty() || vid.is_empty() {
+            return false;
+        }
+        let deleted = line["meta"]["extension"]
+            .as_array()
+            .is_some_and(|x| x.iter().any(|e| e["url"] == DELETED_STATE));
+        match self.destination.vread(&t, &id, &vid).await {
+            Ok(VersionRead::Found(stored)) if !deleted => {
+                same_instant(&stored["meta"]["lastUpdated"], &line["meta"]["lastUpdated"])
+                    && crate::verify::content_hash(&stored) == crate::verify::content_hash(line)
+            }
+            Ok(VersionRead::Gone) => deleted,
+            _ => false,
+        }
+    }
+
+    /// Writes an entry: a new one as it is; over an existing one, a failure from another error file is one
+    /// more attempt, the same file again changes nothing (a re-read after a crash). Returns what is stored.
+    async fn upsert(&self, fresh: Entry, now: DateTime<Utc>) -> Result<Entry, EngineError> {
+        loop {
+            let stored = self.ledger.get(&fresh.key).await?;
+            let entry = match &stored {
+                None => fresh.clone(),
+                Some(old) if old.error_file == fresh.error_file => return Ok(old.clone()),
+                Some(old) => Entry {
+                    first_seen: old.first_seen,
+                    attempts: old.attempts + 1,
+                    last_seen: now,
+                    etag: old.etag.clone(),
+                    // An operator's acceptance stands; anything else follows the latest failure.
+                    state: if old.state == State::Accepted {
+                        State::Accepted
+                    } else {
+                        fresh.state
+                    },
+                    resolution: if old.state == State::Accepted {
+                        old.resolution.clone()
+                    } else {
+                        fresh.resolution.clone()
+                    },
+                    ..fresh.clone()
+                },
+            };
+            match self.ledger.save(&entry).await {
+                Ok(()) => {
+                    self.emit(event(&entry));
+                    return Ok(entry);
+                }
+                // Another invocation wrote it meanwhile: read again and decide again.
+                Err(TableError::Conflict { .. } | TableError::AlreadyExists { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+/// The `ImportFailure` event: one per ledger entry recorded or changed.
+pub(crate) fn event(e: &Entry) -> Event {
+    Event::new("ImportFailure")
+        .with("ResourceType", &e.resource_type)
+        .with("ResourceId", &e.id)
+        .with("VersionId", &e.version_id)
+        .with("LastUpdated", &e.last_updated)
+        .with("Kind", e.kind.as_str())
+        .with("Class", e.class.as_str())
+        .with("State", e.state.as_str())
+        .with("Window", e.window)
+        .with("Attempts", e.attempts)
+        .with("Message", e.message.chars().take(1000).collect::<String>())
+        .with("ErrorFile", id_of(&e.error_file))
+}
+
+fn same_instant(a: &Value, b: &Value) -> bool {
+    let ms = |v: &Value| {
+        v.as_str()
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.timestamp_millis())
+    };
+    ms(a).is_some() && ms(a) == ms(b)
+}
+
+/// An entry for one error-file line, named by its input line when that can be found.
+fn line_entry(
+    window: i64,
+    file: &ImportErrorFile,
+    input_url: &str,
+    input: Option<&[u8]>,
+    text: &str,
+    now: DateTime<Utc>,
+) -> Failed {
+    let said = error_line(text);
+    let (offset, line) = said.position.unwrap_or_default();
+    let raw = said
+        .position
+        .and(input)
+        .and_then(|bytes| input_line(bytes, offset, line));
+    let (resource_type, id, version_id, last_updated) = raw.and_then(identity).unwrap_or_default();
+    let key = if id.is_empty() || version_id.is_empty() {
+        format!(
+            "line|{:016x}|{offset}|{line}",
+            crate::verify::content_hash(&Value::String(file.url.clone()))
+        )
+    } else {
+        Entry::key_of(&resource_type, &id, &version_id)
+    };
+    let kind = Kind::of(&said.message);
+    // A line ahead of the destination's clock is retried once that instant has passed.
+    let next_attempt = (kind == Kind::Future).then(|| {
+        DateTime::parse_from_rfc3339(&last_updated)
+            .map(|t| t.with_timezone(&Utc) + TimeDelta::seconds(30))
+            .unwrap_or(now)
+            .max(now + TimeDelta::minutes(1))
+    });
+    Failed {
+        entry: Entry {
+            key,
+            window,
+            resource_type: if resource_type.is_empty() {
+                file.resource_type.clone().unwrap_or_default()
+            } else {
+                resource_type
+            },
+            id,
+            version_id,
+            last_updated,
+            kind,
+            class: Class::Permanent,
+            state: State::Open,
+            message: said.message,
+            error_file: file.url.clone(),
+            input_file: input_url.to_string(),
+            offset,
+            line,
+            first_seen: now,
+            last_seen: now,
+            attempts: 1,
+            resolution: String::new(),
+            retry_import: String::new(),
+            next_attempt,
+            etag: None,
+        },
+        input: raw.and_then(|l| serde_json::from_slice(l).ok()),
+    }
+}
+
+/// An error file the tool could not read: how many lines failed is known, not which.
+fn unreadable(window: i64, file: &ImportErrorFile, now: DateTime<Utc>) -> Entry {
+    Entry {
+        key: format!(
+            "file|{:016x}",
+            crate::verify::content_hash(&Value::String(file.url.clone()))
+        ),
+        window,
+        resource_type: file.resource_type.clone().unwrap_or_default(),
+        id: String::new(),
+        version_id: String::new(),
+        last_updated: String::new(),
+        kind: Kind::Unreadable,
+        class: Class::Permanent,
+        state: State::Open,
+        message: format!(
+            "{} line(s) failed, but the error file could not be read with the tool's storage access: grant it read access to the export account (AZURE_IntegrationStorageUri), then retry",
+            file.count
+        ),
+        error_file: file.url.clone(),
+        input_file: file.input_url.clone().unwrap_or_default(),
+        offset: 0,
+        line: 0,
+        first_seen: now,
+        last_seen: now,
+        attempts: 1,
+        resolution: String::new(),
+        retry_import: String::new(),
+        next_attempt: None,
+        etag: None,
+    }
+}

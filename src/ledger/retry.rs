@@ -1,0 +1,323 @@
+//! Retrying ledger entries: transient ones when due, permanent ones when an operator asks (after fixing the
+//! cause). The versions' exported lines are gathered into one NDJSON file next to their export files and
+//! imported again; when that import ends, each entry is settled by looking at the destination itself, so the
+//! outcome is right whatever the import reported.
+//!
+//! Crash safety: the retry import's status URL is recorded on each entry after the POST. A crash before that
+//! leaves the entries due, and the next tick posts a new file: the versions are imported twice at worst, and
+//! importing an identical version again changes nothing (reference §6.2).
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde_json::{Value, json};
+
+use super::locate::{error_line, identity, input_line};
+use super::record::event;
+use super::{Class, Entry, Kind, State};
+use crate::engine::{Engine, EngineError};
+use crate::fhir::Poll;
+use crate::fhir::wire::ImportErrorFile;
+use crate::storage::tables::TableError;
+
+/// Versions per retry import.
+const BATCH: usize = 1000;
+
+/// Which entries an operator's request is about.
+#[derive(Debug, Clone)]
+pub enum Selection {
+    /// Every open (permanent) entry.
+    AllOpen,
+    /// These row keys (`Patient|p1|3`, as `failures` lists them).
+    Keys(Vec<String>),
+}
+
+impl Engine {
+    /// Queues entries for a retry (an operator fixed the cause). Returns how many were queued; keys that name
+    /// no entry, or an entry already resolved, are reported in the error.
+    pub async fn retry_failures(&self, which: &Selection, now: DateTime<Utc>) -> Result<usize, RequestError> {
+        self.change(which, |e| {
+            e.state = State::Retrying;
+            e.next_attempt = Some(now);
+            e.retry_import.clear();
+        })
+        .await
+    }
+
+    /// Accepts the loss of entries, with the operator's reason (shown in `failures` and cut-over reports).
+    pub async fn accept_failures(&self, which: &Selection, reason: &str) -> Result<usize, RequestError> {
+        if reason.trim().is_empty() {
+            return Err(RequestError::NoReason);
+        }
+        self.change(which, |e| {
+            e.state = State::Accepted;
+            e.resolution = format!("accepted: {}", reason.trim());
+            e.retry_import.clear();
+        })
+        .await
+    }
+
+    async fn change(&self, which: &Selection, apply: impl Fn(&mut Entry)) -> Result<usize, RequestError> {
+        let entries = self.ledger.list(None).await?;
+        let chosen: Vec<Entry> = match which {
+            Selection::AllOpen => entries.into_iter().filter(|e| e.state == State::Open).collect(),
+            Selection::Keys(keys) => {
+                let by_key: HashMap<&str, &Entry> = entries.iter().map(|e| (e.key.as_str(), e)).collect();
+                let unknown: Vec<&String> = keys
+                    .iter()
+                    .filter(|k| by_key.get(k.as_str()).is_none_or(|e| !e.state.unresolved()))
+                    .collect();
+                if !unknown.is_empty() {
+                    return Err(RequestError::Unknown(
+                        unknown.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(", "),
+                    ));
+                }
+                keys.iter()
+                    .filter_map(|k| by_key.get(k.as_str()).map(|e| (*e).clone()))
+                    .collect()
+            }
+        };
+        let mut changed = 0;
+        for mut e in chosen {
+            apply(&mut e);
+            match self.ledger.save(&e).await {
+                Ok(()) => {
+                    changed += 1;
+                    self.emit(event(&e));
+                }
+                // Changed meanwhile (a retry settled it): the operator sees it as it is now in `failures`.
+                Err(TableError::Conflict { .. }) => {}
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Ok(changed)
+    }
+
+    /// The ledger's share of the ImportStatus timer: settles finished retry imports and starts the next one.
+    /// Returns lines for the tick's report.
+    pub async fn ledger_tick(&self, now: DateTime<Utc>) -> Result<Vec<String>, EngineError> {
+        let queued = self.ledger.list(Some(State::Retrying)).await?;
+        if queued.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut lines = Vec::new();
+        let mut in_flight: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
+        let mut due = Vec::new();
+        for e in queued {
+            if !e.retry_import.is_empty() {
+                in_flight.entry(e.retry_import.clone()).or_default().push(e);
+            } else if e.next_attempt.is_none_or(|t| t <= now) {
+                due.push(e);
+            }
+        }
+        for (url, group) in in_flight {
+            match self.destination.import_status(&url).await {
+                Ok(Poll::Running(_)) => {}
+                Ok(Poll::Done(result)) => lines.push(self.settle(group, &result.error, None, now).await?),
+                Ok(Poll::Failed { status, diagnostics }) => {
+                    let why = format!("the retry import failed: HTTP {status}: {diagnostics}");
+                    lines.push(self.settle(group, &[], Some(&why), now).await?);
+                }
+                Err(e) => lines.push(format!(
+                    "Could not poll the retry import {url} (next tick tries again): {e}"
+                )),
+            }
+        }
+        let (unreadable, due): (Vec<Entry>, Vec<Entry>) = due.into_iter().partition(|e| e.kind == Kind::Unreadable);
+        for e in unreadable {
+            lines.push(self.reread(e, now).await?);
+        }
+        if !due.is_empty() {
+            lines.push(self.start_retry(due.into_iter().take(BATCH).collect(), now).await?);
+        }
+        Ok(lines)
+    }
+
+    /// Posts one import of the due entries' exported lines.
+    async fn start_retry(&self, due: Vec<Entry>, now: DateTime<Utc>) -> Result<String, EngineError> {
+        let mut files: HashMap<String, Option<Vec<u8>>> = HashMap::new();
+        let mut body = String::new();
+        let mut posted = Vec::new();
+        for mut e in due {
+            if !files.contains_key(&e.input_file) {
+                let read = self.read_blob(&e.input_file).await;
+                files.insert(e.input_file.clone(), read);
+            }
+            let line = files[&e.input_file]
+                .as_deref()
+                .and_then(|bytes| input_line(bytes, e.offset, e.line));
+            match line {
+                Some(l) => {
+                    body.push_str(&String::from_utf8_lossy(l));
+                    body.push('\n');
+                    posted.push(e);
+                }
+                None => {
+                    // Nothing to import from: the export file is gone. Only a new export can bring it.
+                    e.state = State::Open;
+                    e.class = Class::Permanent;
+                    e.message = format!(
+                        "cannot retry: the exported line is no longer readable in {}; re-export its window",
+                        e.input_file
+                    );
+                    self.save_quietly(&e).await?;
+                }
+            }
+        }
+        let Some(first) = posted.first() else {
+            return Ok("Failure ledger: nothing could be retried (see `failures`)".into());
+        };
+        // Next to the export files, on the account the destination imports from.
+        let Some((store, (container, _))) = url::Url::parse(&first.input_file)
+            .ok()
+            .and_then(|u| self.error_stores.iter().find_map(|s| s.locate(&u).map(|loc| (s, loc))))
+        else {
+            return Ok("Failure ledger: the export account is not one the tool can write to".into());
+        };
+        let name = format!("ledger-retry/{}.ndjson", now.timestamp_millis());
+        store.put(&container, &name, body.into_bytes()).await?;
+        let etag = store.etag(&container, &name).await?;
+        let url = store.blob_url(&container, &name);
+        let mut part = vec![json!({ "name": "url", "valueUri": url })];
+        if let Some(etag) = etag {
+            part.push(json!({ "name": "etag", "valueString": etag }));
+        }
+        let parameters = json!({ "resourceType": "Parameters", "parameter": [
+            { "name": "inputFormat", "valueString": "application/fhir+ndjson" },
+            { "name": "mode", "valueString": self.settings.import_mode },
+            { "name": "input", "part": part },
+        ]});
+        let accepted = self.destination.import(&parameters).await?;
+        let count = posted.len();
+        for mut e in posted {
+            e.retry_import = accepted.status_url.clone();
+            self.save_quietly(&e).await?;
+        }
+        Ok(format!(
+            "Failure ledger: retrying {count} version(s) in import {}",
+            crate::telemetry::id_of(&accepted.status_url)
+        ))
+    }
+
+    /// Settles the entries of a finished retry import by what the destination now holds.
+    async fn settle(
+        &self,
+        group: Vec<Entry>,
+        errors: &[ImportErrorFile],
+        failure: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<String, EngineError> {
+        // What the retry's error files say, by version.
+        let mut said: HashMap<String, String> = HashMap::new();
+        for file in errors {
+            let (Some(lines), Some(input)) = (
+                self.read_blob(&file.url).await,
+                self.read_blob(file.input_url.as_deref().unwrap_or_default()).await,
+            ) else {
+                continue;
+            };
+            for text in String::from_utf8_lossy(&lines).lines().filter(|l| !l.trim().is_empty()) {
+                let e = error_line(text);
+                if let Some((offset, n)) = e.position
+                    && let Some((t, id, vid, _)) = input_line(&input, offset, n).and_then(identity)
+                {
+                    said.insert(Entry::key_of(&t, &id, &vid), e.message);
+                }
+            }
+        }
+        let mut files: HashMap<String, Option<Vec<u8>>> = HashMap::new();
+        let (mut resolved, mut failed) = (0, 0);
+        for mut e in group {
+            if !files.contains_key(&e.input_file) {
+                let read = self.read_blob(&e.input_file).await;
+                files.insert(e.input_file.clone(), read);
+            }
+            let line: Option<Value> = files[&e.input_file]
+                .as_deref()
+                .and_then(|bytes| input_line(bytes, e.offset, e.line))
+                .and_then(|l| serde_json::from_slice(l).ok());
+            let there = match &line {
+                Some(l) => self.identical_at_destination(l).await,
+                None => false,
+            };
+            e.retry_import.clear();
+            e.last_seen = now;
+            if there {
+                e.state = State::Resolved;
+                e.resolution = format!("imported on retry (attempt {})", e.attempts + 1);
+                resolved += 1;
+            } else {
+                e.attempts += 1;
+                if let Some(message) = said.get(&e.key).cloned().or(failure.map(str::to_string)) {
+                    e.kind = Kind::of(&message);
+                    e.message = message;
+                }
+                if e.kind == Kind::Future {
+                    e.class = Class::Transient;
+                    let backoff = TimeDelta::minutes(5 * e.attempts.clamp(1, 12));
+                    e.next_attempt = Some(now + backoff);
+                } else {
+                    e.class = Class::Permanent;
+                    e.state = State::Open;
+                }
+                failed += 1;
+            }
+            self.save_quietly(&e).await?;
+        }
+        Ok(format!(
+            "Failure ledger: a retry import ended: {resolved} version(s) now at the destination, {failed} still failing"
+        ))
+    }
+
+    /// An error file that could not be read before: read it again, and resolve its placeholder once its lines
+    /// are recorded on their own.
+    async fn reread(&self, mut e: Entry, now: DateTime<Utc>) -> Result<String, EngineError> {
+        let file = ImportErrorFile {
+            resource_type: Some(e.resource_type.clone()).filter(|t| !t.is_empty()),
+            count: 0,
+            input_url: Some(e.input_file.clone()).filter(|u| !u.is_empty()),
+            url: e.error_file.clone(),
+        };
+        if self.read_blob(&file.url).await.is_none() {
+            e.state = State::Open;
+            e.attempts += 1;
+            e.last_seen = now;
+            self.save_quietly(&e).await?;
+            return Ok(format!(
+                "Failure ledger: the error file {} is still not readable",
+                e.error_file
+            ));
+        }
+        let summary = self.record_failures(e.window, &[file], now).await?;
+        e.state = State::Resolved;
+        e.resolution = "the error file was read: its lines are recorded one by one".into();
+        self.save_quietly(&e).await?;
+        Ok(format!(
+            "Failure ledger: read the error file {} ({} permanent, {} transient, {} benign)",
+            e.error_file, summary.permanent, summary.transient, summary.benign
+        ))
+    }
+
+    /// Saves an entry as read; a conflict means another invocation handled it, which is fine.
+    async fn save_quietly(&self, e: &Entry) -> Result<(), EngineError> {
+        match self.ledger.save(e).await {
+            Ok(()) => {
+                self.emit(event(e));
+                Ok(())
+            }
+            Err(TableError::Conflict { .. } | TableError::AlreadyExists { .. }) => Ok(()),
+            Err(err) => Err(err.into()),
+        }
+    }
+}
+
+/// Why an operator's request about ledger entries was not carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("no unresolved failure with the key(s) {0}: list them with `failures` (keys look like Patient|p1|3)")]
+    Unknown(String),
+    #[error("say why the loss is acceptable (--reason \"…\"): it is shown in every cut-over report")]
+    NoReason,
+    #[error(transparent)]
+    Table(#[from] TableError),
+}

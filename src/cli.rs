@@ -95,7 +95,8 @@ pub async fn run(
 
 /// Nothing in flight and migrated through at least where the next window would end.
 fn caught_up(app: &App, status: &MigrationStatus) -> bool {
-    let frontier = crate::planner::frontier(app.engine().settings(), Utc::now()) - crate::planner::MIN_TAIL;
+    let engine = app.engine();
+    let frontier = crate::planner::frontier(engine.settings(), engine.clock(Utc::now())) - crate::planner::MIN_TAIL;
     status.windows_in_flight.is_empty()
         && status
             .migrated_through
@@ -177,6 +178,13 @@ pub fn format_status(s: &MigrationStatus) -> String {
                 p.index, p.status, p.attempt, p.imported, p.failed_lines
             ));
         }
+    }
+    if let Some(skew) = s.source_clock_skew_seconds.filter(|k| k.abs() >= 5) {
+        out.push(format!(
+            "clock:             this machine is {} s {} the source server",
+            skew.abs(),
+            if skew > 0 { "ahead of" } else { "behind" }
+        ));
     }
     if let Some(r) = &s.reminder {
         out.push(format!("reminder:          {r}"));

@@ -415,7 +415,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
         }
         Command::Failures { action, all, json } => {
-            use fhir_migration_tool::ledger::retry::Selection;
+            use fhir_migration_tool::engine::failures::Selection;
             let app = App::build_interactive(settings).map_err(|e| e.to_string())?;
             let engine = app.engine();
             let selection = |ids: Vec<String>| {

@@ -79,6 +79,17 @@ var rules = [
     query: loadTextContent('../alerts/no-progress.kql')
   }
   {
+    key: 'import-failure'
+    displayName: 'FHIR migration: a resource version could not be imported'
+    description: 'The destination refused a resource version for good (a conflicting version, an invalid resource). It is not migrated until someone fixes the cause and runs failures retry, or accepts the loss with failures accept (dashboard: Unresolved import failures).'
+    severity: 1
+    frequency: 'PT15M'
+    window: 'PT15M'
+    operator: 'GreaterThan'
+    threshold: 0
+    query: loadTextContent('../alerts/permanent-import-failure.kql')
+  }
+  {
     key: 'verification-failed'
     displayName: 'FHIR migration: verification found differences'
     description: 'A surface, deep or full check found a difference between source and destination (dashboard: Surface / Deep / Full check).'

@@ -18,6 +18,7 @@
 
 pub mod core;
 pub(crate) mod error_files;
+pub mod failures;
 pub mod ports;
 mod search_parameters;
 pub mod shell;
@@ -210,6 +211,12 @@ impl Engine {
             error_stores: vec![blobs.clone()],
             ledger,
         }
+    }
+
+    /// The instant the frontier is measured from: the earlier of `now` and the source server's clock (once this
+    /// process has heard from the source).
+    pub fn clock(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        self.source.server_now().map_or(now, |s| s.min(now))
     }
 
     /// The failure ledger.

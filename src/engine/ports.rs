@@ -24,6 +24,8 @@ pub enum Written {
 
 pub trait Ports: Sync {
     fn load(&self) -> impl Future<Output = Result<Snapshot, EngineError>> + Send;
+    /// The source server's clock as its latest answer gave it (`None` before any answer).
+    fn source_now(&self) -> Option<DateTime<Utc>>;
     /// Performs a write. An inserted payload that already exists comes back as stored (a repeated run).
     fn write(&self, write: &Write) -> impl Future<Output = Result<Written, TableError>> + Send;
     fn count(
@@ -89,6 +91,10 @@ pub fn answer_of(result: Result<crate::fhir::Accepted, FhirError>) -> Answer {
 }
 
 impl Ports for Engine {
+    fn source_now(&self) -> Option<DateTime<Utc>> {
+        self.source.server_now()
+    }
+
     async fn load(&self) -> Result<Snapshot, EngineError> {
         let cursor = self.state.cursor().await?;
         let active = self.state.active(&cursor).await?;

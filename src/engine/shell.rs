@@ -31,6 +31,27 @@ pub fn to_millis(t: DateTime<Utc>) -> DateTime<Utc> {
 }
 
 impl<P: Ports> Shell<'_, P> {
+    /// A source clock that differs from this machine's by more than half the safety lag is reported (once per
+    /// starter tick): windows then end by the earlier clock, but an operator should fix the machine's time.
+    fn check_skew(&self, timer: Timer, now: DateTime<Utc>, source_now: Option<DateTime<Utc>>, report: &mut TickReport) {
+        let Some(server) = source_now else { return };
+        let skew = now - server;
+        let lag = self.settings.safety_lag;
+        if timer == Timer::Starter && skew.abs() * 2 > lag {
+            report.say(format!(
+                "Clock skew: this machine's clock is {} s {} the source server's (more than half the {} s safety lag); windows end by the earlier clock",
+                skew.num_seconds().abs(),
+                if skew > TimeDelta::zero() { "ahead of" } else { "behind" },
+                lag.num_seconds()
+            ));
+            self.telemetry.event(
+                crate::telemetry::Event::new("ClockSkew")
+                    .with("SkewSeconds", skew.num_seconds())
+                    .with("SafetyLagSeconds", lag.num_seconds()),
+            );
+        }
+    }
+
     pub async fn run(&self, timer: Timer, now: DateTime<Utc>) -> Result<TickReport, EngineError> {
         let now = to_millis(now);
         let mut report = TickReport::default();
@@ -38,12 +59,20 @@ impl<P: Ports> Shell<'_, P> {
         let mut facts = Facts::default();
         // Payload containers this tick has created (or found), so each is ensured once, not once per blob.
         let mut containers: std::collections::HashSet<String> = std::collections::HashSet::new();
+        // The source's clock, read once per tick (or at its first answer in this process), so every step of the
+        // tick plans against the same instant.
+        let mut source_now = self.ports.source_now().map(to_millis);
+        self.check_skew(timer, now, source_now, &mut report);
         for _ in 0..MAX_ACTIONS {
+            if source_now.is_none() {
+                source_now = self.ports.source_now().map(to_millis);
+            }
             let ctx = Context {
                 settings: self.settings,
                 timing: self.timing,
                 timer,
                 now,
+                source_now,
                 export_table: self.export_table,
             };
             match core::step(&ctx, &snapshot, &facts) {

@@ -60,6 +60,9 @@ pub struct MigrationStatus {
     pub reminder: Option<String>,
     /// The failure ledger at a glance (`failures` lists the entries).
     pub import_failures: crate::ledger::Summary,
+    /// This machine's clock minus the source server's (seconds), when this process has heard from the source
+    /// (the timers' process always has); windows end by the earlier of the two.
+    pub source_clock_skew_seconds: Option<i64>,
 }
 
 impl Engine {
@@ -124,6 +127,7 @@ impl Engine {
                 )
             }),
             import_failures,
+            source_clock_skew_seconds: self.source.server_now().map(|s| (now - s).num_seconds()),
         })
     }
 }
@@ -154,6 +158,8 @@ impl Engine {
             return Ok(Vec::new());
         };
         let mut windows = Vec::new();
+        // After the first answer from the source, its clock bounds the windows as it does for the timers.
+        let now = self.clock(now);
         while windows.len() < n {
             let Some(mut till) = crate::planner::window_end(&self.settings, since, now) else {
                 break;

@@ -55,6 +55,9 @@ impl RetryPolicy {
     }
 }
 
+/// A server's `Date` and the moment its answer arrived here.
+type ServerClock = (chrono::DateTime<chrono::Utc>, Instant);
+
 #[derive(Clone)]
 pub struct FhirClient {
     base: Url,
@@ -63,6 +66,8 @@ pub struct FhirClient {
     user_agent: String,
     retry: RetryPolicy,
     telemetry: Arc<dyn Telemetry>,
+    /// The server's clock as its latest `Date` header gave it, and when that answer arrived here.
+    clock: Arc<std::sync::Mutex<Option<ServerClock>>>,
 }
 
 impl std::fmt::Debug for FhirClient {
@@ -84,6 +89,26 @@ impl FhirClient {
             user_agent: user_agent.to_string(),
             retry: RetryPolicy::default(),
             telemetry: Arc::new(NoTelemetry),
+            clock: Arc::default(),
+        }
+    }
+
+    /// The server's current time, from the `Date` header of its latest answer plus the time since (`None`
+    /// before any answer). Whole seconds: it reads at most a second behind, the safe side for a frontier.
+    pub fn server_now(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        let seen = *self.clock.lock().unwrap_or_else(|p| p.into_inner());
+        seen.map(|(date, at)| date + chrono::TimeDelta::from_std(at.elapsed()).unwrap_or_default())
+    }
+
+    fn observe_clock(&self, resp: &Response) {
+        let date = resp
+            .headers()
+            .get(reqwest::header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| chrono::DateTime::parse_from_rfc2822(v).ok());
+        if let Some(date) = date {
+            *self.clock.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((date.with_timezone(&chrono::Utc), Instant::now()));
         }
     }
 
@@ -162,6 +187,9 @@ impl FhirClient {
                 Ok(Err(e)) => Err((describe(&e), e.is_connect() || e.is_timeout() || e.is_request())),
                 Err(_) => Err((format!("timed out: no answer within {} s", left.as_secs()), true)),
             };
+            if let Ok(resp) = &outcome {
+                self.observe_clock(resp);
+            }
             let status = outcome.as_ref().ok().map(|r| r.status().as_u16());
             self.telemetry
                 .dependency(timer.finish(status, status.is_some_and(|s| s < 400)));

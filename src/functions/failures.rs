@@ -9,7 +9,7 @@ use super::payload::{HttpResponseData, InvocationRequest, InvocationResponse};
 use super::requests::{bad_request, json_body, option};
 use super::{FunctionError, FunctionSpec, http_output};
 use crate::app::App;
-use crate::ledger::retry::{RequestError, Selection};
+use crate::engine::failures::{RequestError, Selection};
 use crate::ledger::{State, Summary};
 
 pub(super) async fn failures(

@@ -9,14 +9,15 @@
 //!   stay open, named in `status`, telemetry and cut-over, until an operator fixes the cause and retries them
 //!   (`failures retry`) or accepts the loss with a reason (`failures accept`).
 //!
+//! This module is the ledger's data (rows, the table, reading error lines); recording and retrying are the
+//! engine's work ([`crate::engine::failures`]).
+//!
 //! Rows are keyed by the resource version (`{type}|{id}|{versionId}`), so a version that fails again on a later
 //! import attempt updates its row (attempts, last seen) instead of adding one. A line whose resource cannot be
 //! told (its input file unreadable) is keyed by its error file and position.
 
 mod entry;
-pub(crate) mod locate;
-mod record;
-pub mod retry;
+pub mod locate;
 
 pub use entry::{Class, Entry, Kind, State, Summary};
 

@@ -138,6 +138,11 @@ pub const EVENTS: &[EventSpec] = &[
         added: true,
     },
     EventSpec {
+        name: "ClockSkew",
+        properties: &["SkewSeconds", "SafetyLagSeconds"],
+        added: true,
+    },
+    EventSpec {
         name: "WindowSkipped",
         properties: &["Since", "Till", "Reason"],
         added: true,

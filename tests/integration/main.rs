@@ -3,6 +3,7 @@
 
 mod blobs;
 mod cli;
+mod clock;
 mod cutover;
 mod dashboard;
 mod engine;
@@ -11,6 +12,7 @@ mod fhir;
 mod handler;
 mod infra;
 mod layout;
+mod ledger;
 mod migration;
 mod package;
 mod preflight;

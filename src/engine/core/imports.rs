@@ -479,6 +479,7 @@ mod tests {
             timing: &timing,
             timer: Timer::ImportStatus,
             now,
+            source_now: None,
             export_table: "export",
         };
         let (snapshot, facts) = running(now, TimeDelta::minutes(5));

@@ -382,11 +382,19 @@ pub struct Context<'a> {
     pub timing: &'a crate::engine::Timing,
     pub timer: Timer,
     pub now: DateTime<Utc>,
+    /// The source server's clock, when one of its answers has told it: windows end before what the server
+    /// has written, not before what this machine's clock says (which may run ahead of it).
+    pub source_now: Option<DateTime<Utc>>,
     /// The window table's name, for the operator-facing halt event.
     pub export_table: &'a str,
 }
 
 impl Context<'_> {
+    /// The instant the frontier is measured from: the earlier of this machine's clock and the source's.
+    pub fn clock(&self) -> DateTime<Utc> {
+        self.source_now.map_or(self.now, |s| s.min(self.now))
+    }
+
     /// Whether the retry latch has tripped (new work is refused until an operator clears it).
     pub fn latched(&self, cursor: &Cursor) -> bool {
         self.settings

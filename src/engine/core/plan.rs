@@ -217,7 +217,7 @@ fn plan_window(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Option<Acti
         Ok(s) => s,
         Err(first) => return *first,
     };
-    let till = planner::window_end_with(ctx.settings, since, ctx.now, ctx.timing.min_tail)?;
+    let till = planner::window_end_with(ctx.settings, since, ctx.clock(), ctx.timing.min_tail)?;
     let (till, n) = match sized(ctx, facts, None, since, till) {
         Ok(sized) => sized,
         Err(missing) => return Some(missing.into()),
@@ -228,7 +228,7 @@ fn plan_window(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Option<Acti
             Some(next) => *next,
             None => return Some(Action::Oldest { from: Some(till) }),
         };
-        let frontier = planner::frontier(ctx.settings, ctx.now);
+        let frontier = planner::frontier(ctx.settings, ctx.clock());
         let skip_to = next.map_or(frontier, |n| n.min(frontier)).max(till);
         if skip_to <= since {
             return None;
@@ -281,8 +281,8 @@ fn plan_per_type(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Option<Ac
                 Err(first) => return *first,
             };
             let span = ctx.settings.chunk_unit.span(ctx.settings.resource_export_chunk_time);
-            let till = (since + span).min(planner::frontier(ctx.settings, ctx.now));
-            planner::window_end_with(ctx.settings, since, ctx.now, ctx.timing.min_tail)?;
+            let till = (since + span).min(planner::frontier(ctx.settings, ctx.clock()));
+            planner::window_end_with(ctx.settings, since, ctx.clock(), ctx.timing.min_tail)?;
             if till <= since {
                 return None;
             }

@@ -360,6 +360,11 @@ impl Ports for SimPorts {
     }
 
     /// The simulated servers say nothing about single lines: every failed line counts as permanent.
+    /// The simulated servers share the simulation's clock.
+    fn source_now(&self) -> Option<DateTime<Utc>> {
+        None
+    }
+
     async fn record_failures(
         &self,
         _window: i64,

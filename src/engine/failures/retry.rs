@@ -12,12 +12,12 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{Value, json};
 
-use super::locate::{error_line, identity, input_line};
 use super::record::event;
-use super::{Class, Entry, Kind, State};
 use crate::engine::{Engine, EngineError};
 use crate::fhir::Poll;
 use crate::fhir::wire::ImportErrorFile;
+use crate::ledger::locate::{error_line, identity, input_line};
+use crate::ledger::{Class, Entry, Kind, State};
 use crate::storage::tables::TableError;
 
 /// Versions per retry import.

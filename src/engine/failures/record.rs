@@ -9,12 +9,12 @@ use chrono::{DateTime, TimeDelta, Utc};
 use futures::{StreamExt, TryStreamExt, stream};
 use serde_json::Value;
 
-use super::locate::{error_line, identity, input_line};
-use super::{Class, Entry, Kind, State};
 use crate::engine::error_files::ErrorSummary;
 use crate::engine::{Engine, EngineError};
 use crate::fhir::VersionRead;
 use crate::fhir::wire::ImportErrorFile;
+use crate::ledger::locate::{error_line, identity, input_line};
+use crate::ledger::{Class, Entry, Kind, State};
 use crate::storage::tables::TableError;
 use crate::telemetry::{Event, id_of};
 
@@ -33,7 +33,7 @@ struct Failed {
 
 impl Engine {
     /// Records every failed line of a finished import in the ledger and returns the counts by kind and class.
-    pub(crate) async fn record_failures(
+    pub async fn record_failures(
         &self,
         window: i64,
         errors: &[ImportErrorFile],
@@ -142,7 +142,7 @@ impl Engine {
         match self.destination.vread(&t, &id, &vid).await {
             Ok(VersionRead::Found(stored)) if !deleted => {
                 same_instant(&stored["meta"]["lastUpdated"], &line["meta"]["lastUpdated"])
-                    && crate::verify::content_hash(&stored) == crate::verify::content_hash(line)
+                    && without_server_meta(&stored) == without_server_meta(line)
             }
             Ok(VersionRead::Gone) => deleted,
             _ => false,
@@ -205,6 +205,38 @@ pub(crate) fn event(e: &Entry) -> Event {
         .with("ErrorFile", id_of(&e.error_file))
 }
 
+/// The resource without `meta.versionId` and `meta.lastUpdated` (compared on their own); JSON objects compare
+/// regardless of key order.
+fn without_server_meta(resource: &Value) -> Value {
+    let mut v = resource.clone();
+    if let Some(meta) = v.get_mut("meta").and_then(Value::as_object_mut) {
+        meta.remove("versionId");
+        meta.remove("lastUpdated");
+    }
+    if v["meta"].as_object().is_some_and(|m| m.is_empty())
+        && let Some(map) = v.as_object_mut()
+    {
+        map.remove("meta");
+    }
+    v
+}
+
+/// A row key naming a file position: the URL with the characters row keys refuse replaced.
+fn file_key(prefix: &str, url: &str, rest: &str) -> String {
+    let safe: String = url
+        .chars()
+        .map(|c| {
+            if matches!(c, '/' | '\\' | '#' | '?') || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .take(600)
+        .collect();
+    format!("{prefix}|{safe}{rest}")
+}
+
 fn same_instant(a: &Value, b: &Value) -> bool {
     let ms = |v: &Value| {
         v.as_str()
@@ -231,10 +263,7 @@ fn line_entry(
         .and_then(|bytes| input_line(bytes, offset, line));
     let (resource_type, id, version_id, last_updated) = raw.and_then(identity).unwrap_or_default();
     let key = if id.is_empty() || version_id.is_empty() {
-        format!(
-            "line|{:016x}|{offset}|{line}",
-            crate::verify::content_hash(&Value::String(file.url.clone()))
-        )
+        file_key("line", &file.url, &format!("|{offset}|{line}"))
     } else {
         Entry::key_of(&resource_type, &id, &version_id)
     };
@@ -281,10 +310,7 @@ fn line_entry(
 /// An error file the tool could not read: how many lines failed is known, not which.
 fn unreadable(window: i64, file: &ImportErrorFile, now: DateTime<Utc>) -> Entry {
     Entry {
-        key: format!(
-            "file|{:016x}",
-            crate::verify::content_hash(&Value::String(file.url.clone()))
-        ),
+        key: file_key("file", &file.url, ""),
         window,
         resource_type: file.resource_type.clone().unwrap_or_default(),
         id: String::new(),

@@ -1,0 +1,225 @@
+//! The failure ledger against real storage (Azurite) and the emulated destination: every refused line lands
+//! once with its class, a conflict blocks cut-over until it is fixed and retried, and nothing is dropped.
+
+use std::time::{Duration, Instant};
+
+use chrono::{TimeDelta, Utc};
+use fhir_emulator::seed::load_into;
+use fhir_migration_tool::cutover::{Options, cutover};
+use fhir_migration_tool::engine::failures::Selection;
+use fhir_migration_tool::fhir::wire::ImportErrorFile;
+use fhir_migration_tool::ledger::{Class, Kind, State};
+use serde_json::json;
+
+use crate::migration::{assert_same, run_to_completion, seed, stack};
+
+fn instant(t: chrono::DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn patient(id: &str, version: &str, at: &str, family: &str) -> String {
+    json!({ "resourceType": "Patient", "id": id, "meta": { "versionId": version, "lastUpdated": at }, "name": [{ "family": family }] })
+        .to_string()
+}
+
+/// An error-file line as the server writes it (reference §5.3).
+fn error(message: &str, line: usize) -> String {
+    json!({ "resourceType": "OperationOutcome", "issue": [{ "severity": "error", "details": { "text": message },
+        "diagnostics": format!("Failed to process resource at line: {line} with stream start offset: 0") }] })
+    .to_string()
+}
+
+#[tokio::test]
+async fn every_kind_of_refused_line_lands_once_with_its_class() {
+    let stack = stack(&[]).await;
+    let engine = &stack.engine;
+    let blobs = stack._app.blobs();
+    let at = instant(Utc::now() - TimeDelta::hours(1));
+    // The destination already holds b1 exactly as exported, and a different c1 under the same version.
+    let (_, errors) = load_into(
+        stack.destination.store(),
+        &[patient("b1", "1", &at, "Same"), patient("c1", "1", &at, "Other")],
+    );
+    assert!(errors.is_empty(), "{errors:?}");
+    let future = instant(Utc::now() + TimeDelta::hours(1));
+    let input = [
+        patient("b1", "1", &at, "Same"),
+        patient("c1", "1", &at, "Mine"),
+        patient("bad id", "1", &at, "X"),
+        patient("f1", "1", &future, "Later"),
+        json!({ "resourceType": "SearchParameter", "id": "sp1", "meta": { "versionId": "1", "lastUpdated": at } })
+            .to_string(),
+    ]
+    .join("\n");
+    let said = [
+        error("Failed to import duplicate resource, resource id: b1, line: 1", 1),
+        error(
+            "Failed to import resource with version conflict, resource id: c1, line: 2",
+            2,
+        ),
+        error(
+            "Invalid resource id: 'bad id'. Id must be any combination of upper or lower case ASCII letters",
+            3,
+        ),
+        error("LastUpdated in the resource cannot be in the future.", 4),
+        error("SearchParameter resources cannot be processed by import.", 5),
+    ]
+    .join("\n");
+    blobs.ensure_container("exports").await.unwrap();
+    blobs.ensure_container("fhirlogs").await.unwrap();
+    blobs
+        .put("exports", "run/Patient-1.ndjson", input.into_bytes())
+        .await
+        .unwrap();
+    blobs
+        .put("fhirlogs", "import-1.ndjson", said.into_bytes())
+        .await
+        .unwrap();
+    let files = [
+        ImportErrorFile {
+            resource_type: Some("Patient".into()),
+            count: 5,
+            input_url: Some(blobs.blob_url("exports", "run/Patient-1.ndjson")),
+            url: blobs.blob_url("fhirlogs", "import-1.ndjson"),
+        },
+        ImportErrorFile {
+            resource_type: Some("Observation".into()),
+            count: 4,
+            input_url: Some(blobs.blob_url("exports", "run/Observation-1.ndjson")),
+            url: blobs.blob_url("fhirlogs", "gone.ndjson"),
+        },
+    ];
+    let summary = engine.record_failures(3, &files, Utc::now()).await.unwrap();
+    assert_eq!(
+        (summary.benign, summary.transient, summary.permanent),
+        (2, 1, 3),
+        "{summary:?}"
+    );
+    let entries = engine.ledger().list(None).await.unwrap();
+    let find = |key: &str| {
+        entries
+            .iter()
+            .find(|e| e.key == key)
+            .unwrap_or_else(|| panic!("{key} in {entries:?}"))
+    };
+    let b1 = find("Patient|b1|1");
+    assert_eq!(
+        (b1.kind, b1.class, b1.state),
+        (Kind::Duplicate, Class::Benign, State::Resolved)
+    );
+    let c1 = find("Patient|c1|1");
+    assert_eq!(
+        (c1.kind, c1.class, c1.state),
+        (Kind::Conflict, Class::Permanent, State::Open)
+    );
+    assert_eq!((c1.window, c1.line, c1.last_updated.as_str()), (3, 2, at.as_str()));
+    let bad = find("Patient|bad id|1");
+    assert_eq!((bad.kind, bad.class), (Kind::InvalidId, Class::Permanent));
+    let f1 = find("Patient|f1|1");
+    assert_eq!(
+        (f1.kind, f1.class, f1.state),
+        (Kind::Future, Class::Transient, State::Retrying)
+    );
+    assert!(
+        f1.next_attempt.unwrap() > Utc::now() + TimeDelta::minutes(59),
+        "retried after its instant"
+    );
+    let sp = find("SearchParameter|sp1|1");
+    assert_eq!((sp.class, sp.state), (Class::Benign, State::Resolved));
+    let unreadable: Vec<_> = entries.iter().filter(|e| e.kind == Kind::Unreadable).collect();
+    assert_eq!(unreadable.len(), 1);
+    assert!(
+        unreadable[0].message.contains("4 line(s) failed"),
+        "{}",
+        unreadable[0].message
+    );
+    assert_eq!(entries.len(), 6);
+    let events = |stack: &crate::migration::Stack| {
+        stack
+            .telemetry
+            .events()
+            .iter()
+            .filter(|e| e.name == "ImportFailure")
+            .count()
+    };
+    assert_eq!(events(&stack), 6, "an event per entry");
+    crate::migration::assert_contract(&stack.telemetry.events());
+
+    // Recording the same files again (a crash replay) changes nothing.
+    engine.record_failures(3, &files, Utc::now()).await.unwrap();
+    let again = engine.ledger().list(None).await.unwrap();
+    assert_eq!(again.len(), 6);
+    assert!(again.iter().all(|e| e.attempts == 1), "{again:?}");
+    assert_eq!(events(&stack), 6);
+    let status = engine.status(Utc::now()).await.unwrap();
+    assert_eq!(
+        (
+            status.import_failures.permanent_unresolved,
+            status.import_failures.transient_pending,
+            status.import_failures.benign
+        ),
+        (3, 1, 2)
+    );
+}
+
+#[tokio::test]
+async fn a_conflict_blocks_cut_over_until_it_is_fixed_and_retried() {
+    let stack = stack(&[("AZURE_SafetyLagSeconds", "1"), ("AZURE_ExportConfirmSeconds", "0")]).await;
+    seed(&stack, 200, 4);
+    let at = instant(Utc::now() - TimeDelta::minutes(20));
+    load_into(stack.source.store(), &[patient("conflict-1", "1", &at, "Source")]);
+    load_into(
+        stack.destination.store(),
+        &[patient("conflict-1", "1", &at, "Written at the destination")],
+    );
+    run_to_completion(&stack, 300).await;
+
+    let engine = &stack.engine;
+    let entries = engine.ledger().list(None).await.unwrap();
+    let open: Vec<_> = entries.iter().filter(|e| e.state.unresolved()).collect();
+    assert_eq!(open.len(), 1, "{entries:?}");
+    assert_eq!(
+        (open[0].key.as_str(), open[0].kind),
+        ("Patient|conflict-1|1", Kind::Conflict)
+    );
+    let status = engine.status(Utc::now()).await.unwrap();
+    assert_eq!(status.import_failures.permanent_unresolved, 1);
+    assert!(!status.halted, "Continue records and goes on");
+
+    let final_check = Options {
+        final_check: true,
+        quiet: Duration::from_secs(2),
+        timeout: Duration::from_secs(120),
+        poll: Duration::from_millis(200),
+    };
+    let report = cutover(&stack._app, &final_check).await.unwrap();
+    assert!(!report.ready, "{report:?}");
+    assert!(
+        report.reasons.iter().any(|r| r.contains("`failures`")),
+        "{:?}",
+        report.reasons
+    );
+
+    // The operator removes the stray version at the destination and asks for a retry.
+    assert_eq!(stack.destination.store().hard_delete("Patient", "conflict-1"), 1);
+    let queued = engine
+        .retry_failures(&Selection::Keys(vec!["Patient|conflict-1|1".into()]), Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(queued, 1);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        engine.import_status_tick(Utc::now()).await.unwrap();
+        let e = engine.ledger().get("Patient|conflict-1|1").await.unwrap().unwrap();
+        if e.state == State::Resolved {
+            assert!(e.resolution.contains("retry"), "{}", e.resolution);
+            break;
+        }
+        assert!(Instant::now() < deadline, "not resolved in time: {e:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let report = cutover(&stack._app, &final_check).await.unwrap();
+    assert!(report.ready, "{report:?}");
+    assert_eq!(report.import_failures.resolved, 1);
+    assert_same(stack.source.store(), stack.destination.store());
+}

@@ -149,6 +149,13 @@ pub async fn cutover(app: &App, options: &Options) -> Result<Report, CutoverErro
             app.telemetry().as_ref(),
         )
         .await?;
+        let search_parameters = engine.compare_search_parameters().await?;
+        if !search_parameters.is_empty() {
+            report.reasons.push(format!(
+                "custom SearchParameters differ ({}); the starter carries changes within minutes",
+                search_parameters.join("; ")
+            ));
+        }
         let clean = reconciled.clean() && reconciled.pending_soft_deletes == 0;
         report.reconcile_clean = Some(clean);
         if reconciled.hard_deleted_at_source > 0 {

@@ -45,8 +45,12 @@ pub trait Ports: Sync {
     /// Cancels a job (best effort); the error text when the server refused or could not be reached.
     fn cancel(&self, url: &str, destination: bool) -> impl Future<Output = Result<(), String>> + Send;
     fn totals(&self) -> impl Future<Output = Totals> + Send;
-    /// Copies the custom SearchParameters: (written, already present), or why it failed.
-    fn copy_search_parameters(&self) -> impl Future<Output = Result<(i64, i64), String>> + Send;
+    /// Copies the custom SearchParameters (`since` none), or carries what changed at the source since `since`;
+    /// what it did, or why it failed.
+    fn copy_search_parameters(
+        &self,
+        since: Option<DateTime<Utc>>,
+    ) -> impl Future<Output = Result<super::search_parameters::SearchParameterSync, String>> + Send;
     /// Writes a payload blob; `new_container` when this tick has not written to the container yet (it is
     /// created if missing once per tick, not once per blob).
     fn put_blob(
@@ -190,8 +194,11 @@ impl Ports for Engine {
         }
     }
 
-    async fn copy_search_parameters(&self) -> Result<(i64, i64), String> {
-        self.copy_custom_search_parameters().await.map_err(|e| e.to_string())
+    async fn copy_search_parameters(
+        &self,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<super::search_parameters::SearchParameterSync, String> {
+        self.sync_search_parameters(since).await.map_err(|e| e.to_string())
     }
 
     async fn put_blob(

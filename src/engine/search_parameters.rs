@@ -1,11 +1,31 @@
-//! The copy of custom SearchParameters (`$import` refuses them, reference §4.2): every page of the source's list
-//! (the original read only the first 1,000), PUT by id so ids are kept, unchanged ones skipped. A failure is
-//! reported and retried on the next tick; it never blocks the data migration.
+//! Custom SearchParameters (`$import` refuses them, reference §4.2) travel through the REST API: the first copy
+//! reads every page of the source's list (the original read only the first 1,000) and PUTs each by id, so ids
+//! are kept and unchanged ones skipped. After that, each starter tick asks the source's SearchParameter history
+//! for what changed since the last sync (cheap when nothing did) and carries creations, changes and deletions.
+//! A failure is reported and retried on the next tick; it never blocks the data migration.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
 
 use super::Engine;
 use crate::fhir::FhirError;
 
-fn without_meta(v: &serde_json::Value) -> serde_json::Value {
+/// What one copy or sync did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SearchParameterSync {
+    pub written: i64,
+    pub deleted: i64,
+    pub unchanged: i64,
+}
+
+/// How far back each sync looks past the previous one: a change committed just as the last sync read (with a
+/// slightly older lastUpdated) is still seen. Carrying a change twice changes nothing.
+const OVERLAP: TimeDelta = TimeDelta::minutes(5);
+
+fn without_meta(v: &Value) -> Value {
     let mut v = v.clone();
     if let Some(map) = v.as_object_mut() {
         map.remove("meta");
@@ -15,24 +35,112 @@ fn without_meta(v: &serde_json::Value) -> serde_json::Value {
 }
 
 impl Engine {
-    /// Copies every custom SearchParameter that differs at the destination: (written, already present).
-    pub(crate) async fn copy_custom_search_parameters(&self) -> Result<(i64, i64), FhirError> {
-        let mut copied = 0i64;
-        let mut unchanged = 0i64;
-        for sp in self.source.search_parameters().await? {
-            let id = sp["id"].as_str().unwrap_or_default().to_string();
-            let existing = self.destination.read("SearchParameter", &id).await?;
-            if existing.as_ref().map(without_meta) == Some(without_meta(&sp)) {
-                unchanged += 1;
-                continue;
+    /// The first copy (`since` none) or a sync of what changed at the source since `since`.
+    pub(crate) async fn sync_search_parameters(
+        &self,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<SearchParameterSync, FhirError> {
+        let Some(since) = since else {
+            let mut done = SearchParameterSync::default();
+            for sp in self.source.search_parameters().await? {
+                self.carry(&sp, &mut done).await?;
             }
-            let mut body = sp.clone();
-            if let Some(map) = body.as_object_mut() {
-                map.remove("meta");
+            return Ok(done);
+        };
+        // The newest entry per id decides: a resource to carry, or a deletion.
+        let query = format!(
+            "SearchParameter/_history?_since={}&_count=1000",
+            crate::storage::encode_component(&crate::fhir::format_instant(since - OVERLAP))
+        );
+        let mut newest: HashMap<String, (DateTime<Utc>, Option<Value>)> = HashMap::new();
+        let mut url = self.source.url(&query)?;
+        for _ in 0..10_000 {
+            let page = self.source.page(&url).await?;
+            for entry in page["entry"].as_array().into_iter().flatten() {
+                let deleted = entry["request"]["method"] == "DELETE";
+                let resource = &entry["resource"];
+                let id = resource["id"]
+                    .as_str()
+                    .or_else(|| entry["request"]["url"].as_str().and_then(|u| u.rsplit('/').next()))
+                    .unwrap_or_default()
+                    .to_string();
+                let at = resource["meta"]["lastUpdated"]
+                    .as_str()
+                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                    .map_or(DateTime::<Utc>::MIN_UTC, |t| t.with_timezone(&Utc));
+                if id.is_empty() || newest.get(&id).is_some_and(|(seen, _)| *seen >= at) {
+                    continue;
+                }
+                newest.insert(id, (at, (!deleted).then(|| resource.clone())));
             }
-            self.destination.put(&body).await?;
-            copied += 1;
+            match self.source.next_page(&page)? {
+                Some(next) => url = next,
+                None => break,
+            }
         }
-        Ok((copied, unchanged))
+        let mut done = SearchParameterSync::default();
+        for (id, (_, resource)) in newest {
+            match resource {
+                Some(sp) => self.carry(&sp, &mut done).await?,
+                None => {
+                    if self.destination.read("SearchParameter", &id).await?.is_some() {
+                        let url = self
+                            .destination
+                            .url(&format!("SearchParameter/{}", crate::storage::encode_component(&id)))?;
+                        let resp = self.destination.send(Method::DELETE, &url, |r| r, true).await?;
+                        if !(resp.status().is_success() || resp.status() == StatusCode::NOT_FOUND) {
+                            return Err(crate::fhir::client::rejection(resp, &url).await);
+                        }
+                        done.deleted += 1;
+                    }
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    /// How the destination's custom SearchParameters differ from the source's (by id, content without meta):
+    /// one line per difference, empty when they agree. The cut-over's final check reports these.
+    pub async fn compare_search_parameters(&self) -> Result<Vec<String>, FhirError> {
+        let by_id = |list: Vec<Value>| -> HashMap<String, Value> {
+            list.into_iter()
+                .filter_map(|sp| Some((sp["id"].as_str()?.to_string(), without_meta(&sp))))
+                .collect()
+        };
+        let source = by_id(self.source.search_parameters().await?);
+        let destination = by_id(self.destination.search_parameters().await?);
+        let mut out = Vec::new();
+        for (id, sp) in &source {
+            match destination.get(id) {
+                None => out.push(format!("SearchParameter/{id} is missing at the destination")),
+                Some(d) if d != sp => out.push(format!("SearchParameter/{id} differs at the destination")),
+                Some(_) => {}
+            }
+        }
+        out.extend(
+            destination
+                .keys()
+                .filter(|id| !source.contains_key(*id))
+                .map(|id| format!("SearchParameter/{id} is at the destination but no longer at the source")),
+        );
+        out.sort();
+        Ok(out)
+    }
+
+    /// PUTs one SearchParameter by id unless the destination already holds the same.
+    async fn carry(&self, sp: &Value, done: &mut SearchParameterSync) -> Result<(), FhirError> {
+        let id = sp["id"].as_str().unwrap_or_default();
+        let existing = self.destination.read("SearchParameter", id).await?;
+        if existing.as_ref().map(without_meta) == Some(without_meta(sp)) {
+            done.unchanged += 1;
+            return Ok(());
+        }
+        let mut body = sp.clone();
+        if let Some(map) = body.as_object_mut() {
+            map.remove("meta");
+        }
+        self.destination.put(&body).await?;
+        done.written += 1;
+        Ok(())
     }
 }

@@ -176,7 +176,9 @@ impl<P: Ports> Shell<'_, P> {
                 }
                 Action::CopySearchParameters => {
                     facts.search_parameters_tried = true;
-                    self.copy_search_parameters(&mut snapshot, &mut report).await?;
+                    let clock = source_now.map_or(now, |s| s.min(now));
+                    self.copy_search_parameters(&mut snapshot, &mut report, now, clock)
+                        .await?;
                 }
             }
         }
@@ -249,19 +251,46 @@ impl<P: Ports> Shell<'_, P> {
         Ok(())
     }
 
+    /// The first copy of the custom SearchParameters, or a sync of what changed since the last one. `clock` is
+    /// the source-side instant this sync covers up to (the next one looks from there, with an overlap).
     async fn copy_search_parameters(
         &self,
         snapshot: &mut Snapshot,
         report: &mut TickReport,
+        now: DateTime<Utc>,
+        clock: DateTime<Utc>,
     ) -> Result<(), EngineError> {
-        match self.ports.copy_search_parameters().await {
-            Ok((copied, unchanged)) => {
-                report.say(format!(
-                    "Custom SearchParameters copied: {copied} written, {unchanged} already present. Run $reindex on the destination once the migration is complete."
-                ));
+        let first = !snapshot.cursor.search_parameters_copied;
+        let since = if first {
+            None
+        } else {
+            snapshot
+                .cursor
+                .search_parameters_synced_at
+                .or(Some(clock - TimeDelta::days(1)))
+        };
+        match self.ports.copy_search_parameters(since).await {
+            Ok(done) => {
+                let changed = done.written + done.deleted > 0;
                 let mut cursor = snapshot.cursor.clone();
+                if first {
+                    report.say(format!(
+                        "Custom SearchParameters copied: {} written, {} already present. Run $reindex on the destination once the migration is complete.",
+                        done.written, done.unchanged
+                    ));
+                    cursor.search_parameter_count = done.written + done.unchanged;
+                } else if changed {
+                    report.say(format!(
+                        "Custom SearchParameters changed at the source: {} written, {} deleted at the destination. Run $reindex on the destination again.",
+                        done.written, done.deleted
+                    ));
+                    cursor.search_parameters_changed_at = Some(now);
+                    if done.written > 0 {
+                        cursor.search_parameter_count = cursor.search_parameter_count.max(1);
+                    }
+                }
                 cursor.search_parameters_copied = true;
-                cursor.search_parameter_count = copied + unchanged;
+                cursor.search_parameters_synced_at = Some(clock);
                 match self.ports.write(&Write::Cursor(cursor)).await {
                     Ok(written) => put(snapshot, written),
                     Err(TableError::Conflict { .. }) => *snapshot = self.ports.load().await?,

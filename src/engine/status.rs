@@ -120,12 +120,18 @@ impl Engine {
             paused: crate::planner::paused(self.settings.pause, now),
             search_parameters_copied: cursor.search_parameters_copied,
             search_parameter_count: cursor.search_parameter_count,
-            reminder: (cursor.search_parameter_count > 0).then(|| {
-                format!(
-                    "{} custom SearchParameter(s) were copied: run $reindex on the destination after the migration so they can be searched.",
-                    cursor.search_parameter_count
-                )
-            }),
+            reminder: match cursor.search_parameters_changed_at {
+                Some(at) => Some(format!(
+                    "custom SearchParameters changed at the source and were carried (last at {}): run $reindex on the destination (again) after the migration so they can be searched.",
+                    format_instant(at)
+                )),
+                None => (cursor.search_parameter_count > 0).then(|| {
+                    format!(
+                        "{} custom SearchParameter(s) were copied: run $reindex on the destination after the migration so they can be searched.",
+                        cursor.search_parameter_count
+                    )
+                }),
+            },
             import_failures,
             source_clock_skew_seconds: self.source.server_now().map(|s| (now - s).num_seconds()),
         })

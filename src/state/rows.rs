@@ -138,6 +138,11 @@ pub struct Cursor {
     pub totals_at: Option<DateTime<Utc>>,
     pub source_total: String,
     pub destination_total: String,
+    /// `SearchParametersSyncedAt`: the (source) instant the last SearchParameter sync looked from; the next one
+    /// asks for what changed since then. `SearchParametersChangedAt`: when a sync last carried a change (the
+    /// `$reindex` reminder repeats after it).
+    pub search_parameters_synced_at: Option<DateTime<Utc>>,
+    pub search_parameters_changed_at: Option<DateTime<Utc>>,
     pub etag: Option<ETag>,
 }
 
@@ -283,6 +288,8 @@ impl Cursor {
             totals_at: None,
             source_total: String::new(),
             destination_total: String::new(),
+            search_parameters_synced_at: None,
+            search_parameters_changed_at: None,
             etag: None,
         }
     }
@@ -290,6 +297,8 @@ impl Cursor {
     pub fn to_entity(&self, pk: &str, rk: &str) -> Result<Entity, TableError> {
         let mut e = Entity::new(pk, rk)?;
         time_str(&mut e, "since", self.since);
+        time_str(&mut e, "SearchParametersSyncedAt", self.search_parameters_synced_at);
+        time_str(&mut e, "SearchParametersChangedAt", self.search_parameters_changed_at);
         e.set_i64("JobId", self.next_job)
             .set_i64("CommittedJobId", self.committed_job)
             .set_i64("maxExportRetries", self.failures)
@@ -333,6 +342,8 @@ impl Cursor {
             totals_at: read_time_str(e, "TotalsAt"),
             source_total: e.get_str("SourceTotal").unwrap_or_default().into(),
             destination_total: e.get_str("DestinationTotal").unwrap_or_default().into(),
+            search_parameters_synced_at: read_time_str(e, "SearchParametersSyncedAt"),
+            search_parameters_changed_at: read_time_str(e, "SearchParametersChangedAt"),
             etag: e.etag().cloned(),
         }
     }
@@ -557,6 +568,7 @@ mod tests {
         let mut cursor = Cursor::new();
         cursor.since = Some(t0);
         cursor.next_job = 7;
+        cursor.search_parameters_synced_at = Some(t0);
         let back = Cursor::from_entity(&cursor.to_entity("pk", "rk").unwrap());
         assert_eq!(back, cursor);
 

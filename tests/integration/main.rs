@@ -18,6 +18,7 @@ mod package;
 mod preflight;
 mod reconcile;
 mod router;
+mod search_parameters;
 mod self_contained;
 mod structure;
 mod support;

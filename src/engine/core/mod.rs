@@ -428,7 +428,7 @@ pub fn step(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Action {
                     "Execution skipped: Current time is within the restricted window",
                 ));
             }
-            if !cursor.search_parameters_copied && !facts.search_parameters_tried {
+            if !facts.search_parameters_tried && rules::search_parameters_due(ctx, cursor) {
                 return Action::CopySearchParameters;
             }
             plan::commit(ctx, snapshot, facts)

@@ -25,6 +25,17 @@ pub const MIN_UNIT_BYTES: i64 = 100_000;
 /// How soon a deferred kick-off or POST is tried again when the server named no wait.
 pub const RETRY_SOON: TimeDelta = TimeDelta::seconds(30);
 
+/// How often custom SearchParameters are synced after the first copy (each sync reads only what changed).
+pub const SEARCH_PARAMETER_SYNC_EVERY: TimeDelta = TimeDelta::minutes(4);
+
+/// Whether the starter should copy (first time) or sync the custom SearchParameters now.
+pub fn search_parameters_due(ctx: &super::Context, cursor: &crate::state::Cursor) -> bool {
+    !cursor.search_parameters_copied
+        || cursor
+            .search_parameters_synced_at
+            .is_none_or(|t| ctx.now - t >= SEARCH_PARAMETER_SYNC_EVERY)
+}
+
 /// A window's phase, from its row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WindowPhase {

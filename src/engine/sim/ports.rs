@@ -338,9 +338,12 @@ impl Ports for SimPorts {
         }
     }
 
-    async fn copy_search_parameters(&self) -> Result<(i64, i64), String> {
+    async fn copy_search_parameters(
+        &self,
+        _since: Option<DateTime<Utc>>,
+    ) -> Result<crate::engine::search_parameters::SearchParameterSync, String> {
         self.enter().await;
-        Ok((0, 0))
+        Ok(Default::default())
     }
 
     async fn put_blob(&self, container: &str, name: &str, body: Vec<u8>, _new: bool) -> Result<(), EngineError> {

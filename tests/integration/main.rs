@@ -2,6 +2,7 @@
 //! the harness on free ports; the handler tests start the real binary and play the Functions host.
 
 mod blobs;
+mod boundaries;
 mod cli;
 mod clock;
 mod cutover;

@@ -502,4 +502,73 @@ mod tests {
         );
         assert_eq!(poll_imports(&ctx, &snapshot, &facts), Some(Action::CountTotals));
     }
+
+    /// Under `AZURE_ImportErrorPolicy=Halt`, a finished import halts on permanent lines only: lines the ledger
+    /// found benign (the identical version is at the destination) or transient (retried later) do not.
+    #[test]
+    fn halt_stops_on_permanent_lines_not_on_benign_ones() {
+        use crate::engine::error_files::ErrorSummary;
+        use crate::fhir::wire::{ImportErrorFile, ImportOutput, ImportResult};
+        let settings = crate::engine::sim::settings(&[("AZURE_ImportErrorPolicy", "Halt")]);
+        let timing = crate::engine::Timing::default();
+        let now = crate::engine::sim::t0();
+        let ctx = Context {
+            settings: &settings,
+            timing: &timing,
+            timer: Timer::ImportStatus,
+            now,
+            source_now: None,
+            export_table: "export",
+        };
+        let outcome = |summary: ErrorSummary| {
+            let (snapshot, mut facts) = running(now, TimeDelta::minutes(1));
+            let key = PostKey::of(&snapshot.payloads[0]);
+            facts.totals = Some(crate::engine::core::Totals::default());
+            facts.marks.insert(Mark::TotalsSaved);
+            facts.import_polls.insert(
+                key.clone(),
+                ImportPoll::Done(ImportResult {
+                    transaction_time: None,
+                    output: vec![ImportOutput {
+                        resource_type: Some("Patient".into()),
+                        count: 8,
+                        input_url: None,
+                    }],
+                    error: vec![ImportErrorFile {
+                        resource_type: Some("Patient".into()),
+                        count: 2,
+                        input_url: None,
+                        url: "https://a/fhirlogs/e.ndjson".into(),
+                    }],
+                }),
+            );
+            facts.error_summaries.insert(key, Some(summary));
+            match poll_imports(&ctx, &snapshot, &facts) {
+                Some(Action::Write {
+                    write: crate::engine::core::Write::Payload(p),
+                    ..
+                }) => p.status,
+                other => panic!("the import is recorded: {other:?}"),
+            }
+        };
+        let benign = ErrorSummary {
+            duplicates: 2,
+            benign: 2,
+            ..ErrorSummary::default()
+        };
+        assert_eq!(outcome(benign), ImportStatus::Completed);
+        let transient = ErrorSummary {
+            invalid: 2,
+            transient: 2,
+            ..ErrorSummary::default()
+        };
+        assert_eq!(outcome(transient), ImportStatus::Completed);
+        let permanent = ErrorSummary {
+            conflicts: 1,
+            benign: 1,
+            permanent: 1,
+            ..ErrorSummary::default()
+        };
+        assert_eq!(outcome(permanent), ImportStatus::Halted);
+    }
 }

@@ -526,7 +526,7 @@ mod tests {
             facts.totals = Some(crate::engine::core::Totals::default());
             facts.marks.insert(Mark::TotalsSaved);
             facts.import_polls.insert(
-                key.clone(),
+                key,
                 ImportPoll::Done(ImportResult {
                     transaction_time: None,
                     output: vec![ImportOutput {

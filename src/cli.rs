@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 
 use crate::app::App;
-use crate::engine::{MigrationStatus, TickReport};
+use crate::engine::{MigrationStatus, TickReport, progress};
 
 /// How `run` paces the three timers.
 #[derive(Debug, Clone)]
@@ -107,32 +107,50 @@ fn caught_up(app: &App, status: &MigrationStatus) -> bool {
 
 /// A human-readable status.
 pub fn format_status(s: &MigrationStatus) -> String {
-    let mut out = vec![
-        format!("source:            {}", s.source),
-        format!("destination:       {}", s.destination),
-        format!(
-            "migrated through:  {}",
-            s.migrated_through.as_deref().unwrap_or("(not started)")
+    let p = &s.progress;
+    let mut headline = p.state.as_str().to_string();
+    if !p.state_detail.is_empty() {
+        headline.push_str(&format!(" ({})", p.state_detail));
+    }
+    if let Some(pct) = p.percent_versions.or(p.percent_time) {
+        headline.push_str(&format!(" — {pct:.1}% done"));
+    }
+    if let (Some(eta), crate::engine::progress::State::Running | crate::engine::progress::State::Paused) =
+        (p.eta_seconds, p.state)
+    {
+        headline.push_str(&format!(", caught up in about {}", progress::duration_text(eta)));
+    }
+    let mut out = vec![format!("state:             {headline}")];
+    let rate = p
+        .versions_per_hour
+        .map(|r| format!(", {} versions/h over the last hour", thousands(r.round() as i64)))
+        .unwrap_or_default();
+    out.push(match p.source_versions {
+        Some(total) => format!(
+            "migrated:          {} of {} versions{rate} (source counted {})",
+            thousands(p.migrated_versions),
+            thousands(total),
+            p.source_counted_at.as_deref().unwrap_or("-")
         ),
-    ];
+        None => format!("migrated:          {} versions{rate}", thousands(p.migrated_versions)),
+    });
+    out.push(format!(
+        "migrated through:  {}{}",
+        s.migrated_through.as_deref().unwrap_or("(not started)"),
+        p.percent_time
+            .map(|pct| format!(" ({pct:.1}% of the time range)"))
+            .unwrap_or_default()
+    ));
     if let Some(lag) = s.lag_seconds {
         out.push(format!("behind now by:     {}", humanize(lag)));
     }
+    out.push(format!("source:            {}", s.source));
+    out.push(format!("destination:       {}", s.destination));
     out.push(format!("windows committed: {}", s.windows_committed));
     out.push(format!(
         "failures:          {}{}",
         s.failures,
         s.max_failures.map(|m| format!(" (halts at {m})")).unwrap_or_default()
-    ));
-    out.push(format!(
-        "state:             {}",
-        if s.halted {
-            "HALTED"
-        } else if s.paused {
-            "paused (pause window)"
-        } else {
-            "running"
-        }
     ));
     let f = &s.import_failures;
     if f.total > 0 {
@@ -192,11 +210,137 @@ pub fn format_status(s: &MigrationStatus) -> String {
     out.join("\n")
 }
 
+/// `1,234,567`.
+fn thousands(n: i64) -> String {
+    let digits = n.abs().to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 { format!("-{out}") } else { out }
+}
+
 fn humanize(seconds: i64) -> String {
     match seconds {
         s if s < 120 => format!("{s} s"),
         s if s < 7200 => format!("{} min", s / 60),
         s if s < 172_800 => format!("{} h", s / 3600),
         s => format!("{} days", s / 86_400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::progress::{Progress, State};
+
+    fn status(progress: Progress) -> MigrationStatus {
+        MigrationStatus {
+            progress,
+            source: "https://src.azurehealthcareapis.com/".into(),
+            destination: "https://ws-dst.fhir.azurehealthcareapis.com/".into(),
+            migrated_through: Some("2026-11-01T00:00:00.000Z".into()),
+            lag_seconds: Some(29 * 86_400),
+            windows_in_flight: Vec::new(),
+            windows_committed: 120,
+            failures: 0,
+            max_failures: None,
+            halted: false,
+            paused: false,
+            search_parameters_copied: true,
+            search_parameter_count: 0,
+            reminder: None,
+            import_failures: Default::default(),
+            source_clock_skew_seconds: Some(0),
+        }
+    }
+
+    fn progress(state: State, detail: &str) -> Progress {
+        Progress {
+            state,
+            state_detail: detail.into(),
+            migrated_versions: 1_234_567,
+            source_versions: Some(2_000_000),
+            source_counted_at: Some("2026-11-30T20:00:00.000Z".into()),
+            percent_versions: Some(61.72835),
+            percent_time: Some(92.0),
+            versions_per_hour: Some(120_000.4),
+            eta_seconds: Some(6 * 3600 + 22 * 60),
+        }
+    }
+
+    /// The human status reads in five seconds: state, how much, how fast, when (golden text, time fixed).
+    #[test]
+    fn the_human_status_of_a_running_migration() {
+        let text = format_status(&status(progress(State::Running, "")));
+        let expected = "\
+state:             running — 61.7% done, caught up in about 6 h 22 min
+migrated:          1,234,567 of 2,000,000 versions, 120,000 versions/h over the last hour (source counted 2026-11-30T20:00:00.000Z)
+migrated through:  2026-11-01T00:00:00.000Z (92.0% of the time range)
+behind now by:     29 days
+source:            https://src.azurehealthcareapis.com/
+destination:       https://ws-dst.fhir.azurehealthcareapis.com/
+windows committed: 120
+failures:          0
+in flight:         nothing";
+        assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn every_state_has_its_headline() {
+        for (state, detail, headline) in [
+            (State::NotStarted, "", "state:             not started — 61.7% done"),
+            (
+                State::Paused,
+                "until 06:00 UTC",
+                "state:             paused (until 06:00 UTC) — 61.7% done, caught up in about 6 h 22 min",
+            ),
+            (
+                State::Halted,
+                "window 7: refused 3 times",
+                "state:             HALTED (window 7: refused 3 times) — 61.7% done",
+            ),
+            (State::CaughtUp, "", "state:             caught up — 61.7% done"),
+            (
+                State::Finished,
+                "the end date is reached",
+                "state:             finished (the end date is reached) — 61.7% done",
+            ),
+        ] {
+            let text = format_status(&status(progress(state, detail)));
+            assert_eq!(text.lines().next(), Some(headline), "{state:?}");
+        }
+    }
+
+    #[test]
+    fn the_progress_json_is_stable() {
+        let v = serde_json::to_value(status(progress(State::CaughtUp, ""))).unwrap();
+        let keys: Vec<&str> = v["progress"].as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "state",
+                "stateDetail",
+                "migratedVersions",
+                "sourceVersions",
+                "sourceCountedAt",
+                "percentVersions",
+                "percentTime",
+                "versionsPerHour",
+                "etaSeconds"
+            ]
+        );
+        assert_eq!(v["progress"]["state"], "caughtUp");
+    }
+
+    #[test]
+    fn thousands_are_grouped() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(-1_234_567), "-1,234,567");
     }
 }

@@ -20,6 +20,7 @@ pub mod core;
 pub(crate) mod error_files;
 pub mod failures;
 pub mod ports;
+pub mod progress;
 pub(crate) mod search_parameters;
 pub mod shell;
 #[cfg(test)]

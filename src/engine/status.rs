@@ -43,6 +43,8 @@ pub struct PayloadStatus {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MigrationStatus {
+    /// The state, how much is done, the rate and the ETA (docs: "Status at a glance").
+    pub progress: super::progress::Progress,
     pub source: String,
     pub destination: String,
     /// Everything with lastUpdated before this instant is migrated.
@@ -69,7 +71,7 @@ impl Engine {
     pub async fn status(&self, now: DateTime<Utc>) -> Result<MigrationStatus, EngineError> {
         self.state.ensure_tables().await?;
         let (cursor, active) = self.load().await?;
-        let windows = active
+        let windows: Vec<WindowStatus> = active
             .jobs
             .iter()
             .map(|j| WindowStatus {
@@ -107,7 +109,26 @@ impl Engine {
                 .jobs
                 .iter()
                 .any(|j| core::rules::window_phase(j) == core::rules::WindowPhase::Halted);
+        let halted_reason = halted.then(|| {
+            active
+                .jobs
+                .iter()
+                .find(|j| core::rules::window_phase(j) == core::rules::WindowPhase::Halted)
+                .map(|j| format!("window {}: {}", j.seq, j.failure_reason))
+                .unwrap_or_else(|| "the retry latch tripped: fix the cause, then clear-retries".into())
+        });
+        let progress = super::progress::progress(
+            &cursor,
+            &super::progress::Facts {
+                settings: &self.settings,
+                now,
+                clock: self.clock(now),
+                halted: halted_reason,
+                windows_in_flight: windows.len(),
+            },
+        );
         Ok(MigrationStatus {
+            progress,
             source: self.settings.source.to_string(),
             destination: self.settings.destination.to_string(),
             migrated_through: cursor.since.map(format_instant),

@@ -143,6 +143,12 @@ pub struct Cursor {
     /// `$reindex` reminder repeats after it).
     pub search_parameters_synced_at: Option<DateTime<Utc>>,
     pub search_parameters_changed_at: Option<DateTime<Utc>>,
+    /// `MigratedVersions`: versions exported by the windows committed so far (what `status` counts progress
+    /// in); `FirstSince`: where the first window started; `ProgressSamples`: (time, migrated) pairs of the
+    /// last hours, a few minutes apart, from which the rate is measured.
+    pub migrated_versions: i64,
+    pub first_since: Option<DateTime<Utc>>,
+    pub progress_samples: Vec<(DateTime<Utc>, i64)>,
     pub etag: Option<ETag>,
 }
 
@@ -290,6 +296,9 @@ impl Cursor {
             destination_total: String::new(),
             search_parameters_synced_at: None,
             search_parameters_changed_at: None,
+            migrated_versions: 0,
+            first_since: None,
+            progress_samples: Vec::new(),
             etag: None,
         }
     }
@@ -299,6 +308,15 @@ impl Cursor {
         time_str(&mut e, "since", self.since);
         time_str(&mut e, "SearchParametersSyncedAt", self.search_parameters_synced_at);
         time_str(&mut e, "SearchParametersChangedAt", self.search_parameters_changed_at);
+        time_str(&mut e, "FirstSince", self.first_since);
+        e.set_i64("MigratedVersions", self.migrated_versions).set_str(
+            "ProgressSamples",
+            self.progress_samples
+                .iter()
+                .map(|(t, n)| format!("{}:{n}", t.timestamp()))
+                .collect::<Vec<_>>()
+                .join(";"),
+        );
         e.set_i64("JobId", self.next_job)
             .set_i64("CommittedJobId", self.committed_job)
             .set_i64("maxExportRetries", self.failures)
@@ -344,6 +362,17 @@ impl Cursor {
             destination_total: e.get_str("DestinationTotal").unwrap_or_default().into(),
             search_parameters_synced_at: read_time_str(e, "SearchParametersSyncedAt"),
             search_parameters_changed_at: read_time_str(e, "SearchParametersChangedAt"),
+            migrated_versions: e.get_i64("MigratedVersions").unwrap_or(0),
+            first_since: read_time_str(e, "FirstSince"),
+            progress_samples: e
+                .get_str("ProgressSamples")
+                .unwrap_or_default()
+                .split(';')
+                .filter_map(|s| {
+                    let (t, n) = s.split_once(':')?;
+                    Some((DateTime::from_timestamp(t.parse().ok()?, 0)?, n.parse().ok()?))
+                })
+                .collect(),
             etag: e.etag().cloned(),
         }
     }
@@ -569,6 +598,8 @@ mod tests {
         cursor.since = Some(t0);
         cursor.next_job = 7;
         cursor.search_parameters_synced_at = Some(t0);
+        cursor.migrated_versions = 42;
+        cursor.progress_samples = vec![(t0, 0), (t0 + chrono::TimeDelta::minutes(5), 42)];
         let back = Cursor::from_entity(&cursor.to_entity("pk", "rk").unwrap());
         assert_eq!(back, cursor);
 

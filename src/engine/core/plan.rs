@@ -11,6 +11,23 @@ use crate::planner;
 use crate::state::{Cursor, Job};
 use crate::telemetry::Event;
 
+/// Progress samples are kept this far apart, and this far back: enough to measure the rate over the last hour.
+const SAMPLE_EVERY: chrono::TimeDelta = chrono::TimeDelta::minutes(2);
+const SAMPLES_KEPT: chrono::TimeDelta = chrono::TimeDelta::hours(3);
+
+/// Records a (now, migrated) sample. Samples stay at least [`SAMPLE_EVERY`] apart except the newest, which
+/// moves forward with each commit (so the rate includes the latest one) until it is that far past the one
+/// before it; those older than [`SAMPLES_KEPT`] are dropped.
+pub fn record_progress(cursor: &mut Cursor, now: DateTime<Utc>) {
+    let sample = (now, cursor.migrated_versions);
+    let samples = &mut cursor.progress_samples;
+    match samples.len() {
+        n if n >= 2 && samples[n - 1].0 - samples[n - 2].0 < SAMPLE_EVERY => samples[n - 1] = sample,
+        _ => samples.push(sample),
+    }
+    samples.retain(|(t, _)| now - *t <= SAMPLES_KEPT);
+}
+
 /// Moves the cursor past the oldest uncommitted window when it is processed, or over an empty range planned
 /// after the last window. `ImportTill` reports the cursor's new position and nothing beyond it.
 pub fn commit(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Option<Action> {
@@ -41,6 +58,9 @@ pub fn commit(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Option<Actio
             updated.since = Some(window_till);
         }
         updated.committed_job += 1;
+        updated.first_since = cursor.first_since.or(cursor.since).or(Some(job.since));
+        updated.migrated_versions += job.exported.max(0);
+        record_progress(&mut updated, ctx.now);
         // Success resets the latch, unless the next window is failing right now.
         let next_failing = snapshot
             .job(updated.committed_job)

@@ -218,29 +218,61 @@ fn main() -> ExitCode {
     }
 }
 
-fn load_settings(file: Option<&PathBuf>) -> Result<Settings, String> {
+fn load_settings(file: Option<&PathBuf>) -> Result<(Settings, SettingsSource), String> {
     let source = match file {
         Some(path) => SettingsSource::from_file_and_env(path)?,
         None => SettingsSource::from_env(),
     };
-    Settings::from_source(&source).map_err(|e| e.to_string())
+    let settings = Settings::from_source(&source).map_err(|e| e.to_string())?;
+    Ok((settings, source))
+}
+
+/// The effective configuration as `name = value` lines (defaults marked, secrets redacted, long lists
+/// summarised), then a warning per setting name nobody reads, with the nearest known name.
+fn describe_configuration(source: &SettingsSource) -> (Vec<String>, Vec<String>) {
+    let lines = source
+        .effective()
+        .into_iter()
+        .map(|s| {
+            format!(
+                "  {} = {}{}",
+                s.name,
+                s.value,
+                if s.is_default { "   (default)" } else { "" }
+            )
+        })
+        .collect();
+    let warnings = source
+        .unknown()
+        .into_iter()
+        .map(|(name, nearest)| match nearest {
+            Some(known) => {
+                format!("{name} is not a setting this tool reads (did you mean {known}?); its value is ignored")
+            }
+            None => format!("{name} is not a setting this tool reads; its value is ignored"),
+        })
+        .collect();
+    (lines, warnings)
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
-    let settings = load_settings(cli.settings.as_ref())?;
-    // Logged once per start, secrets redacted by their types' Debug.
-    tracing::info!(configuration = ?settings, "effective configuration");
-    for warning in settings.migration.warnings() {
+    let (settings, source) = load_settings(cli.settings.as_ref())?;
+    let (lines, mut warnings) = describe_configuration(&source);
+    warnings.extend(settings.migration.warnings());
+    if let Command::CheckConfig = cli.command {
+        out!("configuration is valid:\n{}", lines.join("\n"));
+        for warning in &warnings {
+            out!("warning: {warning}");
+        }
+        return Ok(());
+    }
+    // Logged once per start.
+    tracing::info!("effective configuration:\n{}", lines.join("\n"));
+    for warning in &warnings {
         tracing::warn!("{warning}");
     }
     match cli.command {
-        Command::CheckConfig => {
-            out!("configuration is valid:\n{settings:#?}");
-            for warning in settings.migration.warnings() {
-                out!("warning: {warning}");
-            }
-            Ok(())
-        }
+        Command::CheckConfig => Ok(()),
         Command::Run {
             starter_every,
             poll_every,

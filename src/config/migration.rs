@@ -193,7 +193,7 @@ impl MigrationSettings {
         let start_date = p.date("AZURE_StartDate");
         let end_date = p.date("AZURE_EndDate");
         let specific_run = p.flag(&["AZURE_SpecificRun"], false);
-        let chunk_unit = match source.get("AZURE_ExportChunkDuration").unwrap_or("Days") {
+        let chunk_unit = match source.get_or("AZURE_ExportChunkDuration", "Days") {
             d if d.eq_ignore_ascii_case("days") => ChunkUnit::Days,
             d if d.eq_ignore_ascii_case("hours") => ChunkUnit::Hours,
             d if d.eq_ignore_ascii_case("minutes") => ChunkUnit::Minutes,
@@ -217,7 +217,7 @@ impl MigrationSettings {
         let client_credential = p.flag(&["AZURE_ClientCredential"], false);
         let export_with_history = p.flag(&["AZURE_ExportWithHistory"], false);
         let export_with_delete = p.flag(&["AZURE_ExportWithDelete"], false);
-        let import_error_policy = match source.get("AZURE_ImportErrorPolicy").unwrap_or("Continue") {
+        let import_error_policy = match source.get_or("AZURE_ImportErrorPolicy", "Continue") {
             v if v.eq_ignore_ascii_case("continue") => ImportErrorPolicy::Continue,
             v if v.eq_ignore_ascii_case("halt") => ImportErrorPolicy::Halt,
             other => {
@@ -229,7 +229,7 @@ impl MigrationSettings {
             start_date,
             end_date,
             specific_run,
-            import_mode: source.get("AZURE_ImportMode").unwrap_or("IncrementalLoad").to_string(),
+            import_mode: source.get_or("AZURE_ImportMode", "IncrementalLoad").to_string(),
             user_agent: source
                 .get("AZURE_UserAgent")
                 .unwrap_or("fhir-migration-tool")
@@ -268,7 +268,7 @@ impl MigrationSettings {
                 .get("AZURE_AuthorityHost")
                 .and_then(|v| p.parse_url("AZURE_AuthorityHost", v)),
             managed_identity_client_id: source.get("AZURE_ManagedIdentityClientId").map(str::to_string),
-            developer_credential: match source.get("AZURE_CredentialType").unwrap_or("ManagedIdentity") {
+            developer_credential: match source.get_or("AZURE_CredentialType", "ManagedIdentity") {
                 v if v.eq_ignore_ascii_case("ManagedIdentity") => false,
                 v if v.eq_ignore_ascii_case("DeveloperTools") => true,
                 other => {
@@ -280,7 +280,7 @@ impl MigrationSettings {
             },
             safety_lag: TimeDelta::seconds(p.number("AZURE_SafetyLagSeconds", 300i64)),
             count_interval: TimeDelta::minutes(p.number("AZURE_CountIntervalMinutes", 15i64)),
-            export_till_inclusive: match source.get("AZURE_ExportTillInclusive").unwrap_or("auto") {
+            export_till_inclusive: match source.get_or("AZURE_ExportTillInclusive", "auto") {
                 v if v.eq_ignore_ascii_case("auto") => source_uri.as_ref().is_some_and(is_azure_api_for_fhir),
                 v if v.eq_ignore_ascii_case("true") => true,
                 v if v.eq_ignore_ascii_case("false") => false,
@@ -500,6 +500,7 @@ impl Parser<'_> {
     }
 
     fn flag(&mut self, names: &[&str], default: bool) -> bool {
+        self.source.note_default(names[0], default);
         match self.source.get_any(names) {
             None => default,
             Some(v) if v.eq_ignore_ascii_case("true") => true,
@@ -511,7 +512,8 @@ impl Parser<'_> {
         }
     }
 
-    fn number<T: std::str::FromStr + Copy>(&mut self, name: &str, default: T) -> T {
+    fn number<T: std::str::FromStr + Copy + std::fmt::Display>(&mut self, name: &str, default: T) -> T {
+        self.source.note_default(name, default);
         match self.source.get(name) {
             None => default,
             Some(v) => v.parse().unwrap_or_else(|_| {
@@ -549,7 +551,7 @@ impl Parser<'_> {
     }
 
     fn key(&mut self, name: &str, default: &str) -> String {
-        let v = self.source.get(name).unwrap_or(default).to_string();
+        let v = self.source.get_or(name, default).to_string();
         if v.chars().any(|c| matches!(c, '/' | '\\' | '#' | '?') || c.is_control()) || v.len() > 200 {
             self.problem(format!("{name} '{v}' cannot be used as a table key"));
         }
@@ -582,6 +584,7 @@ impl Parser<'_> {
 
     /// A list setting: `NAME` as a comma-separated value, or `NAME__0`, `NAME__1`, …; either replaces the default.
     fn list(&mut self, name: &str, default: &[&str]) -> Vec<String> {
+        self.source.note_default(name, default.join(","));
         if let Some(v) = self.source.get(name) {
             return v
                 .split(',')

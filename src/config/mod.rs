@@ -91,7 +91,7 @@ impl Settings {
         let mut problems = Vec::new();
         let storage = storage_settings(source).map_err(|p| problems.push(p)).ok();
         let mut table = |name: &str, default: &str| {
-            let value = source.get(name).unwrap_or(default).to_string();
+            let value = source.get_or(name, default).to_string();
             let valid = (3..=63).contains(&value.len())
                 && value.starts_with(|c: char| c.is_ascii_alphabetic())
                 && value.chars().all(|c| c.is_ascii_alphanumeric());

@@ -1,13 +1,101 @@
 //! Where setting values come from: `local.settings.json` (its `Values`), then the process environment, later
 //! layers winning. Names are matched case-insensitively, as the original tool's .NET binder did.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
-/// A flat, case-insensitive view of every setting value.
+/// A flat, case-insensitive view of every setting value. It remembers which names the parser asked for (and
+/// their defaults), so the effective configuration can be listed and names nobody reads can be warned about.
 #[derive(Debug, Clone, Default)]
 pub struct SettingsSource {
     values: HashMap<String, (String, String)>,
+    /// Lower-case name → (name as the code spells it, default as text when the code gave one).
+    asked: Arc<Mutex<BTreeMap<String, (String, Option<String>)>>>,
+}
+
+/// One line of the effective configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EffectiveSetting {
+    pub name: String,
+    /// The value shown: redacted for secrets, summarised when long.
+    pub value: String,
+    pub is_default: bool,
+}
+
+/// Every setting name the tool reads anywhere: the sample settings file lists them all (a test holds it to the
+/// code), including those read only in some configurations (the client-secret ones, the de-identification
+/// config, …).
+fn known_names() -> &'static [String] {
+    static KNOWN: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    KNOWN.get_or_init(|| {
+        let sample: serde_json::Value =
+            serde_json::from_str(include_str!("../../local.settings.sample.json")).unwrap_or_default();
+        sample["Values"]
+            .as_object()
+            .map(|values| values.keys().cloned().collect())
+            .unwrap_or_default()
+    })
+}
+
+/// Names whose values are never shown.
+fn is_secret(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    [
+        "secret",
+        "key",
+        "connectionstring",
+        "connection_string",
+        "password",
+        "token",
+        "sas",
+        "storage",
+    ]
+    .iter()
+    .any(|s| n.contains(s))
+        && !n.ends_with("uri")
+        && !n.ends_with("clientid")
+        && !n.ends_with("tablename")
+        && !n.contains("partitionkey")
+        && !n.contains("rowkey")
+}
+
+/// Long values (the resource type list) are summarised: the first items and how many in all.
+fn summarise(value: &str) -> String {
+    if value.len() <= 100 {
+        return value.to_string();
+    }
+    let items: Vec<&str> = value.split(',').map(str::trim).collect();
+    if items.len() > 5 {
+        format!("{} items: {}, …", items.len(), items[..5].join(", "))
+    } else {
+        format!(
+            "{}… ({} characters)",
+            &value[..value.floor_char_boundary(97)],
+            value.len()
+        )
+    }
+}
+
+/// Edit distance (insertions, deletions, substitutions), case-insensitive.
+fn distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (
+        a.to_ascii_lowercase().chars().collect(),
+        b.to_ascii_lowercase().chars().collect(),
+    );
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for i in 1..=a.len() {
+        let mut previous = row[0];
+        row[0] = i;
+        for j in 1..=b.len() {
+            let here = row[j];
+            row[j] = (row[j] + 1)
+                .min(row[j - 1] + 1)
+                .min(previous + usize::from(a[i - 1] != b[j - 1]));
+            previous = here;
+        }
+    }
+    row[b.len()]
 }
 
 impl SettingsSource {
@@ -54,15 +142,85 @@ impl SettingsSource {
 
     /// The value of `name` (any case); blank values count as unset, as they did in the original.
     pub fn get(&self, name: &str) -> Option<&str> {
+        self.asked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_ascii_lowercase())
+            .or_insert_with(|| (name.to_string(), None));
         self.values
             .get(&name.to_ascii_lowercase())
             .map(|(_, v)| v.trim())
             .filter(|v| !v.is_empty())
     }
 
+    /// The value of `name`, or `default` (recorded for the configuration listing).
+    pub fn get_or<'a>(&'a self, name: &str, default: &'a str) -> &'a str {
+        self.note_default(name, default);
+        self.get(name).unwrap_or(default)
+    }
+
+    /// Records the default the code uses for `name` when it is unset (shown by the configuration listing).
+    pub fn note_default(&self, name: &str, default: impl ToString) {
+        self.asked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_ascii_lowercase(), (name.to_string(), Some(default.to_string())));
+    }
+
+    /// Every setting the code asked for, with its effective value: as set (secrets redacted, long lists
+    /// summarised), or its default. Settings neither set nor defaulted are left out.
+    pub fn effective(&self) -> Vec<EffectiveSetting> {
+        let asked = self.asked.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        asked
+            .into_values()
+            .filter_map(|(name, default)| match (self.get(&name), default) {
+                (Some(v), _) => Some(EffectiveSetting {
+                    value: if is_secret(&name) {
+                        "<redacted>".into()
+                    } else {
+                        summarise(v)
+                    },
+                    name,
+                    is_default: false,
+                }),
+                (None, Some(d)) => Some(EffectiveSetting {
+                    name,
+                    value: summarise(&d),
+                    is_default: true,
+                }),
+                (None, None) => None,
+            })
+            .collect()
+    }
+
+    /// `AZURE_*` names that are set but that no code reads (a typo leaves the default in force silently), each
+    /// with the nearest name the code does read.
+    pub fn unknown(&self) -> Vec<(String, Option<String>)> {
+        let asked = self.asked.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut known: Vec<String> = asked.values().map(|(name, _)| name.clone()).collect();
+        known.extend(known_names().iter().cloned());
+        let is_known = |lower: &str| known.iter().any(|k| k.eq_ignore_ascii_case(lower));
+        let mut out: Vec<(String, Option<String>)> = self
+            .values
+            .iter()
+            .filter(|(lower, _)| lower.starts_with("azure_") && !is_known(lower))
+            .map(|(_, (name, _))| {
+                let nearest = known
+                    .iter()
+                    .map(|k| (distance(name, k), k))
+                    .filter(|(d, k)| *d <= 3.max(k.len() / 6))
+                    .min()
+                    .map(|(_, k)| k.clone());
+                (name.clone(), nearest)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     /// The first of several accepted names that is set (for settings the original spelled two ways).
     pub fn get_any(&self, names: &[&str]) -> Option<&str> {
-        names.iter().find_map(|n| self.get(n))
+        names.iter().map(|n| self.get(n)).fold(None, |found, v| found.or(v))
     }
 }
 
@@ -77,6 +235,68 @@ mod tests {
         assert_eq!(s.get("azure_chunktablename"), Some("chunk"));
         assert_eq!(s.get("AZURE_BLANK"), None);
         assert_eq!(s.get_any(&["AZURE_Missing", "AZURE_CHUNKTABLENAME"]), Some("chunk"));
+    }
+
+    #[test]
+    fn the_effective_configuration_marks_defaults_redacts_secrets_and_summarises_lists() {
+        let mut s = SettingsSource::default();
+        let types = (0..40).map(|i| format!("Type{i}")).collect::<Vec<_>>().join(",");
+        s.extend([
+            ("AZURE_ClientSecret", "super-secret"),
+            ("AZURE_ResourceTypes", types.as_str()),
+            ("AZURE_SourceUri", "https://src.example"),
+        ]);
+        let _ = (
+            s.get("AZURE_ClientSecret"),
+            s.get("AZURE_ResourceTypes"),
+            s.get("AZURE_SourceUri"),
+        );
+        s.note_default("AZURE_ExportChunkTime", 30);
+        let _ = s.get("AZURE_NeverSetNoDefault");
+        let lines = s.effective();
+        let find = |n: &str| lines.iter().find(|l| l.name == n).cloned();
+        assert_eq!(find("AZURE_ClientSecret").unwrap().value, "<redacted>");
+        assert_eq!(
+            find("AZURE_ResourceTypes").unwrap().value,
+            "40 items: Type0, Type1, Type2, Type3, Type4, …"
+        );
+        assert_eq!(
+            find("AZURE_ExportChunkTime"),
+            Some(EffectiveSetting {
+                name: "AZURE_ExportChunkTime".into(),
+                value: "30".into(),
+                is_default: true
+            })
+        );
+        assert_eq!(find("AZURE_SourceUri").unwrap().value, "https://src.example");
+        assert!(find("AZURE_NeverSetNoDefault").is_none());
+    }
+
+    #[test]
+    fn an_unknown_name_is_reported_with_the_nearest_known_one() {
+        let mut s = SettingsSource::default();
+        s.extend([
+            ("AZURE_ExportChunkTme", "5"),
+            ("AZURE_Completely_Different_Thing", "x"),
+            ("PATH", "/bin"),
+        ]);
+        s.note_default("AZURE_ExportChunkTime", 30);
+        let _ = s.get("AZURE_ExportChunkDuration");
+        assert_eq!(
+            s.unknown(),
+            vec![
+                ("AZURE_Completely_Different_Thing".to_string(), None),
+                (
+                    "AZURE_ExportChunkTme".to_string(),
+                    Some("AZURE_ExportChunkTime".to_string())
+                ),
+            ]
+        );
+        assert_eq!(distance("kitten", "sitting"), 3);
+        // A name read only in some configurations is known all the same.
+        let mut s = SettingsSource::default();
+        s.extend([("AZURE_ClientSecret", "x")]);
+        assert!(s.unknown().is_empty());
     }
 
     #[test]

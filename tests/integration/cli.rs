@@ -152,6 +152,44 @@ async fn check_config_lists_every_problem_and_never_prints_secrets() {
     assert!(!stderr.contains("super-secret-value"));
 }
 
+/// `check-config` lists the effective configuration readably (defaults marked, secrets redacted, long lists
+/// summarised) and warns about a misspelled setting with the name it was probably meant to be.
+#[tokio::test]
+async fn check_config_lists_the_effective_configuration_and_catches_typos() {
+    let out = Command::new(env!("CARGO_BIN_EXE_fhir-migration-tool"))
+        .arg("check-config")
+        .env_clear()
+        .env("AZURE_StorageConnectionString", "UseDevelopmentStorage=true")
+        .env("AZURE_SourceUri", "https://src.example")
+        .env("AZURE_DestinationUri", "https://dst.example")
+        .env("AZURE_ExportChunkTme", "5")
+        .env("AZURE_ClientCredential", "true")
+        .env("AZURE_TenantId", "t")
+        .env("AZURE_ClientId", "c")
+        .env("AZURE_ClientSecret", "super-secret-value")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    for line in [
+        "  AZURE_SourceUri = https://src.example",
+        "  AZURE_ExportChunkTime = 30   (default)",
+        "  AZURE_ClientSecret = <redacted>",
+        "  AZURE_StorageConnectionString = <redacted>",
+        "warning: AZURE_ExportChunkTme is not a setting this tool reads (did you mean AZURE_ExportChunkTime?); its value is ignored",
+    ] {
+        assert!(stdout.lines().any(|l| l == line), "missing {line:?} in:\n{stdout}");
+    }
+    assert!(
+        stdout.contains("AZURE_ResourceTypes = 145 items: Account, ActivityDefinition"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("super-secret-value") && !stdout.contains("Url {"),
+        "{stdout}"
+    );
+}
+
 /// A reader that goes away (`check-config | head -1`) ends the command quietly instead of a panic.
 #[tokio::test]
 async fn a_closed_output_pipe_is_not_a_panic() {

@@ -11,8 +11,11 @@ use std::sync::{Arc, Mutex};
 pub struct SettingsSource {
     values: HashMap<String, (String, String)>,
     /// Lower-case name → (name as the code spells it, default as text when the code gave one).
-    asked: Arc<Mutex<BTreeMap<String, (String, Option<String>)>>>,
+    asked: Arc<Mutex<BTreeMap<String, Asked>>>,
 }
+
+/// A name the code asked for: as the code spells it, and its default as text when the code gave one.
+type Asked = (String, Option<String>);
 
 /// One line of the effective configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -25,7 +25,7 @@ pub fn is_transient(status: u16) -> bool {
 /// What went wrong in a FHIR call, sorted by what the caller can do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum FhirError {
-    #[error("the server refused {url}: HTTP {status}: {diagnostics}")]
+    #[error("the server refused {url}: HTTP {status}: {diagnostics}{}", refusal_hint(*.status))]
     Rejected {
         status: u16,
         url: String,
@@ -33,7 +33,9 @@ pub enum FhirError {
         /// The wait the server asked for (`x-ms-retry-after-ms` or `Retry-After`), when it named one.
         retry_after: Option<std::time::Duration>,
     },
-    #[error("could not reach {url}: {message}")]
+    #[error(
+        "could not reach {url}: {message}. Check the server's URL, that it is running, and that it is reachable from where the tool runs (DNS, firewall, private endpoint); timers try again on their next tick"
+    )]
     Transport { url: String, message: String },
     #[error("{url} answered with something the tool cannot read: {detail}")]
     InvalidResponse { url: String, detail: String },
@@ -45,6 +47,22 @@ pub enum FhirError {
     ForeignUrl { url: String, server: String },
     #[error(transparent)]
     Token(#[from] auth::TokenError),
+}
+
+/// What to do about a refusal, by its status.
+fn refusal_hint(status: u16) -> &'static str {
+    match status {
+        401 => {
+            " (the token was not accepted: the server's URL is the token audience; check AZURE_SourceUri/AZURE_DestinationUri and the credential)"
+        }
+        403 => {
+            " (the identity lacks a role: grant the function app's identity FHIR Data Exporter on the source, FHIR Data Importer and Writer on the destination, and FHIR Data Reader on both)"
+        }
+        404 => " (check the server's URL and its path)",
+        423 => " (the destination is locked for initial import mode: switch its import configuration to incremental)",
+        429 | 500..=599 => " (the server is busy or failing; it is retried)",
+        _ => "",
+    }
 }
 
 /// An accepted kick-off.

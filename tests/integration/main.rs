@@ -14,6 +14,7 @@ mod handler;
 mod infra;
 mod layout;
 mod ledger;
+mod messages;
 mod migration;
 mod package;
 mod preflight;

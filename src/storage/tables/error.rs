@@ -31,7 +31,9 @@ pub enum TableError {
         code: String,
         message: String,
     },
-    #[error("could not reach table storage at {endpoint} for {operation}: {source}")]
+    #[error(
+        "could not reach table storage at {endpoint} for {operation}: {source}. Check that the storage account is running (locally: Azurite) and reachable from where the tool runs (firewall, private endpoint), and the storage setting (AZURE_StorageConnectionString or AZURE_StagingStorageUri); timers try again on their next tick"
+    )]
     Transport {
         operation: &'static str,
         endpoint: String,

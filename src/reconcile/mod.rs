@@ -238,7 +238,7 @@ async fn look_up(
 }
 
 /// What a server says about one id: 200 (there), 404 (never there or hard-deleted) or 410 (soft-deleted).
-async fn read_state(server: &FhirClient, resource_type: &str, id: &str) -> Result<StatusCode, FhirError> {
+pub(crate) async fn read_state(server: &FhirClient, resource_type: &str, id: &str) -> Result<StatusCode, FhirError> {
     let url = server.url(&format!(
         "{}/{}",
         crate::storage::encode_component(resource_type),

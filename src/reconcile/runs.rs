@@ -8,18 +8,22 @@
 //! never written).
 //!
 //! Every candidate (an id at the destination hard-deleted at the source) is written to the run's own partition
-//! (`PartitionKey` = run id, `RowKey` = `{type}_{id}`, `Deleted` false) before the checkpoint that counts it: a
-//! repeated slice writes the same rows again, and the count comes from the checkpoint only. With `apply`, once
-//! every type is compared and the candidates are within the cap, later slices delete them at the destination
-//! (deleting an absent id is a no-op) and mark each row `Deleted` with `DeletedAt`; the final `deleted` figure is
-//! counted from those rows, so a crash between a delete and the checkpoint loses or repeats nothing.
+//! (`PartitionKey` = run id, `RowKey` = `{type}_{id}`, `State` `candidate`) before the checkpoint that counts it:
+//! a repeated slice writes the same rows again, and the count comes from the checkpoint only. With `apply`, once
+//! every type is compared and the candidates are within the cap, later slices take the rows still `candidate`,
+//! ask the source once more (an id written there again since is kept: `State` `kept`), delete the others at the
+//! destination (deleting an absent id is a no-op) and mark each row `deleted` with `DeletedAt`. The final
+//! `deleted` figure is counted from those rows, so a crash between a delete and the checkpoint loses or repeats
+//! nothing.
 
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{Value, json};
 
-use super::{Found, Options, Report, compare_type_from, delete, over_cap, summary};
+use reqwest::StatusCode;
+
+use super::{Found, Options, Report, compare_type_from, delete, over_cap, read_state, summary};
 use crate::engine::Engine;
 use crate::storage::tables::{ETag, Entity, IfMatch, TableClient, TableError, filter};
 use crate::telemetry::{Event, Telemetry};
@@ -210,7 +214,7 @@ fn candidate_row(run_id: &str, resource_type: &str, id: &str) -> Result<Entity, 
     let mut row = Entity::new(run_id, format!("{resource_type}_{id}"))?;
     row.set_str("ResourceType", resource_type)
         .set_str("ResourceId", id)
-        .set_bool("Deleted", false);
+        .set_str("State", "candidate");
     Ok(row)
 }
 
@@ -376,8 +380,8 @@ impl<'a> Runs<'a> {
                 return self.complete(run, telemetry).await;
             }
         }
-        // Deleting: a page of candidates not yet marked deleted, each deleted and then marked.
-        let pending = format!("{} and Deleted eq false", filter::eq("PartitionKey", &run.id));
+        // Deleting: a page of candidates not yet acted on; each is checked at the source, deleted, then marked.
+        let pending = format!("{} and State eq 'candidate'", filter::eq("PartitionKey", &run.id));
         loop {
             let page = self
                 .table
@@ -392,25 +396,40 @@ impl<'a> Runs<'a> {
                 let (Some(t), Some(id)) = (row.get_str("ResourceType"), row.get_str("ResourceId")) else {
                     continue;
                 };
-                if let Err(e) = delete(destination, t, id).await {
+                // Slices run minutes apart: an id written at the source again since it was found stays.
+                let gone = match read_state(source, t, id).await {
+                    Ok(state) => state == StatusCode::NOT_FOUND,
+                    Err(e) => {
+                        return self
+                            .setback(&run, format!("checking {t}/{id} at the source: {e}"))
+                            .await;
+                    }
+                };
+                if gone && let Err(e) = delete(destination, t, id).await {
                     return self
                         .setback(&run, format!("deleting {t}/{id} at the destination: {e}"))
                         .await;
                 }
                 let mut done = row.clone();
-                done.set_bool("Deleted", true).set_datetime("DeletedAt", Utc::now());
+                if gone {
+                    done.set_str("State", "deleted").set_datetime("DeletedAt", Utc::now());
+                } else {
+                    done.set_str("State", "kept");
+                }
                 match self.table.replace(&done, &row.if_match()).await {
-                    Ok(_) => run.report.deleted += 1,
-                    // Another invocation marked it first.
-                    Err(TableError::Conflict { .. }) => {}
+                    Ok(_) if gone => {
+                        run.report.deleted += 1;
+                        telemetry.event(
+                            Event::new("ReconcileDelete")
+                                .with("RunId", &run.id)
+                                .with("Resource", t)
+                                .with("id", id),
+                        );
+                    }
+                    // Kept; or another invocation marked it first.
+                    Ok(_) | Err(TableError::Conflict { .. }) => {}
                     Err(e) => return Err(e),
                 }
-                telemetry.event(
-                    Event::new("ReconcileDelete")
-                        .with("RunId", &run.id)
-                        .with("Resource", t)
-                        .with("id", id),
-                );
                 if out_of_time() {
                     return self.release(run).await;
                 }
@@ -424,7 +443,7 @@ impl<'a> Runs<'a> {
 
     /// How many of a run's candidates are marked deleted.
     async fn deleted(&self, run_id: &str) -> Result<u64, TableError> {
-        let query = format!("{} and Deleted eq true", filter::eq("PartitionKey", run_id));
+        let query = format!("{} and State eq 'deleted'", filter::eq("PartitionKey", run_id));
         Ok(self.table.query_all(Some(&query)).await?.len() as u64)
     }
 

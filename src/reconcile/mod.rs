@@ -31,8 +31,12 @@ use crate::telemetry::{Event, Telemetry};
 
 /// Ids listed per kind in a report at most (all are counted).
 const LISTED: usize = 200;
-/// Parallel look-ups of ids found on one side only.
+/// Parallel reads of ids found at the destination only and not at the source (each tells 404 from 410).
 const LOOKUPS: usize = 8;
+/// Ids found on one side only, gathered before they are looked up on the other.
+const BATCH: usize = 200;
+/// Ids per `_id` search (keeps the URL short).
+const ID_SEARCH: usize = 50;
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -151,9 +155,10 @@ pub struct Found {
 /// the first ids of each kind to `report`.
 ///
 /// Both servers are read in `lastUpdated` order and compared a millisecond at a time: incremental import keeps
-/// `lastUpdated`, so a migrated resource sits at the same point of both streams. An id at that point on one side
-/// only is looked up on the other (it may have another version there, at another time): memory holds one
-/// millisecond's ids and the differences, whatever the size of the servers.
+/// `lastUpdated`, so a migrated resource sits at the same point of both streams. Ids at that point on one side
+/// only are looked up on the other in batches (an `_id` search; an id may have another version there, at
+/// another time): memory holds one millisecond's ids and a batch of differences, whatever the size of the
+/// servers.
 ///
 /// After each millisecond, `stop` is asked (with the pages read so far) whether to pause; when it says yes, the
 /// returned value is where to resume, and everything before it is compared and counted exactly once. `None`
@@ -172,52 +177,113 @@ pub async fn compare_type_from(
         Ids::new(destination, resource_type, from)?,
     );
     let pages_before = found.pages;
+    // Ids seen on one side only, looked up on the other in batches (settled before any return, so a checkpoint
+    // never counts an id it has not settled).
+    let (mut only_src, mut only_dst): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
     loop {
         let (a, b) = tokio::try_join!(src.peek(), dst.peek())?;
         found.pages = pages_before + src.pages + dst.pages;
         let at = match (a, b) {
-            (None, None) => return Ok(None),
-            (Some(x), None) | (None, Some(x)) => x,
-            (Some(x), Some(y)) => x.min(y),
+            (Some(x), None) | (None, Some(x)) => Some(x),
+            (Some(x), Some(y)) => Some(x.min(y)),
+            (None, None) => None,
         };
-        let left = src.take(at).await?;
-        let right = dst.take(at).await?;
-        found.pages = pages_before + src.pages + dst.pages;
-        report.source_ids += left.len() as u64;
-        report.destination_ids += right.len() as u64;
-        let only_src: Vec<String> = left.difference(&right).cloned().collect();
-        let only_dst: Vec<String> = right.difference(&left).cloned().collect();
-        for (id, state) in look_up(destination, resource_type, only_src).await {
-            // Present at the destination with another lastUpdated: an update not migrated yet, not a gap.
-            if state? != StatusCode::OK {
-                report.missing_at_destination += 1;
-                if report.missing.len() < LISTED {
-                    report.missing.push(format!("{resource_type}/{id}"));
-                }
-            }
+        if let Some(at) = at {
+            let left = src.take(at).await?;
+            let right = dst.take(at).await?;
+            found.pages = pages_before + src.pages + dst.pages;
+            report.source_ids += left.len() as u64;
+            report.destination_ids += right.len() as u64;
+            only_src.extend(left.difference(&right).cloned());
+            only_dst.extend(right.difference(&left).cloned());
         }
-        for (id, state) in look_up(source, resource_type, only_dst).await {
-            match state? {
-                StatusCode::NOT_FOUND => {
-                    report.hard_deleted_at_source += 1;
-                    if report.candidates.len() < LISTED {
-                        report.candidates.push(format!("{resource_type}/{id}"));
-                    }
-                    found.candidates.push(id);
-                }
-                StatusCode::GONE => report.pending_soft_deletes += 1,
-                _ => {}
-            }
+        let pause = at.is_some_and(|_| stop(found.pages));
+        let last = at.is_none() || pause;
+        if last || only_src.len() >= BATCH {
+            settle_missing(destination, resource_type, std::mem::take(&mut only_src), report).await?;
         }
-        if stop(found.pages) {
+        if last || only_dst.len() >= BATCH {
+            settle_extra(source, resource_type, std::mem::take(&mut only_dst), report, found).await?;
+        }
+        match at {
+            None => return Ok(None),
             // Resume right after this millisecond.
-            return Ok(Some(at + 1));
+            Some(at) if pause => return Ok(Some(at + 1)),
+            Some(_) => {}
         }
     }
 }
 
-/// What a server says about each of `ids`, a few at a time (the differences of a millisecond are usually none or
-/// one). Owned values, so the futures are `Send` for any caller.
+/// Ids at the source whose lastUpdated the destination lacks: present there (another version, an update not
+/// migrated yet) or missing.
+async fn settle_missing(
+    destination: &FhirClient,
+    resource_type: &str,
+    ids: Vec<String>,
+    report: &mut Report,
+) -> Result<(), FhirError> {
+    let present = present(destination, resource_type, &ids).await?;
+    for id in ids.into_iter().filter(|id| !present.contains(id)) {
+        report.missing_at_destination += 1;
+        if report.missing.len() < LISTED {
+            report.missing.push(format!("{resource_type}/{id}"));
+        }
+    }
+    Ok(())
+}
+
+/// Ids at the destination whose lastUpdated the source lacks: present at the source (another version), soft-
+/// deleted there (410: the migration carries the delete), or gone (404: a candidate).
+async fn settle_extra(
+    source: &FhirClient,
+    resource_type: &str,
+    ids: Vec<String>,
+    report: &mut Report,
+    found: &mut Found,
+) -> Result<(), FhirError> {
+    let present = present(source, resource_type, &ids).await?;
+    let absent: Vec<String> = ids.into_iter().filter(|id| !present.contains(id)).collect();
+    for (id, state) in look_up(source, resource_type, absent).await {
+        match state? {
+            StatusCode::NOT_FOUND => {
+                report.hard_deleted_at_source += 1;
+                if report.candidates.len() < LISTED {
+                    report.candidates.push(format!("{resource_type}/{id}"));
+                }
+                found.candidates.push(id);
+            }
+            StatusCode::GONE => report.pending_soft_deletes += 1,
+            // Written at the source since the search: not a candidate.
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Which of `ids` a server holds now (current, not deleted): one `_id` search per [`ID_SEARCH`] ids.
+async fn present(server: &FhirClient, resource_type: &str, ids: &[String]) -> Result<BTreeSet<String>, FhirError> {
+    let t = crate::storage::encode_component(resource_type);
+    let mut held = BTreeSet::new();
+    for chunk in ids.chunks(ID_SEARCH) {
+        let list: Vec<String> = chunk.iter().map(|id| crate::storage::encode_component(id)).collect();
+        let mut next = Some(server.url(&format!("{t}?_id={}&_elements=id&_count=1000", list.join(",")))?);
+        while let Some(url) = next.take() {
+            let bundle = server.page(&url).await?;
+            next = server.next_page(&bundle)?;
+            for e in bundle["entry"].as_array().into_iter().flatten() {
+                if e["search"]["mode"] != "outcome"
+                    && let Some(id) = e["resource"]["id"].as_str()
+                {
+                    held.insert(id.to_string());
+                }
+            }
+        }
+    }
+    Ok(held)
+}
+
+/// What a server says about each of `ids`, a few at a time. Owned values, so the futures are `Send` for any
+/// caller.
 async fn look_up(
     server: &FhirClient,
     resource_type: &str,

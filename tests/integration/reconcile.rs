@@ -273,11 +273,13 @@ async fn reconcile_http_compares_200000_ids_in_slices_and_the_result_is_exact() 
         assert!(errors.is_empty(), "{:?}", &errors[..errors.len().min(3)]);
         assert_eq!(loaded, lines.len());
     }
-    // 3 soft-deleted at the source (the migration will carry them) and 2 updated there (a newer version, not a gap).
+    // 3 soft-deleted at the source (the migration will carry them), and some updated there: a newer version
+    // elsewhere in the order, not a gap.
     for i in [10, 100_000, 199_990] {
         assert!(s.source.store().delete("Patient", &format!("c{i}")).is_some());
     }
-    for i in [20, 150_000] {
+    // 301 of them, so the look-ups of ids seen on one side only run in several batches.
+    for i in (0..301).map(|k| 20 + k * 600) {
         let body = json!({ "resourceType": "Patient", "id": format!("c{i}"), "gender": "other" });
         s.source.store().put("Patient", &format!("c{i}"), body).unwrap();
     }

@@ -199,6 +199,36 @@ async fn a_deidentified_migration_is_ready_with_content_not_comparable_and_real_
         outcome.text
     );
 
+    // The same through a persisted run (E2ETest_Http, worked on in slices).
+    let table = app.tables().table(&app.settings().export_table).unwrap();
+    let runs = || fhir_migration_tool::verify::runs::Runs::new(table.clone(), &stack.engine).with_slice(Duration::ZERO);
+    let started = runs()
+        .start(Checks::parse("all").unwrap(), types.clone(), Some(30))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let finished = loop {
+        runs().tick().await.unwrap();
+        let now = runs().get(&started.id).await.unwrap().unwrap();
+        if !now.is_open() {
+            break now;
+        }
+        assert!(std::time::Instant::now() < deadline, "the run did not finish");
+    };
+    let body = finished.status_body();
+    assert_eq!(body["runtimeStatus"], "Completed", "{body}");
+    assert_eq!(body["passed"], true, "{body}");
+    assert_eq!(body["output"]["Content"], NOT_COMPARABLE, "{body}");
+    assert_eq!(body["output"]["FullCheck"]["content"], NOT_COMPARABLE, "{body}");
+    assert!(
+        body["output"]["DeepCheck"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["content"] == NOT_COMPARABLE),
+        "{body}"
+    );
+
     // Real differences: a Patient's current version moved by a second, another's versionId changed, a third gone.
     let live: Vec<_> = stack
         .destination

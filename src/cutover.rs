@@ -49,6 +49,10 @@ pub struct Report {
     pub import_failures: crate::ledger::Summary,
     /// The accepted losses, each with its reason (they do not block, but every report names them).
     pub accepted_failures: Vec<String>,
+    /// With de-identified export: `not comparable (de-identified)` — the full check compared ids, versions,
+    /// lastUpdated and delete state, not content. Absent when content was compared.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,8 +131,19 @@ pub async fn cutover(app: &App, options: &Options) -> Result<Report, CutoverErro
             tokio::time::sleep(options.poll).await;
         }
         // 3. The checks.
-        let full =
-            crate::verify::full::full(engine.source(), engine.destination(), &settings.resource_types, history).await?;
+        // De-identified content differs from the source by design: readiness rests on ids, versions and times.
+        let content = crate::verify::Content::of(settings);
+        let full = crate::verify::full::full_with(
+            engine.source(),
+            engine.destination(),
+            &settings.resource_types,
+            history,
+            content,
+        )
+        .await?;
+        if content == crate::verify::Content::NotComparable {
+            report.content = Some(content.label().to_string());
+        }
         report.full_check_compared = Some(full.compared);
         report.full_check_passed = Some(full.passed);
         if !full.passed {
@@ -249,6 +264,11 @@ pub fn describe(r: &Report) -> String {
             if passed { "passed" } else { "FAILED" }
         ));
     }
+    if let Some(content) = &r.content {
+        out.push_str(&format!(
+            "content:               {content}: ids, versions and lastUpdated compared\n"
+        ));
+    }
     if let Some(clean) = r.reconcile_clean {
         out.push_str(&format!(
             "reconciliation:        {}\n",
@@ -268,7 +288,9 @@ pub fn describe(r: &Report) -> String {
     for accepted in &r.accepted_failures {
         out.push_str(&format!("  accepted loss: {accepted}\n"));
     }
-    if r.ready {
+    if r.ready && r.content.is_some() {
+        out.push_str("\nREADY: the destination holds every resource and version the source holds, de-identified (content not comparable); point the applications at it.\n");
+    } else if r.ready {
         out.push_str("\nREADY: the destination holds everything the source holds; point the applications at it.\n");
     } else {
         out.push_str("\nNOT READY:\n");

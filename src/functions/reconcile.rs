@@ -1,5 +1,6 @@
 //! The reconciliation functions: `Reconcile_Http` (POST) records a run and answers at once with its status URL,
-//! the `E2ETest_Runner` timer runs it, and `Reconcile_Status/{id}` reports it.
+//! the `E2ETest_Runner` timer works on it in checkpointed slices, and `Reconcile_Status/{id}` reports its
+//! progress and, when done, the report.
 
 use serde_json::{Value, json};
 
@@ -8,7 +9,7 @@ use super::requests::{bad_request, json_body, option, run_id, run_status, status
 use super::{FunctionError, FunctionSpec, http_output};
 use crate::app::App;
 use crate::reconcile::Options;
-use crate::reconcile::runs::Runs;
+use crate::reconcile::runs::{MAX_PAGES_PER_SLICE, Runs};
 
 fn runs(app: &App) -> Result<Runs<'_>, FunctionError> {
     let table = app.tables().table(&app.settings().reconcile_table)?;
@@ -21,7 +22,8 @@ pub(super) async fn tick(app: &App) -> Result<Vec<String>, FunctionError> {
 }
 
 /// `Reconcile_Http` (POST; `types=Patient,Observation` default every type, `apply=true` to delete,
-/// `maxDeletes=N` default 100): records a run and answers 202 with the status URL.
+/// `maxDeletes=N` default 100, `pagesPerSlice=N` pages read per slice, default 400): records a run and answers
+/// 202 with the status URL.
 pub(super) async fn start(
     app: &App,
     spec: &FunctionSpec,
@@ -51,12 +53,25 @@ pub(super) async fn start(
         Some(Ok(n)) => n,
         Some(Err(_)) => return Ok(bad_request(output, "maxDeletes must be a whole number".into())),
     };
+    let pages = match option(&req, &body, "pagesPerSlice").map(|v| v.parse::<u64>()) {
+        None => None,
+        Some(Ok(n)) if (1..=MAX_PAGES_PER_SLICE).contains(&n) => Some(n),
+        Some(_) => {
+            return Ok(bad_request(
+                output,
+                format!("pagesPerSlice must be a whole number from 1 to {MAX_PAGES_PER_SLICE}"),
+            ));
+        }
+    };
     let run = runs(app)?
-        .start(Options {
-            types,
-            apply,
-            max_deletes,
-        })
+        .start(
+            Options {
+                types,
+                apply,
+                max_deletes,
+            },
+            pages,
+        )
         .await?;
     let status_uri = status_uri(&req, spec.name, "Reconcile_Status", &run.id);
     let mut body = run.status_body();

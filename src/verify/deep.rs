@@ -11,8 +11,9 @@ use std::collections::BTreeSet;
 
 use futures::{StreamExt, stream};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Value, json};
 
+use super::Content;
 use super::surface::{SurfaceReport, surface};
 use crate::fhir::{FhirClient, FhirError};
 
@@ -38,6 +39,10 @@ pub struct DeepRow {
     /// destination has no such resource.
     #[serde(rename = "differences", default, skip_serializing_if = "Vec::is_empty")]
     pub differences: Vec<String>,
+    /// `compared`, or `not comparable (de-identified)`: then only `id`, `meta.versionId` and `meta.lastUpdated`
+    /// were compared (and presence).
+    #[serde(rename = "content", default)]
+    pub content: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -86,6 +91,7 @@ pub async fn check(
     counts: Option<&SurfaceReport>,
     count: usize,
     ignore: &[String],
+    content: Content,
 ) -> Result<DeepReport, FhirError> {
     let counted;
     let counts = match counts {
@@ -101,22 +107,24 @@ pub async fn check(
         .filter(|r| r.measure == "current" && r.resource != "Total")
         .map(|r| (r.resource.clone(), r.source_count))
         .collect();
-    deep(source, destination, &allocate(&with_counts, count), ignore).await
+    deep(source, destination, &allocate(&with_counts, count), ignore, content).await
 }
 
-/// Samples and compares. `plan` comes from [`allocate`]; `ignore` are JSON paths never reported.
+/// Samples and compares. `plan` comes from [`allocate`]; `ignore` are JSON paths never reported. With
+/// [`Content::NotComparable`] (de-identified export) only what de-identified export keeps is compared.
 pub async fn deep(
     source: &FhirClient,
     destination: &FhirClient,
     plan: &[(String, usize)],
     ignore: &[String],
+    content: Content,
 ) -> Result<DeepReport, FhirError> {
     let mut sample: Vec<Value> = Vec::new();
     for (t, k) in plan {
         sample.extend(sample_type(source, t, *k).await?);
     }
     let results: Vec<Result<DeepRow, FhirError>> = stream::iter(sample)
-        .map(|resource| async move { compare_one(destination, resource, ignore).await })
+        .map(|resource| async move { compare_one(destination, resource, ignore, content).await })
         .buffered(CONCURRENCY)
         .collect()
         .await;
@@ -155,7 +163,12 @@ async fn sample_type(source: &FhirClient, resource_type: &str, k: usize) -> Resu
     Ok(out)
 }
 
-async fn compare_one(destination: &FhirClient, source: Value, ignore: &[String]) -> Result<DeepRow, FhirError> {
+async fn compare_one(
+    destination: &FhirClient,
+    source: Value,
+    ignore: &[String],
+    content: Content,
+) -> Result<DeepRow, FhirError> {
     let t = source["resourceType"].as_str().unwrap_or_default().to_string();
     let id = source["id"].as_str().unwrap_or_default().to_string();
     let version_id = source["meta"]["versionId"].as_str().unwrap_or_default().to_string();
@@ -165,7 +178,8 @@ async fn compare_one(destination: &FhirClient, source: Value, ignore: &[String])
         crate::storage::encode_component(&id)
     );
     let differences = match destination.get_json(&path).await {
-        Ok(dest) => differing_paths(&source, &dest, ignore),
+        Ok(dest) if content == Content::Compared => differing_paths(&source, &dest, ignore),
+        Ok(dest) => differing_paths(&kept(&source), &kept(&dest), ignore),
         Err(FhirError::Rejected { status: 404 | 410, .. }) => vec!["(missing at destination)".to_string()],
         Err(e) => return Err(e),
     };
@@ -175,6 +189,16 @@ async fn compare_one(destination: &FhirClient, source: Value, ignore: &[String])
         version_id,
         result: if differences.is_empty() { "Pass" } else { "Fail" }.to_string(),
         differences,
+        content: content.label().to_string(),
+    })
+}
+
+/// What de-identified export keeps of a resource, and so what can be compared with the source.
+fn kept(resource: &Value) -> Value {
+    json!({
+        "resourceType": resource["resourceType"],
+        "id": resource["id"],
+        "meta": { "versionId": resource["meta"]["versionId"], "lastUpdated": resource["meta"]["lastUpdated"] },
     })
 }
 

@@ -13,7 +13,7 @@ use chrono::DateTime;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::content_hash;
+use super::{Content, content_hash};
 use crate::fhir::{FhirClient, FhirError};
 
 /// Differences listed per kind at most (all are counted).
@@ -51,6 +51,9 @@ pub struct FullReport {
     /// The first differences of each kind.
     pub differences: Vec<Difference>,
     pub passed: bool,
+    /// `compared`, or `not comparable (de-identified)` when only ids, versions, lastUpdated and delete state were.
+    #[serde(default)]
+    pub content: String,
 }
 
 /// One entry of a page, reduced to what is compared.
@@ -232,25 +235,40 @@ pub async fn compare_type(
     destination: &FhirClient,
     resource_type: &str,
     history: bool,
+    content: Content,
     report: &mut FullReport,
 ) -> Result<(), FhirError> {
-    compare_type_from(source, destination, resource_type, history, None, report, |_| false)
-        .await
-        .map(|_| ())
+    compare_type_from(
+        source,
+        destination,
+        resource_type,
+        history,
+        content,
+        None,
+        report,
+        |_| false,
+    )
+    .await
+    .map(|_| ())
 }
 
 /// Compares one type from `from` (a lastUpdated in milliseconds, inclusive) on. After each group of entries
 /// sharing a millisecond, `stop` is asked whether to pause; when it says yes, the returned value is where to
-/// resume (every entry before it is compared and counted). `None` means the type is done.
+/// resume (every entry before it is compared and counted). `None` means the type is done. With
+/// [`Content::NotComparable`] two versions match on id, versionId, lastUpdated and delete state alone.
+#[allow(clippy::too_many_arguments)]
 pub async fn compare_type_from(
     source: &FhirClient,
     destination: &FhirClient,
     resource_type: &str,
     history: bool,
+    content: Content,
     from: Option<i64>,
     report: &mut FullReport,
     mut stop: impl FnMut(&FullReport) -> bool,
 ) -> Result<Option<i64>, FhirError> {
+    report.content = content.label().to_string();
+    let compare_content = content == Content::Compared;
     let (mut src, mut dst) = (
         Stream::new(source, resource_type, history, from)?,
         Stream::new(destination, resource_type, history, from)?,
@@ -269,7 +287,7 @@ pub async fn compare_type_from(
             report.compared += 1;
             match right.remove(k) {
                 None => report.record(Kind::Missing, resource_type, s),
-                Some(d) if d.deleted != s.deleted || d.hash != s.hash => {
+                Some(d) if d.deleted != s.deleted || (compare_content && d.hash != s.hash) => {
                     report.record(Kind::Different, resource_type, s)
                 }
                 Some(_) => {}
@@ -285,16 +303,30 @@ pub async fn compare_type_from(
     }
 }
 
-/// Compares every listed type.
+/// Compares every listed type, content included.
 pub async fn full(
     source: &FhirClient,
     destination: &FhirClient,
     types: &[String],
     history: bool,
 ) -> Result<FullReport, FhirError> {
-    let mut report = FullReport::default();
+    full_with(source, destination, types, history, Content::Compared).await
+}
+
+/// Compares every listed type; with [`Content::NotComparable`] (a de-identified migration), without content.
+pub async fn full_with(
+    source: &FhirClient,
+    destination: &FhirClient,
+    types: &[String],
+    history: bool,
+    content: Content,
+) -> Result<FullReport, FhirError> {
+    let mut report = FullReport {
+        content: content.label().to_string(),
+        ..FullReport::default()
+    };
     for t in types {
-        compare_type(source, destination, t, history, &mut report).await?;
+        compare_type(source, destination, t, history, content, &mut report).await?;
     }
     report.passed = report.missing == 0 && report.extra == 0 && report.different == 0;
     Ok(report)

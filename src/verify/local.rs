@@ -5,6 +5,7 @@ use std::io::{IsTerminal, Write};
 
 use serde_json::{Map, Value};
 
+use super::Content;
 use super::deep::{self, DeepReport};
 use super::full::{FullReport, compare_type_from};
 use super::runs::Checks;
@@ -63,6 +64,15 @@ pub async fn run(engine: &Engine, request: Request) -> Result<Outcome, FhirError
     let mut output = Map::new();
     let mut text = String::new();
     let mut passed = true;
+    let content = Content::of(m);
+    if content == Content::NotComparable && (request.checks.deep || request.checks.full) {
+        text.push_str(&format!(
+            "content: {} with {}: ids, versions, lastUpdated and counts are compared\n",
+            content.label(),
+            m.deidentify_config.as_deref().unwrap_or_default()
+        ));
+        output.insert("Content".into(), Value::String(content.label().into()));
+    }
 
     let mut counts: Option<SurfaceReport> = None;
     if request.checks.surface {
@@ -95,8 +105,16 @@ pub async fn run(engine: &Engine, request: Request) -> Result<Outcome, FhirError
             .count
             .unwrap_or(m.deep_check_count as usize)
             .clamp(1, deep::MAX_COUNT);
-        let report: DeepReport =
-            deep::check(src, dst, &types, counts.as_ref(), count, &m.deep_check_ignore_paths).await?;
+        let report: DeepReport = deep::check(
+            src,
+            dst,
+            &types,
+            counts.as_ref(),
+            count,
+            &m.deep_check_ignore_paths,
+            content,
+        )
+        .await?;
         progress.done();
         passed &= report.passed;
         text.push_str(&format!(
@@ -118,7 +136,10 @@ pub async fn run(engine: &Engine, request: Request) -> Result<Outcome, FhirError
         );
     }
     if request.checks.full {
-        let mut report = FullReport::default();
+        let mut report = FullReport {
+            content: content.label().into(),
+            ..FullReport::default()
+        };
         for (i, t) in types.iter().enumerate() {
             let total = types.len();
             let stop = |r: &FullReport| {
@@ -130,7 +151,7 @@ pub async fn run(engine: &Engine, request: Request) -> Result<Outcome, FhirError
                 ));
                 false
             };
-            compare_type_from(src, dst, t, history, None, &mut report, stop).await?;
+            compare_type_from(src, dst, t, history, content, None, &mut report, stop).await?;
         }
         progress.done();
         report.passed = report.missing == 0 && report.extra == 0 && report.different == 0;

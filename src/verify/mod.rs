@@ -6,6 +6,11 @@
 //! - [`full`]: every current resource — every version, with history — compared by id, versionId,
 //!   lastUpdated and a hash of its content, streamed page by page so memory stays bounded.
 //!
+//! With de-identified export (`AZURE_IsExportDeidentified` with `AZURE_ConfigFile`) the destination holds the
+//! source's resources as the de-identification config rewrote them, so their content cannot be compared with the
+//! source: the checks then compare what de-identified export keeps — ids, versionId, lastUpdated, delete state
+//! and counts — and label the content [`Content::NotComparable`] instead of reporting every resource as different.
+//!
 //! The CLI (`fhir-migration-tool verify`) calls these directly; the `E2ETest_*` functions run the same checks as
 //! persisted [`runs`] that a timer works on in slices.
 
@@ -17,6 +22,38 @@ mod stored;
 pub mod surface;
 
 use serde_json::Value;
+
+use crate::config::MigrationSettings;
+
+/// Whether the checks can compare resource content with the source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Content {
+    Compared,
+    /// The export is de-identified: content differs by design; ids, versions and lastUpdated are still compared.
+    NotComparable,
+}
+
+impl Content {
+    /// Not comparable when the migration exports through a de-identification config.
+    pub fn of(settings: &MigrationSettings) -> Content {
+        if settings.deidentify_config.is_some() {
+            Content::NotComparable
+        } else {
+            Content::Compared
+        }
+    }
+
+    /// The stable label the reports carry (`"content": …`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Content::Compared => "compared",
+            Content::NotComparable => NOT_COMPARABLE,
+        }
+    }
+}
+
+/// The content label of a de-identified migration, in every report and `verify --json`.
+pub const NOT_COMPARABLE: &str = "not comparable (de-identified)";
 
 /// A resource's content reduced to a comparable hash: canonical JSON (keys sorted at every level) without
 /// `meta.versionId` and `meta.lastUpdated`, which are compared separately. Nothing else is ignored: incremental

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{Value, json};
 
+use super::Content;
 use super::deep::{self, DeepReport, MAX_COUNT};
 use super::full::{FullReport, compare_type_from};
 use super::stored::{clip, fit_deep, get_pieces, set_pieces};
@@ -270,6 +271,7 @@ impl<'a> Runs<'a> {
                     engine.destination(),
                     &t,
                     history,
+                    Content::of(m),
                     run.resume_from,
                     &mut run.full,
                     stop,
@@ -321,6 +323,7 @@ impl<'a> Runs<'a> {
             run.surface.as_ref(),
             run.count,
             &engine.settings().deep_check_ignore_paths,
+            Content::of(engine.settings()),
         )
         .await?;
         for row in &report.rows {
@@ -460,6 +463,16 @@ impl Run {
         }
         if self.checks.full {
             output.insert("FullCheck".into(), serde_json::to_value(&self.full).unwrap_or_default());
+        }
+        // What the content comparison was: the deep rows and the full check say it too.
+        let content = self
+            .deep
+            .as_ref()
+            .and_then(|d| d.rows.first().map(|r| r.content.clone()))
+            .or_else(|| self.checks.full.then(|| self.full.content.clone()))
+            .filter(|c| !c.is_empty());
+        if let Some(c) = content {
+            output.insert("Content".into(), Value::String(c));
         }
         let passed = self.surface.as_ref().is_none_or(|s| s.passed)
             && self.deep.as_ref().is_none_or(|d| d.passed)

@@ -106,6 +106,7 @@ mod tests {
             } else {
                 vec!["value.x".repeat(20); 10]
             },
+            content: "compared".into(),
         };
         let report = DeepReport {
             compared: 1000,

@@ -99,20 +99,99 @@ fn the_upload_script_uses_the_name_the_tool_requests() {
 }
 
 #[test]
-fn the_demo_truncate_config_truncates_long_observation_values() {
+fn the_demo_deidentification_config_never_changes_a_numbers_magnitude() {
     let text = std::fs::read_to_string(root().join("infra/Anonymization/DemoTruncate.json")).unwrap();
     let config: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(config["fhirVersion"], "R4");
-    let rule = &config["fhirPathRules"][0];
-    assert_eq!(rule["method"], "generalize");
-    assert!(rule["path"].as_str().unwrap().contains("Observation"));
+    let rules = config["fhirPathRules"].as_array().unwrap();
     assert!(
-        rule["cases"]
-            .as_object()
-            .unwrap()
-            .values()
-            .any(|v| v.as_str().unwrap().contains("substring(0, 18)"))
+        rules
+            .iter()
+            .any(|r| r["path"].as_str().unwrap().contains("Observation")),
+        "the demo still acts on Observation quantities"
     );
+    // Numbers from tiny to beyond what the destination indexes (decimal(36,18): under 10^18).
+    let samples = [
+        0.0,
+        0.000_4,
+        -12.5,
+        98.6,
+        123_456_789_012_345_678.0,
+        -9.99e17,
+        1e18,
+        -1e18,
+        1_234_567_890_123_456_789_012.5,
+        -3e30,
+    ];
+    for rule in rules {
+        for x in samples {
+            match deidentified(rule, x) {
+                // Kept: exactly; removed: only what the destination cannot index anyway.
+                Some(y) => assert!(y == x && x.abs() < 1e18, "{rule}: {x} becomes {y}"),
+                None => assert!(x.abs() >= 1e18, "{rule}: {x} is removed although it can be indexed"),
+            }
+        }
+    }
+}
+
+/// What a de-identification rule makes of the number `x` (`None`: removed), for the rule forms whose effect on
+/// numbers is known; any other form fails the check, since it might change magnitudes (`perturb` rounds
+/// `0.0004` to `0` with its default two decimals; the old `substring` generalization cut `1.2e21` to `1.2e17`).
+fn deidentified(rule: &serde_json::Value, x: f64) -> Option<f64> {
+    match rule["method"]
+        .as_str()
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "keep" => Some(x),
+        "redact" => None,
+        "generalize" => {
+            for (condition, value) in rule["cases"].as_object().expect("generalize has cases") {
+                if holds(condition, x) {
+                    assert_eq!(value, "$this", "{rule}: only the identity keeps every magnitude");
+                    return Some(x);
+                }
+            }
+            match rule["otherValues"].as_str().unwrap_or("redact") {
+                "keep" => Some(x),
+                "redact" => None,
+                other => panic!("{rule}: otherValues '{other}'"),
+            }
+        }
+        other => panic!("{rule}: the method '{other}' may change a number's magnitude; keep or redact numbers instead"),
+    }
+}
+
+/// A FHIRPath condition of the form `$this <op> <number>` joined by `and`.
+fn holds(condition: &str, x: f64) -> bool {
+    condition.split(" and ").all(|part| {
+        let words: Vec<&str> = part.split_whitespace().collect();
+        let [this, op, bound] = words[..] else {
+            panic!("condition '{condition}' is not of the form `$this <op> <number>`")
+        };
+        assert_eq!(this, "$this", "{condition}");
+        let bound: f64 = bound.parse().unwrap_or_else(|_| panic!("'{bound}' in '{condition}'"));
+        match op {
+            "<" => x < bound,
+            "<=" => x <= bound,
+            ">" => x > bound,
+            ">=" => x >= bound,
+            _ => panic!("operator '{op}' in '{condition}'"),
+        }
+    })
+}
+
+#[test]
+fn the_magnitude_check_refuses_the_old_truncation_rule() {
+    // The rule the demo used to ship: 1234567890123456789012.5 became 123456789012345678.
+    let old = serde_json::json!({
+        "path": "(nodesByType('Observation').value as Quantity).value",
+        "method": "generalize",
+        "cases": { "$this.toString().length > 18": "$this.toString().substring(0, 18).toDecimal()" },
+        "otherValues": "keep"
+    });
+    assert!(std::panic::catch_unwind(|| deidentified(&old, 1_234_567_890_123_456_789_012.5)).is_err());
 }
 
 fn bicep_files() -> Vec<PathBuf> {

@@ -230,3 +230,194 @@ async fn reconcile_http_records_a_run_the_runner_completes_and_status_reports() 
     let (_, progress) = call("MigrationStatus_Http", plain.clone()).await;
     assert!(progress.get("cutover").is_none(), "only on request");
 }
+
+/// `Reconcile_Http` on 200,000 ids per server: the `E2ETest_Runner` timer works on the run in checkpointed slices
+/// (two timers at once never both advance it), a slice whose checkpoint was lost is repeated without counting or
+/// deleting anything twice, `Reconcile_Status` shows the progress, and the result is exact.
+#[tokio::test]
+async fn reconcile_http_compares_200000_ids_in_slices_and_the_result_is_exact() {
+    use crate::faults::scenario;
+    use fhir_emulator::seed::load_into;
+    use fhir_migration_tool::config::{Settings, SettingsSource};
+    use fhir_migration_tool::storage::tables::IfMatch;
+    use fhir_testkit::{http_payload, timer_payload};
+    use serde_json::{Value, json};
+    use std::time::{Duration, Instant};
+
+    const COMMON: usize = 200_000;
+    let began = Instant::now();
+    let s = scenario(0, 1, &[]).await;
+    // Only this test's Patients: the scenario's generator may add a few of its own.
+    for (k, _) in s.source.store().snapshot() {
+        if &*k.0 == "Patient" {
+            s.source.store().hard_delete("Patient", &k.1);
+        }
+    }
+    // Three ids per millisecond, so comparisons meet groups; an hour ago, so later writes sort after them.
+    let base = chrono::Utc::now() - chrono::TimeDelta::hours(1);
+    let line = |id: &str, i: usize| {
+        let t = base + chrono::TimeDelta::milliseconds((i / 3) as i64);
+        format!(
+            r#"{{"resourceType":"Patient","id":"{id}","meta":{{"versionId":"1","lastUpdated":"{}"}},"gender":"unknown"}}"#,
+            t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        )
+    };
+    let common: Vec<String> = (0..COMMON).map(|i| line(&format!("c{i}"), i)).collect();
+    let mut on_source = common.clone();
+    let mut on_destination = common;
+    // 5 only at the source (missing), 7 only at the destination (hard-deleted at the source), spread out.
+    on_source.extend((0..5).map(|i| line(&format!("m{i}"), i * 40_000 + 1)));
+    on_destination.extend((0..7).map(|i| line(&format!("x{i}"), i * 30_000 + 2)));
+    for (store, lines) in [(s.source.store(), &on_source), (s.destination.store(), &on_destination)] {
+        let (loaded, errors) = load_into(store, lines);
+        assert!(errors.is_empty(), "{:?}", &errors[..errors.len().min(3)]);
+        assert_eq!(loaded, lines.len());
+    }
+    // 3 soft-deleted at the source (the migration will carry them), and some updated there: a newer version
+    // elsewhere in the order, not a gap.
+    for i in [10, 100_000, 199_990] {
+        assert!(s.source.store().delete("Patient", &format!("c{i}")).is_some());
+    }
+    // 301 of them, so the look-ups of ids seen on one side only run in several batches.
+    for i in (0..301).map(|k| 20 + k * 600) {
+        let body = json!({ "resourceType": "Patient", "id": format!("c{i}"), "gender": "other" });
+        s.source.store().put("Patient", &format!("c{i}"), body).unwrap();
+    }
+    println!("seeded in {:?}", began.elapsed());
+
+    let handler = s.handler().await;
+    let call = |function: &'static str, payload: Value| {
+        let invoker = handler.invoker();
+        async move {
+            let resp: Value = invoker.invoke(function, &payload).await.unwrap().json().await.unwrap();
+            let res = &resp["Outputs"]["res"];
+            let body: Value = serde_json::from_str(res["body"].as_str().unwrap_or("null")).unwrap();
+            (res["statusCode"].as_u64().unwrap_or(0), body)
+        }
+    };
+    let bad = http_payload("Reconcile_Http", "req", "POST", json!({ "pagesPerSlice": "0" }), None);
+    let (code, body) = call("Reconcile_Http", bad).await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("pagesPerSlice"), "{body}");
+    // 40 pages of 1000 ids per slice (both servers together): about 20 slices to compare.
+    let start = http_payload(
+        "Reconcile_Http",
+        "req",
+        "POST",
+        json!({ "types": "Patient", "maxDeletes": "10", "pagesPerSlice": "40" }),
+        Some(r#"{"apply": true}"#),
+    );
+    let (code, started) = call("Reconcile_Http", start).await;
+    assert_eq!(code, 202, "{started}");
+    let id = started["id"].as_str().unwrap().to_string();
+    let mut status = http_payload("Reconcile_Status", "req", "GET", json!({}), None);
+    status["Data"]["req"]["Params"] = json!({ "id": id });
+
+    // The run's row, read and written behind the handler's back to play a lost checkpoint.
+    let mut settings = SettingsSource::default();
+    settings.extend(s.settings.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    let app = fhir_migration_tool::app::App::build(Settings::from_source(&settings).unwrap()).unwrap();
+    let table = app.tables().table(&app.settings().reconcile_table).unwrap();
+
+    // A candidate recorded by a slice whose checkpoint was lost, for an id the source has (again): the delete
+    // phase asks the source before deleting, and keeps it.
+    let mut stale = fhir_migration_tool::storage::tables::Entity::new(id.as_str(), "Patient_c5").unwrap();
+    stale
+        .set_str("ResourceType", "Patient")
+        .set_str("ResourceId", "c5")
+        .set_str("State", "candidate");
+    table.upsert(&stale).await.unwrap();
+
+    let tick = || {
+        let invoker = handler.invoker();
+        let id = id.clone();
+        async move {
+            let payload = timer_payload("E2ETest_Runner", "myTimer", &chrono::Utc::now().to_rfc3339(), false);
+            let resp = invoker.invoke("E2ETest_Runner", &payload).await.unwrap();
+            assert!(resp.status().is_success(), "{}", resp.status());
+            let body: Value = resp.json().await.unwrap();
+            body.to_string().contains(&id)
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let mut progress = Vec::new();
+    let mut replayed = false;
+    let done = loop {
+        assert!(Instant::now() < deadline, "the run did not finish: {progress:?}");
+        let before = table.get("run", &id).await.unwrap().unwrap();
+        // Two timers at once: the lease lets one of them work on the run.
+        let (a, b) = tokio::join!(tick(), tick());
+        assert!(!(a && b), "two invocations worked on the run at once");
+        let (code, body) = call("Reconcile_Status", status.clone()).await;
+        let custom = body["customStatus"].clone();
+        progress.push((
+            custom["phase"].clone(),
+            custom["sourceIds"].clone(),
+            custom["slices"].clone(),
+        ));
+        // Once, mid-comparison: the slice just done "crashed" before its checkpoint — the row goes back, and the
+        // next slice repeats it (writing its candidates again).
+        if !replayed && custom["sourceIds"].as_u64().unwrap_or(0) > 100_000 {
+            replayed = true;
+            let mut back = before.clone();
+            back.set_datetime("LeaseUntil", chrono::Utc::now() - chrono::TimeDelta::seconds(1));
+            table.replace(&back, &IfMatch::Any).await.unwrap();
+            continue;
+        }
+        if code == 200 {
+            break body;
+        }
+        assert_eq!(code, 202, "{body}");
+        assert_eq!(body["output"], Value::Null, "no report before the run completes");
+    };
+    assert!(replayed, "{progress:?}");
+    assert_eq!(done["runtimeStatus"], "Completed", "{done}");
+    let slices = done["customStatus"]["slices"].as_u64().unwrap();
+    println!(
+        "{slices} slices; {} status polls; done in {:?}",
+        progress.len(),
+        began.elapsed()
+    );
+    assert!(slices > 5, "the comparison ran in slices: {progress:?}");
+    let out = &done["output"];
+    assert_eq!(out["sourceIds"], json!(COMMON - 3 + 5), "{out}");
+    assert_eq!(out["destinationIds"], json!(COMMON + 7), "{out}");
+    assert_eq!(out["missingAtDestination"], 5, "{out}");
+    assert_eq!(out["pendingSoftDeletes"], 3, "{out}");
+    assert_eq!(out["hardDeletedAtSource"], 7, "{out}");
+    assert_eq!(out["deleted"], 7, "{out}");
+    assert_eq!(out["applied"], true, "{out}");
+    assert_eq!(out["typesCompared"], 1, "{out}");
+    let mut missing: Vec<&str> = out["missing"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    missing.sort();
+    assert_eq!(
+        missing,
+        ["Patient/m0", "Patient/m1", "Patient/m2", "Patient/m3", "Patient/m4"]
+    );
+    let http = reqwest::Client::new();
+    for i in 0..7 {
+        let url = format!("{}/Patient/x{i}", s.destination.base_url);
+        assert_eq!(http.get(url).send().await.unwrap().status(), 404, "x{i} deleted");
+    }
+    for other in ["c0", "c5"] {
+        let url = format!("{}/Patient/{other}", s.destination.base_url);
+        assert_eq!(http.get(url).send().await.unwrap().status(), 200, "{other} not deleted");
+    }
+    // One row per candidate, each marked deleted; the stale one kept.
+    let mut rows = table.query_all(Some(&format!("PartitionKey eq '{id}'"))).await.unwrap();
+    let kept = rows.iter().position(|r| r.row_key() == "Patient_c5").unwrap();
+    assert_eq!(rows.remove(kept).get_str("State"), Some("kept"));
+    assert_eq!(rows.len(), 7);
+    assert!(
+        rows.iter()
+            .all(|r| r.get_str("State") == Some("deleted") && r.get_datetime("DeletedAt").is_some())
+    );
+    // A finished run is left alone.
+    assert!(!tick().await);
+    assert!(began.elapsed() < Duration::from_secs(240), "{:?}", began.elapsed());
+}

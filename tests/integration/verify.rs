@@ -3,9 +3,9 @@
 
 use chrono::{TimeDelta, Utc};
 use fhir_migration_tool::storage::tables::{Entity, IfMatch};
-use fhir_migration_tool::verify::deep;
 use fhir_migration_tool::verify::full::{Kind, full};
 use fhir_migration_tool::verify::surface::surface;
+use fhir_migration_tool::verify::{Content, deep};
 use serde_json::{Value, json};
 
 use crate::migration::{run_to_completion, seed, stack};
@@ -114,7 +114,7 @@ async fn checks_pass_after_a_migration_and_name_every_kind_of_damage() {
         .unwrap()
         .source_count;
     let plan = deep::allocate(&[("Patient".to_string(), patients)], patients as usize);
-    let d = deep::deep(src, dst, &plan, &[]).await.unwrap();
+    let d = deep::deep(src, dst, &plan, &[], Content::Compared).await.unwrap();
     assert_eq!(d.compared, patients);
     let row = |id: &str| {
         d.rows
@@ -132,7 +132,9 @@ async fn checks_pass_after_a_migration_and_name_every_kind_of_damage() {
         d.rows.iter().filter(|r| r.result != "Pass").collect::<Vec<_>>()
     );
     // An allow-listed path is not reported.
-    let d = deep::deep(src, dst, &plan, &["gender".to_string()]).await.unwrap();
+    let d = deep::deep(src, dst, &plan, &["gender".to_string()], Content::Compared)
+        .await
+        .unwrap();
     assert_eq!(d.failed, 2);
 }
 

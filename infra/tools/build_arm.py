@@ -137,6 +137,7 @@ TILES = [
     (0, 29, 6, 4, "Surface check", "Results", False, "", "", "surface-check"),
     (6, 29, 6, 4, "Deep check", "Results", False, "", "", "deep-check"),
     (12, 29, 6, 4, "Full check", "Every version compared", False, "", "", "full-check"),
+    (0, 33, 18, 4, "Unresolved import failures", "Versions not at the destination (failure ledger)", True, "", "", "unresolved-import-failures"),
 ]
 
 METRIC_TILES = [
@@ -151,6 +152,7 @@ RULES = [
     ("job-failed", "FHIR migration: an export or import failed", "An $export or $import job failed or was refused. The tool retries it; check the FailureReason (dashboard: Failed exports / Failed imports).", 1, "PT15M", "PT15M", "GreaterThan", 0, "export-or-import-failed"),
     ("retry-latch", "FHIR migration: halted by the retry latch", "Exports or imports failed too many times in a row and the migration has stopped. Fix the cause (export table, FailureReason column), then call ClearMaxExportRetries_Http.", 0, "PT15M", "PT15M", "GreaterThan", 0, "retry-latch-reached"),
     ("no-progress", "FHIR migration: no progress", None, 2, "PT1H", None, "LessThan", 1, "no-progress"),
+    ("import-failure", "FHIR migration: a resource version could not be imported", "The destination refused a resource version for good (a conflicting version, an invalid resource). It is not migrated until someone fixes the cause and runs failures retry, or accepts the loss with failures accept (dashboard: Unresolved import failures).", 1, "PT15M", "PT15M", "GreaterThan", 0, "permanent-import-failure"),
     ("verification-failed", "FHIR migration: verification found differences", "A surface, deep or full check found a difference between source and destination (dashboard: Surface / Deep / Full check).", 2, "PT15M", "PT15M", "GreaterThan", 0, "verification-failed"),
 ]
 

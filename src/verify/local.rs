@@ -167,6 +167,21 @@ pub async fn run(engine: &Engine, request: Request) -> Result<Outcome, FhirError
             ));
         }
         output.insert("FullCheck".into(), serde_json::to_value(&report).unwrap_or_default());
+        // What the failure ledger knows: a missing version the import refused is named there with its reason.
+        if let Ok(ledger) = engine.ledger().summary().await {
+            if ledger.total > 0 {
+                text.push_str(&format!(
+                    "failure ledger: {} version(s) an import refused are not at the destination ({} permanent, {} awaiting retry), {} resolved, {} benign, {} accepted (see `failures`)\n",
+                    ledger.unresolved(),
+                    ledger.permanent_unresolved,
+                    ledger.transient_pending,
+                    ledger.resolved,
+                    ledger.benign,
+                    ledger.accepted
+                ));
+            }
+            output.insert("FailureLedger".into(), serde_json::to_value(&ledger).unwrap_or_default());
+        }
     }
     Ok(Outcome {
         passed,

@@ -185,6 +185,21 @@ async fn a_conflict_blocks_cut_over_until_it_is_fixed_and_retried() {
     let status = engine.status(Utc::now()).await.unwrap();
     assert_eq!(status.import_failures.permanent_unresolved, 1);
     assert!(!status.halted, "Continue records and goes on");
+    // The full check names the missing version, and reports what the ledger knows of it.
+    let checked = fhir_migration_tool::verify::local::run(
+        engine,
+        fhir_migration_tool::verify::local::Request {
+            checks: fhir_migration_tool::verify::runs::Checks::parse("full").unwrap(),
+            types: vec!["Patient".into()],
+            count: None,
+            include_empty: false,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(!checked.passed);
+    assert_eq!(checked.output["FailureLedger"]["permanentUnresolved"], 1, "{}", checked.text);
+    assert!(checked.text.contains("failure ledger: 1 version(s)"), "{}", checked.text);
 
     let final_check = Options {
         final_check: true,

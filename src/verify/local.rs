@@ -180,7 +180,10 @@ pub async fn run(engine: &Engine, request: Request) -> Result<Outcome, FhirError
                     ledger.accepted
                 ));
             }
-            output.insert("FailureLedger".into(), serde_json::to_value(&ledger).unwrap_or_default());
+            output.insert(
+                "FailureLedger".into(),
+                serde_json::to_value(&ledger).unwrap_or_default(),
+            );
         }
     }
     Ok(Outcome {

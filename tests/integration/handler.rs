@@ -262,3 +262,38 @@ async fn call(handler: &HandlerProcess, function: &str, payload: &Value) -> (u64
     let (code, body, _) = call_with_headers(handler, function, payload).await;
     (code, body)
 }
+
+/// `ImportFailures_Http`: the ledger as JSON; requests it cannot carry out get a 400 that says why.
+#[tokio::test]
+async fn import_failures_http_lists_the_ledger_and_refuses_unclear_requests() {
+    let azurite = azurite().await;
+    let handler = start(&azurite, &unique_name("chunk"), &unique_name("export")).await;
+    let (code, body) = call(
+        &handler,
+        "ImportFailures_Http",
+        &http_payload("ImportFailures_Http", "req", "GET", json!({ "all": "true" }), None),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["summary"]["total"], 0, "{body}");
+    assert_eq!(body["entries"], json!([]));
+    for (query, expected) in [
+        (json!({ "action": "accept" }), "accept needs ids"),
+        (json!({ "action": "accept", "ids": "Patient|p1|1" }), "say why"),
+        (
+            json!({ "action": "accept", "ids": "Patient|p1|1", "reason": "test data" }),
+            "no unresolved failure",
+        ),
+        (json!({ "action": "retry", "ids": "Patient|p1|1" }), "Patient|p1|1"),
+        (json!({ "action": "explode" }), "retry or accept"),
+    ] {
+        let (code, body) = call(
+            &handler,
+            "ImportFailures_Http",
+            &http_payload("ImportFailures_Http", "req", "POST", query.clone(), None),
+        )
+        .await;
+        assert_eq!(code, 400, "{query}: {body}");
+        assert!(body["error"].as_str().unwrap().contains(expected), "{query}: {body}");
+    }
+}

@@ -198,8 +198,16 @@ async fn a_conflict_blocks_cut_over_until_it_is_fixed_and_retried() {
     .await
     .unwrap();
     assert!(!checked.passed);
-    assert_eq!(checked.output["FailureLedger"]["permanentUnresolved"], 1, "{}", checked.text);
-    assert!(checked.text.contains("failure ledger: 1 version(s)"), "{}", checked.text);
+    assert_eq!(
+        checked.output["FailureLedger"]["permanentUnresolved"], 1,
+        "{}",
+        checked.text
+    );
+    assert!(
+        checked.text.contains("failure ledger: 1 version(s)"),
+        "{}",
+        checked.text
+    );
 
     let final_check = Options {
         final_check: true,

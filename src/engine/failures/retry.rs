@@ -316,7 +316,9 @@ impl Engine {
 pub enum RequestError {
     #[error("no unresolved failure with the key(s) {0}: list them with `failures` (keys look like Patient|p1|3)")]
     Unknown(String),
-    #[error("say why the loss is acceptable (--reason \"…\"): it is shown in every cut-over report")]
+    #[error(
+        "say why the loss is acceptable (--reason on the command line, \"reason\" for ImportFailures_Http): it is shown in every cut-over report"
+    )]
     NoReason,
     #[error(transparent)]
     Table(#[from] TableError),

@@ -41,6 +41,7 @@ pub mod secret;
 pub mod state;
 pub mod storage;
 pub mod telemetry;
+pub mod terminal;
 pub mod verify;
 
 #[cfg(test)]

@@ -381,9 +381,20 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 timeout: std::time::Duration::from_secs(timeout_seconds),
                 poll: std::time::Duration::from_secs(2),
             };
+            let mut progress = fhir_migration_tool::terminal::Progress::new("cutover", None);
+            progress.set_message(if final_check {
+                "waiting for quiet at the source, migrating the last tail, then the full check and a reconciliation"
+            } else {
+                "measuring the lag"
+            });
             let outcome = fhir_migration_tool::cutover::cutover(&app, &options)
                 .await
                 .map_err(|e| e.to_string());
+            progress.finish(match &outcome {
+                Ok(r) if r.ready => "READY",
+                Ok(_) => "NOT READY",
+                Err(_) => "could not finish",
+            });
             app.shutdown().await;
             let report = outcome?;
             show(json, &report, fhir_migration_tool::cutover::describe)?;
@@ -425,6 +436,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .tables()
                 .table(&app.settings().reconcile_table)
                 .map_err(|e| e.to_string())?;
+            let mut progress = fhir_migration_tool::terminal::Progress::new("reconcile", None);
+            progress.set_message(format!(
+                "comparing the ids of {} types on both servers",
+                options.types.len()
+            ));
             let outcome = fhir_migration_tool::reconcile::reconcile(
                 engine.source(),
                 engine.destination(),
@@ -434,6 +450,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             )
             .await
             .map_err(|e| e.to_string());
+            progress.finish(match &outcome {
+                Ok(r) if r.clean() => "nothing to reconcile",
+                Ok(_) => "differences found (see the report)",
+                Err(_) => "could not finish",
+            });
             app.shutdown().await;
             let report = outcome?;
             show(json, &report, fhir_migration_tool::reconcile::describe)?;

@@ -1,8 +1,6 @@
 //! `fhir-migration-tool verify`: the same checks as a verification run, in this process, with progress on the
 //! terminal and a printed (or JSON) report.
 
-use std::io::{IsTerminal, Write};
-
 use serde_json::{Map, Value};
 
 use super::Content;
@@ -12,6 +10,7 @@ use super::runs::Checks;
 use super::surface::{SurfaceReport, surface};
 use crate::engine::Engine;
 use crate::fhir::FhirError;
+use crate::terminal::Progress;
 
 /// What the CLI asked for.
 pub struct Request {
@@ -28,27 +27,6 @@ pub struct Outcome {
     pub text: String,
 }
 
-/// One line of progress, redrawn in place on a terminal and left alone otherwise (logs stay clean).
-struct Progress {
-    live: bool,
-}
-
-impl Progress {
-    fn show(&self, line: &str) {
-        if self.live {
-            let mut err = std::io::stderr();
-            let _ = write!(err, "\r\x1b[2K{line}");
-            let _ = err.flush();
-        }
-    }
-
-    fn done(&self) {
-        if self.live {
-            let _ = writeln!(std::io::stderr());
-        }
-    }
-}
-
 pub async fn run(engine: &Engine, request: Request) -> Result<Outcome, FhirError> {
     let m = engine.settings();
     let (src, dst) = (engine.source(), engine.destination());
@@ -57,9 +35,6 @@ pub async fn run(engine: &Engine, request: Request) -> Result<Outcome, FhirError
         m.resource_types.clone()
     } else {
         request.types
-    };
-    let progress = Progress {
-        live: std::io::stderr().is_terminal(),
     };
     let mut output = Map::new();
     let mut text = String::new();
@@ -76,12 +51,18 @@ pub async fn run(engine: &Engine, request: Request) -> Result<Outcome, FhirError
 
     let mut counts: Option<SurfaceReport> = None;
     if request.checks.surface {
-        progress.show(&format!(
-            "surface check: counting {} types on both servers…",
-            types.len()
-        ));
+        let mut progress = Progress::new("surface check", None);
+        progress.set_message(format!("counting {} types on both servers", types.len()));
         let report = surface(src, dst, &types, history, request.include_empty).await?;
-        progress.done();
+        progress.finish(&format!(
+            "{} rows, {}",
+            report.rows.len(),
+            if report.passed {
+                "all equal"
+            } else {
+                "differences found"
+            }
+        ));
         passed &= report.passed;
         text.push_str(&format!(
             "{:<32} {:>9} {:>14} {:>14}  result\n",
@@ -100,7 +81,7 @@ pub async fn run(engine: &Engine, request: Request) -> Result<Outcome, FhirError
         counts = Some(report);
     }
     if request.checks.deep {
-        progress.show("deep check: sampling…");
+        let progress = Progress::new("deep check", None);
         let count = request
             .count
             .unwrap_or(m.deep_check_count as usize)
@@ -115,7 +96,10 @@ pub async fn run(engine: &Engine, request: Request) -> Result<Outcome, FhirError
             content,
         )
         .await?;
-        progress.done();
+        progress.finish(&format!(
+            "{} sampled resources compared, {} differ",
+            report.compared, report.failed
+        ));
         passed &= report.passed;
         text.push_str(&format!(
             "deep check: {} sampled resources compared, {} differ\n",
@@ -140,20 +124,29 @@ pub async fn run(engine: &Engine, request: Request) -> Result<Outcome, FhirError
             content: content.label().into(),
             ..FullReport::default()
         };
+        // The source's total from the surface check, when it ran, makes a bar with an ETA.
+        let expected = counts.as_ref().and_then(|c| {
+            let measure = if history { "versions" } else { "current" };
+            c.rows
+                .iter()
+                .find(|r| r.resource == "Total" && r.measure == measure)
+                .map(|r| r.source_count)
+        });
+        let mut progress = Progress::new("full check", expected);
         for (i, t) in types.iter().enumerate() {
             let total = types.len();
+            progress.set_message(format!("type {}/{total} {t}", i + 1));
             let stop = |r: &FullReport| {
-                progress.show(&format!(
-                    "full check: type {}/{total} {t}: {} compared, {} differences",
-                    i + 1,
-                    r.compared,
-                    r.missing + r.extra + r.different
-                ));
+                progress.set_position(r.compared);
                 false
             };
             compare_type_from(src, dst, t, history, content, None, &mut report, stop).await?;
         }
-        progress.done();
+        progress.finish(&format!(
+            "{} versions compared, {} differences",
+            report.compared,
+            report.missing + report.extra + report.different
+        ));
         report.passed = report.missing == 0 && report.extra == 0 && report.different == 0;
         passed &= report.passed;
         text.push_str(&format!(

@@ -94,6 +94,19 @@ async fn plan_run_and_status_drive_a_migration_without_a_host() {
 
     let out = tokio::task::block_in_place(|| cli(&stack, &["verify", "--mode", "all", "--count", "30", "--json"]));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Progress without a terminal: plain lines on stderr, no escape sequences, a summary per check.
+    let progress = String::from_utf8_lossy(&out.stderr);
+    assert!(!progress.contains('\x1b') && !progress.contains('\r'), "{progress:?}");
+    for summary in [
+        "surface check: ",
+        "deep check: 30 sampled resources compared, 0 differ (in ",
+        "full check: ",
+    ] {
+        assert!(
+            progress.lines().any(|l| l.starts_with(summary) && l.contains("(in ")),
+            "{summary} in {progress}"
+        );
+    }
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     let rows = |check: &str| report[check].as_array().cloned().unwrap_or_default();
     assert!(!rows("SurfaceCheck").is_empty() && rows("SurfaceCheck").iter().all(|r| r["Result"] == "Pass"));

@@ -246,3 +246,61 @@ async fn a_conflict_blocks_cut_over_until_it_is_fixed_and_retried() {
     assert_eq!(report.import_failures.resolved, 1);
     assert_same(stack.source.store(), stack.destination.store());
 }
+
+/// A line refused as "in the future" (ahead of the destination's clock) is retried automatically once its
+/// instant has passed, and resolved by what the destination then holds.
+#[tokio::test]
+async fn a_line_ahead_of_the_destination_clock_is_retried_automatically() {
+    let stack = stack(&[]).await;
+    let engine = &stack.engine;
+    let blobs = stack._app.blobs();
+    let ahead = Utc::now() + TimeDelta::seconds(13);
+    blobs.ensure_container("exports").await.unwrap();
+    blobs.ensure_container("fhirlogs").await.unwrap();
+    blobs
+        .put(
+            "exports",
+            "run/Patient-2.ndjson",
+            patient("f2", "1", &instant(ahead), "Later").into_bytes(),
+        )
+        .await
+        .unwrap();
+    blobs
+        .put(
+            "fhirlogs",
+            "import-2.ndjson",
+            error("LastUpdated in the resource cannot be in the future.", 1).into_bytes(),
+        )
+        .await
+        .unwrap();
+    let file = ImportErrorFile {
+        resource_type: Some("Patient".into()),
+        count: 1,
+        input_url: Some(blobs.blob_url("exports", "run/Patient-2.ndjson")),
+        url: blobs.blob_url("fhirlogs", "import-2.ndjson"),
+    };
+    let summary = engine.record_failures(1, &[file], Utc::now()).await.unwrap();
+    assert_eq!(summary.transient, 1);
+    let entry = engine.ledger().get("Patient|f2|1").await.unwrap().unwrap();
+    assert_eq!((entry.class, entry.state), (Class::Transient, State::Retrying));
+    // Not due yet: nothing is posted.
+    assert!(engine.ledger_tick(Utc::now()).await.unwrap().is_empty());
+    assert!(stack.destination.import_inputs().is_empty());
+    // Once the instant is within the destination's tolerance (10 s), the retry is due (the clock is an
+    // argument: the retry waits at least a minute in real time).
+    while Utc::now() + TimeDelta::seconds(9) < ahead {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        engine.ledger_tick(Utc::now() + TimeDelta::minutes(2)).await.unwrap();
+        let e = engine.ledger().get("Patient|f2|1").await.unwrap().unwrap();
+        if e.state == State::Resolved {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not resolved: {e:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(stack.destination.store().resource("Patient", "f2").is_some());
+    assert_eq!(engine.ledger().summary().await.unwrap().unresolved(), 0);
+}

@@ -181,13 +181,8 @@ pub fn format_status(s: &MigrationStatus) -> String {
     let f = &s.import_failures;
     if f.total > 0 {
         out.push(format!(
-            "import failures:   {} not at the destination ({} permanent, {} retried automatically); {} resolved, {} benign, {} accepted{}",
-            f.unresolved(),
-            f.permanent_unresolved,
-            f.transient_pending,
-            f.resolved,
-            f.benign,
-            f.accepted,
+            "import failures:   {}{}",
+            f.line(),
             if f.permanent_unresolved > 0 {
                 " — see `failures`"
             } else {

@@ -277,13 +277,7 @@ pub fn describe(r: &Report) -> String {
     }
     let f = &r.import_failures;
     if f.total > 0 {
-        out.push_str(&format!(
-            "import failures:       {} unresolved, {} resolved, {} benign, {} accepted\n",
-            f.unresolved(),
-            f.resolved,
-            f.benign,
-            f.accepted
-        ));
+        out.push_str(&format!("import failures:       {}\n", f.line()));
     }
     for accepted in &r.accepted_failures {
         out.push_str(&format!("  accepted loss: {accepted}\n"));

@@ -286,6 +286,19 @@ impl Summary {
     pub fn unresolved(&self) -> usize {
         self.permanent_unresolved + self.transient_pending
     }
+
+    /// One line for status, verify and cut-over reports.
+    pub fn line(&self) -> String {
+        format!(
+            "{} not at the destination ({} permanent, {} retried automatically); {} resolved, {} benign, {} accepted",
+            self.unresolved(),
+            self.permanent_unresolved,
+            self.transient_pending,
+            self.resolved,
+            self.benign,
+            self.accepted
+        )
+    }
 }
 
 #[cfg(test)]

@@ -25,15 +25,7 @@ use crate::storage::tables::{TableClient, TableError, filter};
 
 /// The human listing of `failures`: the summary, then one line per entry.
 pub fn describe(summary: &Summary, entries: &[Entry]) -> String {
-    let mut out = vec![format!(
-        "{} not at the destination ({} permanent, {} retried automatically); {} resolved, {} benign, {} accepted",
-        summary.unresolved(),
-        summary.permanent_unresolved,
-        summary.transient_pending,
-        summary.resolved,
-        summary.benign,
-        summary.accepted
-    )];
+    let mut out = vec![summary.line()];
     if !entries.is_empty() {
         out.push(format!(
             "{:<44} {:>6} {:<15} {:<9} {:<8} {:>3}  message",

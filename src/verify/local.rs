@@ -163,15 +163,7 @@ pub async fn run(engine: &Engine, request: Request) -> Result<Outcome, FhirError
         // What the failure ledger knows: a missing version the import refused is named there with its reason.
         if let Ok(ledger) = engine.ledger().summary().await {
             if ledger.total > 0 {
-                text.push_str(&format!(
-                    "failure ledger: {} version(s) an import refused are not at the destination ({} permanent, {} awaiting retry), {} resolved, {} benign, {} accepted (see `failures`)\n",
-                    ledger.unresolved(),
-                    ledger.permanent_unresolved,
-                    ledger.transient_pending,
-                    ledger.resolved,
-                    ledger.benign,
-                    ledger.accepted
-                ));
+                text.push_str(&format!("failure ledger: {} (see `failures`)\n", ledger.line()));
             }
             output.insert(
                 "FailureLedger".into(),

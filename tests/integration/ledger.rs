@@ -204,7 +204,9 @@ async fn a_conflict_blocks_cut_over_until_it_is_fixed_and_retried() {
         checked.text
     );
     assert!(
-        checked.text.contains("failure ledger: 1 version(s)"),
+        checked
+            .text
+            .contains("failure ledger: 1 not at the destination (1 permanent"),
         "{}",
         checked.text
     );

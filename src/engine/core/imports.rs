@@ -443,6 +443,21 @@ mod tests {
     use crate::state::rows::ExportStatus;
     use crate::state::{Cursor, Job, Payload};
 
+    fn import_ctx<'a>(
+        settings: &'a crate::config::MigrationSettings,
+        timing: &'a crate::engine::Timing,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Context<'a> {
+        Context {
+            settings,
+            timing,
+            timer: Timer::ImportStatus,
+            now,
+            source_now: None,
+            export_table: "export",
+        }
+    }
+
     /// One window with one running import, polled Running this tick.
     fn running(now: chrono::DateTime<chrono::Utc>, counted_ago: TimeDelta) -> (Snapshot, Facts) {
         let mut cursor = Cursor::new();
@@ -474,14 +489,7 @@ mod tests {
         let settings = crate::engine::sim::settings(&[]);
         let timing = crate::engine::Timing::default();
         let now = crate::engine::sim::t0();
-        let ctx = Context {
-            settings: &settings,
-            timing: &timing,
-            timer: Timer::ImportStatus,
-            now,
-            source_now: None,
-            export_table: "export",
-        };
+        let ctx = import_ctx(&settings, &timing, now);
         let (snapshot, facts) = running(now, TimeDelta::minutes(5));
         let Some(Action::Note(notes)) = poll_imports(&ctx, &snapshot, &facts) else {
             panic!("a Running event from the saved counts, without counting")
@@ -512,14 +520,7 @@ mod tests {
         let settings = crate::engine::sim::settings(&[("AZURE_ImportErrorPolicy", "Halt")]);
         let timing = crate::engine::Timing::default();
         let now = crate::engine::sim::t0();
-        let ctx = Context {
-            settings: &settings,
-            timing: &timing,
-            timer: Timer::ImportStatus,
-            now,
-            source_now: None,
-            export_table: "export",
-        };
+        let ctx = import_ctx(&settings, &timing, now);
         let outcome = |summary: ErrorSummary| {
             let (snapshot, mut facts) = running(now, TimeDelta::minutes(1));
             let key = PostKey::of(&snapshot.payloads[0]);

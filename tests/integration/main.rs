@@ -10,6 +10,7 @@ mod faults;
 mod fhir;
 mod handler;
 mod infra;
+mod infra_azure;
 mod layout;
 mod migration;
 mod package;

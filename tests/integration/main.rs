@@ -12,6 +12,7 @@ mod handler;
 mod infra;
 mod infra_azure;
 mod layout;
+mod limits;
 mod migration;
 mod package;
 mod preflight;

@@ -46,6 +46,7 @@ impl MockIngestion {
         let received = Arc::new(Mutex::new(Received::default()));
         let app = Router::new()
             .route("/v2/track", post(track))
+            .route("/v2.1/track", post(track_with_token))
             .with_state(received.clone());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
@@ -110,6 +111,23 @@ impl MockIngestion {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Received> {
         self.received.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The bearer token the mock's Entra-authenticated endpoint accepts.
+pub const TEST_MONITOR_TOKEN: &str = "token-for-monitor";
+
+/// `/v2.1/track`: as `/v2/track`, for callers with an Entra token (401 without one, 403 with another).
+async fn track_with_token(
+    State(received): State<Arc<Mutex<Received>>>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> (StatusCode, axum::Json<Value>) {
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
+    match auth.and_then(|a| a.strip_prefix("Bearer ")) {
+        None => (StatusCode::UNAUTHORIZED, axum::Json(json!({ "errors": [] }))),
+        Some(token) if token != TEST_MONITOR_TOKEN => (StatusCode::FORBIDDEN, axum::Json(json!({ "errors": [] }))),
+        Some(_) => track(State(received), body).await,
     }
 }
 

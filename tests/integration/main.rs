@@ -6,6 +6,7 @@ mod cli;
 mod cutover;
 mod dashboard;
 mod engine;
+mod entra_ingestion;
 mod faults;
 mod fhir;
 mod handler;

@@ -20,6 +20,7 @@ mod preflight;
 mod reconcile;
 mod router;
 mod self_contained;
+mod startup;
 mod structure;
 mod support;
 mod tables;

@@ -226,6 +226,30 @@ mod tests {
         }
     }
 
+    /// The deployment sets each server's configured audience: tokens are asked for it, not for the URL's host
+    /// (an Azure API for FHIR often uses the shared https://azurehealthcareapis.com); without it, the URL's root.
+    #[test]
+    fn tokens_are_asked_for_the_configured_audience() {
+        use crate::config::{Settings, SettingsSource};
+        let mut source = SettingsSource::default();
+        source.extend([
+            ("AZURE_StorageConnectionString", "UseDevelopmentStorage=true"),
+            ("AZURE_SourceUri", "https://src.azurehealthcareapis.com"),
+            ("AZURE_DestinationUri", "https://ws-dst.fhir.azurehealthcareapis.com"),
+            ("AZURE_SourceAudience", "https://azurehealthcareapis.com"),
+        ]);
+        let settings = Settings::from_source(&source).unwrap();
+        let scope = |server| match token_source(&settings.migration, server).unwrap() {
+            TokenSource::Credential { scope, .. } => scope,
+            TokenSource::None => panic!("a remote server gets a token"),
+        };
+        assert_eq!(scope(Server::Source), "https://azurehealthcareapis.com/.default");
+        assert_eq!(
+            scope(Server::Destination),
+            "https://ws-dst.fhir.azurehealthcareapis.com/.default"
+        );
+    }
+
     #[test]
     fn loopback_detection() {
         for (u, l) in [

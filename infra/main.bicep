@@ -11,7 +11,7 @@
 
 targetScope = 'resourceGroup'
 
-@description('Short prefix for every resource name: 1-6 lower-case letters or digits. A unique suffix is added.')
+@description('Short prefix for every resource name: 1-6 lower-case letters or digits (a leading digit is fine: the Key Vault name starts with "kv-"). A unique suffix is added.')
 @minLength(1)
 @maxLength(6)
 param prefix string = 'mig'
@@ -36,10 +36,10 @@ param sourceFhirServiceId string = ''
 @minLength(1)
 param fhirServiceId string
 
-@description('Source base URL; empty: the server\'s own (its token audience).')
+@description('Source base URL; empty: the server\'s own URL (tokens are still requested for the server\'s configured audience).')
 param sourceFhirUrl string = ''
 
-@description('Destination base URL; empty: the server\'s own (its token audience).')
+@description('Destination base URL; empty: the server\'s own URL (tokens are still requested for the server\'s configured audience).')
 param destinationFhirUrl string = ''
 
 @description('Migrate every version, not only the current one.')
@@ -96,8 +96,15 @@ param clientSecret string = ''
 ])
 param hostingPlan string = 'FlexConsumption'
 
-@description('The release zip (scripts/package) the app runs.')
+@description('The release zip (scripts/package) the app runs, put on the app by one deploy on every deployment.')
 param packageUri string = 'https://github.com/fhir-migration-tool/fhir-migration-tool/releases/latest/download/fhir-migration-tool.zip'
+
+@description('default: create the Key Vault (client-credential mode). recover: take back the soft-deleted vault of an earlier deployment of this prefix in this resource group (30 days after teardown).')
+@allowed([
+  'default'
+  'recover'
+])
+param keyVaultCreateMode string = 'default'
 
 @description('Reach the state storage through private endpoints only (VNet integration, private DNS zones).')
 param enablePrivateNetworking bool = false
@@ -138,9 +145,6 @@ param migrationStarterCron string = '0 */5 * * * *'
 
 @description('More app settings (AZURE_*), applied last; see the README\'s settings table.')
 param functionAppCustomSettings object = {}
-
-@description('A new value re-runs the code deployment (a new package at the same URL); the default changes on every deployment.')
-param forceUpdateTag string = utcNow()
 
 var tags = {
   AppID: 'fhir-migration-tool'
@@ -211,6 +215,10 @@ module functionApp 'modules/functionapp.bicep' = {
     storageBlobEndpoint: storage.outputs.blobEndpoint
     integrationSubnetId: enablePrivateNetworking ? network!.outputs.integrationSubnetId : ''
   }
+  // Storage private endpoints (and their DNS) exist before the app starts reaching storage through them.
+  dependsOn: [
+    network
+  ]
 }
 
 module sourceRoles 'modules/fhir-roles.bicep' = {
@@ -245,7 +253,9 @@ module destinationRoles 'modules/fhir-roles.bicep' = {
 module vault 'modules/keyvault.bicep' = if (useClientCredentials) {
   name: 'keyvault-${suffix}'
   params: {
-    name: '${base}-kv'
+    // Key Vault names start with a letter; the prefix may start with a digit.
+    name: 'kv-${base}'
+    createMode: keyVaultCreateMode
     location: location
     tags: tags
     clientSecret: clientSecret
@@ -277,11 +287,11 @@ module alerts 'modules/alerts.bicep' = {
   }
 }
 
-// Flex Consumption sets the runtime through functionAppConfig and rejects these settings.
+// Flex Consumption sets the runtime through functionAppConfig and rejects these settings. The package is put on
+// the app by one deploy on every plan (below), not by WEBSITE_RUN_FROM_PACKAGE.
 var runtimeSettings = isFlex ? {} : {
   FUNCTIONS_EXTENSION_VERSION: '~4'
   FUNCTIONS_WORKER_RUNTIME: 'custom'
-  WEBSITE_RUN_FROM_PACKAGE: packageUri
 }
 
 var coreSettings = {
@@ -291,6 +301,8 @@ var coreSettings = {
   AZURE_BlobStorageUri: storage.outputs.blobEndpoint
   AZURE_SourceUri: empty(sourceFhirUrl) ? sourceRoles.outputs.url : sourceFhirUrl
   AZURE_DestinationUri: empty(destinationFhirUrl) ? destinationRoles.outputs.url : destinationFhirUrl
+  AZURE_SourceAudience: sourceRoles.outputs.audience
+  AZURE_DestinationAudience: destinationRoles.outputs.audience
   AZURE_ExportWithHistory: string(exportWithHistory)
   AZURE_ExportWithDelete: string(exportWithDelete)
   AZURE_IsParallel: string(isParallel)
@@ -344,18 +356,21 @@ resource appSettings 'Microsoft.Web/sites/config@2024-11-01' = {
   ]
 }
 
-module code 'modules/code-deploy.bicep' = if (isFlex) {
-  name: 'code-${suffix}'
-  params: {
-    namePrefix: base
-    location: location
-    tags: tags
-    appName: functionApp.outputs.name
+// One deploy (Learn: "Automate resource deployment for your function app"): the platform fetches packageUri and
+// deploys it, then syncs the triggers; a PUT on every template deployment, so a new package at the same URL is
+// picked up by redeploying. After the app settings (the handler reads them at start), the storage roles (Flex
+// writes the package to its container as the app's identity) and the private endpoints.
+resource codeDeploy 'Microsoft.Web/sites/extensions@2024-11-01' = {
+  parent: site
+  name: 'onedeploy'
+  properties: {
     packageUri: packageUri
-    forceUpdateTag: forceUpdateTag
+    remoteBuild: false
   }
   dependsOn: [
     appSettings
+    functionApp
+    network
   ]
 }
 

@@ -530,18 +530,23 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Serve { port } => {
             let app = App::build(settings).map_err(|e| e.to_string())?;
-            // Create the state tables now, so status calls work before the first tick; storage being down at
-            // start-up is not fatal (every tick creates them too).
-            let startup = Operation::for_invocation(None, "Startup");
-            if let Err(e) = context::scope(startup, app.ensure_tables()).await {
-                tracing::warn!("could not prepare the state tables yet: {e}");
-            }
-            // Loopback only: the host is the sole client, and nothing else may reach the handler.
+            // Listen first: the Functions host polls the handler for at most 30 s and restarts it when it does not
+            // answer, so nothing slow (storage, tokens) may come before the listener. Loopback only: the host is
+            // the sole client, and nothing else may reach the handler.
             let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
             tracing::info!(%addr, "custom handler listening");
+            // Create the state tables in the background, so status calls work before the first tick; storage being
+            // slow or down at start-up is not fatal (every tick creates them too, and CheckAccess_Http answers).
+            let tables = app.clone();
+            tokio::spawn(async move {
+                let startup = Operation::for_invocation(None, "Startup");
+                if let Err(e) = context::scope(startup, tables.ensure_tables()).await {
+                    tracing::warn!("could not prepare the state tables yet: {e}");
+                }
+            });
             let served = functions::serve(app.clone(), listener, shutdown_signal()).await;
             // In-flight invocations have finished; send their telemetry before the host's grace period ends.
             app.shutdown().await;

@@ -49,5 +49,16 @@ resource onFhirService 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
   }
 ]
 
-@description('The server\'s base URL, as the server itself names it (its token audience).')
-output url string = isApiForFhir ? apiForFhir.properties.authenticationConfiguration.audience : fhirService.properties.authenticationConfiguration.audience
+// The token audience the server is configured with. For Azure API for FHIR it is often the shared
+// https://azurehealthcareapis.com rather than the server's own URL, so it is not the URL.
+var audience = isApiForFhir ? apiForFhir.properties.authenticationConfiguration.audience : fhirService.properties.authenticationConfiguration.audience
+var audienceHost = split(audience, '/')[2]
+// Azure API for FHIR answers at https://<name>.<service domain>; the service domain is the audience's host once any
+// "<name>." is taken off (no cloud suffix written here). An AHDS FHIR service's audience is its URL.
+var apiForFhirHost = startsWith(audienceHost, '${parts[8]}.') ? audienceHost : '${parts[8]}.${audienceHost}'
+
+@description('The server\'s own base URL.')
+output url string = isApiForFhir ? 'https://${apiForFhirHost}' : audience
+
+@description('The token audience the server is configured with (the tool asks for <audience>/.default).')
+output audience string = audience

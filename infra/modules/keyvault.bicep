@@ -1,7 +1,16 @@
 // Holds the source's client secret (client-credential mode only), so it is never a plain app setting or a value
 // in the deployment history. RBAC authorization: the function app reads it as Key Vault Secrets User.
 
+@description('3-24 letters, digits and hyphens, starting with a letter (Key Vault naming rules).')
+@minLength(3)
+@maxLength(24)
 param name string
+@description('default, or recover: take back the soft-deleted vault of the same name (after a teardown).')
+@allowed([
+  'default'
+  'recover'
+])
+param createMode string = 'default'
 param location string
 param tags object
 @secure()
@@ -18,6 +27,7 @@ resource vault 'Microsoft.KeyVault/vaults@2024-11-01' = {
   location: location
   tags: tags
   properties: {
+    createMode: createMode
     tenantId: subscription().tenantId
     sku: {
       family: 'A'

@@ -28,8 +28,6 @@ API = {
     "dashboard": "2020-09-01-preview",
     "actiongroups": "2023-01-01",
     "rules": "2023-12-01",
-    "identity": "2023-01-31",
-    "scripts": "2023-08-01",
 }
 
 ROLES = {
@@ -40,7 +38,6 @@ ROLES = {
     "storageBlobDataOwner": "b7e6dc6d-f1e8-4753-8033-0f276bb0955b",
     "storageTableDataContributor": "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3",
     "keyVaultSecretsUser": "4633458b-17de-408a-b874-0445c86b69e6",
-    "websiteContributor": "de139f84-1756-47ae-9be6-808fbbe84772",
     "reader": "acdd72a7-3385-48ef-bd42-f606fba81ae7",
 }
 
@@ -72,14 +69,14 @@ def param(type_, description, default=None, **rules):
 
 def parameters():
     return {
-        "prefix": param("string", "Short prefix for every resource name: 1-6 lower-case letters or digits. A unique suffix is added.", "mig", minLength=1, maxLength=6),
+        "prefix": param("string", "Short prefix for every resource name: 1-6 lower-case letters or digits (a leading digit is fine: the Key Vault name starts with \"kv-\"). A unique suffix is added.", "mig", minLength=1, maxLength=6),
         "location": param("string", "Region of the tool's resources.", "[resourceGroup().location]"),
         "typeOfMigration": param("string", "AzureAPIforFhir: Azure API for FHIR to an AHDS FHIR service. FhirService: AHDS FHIR service to another.", "AzureAPIforFhir", allowedValues=["AzureAPIforFhir", "FhirService"]),
         "apiForFhirId": param("string", "Source when typeOfMigration is AzureAPIforFhir: resource id of the Azure API for FHIR (/subscriptions/…/providers/Microsoft.HealthcareApis/services/<name>).", ""),
         "sourceFhirServiceId": param("string", "Source when typeOfMigration is FhirService: resource id of the AHDS FHIR service (…/workspaces/<ws>/fhirservices/<name>).", ""),
         "fhirServiceId": param("string", "Destination: resource id of the AHDS FHIR service (…/workspaces/<ws>/fhirservices/<name>).", minLength=1),
-        "sourceFhirUrl": param("string", "Source base URL; empty: the server's own (its token audience).", ""),
-        "destinationFhirUrl": param("string", "Destination base URL; empty: the server's own (its token audience).", ""),
+        "sourceFhirUrl": param("string", "Source base URL; empty: the server's own URL (tokens are still requested for the server's configured audience).", ""),
+        "destinationFhirUrl": param("string", "Destination base URL; empty: the server's own URL (tokens are still requested for the server's configured audience).", ""),
         "exportWithHistory": param("bool", "Migrate every version, not only the current one.", True),
         "exportWithDelete": param("bool", "Migrate deleted resources (soft deletes) too.", True),
         "isParallel": param("bool", "One system-level export per window (true), or one export per resource type (false).", True),
@@ -96,7 +93,8 @@ def parameters():
         "tenantId": param("string", "Tenant of the app registration.", ""),
         "clientSecret": param("securestring", "Stored in Key Vault; the app setting only references it.", ""),
         "hostingPlan": param("string", "FlexConsumption: cheapest, scales to zero. Premium (EP1) and Dedicated (B1): always-on instances.", "FlexConsumption", allowedValues=["FlexConsumption", "Premium", "Dedicated"]),
-        "packageUri": param("string", "The release zip (scripts/package) the app runs.", "https://github.com/fhir-migration-tool/fhir-migration-tool/releases/latest/download/fhir-migration-tool.zip"),
+        "packageUri": param("string", "The release zip (scripts/package) the app runs, put on the app by one deploy on every deployment.", "https://github.com/fhir-migration-tool/fhir-migration-tool/releases/latest/download/fhir-migration-tool.zip"),
+        "keyVaultCreateMode": param("string", "default: create the Key Vault (client-credential mode). recover: take back the soft-deleted vault of an earlier deployment of this prefix in this resource group (30 days after teardown).", "default", allowedValues=["default", "recover"]),
         "enablePrivateNetworking": param("bool", "Reach the state storage through private endpoints only (VNet integration, private DNS zones).", False),
         "vnetAddressPrefix": param("string", "Address space of the VNet created when enablePrivateNetworking is on.", "10.60.0.0/16"),
         "vnetIntegrationSubnetPrefix": param("string", "Subnet (inside vnetAddressPrefix) for the function app's outbound traffic.", "10.60.0.0/24"),
@@ -107,7 +105,6 @@ def parameters():
         "logRetentionDays": param("int", "Days Log Analytics keeps the telemetry.", 90, minValue=30, maxValue=730),
         "migrationStarterCron": param("string", "NCRONTAB schedule of MigrationOrchestrator, which starts exports.", "0 */5 * * * *"),
         "functionAppCustomSettings": param("object", "More app settings (AZURE_*), applied last; see the README's settings table.", {}),
-        "forceUpdateTag": param("string", "A new value re-runs the code deployment (a new package at the same URL); the default changes on every deployment.", "[utcNow()]"),
     }
 
 
@@ -192,15 +189,19 @@ def variables():
         "storageName": x(f"format('{{0}}state', {v('base')})"),
         "appName": x(f"format('{{0}}-fhirmig', {v('base')})"),
         "planName": x(f"format('{{0}}-plan', {v('base')})"),
-        "vaultName": x(f"format('{{0}}-kv', {v('base')})"),
+        "vaultName": x(f"format('kv-{{0}}', {v('base')})"),
         "workspaceName": x(f"format('{{0}}-logs', {v('base')})"),
         "insightsName": x(f"format('{{0}}-insights', {v('base')})"),
         "vnetName": x(f"format('{{0}}-vnet', {v('base')})"),
         "dashboardName": x(f"format('{{0}}-dashboard', {v('base')})"),
-        "deployerName": x(f"format('{{0}}-deployer', {v('base')})"),
         "appInsightsId": x(f"resourceId('Microsoft.Insights/components', {v('insightsName')})"),
         "storageId": x(f"resourceId('Microsoft.Storage/storageAccounts', {v('storageName')})"),
         "siteId": x(f"resourceId('Microsoft.Web/sites', {v('appName')})"),
+        "planKind": {"FlexConsumption": "functionapp", "Premium": "elastic", "Dedicated": "linux"},
+        # Flex Consumption refuses ftpsState, linuxFxVersion, alwaysOn and vnetRouteAllEnabled (ARM error 51021).
+        "flexSiteConfig": {"minTlsVersion": "1.2", "http20Enabled": True},
+        "classicSiteConfig": {"minTlsVersion": "1.2", "http20Enabled": True, "ftpsState": "Disabled", "linuxFxVersion": "",
+                              "alwaysOn": x(f"equals({p('hostingPlan')}, 'Dedicated')"), "vnetRouteAllEnabled": x(p("enablePrivateNetworking"))},
         "sku": {
             "FlexConsumption": {"name": "FC1", "tier": "FlexConsumption"},
             "Premium": {"name": "EP1", "tier": "ElasticPremium"},
@@ -229,7 +230,7 @@ def variables():
         "reminder": REMINDER,
         "guideTemplate": GUIDE,
         "guide": x(f"replace({v('guideTemplate')}, '{{0}}', {p('dashboardTimeRange')})"),
-        "runtimeSettings": x(f"if({v('isFlex')}, createObject(), createObject('FUNCTIONS_EXTENSION_VERSION', '~4', 'FUNCTIONS_WORKER_RUNTIME', 'custom', 'WEBSITE_RUN_FROM_PACKAGE', {p('packageUri')}))"),
+        "runtimeSettings": x(f"if({v('isFlex')}, createObject(), createObject('FUNCTIONS_EXTENSION_VERSION', '~4', 'FUNCTIONS_WORKER_RUNTIME', 'custom'))"),
         "optionalSettings": x(
             "union("
             f"if(empty({p('configFile')}), createObject(), createObject('AZURE_ConfigFile', {p('configFile')})), "
@@ -291,6 +292,9 @@ def nested_roles(name, scope_type, scope_name_expr, roles, principal_expr, condi
 def fhir_roles_deployment(name, id_expr, roles, condition=None):
     """A nested deployment into the FHIR server's own subscription and resource group (cross-subscription)."""
     inner_roles = [ROLES[r] for r in roles]
+    audience = (f"if(variables('isApiForFhir'), reference(resourceId('Microsoft.HealthcareApis/services', variables('parts')[8]), '{API['fhir']}').authenticationConfiguration.audience, "
+                f"reference(resourceId('Microsoft.HealthcareApis/workspaces/fhirservices', variables('parts')[8], last(variables('parts'))), '{API['fhir']}').authenticationConfiguration.audience)")
+    audience_host = f"split({audience}, '/')[2]"
     # One resource whose scope depends on the server kind (two resources would need two copy loop names).
     scope = ("if(variables('isApiForFhir'), format('Microsoft.HealthcareApis/services/{0}', variables('parts')[8]), "
              "format('Microsoft.HealthcareApis/workspaces/{0}/fhirservices/{1}', variables('parts')[8], last(variables('parts'))))")
@@ -304,10 +308,9 @@ def fhir_roles_deployment(name, id_expr, roles, condition=None):
         },
         "resources": [copied_assignment("parameters('fhirId')", scope)],
         "outputs": {
-            "url": {
-                "type": "string",
-                "value": f"[if(variables('isApiForFhir'), reference(resourceId('Microsoft.HealthcareApis/services', variables('parts')[8]), '{API['fhir']}').authenticationConfiguration.audience, reference(resourceId('Microsoft.HealthcareApis/workspaces/fhirservices', variables('parts')[8], last(variables('parts'))), '{API['fhir']}').authenticationConfiguration.audience)]",
-            }
+            # Azure API for FHIR: https://<name>.<the audience's host without "<name>.">; AHDS: the audience is the URL.
+            "url": {"type": "string", "value": f"[if(variables('isApiForFhir'), format('https://{{0}}', if(startsWith({audience_host}, format('{{0}}.', variables('parts')[8])), {audience_host}, format('{{0}}.{{1}}', variables('parts')[8], {audience_host}))), {audience})]"},
+            "audience": {"type": "string", "value": f"[{audience}]"},
         },
     }
     res = {
@@ -412,18 +415,16 @@ def resources():
     # Function app.
     out += [
         {"type": "Microsoft.Web/serverfarms", "apiVersion": API["web"], "name": x(v("planName")), "location": x(p("location")), "tags": x(v("tags")),
-         "kind": x(f"if({v('isFlex')}, 'functionapp', 'elastic')"), "sku": x(f"{v('sku')}[{p('hostingPlan')}]"), "properties": {"reserved": True}},
+         "kind": x(f"{v('planKind')}[{p('hostingPlan')}]"), "sku": x(f"{v('sku')}[{p('hostingPlan')}]"), "properties": {"reserved": True}},
         {"type": "Microsoft.Web/sites", "apiVersion": API["web"], "name": x(v("appName")), "location": x(p("location")), "tags": x(v("tags")),
          "kind": "functionapp,linux", "identity": {"type": "SystemAssigned"},
-         "dependsOn": [x(f"resourceId('Microsoft.Web/serverfarms', {v('planName')})"), x(f"resourceId('Microsoft.Network/virtualNetworks', {v('vnetName')})")],
+         "dependsOn": [x(f"resourceId('Microsoft.Web/serverfarms', {v('planName')})"), x(f"resourceId('Microsoft.Network/virtualNetworks', {v('vnetName')})"),
+                       "zones", "zoneLinks", "endpoints", "zoneGroups"],
          "properties": {
              "serverFarmId": x(f"resourceId('Microsoft.Web/serverfarms', {v('planName')})"),
              "httpsOnly": True, "clientCertEnabled": False,
              "virtualNetworkSubnetId": x(f"if({private}, resourceId('Microsoft.Network/virtualNetworks/subnets', {v('vnetName')}, 'integration'), null())"),
-             "siteConfig": {"minTlsVersion": "1.2", "ftpsState": "Disabled", "http20Enabled": True,
-                            "linuxFxVersion": x(f"if({v('isFlex')}, null(), '')"),
-                            "alwaysOn": x(f"equals({p('hostingPlan')}, 'Dedicated')"),
-                            "vnetRouteAllEnabled": x(private)},
+             "siteConfig": x(f"if({v('isFlex')}, {v('flexSiteConfig')}, {v('classicSiteConfig')})"),
              "functionAppConfig": x(f"if({v('isFlex')}, {v('flexConfig')}, null())"),
          }},
         *[
@@ -445,7 +446,7 @@ def resources():
     out += [
         {"type": "Microsoft.KeyVault/vaults", "apiVersion": API["keyvault"], "condition": x(creds), "name": x(v("vaultName")), "location": x(p("location")),
          "tags": x(v("tags")),
-         "properties": {"tenantId": x("subscription().tenantId"), "sku": {"family": "A", "name": "standard"}, "enableRbacAuthorization": True,
+         "properties": {"createMode": x(p("keyVaultCreateMode")), "tenantId": x("subscription().tenantId"), "sku": {"family": "A", "name": "standard"}, "enableRbacAuthorization": True,
                         "enableSoftDelete": True, "softDeleteRetentionInDays": 30, "enablePurgeProtection": True, "publicNetworkAccess": "Enabled"}},
         {"type": "Microsoft.KeyVault/vaults/secrets", "apiVersion": API["keyvault"], "condition": x(creds),
          "name": x(f"format('{{0}}/source-client-secret', {v('vaultName')})"), "dependsOn": [x(vault_id)],
@@ -483,6 +484,8 @@ def resources():
     monitoring_cs = f"reference(resourceId('Microsoft.Insights/components', {v('insightsName')}), '{API['insights']}').ConnectionString"
     source_url = f"if(empty({p('sourceFhirUrl')}), reference(resourceId(split({v('sourceId')}, '/')[2], split({v('sourceId')}, '/')[4], 'Microsoft.Resources/deployments', format('source-fhir-roles-{{0}}', {v('suffix')})), '{API['deployments']}').outputs.url.value, {p('sourceFhirUrl')})"
     destination_url = f"if(empty({p('destinationFhirUrl')}), reference(resourceId(split({p('fhirServiceId')}, '/')[2], split({p('fhirServiceId')}, '/')[4], 'Microsoft.Resources/deployments', format('destination-fhir-roles-{{0}}', {v('suffix')})), '{API['deployments']}').outputs.url.value, {p('destinationFhirUrl')})"
+    source_deployment = f"reference(resourceId(split({v('sourceId')}, '/')[2], split({v('sourceId')}, '/')[4], 'Microsoft.Resources/deployments', format('source-fhir-roles-{{0}}', {v('suffix')})), '{API['deployments']}')"
+    destination_deployment = f"reference(resourceId(split({p('fhirServiceId')}, '/')[2], split({p('fhirServiceId')}, '/')[4], 'Microsoft.Resources/deployments', format('destination-fhir-roles-{{0}}', {v('suffix')})), '{API['deployments']}')"
     storage_endpoint = f"reference({storage_id}, '{API['storage']}').primaryEndpoints"
     core = [
         ("AzureWebJobsStorage__accountName", v("storageName")),
@@ -491,6 +494,8 @@ def resources():
         ("AZURE_BlobStorageUri", f"{storage_endpoint}.blob"),
         ("AZURE_SourceUri", source_url),
         ("AZURE_DestinationUri", destination_url),
+        ("AZURE_SourceAudience", f"{source_deployment}.outputs.audience.value"),
+        ("AZURE_DestinationAudience", f"{destination_deployment}.outputs.audience.value"),
         ("AZURE_ExportWithHistory", f"string({p('exportWithHistory')})"),
         ("AZURE_ExportWithDelete", f"string({p('exportWithDelete')})"),
         ("AZURE_IsParallel", f"string({p('isParallel')})"),
@@ -517,30 +522,21 @@ def resources():
         "dependsOn": [site_dep, storage_dep, x(f"resourceId('Microsoft.Insights/components', {v('insightsName')})"),
                       x(f"resourceId(split({v('sourceId')}, '/')[2], split({v('sourceId')}, '/')[4], 'Microsoft.Resources/deployments', format('source-fhir-roles-{{0}}', {v('suffix')}))"),
                       x(f"resourceId(split({p('fhirServiceId')}, '/')[2], split({p('fhirServiceId')}, '/')[4], 'Microsoft.Resources/deployments', format('destination-fhir-roles-{{0}}', {v('suffix')}))"),
-                      x(f"resourceId('Microsoft.KeyVault/vaults/secrets', {v('vaultName')}, 'source-client-secret')")],
+                      x(f"resourceId('Microsoft.KeyVault/vaults/secrets', {v('vaultName')}, 'source-client-secret')"),
+                      # The Key Vault reference resolves only once the app may read the secret (a failed one stays cached).
+                      x(f"resourceId('Microsoft.Resources/deployments', format('vault-roles-{{0}}', {v('suffix')}))")],
         "properties": x(f"union({v('runtimeSettings')}, {core_object}, {v('optionalSettings')}, {credentials}, {p('functionAppCustomSettings')})"),
     })
-    # Flex Consumption: deploy the package with a deployment script.
-    flex = v("isFlex")
-    deployer_id = f"resourceId('Microsoft.ManagedIdentity/userAssignedIdentities', {v('deployerName')})"
-    deployer_principal = f"reference({deployer_id}, '{API['identity']}').principalId"
-    out += [
-        {"type": "Microsoft.ManagedIdentity/userAssignedIdentities", "apiVersion": API["identity"], "condition": x(flex), "name": x(v("deployerName")),
-         "location": x(p("location")), "tags": x(v("tags"))},
-        nested_roles("deployer-roles", "Microsoft.Web/sites", v("appName"), ["websiteContributor"], deployer_principal, condition=flex,
-                     depends=[x(deployer_id), site_dep]),
-        {"type": "Microsoft.Resources/deploymentScripts", "apiVersion": API["scripts"], "condition": x(flex), "name": x(f"format('{{0}}-deploy-code', {v('base')})"),
-         "location": x(p("location")), "tags": x(v("tags")), "kind": "AzureCLI",
-         "identity": {"type": "UserAssigned", "userAssignedIdentities": {x(deployer_id): {}}},
-         "dependsOn": [x(f"resourceId('Microsoft.Web/sites/config', {v('appName')}, 'appsettings')"),
-                       x(f"resourceId('Microsoft.Resources/deployments', format('deployer-roles-{{0}}', {v('suffix')}))")],
-         "properties": {"azCliVersion": "2.67.0", "forceUpdateTag": x(p("forceUpdateTag")), "retentionInterval": "PT1H", "cleanupPreference": "OnSuccess",
-                        "timeout": "PT30M",
-                        "environmentVariables": [{"name": "PACKAGE_URI", "value": x(p("packageUri"))}, {"name": "APP_NAME", "value": x(v("appName"))},
-                                                 {"name": "RESOURCE_GROUP", "value": x("resourceGroup().name")}],
-                        "scriptContent": (INFRA / "scripts/deploy-code.sh").read_text()}},
-    ]
-    return out
+    # One deploy on every plan: after the settings, the storage roles (Flex writes the package as the app's
+    # identity) and the private endpoints.
+    out.append({
+        "type": "Microsoft.Web/sites/extensions", "apiVersion": API["web"], "name": x(f"format('{{0}}/onedeploy', {v('appName')})"),
+        "dependsOn": [site_dep, x(f"resourceId('Microsoft.Web/sites/config', {v('appName')}, 'appsettings')"),
+                      x(f"resourceId('Microsoft.Resources/deployments', format('storage-roles-{{0}}', {v('suffix')}))"),
+                      x(vnet_id), "zones", "zoneLinks", "endpoints", "zoneGroups"],
+        "properties": {"packageUri": x(p("packageUri")), "remoteBuild": False},
+    })
+    return add_module_edges(out)
 
 
 def dashboard():
@@ -602,6 +598,48 @@ def dashboard():
             },
         },
     }
+
+
+# Edges Bicep infers between main.bicep's modules (a module that uses another's outputs, identity or name waits for
+# all of it), written into the flattened template; check_azure_types.py derives them from main.bicep independently.
+MODULE_EDGES = {
+    "network": ["storage"],
+    "functionApp": ["storage", "network"],
+    "sourceRoles": ["functionApp"],
+    "destinationRoles": ["functionApp"],
+    "vault": ["functionApp"],
+    "dashboard": ["monitoring"],
+    "alerts": ["monitoring"],
+    "appSettings": ["storage", "monitoring", "functionApp", "sourceRoles", "destinationRoles", "vault"],
+    "codeDeploy": ["appSettings", "functionApp", "network"],
+}
+
+
+def add_module_edges(resources):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import check_azure_types as types  # noqa: E402
+
+    template = {"resources": resources}
+    scope = types.Scope(template)
+
+    def ref(r):
+        if "copy" in r:
+            return r["copy"]["name"]
+        segments = ", ".join(types.canonical_segments(scope, r["name"]))
+        where = f"{r['subscriptionId'][1:-1]}, {r['resourceGroup'][1:-1]}, " if "subscriptionId" in r else ""
+        return x(f"resourceId({where}'{r['type']}', {segments})")
+
+    by_key = {key: r for key, r in types.declared(template)}
+    for symbol, needs in MODULE_EDGES.items():
+        for key in types.symbol_resources(template, symbol):
+            r = by_key[key]
+            deps = r.setdefault("dependsOn", [])
+            for need in needs:
+                for other in types.symbol_resources(template, need):
+                    d = ref(by_key[other])
+                    if d not in deps and by_key[other] is not r:
+                        deps.append(d)
+    return resources
 
 
 def template():

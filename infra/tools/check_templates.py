@@ -44,7 +44,7 @@ FUNCTIONS = {
     "last", "first", "length", "union", "createObject", "createArray", "uniqueString", "guid", "resourceGroup",
     "subscription", "resourceId", "subscriptionResourceId", "extensionResourceId", "reference", "parameters",
     "variables", "copyIndex", "string", "int", "bool", "null", "true", "false", "dateTimeAdd", "utcNow",
-    "environment", "cidrSubnet", "div", "mul", "add", "sub", "contains", "coalesce", "json", "skip", "trim",
+    "environment", "startsWith", "cidrSubnet", "div", "mul", "add", "sub", "contains", "coalesce", "json", "skip", "trim",
 }
 TOKEN = re.compile(r"\s*(?:('(?:[^']|'')*')|(\d+)|([A-Za-z_][A-Za-z0-9_]*)|(.))")
 

@@ -84,6 +84,12 @@ pub struct MigrationSettings {
     pub source: Url,
     /// `AZURE_DestinationUri`
     pub destination: Url,
+    /// `AZURE_SourceAudience`: the token audience the source is configured with, when it is not the source's URL
+    /// (Azure API for FHIR often uses the shared `https://azurehealthcareapis.com`). Tokens are asked for
+    /// `<audience>/.default`.
+    pub source_audience: Option<Url>,
+    /// `AZURE_DestinationAudience`: as `source_audience`, for the destination.
+    pub destination_audience: Option<Url>,
     /// `AZURE_StartDate`: the first window's start when the cursor is empty (else the source's oldest resource).
     pub start_date: Option<DateTime<Utc>>,
     /// `AZURE_EndDate`, honoured with `AZURE_SpecificRun`.
@@ -264,6 +270,12 @@ impl MigrationSettings {
             deep_check_ignore_paths: p.list("AZURE_DeepCheckIgnorePaths", &[]),
             schedule_interval_minutes: p.number("AZURE_ScheduleInterval", 2.0f64),
             client_secret: None,
+            source_audience: source
+                .get("AZURE_SourceAudience")
+                .and_then(|v| p.parse_url("AZURE_SourceAudience", v)),
+            destination_audience: source
+                .get("AZURE_DestinationAudience")
+                .and_then(|v| p.parse_url("AZURE_DestinationAudience", v)),
             authority_host: source
                 .get("AZURE_AuthorityHost")
                 .and_then(|v| p.parse_url("AZURE_AuthorityHost", v)),

@@ -120,6 +120,19 @@ impl Settings {
             ConnectionString::parse(value)
                 .map_err(|e| problems.push(format!("{name}: {e}")))
                 .ok()
+        })
+        .and_then(|cs| {
+            // Entra-only Application Insights (local authentication disabled), as the Functions host reads it.
+            match source
+                .get("APPLICATIONINSIGHTS_AUTHENTICATION_STRING")
+                .filter(|v| !v.trim().is_empty())
+            {
+                Some(auth) => cs
+                    .with_authentication_string(auth)
+                    .map_err(|e| problems.push(format!("APPLICATIONINSIGHTS_AUTHENTICATION_STRING: {e}")))
+                    .ok(),
+                None => Some(cs),
+            }
         });
         match (storage, migration) {
             (Some(storage), Some(migration)) if problems.is_empty() => Ok(Settings {

@@ -81,6 +81,12 @@ pub fn scope_for(base: &Url) -> String {
     )
 }
 
+/// `<audience>/.default` for a configured token audience (`https://azurehealthcareapis.com` gives
+/// `https://azurehealthcareapis.com/.default`).
+pub fn audience_scope(audience: &Url) -> String {
+    format!("{}/.default", audience.as_str().trim_end_matches('/'))
+}
+
 /// Loopback hosts (the local emulators) get no token.
 pub use crate::config::is_loopback;
 
@@ -93,9 +99,9 @@ pub enum Server {
 
 /// Builds the token source for one server from the settings.
 pub fn token_source(settings: &MigrationSettings, server: Server) -> Result<TokenSource, String> {
-    let base = match server {
-        Server::Source => &settings.source,
-        Server::Destination => &settings.destination,
+    let (base, audience) = match server {
+        Server::Source => (&settings.source, settings.source_audience.as_ref()),
+        Server::Destination => (&settings.destination, settings.destination_audience.as_ref()),
     };
     if is_loopback(base) {
         return Ok(TokenSource::None);
@@ -105,7 +111,8 @@ pub fn token_source(settings: &MigrationSettings, server: Server) -> Result<Toke
             "{base} is not https: tokens are only sent over https (loopback emulators excepted)"
         ));
     }
-    let scope = scope_for(base);
+    // The server's configured audience when the deployment names it, else the URL's root.
+    let scope = audience.map_or_else(|| scope_for(base), audience_scope);
     let (credential, hint): (Arc<dyn TokenCredential>, &'static str) = match (&settings.client_secret, server) {
         (Some(cs), Server::Source) => {
             // A custom authority (sovereign or private cloud) replaces the public login endpoint.
@@ -182,6 +189,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_audience_scope_keeps_the_configured_audience_not_the_server_host() {
+        let shared = Url::parse("https://azurehealthcareapis.com").unwrap();
+        assert_eq!(audience_scope(&shared), "https://azurehealthcareapis.com/.default");
+        let custom = Url::parse("https://fhir.contoso.example/api/").unwrap();
+        assert_eq!(audience_scope(&custom), "https://fhir.contoso.example/api/.default");
+    }
+
+    #[test]
     fn scope_is_the_server_root() {
         let u = Url::parse("https://ws-fhir.fhir.azurehealthcareapis.com/some/path").unwrap();
         assert_eq!(scope_for(&u), "https://ws-fhir.fhir.azurehealthcareapis.com/.default");
@@ -209,6 +224,30 @@ mod tests {
         {
             assert!(hint.contains("az login"), "{hint}");
         }
+    }
+
+    /// The deployment sets each server's configured audience: tokens are asked for it, not for the URL's host
+    /// (an Azure API for FHIR often uses the shared https://azurehealthcareapis.com); without it, the URL's root.
+    #[test]
+    fn tokens_are_asked_for_the_configured_audience() {
+        use crate::config::{Settings, SettingsSource};
+        let mut source = SettingsSource::default();
+        source.extend([
+            ("AZURE_StorageConnectionString", "UseDevelopmentStorage=true"),
+            ("AZURE_SourceUri", "https://src.azurehealthcareapis.com"),
+            ("AZURE_DestinationUri", "https://ws-dst.fhir.azurehealthcareapis.com"),
+            ("AZURE_SourceAudience", "https://azurehealthcareapis.com"),
+        ]);
+        let settings = Settings::from_source(&source).unwrap();
+        let scope = |server| match token_source(&settings.migration, server).unwrap() {
+            TokenSource::Credential { scope, .. } => scope,
+            TokenSource::None => panic!("a remote server gets a token"),
+        };
+        assert_eq!(scope(Server::Source), "https://azurehealthcareapis.com/.default");
+        assert_eq!(
+            scope(Server::Destination),
+            "https://ws-dst.fhir.azurehealthcareapis.com/.default"
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! A local stand-in for App Insights' ingestion endpoint (`POST /v2/track`): it keeps every envelope and every
-//! raw body it receives, answers as the Track API does, and can be told to fail the next posts.
+//! raw body it receives, answers as the Track API does (refusing items over the service's size limits), and can be
+//! told to fail the next posts.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -45,6 +46,7 @@ impl MockIngestion {
         let received = Arc::new(Mutex::new(Received::default()));
         let app = Router::new()
             .route("/v2/track", post(track))
+            .route("/v2.1/track", post(track_with_token))
             .with_state(received.clone());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
@@ -112,6 +114,23 @@ impl MockIngestion {
     }
 }
 
+/// The bearer token the mock's Entra-authenticated endpoint accepts.
+pub const TEST_MONITOR_TOKEN: &str = "token-for-monitor";
+
+/// `/v2.1/track`: as `/v2/track`, for callers with an Entra token (401 without one, 403 with another).
+async fn track_with_token(
+    State(received): State<Arc<Mutex<Received>>>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> (StatusCode, axum::Json<Value>) {
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
+    match auth.and_then(|a| a.strip_prefix("Bearer ")) {
+        None => (StatusCode::UNAUTHORIZED, axum::Json(json!({ "errors": [] }))),
+        Some(token) if token != TEST_MONITOR_TOKEN => (StatusCode::FORBIDDEN, axum::Json(json!({ "errors": [] }))),
+        Some(_) => track(State(received), body).await,
+    }
+}
+
 /// Accepts a JSON array or newline-delimited JSON, as the Track API does.
 async fn track(State(received): State<Arc<Mutex<Received>>>, body: Bytes) -> (StatusCode, axum::Json<Value>) {
     let text = String::from_utf8_lossy(&body).into_owned();
@@ -155,11 +174,70 @@ async fn track(State(received): State<Arc<Mutex<Received>>>, body: Bytes) -> (St
             )
         }
         None => {
-            r.envelopes.extend(items);
+            // Like the real service: an item over a limit is refused (400 in a 206), the others are kept.
+            let mut errors = Vec::new();
+            for (i, item) in items.into_iter().enumerate() {
+                match over_limit(&item) {
+                    Some(why) => errors.push(json!({ "index": i, "statusCode": 400, "message": why })),
+                    None => r.envelopes.push(item),
+                }
+            }
+            let status = if errors.is_empty() {
+                StatusCode::OK
+            } else {
+                StatusCode::PARTIAL_CONTENT
+            };
             (
-                StatusCode::OK,
-                axum::Json(json!({ "itemsReceived": n, "itemsAccepted": n, "errors": [] })),
+                status,
+                axum::Json(json!({ "itemsReceived": n, "itemsAccepted": n - errors.len(), "errors": errors })),
             )
         }
     }
+}
+
+/// Application Insights' documented per-item limits (Azure Monitor service limits, "Application Insights"):
+/// an item of at most 64 kB, an event or dependency name of 512 (1,024 for a dependency) characters, property
+/// names of 150 and values of 8,192 characters, an exception message of 32,768 characters.
+pub const MAX_ITEM_BYTES: usize = 64 * 1024;
+pub const MAX_NAME_CHARS: usize = 512;
+pub const MAX_PROPERTY_NAME_CHARS: usize = 150;
+pub const MAX_PROPERTY_VALUE_CHARS: usize = 8_192;
+pub const MAX_EXCEPTION_MESSAGE_CHARS: usize = 32_768;
+
+/// Why the real service would refuse this item, if it would.
+pub fn over_limit(item: &Value) -> Option<String> {
+    let size = item.to_string().len();
+    if size > MAX_ITEM_BYTES {
+        return Some(format!("item of {size} bytes is over {MAX_ITEM_BYTES}"));
+    }
+    let chars = |v: &Value| v.as_str().map_or(0, |s| s.chars().count());
+    let base = &item["data"]["baseData"];
+    let name_limit = if item["name"] == "Microsoft.ApplicationInsights.RemoteDependency" {
+        1_024
+    } else {
+        MAX_NAME_CHARS
+    };
+    if chars(&base["name"]) > name_limit {
+        return Some(format!("name over {name_limit} characters"));
+    }
+    if let Some(props) = base["properties"].as_object() {
+        for (k, v) in props {
+            if k.chars().count() > MAX_PROPERTY_NAME_CHARS {
+                return Some(format!("property name over {MAX_PROPERTY_NAME_CHARS} characters"));
+            }
+            if chars(v) > MAX_PROPERTY_VALUE_CHARS {
+                return Some(format!("property {k} over {MAX_PROPERTY_VALUE_CHARS} characters"));
+            }
+        }
+    }
+    if let Some(exceptions) = base["exceptions"].as_array() {
+        for e in exceptions {
+            if chars(&e["message"]) > MAX_EXCEPTION_MESSAGE_CHARS {
+                return Some(format!(
+                    "exception message over {MAX_EXCEPTION_MESSAGE_CHARS} characters"
+                ));
+            }
+        }
+    }
+    None
 }

@@ -18,7 +18,7 @@ mod poll;
 
 pub use azurite::{Azurite, DEV_ACCOUNT, DEV_KEY};
 pub use handler::{HandlerProcess, Invoker, http_payload, timer_payload};
-pub use ingestion::{MockIngestion, Scripted, TEST_INSTRUMENTATION_KEY};
+pub use ingestion::{MockIngestion, Scripted, TEST_INSTRUMENTATION_KEY, TEST_MONITOR_TOKEN, over_limit};
 pub use poll::{PollTimeout, poll_until};
 
 use std::net::{SocketAddr, TcpListener};

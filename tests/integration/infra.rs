@@ -347,7 +347,8 @@ fn role_assignments_are_least_privilege_typed_and_principal_bound() {
             );
         }
     }
-    assert!(assignments >= 5, "{assignments} role assignment resources");
+    // Storage (app), Key Vault (app), and the FHIR roles on either kind of server.
+    assert!(assignments >= 4, "{assignments} role assignment resources");
 }
 
 #[test]

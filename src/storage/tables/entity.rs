@@ -50,6 +50,29 @@ pub struct Entity {
 
 const EDM: &str = "@odata.type";
 
+/// Table storage's limit for one string property: 64 KiB of UTF-16.
+pub const MAX_STRING_UTF16: usize = 32_768;
+
+/// `text` cut so that it, with a marker saying how many characters were cut, is at most `max` UTF-16 code units.
+pub fn clip_utf16(text: &str, max: usize) -> String {
+    if text.encode_utf16().count() <= max {
+        return text.to_string();
+    }
+    // Room for the marker ("… [clipped N chars]" is under 32 code units for any N a string can have).
+    let budget = max.saturating_sub(32);
+    let mut used = 0;
+    let mut end = 0;
+    for (i, c) in text.char_indices() {
+        if used + c.len_utf16() > budget {
+            break;
+        }
+        used += c.len_utf16();
+        end = i + c.len_utf8();
+    }
+    let cut = text[end..].chars().count();
+    format!("{}… [clipped {cut} chars]", &text[..end])
+}
+
 impl Entity {
     /// A new row. Keys are checked here so a bad key fails before any request is made.
     pub fn new(partition_key: impl Into<String>, row_key: impl Into<String>) -> Result<Entity, TableError> {
@@ -91,8 +114,22 @@ impl Entity {
         self.etag = Some(etag);
     }
 
+    /// A string property. Table storage refuses a string over 64 KiB (32,768 UTF-16 code units), which would fail
+    /// the whole write: a longer value is cut, visibly (it ends with "… [clipped N chars]"), and a warning says so.
     pub fn set_str(&mut self, name: &str, value: impl Into<String>) -> &mut Self {
-        self.put(name, Value::String(value.into()), None)
+        let value = value.into();
+        let value = if value.encode_utf16().count() > MAX_STRING_UTF16 {
+            let clipped = clip_utf16(&value, MAX_STRING_UTF16);
+            tracing::warn!(
+                property = name,
+                chars = value.chars().count(),
+                "a string property is over Table storage's 64 KiB and was clipped"
+            );
+            clipped
+        } else {
+            value
+        };
+        self.put(name, Value::String(value), None)
     }
 
     pub fn set_bool(&mut self, name: &str, value: bool) -> &mut Self {
@@ -260,6 +297,32 @@ mod tests {
         assert!(!e.to_body().as_object().unwrap().contains_key("x@odata.type"));
         e.remove("x");
         assert_eq!(e.property_names().count(), 0);
+    }
+
+    #[test]
+    fn a_string_over_the_table_limit_is_clipped_visibly_and_fits() {
+        // 'é' is one UTF-16 unit, '😀' two: the limit counts UTF-16, not bytes or characters.
+        let long = "é😀".repeat(20_000);
+        let mut e = Entity::new("p", "r").unwrap();
+        e.set_str("FailureReason", long.clone());
+        let stored = e.get_str("FailureReason").unwrap();
+        assert!(stored.encode_utf16().count() <= MAX_STRING_UTF16);
+        assert!(
+            stored.encode_utf16().count() > MAX_STRING_UTF16 - 40,
+            "keeps as much as fits"
+        );
+        let kept = stored.split('…').next().unwrap();
+        assert!(long.starts_with(kept));
+        let cut = long.chars().count() - kept.chars().count();
+        assert!(
+            stored.ends_with(&format!("… [clipped {cut} chars]")),
+            "{}",
+            &stored[stored.len() - 40..]
+        );
+        // At the limit: untouched.
+        let exact = "a".repeat(MAX_STRING_UTF16);
+        e.set_str("Exact", exact.clone());
+        assert_eq!(e.get_str("Exact"), Some(exact.as_str()));
     }
 
     #[test]

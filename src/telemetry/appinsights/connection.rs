@@ -7,8 +7,12 @@ use url::Url;
 pub struct ConnectionString {
     instrumentation_key: String,
     ingestion: Url,
-    /// `Authorization=AAD`: the resource wants Entra tokens, which this sender does not send.
+    /// `Authorization=AAD` (in the connection string or in `APPLICATIONINSIGHTS_AUTHENTICATION_STRING`): the
+    /// resource may have local authentication disabled, so items go to `/v2.1/track` with an Entra token of the
+    /// app's managed identity for `https://monitor.azure.com`.
     pub entra_only: bool,
+    /// `ClientId=…` of `APPLICATIONINSIGHTS_AUTHENTICATION_STRING`: the user-assigned identity to take tokens as.
+    pub entra_client_id: Option<String>,
 }
 
 impl std::fmt::Debug for ConnectionString {
@@ -18,6 +22,7 @@ impl std::fmt::Debug for ConnectionString {
             .field("instrumentation_key", &"<redacted>")
             .field("ingestion", &self.ingestion.as_str())
             .field("entra_only", &self.entra_only)
+            .field("entra_client_id", &self.entra_client_id)
             .finish()
     }
 }
@@ -83,17 +88,49 @@ impl ConnectionString {
             instrumentation_key: key.to_ascii_lowercase(),
             ingestion,
             entra_only,
+            entra_client_id: None,
         })
+    }
+
+    /// Applies `APPLICATIONINSIGHTS_AUTHENTICATION_STRING` (`Authorization=AAD`, optionally `;ClientId=<id>` for a
+    /// user-assigned identity), the setting the Functions host reads for the same purpose.
+    pub fn with_authentication_string(mut self, text: &str) -> Result<ConnectionString, String> {
+        let mut aad = false;
+        for part in text.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+            let Some((name, value)) = part.split_once('=') else {
+                return Err(
+                    "it has a part that is not a Name=value pair (expected Authorization=AAD[;ClientId=…])".into(),
+                );
+            };
+            match name.trim().to_ascii_lowercase().as_str() {
+                "authorization" if value.trim().eq_ignore_ascii_case("aad") => aad = true,
+                "authorization" => {
+                    return Err(format!(
+                        "Authorization '{}' is not supported: use Authorization=AAD",
+                        value.trim()
+                    ));
+                }
+                "clientid" => self.entra_client_id = Some(value.trim().to_string()),
+                _ => {}
+            }
+        }
+        if !aad {
+            return Err("it has no Authorization=AAD".into());
+        }
+        self.entra_only = true;
+        Ok(self)
     }
 
     pub fn instrumentation_key(&self) -> &str {
         &self.instrumentation_key
     }
 
-    /// The Track API URL batches are posted to.
+    /// The Track API URL batches are posted to: `v2.1/track` (Entra tokens) when the resource asks for Entra
+    /// authentication, else `v2/track` (instrumentation key only).
     pub fn track_url(&self) -> Url {
+        let path = if self.entra_only { "v2.1/track" } else { "v2/track" };
         self.ingestion
-            .join("v2/track")
+            .join(path)
             .expect("a base URL with a trailing slash joins")
     }
 }
@@ -135,7 +172,8 @@ mod tests {
             "InstrumentationKey={KEY};IngestionEndpoint=http://127.0.0.1:4318/base;Authorization=AAD"
         ))
         .unwrap();
-        assert_eq!(cs.track_url().as_str(), "http://127.0.0.1:4318/base/v2/track");
+        // Entra authentication: the token-taking endpoint.
+        assert_eq!(cs.track_url().as_str(), "http://127.0.0.1:4318/base/v2.1/track");
         assert!(cs.entra_only);
     }
 

@@ -69,9 +69,13 @@ impl Common {
     pub fn event(&self, event: &Event, operation: Option<&Operation>) -> Value {
         let data = json!({
             "baseType": "EventData",
-            "baseData": { "ver": 2, "name": scrub(&event.name), "properties": properties(&event.properties) },
+            "baseData": {
+                "ver": 2,
+                "name": clip(&scrub(&event.name), MAX_NAME_CHARS),
+                "properties": properties(&event.properties),
+            },
         });
-        self.envelope("Event", Utc::now(), operation, data)
+        fit(self.envelope("Event", Utc::now(), operation, data))
     }
 
     /// An outgoing call (`dependencies`).
@@ -81,16 +85,16 @@ impl Common {
             "baseData": {
                 "ver": 2,
                 "id": random_hex(16),
-                "name": scrub(&call.name),
+                "name": clip(&scrub(&call.name), MAX_DEPENDENCY_NAME_CHARS),
                 "type": call.kind,
-                "target": scrub(&call.target),
-                "data": scrub(&call.data),
+                "target": clip(&scrub(&call.target), MAX_DEPENDENCY_NAME_CHARS),
+                "data": clip(&scrub(&call.data), MAX_PROPERTY_VALUE_CHARS),
                 "resultCode": call.result_code,
                 "success": call.success,
                 "duration": timespan(call.duration),
             },
         });
-        self.envelope("RemoteDependency", call.started, operation, data)
+        fit(self.envelope("RemoteDependency", call.started, operation, data))
     }
 
     /// A failure (`exceptions`), without a stack: the message is what the operator acts on.
@@ -103,22 +107,90 @@ impl Common {
                 "exceptions": [{
                     "id": 1,
                     "outerId": 0,
-                    "typeName": scrub(&error.type_name),
-                    "message": scrub(&error.message),
+                    "typeName": clip(&scrub(&error.type_name), MAX_PROPERTY_NAME_CHARS * 8),
+                    "message": clip(&scrub(&error.message), MAX_EXCEPTION_MESSAGE_CHARS),
                     "hasFullStack": false,
                 }],
                 "properties": properties(&error.properties),
             },
         });
-        self.envelope("Exception", Utc::now(), operation, data)
+        fit(self.envelope("Exception", Utc::now(), operation, data))
     }
+}
+
+/// Application Insights refuses an item over these limits (Azure Monitor service limits, "Application
+/// Insights"), so a long FHIR diagnostic would otherwise drop the whole event the dashboard and alerts key on.
+pub const MAX_NAME_CHARS: usize = 512;
+pub const MAX_DEPENDENCY_NAME_CHARS: usize = 1_024;
+pub const MAX_PROPERTY_NAME_CHARS: usize = 150;
+pub const MAX_PROPERTY_VALUE_CHARS: usize = 8_192;
+pub const MAX_EXCEPTION_MESSAGE_CHARS: usize = 32_768;
+/// The service's limit is 64 kB an item; a margin stays for the HTTP batch framing.
+pub const MAX_ITEM_BYTES: usize = 63 * 1024;
+
+/// `text` cut to at most `max` characters, ending with a marker that says how much was cut.
+pub fn clip(text: &str, max: usize) -> String {
+    let total = text.chars().count();
+    if total <= max {
+        return text.to_string();
+    }
+    // The marker's own length depends on the count it shows; reserve enough for any count.
+    let keep = max.saturating_sub(32);
+    let kept: String = text.chars().take(keep).collect();
+    format!("{kept}… [clipped {} chars]", total - keep)
+}
+
+/// Shrinks the longest strings of the item (property values, the exception message) until it is under
+/// [`MAX_ITEM_BYTES`] once serialized.
+fn fit(mut envelope: Value) -> Value {
+    for _ in 0..64 {
+        let size = envelope.to_string().len();
+        if size <= MAX_ITEM_BYTES {
+            break;
+        }
+        // JSON pointers to the strings that may be shrunk, longest first.
+        let base = &envelope["data"]["baseData"];
+        let mut candidates: Vec<String> = Vec::new();
+        if let Some(props) = base["properties"].as_object() {
+            candidates.extend(
+                props
+                    .keys()
+                    .map(|k| format!("/data/baseData/properties/{}", k.replace('~', "~0").replace('/', "~1"))),
+            );
+        }
+        if let Some(exceptions) = base["exceptions"].as_array() {
+            candidates.extend((0..exceptions.len()).map(|i| format!("/data/baseData/exceptions/{i}/message")));
+        }
+        candidates.push("/data/baseData/data".into());
+        let len = |p: &String| envelope.pointer(p).and_then(Value::as_str).map_or(0, str::len);
+        let Some(longest) = candidates.iter().max_by_key(|p| len(p)).filter(|p| len(p) > 0).cloned() else {
+            break;
+        };
+        let text = envelope
+            .pointer(&longest)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let chars = text.chars().count();
+        // Cut by the excess (in bytes, so at least that many characters) or by half, whichever is more.
+        let target = chars.saturating_sub((size - MAX_ITEM_BYTES).max(chars / 2));
+        if let Some(value) = envelope.pointer_mut(&longest) {
+            *value = Value::String(clip(&text, target.max(40)));
+        }
+    }
+    envelope
 }
 
 fn properties(pairs: &[(String, String)]) -> Value {
     Value::Object(
         pairs
             .iter()
-            .map(|(k, v)| (k.clone(), Value::String(scrub(v).into_owned())))
+            .map(|(k, v)| {
+                (
+                    clip(k, MAX_PROPERTY_NAME_CHARS),
+                    Value::String(clip(&scrub(v), MAX_PROPERTY_VALUE_CHARS)),
+                )
+            })
             .collect(),
     )
 }

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use azure_core::credentials::TokenCredential;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use url::Url;
@@ -38,6 +39,8 @@ const LINGER: Duration = Duration::from_millis(200);
 const ATTEMPTS: u32 = 3;
 /// One post's deadline.
 const POST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The scope of Entra-authenticated ingestion (`/v2.1/track`).
+pub const MONITOR_SCOPE: &str = "https://monitor.azure.com/.default";
 /// At most one "could not send" log line per this period.
 const WARN_EVERY: Duration = Duration::from_secs(60);
 
@@ -64,19 +67,48 @@ pub struct Counters {
 }
 
 impl AppInsights {
-    /// Starts the background sender. Must be called inside a Tokio runtime.
+    /// Starts the background sender. Must be called inside a Tokio runtime. With Entra authentication asked for,
+    /// tokens come from the app's managed identity (user-assigned when the authentication string names a client
+    /// id).
     pub fn start(connection: &ConnectionString, http: reqwest::Client) -> AppInsights {
-        if connection.entra_only {
-            tracing::warn!(
-                "the App Insights connection string asks for Entra ID authentication (Authorization=AAD), which this \
-                 tool does not send; if local authentication is disabled on the resource, ingestion will be refused"
-            );
-        }
+        let credential = if connection.entra_only {
+            let options =
+                connection
+                    .entra_client_id
+                    .as_ref()
+                    .map(|id| azure_identity::ManagedIdentityCredentialOptions {
+                        user_assigned_id: Some(azure_identity::UserAssignedId::ClientId(id.clone())),
+                        ..Default::default()
+                    });
+            match azure_identity::ManagedIdentityCredential::new(options) {
+                Ok(c) => Some(c as Arc<dyn TokenCredential>),
+                Err(e) => {
+                    tracing::warn!(
+                        "App Insights asks for Entra authentication but no managed identity can be set up ({e}); \
+                         telemetry will be refused: give the function app a managed identity with Monitoring \
+                         Metrics Publisher on the Application Insights resource"
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        AppInsights::start_with_credential(connection, http, credential)
+    }
+
+    /// As [`AppInsights::start`], with the credential Entra-authenticated ingestion takes tokens from.
+    pub fn start_with_credential(
+        connection: &ConnectionString,
+        http: reqwest::Client,
+        credential: Option<Arc<dyn TokenCredential>>,
+    ) -> AppInsights {
         let (queue, rx) = mpsc::channel(QUEUE_CAPACITY);
         let counters = Arc::new(Counters::default());
         let sender = Sender {
             http,
             url: connection.track_url(),
+            credential: credential.filter(|_| connection.entra_only),
             counters: counters.clone(),
             last_warning: None,
             unreported: 0,
@@ -136,6 +168,8 @@ fn accept(cmd: Command, batch: &mut Vec<Value>, flushes: &mut Vec<oneshot::Sende
 struct Sender {
     http: reqwest::Client,
     url: Url,
+    /// Entra-authenticated ingestion only.
+    credential: Option<Arc<dyn TokenCredential>>,
     counters: Arc<Counters>,
     last_warning: Option<Instant>,
     unreported: u64,
@@ -180,14 +214,22 @@ impl Sender {
                 tokio::time::sleep(Duration::from_millis(500 * 2u64.pow(attempt - 2))).await;
             }
             let body = Value::Array(items.clone());
-            let sent = self
+            let mut request = self
                 .http
                 .post(self.url.clone())
                 .timeout(POST_TIMEOUT)
-                .header("content-type", "application/json")
-                .json(&body)
-                .send()
-                .await;
+                .header("content-type", "application/json");
+            if let Some(credential) = &self.credential {
+                match credential.get_token(&[MONITOR_SCOPE], None).await {
+                    Ok(token) => request = request.bearer_auth(token.token.secret()),
+                    Err(e) => {
+                        // Not the token itself: only why there is none.
+                        problem = format!("no Entra token for {MONITOR_SCOPE}: {e}");
+                        continue;
+                    }
+                }
+            }
+            let sent = request.json(&body).send().await;
             let resp = match sent {
                 Ok(r) => r,
                 Err(e) => {
@@ -221,7 +263,18 @@ impl Sender {
                 408 | 429 | 439 | 500 | 502 | 503 | 504 => problem = format!("HTTP {status}"),
                 _ => {
                     // 400 (malformed), 401/403 (wrong key or Entra-only resource), 404: retrying cannot help.
-                    self.give_up(items.len() as u64, &format!("HTTP {status}"));
+                    let why = match (status, self.credential.is_some()) {
+                        (401 | 403, false) => format!(
+                            "HTTP {status}: if local authentication is disabled on the Application Insights \
+                             resource, set APPLICATIONINSIGHTS_AUTHENTICATION_STRING=Authorization=AAD"
+                        ),
+                        (401 | 403, true) => format!(
+                            "HTTP {status}: give the function app's identity Monitoring Metrics Publisher on the \
+                             Application Insights resource"
+                        ),
+                        _ => format!("HTTP {status}"),
+                    };
+                    self.give_up(items.len() as u64, &why);
                     return;
                 }
             }

@@ -426,21 +426,14 @@ fn checkov_passes_on_bicep_and_arm_with_every_skip_explained() {
 }
 
 #[test]
-fn the_readme_deployment_steps_name_every_parameter() {
-    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
-    let deploy = readme
-        .split("\n## Deploy\n")
-        .nth(1)
-        .expect("a Deploy section")
-        .split("\n## ")
-        .next()
-        .unwrap();
+fn the_deploy_page_names_every_parameter() {
+    let deploy = std::fs::read_to_string(root().join("docs/deploy.md")).unwrap();
     let arm: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(root().join("infra/main.json")).unwrap()).unwrap();
     for name in arm["parameters"].as_object().unwrap().keys() {
         assert!(
             deploy.contains(&format!("`{name}`")),
-            "the README's Deploy section does not name `{name}`"
+            "docs/deploy.md does not name `{name}`"
         );
     }
 }

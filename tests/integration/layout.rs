@@ -180,3 +180,76 @@ fn every_test_named_in_the_reliability_doc_exists() {
     }
     assert!(named >= 15, "{named} tests named");
 }
+
+/// The anchor GitHub gives a heading: lower case, punctuation dropped, spaces as hyphens.
+fn slug(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// The README is a first screen that links into docs/; every relative link of the README and of every page in
+/// docs/ names a file that exists and, with `#anchor`, a heading that file has.
+#[test]
+fn the_readme_and_docs_links_resolve() {
+    let mut pages = vec![root().join("README.md")];
+    for entry in std::fs::read_dir(root().join("docs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "md") {
+            pages.push(path);
+        }
+    }
+    let anchors = |path: &Path| -> BTreeSet<String> {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let mut in_code = false;
+        text.lines()
+            .filter(|l| {
+                if l.starts_with("```") {
+                    in_code = !in_code;
+                }
+                !in_code && l.starts_with('#')
+            })
+            .map(|l| slug(l.trim_start_matches('#')))
+            .collect()
+    };
+    let mut broken = Vec::new();
+    let mut checked = 0;
+    for page in &pages {
+        let text = std::fs::read_to_string(page).unwrap();
+        for (i, _) in text.match_indices("](") {
+            let rest = &text[i + 2..];
+            let Some(end) = rest.find(')') else { continue };
+            let target = &rest[..end];
+            if target.starts_with("http://") || target.starts_with("https://") || target.contains(' ') {
+                continue;
+            }
+            checked += 1;
+            let (file, anchor) = target.split_once('#').unwrap_or((target, ""));
+            let file_path = if file.is_empty() {
+                page.clone()
+            } else {
+                page.parent().unwrap().join(file)
+            };
+            if !file_path.exists() {
+                broken.push(format!("{}: {target} (no such file)", page.display()));
+            } else if !anchor.is_empty()
+                && file_path.extension().is_some_and(|e| e == "md")
+                && !anchors(&file_path).contains(anchor)
+            {
+                broken.push(format!("{}: {target} (no such heading)", page.display()));
+            }
+        }
+    }
+    assert!(checked > 20, "the scan finds links: {checked}");
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    assert!(
+        readme.len() < 15 * 1024,
+        "the README stays a first screen: {} bytes",
+        readme.len()
+    );
+}

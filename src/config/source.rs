@@ -63,6 +63,14 @@ fn is_secret(name: &str) -> bool {
         && !n.contains("rowkey")
 }
 
+/// Values that carry a key or a signature whatever their setting's name (a SAS URL in a `*Uri` setting).
+fn secret_value(value: &str) -> bool {
+    let v = value.to_ascii_lowercase();
+    ["sig=", "accountkey=", "sharedaccesssignature=", "clientsecret="]
+        .iter()
+        .any(|m| v.contains(m))
+}
+
 /// Long values (the resource type list) are summarised: the first items and how many in all.
 fn summarise(value: &str) -> String {
     if value.len() <= 100 {
@@ -178,7 +186,7 @@ impl SettingsSource {
             .into_values()
             .filter_map(|(name, default)| match (self.get(&name), default) {
                 (Some(v), _) => Some(EffectiveSetting {
-                    value: if is_secret(&name) {
+                    value: if is_secret(&name) || secret_value(v) {
                         "<redacted>".into()
                     } else {
                         summarise(v)
@@ -248,7 +256,12 @@ mod tests {
             ("AZURE_ClientSecret", "super-secret"),
             ("AZURE_ResourceTypes", types.as_str()),
             ("AZURE_SourceUri", "https://src.example"),
+            (
+                "AZURE_IntegrationStorageUri",
+                "https://acct.blob.core.windows.net/?sv=2024&sig=abc",
+            ),
         ]);
+        let _ = s.get("AZURE_IntegrationStorageUri");
         let _ = (
             s.get("AZURE_ClientSecret"),
             s.get("AZURE_ResourceTypes"),
@@ -259,6 +272,11 @@ mod tests {
         let lines = s.effective();
         let find = |n: &str| lines.iter().find(|l| l.name == n).cloned();
         assert_eq!(find("AZURE_ClientSecret").unwrap().value, "<redacted>");
+        assert_eq!(
+            find("AZURE_IntegrationStorageUri").unwrap().value,
+            "<redacted>",
+            "a SAS in a URI"
+        );
         assert_eq!(
             find("AZURE_ResourceTypes").unwrap().value,
             "40 items: Type0, Type1, Type2, Type3, Type4, …"

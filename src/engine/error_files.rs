@@ -27,10 +27,11 @@ impl ErrorSummary {
             Kind::Duplicate => self.duplicates += 1,
             _ => self.invalid += 1,
         }
-        match e.class {
-            Class::Benign => self.benign += 1,
-            Class::Transient => self.transient += 1,
-            Class::Permanent => self.permanent += 1,
+        // An accepted loss failing again does not stop the migration: the operator has decided about it.
+        match (e.state, e.class) {
+            (crate::ledger::State::Accepted, _) | (_, Class::Benign) => self.benign += 1,
+            (_, Class::Transient) => self.transient += 1,
+            (_, Class::Permanent) => self.permanent += 1,
         }
         if e.class != Class::Benign && self.samples.len() < SAMPLES {
             self.samples.push(format!("{}: {}", e.describe(), e.message));

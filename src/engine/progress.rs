@@ -86,7 +86,12 @@ pub fn progress(cursor: &Cursor, f: &Facts) -> Progress {
         ),
         _ => None,
     };
-    let versions_per_hour = rate(&cursor.progress_samples, f.now);
+    // Measured up to now: a migration that stopped committing shows its rate falling, not its last one.
+    let mut samples = cursor.progress_samples.clone();
+    if samples.last().is_some_and(|(t, _)| *t < f.now) {
+        samples.push((f.now, cursor.migrated_versions));
+    }
+    let versions_per_hour = rate(&samples, f.now);
     let finished = crate::planner::specific_run_finished(s, through);
     let caught_up = f.windows_in_flight == 0
         && through.is_some_and(|t| frontier - t <= crate::planner::MIN_TAIL + TimeDelta::minutes(2));

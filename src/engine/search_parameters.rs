@@ -64,10 +64,18 @@ impl Engine {
                     .or_else(|| entry["request"]["url"].as_str().and_then(|u| u.rsplit('/').next()))
                     .unwrap_or_default()
                     .to_string();
+                // A deletion's entry may carry no resource meta: its response's lastModified says when; with no
+                // time at all, a deletion wins (a deleted parameter must not be put back).
                 let at = resource["meta"]["lastUpdated"]
                     .as_str()
+                    .or(entry["response"]["lastModified"].as_str())
                     .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-                    .map_or(DateTime::<Utc>::MIN_UTC, |t| t.with_timezone(&Utc));
+                    .map(|t| t.with_timezone(&Utc))
+                    .unwrap_or(if deleted {
+                        DateTime::<Utc>::MAX_UTC
+                    } else {
+                        DateTime::<Utc>::MIN_UTC
+                    });
                 if id.is_empty() || newest.get(&id).is_some_and(|(seen, _)| *seen >= at) {
                     continue;
                 }

@@ -261,13 +261,12 @@ impl<P: Ports> Shell<'_, P> {
         clock: DateTime<Utc>,
     ) -> Result<(), EngineError> {
         let first = !snapshot.cursor.search_parameters_copied;
+        // Without a recorded sync (the first copy, or a migration started by an older version) everything is
+        // copied again: a full copy is safe to repeat.
         let since = if first {
             None
         } else {
-            snapshot
-                .cursor
-                .search_parameters_synced_at
-                .or(Some(clock - TimeDelta::days(1)))
+            snapshot.cursor.search_parameters_synced_at
         };
         match self.ports.copy_search_parameters(since).await {
             Ok(done) => {

@@ -168,17 +168,43 @@ pub struct Entry {
     pub retry_import: String,
     /// When a queued retry may start.
     pub next_attempt: Option<DateTime<Utc>>,
+    /// For an entry that stands for lines the tool could not name (an unreadable or short error file): how
+    /// many the server counted.
+    pub unnamed_lines: u64,
     #[serde(skip)]
     pub etag: Option<ETag>,
+}
+
+/// A key part: characters Table storage refuses in keys (`/ \ # ?`, control characters), the separator `|`,
+/// `%`, `,` (the list separator of `--ids`) and spaces as `%XX`, at most 300 characters.
+pub fn key_part(value: &str) -> String {
+    let mut out = String::new();
+    for c in value.chars() {
+        if c.is_control() || matches!(c, '/' | '\\' | '#' | '?' | '|' | '%' | ',' | ' ' | '\'') {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        } else {
+            out.push(c);
+        }
+        if out.len() >= 300 {
+            out.push('~');
+            break;
+        }
+    }
+    out
 }
 
 /// The largest message kept per entry (a server message is short; a parser's may not be).
 const MESSAGE_CHARS: usize = 2000;
 
 impl Entry {
-    /// The row key of a resource version.
+    /// The row key of a resource version: `Type|id|versionId`, each part escaped so that anything a refused
+    /// line holds (an invalid id with `/`, `#` or control characters, a very long value) still makes a valid
+    /// Table storage key.
     pub fn key_of(resource_type: &str, id: &str, version_id: &str) -> String {
-        format!("{resource_type}|{id}|{version_id}")
+        format!("{}|{}|{}", key_part(resource_type), key_part(id), key_part(version_id))
     }
 
     pub fn to_entity(&self, partition: &str) -> Result<Entity, TableError> {
@@ -203,6 +229,9 @@ impl Entry {
             .set_str("RetryImport", &self.retry_import);
         if let Some(t) = self.next_attempt {
             e.set_datetime("NextAttempt", t);
+        }
+        if self.unnamed_lines > 0 {
+            e.set_i64("UnnamedLines", self.unnamed_lines as i64);
         }
         if let Some(tag) = &self.etag {
             e.set_etag(tag.clone());
@@ -233,6 +262,7 @@ impl Entry {
             resolution: text("Resolution"),
             retry_import: text("RetryImport"),
             next_attempt: e.get_datetime("NextAttempt"),
+            unnamed_lines: e.get_i64("UnnamedLines").unwrap_or(0).max(0) as u64,
             etag: e.etag().cloned(),
         })
     }
@@ -358,10 +388,36 @@ mod tests {
             resolution: String::new(),
             retry_import: String::new(),
             next_attempt: Some(now),
+            unnamed_lines: 0,
             etag: None,
         };
         let back = Entry::from_entity(&entry.to_entity("pk").unwrap()).unwrap();
         assert_eq!(back, entry);
+    }
+
+    /// Whatever a refused line holds, its key is a valid Table storage key (an invalid id is exactly what gets
+    /// refused).
+    #[test]
+    fn keys_are_valid_whatever_the_line_holds() {
+        for id in [
+            "p1",
+            "a/b#c?d\\e",
+            "x|y",
+            "with space",
+            "tab\tnew\nline",
+            &"z".repeat(5000),
+            "a,b",
+            "%41",
+        ] {
+            let key = Entry::key_of("Patient", id, "1");
+            assert!(Entity::new("pk", &key).is_ok(), "{key}");
+            assert!(!key.contains(','), "{key}");
+        }
+        assert_eq!(Entry::key_of("Patient", "p1", "3"), "Patient|p1|3");
+        assert_ne!(
+            Entry::key_of("Patient", "a|b", "1"),
+            Entry::key_of("Patient", "a", "b|1")
+        );
     }
 
     #[test]

@@ -23,6 +23,16 @@ pub use entry::{Class, Entry, Kind, State, Summary};
 
 use crate::storage::tables::{TableClient, TableError, filter};
 
+fn unreadable_row(e: &crate::storage::tables::Entity) -> TableError {
+    TableError::InvalidResponse {
+        operation: "read a failure ledger row",
+        detail: format!(
+            "row {} cannot be read (a Kind, Class, State or time is missing or unknown): restore or delete it",
+            e.row_key()
+        ),
+    }
+}
+
 /// The human listing of `failures`: the summary, then one line per entry.
 pub fn describe(summary: &Summary, entries: &[Entry]) -> String {
     let mut out = vec![summary.line()];
@@ -75,12 +85,13 @@ impl Ledger {
         self.table.create_if_missing().await
     }
 
+    /// One entry; a row that exists but cannot be read (edited by hand, written by another version) is an
+    /// error that names it, never taken for an absent one.
     pub async fn get(&self, key: &str) -> Result<Option<Entry>, TableError> {
-        Ok(self
-            .table
-            .get(&self.partition, key)
-            .await?
-            .and_then(|e| Entry::from_entity(&e)))
+        match self.table.get(&self.partition, key).await? {
+            None => Ok(None),
+            Some(e) => Entry::from_entity(&e).map(Some).ok_or_else(|| unreadable_row(&e)),
+        }
     }
 
     /// Every entry, or those in `state`.
@@ -95,7 +106,11 @@ impl Ledger {
             Err(e) if e.is_table_missing() => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
-        let mut entries: Vec<Entry> = rows.iter().filter_map(Entry::from_entity).collect();
+        // A row that cannot be read is an error, not a row left out: left out, it would make the ledger look clean.
+        let mut entries = Vec::with_capacity(rows.len());
+        for row in &rows {
+            entries.push(Entry::from_entity(row).ok_or_else(|| unreadable_row(row))?);
+        }
         entries.sort_by(|a, b| (a.window, &a.key).cmp(&(b.window, &b.key)));
         Ok(entries)
     }

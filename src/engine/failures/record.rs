@@ -3,8 +3,6 @@
 //! alone cannot tell benign from lost), and write the ledger row. Re-reading the same error file changes
 //! nothing, so a crash anywhere in here is repaired by doing it again.
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, TimeDelta, Utc};
 use futures::{StreamExt, TryStreamExt, stream};
 use serde_json::Value;
@@ -33,6 +31,9 @@ struct Failed {
 
 impl Engine {
     /// Records every failed line of a finished import in the ledger and returns the counts by kind and class.
+    /// Files are handled one at a time (an export file is read, used and dropped), and a line recorded from
+    /// the same error file before (a replay after a crash or a timeout) is not decided again, so a long list
+    /// of refusals progresses across ticks instead of starting over.
     pub async fn record_failures(
         &self,
         window: i64,
@@ -40,43 +41,67 @@ impl Engine {
         now: DateTime<Utc>,
     ) -> Result<ErrorSummary, EngineError> {
         self.ledger.ensure_table().await?;
-        let mut inputs: HashMap<String, Option<Vec<u8>>> = HashMap::new();
-        let mut failed = Vec::new();
+        let mut summary = ErrorSummary::default();
         for file in errors {
-            let Some(bytes) = self.read_blob(&file.url).await else {
-                failed.push(Failed {
-                    entry: unreadable(window, file, now),
-                    input: None,
-                });
-                continue;
-            };
-            let input_url = file.input_url.clone().unwrap_or_default();
-            if !inputs.contains_key(&input_url) {
-                let read = self.read_blob(&input_url).await;
-                inputs.insert(input_url.clone(), read);
-            }
-            let input = inputs.get(&input_url).and_then(Option::as_deref);
-            for text in String::from_utf8_lossy(&bytes)
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-            {
-                failed.push(line_entry(window, file, &input_url, input, text, now));
+            match self.read_blob(&file.url).await {
+                Some(bytes) => {
+                    self.record_file(window, file, &bytes, now, &mut summary).await?;
+                }
+                None => summary.add(&self.upsert(unreadable(window, file, now), now).await?),
             }
         }
+        Ok(summary)
+    }
+
+    /// Records the lines of one error file (already read); the server's count for it that the file does not
+    /// account for is recorded as unnamed lines. Returns how many lines the file names.
+    pub(crate) async fn record_file(
+        &self,
+        window: i64,
+        file: &ImportErrorFile,
+        bytes: &[u8],
+        now: DateTime<Utc>,
+        summary: &mut ErrorSummary,
+    ) -> Result<u64, EngineError> {
+        let input_url = file.input_url.clone().unwrap_or_default();
+        let input = self.read_blob(&input_url).await;
+        let text = String::from_utf8_lossy(bytes);
+        let failed: Vec<Failed> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .enumerate()
+            .map(|(i, line)| line_entry(window, file, &input_url, input.as_deref(), line, i, now))
+            .collect();
+        drop(input);
+        let named = failed.len() as u64;
         let entries: Vec<Entry> = stream::iter(failed)
             .map(|f| async move {
-                let entry = self.classify(f.entry, f.input.as_ref()).await;
+                if let Some(old) = self.ledger.get(&f.entry.key).await?
+                    && old.error_file == f.entry.error_file
+                {
+                    return Ok(old);
+                }
+                let entry = self.classify(f.entry, f.input.as_ref(), now).await?;
                 self.upsert(entry, now).await
             })
             .buffered(AT_ONCE)
             .try_collect()
             .await?;
-        let mut summary = ErrorSummary::default();
+        let mut seen = std::collections::HashSet::new();
         for e in &entries {
-            summary.add(e);
+            if seen.insert(e.key.clone()) {
+                summary.add(e);
+            }
         }
-        Ok(summary)
+        if named < file.count {
+            summary.add(
+                &self
+                    .upsert(shortfall(window, file, file.count - named, now), now)
+                    .await?,
+            );
+        }
+        Ok(named)
     }
 
     /// Reads a blob by URL from an account the tool knows; `None` when it cannot (logged).
@@ -101,13 +126,22 @@ impl Engine {
     }
 
     /// The class of a failed line. Duplicates and conflicts are benign only when the destination holds the very
-    /// same version (same lastUpdated, same content); otherwise that version is missing there.
-    async fn classify(&self, mut e: Entry, input: Option<&Value>) -> Entry {
+    /// same version (same lastUpdated, same content); otherwise that version is missing there. A SearchParameter
+    /// is benign once the destination has it (the starter's sync copies them), transient until then. A
+    /// destination that cannot be asked fails the recording (tried again next tick), never a guess.
+    async fn classify(&self, mut e: Entry, input: Option<&Value>, now: DateTime<Utc>) -> Result<Entry, EngineError> {
         e.class = match e.kind {
             Kind::Future => Class::Transient,
-            Kind::SearchParameter => Class::Benign,
+            Kind::SearchParameter => {
+                if !e.id.is_empty() && self.destination.read("SearchParameter", &e.id).await?.is_some() {
+                    Class::Benign
+                } else {
+                    e.next_attempt = Some(now + TimeDelta::minutes(5));
+                    Class::Transient
+                }
+            }
             Kind::Duplicate | Kind::Conflict => match input {
-                Some(line) if self.identical_at_destination(line).await => Class::Benign,
+                Some(line) if self.identical_at_destination(line).await? => Class::Benign,
                 _ => Class::Permanent,
             },
             Kind::InvalidId | Kind::WrongType | Kind::Invalid | Kind::Unreadable => Class::Permanent,
@@ -118,15 +152,17 @@ impl Engine {
             Class::Permanent => State::Open,
         };
         e.resolution = match e.kind {
-            Kind::SearchParameter => "SearchParameters are copied through the REST API".into(),
+            Kind::SearchParameter if e.class == Class::Benign => {
+                "the SearchParameter is at the destination (copied through the REST API)".into()
+            }
             _ if e.class == Class::Benign => "the identical version is already at the destination".into(),
             _ => String::new(),
         };
-        e
+        Ok(e)
     }
 
     /// Whether the destination holds this exported line's version as it is (a deleted version as deleted).
-    pub(crate) async fn identical_at_destination(&self, line: &Value) -> bool {
+    pub(crate) async fn identical_at_destination(&self, line: &Value) -> Result<bool, EngineError> {
         let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
         let (t, id, vid) = (
             text(&line["resourceType"]),
@@ -134,19 +170,19 @@ impl Engine {
             text(&line["meta"]["versionId"]),
         );
         if t.is_empty() || id.is_empty() || vid.is_empty() {
-            return false;
+            return Ok(false);
         }
         let deleted = line["meta"]["extension"]
             .as_array()
             .is_some_and(|x| x.iter().any(|e| e["url"] == DELETED_STATE));
-        match self.destination.vread(&t, &id, &vid).await {
-            Ok(VersionRead::Found(stored)) if !deleted => {
+        Ok(match self.destination.vread(&t, &id, &vid).await? {
+            VersionRead::Found(stored) if !deleted => {
                 same_instant(&stored["meta"]["lastUpdated"], &line["meta"]["lastUpdated"])
                     && without_server_meta(&stored) == without_server_meta(line)
             }
-            Ok(VersionRead::Gone) => deleted,
+            VersionRead::Gone => deleted,
             _ => false,
-        }
+        })
     }
 
     /// Writes an entry: a new one as it is; over an existing one, a failure from another error file is one
@@ -253,6 +289,7 @@ fn line_entry(
     input_url: &str,
     input: Option<&[u8]>,
     text: &str,
+    index: usize,
     now: DateTime<Utc>,
 ) -> Failed {
     let said = error_line(text);
@@ -263,7 +300,11 @@ fn line_entry(
         .and_then(|bytes| input_line(bytes, offset, line));
     let (resource_type, id, version_id, last_updated) = raw.and_then(identity).unwrap_or_default();
     let key = if id.is_empty() || version_id.is_empty() {
-        file_key("line", &file.url, &format!("|{offset}|{line}"))
+        // Named by position; a line without one by its place in the error file, so none collapse into one.
+        match said.position {
+            Some(_) => file_key("line", &file.url, &format!("|{offset}|{line}")),
+            None => file_key("line", &file.url, &format!("|e{index}")),
+        }
     } else {
         Entry::key_of(&resource_type, &id, &version_id)
     };
@@ -301,6 +342,7 @@ fn line_entry(
             resolution: String::new(),
             retry_import: String::new(),
             next_attempt,
+            unnamed_lines: 0,
             etag: None,
         },
         input: raw.and_then(|l| serde_json::from_slice(l).ok()),
@@ -333,6 +375,21 @@ fn unreadable(window: i64, file: &ImportErrorFile, now: DateTime<Utc>) -> Entry 
         resolution: String::new(),
         retry_import: String::new(),
         next_attempt: None,
+        unnamed_lines: file.count,
         etag: None,
+    }
+}
+
+/// Lines the server counted that the error file does not hold (a partial write): recorded as unnamed, so the
+/// count of failures never shrinks silently.
+fn shortfall(window: i64, file: &ImportErrorFile, missing: u64, now: DateTime<Utc>) -> Entry {
+    Entry {
+        key: file_key("short", &file.url, ""),
+        kind: Kind::Unreadable,
+        message: format!(
+            "the server counted {missing} more failed line(s) than its error file holds: they cannot be named; re-export the window to import them again"
+        ),
+        unnamed_lines: missing,
+        ..unreadable(window, file, now)
     }
 }

@@ -123,32 +123,54 @@ impl Engine {
                 )),
             }
         }
-        let (unreadable, due): (Vec<Entry>, Vec<Entry>) = due.into_iter().partition(|e| e.kind == Kind::Unreadable);
-        for e in unreadable {
-            lines.push(self.reread(e, now).await?);
+        let mut to_import = Vec::new();
+        for e in due {
+            match e.kind {
+                Kind::Unreadable => lines.push(self.reread(e, now).await?),
+                // SearchParameters travel through the REST API (the starter's sync): only check they arrived.
+                Kind::SearchParameter => lines.push(self.search_parameter_arrived(e, now).await?),
+                _ => to_import.push(e),
+            }
         }
-        if !due.is_empty() {
-            lines.push(self.start_retry(due.into_iter().take(BATCH).collect(), now).await?);
+        if !to_import.is_empty() {
+            lines.push(
+                self.start_retry(to_import.into_iter().take(BATCH).collect(), now)
+                    .await?,
+            );
         }
         Ok(lines)
     }
 
-    /// Posts one import of the due entries' exported lines.
+    /// The exported lines of these entries, read one export file at a time (each dropped after use), in
+    /// the entries' order; `None` for a line that cannot be read any more.
+    async fn exported_lines(&self, entries: &[Entry]) -> Vec<Option<Value>> {
+        let mut by_file: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, e) in entries.iter().enumerate() {
+            by_file.entry(e.input_file.as_str()).or_default().push(i);
+        }
+        let mut out = vec![None; entries.len()];
+        for (file, indexes) in by_file {
+            let Some(bytes) = self.read_blob(file).await else {
+                continue;
+            };
+            for i in indexes {
+                out[i] =
+                    input_line(&bytes, entries[i].offset, entries[i].line).and_then(|l| serde_json::from_slice(l).ok());
+            }
+        }
+        out
+    }
+
+    /// Posts one import of the due entries' exported lines. The file is named after the versions in it, so a
+    /// repeated attempt overwrites it rather than leaving another behind; a refused POST is backed off.
     async fn start_retry(&self, due: Vec<Entry>, now: DateTime<Utc>) -> Result<String, EngineError> {
-        let mut files: HashMap<String, Option<Vec<u8>>> = HashMap::new();
+        let lines = self.exported_lines(&due).await;
         let mut body = String::new();
         let mut posted = Vec::new();
-        for mut e in due {
-            if !files.contains_key(&e.input_file) {
-                let read = self.read_blob(&e.input_file).await;
-                files.insert(e.input_file.clone(), read);
-            }
-            let line = files[&e.input_file]
-                .as_deref()
-                .and_then(|bytes| input_line(bytes, e.offset, e.line));
+        for (mut e, line) in due.into_iter().zip(lines) {
             match line {
                 Some(l) => {
-                    body.push_str(&String::from_utf8_lossy(l));
+                    body.push_str(&l.to_string());
                     body.push('\n');
                     posted.push(e);
                 }
@@ -174,7 +196,14 @@ impl Engine {
         else {
             return Ok("Failure ledger: the export account is not one the tool can write to".into());
         };
-        let name = format!("ledger-retry/{}.ndjson", now.timestamp_millis());
+        let name = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            for e in &posted {
+                e.key.hash(&mut h);
+            }
+            format!("ledger-retry/{:016x}.ndjson", h.finish())
+        };
         store.put(&container, &name, body.into_bytes()).await?;
         let etag = store.etag(&container, &name).await?;
         let url = store.blob_url(&container, &name);
@@ -187,8 +216,22 @@ impl Engine {
             { "name": "mode", "valueString": self.settings.import_mode },
             { "name": "input", "part": part },
         ]});
-        let accepted = self.destination.import(&parameters).await?;
         let count = posted.len();
+        let accepted = match self.destination.import(&parameters).await {
+            Ok(a) => a,
+            Err(refused) => {
+                // The entries stay queued, a little later each time, with the reason shown.
+                for mut e in posted {
+                    e.attempts += 1;
+                    e.next_attempt = Some(now + backoff(e.attempts));
+                    e.message = format!("the retry import was not accepted (tried again later): {refused}");
+                    self.save_quietly(&e).await?;
+                }
+                return Ok(format!(
+                    "Failure ledger: a retry import of {count} version(s) was refused: {refused}"
+                ));
+            }
+        };
         for mut e in posted {
             e.retry_import = accepted.status_url.clone();
             self.save_quietly(&e).await?;
@@ -199,7 +242,8 @@ impl Engine {
         ))
     }
 
-    /// Settles the entries of a finished retry import by what the destination now holds.
+    /// Settles the entries of a finished retry import by what the destination now holds. A failed job (as
+    /// opposed to a refused line) leaves each entry's kind and class as they were.
     async fn settle(
         &self,
         group: Vec<Entry>,
@@ -225,20 +269,13 @@ impl Engine {
                 }
             }
         }
-        let mut files: HashMap<String, Option<Vec<u8>>> = HashMap::new();
+        let exported = self.exported_lines(&group).await;
         let (mut resolved, mut failed) = (0, 0);
-        for mut e in group {
-            if !files.contains_key(&e.input_file) {
-                let read = self.read_blob(&e.input_file).await;
-                files.insert(e.input_file.clone(), read);
-            }
-            let line: Option<Value> = files[&e.input_file]
-                .as_deref()
-                .and_then(|bytes| input_line(bytes, e.offset, e.line))
-                .and_then(|l| serde_json::from_slice(l).ok());
+        for (mut e, line) in group.into_iter().zip(exported) {
             let there = match &line {
-                Some(l) => self.identical_at_destination(l).await,
-                None => false,
+                Some(l) => self.identical_at_destination(l).await?,
+                // The export file is gone: the stored version with the same instant is the best evidence.
+                None => self.same_version_at_destination(&e).await?,
             };
             e.retry_import.clear();
             e.last_seen = now;
@@ -248,14 +285,17 @@ impl Engine {
                 resolved += 1;
             } else {
                 e.attempts += 1;
-                if let Some(message) = said.get(&e.key).cloned().or(failure.map(str::to_string)) {
-                    e.kind = Kind::of(&message);
-                    e.message = message;
+                match (said.get(&e.key), failure) {
+                    (Some(message), _) => {
+                        e.kind = Kind::of(message);
+                        e.message = message.clone();
+                    }
+                    (None, Some(why)) => e.message = why.to_string(),
+                    (None, None) => {}
                 }
-                if e.kind == Kind::Future {
+                if e.kind == Kind::Future || (failure.is_some() && e.class == Class::Transient) {
                     e.class = Class::Transient;
-                    let backoff = TimeDelta::minutes(5 * e.attempts.clamp(1, 12));
-                    e.next_attempt = Some(now + backoff);
+                    e.next_attempt = Some(now + backoff(e.attempts));
                 } else {
                     e.class = Class::Permanent;
                     e.state = State::Open;
@@ -269,16 +309,53 @@ impl Engine {
         ))
     }
 
-    /// An error file that could not be read before: read it again, and resolve its placeholder once its lines
-    /// are recorded on their own.
+    /// Whether the destination holds an entry's version with the entry's lastUpdated (when its exported line
+    /// cannot be read any more).
+    async fn same_version_at_destination(&self, e: &Entry) -> Result<bool, EngineError> {
+        if e.id.is_empty() || e.version_id.is_empty() {
+            return Ok(false);
+        }
+        Ok(
+            match self.destination.vread(&e.resource_type, &e.id, &e.version_id).await? {
+                crate::fhir::VersionRead::Found(stored) => {
+                    let ms = |t: &str| {
+                        chrono::DateTime::parse_from_rfc3339(t)
+                            .ok()
+                            .map(|t| t.timestamp_millis())
+                    };
+                    ms(stored["meta"]["lastUpdated"].as_str().unwrap_or_default()).is_some()
+                        && ms(stored["meta"]["lastUpdated"].as_str().unwrap_or_default()) == ms(&e.last_updated)
+                }
+                _ => false,
+            },
+        )
+    }
+
+    /// A SearchParameter entry: resolved once the destination has it (the starter's sync copies them).
+    async fn search_parameter_arrived(&self, mut e: Entry, now: DateTime<Utc>) -> Result<String, EngineError> {
+        if !e.id.is_empty() && self.destination.read("SearchParameter", &e.id).await?.is_some() {
+            e.state = State::Resolved;
+            e.class = Class::Benign;
+            e.resolution = "the SearchParameter is at the destination (copied through the REST API)".into();
+            self.save_quietly(&e).await?;
+            return Ok(format!(
+                "Failure ledger: SearchParameter/{} is at the destination",
+                e.id
+            ));
+        }
+        e.attempts += 1;
+        e.next_attempt = Some(now + backoff(e.attempts));
+        self.save_quietly(&e).await?;
+        Ok(format!(
+            "Failure ledger: SearchParameter/{} is not at the destination yet",
+            e.id
+        ))
+    }
+
+    /// An error file that could not be read before: read it again (once; the lines are recorded from what was
+    /// read), and resolve its placeholder when the file could be read.
     async fn reread(&self, mut e: Entry, now: DateTime<Utc>) -> Result<String, EngineError> {
-        let file = ImportErrorFile {
-            resource_type: Some(e.resource_type.clone()).filter(|t| !t.is_empty()),
-            count: 0,
-            input_url: Some(e.input_file.clone()).filter(|u| !u.is_empty()),
-            url: e.error_file.clone(),
-        };
-        if self.read_blob(&file.url).await.is_none() {
+        let Some(bytes) = self.read_blob(&e.error_file).await else {
             e.state = State::Open;
             e.attempts += 1;
             e.last_seen = now;
@@ -287,10 +364,25 @@ impl Engine {
                 "Failure ledger: the error file {} is still not readable",
                 e.error_file
             ));
-        }
-        let summary = self.record_failures(e.window, &[file], now).await?;
+        };
+        let file = ImportErrorFile {
+            resource_type: Some(e.resource_type.clone()).filter(|t| !t.is_empty()),
+            count: e.unnamed_lines,
+            input_url: Some(e.input_file.clone()).filter(|u| !u.is_empty()),
+            url: e.error_file.clone(),
+        };
+        let mut summary = crate::engine::error_files::ErrorSummary::default();
+        // Lines the file does not hold are recorded as a shortfall of their own, so this placeholder can go.
+        let named = self.record_file(e.window, &file, &bytes, now, &mut summary).await?;
         e.state = State::Resolved;
-        e.resolution = "the error file was read: its lines are recorded one by one".into();
+        e.resolution = format!(
+            "the error file was read: its {named} line(s) are recorded one by one{}",
+            if named < e.unnamed_lines {
+                format!(", and the {} it lacks as a shortfall", e.unnamed_lines - named)
+            } else {
+                String::new()
+            }
+        );
         self.save_quietly(&e).await?;
         Ok(format!(
             "Failure ledger: read the error file {} ({} permanent, {} transient, {} benign)",
@@ -309,6 +401,11 @@ impl Engine {
             Err(err) => Err(err.into()),
         }
     }
+}
+
+/// The wait before an entry's next automatic retry: 5 minutes per attempt, at most an hour.
+fn backoff(attempts: i64) -> TimeDelta {
+    TimeDelta::minutes(5 * attempts.clamp(1, 12))
 }
 
 /// Why an operator's request about ledger entries was not carried out.

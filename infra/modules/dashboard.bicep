@@ -67,6 +67,7 @@ var tiles = [
   { x: 0, y: 29, w: 6, h: 4, title: 'Surface check', subtitle: 'Results', whole: false, chart: '', series: '', query: loadTextContent('../dashboard/queries/surface-check.kql') }
   { x: 6, y: 29, w: 6, h: 4, title: 'Deep check', subtitle: 'Results', whole: false, chart: '', series: '', query: loadTextContent('../dashboard/queries/deep-check.kql') }
   { x: 12, y: 29, w: 6, h: 4, title: 'Full check', subtitle: 'Every version compared', whole: false, chart: '', series: '', query: loadTextContent('../dashboard/queries/full-check.kql') }
+  { x: 0, y: 37, w: 18, h: 2, title: 'Progress and ETA', subtitle: 'Versions of the source total, rate over the last hour, hours to caught up', whole: true, chart: '', series: '', query: loadTextContent('../dashboard/queries/progress-and-eta.kql') }
   { x: 0, y: 33, w: 18, h: 4, title: 'Unresolved import failures', subtitle: 'Versions not at the destination (failure ledger)', whole: true, chart: '', series: '', query: loadTextContent('../dashboard/queries/unresolved-import-failures.kql') }
 ]
 

@@ -134,6 +134,7 @@ TILES = [
     (0, 29, 6, 4, "Surface check", "Results", False, "", "", "surface-check"),
     (6, 29, 6, 4, "Deep check", "Results", False, "", "", "deep-check"),
     (12, 29, 6, 4, "Full check", "Every version compared", False, "", "", "full-check"),
+    (0, 37, 18, 2, "Progress and ETA", "Versions of the source total, rate over the last hour, hours to caught up", True, "", "", "progress-and-eta"),
     (0, 33, 18, 4, "Unresolved import failures", "Versions not at the destination (failure ledger)", True, "", "", "unresolved-import-failures"),
 ]
 

@@ -167,7 +167,8 @@ pub fn format_status(s: &MigrationStatus) -> String {
             .map(|pct| format!(" ({pct:.1}% of the time range)"))
             .unwrap_or_default()
     ));
-    if let Some(lag) = s.lag_seconds {
+    // A finished specific run is not "behind": it stopped where it was asked to.
+    if let Some(lag) = s.lag_seconds.filter(|_| p.state != crate::engine::progress::State::Finished) {
         out.push(format!("behind now by:     {}", humanize(lag)));
     }
     out.push(format!("source:            {}", s.source));
@@ -333,6 +334,7 @@ in flight:         nothing";
         ] {
             let text = format_status(&status(progress(state, detail)));
             assert_eq!(text.lines().next(), Some(headline), "{state:?}");
+            assert_eq!(text.contains("behind now by"), state != State::Finished, "{state:?}");
         }
     }
 

@@ -168,7 +168,10 @@ pub fn format_status(s: &MigrationStatus) -> String {
             .unwrap_or_default()
     ));
     // A finished specific run is not "behind": it stopped where it was asked to.
-    if let Some(lag) = s.lag_seconds.filter(|_| p.state != crate::engine::progress::State::Finished) {
+    if let Some(lag) = s
+        .lag_seconds
+        .filter(|_| p.state != crate::engine::progress::State::Finished)
+    {
         out.push(format!("behind now by:     {}", humanize(lag)));
     }
     out.push(format!("source:            {}", s.source));

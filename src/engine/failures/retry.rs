@@ -26,7 +26,8 @@ const BATCH: usize = 1000;
 /// Which entries an operator's request is about.
 #[derive(Debug, Clone)]
 pub enum Selection {
-    /// Every open (permanent) entry.
+    /// Every unresolved entry: the open ones, and those queued for a retry (one whose retry import was lost is
+    /// queued afresh).
     AllOpen,
     /// These row keys (`Patient|p1|3`, as `failures` lists them).
     Keys(Vec<String>),
@@ -60,7 +61,7 @@ impl Engine {
     async fn change(&self, which: &Selection, apply: impl Fn(&mut Entry)) -> Result<usize, RequestError> {
         let entries = self.ledger.list(None).await?;
         let chosen: Vec<Entry> = match which {
-            Selection::AllOpen => entries.into_iter().filter(|e| e.state == State::Open).collect(),
+            Selection::AllOpen => entries.into_iter().filter(|e| e.state.unresolved()).collect(),
             Selection::Keys(keys) => {
                 let by_key: HashMap<&str, &Entry> = entries.iter().map(|e| (e.key.as_str(), e)).collect();
                 let unknown: Vec<&String> = keys

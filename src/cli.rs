@@ -172,7 +172,7 @@ pub fn format_status(s: &MigrationStatus) -> String {
         .lag_seconds
         .filter(|_| p.state != crate::engine::progress::State::Finished)
     {
-        out.push(format!("behind now by:     {}", humanize(lag)));
+        out.push(format!("behind now by:     {}", progress::duration_text(lag)));
     }
     out.push(format!("source:            {}", s.source));
     out.push(format!("destination:       {}", s.destination));
@@ -248,15 +248,6 @@ fn thousands(n: i64) -> String {
     if n < 0 { format!("-{out}") } else { out }
 }
 
-fn humanize(seconds: i64) -> String {
-    match seconds {
-        s if s < 120 => format!("{s} s"),
-        s if s < 7200 => format!("{} min", s / 60),
-        s if s < 172_800 => format!("{} h", s / 3600),
-        s => format!("{} days", s / 86_400),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,7 +296,7 @@ mod tests {
 state:             running — 61.7% done, caught up in about 6 h 22 min
 migrated:          1,234,567 of 2,000,000 versions, 120,000 versions/h over the last hour (source counted 2026-11-30T20:00:00.000Z)
 migrated through:  2026-11-01T00:00:00.000Z (92.0% of the time range)
-behind now by:     29 days
+behind now by:     29 days 0 h
 source:            https://src.azurehealthcareapis.com/
 destination:       https://ws-dst.fhir.azurehealthcareapis.com/
 windows committed: 120

@@ -411,12 +411,7 @@ async fn deid_check(app: &App, config: &str) -> Check {
             "check AZURE_IntegrationStorageUri",
         );
     };
-    let located = app
-        .engine()
-        .error_stores
-        .iter()
-        .find_map(|s| s.locate(&url).map(|(c, n)| (s, c, n)));
-    let Some((store, container, blob)) = located else {
+    let Some((store, container, blob)) = app.engine().locate_blob(&url) else {
         return skip(
             name,
             "the export account is not readable with the tool's storage access",

@@ -241,6 +241,14 @@ impl Engine {
         self
     }
 
+    /// The store (of those the tool knows) holding the blob at `url`, with its container and name; `None` for a
+    /// URL on another account.
+    pub(crate) fn locate_blob(&self, url: &url::Url) -> Option<(&BlobStore, String, String)> {
+        self.error_stores
+            .iter()
+            .find_map(|s| s.locate(url).map(|(container, name)| (s, container, name)))
+    }
+
     /// The engine's fail points (tests arm them to simulate crashes).
     #[cfg(feature = "fail-points")]
     pub fn fail_points(&self) -> &FailPoints {

@@ -242,14 +242,12 @@ impl Engine {
         mut manifest: crate::fhir::wire::ExportManifest,
     ) -> Result<crate::fhir::wire::ExportManifest, String> {
         use futures::{StreamExt, TryStreamExt, stream};
-        let stores = &self.error_stores;
         // Owned URLs: the futures must be `Send` for any caller, which borrowed items would not allow.
         let urls: Vec<String> = manifest.output.iter().map(|f| f.url.clone()).collect();
         let etags: Vec<Option<String>> = stream::iter(urls)
             .map(|url| async move {
                 let parsed = url::Url::parse(&url).map_err(|e| format!("export file URL {url}: {e}"))?;
-                let Some((store, (container, name))) = stores.iter().find_map(|s| s.locate(&parsed).map(|l| (s, l)))
-                else {
+                let Some((store, container, name)) = self.locate_blob(&parsed) else {
                     tracing::warn!("export file {container_url} is on a storage account the tool does not know; imported without an ETag", container_url = crate::fhir::client::redact(&parsed));
                     return Ok(None);
                 };

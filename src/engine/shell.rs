@@ -176,7 +176,7 @@ impl<P: Ports> Shell<'_, P> {
                 }
                 Action::CopySearchParameters => {
                     facts.search_parameters_tried = true;
-                    let clock = source_now.map_or(now, |s| s.min(now));
+                    let clock = ctx.clock();
                     self.copy_search_parameters(&mut snapshot, &mut report, now, clock)
                         .await?;
                 }

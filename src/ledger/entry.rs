@@ -176,8 +176,9 @@ pub struct Entry {
 }
 
 /// A key part: characters Table storage refuses in keys (`/ \ # ?`, control characters), the separator `|`,
-/// `%`, `,` (the list separator of `--ids`) and spaces as `%XX`, at most 300 characters.
-pub fn key_part(value: &str) -> String {
+/// `%`, `,` (the list separator of `--ids`) and spaces as `%XX`; cut at about `max` characters (a key is at
+/// most 1 KiB).
+pub fn key_part(value: &str, max: usize) -> String {
     let mut out = String::new();
     for c in value.chars() {
         if c.is_control() || matches!(c, '/' | '\\' | '#' | '?' | '|' | '%' | ',' | ' ' | '\'') {
@@ -188,7 +189,7 @@ pub fn key_part(value: &str) -> String {
         } else {
             out.push(c);
         }
-        if out.len() >= 300 {
+        if out.len() >= max {
             out.push('~');
             break;
         }
@@ -204,7 +205,12 @@ impl Entry {
     /// line holds (an invalid id with `/`, `#` or control characters, a very long value) still makes a valid
     /// Table storage key.
     pub fn key_of(resource_type: &str, id: &str, version_id: &str) -> String {
-        format!("{}|{}|{}", key_part(resource_type), key_part(id), key_part(version_id))
+        format!(
+            "{}|{}|{}",
+            key_part(resource_type, 300),
+            key_part(id, 300),
+            key_part(version_id, 300)
+        )
     }
 
     pub fn to_entity(&self, partition: &str) -> Result<Entity, TableError> {

@@ -19,7 +19,7 @@
 mod entry;
 pub mod locate;
 
-pub use entry::{Class, Entry, Kind, State, Summary};
+pub use entry::{Class, Entry, Kind, State, Summary, key_part};
 
 use crate::storage::tables::{TableClient, TableError, filter};
 

@@ -7,6 +7,18 @@ use serde_json::Value;
 
 use crate::migration::{assert_same, seed, stack, stack_on};
 
+/// `run` driving the timers every second until caught up, stopping after four minutes in any case.
+const RUN_UNTIL_CAUGHT_UP: [&str; 8] = [
+    "run",
+    "--until-caught-up",
+    "--poll-every",
+    "1",
+    "--starter-every",
+    "1",
+    "--max-seconds",
+    "240",
+];
+
 fn cli(stack: &crate::migration::Stack, args: &[&str]) -> std::process::Output {
     cli_with(stack, args, &[])
 }
@@ -52,21 +64,7 @@ async fn plan_run_and_status_drive_a_migration_without_a_host() {
     assert_eq!(plan[0]["till"], plan[1]["since"], "windows chain without gaps");
 
     // `run` blocks until caught up: wait for it off the runtime's workers so the emulators keep serving.
-    let out = tokio::task::block_in_place(|| {
-        cli(
-            &stack,
-            &[
-                "run",
-                "--until-caught-up",
-                "--poll-every",
-                "1",
-                "--starter-every",
-                "1",
-                "--max-seconds",
-                "240",
-            ],
-        )
-    });
+    let out = tokio::task::block_in_place(|| cli(&stack, &RUN_UNTIL_CAUGHT_UP));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert!(
@@ -329,17 +327,7 @@ async fn run_stops_at_max_seconds() {
 async fn run_rides_out_a_storage_outage() {
     let mut stack = stack_on(fhir_testkit::Azurite::start_persistent().await.unwrap(), &[]).await;
     seed(&stack, 300, 9);
-    let args = [
-        "run",
-        "--until-caught-up",
-        "--poll-every",
-        "1",
-        "--starter-every",
-        "1",
-        "--max-seconds",
-        "300",
-    ];
-    let child = command(&stack, &args, &[])
+    let child = command(&stack, &RUN_UNTIL_CAUGHT_UP, &[])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

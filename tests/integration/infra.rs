@@ -8,24 +8,10 @@ use std::process::Command;
 
 use fhir_migration_tool::config::{Settings, SettingsSource};
 
-use crate::support::python_tools;
+use crate::support::run_python;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Runs a Python checker; a missing module means the tools were never installed, which says how to fix it.
-fn run_python(args: &[&std::ffi::OsStr]) -> (bool, String) {
-    let out = Command::new(python_tools())
-        .args(args)
-        .output()
-        .expect("the tools' Python runs");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !text.contains("No module named"),
-        "the template checkers are missing: run ./scripts/test, which installs them into target/py-tools\n{text}"
-    );
-    (out.status.success(), text)
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) {

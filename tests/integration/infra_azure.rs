@@ -4,28 +4,20 @@
 //! dependsOn edge Bicep infers. Each check is shown to catch its fault by breaking a copy once.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_json::{Value, json};
 
-use crate::support::{python_tools, unique_name};
+use crate::support::{run_python, unique_name};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 fn checker(args: &[&Path]) -> (bool, String) {
-    let out = Command::new(python_tools())
-        .arg(root().join("infra/tools/check_azure_types.py"))
-        .args(args)
-        .output()
-        .expect("the tools' Python runs");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !text.contains("No module named"),
-        "the template checkers are missing: run ./scripts/test, which installs them into target/py-tools\n{text}"
-    );
-    (out.status.success(), text)
+    let script = root().join("infra/tools/check_azure_types.py");
+    let mut all = vec![script.as_os_str()];
+    all.extend(args.iter().map(|a| a.as_os_str()));
+    run_python(&all)
 }
 
 fn main_json() -> Value {

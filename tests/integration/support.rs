@@ -72,3 +72,18 @@ pub fn python_tools() -> std::path::PathBuf {
     );
     venv
 }
+
+/// Runs a script with the tools' Python; a missing module means the tools were never installed, which says how
+/// to fix it. Whether it succeeded, and its output.
+pub fn run_python(args: &[&std::ffi::OsStr]) -> (bool, String) {
+    let out = std::process::Command::new(python_tools())
+        .args(args)
+        .output()
+        .expect("the tools' Python runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !text.contains("No module named"),
+        "the template checkers are missing: run ./scripts/test, which installs them into target/py-tools\n{text}"
+    );
+    (out.status.success(), text)
+}

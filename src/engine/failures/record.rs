@@ -77,13 +77,16 @@ impl Engine {
         let named = failed.len() as u64;
         let entries: Vec<Entry> = stream::iter(failed)
             .map(|f| async move {
-                if let Some(old) = self.ledger.get(&f.entry.key).await?
+                // Read once: a line recorded from this very file is not decided again, and the row read is what
+                // the write is guarded by.
+                let stored = self.ledger.get(&f.entry.key).await?;
+                if let Some(old) = &stored
                     && old.error_file == f.entry.error_file
                 {
-                    return Ok(old);
+                    return Ok(old.clone());
                 }
                 let entry = self.classify(f.entry, f.input.as_ref(), now).await?;
-                self.upsert(entry, now).await
+                self.upsert_over(entry, stored, now).await
             })
             .buffered(AT_ONCE)
             .try_collect()
@@ -107,10 +110,7 @@ impl Engine {
     /// Reads a blob by URL from an account the tool knows; `None` when it cannot (logged).
     pub(crate) async fn read_blob(&self, url: &str) -> Option<Vec<u8>> {
         let parsed = url::Url::parse(url).ok()?;
-        let (store, (container, name)) = self
-            .error_stores
-            .iter()
-            .find_map(|s| s.locate(&parsed).map(|loc| (s, loc)))?;
+        let (store, container, name) = self.locate_blob(&parsed)?;
         match store.get(&container, &name).await {
             Ok(Some(b)) if b.len() <= MAX_FILE_BYTES => Some(b),
             Ok(Some(_)) => {
@@ -188,8 +188,18 @@ impl Engine {
     /// Writes an entry: a new one as it is; over an existing one, a failure from another error file is one
     /// more attempt, the same file again changes nothing (a re-read after a crash). Returns what is stored.
     async fn upsert(&self, fresh: Entry, now: DateTime<Utc>) -> Result<Entry, EngineError> {
+        let stored = self.ledger.get(&fresh.key).await?;
+        self.upsert_over(fresh, stored, now).await
+    }
+
+    /// [`Engine::upsert`] over the row as already read; a lost race reads it again.
+    async fn upsert_over(
+        &self,
+        fresh: Entry,
+        mut stored: Option<Entry>,
+        now: DateTime<Utc>,
+    ) -> Result<Entry, EngineError> {
         loop {
-            let stored = self.ledger.get(&fresh.key).await?;
             let entry = match &stored {
                 None => fresh.clone(),
                 Some(old) if old.error_file == fresh.error_file => return Ok(old.clone()),
@@ -218,7 +228,9 @@ impl Engine {
                     return Ok(entry);
                 }
                 // Another invocation wrote it meanwhile: read again and decide again.
-                Err(TableError::Conflict { .. } | TableError::AlreadyExists { .. }) => continue,
+                Err(TableError::Conflict { .. } | TableError::AlreadyExists { .. }) => {
+                    stored = self.ledger.get(&fresh.key).await?;
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -257,23 +269,12 @@ fn without_server_meta(resource: &Value) -> Value {
     v
 }
 
-/// A row key naming a file position: the URL with the characters row keys refuse replaced.
+/// A row key naming a file position: the file's URL escaped as any key part is.
 fn file_key(prefix: &str, url: &str, rest: &str) -> String {
-    let safe: String = url
-        .chars()
-        .map(|c| {
-            if matches!(c, '/' | '\\' | '#' | '?') || c.is_control() {
-                '_'
-            } else {
-                c
-            }
-        })
-        .take(600)
-        .collect();
-    format!("{prefix}|{safe}{rest}")
+    format!("{prefix}|{}{rest}", crate::ledger::key_part(url, 700))
 }
 
-fn same_instant(a: &Value, b: &Value) -> bool {
+pub(super) fn same_instant(a: &Value, b: &Value) -> bool {
     let ms = |v: &Value| {
         v.as_str()
             .and_then(|t| DateTime::parse_from_rfc3339(t).ok())

@@ -191,9 +191,9 @@ impl Engine {
             return Ok("Failure ledger: nothing could be retried (see `failures`)".into());
         };
         // Next to the export files, on the account the destination imports from.
-        let Some((store, (container, _))) = url::Url::parse(&first.input_file)
+        let Some((store, container, _)) = url::Url::parse(&first.input_file)
             .ok()
-            .and_then(|u| self.error_stores.iter().find_map(|s| s.locate(&u).map(|loc| (s, loc))))
+            .and_then(|u| self.locate_blob(&u))
         else {
             return Ok("Failure ledger: the export account is not one the tool can write to".into());
         };
@@ -319,13 +319,7 @@ impl Engine {
         Ok(
             match self.destination.vread(&e.resource_type, &e.id, &e.version_id).await? {
                 crate::fhir::VersionRead::Found(stored) => {
-                    let ms = |t: &str| {
-                        chrono::DateTime::parse_from_rfc3339(t)
-                            .ok()
-                            .map(|t| t.timestamp_millis())
-                    };
-                    ms(stored["meta"]["lastUpdated"].as_str().unwrap_or_default()).is_some()
-                        && ms(stored["meta"]["lastUpdated"].as_str().unwrap_or_default()) == ms(&e.last_updated)
+                    super::record::same_instant(&stored["meta"]["lastUpdated"], &Value::String(e.last_updated.clone()))
                 }
                 _ => false,
             },

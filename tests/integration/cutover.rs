@@ -7,6 +7,16 @@ use fhir_migration_tool::cutover::{Options, cutover};
 
 use crate::migration::{run_to_completion, seed, stack};
 
+/// The final check as an operator runs it, with a short quiet period and a generous timeout.
+pub fn final_check() -> Options {
+    Options {
+        final_check: true,
+        quiet: Duration::from_secs(2),
+        timeout: Duration::from_secs(120),
+        poll: Duration::from_millis(200),
+    }
+}
+
 #[tokio::test]
 async fn not_ready_while_the_source_is_written_and_ready_after() {
     let stack = stack(&[("AZURE_SafetyLagSeconds", "1"), ("AZURE_ExportConfirmSeconds", "0")]).await;
@@ -62,12 +72,7 @@ async fn not_ready_while_the_source_is_written_and_ready_after() {
     let _ = stop.send(());
     let writes = writer.await.unwrap();
     assert!(writes.created > 0);
-    let quiet = Options {
-        final_check: true,
-        quiet: Duration::from_secs(2),
-        timeout: Duration::from_secs(120),
-        poll: Duration::from_millis(200),
-    };
+    let quiet = final_check();
     let skipped = || {
         stack
             .telemetry
@@ -145,17 +150,7 @@ async fn a_deidentified_migration_is_ready_with_content_not_comparable_and_real_
     assert_eq!(raw.differences[0].id, "overflow-decimal");
 
     let app = &stack._app;
-    let report = cutover(
-        app,
-        &Options {
-            final_check: true,
-            quiet: Duration::from_secs(2),
-            timeout: Duration::from_secs(120),
-            poll: Duration::from_millis(200),
-        },
-    )
-    .await
-    .unwrap();
+    let report = cutover(app, &final_check()).await.unwrap();
     assert!(report.ready, "{report:?}");
     assert_eq!(report.full_check_passed, Some(true));
     assert_eq!(report.content.as_deref(), Some(NOT_COMPARABLE));
@@ -293,17 +288,7 @@ async fn a_deidentified_migration_is_ready_with_content_not_comparable_and_real_
         "{:?}",
         d.rows.iter().filter(|r| r.result != "Pass").collect::<Vec<_>>()
     );
-    let report = cutover(
-        app,
-        &Options {
-            final_check: true,
-            quiet: Duration::from_secs(2),
-            timeout: Duration::from_secs(120),
-            poll: Duration::from_millis(200),
-        },
-    )
-    .await
-    .unwrap();
+    let report = cutover(app, &final_check()).await.unwrap();
     assert!(!report.ready, "{report:?}");
     assert!(
         report

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{TimeDelta, Utc};
 use fhir_emulator::seed::load_into;
-use fhir_migration_tool::cutover::{Options, cutover};
+use fhir_migration_tool::cutover::cutover;
 use fhir_migration_tool::engine::failures::Selection;
 use fhir_migration_tool::fhir::wire::ImportErrorFile;
 use fhir_migration_tool::ledger::{Class, Kind, State};
@@ -214,12 +214,7 @@ async fn a_conflict_blocks_cut_over_until_it_is_fixed_and_retried() {
         checked.text
     );
 
-    let final_check = Options {
-        final_check: true,
-        quiet: Duration::from_secs(2),
-        timeout: Duration::from_secs(120),
-        poll: Duration::from_millis(200),
-    };
+    let final_check = crate::cutover::final_check();
     let report = cutover(&stack._app, &final_check).await.unwrap();
     assert!(!report.ready, "{report:?}");
     assert!(

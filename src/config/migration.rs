@@ -146,12 +146,17 @@ pub struct MigrationSettings {
     pub developer_credential: bool,
     /// `AZURE_SafetyLagSeconds`: windows never end later than now minus this (late commits are not missed).
     pub safety_lag: TimeDelta,
-    /// `AZURE_ExportTillInclusive` (`auto`, `true`, `false`): whether the source's `$export` treats `_till` as
-    /// inclusive. Azure API for FHIR (and any non-parallel export) searches `_lastUpdated=le<till>`, AHDS's
-    /// parallel system export takes `[since, till)` (reference §3.1). When inclusive, the tool sends `_till`
-    /// one millisecond earlier, so every window is exactly `[since, till)`. `auto`: inclusive for an Azure API
-    /// for FHIR host (`*.azurehealthcareapis.com`, not `*.fhir.azurehealthcareapis.com`).
+    /// `AZURE_ExportTillInclusive` (`auto`, `true`, `false`): how the source's `$export` reads `_till` on a
+    /// window boundary whose millisecond holds versions. Windows end on an empty millisecond whenever one is
+    /// near (then both readings export the same set and this is not used); otherwise `_till` is sent one
+    /// millisecond early when inclusive. The same server can answer either way (reference §11.9: AHDS falls
+    /// back to the inclusive search path), so under `auto` this is only the first guess (inclusive for an
+    /// Azure API for FHIR host) and the export's count corrects it; `true`/`false` fix it (see
+    /// [`MigrationSettings::export_till_fixed`]).
     pub export_till_inclusive: bool,
+    /// The operator set `AZURE_ExportTillInclusive` explicitly: a manifest that disagrees with it fails the
+    /// window (and halts it when it repeats) instead of the reading being corrected.
+    pub export_till_fixed: bool,
     /// `AZURE_CountIntervalMinutes` (default 15, 0: every time): how long whole-server counts for the `Import`
     /// events are reused. They are counted afresh when an import completes.
     pub count_interval: TimeDelta,
@@ -303,6 +308,9 @@ impl MigrationSettings {
                     false
                 }
             },
+            export_till_fixed: !source
+                .get_or("AZURE_ExportTillInclusive", "auto")
+                .eq_ignore_ascii_case("auto"),
             overlap_exports: p.flag(&["AZURE_OverlapExports"], true),
             windows_in_flight: 1,
             import_error_policy,

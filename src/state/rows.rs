@@ -200,6 +200,15 @@ pub struct Job {
     /// `SplitLevel`: how many times an operator's clear asked for a smaller plan; each level halves the
     /// window's parts and its payloads' processing units.
     pub split_level: i64,
+    /// `PlannedVersions`: what the source held in `[since, till)` when this part was counted (`None`: not yet;
+    /// counted before the kick-off). The export's manifest is checked against it.
+    pub planned_versions: Option<i64>,
+    /// `BoundaryVersions`: versions on the millisecond `till` itself. `Some(0)`, an empty boundary, exports the
+    /// same set under either reading of `_till` (reference §11.9); `None`: not counted yet.
+    pub boundary_versions: Option<i64>,
+    /// `TillEarly`: `_till` is sent one millisecond early, because the source reads it inclusively (only used
+    /// when the boundary holds versions).
+    pub till_early: bool,
     pub etag: Option<ETag>,
 }
 
@@ -418,6 +427,9 @@ impl Job {
             failure_streak: 0,
             deferrals: 0,
             split_level: 0,
+            planned_versions: None,
+            boundary_versions: None,
+            till_early: false,
             etag: None,
         }
     }
@@ -454,7 +466,14 @@ impl Job {
         opt_time(&mut e, "RemainderTill", self.remainder_till);
         e.set_i64("FailureStreak", self.failure_streak)
             .set_i64("Deferrals", self.deferrals)
-            .set_i64("SplitLevel", self.split_level);
+            .set_i64("SplitLevel", self.split_level)
+            .set_bool("TillEarly", self.till_early);
+        if let Some(n) = self.planned_versions {
+            e.set_i64("PlannedVersions", n);
+        }
+        if let Some(n) = self.boundary_versions {
+            e.set_i64("BoundaryVersions", n);
+        }
         Ok(e)
     }
 
@@ -486,6 +505,9 @@ impl Job {
             failure_streak: e.get_i64("FailureStreak").unwrap_or(0),
             deferrals: e.get_i64("Deferrals").unwrap_or(0),
             split_level: e.get_i64("SplitLevel").unwrap_or(0),
+            planned_versions: e.get_i64("PlannedVersions"),
+            boundary_versions: e.get_i64("BoundaryVersions"),
+            till_early: e.get_bool("TillEarly").unwrap_or(false),
             etag: e.etag().cloned(),
         })
     }

@@ -147,6 +147,11 @@ pub const EVENTS: &[EventSpec] = &[
         properties: &["Since", "Till", "Reason"],
         added: true,
     },
+    EventSpec {
+        name: "ExportBoundary",
+        properties: &["ExportId", "Since", "Till", "TillEarly", "Reason"],
+        added: true,
+    },
 ];
 
 /// Properties whose values are a fixed set (dashboards and alerts compare against them).

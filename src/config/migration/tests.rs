@@ -198,6 +198,11 @@ fn an_inclusive_till_is_detected_from_the_source_host_or_set() {
     ];
     assert!(parse(&forced).unwrap().export_till_inclusive);
     assert!(
+        parse(&forced).unwrap().export_till_fixed,
+        "an explicit value is never corrected"
+    );
+    assert!(!parse(&ahds).unwrap().export_till_fixed, "auto is only a first guess");
+    assert!(
         !parse(&[("AZURE_ExportTillInclusive", "false")])
             .unwrap()
             .export_till_inclusive

@@ -2,6 +2,7 @@
 //! manifest, its failures (retried, or halted when they repeat) and its parts when it was split.
 
 use super::flow::{payload_container, write_job};
+use super::plan;
 use super::rules::{self, IDENTICAL_FAILURES_TO_HALT, Verdict, WindowPhase, window_phase};
 use super::{Action, Claim, Context, ExportPoll, Facts, Mark, Notes, Snapshot, Write};
 use crate::fhir::format_instant;
@@ -43,14 +44,44 @@ pub fn kick_offs(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Option<Op
     // crash, or a requested wait that has passed) is kicked off; anything else under way waits.
     if let Some(job) = snapshot.jobs.iter().find(planned_or_exporting) {
         let free = window_phase(job) == WindowPhase::Planned && job.lease_until.is_none_or(|l| l < ctx.now);
-        return Some(free.then(|| claim_export(ctx, job, job.attempt > 0 && job.lease_until.is_some())));
+        if !free {
+            return Some(None);
+        }
+        return Some(Some(claim_counted(
+            ctx,
+            facts,
+            job,
+            job.attempt > 0 && job.lease_until.is_some(),
+        )));
     }
     // A failed window is exported again before anything new.
     snapshot
         .jobs
         .iter()
         .find(|j| window_phase(j) == WindowPhase::Failed)
-        .map(|job| Some(claim_export(ctx, job, false)))
+        .map(|job| Some(claim_counted(ctx, facts, job, false)))
+}
+
+/// Claims a kick-off once the part's counts are known: a part made by a split, or one whose count must be
+/// taken again, is counted first (what it holds, and what lies on its end millisecond), so its manifest can be
+/// checked.
+fn claim_counted(ctx: &Context, facts: &Facts, job: &Job, repair: bool) -> Action {
+    if job.planned_versions.is_some() && job.boundary_versions.is_some() {
+        return claim_export(ctx, job, repair);
+    }
+    let scope = (!job.resource_type.is_empty()).then_some(job.resource_type.as_str());
+    let one_ms = chrono::TimeDelta::milliseconds(1);
+    let counted = plan::count(facts, scope, job.since, job.till)
+        .and_then(|n| Ok((n, plan::count(facts, scope, job.till, job.till + one_ms)?)));
+    match counted {
+        Ok((n, on_end)) => {
+            let mut counted = job.clone();
+            counted.planned_versions = Some(n as i64);
+            counted.boundary_versions = Some(on_end as i64);
+            claim_export(ctx, &counted, repair)
+        }
+        Err(missing) => missing.into(),
+    }
 }
 
 /// A window row as it is before a kick-off: no export, no payloads, nothing imported.
@@ -112,9 +143,10 @@ pub fn export_query(ctx: &Context, job: &Job) -> String {
         q.push(format!("includeAssociatedData={assoc}"));
     }
     q.push(format!("_since={}", enc(&format_instant(job.since))));
-    // Exactly [since, till): on a source whose `_till` is inclusive, the last millisecond belongs to the next
-    // window (instants are whole milliseconds, so `le till − 1 ms` is `lt till`).
-    let till = if ctx.settings.export_till_inclusive {
+    // Exactly [since, till). An empty end millisecond makes both readings of `_till` agree, so it is sent as it
+    // is; on an occupied one, a source that reads `_till` inclusively (to the end of that millisecond,
+    // reference §11.9) is sent the millisecond before.
+    let till = if job.boundary_versions != Some(0) && job.till_early {
         job.till - chrono::TimeDelta::milliseconds(1)
     } else {
         job.till
@@ -174,6 +206,8 @@ fn split_too_large(job: &Job, reason: String, handled: Mark) -> Action {
     let mut split = job.clone();
     split.remainder_till = Some(job.remainder_till.unwrap_or(job.till));
     split.till = mid;
+    split.planned_versions = None;
+    split.boundary_versions = None;
     split.export_status = ExportStatus::Starting;
     split.lease_until = None;
     split.failure_reason = reason.clone();
@@ -355,6 +389,9 @@ fn exported(
         return fail_window(job, reason, Failure::Transient, handled);
     }
     let total: u64 = manifest.output.iter().map(|f| f.count).sum();
+    if let Some(action) = super::boundaries::check_manifest(ctx, job, total as i64, &handled) {
+        return action;
+    }
     let (search_parameters, mut files): (Vec<ExportFile>, Vec<ExportFile>) = manifest
         .output
         .iter()
@@ -455,6 +492,8 @@ pub(super) fn next_part_or_done(ctx: &Context, mut job: Job) -> Job {
     job.since = job.till;
     job.till = till;
     job.remainder_till = (till < end).then_some(end);
+    job.planned_versions = None;
+    job.boundary_versions = None;
     ready_to_export(&mut job);
     job.failure_streak = 0;
     job.end_time = None;

@@ -11,6 +11,7 @@
 //! [`exports`] (kick-offs, export polls, payloads from the manifest), [`imports`] (POSTs, import polls, a
 //! window's verdict), [`imported`] (a finished import's record), [`flow`] (what both share).
 
+pub mod boundaries;
 pub mod exports;
 pub mod flow;
 pub mod imported;

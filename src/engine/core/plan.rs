@@ -162,7 +162,7 @@ fn repair_cursor(ctx: &Context, cursor: &Cursor, row: &Job) -> Action {
 }
 
 /// A fact planning needs and this tick does not have yet.
-enum Missing {
+pub(super) enum Missing {
     Count(CountKey),
     Oldest,
 }
@@ -204,7 +204,7 @@ fn window_start(ctx: &Context, cursor: &Cursor, facts: &Facts) -> Result<DateTim
 }
 
 /// The count of `[since, till)` from the facts.
-fn count(
+pub(super) fn count(
     facts: &Facts,
     resource_type: Option<&str>,
     since: DateTime<Utc>,
@@ -229,6 +229,59 @@ fn sized(
             _ => return Ok((till, n)),
         }
     }
+}
+
+/// How far before a planned window end the tool looks for an empty millisecond, nearest first.
+const BOUNDARY_STEPS_MS: [i64; 7] = [0, 1, 2, 5, 10, 50, 100];
+
+/// Where a window from `since` planned to end at `till` ends instead, and how many versions lie on that end
+/// millisecond. A window that ends on a millisecond holding no version exports the same set whether the source
+/// reads `_till` as exclusive (AHDS's parallel path) or as inclusive to the end of that millisecond (Azure API
+/// for FHIR, and AHDS's fallback path: reference §11.9), so the first empty millisecond at or up to 100 ms
+/// before `till` (and after `since`) is taken, each checked with a count of `[ms, ms + 1 ms)`. When every one
+/// holds versions, `till` stays and the export's count decides the reading (see `exports`).
+pub(super) fn boundary(
+    facts: &Facts,
+    resource_type: Option<&str>,
+    since: DateTime<Utc>,
+    till: DateTime<Utc>,
+) -> Result<(DateTime<Utc>, i64), Missing> {
+    let ms = chrono::TimeDelta::milliseconds;
+    for step in BOUNDARY_STEPS_MS {
+        let at = till - ms(step);
+        if at <= since {
+            break;
+        }
+        // A count over every type that found it empty answers for each type too.
+        let empty_for_all = facts.counts.get(&(None, at, at + ms(1))) == Some(&0);
+        if empty_for_all || count(facts, resource_type, at, at + ms(1))? == 0 {
+            return Ok((at, 0));
+        }
+    }
+    Ok((till, count(facts, resource_type, till, till + ms(1))? as i64))
+}
+
+/// A planned window `[since, c)` holding `n`, moved to an exact boundary: the row to insert.
+fn planned_job(
+    ctx: &Context,
+    facts: &Facts,
+    seq: i64,
+    resource_type: &str,
+    since: DateTime<Utc>,
+    (c, n): (DateTime<Utc>, u64),
+) -> Result<Job, Missing> {
+    let scope = (!resource_type.is_empty()).then_some(resource_type);
+    let (till, on_end) = boundary(facts, scope, since, c)?;
+    let planned = if till == c {
+        n
+    } else {
+        count(facts, scope, since, till)?
+    };
+    let mut job = Job::planned(seq, since, till, resource_type);
+    job.planned_versions = Some(planned as i64);
+    job.boundary_versions = Some(on_end);
+    job.till_early = ctx.settings.export_till_inclusive;
+    Ok(job)
 }
 
 fn plan_window(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Option<Action> {
@@ -275,13 +328,17 @@ fn plan_window(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Option<Acti
             notes,
         });
     }
-    let job = Job::planned(cursor.next_job, since, till, "");
+    let job = match planned_job(ctx, facts, cursor.next_job, "", since, (till, n)) {
+        Ok(job) => job,
+        Err(missing) => return Some(missing.into()),
+    };
     Some(Action::Write {
         notes: Notes::line(format!(
-            "Planned window {}: {} to {} ({n} resources)",
+            "Planned window {}: {} to {} ({} resources)",
             job.seq,
             format_instant(since),
-            format_instant(till)
+            format_instant(job.till),
+            job.planned_versions.unwrap_or_default()
         ))
         .fail_point("planned-job"),
         write: Write::InsertJob(job),
@@ -306,7 +363,11 @@ fn plan_per_type(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Option<Ac
             if till <= since {
                 return None;
             }
-            (since, till)
+            // The window's end serves every type: an empty millisecond for all of them when one is near.
+            match boundary(facts, None, since, till) {
+                Ok((till, _)) => (since, till),
+                Err(missing) => return Some(missing.into()),
+            }
         }
     };
     let types = &ctx.settings.resource_types;
@@ -338,11 +399,15 @@ fn plan_per_type(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Option<Ac
         if !empty.is_empty() {
             return Some(record_empty_types(cursor, window_since, window_till, &empty));
         }
-        let (end, n) = match sized(ctx, facts, Some(resource_type), start, window_till) {
+        let sized = match sized(ctx, facts, Some(resource_type), start, window_till) {
             Ok(sized) => sized,
             Err(missing) => return Some(missing.into()),
         };
-        let mut job = Job::planned(cursor.next_job, start, end, resource_type);
+        let mut job = match planned_job(ctx, facts, cursor.next_job, resource_type, start, sized) {
+            Ok(job) => job,
+            Err(missing) => return Some(missing.into()),
+        };
+        let (end, n) = (job.till, job.planned_versions.unwrap_or_default());
         job.window_since = Some(window_since);
         job.window_till = Some(window_till);
         job.type_index = types.iter().position(|t| t == resource_type).unwrap_or(0) as i64;
@@ -469,6 +534,8 @@ pub fn clear_halts(snapshot: &Snapshot) -> Vec<(Write, String)> {
             if let Some(mid) = planner::halve(job.since, job.till) {
                 j.remainder_till = Some(job.remainder_till.unwrap_or(job.till));
                 j.till = mid;
+                j.planned_versions = None;
+                j.boundary_versions = None;
             }
         }
         if j != *job {

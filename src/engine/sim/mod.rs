@@ -9,6 +9,7 @@ mod ports;
 mod tests;
 pub mod world;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -123,6 +124,84 @@ impl Sim {
             violations: Arc::new(Mutex::new(Vec::new())),
             ticks: 0,
         }
+    }
+
+    /// Makes the source behave like a live one: versions on the one-day window edges (on the edge millisecond
+    /// and one either side: the edges of whole-day windows from the oldest version), a run of 310 consecutive
+    /// occupied milliseconds up to the second edge (no empty one near enough, so the export's count must decide), `writes` versions written while the migration runs (new
+    /// resources and new versions of old ones, some on one millisecond), a tenth of them visible only up to 200 s
+    /// after their lastUpdated (late commits inside the safety lag, reference §11.10), and each `_till` reading
+    /// chosen by the seed per request kind, with AHDS's inclusive fallback on some parallel exports (§11.9).
+    pub fn live_source(&mut self, writes: u32) {
+        let mut w = self.world.lock().unwrap_or_else(|p| p.into_inner());
+        let day = TimeDelta::days(1).num_milliseconds();
+        let first = w
+            .source
+            .iter()
+            .map(|v| v.at_ms)
+            .min()
+            .unwrap_or(t0().timestamp_millis() - 3 * day);
+        let mut next = 60_000u32;
+        let mut add = |w: &mut World, at_ms: i64| {
+            w.source.push(Version {
+                resource: next,
+                version: 1,
+                at_ms,
+            });
+            next += 1;
+        };
+        for k in 1..=3 {
+            for d in [-1, 0, 0, 1] {
+                add(&mut w, first + k * day + d);
+            }
+        }
+        for d in -300..10 {
+            add(&mut w, first + 2 * day + d);
+        }
+        let start = t0().timestamp_millis();
+        let mut last: HashMap<u32, (u32, i64)> = HashMap::new();
+        for v in &w.source {
+            let e = last.entry(v.resource).or_insert((v.version, v.at_ms));
+            *e = (e.0.max(v.version), e.1.max(v.at_ms));
+        }
+        for i in 0..writes {
+            let at_ms = start + self.rng.below(3 * 3_600_000) as i64;
+            let existing = self.rng.chance(50).then(|| self.rng.below(40) as u32);
+            let version = match existing.and_then(|r| last.get(&r).map(|l| (r, *l))) {
+                Some((r, (n, at))) if at < at_ms => {
+                    last.insert(r, (n + 1, at_ms));
+                    Version {
+                        resource: r,
+                        version: n + 1,
+                        at_ms,
+                    }
+                }
+                _ => {
+                    let r = 70_000 + i;
+                    // Every fifth new resource shares the millisecond of the one before.
+                    let at_ms = if i % 5 == 4 {
+                        w.source.last().map_or(at_ms, |v| v.at_ms.max(start))
+                    } else {
+                        at_ms
+                    };
+                    Version {
+                        resource: r,
+                        version: 1,
+                        at_ms,
+                    }
+                }
+            };
+            if self.rng.chance(10) {
+                let delay = 1 + self.rng.below(200_000) as i64;
+                w.late.insert(version, version.at_ms + delay);
+            }
+            w.source.push(version);
+        }
+        w.source.sort();
+        w.source.dedup();
+        w.till_inclusive_parallel = self.rng.chance(30);
+        w.till_inclusive_typed = self.rng.chance(50);
+        w.inclusive_fallback = [0, 10, 50][self.rng.below(3) as usize];
     }
 
     pub fn world(&self) -> std::sync::MutexGuard<'_, World> {

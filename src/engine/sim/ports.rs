@@ -148,6 +148,23 @@ impl SimPorts {
         if new.committed_job < old.committed_job {
             self.violate("the committed window count went down".into());
         }
+        // What lies below the cursor is at the destination: every version with a lastUpdated before it (late
+        // commits included: they become visible within the safety lag, before a window can end after them).
+        if let Some(since) = new.since
+            && old.since != new.since
+        {
+            let below = since.timestamp_millis();
+            let from = new.first_since.map_or(i64::MIN, |f| f.timestamp_millis());
+            if let Some(v) = w
+                .source
+                .iter()
+                .find(|v| (from..below).contains(&v.at_ms) && !w.destination.contains(v))
+            {
+                self.violate(format!(
+                    "the cursor moved to {since} while version {v:?} below it is not at the destination"
+                ));
+            }
+        }
         for seq in old.committed_job..new.committed_job {
             let Some((job, _)) = w.jobs.get(&seq) else {
                 self.violate(format!("window {seq} committed without a row"));
@@ -309,6 +326,9 @@ impl Ports for SimPorts {
 
     async fn post(&self, body: &serde_json::Value) -> Answer {
         self.enter().await;
+        if let Some(problem) = self.world().outside_its_window(body) {
+            self.violate(problem);
+        }
         let answer = self.world().post(body);
         self.leave().await;
         answer

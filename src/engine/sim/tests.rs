@@ -45,6 +45,7 @@ fn seeded_schedules_with_crashes_two_shells_and_server_faults_lose_nothing() {
             seed as u32 % 5,
             stormy(),
         );
+        sim.live_source(40);
         sim.crash_rate = 20;
         sim.two_shells = seed % 3 != 0;
         if let Err(e) = sim.run(250, 3_000) {
@@ -73,6 +74,7 @@ fn per_type_mode_survives_the_same_schedules() {
             0,
             stormy(),
         );
+        sim.live_source(30);
         sim.crash_rate = 15;
         sim.two_shells = true;
         if let Err(e) = sim.run(200, 3_000) {
@@ -110,43 +112,74 @@ fn without_faults_every_version_is_imported_exactly_once() {
     }
 }
 
-/// A window whose export fails as too large (413) is exported in parts instead of being asked for again.
-/// On a source whose `_till` is inclusive, with versions exactly on window boundaries, each version is still
-/// exported and imported once: the tool sends `_till` one millisecond earlier (issue 16, exact windows).
+/// Windows are exact on any server without knowing how it reads `_till`: on a live source with versions on
+/// and either side of the window edges, a run of occupied milliseconds no empty one is near, late commits, and
+/// every combination of readings per request kind (and AHDS's inclusive fallback on half the parallel exports),
+/// each version is imported exactly once and no import carries a version outside its window (issue 24).
 #[test]
-fn an_inclusive_till_source_exports_each_version_once() {
-    for inclusive_setting in ["true", "false"] {
-        let pairs = [
-            ("AZURE_ExportTillInclusive", inclusive_setting),
-            ("AZURE_ChunkLimit", "100000"),
-        ];
-        let mut sim = Sim::new(5, settings(&pairs), 60, 0, Faults::default());
-        {
-            // Windows are one day long from the oldest version: put versions exactly on those boundaries.
-            let mut w = sim.world();
-            w.till_inclusive = true;
-            let first = w.source.iter().map(|v| v.at_ms).min().unwrap();
-            for k in 0..15 {
-                w.source.push(super::world::Version {
-                    resource: 10_000 + k,
-                    version: 1,
-                    at_ms: first + i64::from(1 + k % 3) * 86_400_000,
-                });
+fn windows_are_exact_whatever_the_source_reads_till_as() {
+    let per_type = [
+        ("AZURE_IsParallel", "false"),
+        ("AZURE_ResourceTypes", "Patient,Observation"),
+    ];
+    // Whole-day windows put boundaries on the edges live_source fills; the default limit splits them elsewhere.
+    let whole_days = [("AZURE_ChunkLimit", "100000")];
+    let whole_days_per_type = [per_type[0], per_type[1], whole_days[0]];
+    let mut runs = 0;
+    for (parallel, typed, fallback) in [(false, false, 0), (true, true, 0), (false, true, 50), (true, false, 10)] {
+        for mode in [&[][..], &per_type[..], &whole_days[..], &whole_days_per_type[..]] {
+            let mut sim = Sim::new(11, settings(mode), 60, 0, Faults::default());
+            sim.live_source(80);
+            {
+                let mut w = sim.world();
+                w.till_inclusive_parallel = parallel;
+                w.till_inclusive_typed = typed;
+                w.inclusive_fallback = fallback;
             }
-            w.source.sort();
-        }
-        sim.run(0, 3_000).unwrap();
-        let w = sim.world();
-        let twice = w.imported.values().filter(|n| **n > 1).count();
-        if inclusive_setting == "true" {
-            assert_eq!(twice, 0, "every version once");
-        } else {
+            sim.run(0, 3_000)
+                .unwrap_or_else(|e| panic!("parallel {parallel}, typed {typed}, fallback {fallback}, {mode:?}: {e}"));
+            let w = sim.world();
+            let twice: Vec<_> = w.imported.iter().filter(|(_, n)| **n != 1).collect();
             assert!(
-                twice > 0,
-                "without the setting, boundary versions are exported twice: the check can fail"
+                twice.is_empty(),
+                "parallel {parallel}, typed {typed}, fallback {fallback}, {mode:?}: imported more than once: {:?}",
+                &twice[..twice.len().min(3)]
             );
+            assert_eq!(w.imported.len(), w.source.len());
+            runs += 1;
         }
     }
+    assert_eq!(runs, 16);
+}
+
+/// With `AZURE_ExportTillInclusive` set explicitly and wrong for the source, an occupied boundary the
+/// manifest shows was read the other way is never imported: the window halts with a reason naming the
+/// setting, instead of importing versions twice.
+#[test]
+fn a_wrong_explicit_till_reading_halts_instead_of_importing_twice() {
+    let mut sim = Sim::new(
+        11,
+        settings(&[("AZURE_ExportTillInclusive", "false"), ("AZURE_ChunkLimit", "100000")]),
+        60,
+        0,
+        Faults::default(),
+    );
+    sim.live_source(0);
+    sim.world().till_inclusive_parallel = true;
+    for _ in 0..600 {
+        sim.round();
+    }
+    assert!(sim.violations().is_empty(), "{:?}", sim.violations());
+    let w = sim.world();
+    assert!(w.imported.values().all(|n| *n == 1), "nothing imported twice");
+    let halted: Vec<_> = w
+        .jobs
+        .values()
+        .filter(|(j, _)| window_phase(j) == WindowPhase::Halted)
+        .map(|(j, _)| j.failure_reason.clone())
+        .collect();
+    assert_eq!(halted.len(), 1, "{halted:?}");
+    assert!(halted[0].contains("AZURE_ExportTillInclusive"), "{}", halted[0]);
 }
 
 #[test]

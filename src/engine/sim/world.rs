@@ -125,8 +125,17 @@ pub struct World {
     pub blobs: HashMap<(String, String), Vec<u8>>,
     pub files: HashMap<String, Vec<Version>>,
     pub events: Vec<crate::telemetry::Event>,
-    /// Whether `$export` includes versions exactly at `_till` (Azure API for FHIR's search path).
-    pub till_inclusive: bool,
+    /// Whether a parallel (`_isParallel=true`) `$export` reads `_till` inclusively, to the end of its
+    /// millisecond (Azure API for FHIR's search path), instead of `[since, till)` (AHDS's parallel path).
+    pub till_inclusive_parallel: bool,
+    /// The same for a `_type=` export (per-type mode).
+    pub till_inclusive_typed: bool,
+    /// Percent of parallel exports that take AHDS's inclusive fallback path (reference §11.9:
+    /// `SqlExportOrchestratorJob.cs` falls back to the search path when no ranges could be planned).
+    pub inclusive_fallback: u64,
+    /// Versions that become visible only after their lastUpdated (reference §11.10: lastUpdated is taken
+    /// before the transaction commits): the instant (ms) each becomes visible.
+    pub late: HashMap<Version, i64>,
 }
 
 impl World {
@@ -147,7 +156,10 @@ impl World {
             blobs: HashMap::new(),
             files: HashMap::new(),
             events: Vec::new(),
-            till_inclusive: false,
+            till_inclusive_parallel: false,
+            till_inclusive_typed: false,
+            inclusive_fallback: 0,
+            late: HashMap::new(),
         }
     }
 
@@ -166,7 +178,9 @@ impl World {
 
     fn visible(&self) -> impl Iterator<Item = &Version> {
         let now_ms = self.now.timestamp_millis();
-        self.source.iter().filter(move |v| v.at_ms <= now_ms)
+        self.source
+            .iter()
+            .filter(move |v| v.at_ms <= now_ms && self.late.get(v).is_none_or(|at| *at <= now_ms))
     }
 
     pub fn count(&self, resource_type: Option<&str>, since: DateTime<Utc>, till: DateTime<Utc>) -> u64 {
@@ -217,14 +231,16 @@ impl World {
             Self::query_instant(query, "_since"),
             Self::query_instant(query, "_till"),
         );
-        let (s, t) = (
-            since.timestamp_millis(),
-            till.timestamp_millis() + i64::from(self.till_inclusive),
-        );
         let only = query
             .split('&')
             .find_map(|kv| kv.strip_prefix("_type="))
             .map(str::to_string);
+        let inclusive = if only.is_some() {
+            self.till_inclusive_typed
+        } else {
+            self.till_inclusive_parallel || self.rng.chance(self.inclusive_fallback)
+        };
+        let (s, t) = (since.timestamp_millis(), till.timestamp_millis() + i64::from(inclusive));
         let versions: Vec<Version> = self
             .visible()
             .filter(|v| v.at_ms >= s && v.at_ms < t && only.as_deref().is_none_or(|r| r == v.resource_type()))
@@ -351,6 +367,47 @@ impl World {
         }
     }
 
+    /// The input URLs of an `$import` body.
+    fn inputs(body: &serde_json::Value) -> Vec<String> {
+        body["parameter"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["name"] == "input")
+            .filter_map(|p| {
+                p["part"].as_array()?.iter().find(|x| x["name"] == "url")?["valueUri"]
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .collect()
+    }
+
+    /// Each export covers exactly its row's `[since, till)`: a version outside the window whose export wrote
+    /// the file being imported (a boundary read the wrong way) is named.
+    pub fn outside_its_window(&self, body: &serde_json::Value) -> Option<String> {
+        for url in Self::inputs(body) {
+            let export = url.split('/').nth(3).unwrap_or_default();
+            let status_url = format!("https://source/_operations/export/{export}");
+            let Some((row, _)) = self.jobs.values().find(|(j, _)| j.export_url == status_url) else {
+                continue;
+            };
+            let (s, t) = (row.since.timestamp_millis(), row.till.timestamp_millis());
+            if let Some(v) = self
+                .files
+                .get(&url)
+                .into_iter()
+                .flatten()
+                .find(|v| !(s..t).contains(&v.at_ms))
+            {
+                return Some(format!(
+                    "window {} [{}, {}) imports {v:?} from {url}, outside the window",
+                    row.seq, row.since, row.till
+                ));
+            }
+        }
+        None
+    }
+
     pub fn poll_import(&mut self, url: &str) -> ImportPoll {
         let id = Self::id_of(url);
         if self.imports[id].cancelled {
@@ -390,17 +447,7 @@ impl World {
             .and_then(|ps| ps.iter().find(|p| p["name"] == "processingUnitBytesToRead"))
             .and_then(|p| p["valueInteger"].as_i64())
             .map_or(100, |bytes| (bytes / 100_000).max(1) as usize);
-        let inputs: Vec<String> = body["parameter"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|p| p["name"] == "input")
-            .filter_map(|p| {
-                p["part"].as_array()?.iter().find(|x| x["name"] == "url")?["valueUri"]
-                    .as_str()
-                    .map(str::to_string)
-            })
-            .collect();
+        let inputs = Self::inputs(&body);
         let mut output = Vec::new();
         for url in &inputs {
             let versions = self.files.get(url).cloned().unwrap_or_default();

@@ -24,6 +24,8 @@ pub enum Written {
 
 pub trait Ports: Sync {
     fn load(&self) -> impl Future<Output = Result<Snapshot, EngineError>> + Send;
+    /// A value no earlier call, in this process or another, returned: import attempts are named by it.
+    fn nonce(&self) -> u64;
     /// The source server's clock as its latest answer gave it (`None` before any answer).
     fn source_now(&self) -> Option<DateTime<Utc>>;
     /// Performs a write. An inserted payload that already exists comes back as stored (a repeated run).
@@ -74,6 +76,23 @@ pub trait Ports: Sync {
     ) -> impl Future<Output = Result<ErrorSummary, EngineError>> + Send;
 }
 
+/// A random 64-bit value from the standard library's per-process random keys, mixed with the time and a
+/// counter: unique across processes and calls without another dependency.
+pub fn fresh_nonce() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(CALLS.fetch_add(1, Ordering::Relaxed));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
 /// Sorts a kick-off's or POST's result into the core's terms.
 pub fn answer_of(result: Result<crate::fhir::Accepted, FhirError>) -> Answer {
     match result {
@@ -95,6 +114,10 @@ pub fn answer_of(result: Result<crate::fhir::Accepted, FhirError>) -> Answer {
 }
 
 impl Ports for Engine {
+    fn nonce(&self) -> u64 {
+        fresh_nonce()
+    }
+
     fn source_now(&self) -> Option<DateTime<Utc>> {
         self.source.server_now()
     }

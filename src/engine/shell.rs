@@ -63,6 +63,7 @@ impl<P: Ports> Shell<'_, P> {
         // tick plans against the same instant.
         let mut source_now = self.ports.source_now().map(to_millis);
         self.check_skew(timer, now, source_now, &mut report);
+        let nonce = self.ports.nonce();
         for _ in 0..MAX_ACTIONS {
             if source_now.is_none() {
                 source_now = self.ports.source_now().map(to_millis);
@@ -74,6 +75,7 @@ impl<P: Ports> Shell<'_, P> {
                 now,
                 source_now,
                 export_table: self.export_table,
+                nonce,
             };
             match core::step(&ctx, &snapshot, &facts) {
                 Action::Idle => return Ok(report),
@@ -129,6 +131,7 @@ impl<P: Ports> Shell<'_, P> {
                     container,
                     unit_bytes,
                 } => {
+                    let input_source = attempt_source(&self.settings.source, &payload.post_token);
                     let answer = match self.ports.get_blob(&container, &payload.blob).await? {
                         None => PostAnswer::BlobMissing,
                         Some(bytes) => {
@@ -139,6 +142,11 @@ impl<P: Ports> Shell<'_, P> {
                                 params.push(
                                     serde_json::json!({ "name": "processingUnitBytesToRead", "valueInteger": bytes }),
                                 );
+                            }
+                            if let Some(source) = input_source
+                                && let Some(params) = body["parameter"].as_array_mut()
+                            {
+                                params.push(serde_json::json!({ "name": "inputSource", "valueUri": source }));
                             }
                             PostAnswer::Answer(self.ports.post(&body).await)
                         }
@@ -302,6 +310,22 @@ impl<P: Ports> Shell<'_, P> {
         }
         Ok(())
     }
+}
+
+/// The `inputSource` of one import attempt: the source server's URL naming the attempt. The destination keeps
+/// it in the job's definition and never reads from it (fhir-server `CreateImportRequestHandler.cs` copies it
+/// into `ImportOrchestratorJobDefinition`, and nothing else uses it), but it de-duplicates registrations on a
+/// hash of that definition, failed and cancelled jobs included (reference §11.7, `EnqueueJobs.sql`). A token
+/// recorded before the POST makes the definition this attempt's alone: a repeated POST of the same attempt
+/// (after a crash) gets its own job back, and no other migration's or attempt's job can be handed to it.
+/// `None` for rows written before tokens existed (their POST is repeated as it was first sent).
+pub fn attempt_source(source: &url::Url, token: &str) -> Option<String> {
+    if token.is_empty() {
+        return None;
+    }
+    let mut url = source.clone();
+    url.query_pairs_mut().append_pair("_migrationAttempt", token);
+    Some(url.to_string())
 }
 
 fn put(snapshot: &mut Snapshot, written: Written) {

@@ -250,6 +250,9 @@ pub struct Payload {
     pub unit_bytes: Option<i64>,
     /// `ExpectedLines`: the lines of the payload's files, from the export manifest (none: unknown).
     pub expected_lines: Option<i64>,
+    /// `PostToken`: names the current import attempt in its definition (recorded before the POST), so the
+    /// destination can only answer with this attempt's own job; empty on rows from before tokens.
+    pub post_token: String,
     pub etag: Option<ETag>,
 }
 
@@ -536,6 +539,7 @@ impl Payload {
             deferrals: 0,
             unit_bytes: None,
             expected_lines: None,
+            post_token: String::new(),
             etag: None,
         }
     }
@@ -568,6 +572,7 @@ impl Payload {
         if let Some(bytes) = self.unit_bytes {
             e.set_i64("ProcessingUnitBytes", bytes);
         }
+        e.set_str("PostToken", &self.post_token);
         if let Some(lines) = self.expected_lines {
             e.set_i64("ExpectedLines", lines);
         }
@@ -603,6 +608,7 @@ impl Payload {
             deferrals: e.get_i64("Deferrals").unwrap_or(0),
             unit_bytes: e.get_i64("ProcessingUnitBytes"),
             expected_lines: e.get_i64("ExpectedLines"),
+            post_token: e.get_str("PostToken").unwrap_or_default().into(),
             etag: e.etag().cloned(),
         })
     }

@@ -388,6 +388,9 @@ pub struct Context<'a> {
     pub source_now: Option<DateTime<Utc>>,
     /// The window table's name, for the operator-facing halt event.
     pub export_table: &'a str,
+    /// A value no other tick (of this or any migration) shares: it makes each import attempt's definition one
+    /// the destination has never seen (see `imports`).
+    pub nonce: u64,
 }
 
 impl Context<'_> {

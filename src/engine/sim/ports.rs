@@ -225,6 +225,10 @@ impl Telemetry for SimPorts {
 }
 
 impl Ports for SimPorts {
+    fn nonce(&self) -> u64 {
+        self.world().rng.next()
+    }
+
     async fn load(&self) -> Result<Snapshot, EngineError> {
         self.enter().await;
         let snapshot = Self::snapshot(&mut self.world());

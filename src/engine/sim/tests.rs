@@ -312,3 +312,34 @@ fn an_old_import_job_handed_back_for_the_same_definition_is_not_taken_for_this_p
     let w = sim.world();
     assert!(w.imports.len() > 2, "the payload was posted again as a new job");
 }
+
+/// A second migration into the same destination whose export files have the same URLs as the first's (the
+/// servers export to an account the tool is not told about, so no ETags, and the new source's job ids start
+/// again): the destination de-duplicates identical import definitions forever (reference §11.7), so without a
+/// definition of its own each POST would be handed the first migration's finished job and nothing of the
+/// second would be imported. Each attempt names itself in `inputSource` (issue 24, item 2).
+#[test]
+fn a_second_migration_into_the_same_destination_never_gets_the_first_ones_jobs() {
+    let mut sim = Sim::new(3, settings(&[]), 40, 0, Faults::default());
+    sim.run(0, 3_000).unwrap();
+    {
+        let mut w = sim.world();
+        let before = w.imports.len();
+        assert!(before > 0);
+        w.cursor = None;
+        w.jobs.clear();
+        w.payloads.clear();
+        w.exports.clear();
+        w.files.clear();
+        w.blobs.clear();
+        w.destination.clear();
+        w.imported.clear();
+        // Another source on the same timeline: the same counts per window and file, other versions.
+        for v in w.source.iter_mut() {
+            v.version += 10;
+        }
+    }
+    sim.run(0, 3_000).unwrap();
+    let w = sim.world();
+    assert_eq!(w.imported.len(), w.source.len());
+}

@@ -1,7 +1,11 @@
 //! From an error-file line to the input line it is about. The server names a failed line by its processing
 //! unit's start byte and the line's 1-based index among the unit's non-empty lines (reference §5.3:
-//! "Failed to process resource at line: 3 with stream start offset: 0"); a unit past the file's start owns the
-//! lines that begin at or after its offset.
+//! "Failed to process resource at line: 3 with stream start offset: 0"). Which unit owns a line, and how lines
+//! are counted, follow the server's `ReadLines` (fhir-server
+//! `src/Microsoft.Health.Fhir.Core/Features/Operations/Import/ImportResourceLoader.cs`, reference §11.4): a unit
+//! at an offset past the file's start always skips its first line, even one that starts exactly at the offset
+//! (the previous unit, which reads while its byte count is at most its size, reads that one); lines end at
+//! `\n` or `\r\n`, and only truly empty lines are not counted (a line of spaces is a line).
 
 use serde_json::Value;
 
@@ -42,15 +46,27 @@ pub fn input_line(file: &[u8], offset: u64, line: u64) -> Option<&[u8]> {
     if offset > file.len() || line == 0 {
         return None;
     }
-    let mut start = offset;
-    if offset > 0 && file[offset - 1] != b'\n' {
-        // The line running across the offset belongs to the previous unit.
-        start = offset + file[offset..].iter().position(|&b| b == b'\n')? + 1;
+    let mut rest = &file[offset..];
+    if offset > 0 {
+        // Always skipped: the tail of a line running across the offset, or a whole line starting at it.
+        rest = &rest[rest.iter().position(|&b| b == b'\n')? + 1..];
     }
-    file[start..]
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
-        .nth(usize::try_from(line - 1).ok()?)
+    let mut lines = rest.split(|&b| b == b'\n').peekable();
+    let mut counted = 0;
+    while let Some(mut l) = lines.next() {
+        // `\r` ends a line only before `\n` (the last piece of a file has no `\n` after it).
+        if lines.peek().is_some() {
+            l = l.strip_suffix(b"\r").unwrap_or(l);
+        }
+        if l.is_empty() {
+            continue;
+        }
+        counted += 1;
+        if counted == line {
+            return Some(l);
+        }
+    }
+    None
 }
 
 /// `(resourceType, id, versionId, lastUpdated)` of an NDJSON line.
@@ -90,10 +106,42 @@ mod tests {
         );
         // A unit starting inside line 2 owns the lines from line 3 on.
         assert_eq!(input_line(file, 10, 1), Some(&b"{\"a\":3}"[..]));
-        // A unit starting exactly at a line's first byte owns that line.
-        assert_eq!(input_line(file, 8, 1), Some(&b"{\"a\":2}"[..]));
+        // A unit starting exactly at a line's first byte skips that line: the previous unit read it.
+        assert_eq!(input_line(file, 8, 1), Some(&b"{\"a\":3}"[..]));
+        assert_eq!(
+            input_line(file, 16, 1),
+            Some(&b"{\"a\":3}"[..]),
+            "the empty line is the one skipped"
+        );
+        assert_eq!(input_line(file, 17, 1), Some(&b"{\"a\":4}"[..]));
         assert_eq!(input_line(file, 0, 9), None);
         assert_eq!(input_line(file, 999, 1), None);
+    }
+
+    #[test]
+    fn crlf_ends_lines_and_a_line_of_spaces_counts() {
+        let file = b"{\"a\":1}\r\n  \r\n\r\n{\"a\":2}\r\n{\"a\":3}";
+        assert_eq!(input_line(file, 0, 1), Some(&b"{\"a\":1}"[..]));
+        assert_eq!(
+            input_line(file, 0, 2),
+            Some(&b"  "[..]),
+            "whitespace is a line on the server"
+        );
+        assert_eq!(
+            input_line(file, 0, 3),
+            Some(&b"{\"a\":2}"[..]),
+            "an empty CRLF line is not"
+        );
+        assert_eq!(
+            input_line(file, 0, 4),
+            Some(&b"{\"a\":3}"[..]),
+            "the last line needs no newline"
+        );
+        assert_eq!(
+            input_line(file, 9, 1),
+            Some(&b"{\"a\":2}"[..]),
+            "offset on the spaces line: skipped"
+        );
     }
 
     #[test]

@@ -66,15 +66,19 @@ impl Engine {
         let input_url = file.input_url.clone().unwrap_or_default();
         let input = self.read_blob(&input_url).await;
         let text = String::from_utf8_lossy(bytes);
-        let failed: Vec<Failed> = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
+        // Lines end at `\n` or `\r\n` (a Windows host writes CRLF), and a processing unit that restarts writes its
+        // error lines again, so the same line can stand twice (reference §11.5): each distinct line is one entry,
+        // while every line counts against the server's count (no shortfall is invented from a repeat).
+        let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        let named = lines.len() as u64;
+        let mut distinct = std::collections::HashSet::new();
+        let failed: Vec<Failed> = lines
+            .iter()
             .enumerate()
+            .filter(|(_, line)| distinct.insert(**line))
             .map(|(i, line)| line_entry(window, file, &input_url, input.as_deref(), line, i, now))
             .collect();
         drop(input);
-        let named = failed.len() as u64;
         let entries: Vec<Entry> = stream::iter(failed)
             .map(|f| async move {
                 // Read once: a line recorded from this very file is not decided again, and the row read is what

@@ -133,12 +133,22 @@ pub async fn cutover(app: &App, options: &Options) -> Result<Report, CutoverErro
         // 3. The checks.
         // De-identified content differs from the source by design: readiness rests on ids, versions and times.
         let content = crate::verify::Content::of(settings);
-        let full = crate::verify::full::full_with(
+        // Versions whose loss an operator accepted are named in the report, not counted against readiness.
+        let accepted = engine
+            .ledger()
+            .list(Some(crate::ledger::State::Accepted))
+            .await
+            .map_err(EngineError::from)?
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        let full = crate::verify::full::full_except(
             engine.source(),
             engine.destination(),
             &settings.resource_types,
             history,
             content,
+            accepted,
         )
         .await?;
         if content == crate::verify::Content::NotComparable {

@@ -157,6 +157,12 @@ enum FailuresAction {
         #[arg(long)]
         reason: String,
     },
+    /// Bring accepted entries back (they block cut-over again until retried, fixed or accepted anew).
+    Reopen {
+        /// Keys as `failures` lists them (Patient|p1|3), comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        ids: Vec<String>,
+    },
 }
 
 /// Writes a line to stdout, ignoring a closed pipe (`check-config | head -1` must not panic).
@@ -491,6 +497,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     .accept_failures(&selection(ids), &reason)
                     .await
                     .map(|n| Some(format!("{n} failure(s) accepted"))),
+                Some(FailuresAction::Reopen { ids }) => engine.reopen_failures(&selection(ids)).await.map(|n| {
+                    Some(format!(
+                        "{n} failure(s) reopened: they block cut-over until retried or accepted"
+                    ))
+                }),
                 None => Ok(None),
             };
             let said = outcome.map_err(|e| e.to_string());

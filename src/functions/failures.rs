@@ -1,6 +1,7 @@
 //! `ImportFailures_Http` (function key required): the failure ledger. `GET` lists it (`?all=true` for resolved
 //! and benign entries too); `POST` with `action=retry` (and optionally `ids=Patient|p1|3,…`) queues entries for a
-//! retry after the cause was fixed, `action=accept` with `ids` and a `reason` accepts their loss.
+//! retry after the cause was fixed, `action=accept` with `ids` and a `reason` accepts their loss, `action=reopen` with
+//! `ids` brings accepted ones back.
 
 use chrono::Utc;
 use serde_json::json;
@@ -50,11 +51,17 @@ pub(super) async fn failures(
                     "accept needs ids: name each version whose loss is accepted".into(),
                 ));
             }
-            _ => return Ok(bad_request(output, "action must be retry or accept".into())),
+            Some("reopen") => engine.reopen_failures(&which).await,
+            _ => return Ok(bad_request(output, "action must be retry, accept or reopen".into())),
         };
         match done {
             Ok(n) => logs.push(format!("{n} failure(s) changed")),
-            Err(e @ (RequestError::Unknown(_) | RequestError::NoReason)) => {
+            Err(
+                e @ (RequestError::Unknown(_)
+                | RequestError::NoReason
+                | RequestError::NotAccepted(_)
+                | RequestError::NoIds),
+            ) => {
                 return Ok(bad_request(output, e.to_string()));
             }
             Err(RequestError::Table(e)) => return Err(crate::engine::EngineError::from(e).into()),

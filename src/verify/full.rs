@@ -54,6 +54,13 @@ pub struct FullReport {
     /// `compared`, or `not comparable (de-identified)` when only ids, versions, lastUpdated and delete state were.
     #[serde(default)]
     pub content: String,
+    /// Missing or different versions whose loss an operator accepted in the failure ledger: counted here, not
+    /// as differences, so a cut-over can be READY with every accepted loss named.
+    #[serde(default)]
+    pub accepted: u64,
+    /// The ledger keys (`Type|id|versionId`) of the accepted losses.
+    #[serde(skip)]
+    pub accepted_keys: std::collections::HashSet<String>,
 }
 
 /// One entry of a page, reduced to what is compared.
@@ -211,6 +218,15 @@ fn parse(entry: &Value) -> Option<Entry> {
 
 impl FullReport {
     fn record(&mut self, kind: Kind, resource_type: &str, e: &Entry) {
+        if kind != Kind::Extra
+            && !self.accepted_keys.is_empty()
+            && self
+                .accepted_keys
+                .contains(&crate::ledger::Entry::key_of(resource_type, &e.id, &e.version_id))
+        {
+            self.accepted += 1;
+            return;
+        }
         let counter = match kind {
             Kind::Missing => &mut self.missing,
             Kind::Extra => &mut self.extra,
@@ -321,8 +337,22 @@ pub async fn full_with(
     history: bool,
     content: Content,
 ) -> Result<FullReport, FhirError> {
+    full_except(source, destination, types, history, content, Default::default()).await
+}
+
+/// [`full_with`], where a missing or different version whose ledger key is in `accepted` is an accepted loss,
+/// not a difference.
+pub async fn full_except(
+    source: &FhirClient,
+    destination: &FhirClient,
+    types: &[String],
+    history: bool,
+    content: Content,
+    accepted: std::collections::HashSet<String>,
+) -> Result<FullReport, FhirError> {
     let mut report = FullReport {
         content: content.label().to_string(),
+        accepted_keys: accepted,
         ..FullReport::default()
     };
     for t in types {

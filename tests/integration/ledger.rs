@@ -247,6 +247,87 @@ async fn a_conflict_blocks_cut_over_until_it_is_fixed_and_retried() {
     assert_same(stack.source.store(), stack.destination.store());
 }
 
+/// An accepted loss lets cut-over say READY (the full check counts it as accepted and the report names it
+/// with its reason); reopened, it blocks cut-over again; retried once fixed, it is resolved (issue 24, item 7).
+#[tokio::test]
+async fn an_accepted_loss_is_ready_and_can_be_reopened_and_retried() {
+    let stack = stack(&[("AZURE_SafetyLagSeconds", "1"), ("AZURE_ExportConfirmSeconds", "0")]).await;
+    seed(&stack, 120, 5);
+    let at = instant(Utc::now() - TimeDelta::minutes(20));
+    load_into(stack.source.store(), &[patient("conflict-2", "1", &at, "Source")]);
+    load_into(
+        stack.destination.store(),
+        &[patient("conflict-2", "1", &at, "Written at the destination")],
+    );
+    run_to_completion(&stack, 300).await;
+    let engine = &stack.engine;
+    let key = "Patient|conflict-2|1".to_string();
+    let final_check = crate::cutover::final_check();
+
+    let accepted = engine
+        .accept_failures(&Selection::Keys(vec![key.clone()]), "test record, not needed")
+        .await
+        .unwrap();
+    assert_eq!(accepted, 1);
+    let report = cutover(&stack._app, &final_check).await.unwrap();
+    assert!(report.ready, "{report:?}");
+    assert_eq!(report.accepted_failures.len(), 1, "{report:?}");
+    assert!(
+        report.accepted_failures[0].contains("test record, not needed"),
+        "{report:?}"
+    );
+    assert!(
+        fhir_migration_tool::cutover::describe(&report).contains("accepted loss"),
+        "every report names the accepted loss"
+    );
+
+    // Reopened: NOT READY again; an unknown or unaccepted key is refused with a clear error.
+    assert!(
+        engine
+            .reopen_failures(&Selection::Keys(vec!["Patient|nope|1".into()]))
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        engine
+            .reopen_failures(&Selection::Keys(vec![key.clone()]))
+            .await
+            .unwrap(),
+        1
+    );
+    let report = cutover(&stack._app, &final_check).await.unwrap();
+    assert!(!report.ready, "{report:?}");
+    assert_eq!(report.import_failures.permanent_unresolved, 1, "{report:?}");
+
+    // Accepted again, then retried after the fix: an accepted entry can be retried by its key.
+    engine
+        .accept_failures(&Selection::Keys(vec![key.clone()]), "changed my mind later")
+        .await
+        .unwrap();
+    assert_eq!(stack.destination.store().hard_delete("Patient", "conflict-2"), 1);
+    assert_eq!(
+        engine
+            .retry_failures(&Selection::Keys(vec![key.clone()]), Utc::now())
+            .await
+            .unwrap(),
+        1
+    );
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        engine.import_status_tick(Utc::now()).await.unwrap();
+        let e = engine.ledger().get(&key).await.unwrap().unwrap();
+        if e.state == State::Resolved {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not resolved in time: {e:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let report = cutover(&stack._app, &final_check).await.unwrap();
+    assert!(report.ready, "{report:?}");
+    assert!(report.accepted_failures.is_empty(), "{report:?}");
+    assert_same(stack.source.store(), stack.destination.store());
+}
+
 /// A line refused as "in the future" (ahead of the destination's clock) is retried automatically once its
 /// instant has passed, and resolved by what the destination then holds.
 #[tokio::test]
@@ -364,4 +445,81 @@ async fn unreadable_and_short_error_files_never_lose_a_count() {
     assert_eq!((short.len(), short[0].unnamed_lines), (1, 1));
     let unnamed = engine.ledger().summary().await.unwrap();
     assert_eq!(unnamed.permanent_unresolved, 5);
+
+    // Retrying the shortfall re-reads a file that still lacks the line: it stays open, the count unchanged
+    // (issue 24, item 3: a re-read that cannot name the missing lines never resolves them).
+    let short_key = short[0].key.clone();
+    engine
+        .retry_failures(&Selection::Keys(vec![short_key.clone()]), Utc::now())
+        .await
+        .unwrap();
+    let said = engine.ledger_tick(Utc::now()).await.unwrap();
+    assert!(said.iter().any(|l| l.contains("cannot be named")), "{said:?}");
+    let still = engine.ledger().get(&short_key).await.unwrap().unwrap();
+    assert_eq!((still.state, still.unnamed_lines), (State::Open, 1), "{still:?}");
+    assert_eq!(engine.ledger().summary().await.unwrap().permanent_unresolved, 5);
+}
+
+/// An error file written with CRLF by a Windows host, holding a line twice after a unit restarted (reference
+/// §11.5), and a unit whose offset falls exactly on a line start (§11.4: that line belongs to the previous
+/// unit): each refused line is one entry naming the version the server meant, and no shortfall is invented.
+#[tokio::test]
+async fn crlf_repeated_lines_and_offsets_on_line_starts_name_the_right_versions() {
+    let stack = stack(&[]).await;
+    let engine = &stack.engine;
+    let blobs = stack._app.blobs();
+    blobs.ensure_container("exports").await.unwrap();
+    blobs.ensure_container("fhirlogs").await.unwrap();
+    let at = instant(Utc::now() - TimeDelta::hours(2));
+    let first = patient("u1", "1", &at, "A");
+    let input = [
+        first.clone(),
+        patient("u2", "1", &at, "B"),
+        patient("u3", "1", &at, "C"),
+    ]
+    .join("\n");
+    blobs
+        .put("exports", "run/Patient-4.ndjson", input.into_bytes())
+        .await
+        .unwrap();
+    // A second unit starting exactly where line 2 starts: the server's first line of that unit is line 3.
+    let offset = first.len() + 1;
+    let at_offset = |message: &str| {
+        json!({ "resourceType": "OperationOutcome", "issue": [{ "severity": "error", "details": { "text": message },
+            "diagnostics": format!("Failed to process resource at line: 1 with stream start offset: {offset}") }] })
+        .to_string()
+    };
+    let repeated = error("Invalid resource id: 'u1'. Id must be", 1);
+    let lines = [
+        repeated.clone(),
+        at_offset("Invalid resource id: 'u3'. Id must be"),
+        repeated,
+    ]
+    .join("\r\n")
+        + "\r\n";
+    blobs.put("fhirlogs", "crlf.ndjson", lines.into_bytes()).await.unwrap();
+    let file = ImportErrorFile {
+        resource_type: Some("Patient".into()),
+        count: 3,
+        input_url: Some(blobs.blob_url("exports", "run/Patient-4.ndjson")),
+        url: blobs.blob_url("fhirlogs", "crlf.ndjson"),
+    };
+    engine
+        .record_failures(3, std::slice::from_ref(&file), Utc::now())
+        .await
+        .unwrap();
+    let mut keys: Vec<String> = engine
+        .ledger()
+        .list(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["Patient|u1|1", "Patient|u3|1"],
+        "u2 was never refused; no shortfall"
+    );
 }

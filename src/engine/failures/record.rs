@@ -67,7 +67,7 @@ impl Engine {
         let input = self.read_blob(&input_url).await;
         let text = String::from_utf8_lossy(bytes);
         // Lines end at `\n` or `\r\n` (a Windows host writes CRLF), and a processing unit that restarts writes its
-        // error lines again, so the same line can stand twice (reference §11.5): each distinct line is one entry,
+        // error lines again, so the same line can stand twice (reference §11.5): each distinct positioned line is one entry,
         // while every line counts against the server's count (no shortfall is invented from a repeat).
         let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
         let named = lines.len() as u64;
@@ -75,7 +75,9 @@ impl Engine {
         let failed: Vec<Failed> = lines
             .iter()
             .enumerate()
-            .filter(|(_, line)| distinct.insert(**line))
+            // Only a line naming its position is known to be a repeat; two identical lines without one may be
+            // two failures, and are kept apart.
+            .filter(|(_, line)| crate::ledger::locate::error_line(line).position.is_none() || distinct.insert(**line))
             .map(|(i, line)| line_entry(window, file, &input_url, input.as_deref(), line, i, now))
             .collect();
         drop(input);
@@ -104,7 +106,7 @@ impl Engine {
         if named < file.count {
             summary.add(
                 &self
-                    .upsert(shortfall(window, file, file.count - named, now), now)
+                    .upsert(shortfall(window, file, named, file.count - named, now), now)
                     .await?,
             );
         }
@@ -385,11 +387,20 @@ fn unreadable(window: i64, file: &ImportErrorFile, now: DateTime<Utc>) -> Entry 
     }
 }
 
+const SHORTFALL: &str = "short";
+
+/// Whether an entry stands for lines the server counted that its (readable) error file did not hold.
+pub(super) fn is_shortfall(e: &Entry) -> bool {
+    e.key.starts_with(&format!("{SHORTFALL}|"))
+}
+
 /// Lines the server counted that the error file does not hold (a partial write): recorded as unnamed, so the
 /// count of failures never shrinks silently.
-fn shortfall(window: i64, file: &ImportErrorFile, missing: u64, now: DateTime<Utc>) -> Entry {
+fn shortfall(window: i64, file: &ImportErrorFile, named: u64, missing: u64, now: DateTime<Utc>) -> Entry {
     Entry {
-        key: file_key("short", &file.url, ""),
+        key: file_key(SHORTFALL, &file.url, ""),
+        // How many lines the file did hold, so a later read can tell whether it holds the missing ones now.
+        line: named,
         kind: Kind::Unreadable,
         message: format!(
             "the server counted {missing} more failed line(s) than its error file holds: they cannot be named; re-export the window to import them again"

@@ -36,8 +36,9 @@ pub enum Selection {
 impl Engine {
     /// Queues entries for a retry (an operator fixed the cause). Returns how many were queued; keys that name
     /// no entry, or an entry already resolved, are reported in the error.
+    /// An accepted entry named by its key is retried too (the operator changed their mind).
     pub async fn retry_failures(&self, which: &Selection, now: DateTime<Utc>) -> Result<usize, RequestError> {
-        self.change(which, |e| {
+        self.change(which, true, |e| {
             e.state = State::Retrying;
             e.next_attempt = Some(now);
             e.retry_import.clear();
@@ -50,7 +51,7 @@ impl Engine {
         if reason.trim().is_empty() {
             return Err(RequestError::NoReason);
         }
-        self.change(which, |e| {
+        self.change(which, false, |e| {
             e.state = State::Accepted;
             e.resolution = format!("accepted: {}", reason.trim());
             e.retry_import.clear();
@@ -58,15 +59,42 @@ impl Engine {
         .await
     }
 
-    async fn change(&self, which: &Selection, apply: impl Fn(&mut Entry)) -> Result<usize, RequestError> {
+    /// Brings accepted entries back: they block cut-over again, and are open until retried or accepted anew.
+    pub async fn reopen_failures(&self, which: &Selection) -> Result<usize, RequestError> {
+        let Selection::Keys(keys) = which else {
+            return Err(RequestError::NoIds);
+        };
+        let entries = self.ledger.list(Some(State::Accepted)).await?;
+        let unknown: Vec<&String> = keys.iter().filter(|k| !entries.iter().any(|e| &e.key == *k)).collect();
+        if !unknown.is_empty() {
+            return Err(RequestError::NotAccepted(
+                unknown.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(", "),
+            ));
+        }
+        self.change(which, true, |e| {
+            e.state = State::Open;
+            e.resolution = format!("reopened (was {})", e.resolution);
+        })
+        .await
+    }
+
+    /// Applies `apply` to the chosen entries: every unresolved one, or the named ones (which must be unresolved,
+    /// or accepted when `accepted_too`).
+    async fn change(
+        &self,
+        which: &Selection,
+        accepted_too: bool,
+        apply: impl Fn(&mut Entry),
+    ) -> Result<usize, RequestError> {
         let entries = self.ledger.list(None).await?;
         let chosen: Vec<Entry> = match which {
             Selection::AllOpen => entries.into_iter().filter(|e| e.state.unresolved()).collect(),
             Selection::Keys(keys) => {
                 let by_key: HashMap<&str, &Entry> = entries.iter().map(|e| (e.key.as_str(), e)).collect();
+                let eligible = |e: &Entry| e.state.unresolved() || (accepted_too && e.state == State::Accepted);
                 let unknown: Vec<&String> = keys
                     .iter()
-                    .filter(|k| by_key.get(k.as_str()).is_none_or(|e| !e.state.unresolved()))
+                    .filter(|k| by_key.get(k.as_str()).is_none_or(|e| !eligible(e)))
                     .collect();
                 if !unknown.is_empty() {
                     return Err(RequestError::Unknown(
@@ -360,9 +388,31 @@ impl Engine {
                 e.error_file
             ));
         };
+        // A shortfall: the file was read, and held fewer lines than the server counted. Reading it again names
+        // the missing lines only if the file now holds them all; otherwise they stay open (never resolved by a
+        // re-read that cannot name them).
+        let mut count = e.unnamed_lines;
+        if super::record::is_shortfall(&e) {
+            let held = String::from_utf8_lossy(&bytes)
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .count() as u64;
+            let expected = e.line + e.unnamed_lines;
+            if held < expected {
+                e.state = State::Open;
+                e.attempts += 1;
+                e.last_seen = now;
+                self.save_quietly(&e).await?;
+                return Ok(format!(
+                    "Failure ledger: the error file {} still holds {held} of the {expected} failed line(s) the server counted; the {} missing cannot be named: re-export the window, or accept them",
+                    e.error_file, e.unnamed_lines
+                ));
+            }
+            count = expected;
+        }
         let file = ImportErrorFile {
             resource_type: Some(e.resource_type.clone()).filter(|t| !t.is_empty()),
-            count: e.unnamed_lines,
+            count,
             input_url: Some(e.input_file.clone()).filter(|u| !u.is_empty()),
             url: e.error_file.clone(),
         };
@@ -408,6 +458,10 @@ fn backoff(attempts: i64) -> TimeDelta {
 pub enum RequestError {
     #[error("no unresolved failure with the key(s) {0}: list them with `failures` (keys look like Patient|p1|3)")]
     Unknown(String),
+    #[error("no accepted failure with the key(s) {0}: `failures` lists the accepted ones")]
+    NotAccepted(String),
+    #[error("name the entries to reopen with their keys (--ids, or \"ids\" for ImportFailures_Http)")]
+    NoIds,
     #[error(
         "say why the loss is acceptable (--reason on the command line, \"reason\" for ImportFailures_Http): it is shown in every cut-over report"
     )]

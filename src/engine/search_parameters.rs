@@ -34,6 +34,46 @@ fn without_meta(v: &Value) -> Value {
     v
 }
 
+/// How a SearchParameter differs between the servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Difference {
+    Missing,
+    Different,
+    Extra,
+}
+
+/// The SearchParameters that differ, by id, comparing content without `meta` and `text`: the copies are
+/// written through the REST API, so their lastUpdated and versionId are the destination's own and a
+/// version-by-version comparison would find every one missing and extra.
+pub async fn differences(
+    source: &crate::fhir::FhirClient,
+    destination: &crate::fhir::FhirClient,
+) -> Result<Vec<(Difference, String)>, FhirError> {
+    let by_id = |list: Vec<Value>| -> HashMap<String, Value> {
+        list.into_iter()
+            .filter_map(|sp| Some((sp["id"].as_str()?.to_string(), without_meta(&sp))))
+            .collect()
+    };
+    let source = by_id(source.search_parameters().await?);
+    let destination = by_id(destination.search_parameters().await?);
+    let mut out = Vec::new();
+    for (id, sp) in &source {
+        match destination.get(id) {
+            None => out.push((Difference::Missing, id.clone())),
+            Some(d) if d != sp => out.push((Difference::Different, id.clone())),
+            Some(_) => {}
+        }
+    }
+    out.extend(
+        destination
+            .keys()
+            .filter(|id| !source.contains_key(*id))
+            .map(|id| (Difference::Extra, id.clone())),
+    );
+    out.sort_by(|a, b| a.1.cmp(&b.1));
+    Ok(out)
+}
+
 impl Engine {
     /// The first copy (`since` none) or a sync of what changed at the source since `since`.
     pub(crate) async fn sync_search_parameters(
@@ -110,27 +150,15 @@ impl Engine {
     /// How the destination's custom SearchParameters differ from the source's (by id, content without meta):
     /// one line per difference, empty when they agree. The cut-over's final check reports these.
     pub async fn compare_search_parameters(&self) -> Result<Vec<String>, FhirError> {
-        let by_id = |list: Vec<Value>| -> HashMap<String, Value> {
-            list.into_iter()
-                .filter_map(|sp| Some((sp["id"].as_str()?.to_string(), without_meta(&sp))))
-                .collect()
-        };
-        let source = by_id(self.source.search_parameters().await?);
-        let destination = by_id(self.destination.search_parameters().await?);
-        let mut out = Vec::new();
-        for (id, sp) in &source {
-            match destination.get(id) {
-                None => out.push(format!("SearchParameter/{id} is missing at the destination")),
-                Some(d) if d != sp => out.push(format!("SearchParameter/{id} differs at the destination")),
-                Some(_) => {}
-            }
-        }
-        out.extend(
-            destination
-                .keys()
-                .filter(|id| !source.contains_key(*id))
-                .map(|id| format!("SearchParameter/{id} is at the destination but no longer at the source")),
-        );
+        let mut out: Vec<String> = differences(&self.source, &self.destination)
+            .await?
+            .into_iter()
+            .map(|(kind, id)| match kind {
+                Difference::Missing => format!("SearchParameter/{id} is missing at the destination"),
+                Difference::Different => format!("SearchParameter/{id} differs at the destination"),
+                Difference::Extra => format!("SearchParameter/{id} is at the destination but no longer at the source"),
+            })
+            .collect();
         out.sort();
         Ok(out)
     }

@@ -284,6 +284,10 @@ pub async fn compare_type_from(
     mut stop: impl FnMut(&FullReport) -> bool,
 ) -> Result<Option<i64>, FhirError> {
     report.content = content.label().to_string();
+    if resource_type == "SearchParameter" {
+        compare_search_parameters(source, destination, report).await?;
+        return Ok(None);
+    }
     let compare_content = content == Content::Compared;
     let (mut src, mut dst) = (
         Stream::new(source, resource_type, history, from)?,
@@ -317,6 +321,36 @@ pub async fn compare_type_from(
             return Ok(Some(at + 1));
         }
     }
+}
+
+/// SearchParameters are compared by id and content (meta aside): see
+/// [`crate::engine::search_parameters::differences`].
+async fn compare_search_parameters(
+    source: &FhirClient,
+    destination: &FhirClient,
+    report: &mut FullReport,
+) -> Result<(), FhirError> {
+    use crate::engine::search_parameters::{Difference, differences};
+    let found = differences(source, destination).await?;
+    let total = source.search_parameters().await?.len() as u64;
+    report.compared += total;
+    for (difference, id) in found {
+        let kind = match difference {
+            Difference::Missing => Kind::Missing,
+            Difference::Different => Kind::Different,
+            Difference::Extra => Kind::Extra,
+        };
+        let entry = Entry {
+            last_updated: 0,
+            last_updated_text: String::new(),
+            id,
+            version_id: String::new(),
+            deleted: false,
+            hash: 0,
+        };
+        report.record(kind, "SearchParameter", &entry);
+    }
+    Ok(())
 }
 
 /// Compares every listed type, content included.

@@ -45,6 +45,9 @@ pub struct AuthConfig {
     pub authority: String,
 }
 
+/// The server's rows per (resource type, millisecond): the surrogate-id sequence rolls over at 80,000.
+pub const SAME_MS_CAPACITY: u32 = 80_000;
+
 #[derive(Debug, Clone)]
 pub struct EmulatorConfig {
     pub flavor: Flavor,
@@ -68,6 +71,15 @@ pub struct EmulatorConfig {
     pub auth: Option<AuthConfig>,
     /// Whether the server runs in InitialImportMode (then `InitialLoad` is allowed and writes are locked).
     pub initial_import_mode: bool,
+    /// `$import`: at most this many rows of one resource type may share one millisecond in the destination,
+    /// counting rows already stored. The SQL surrogate id is `ms * 80000 + sequence`, so the server's limit is
+    /// 80,000 (`fs:src/Microsoft.Health.Fhir.SqlServer/Features/Schema/Sql/Sprocs/MergeResourcesBeginTransaction.sql`,
+    /// `fs:src/Microsoft.Health.Fhir.Core/Extensions/IdHelper.cs`; reference §11.1). Tests scale it down.
+    pub same_ms_capacity: u32,
+    /// `$import` processing units run concurrently in a random order, as the server enqueues them
+    /// (`fs:src/Microsoft.Health.Fhir.SqlServer/Features/Operations/Import/ImportOrchestratorJob.cs`, reference
+    /// §11.5). A seed makes the order reproducible; `None` draws a new order per job.
+    pub import_order_seed: Option<u64>,
 }
 
 impl EmulatorConfig {
@@ -85,6 +97,8 @@ impl EmulatorConfig {
             rollover_bytes: 64 * 1024 * 1024,
             auth: None,
             initial_import_mode: false,
+            same_ms_capacity: SAME_MS_CAPACITY,
+            import_order_seed: None,
         }
     }
 

@@ -25,6 +25,18 @@ pub struct Faults {
     pub import_status_delay_ms: u64,
     /// aapi search and history pages: every other page comes back empty, still with a `next` link.
     pub empty_pages: bool,
+    /// Import error files end their lines with `\r\n`, as a Windows host writes them (reference §11.5; the
+    /// server's E2E tests split error files on `\r\n`).
+    pub error_file_crlf: bool,
+    /// The next `count` import processing units restart after writing their error lines, so those lines are
+    /// appended again and appear twice (`fs:src/Microsoft.Health.Fhir.SqlServer/Features/Operations/Import/ImportProcessingJob.cs`:
+    /// "leads to adding duplicate error records on job restart"; reference §11.5). `None`: off; `Some(0)`: every unit.
+    pub import_unit_restart: Option<u32>,
+    /// ahds exports with `_isParallel` take the SQL fallback path: the inclusive search path (`_till` to the end
+    /// of its precision, latest versions), as the server does when no rows existed when it planned the ranges
+    /// (`fs:src/Microsoft.Health.Fhir.SqlServer/Features/Operations/Export/SqlExportOrchestratorJob.cs`;
+    /// reference §11.9).
+    pub export_sql_fallback: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +59,24 @@ impl Faults {
             None => {}
         }
         Some(failure)
+    }
+}
+
+impl Faults {
+    /// Consumes one use of `import_unit_restart`; whether this unit restarts.
+    pub fn take_restart(&mut self) -> bool {
+        match self.import_unit_restart {
+            None => false,
+            Some(0) => true,
+            Some(1) => {
+                self.import_unit_restart = None;
+                true
+            }
+            Some(n) => {
+                self.import_unit_restart = Some(n - 1);
+                true
+            }
+        }
     }
 }
 

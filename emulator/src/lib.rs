@@ -147,6 +147,8 @@ pub async fn spawn_with_store(
         }
         None => None,
     };
+    // Cosmos DB keeps `lastUpdated` at 100-ns ticks, SQL at milliseconds (reference §11.2).
+    store.set_precise(config.flavor == Flavor::Aapi);
     let (stop, stopping) = watch::channel(false);
     let shared = Arc::new(Shared {
         import_slots: config.import_concurrency.map(|n| Arc::new(Semaphore::new(n.max(1)))),

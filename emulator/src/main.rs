@@ -76,6 +76,13 @@ struct ServeArgs {
     /// Run in InitialImportMode (writes locked, InitialLoad allowed).
     #[arg(long)]
     initial_import_mode: bool,
+    /// `$import`: rows of one resource type that may share one millisecond, counting stored rows (the server's
+    /// surrogate ids allow 80,000).
+    #[arg(long, default_value_t = fhir_emulator::config::SAME_MS_CAPACITY)]
+    same_ms_capacity: u32,
+    /// Seed for the random order of `$import` processing units (default: a new order per job).
+    #[arg(long)]
+    import_order_seed: Option<u64>,
     /// Initial faults as JSON (same shape as PUT /_admin/faults).
     #[arg(long)]
     faults: Option<String>,
@@ -105,6 +112,10 @@ struct SeedArgs {
     /// Add an Observation with a 22-digit quantity (for the de-identified export path).
     #[arg(long)]
     overflow_decimal: bool,
+    /// Add N crowded milliseconds: two versions of one resource a fraction of a millisecond apart, and three
+    /// more resources of two types, on one millisecond (reference §11.2).
+    #[arg(long, default_value_t = 0)]
+    crowded_milliseconds: usize,
 }
 
 #[derive(clap::Args)]
@@ -158,6 +169,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             authority: args.authority,
         }),
         initial_import_mode: args.initial_import_mode,
+        same_ms_capacity: args.same_ms_capacity,
+        import_order_seed: args.import_order_seed,
         ..EmulatorConfig::new(args.flavor)
     };
     let listener = tokio::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, args.port)))
@@ -184,6 +197,7 @@ async fn seed(args: SeedArgs) -> Result<(), String> {
         seed: args.seed,
         hostile: !args.no_hostile,
         overflow_decimal: args.overflow_decimal,
+        crowded_milliseconds: args.crowded_milliseconds,
         ..SeedParams::default()
     };
     let lines = generate(&params);

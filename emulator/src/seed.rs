@@ -9,7 +9,7 @@
 use serde_json::{Value, json};
 
 use crate::store::{DELETED_STATE_URL, ImportLine, ImportOptions, LineOutcome, Store, parse_import_line};
-use crate::time::{Millis, format_ms, now_ms};
+use crate::time::{Millis, Precise, format_instant, format_ms, now_ms};
 
 /// The default mix: 18 types, weighted towards clinical data as real servers are.
 pub const DEFAULT_TYPES: &[(&str, u32)] = &[
@@ -54,6 +54,11 @@ pub struct SeedParams {
     pub overflow_decimal: bool,
     /// Custom SearchParameter resources.
     pub search_parameters: usize,
+    /// Crowded milliseconds, as a real source has them (reference §11.2): each puts on one millisecond two
+    /// versions of one resource a fraction of a millisecond apart (versions 9 and 10 of `Basic/crowded-<k>`, whose
+    /// versions 1–8 come just before), and three more resources of two types. An aapi store keeps the 100-ns
+    /// ticks; on ahds the two versions collapse onto one millisecond.
+    pub crowded_milliseconds: usize,
 }
 
 impl Default for SeedParams {
@@ -69,6 +74,7 @@ impl Default for SeedParams {
             hostile: true,
             overflow_decimal: false,
             search_parameters: 3,
+            crowded_milliseconds: 0,
         }
     }
 }
@@ -176,6 +182,23 @@ pub fn generate(params: &SeedParams) -> Vec<String> {
     if params.hostile {
         lines.extend(hostile(start, span, &mut rng));
     }
+    for k in 0..params.crowded_milliseconds {
+        let m = start + 1_000 + rng.below(span as u64 / 2) as i64;
+        let id = format!("crowded-{k}");
+        for v in 1..=10i64 {
+            let at = if v <= 8 {
+                (m - 9 + v, 0)
+            } else {
+                (m, if v == 9 { 1_234 } else { 5_678 })
+            };
+            let body = resource("Basic", &id, "patient-000000", v, &mut rng);
+            lines.push(with_meta_precise(body, v, at, false));
+        }
+        for (suffix, resource_type, sub) in [("a", "Patient", 0), ("b", "Observation", 0), ("c", "Patient", 7)] {
+            let body = resource(resource_type, &format!("{id}-{suffix}"), "patient-000000", 1, &mut rng);
+            lines.push(with_meta_precise(body, 1, (m, sub), false));
+        }
+    }
     if params.overflow_decimal {
         // Written as text: JSON numbers of this size only survive with arbitrary precision.
         let t = format_ms(start + rng.below(span as u64) as i64);
@@ -186,10 +209,19 @@ pub fn generate(params: &SeedParams) -> Vec<String> {
     lines
 }
 
-fn with_meta(mut body: Value, version: i64, t: Millis, deleted: bool) -> String {
-    let mut meta = json!({ "versionId": version.to_string(), "lastUpdated": format_ms(t) });
+fn with_meta(body: Value, version: i64, t: Millis, deleted: bool) -> String {
+    with_meta_text(body, version, format_ms(t), deleted)
+}
+
+/// A line whose lastUpdated keeps 100-ns ticks (0–7 fraction digits).
+fn with_meta_precise(body: Value, version: i64, (ms, sub): Precise, deleted: bool) -> String {
+    with_meta_text(body, version, format_instant(ms, sub), deleted)
+}
+
+fn with_meta_text(mut body: Value, version: i64, t: String, deleted: bool) -> String {
+    let mut meta = json!({ "versionId": version.to_string(), "lastUpdated": t });
     if deleted {
-        meta = json!({ "extension": [{ "url": DELETED_STATE_URL, "valueString": "soft-deleted" }], "versionId": version.to_string(), "lastUpdated": format_ms(t) });
+        meta = json!({ "extension": [{ "url": DELETED_STATE_URL, "valueString": "soft-deleted" }], "versionId": version.to_string(), "lastUpdated": t });
     }
     let map = body.as_object_mut().expect("resources are objects");
     let mut ordered = serde_json::Map::new();
@@ -269,11 +301,7 @@ fn hostile(start: Millis, span: Millis, rng: &mut Rng) -> Vec<String> {
 /// Loads lines into a store in-process with the incremental-import rules. Returns (loaded, errors). Lines are
 /// parsed a chunk at a time, so a large dataset never exists twice in memory as JSON trees.
 pub fn load_into(store: &Store, lines: &[String]) -> (usize, Vec<String>) {
-    let opts = ImportOptions {
-        allow_negative_versions: true,
-        input_type: None,
-        now: now_ms(),
-    };
+    let opts = ImportOptions::seeding(now_ms());
     let mut errors = Vec::new();
     let mut loaded = 0;
     for (chunk_no, chunk) in lines.chunks(5000).enumerate() {

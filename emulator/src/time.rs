@@ -32,6 +32,47 @@ pub fn parse_instant_ms(text: &str) -> Option<Millis> {
     DateTime::parse_from_rfc3339(text).ok().map(|t| t.timestamp_millis())
 }
 
+/// 100-ns ticks within a millisecond: 0..=9999. Azure API for FHIR (Cosmos DB) keeps `lastUpdated` at .NET tick
+/// precision (reference §11.2); the SQL server truncates to milliseconds.
+pub type SubMs = u16;
+
+/// An instant at tick precision: whole milliseconds and the 100-ns ticks within the millisecond.
+pub type Precise = (Millis, SubMs);
+
+/// Parses an instant with an offset into (milliseconds, ticks within the millisecond). Digits beyond the 7th are
+/// dropped, as .NET does.
+pub fn parse_instant_precise(text: &str) -> Option<Precise> {
+    let t = DateTime::parse_from_rfc3339(text).ok()?;
+    let ticks = (t.timestamp_subsec_nanos() % 1_000_000) / 100;
+    Some((t.timestamp_millis(), ticks as SubMs))
+}
+
+/// Now at 100-ns precision.
+pub fn now_precise() -> Precise {
+    let t = Utc::now();
+    (
+        t.timestamp_millis(),
+        ((t.timestamp_subsec_nanos() % 1_000_000) / 100) as SubMs,
+    )
+}
+
+/// `meta.lastUpdated` as the servers write it: the fraction with trailing zeros trimmed, no fraction at all when
+/// it is zero, and `+00:00` (`fs:src/Microsoft.Health.Fhir.SqlServer/Features/Storage/SqlServerFhirDataStore.cs`,
+/// `RemoveTrailingZerosFromMillisecondsForAGivenDate`; Cosmos DB via the FHIR serializer's `FFFFFFF` format),
+/// reference §11.12. `sub_ms` is always 0 on ahds (0–3 digits); aapi has 0–7 digits.
+pub fn format_instant(ms: Millis, sub_ms: SubMs) -> String {
+    let t = Utc.timestamp_millis_opt(ms).single().unwrap_or_default();
+    let whole = t.format("%Y-%m-%dT%H:%M:%S").to_string();
+    let ticks = u32::try_from(ms.rem_euclid(1000)).unwrap_or(0) * 10_000 + u32::from(sub_ms);
+    let digits = format!("{ticks:07}");
+    let trimmed = digits.trim_end_matches('0');
+    if trimmed.is_empty() {
+        format!("{whole}+00:00")
+    } else {
+        format!("{whole}.{trimmed}+00:00")
+    }
+}
+
 /// Parses a FHIR partial date or dateTime into the range of instants it denotes. Strict: a trailing space, or
 /// a `+` that a query string decoded into a space, is refused, as the real server refuses it.
 pub fn parse_partial(text: &str) -> Option<DateRange> {
@@ -188,5 +229,18 @@ mod tests {
             "2024-03-01T10:00:00.123+00:00"
         );
         assert_eq!(compact_stamp(ms("2026-05-01T10:00:00.999Z")), "20260501T100000");
+    }
+
+    #[test]
+    fn last_updated_is_written_with_trailing_zeros_trimmed() {
+        let t = ms("2024-03-01T10:00:00.100Z");
+        assert_eq!(format_instant(t, 0), "2024-03-01T10:00:00.1+00:00");
+        assert_eq!(format_instant(t - 100, 0), "2024-03-01T10:00:00+00:00");
+        assert_eq!(format_instant(t - 31, 0), "2024-03-01T10:00:00.069+00:00");
+        assert_eq!(format_instant(t, 4567), "2024-03-01T10:00:00.1004567+00:00");
+        let (m, sub) = parse_instant_precise("2024-03-01T10:00:00.1234567+00:00").unwrap();
+        assert_eq!((m, sub), (ms("2024-03-01T10:00:00.123Z"), 4567));
+        assert_eq!(format_instant(m, sub), "2024-03-01T10:00:00.1234567+00:00");
+        assert_eq!(parse_instant_precise("2024-03-01T10:00:00Z").unwrap().1, 0);
     }
 }

@@ -21,6 +21,7 @@ pub fn router() -> Router<App> {
         .route("/faults", get(get_faults).put(put_faults))
         .route("/load", post(load))
         .route("/stats", get(stats))
+        .route("/late", post(late))
 }
 
 async fn get_faults(State(app): State<App>) -> Response {
@@ -42,11 +43,7 @@ async fn put_faults(State(app): State<App>, body: Bytes) -> FhirResult<Response>
 
 /// NDJSON in, merged with the incremental-import rules (negative versions allowed), counts out.
 async fn load(State(app): State<App>, body: Bytes) -> FhirResult<Response> {
-    let opts = ImportOptions {
-        allow_negative_versions: true,
-        input_type: None,
-        now: now_ms(),
-    };
+    let opts = ImportOptions::seeding(now_ms());
     let text = String::from_utf8_lossy(&body);
     let mut errors = Vec::new();
     let mut lines = Vec::new();
@@ -75,6 +72,24 @@ async fn load(State(app): State<App>, body: Bytes) -> FhirResult<Response> {
         StatusCode::OK,
         &json!({ "loaded": loaded, "unchanged": unchanged, "errors": errors }),
     ))
+}
+
+/// Fault `lateVisibility` (reference §11.10): `{"resource": {...}, "ageMs": N, "hiddenMs": M}` writes a new version
+/// whose `lastUpdated` is N ms in the past and which stays invisible to read, search, history and export for M ms,
+/// like a transaction that took the SQL clock before it committed. Answers the `lastUpdated` it will carry.
+async fn late(State(app): State<App>, body: Bytes) -> FhirResult<Response> {
+    let req: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| FhirError::bad_request(format!("Invalid late write: {e}")))?;
+    let resource = req["resource"].clone();
+    let resource_type = resource["resourceType"].as_str().unwrap_or_default().to_string();
+    let id = resource["id"].as_str().unwrap_or_default().to_string();
+    let age = req["ageMs"].as_u64().unwrap_or(0);
+    let hidden = req["hiddenMs"].as_u64().unwrap_or(0);
+    let last_updated = app
+        .store
+        .write_late(&resource_type, &id, resource, age, hidden)
+        .map_err(|e| FhirError::bad_request(e.to_string()))?;
+    Ok(plain_json(StatusCode::OK, &json!({ "lastUpdated": last_updated })))
 }
 
 async fn stats(State(app): State<App>) -> impl IntoResponse {

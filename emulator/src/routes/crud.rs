@@ -12,7 +12,7 @@ use crate::App;
 use crate::middleware::{RequestId, empty};
 use crate::outcome::{FhirError, FhirResult, IssueCode};
 use crate::store::{Read, Version, WriteError, Written};
-use crate::time::format_ms;
+use crate::time::format_instant;
 
 fn not_found(resource_type: &str, id: &str) -> FhirError {
     FhirError::not_found(format!(
@@ -173,7 +173,7 @@ pub async fn batch(
         match result {
             Ok((status, Some(v))) => {
                 let response = json!({ "response": {
-                    "status": status, "etag": format!("W/\"{}\"", v.version_id), "lastModified": format_ms(v.last_updated)
+                    "status": status, "etag": format!("W/\"{}\"", v.version_id), "lastModified": format_instant(v.last_updated, v.sub_ms)
                 }});
                 out.entry(&json!({}), &v.body, &response);
             }

@@ -12,7 +12,7 @@ use crate::App;
 use crate::middleware::RequestId;
 use crate::outcome::{FhirError, FhirResult, IssueCode};
 use crate::store::{HistoryScope, Position, WriteMethod};
-use crate::time::{format_ms, now_ms, parse_partial};
+use crate::time::{format_instant, now_ms, parse_partial};
 
 pub async fn system(
     State(app): State<App>,
@@ -85,6 +85,7 @@ fn parse(pairs: &[(String, String)]) -> FhirResult<HistoryRequest> {
         parse_partial(v).ok_or_else(|| FhirError::bad_request(format!("The date time value '{v}' is invalid.")))
     };
     let mut at = None;
+    let (mut count_zero, mut positive_count, mut summary_count) = (false, false, false);
     for (name, value) in pairs {
         match name.as_str() {
             "_since" => req.from = Some(date(value)?.start),
@@ -97,15 +98,18 @@ fn parse(pairs: &[(String, String)]) -> FhirResult<HistoryRequest> {
             }
             "_at" => at = Some(date(value)?),
             "_count" => match value.parse::<usize>() {
-                Ok(0) => req.count_only = true,
-                Ok(n) => req.count = n.min(super::search::MAX_COUNT),
+                Ok(0) => count_zero = true,
+                Ok(n) => {
+                    positive_count = true;
+                    req.count = n.min(super::search::MAX_COUNT);
+                }
                 Err(_) => {
                     return Err(FhirError::bad_request(format!(
                         "The '_count' parameter value '{value}' is invalid."
                     )));
                 }
             },
-            "_summary" => req.count_only |= value.eq_ignore_ascii_case("count"),
+            "_summary" => summary_count |= value.eq_ignore_ascii_case("count"),
             "_sort" => match value.as_str() {
                 "_lastUpdated" => req.ascending = true,
                 "-_lastUpdated" => req.ascending = false,
@@ -124,6 +128,13 @@ fn parse(pairs: &[(String, String)]) -> FhirResult<HistoryRequest> {
             _ => {}
         }
     }
+    // `_count > 0` wins over `_summary=count`; `_count=0` or `_summary=count` alone counts
+    // (`fs:src/Microsoft.Health.Fhir.Core/Features/Search/SearchService.cs`, history; reference §11.12).
+    req.count_only = if positive_count {
+        false
+    } else {
+        count_zero || summary_count
+    };
     if let Some(at) = at {
         if req.from.is_some() || req.to.is_some() {
             return Err(forbidden(
@@ -184,7 +195,7 @@ fn run(app: &App, request_id: &str, uri: &OriginalUri, raw: Option<&str>, scope:
             "request": { "method": method, "url": url },
             "response": {
                 "status": status,
-                "lastModified": format_ms(v.version.last_updated),
+                "lastModified": format_instant(v.version.last_updated, v.version.sub_ms),
                 "etag": format!("W/\"{}\"", v.version.version_id)
             }
         });

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde_json::Value;
 
 use super::{DELETED_STATE_URL, Inner, Key, Resource, Store, Version, WriteMethod, set_meta, valid_id};
-use crate::time::{Millis, parse_instant_ms};
+use crate::time::{Millis, Precise, SubMs, parse_instant_precise};
 
 /// Lines further in the future than this are refused.
 const FUTURE_TOLERANCE_MS: Millis = 10_000;
@@ -18,6 +18,29 @@ pub struct ImportOptions {
     /// The input's `type` part, if it had one: lines of other types are errors.
     pub input_type: Option<String>,
     pub now: Millis,
+    /// At most this many rows of one resource type on one millisecond (reference §11.1); `None`: no limit (a
+    /// Cosmos DB source, or seeding).
+    pub same_ms_capacity: Option<u32>,
+}
+
+impl ImportOptions {
+    /// Options for seeding a store: negative versions allowed, no type check, no capacity limit.
+    pub fn seeding(now: Millis) -> ImportOptions {
+        ImportOptions {
+            allow_negative_versions: true,
+            input_type: None,
+            now,
+            same_ms_capacity: None,
+        }
+    }
+}
+
+/// A batch would put more rows of one type on one millisecond than the surrogate ids allow: the SQL merge runs out
+/// of retries and the whole processing unit fails (reference §11.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SameMillisecondFull {
+    pub resource_type: String,
+    pub ms: Millis,
 }
 
 /// One parsed NDJSON line.
@@ -28,8 +51,13 @@ pub struct ImportLine {
     pub resource_type: String,
     pub id: String,
     pub last_updated: Option<Millis>,
+    /// 100-ns ticks within `last_updated`'s millisecond (kept by a precise, aapi store only).
+    pub sub_ms: SubMs,
     /// Kept only when lastUpdated is present and the versionId parses as a 32-bit integer.
     pub version: Option<i64>,
+    /// The version as the server's de-duplication compares it: the text sent when kept, else `"1"`
+    /// (`FirelyImportResourceParser` sets `"1"` when it does not keep the version).
+    pub version_text: String,
     pub deleted: bool,
     /// The resource without `meta.versionId`, `meta.lastUpdated` and the deleted-state extension.
     pub body: Value,
@@ -79,7 +107,7 @@ pub fn parse_import_line(text: &str, line: usize, opts: &ImportOptions) -> Resul
     if opts.input_type.as_deref().is_some_and(|t| t != resource_type) {
         return Err("Resource type not match.".into());
     }
-    let mut last_updated = None;
+    let mut last_updated: Option<Precise> = None;
     let mut version_text = None;
     let mut deleted = false;
     if let Some(Value::Object(meta)) = map.get_mut("meta") {
@@ -87,7 +115,7 @@ pub fn parse_import_line(text: &str, line: usize, opts: &ImportOptions) -> Resul
             None => None,
             Some(v) => Some(
                 v.as_str()
-                    .and_then(parse_instant_ms)
+                    .and_then(parse_instant_precise)
                     .ok_or("Failed to parse resource: meta.lastUpdated is not a valid instant.")?,
             ),
         };
@@ -113,20 +141,25 @@ pub fn parse_import_line(text: &str, line: usize, opts: &ImportOptions) -> Resul
             map.remove("meta");
         }
     }
-    if last_updated.is_some_and(|t| t > opts.now + FUTURE_TOLERANCE_MS) {
+    if last_updated.is_some_and(|t| t.0 > opts.now + FUTURE_TOLERANCE_MS) {
         return Err("LastUpdated in the resource cannot be in the future.".into());
     }
     // An explicit version counts only together with lastUpdated, and only if it is a 32-bit integer.
-    let version = last_updated
+    let kept = last_updated
         .and(version_text)
-        .and_then(|v| v.parse::<i32>().ok())
-        .map(i64::from);
+        .and_then(|v| v.parse::<i32>().ok().map(|n| (i64::from(n), v)));
+    let (version, version_text) = match kept {
+        Some((n, text)) => (Some(n), text),
+        None => (None, "1".to_string()),
+    };
     Ok(ImportLine {
         line,
         resource_type,
         id,
-        last_updated,
+        last_updated: last_updated.map(|t| t.0),
+        sub_ms: last_updated.map_or(0, |t| t.1),
         version,
+        version_text,
         deleted,
         body,
     })
@@ -146,11 +179,45 @@ fn duplicate(line: &ImportLine) -> LineOutcome {
     ))
 }
 
+impl ImportLine {
+    /// The instant the line carries, at the store's precision.
+    fn at(&self) -> Option<Precise> {
+        self.last_updated.map(|t| (t, self.sub_ms))
+    }
+}
+
 impl Store {
-    /// Applies one batch of parsed lines. Returns an outcome per line, keyed by its line number.
+    /// Applies one batch of parsed lines, without a capacity limit. Returns an outcome per line, keyed by its
+    /// line number.
     pub fn import_batch(&self, lines: Vec<ImportLine>, opts: &ImportOptions) -> BTreeMap<usize, LineOutcome> {
+        let opts = ImportOptions {
+            same_ms_capacity: None,
+            ..opts.clone()
+        };
+        self.try_import_batch(lines, &opts).unwrap_or_default()
+    }
+
+    /// Applies one batch of parsed lines as one transaction, in the order the SQL server's
+    /// `ImportResourcesAsync` takes them (`fs:src/Microsoft.Health.Fhir.SqlServer/Features/Storage/SqlServerFhirDataStore.cs`):
+    /// de-duplication on (id, lastUpdated), the match against stored versions on the same instant, then versioned
+    /// lines, then unversioned ones. If the batch would exceed `opts.same_ms_capacity` rows of one type on one
+    /// millisecond, nothing of it is kept and the batch fails (reference §11.1).
+    pub fn try_import_batch(
+        &self,
+        mut lines: Vec<ImportLine>,
+        opts: &ImportOptions,
+    ) -> Result<BTreeMap<usize, LineOutcome>, SameMillisecondFull> {
         let mut outcomes = BTreeMap::new();
-        let survivors = dedup_batch(lines, opts, &mut outcomes);
+        let mut inner = self.lock();
+        if !inner.precise {
+            // SQL keeps milliseconds: versions a fraction of a millisecond apart collapse (reference §11.2).
+            for l in &mut lines {
+                l.sub_ms = 0;
+            }
+        }
+        let survivors = dedup_instants(lines, &mut outcomes);
+        let survivors = inner.match_stored_instants(survivors, &mut outcomes);
+        let survivors = dedup_versions(survivors, opts, &mut outcomes);
         let mut by_resource: BTreeMap<(String, String), Vec<ImportLine>> = BTreeMap::new();
         for line in survivors {
             by_resource
@@ -158,55 +225,77 @@ impl Store {
                 .or_default()
                 .push(line);
         }
-        let mut inner = self.lock();
+        inner.begin();
         for ((resource_type, id), mut lines) in by_resource {
-            // Oldest first; lines without lastUpdated ("now") last.
-            lines.sort_by_key(|l| (l.last_updated.is_none(), l.last_updated, l.line));
+            // Versioned lines merge first, then unversioned ones with lastUpdated, then those without ("now"); each
+            // group oldest first.
+            lines.sort_by_key(|l| (l.version.is_none(), l.last_updated.is_none(), l.at(), l.line));
             let key = inner.key(&resource_type, &id);
             inner.merge_resource(key, lines, opts, &mut outcomes);
         }
-        outcomes
+        if let Some(cap) = opts.same_ms_capacity {
+            let full = inner
+                .journal
+                .iter()
+                .flatten()
+                .find(|(key, _, ms)| inner.rows_at(&key.0, *ms) > cap)
+                .map(|(key, _, ms)| SameMillisecondFull {
+                    resource_type: key.0.to_string(),
+                    ms: *ms,
+                });
+            if let Some(full) = full {
+                inner.rollback();
+                return Err(full);
+            }
+        }
+        inner.commit();
+        Ok(outcomes)
     }
 }
 
-/// In-batch de-duplication (reference §6.2, §6.3): returns the lines that go on to the database rules.
-fn dedup_batch(
+/// The server's in-batch de-duplication on (id, lastUpdated): per group the highest version **compared as text**
+/// (`"9"` beats `"10"`) is kept, and an equal text keeps the earlier line (a stable descending sort); the losers
+/// are neither loaded nor conflicts, so they come back as duplicates
+/// (`fs:src/Microsoft.Health.Fhir.SqlServer/Features/Storage/SqlServerFhirDataStore.cs`, `ImportResourcesAsync`;
+/// reference §11.2). Lines without lastUpdated form one group per id.
+fn dedup_instants(lines: Vec<ImportLine>, outcomes: &mut BTreeMap<usize, LineOutcome>) -> Vec<ImportLine> {
+    let mut kept: HashMap<(String, String, Option<Precise>), ImportLine> = HashMap::new();
+    let mut order = Vec::new();
+    for line in lines {
+        let k = (line.resource_type.clone(), line.id.clone(), line.at());
+        match kept.get(&k) {
+            Some(winner) if line.version_text.as_bytes() > winner.version_text.as_bytes() => {
+                let loser = kept.insert(k, line).expect("present");
+                outcomes.insert(loser.line, duplicate(&loser));
+            }
+            Some(_) => {
+                outcomes.insert(line.line, duplicate(&line));
+            }
+            None => {
+                order.push(k.clone());
+                kept.insert(k, line);
+            }
+        }
+    }
+    order.into_iter().filter_map(|k| kept.remove(&k)).collect()
+}
+
+/// Versioned lines: one per (id, version), the latest lastUpdated winning (losers are duplicates); then, per id
+/// from the newest lastUpdated down, each version must be below the one before it — compared with the previous
+/// line even when that one was refused — and negative versions only with `allowNegativeVersions`
+/// (`RemoveVersionOutOfSyncWithLastUpdatedConflicts` in `SqlServerFhirDataStore.cs`; reference §11.3).
+fn dedup_versions(
     lines: Vec<ImportLine>,
     opts: &ImportOptions,
     outcomes: &mut BTreeMap<usize, LineOutcome>,
 ) -> Vec<ImportLine> {
-    // 1. Same (id, lastUpdated): keep the highest version, compared as text as the server does; an exact
-    //    repeat loses to the earlier line.
-    let mut by_instant: HashMap<(String, String, Option<Millis>), ImportLine> = HashMap::new();
-    let mut order = Vec::new();
-    for line in lines {
-        let k = (line.resource_type.clone(), line.id.clone(), line.last_updated);
-        match by_instant.get(&k) {
-            Some(kept) => {
-                let text = |l: &ImportLine| l.version.map(|v| v.to_string()).unwrap_or_default();
-                if text(&line) > text(kept) {
-                    let loser = by_instant.insert(k, line).expect("present");
-                    outcomes.insert(loser.line, duplicate(&loser));
-                } else {
-                    outcomes.insert(line.line, duplicate(&line));
-                }
-            }
-            None => {
-                order.push(k.clone());
-                by_instant.insert(k, line);
-            }
-        }
-    }
-    let survivors: Vec<ImportLine> = order.into_iter().filter_map(|k| by_instant.remove(&k)).collect();
-
-    // 2. Same (id, explicit version): keep the latest lastUpdated.
     let mut by_version: HashMap<(String, String, i64), usize> = HashMap::new();
-    let mut keep = vec![true; survivors.len()];
-    for (i, line) in survivors.iter().enumerate() {
+    let mut keep = vec![true; lines.len()];
+    for (i, line) in lines.iter().enumerate() {
         let Some(v) = line.version else { continue };
         let k = (line.resource_type.clone(), line.id.clone(), v);
         match by_version.get(&k).copied() {
-            Some(j) if survivors[j].last_updated >= line.last_updated => keep[i] = false,
+            Some(j) if lines[j].at() >= line.at() => keep[i] = false,
             Some(j) => {
                 keep[j] = false;
                 by_version.insert(k, i);
@@ -217,15 +306,13 @@ fn dedup_batch(
         }
     }
     let mut remaining = Vec::new();
-    for (line, kept) in survivors.into_iter().zip(keep) {
+    for (line, kept) in lines.into_iter().zip(keep) {
         if kept {
             remaining.push(line);
         } else {
             outcomes.insert(line.line, duplicate(&line));
         }
     }
-
-    // 3. Explicit versions of one id, newest first, must strictly decrease; negative ones only if allowed.
     let mut per_id: HashMap<(String, String), Vec<usize>> = HashMap::new();
     for (i, l) in remaining.iter().enumerate() {
         if l.version.is_some() {
@@ -237,7 +324,7 @@ fn dedup_batch(
     }
     let mut rejected = vec![false; remaining.len()];
     for indices in per_id.values_mut() {
-        indices.sort_by_key(|&i| std::cmp::Reverse(remaining[i].last_updated));
+        indices.sort_by_key(|&i| std::cmp::Reverse(remaining[i].at()));
         let mut previous: Option<i64> = None;
         for &i in indices.iter() {
             let v = remaining[i].version.expect("explicit");
@@ -245,11 +332,8 @@ fn dedup_batch(
                 rejected[i] = !opts.allow_negative_versions;
                 continue;
             }
-            if previous.is_some_and(|p| v >= p) {
-                rejected[i] = true;
-            } else {
-                previous = Some(v);
-            }
+            rejected[i] = previous.is_some_and(|p| v >= p);
+            previous = Some(v);
         }
     }
     remaining
@@ -275,20 +359,23 @@ impl Inner {
         opts: &ImportOptions,
         outcomes: &mut BTreeMap<usize, LineOutcome>,
     ) {
+        // Versioned lines are checked against the rows stored before the batch (the server reads them once).
+        let before = self.resources.get(&key).cloned().unwrap_or_default();
         let mut i = 0;
         while i < lines.len() {
             let line = &lines[i];
             let existing = self.resources.get(&key).cloned().unwrap_or_default();
             let outcome = match (line.last_updated, line.version) {
-                (Some(t), Some(v)) => self.merge_explicit(&key, &existing, line, t, v),
-                (Some(t), None) => {
+                (Some(_), Some(v)) => self.merge_explicit(&key, &before, line, line.at().expect("has lastUpdated"), v),
+                (Some(_), None) => {
                     // Implicit versions falling into the same gap are numbered together, so collect them.
-                    let upper = existing.versions().iter().find(|x| x.last_updated > t).cloned();
+                    let t = line.at().expect("has lastUpdated");
+                    let upper = existing.versions().iter().find(|x| x.precise() > t).cloned();
                     let mut group = vec![i];
                     if let Some(upper) = &upper {
                         while let Some(next) = lines.get(i + group.len()) {
-                            match (next.last_updated, next.version) {
-                                (Some(nt), None) if nt < upper.last_updated => group.push(i + group.len()),
+                            match (next.at(), next.version) {
+                                (Some(nt), None) if nt < upper.precise() => group.push(i + group.len()),
                                 _ => break,
                             }
                         }
@@ -313,27 +400,60 @@ impl Inner {
         }
     }
 
-    fn merge_explicit(&mut self, key: &Key, existing: &Resource, line: &ImportLine, t: Millis, v: i64) -> LineOutcome {
-        if let Some(same_instant) = existing.versions().iter().find(|x| x.last_updated == t) {
-            return if same_instant.version_id == v && same_content(same_instant, line, v, t) {
-                LineOutcome::Unchanged
-            } else {
-                conflict(line)
-            };
+    /// Lines with lastUpdated whose instant is already stored for the id: the same content (and the same version,
+    /// when one is given) is success without a write, anything else a conflict ("Dedup on lastUpdated against
+    /// database" in `SqlServerFhirDataStore.cs`). Returns the other lines.
+    fn match_stored_instants(
+        &self,
+        lines: Vec<ImportLine>,
+        outcomes: &mut BTreeMap<usize, LineOutcome>,
+    ) -> Vec<ImportLine> {
+        let mut rest = Vec::new();
+        for line in lines {
+            let stored = line.at().and_then(|at| {
+                self.get(&line.resource_type, &line.id)
+                    .and_then(|r| r.versions().iter().find(|x| x.precise() == at))
+            });
+            match stored {
+                Some(s) => {
+                    let same = line.version.is_none_or(|v| v == s.version_id)
+                        && s.deleted == line.deleted
+                        && same_content_ignoring_meta(s, &line);
+                    outcomes.insert(line.line, if same { LineOutcome::Unchanged } else { conflict(&line) });
+                }
+                None => rest.push(line),
+            }
         }
+        rest
+    }
+
+    /// An explicit version (`MergeVersioned` in `SqlServerFhirDataStore.cs`, reference §11.3): a version already
+    /// stored is a conflict; version 0 is neither loaded nor a conflict (it is reported as a duplicate); negative
+    /// versions are history; a positive version is checked against the **current** version only — newer in time
+    /// must not have a lower number, older in time not a higher one — so an older version is stored as history
+    /// even where it falls between two stored history versions out of order.
+    fn merge_explicit(
+        &mut self,
+        key: &Key,
+        existing: &Resource,
+        line: &ImportLine,
+        at: Precise,
+        v: i64,
+    ) -> LineOutcome {
         if existing.versions().iter().any(|x| x.version_id == v) {
             return conflict(line);
         }
-        if v >= 0 {
-            // Version order must agree with time order against the neighbours.
-            let positive = existing.versions().iter().filter(|x| x.version_id >= 0);
-            let lower = positive.clone().rfind(|x| x.last_updated < t);
-            let upper = positive.clone().find(|x| x.last_updated > t);
-            if lower.is_some_and(|l| l.version_id >= v) || upper.is_some_and(|u| u.version_id <= v) {
-                return conflict(line);
-            }
+        if v == 0 {
+            return duplicate(line);
         }
-        self.store_line(key.clone(), line, v, t);
+        if v > 0
+            && let Some(current) = existing.current()
+            && ((current.precise() > at && current.version_id < v)
+                || (current.precise() < at && current.version_id > v))
+        {
+            return conflict(line);
+        }
+        self.store_line(key.clone(), line, v, at);
         LineOutcome::Loaded
     }
 
@@ -348,8 +468,8 @@ impl Inner {
         let mut results = Vec::new();
         let mut fresh = Vec::new();
         for line in group {
-            let t = line.last_updated.expect("implicit lines have lastUpdated");
-            match existing.versions().iter().find(|x| x.last_updated == t) {
+            let t = line.at().expect("implicit lines have lastUpdated");
+            match existing.versions().iter().find(|x| x.precise() == t) {
                 Some(same) if same_content_ignoring_meta(same, line) => results.push(Some(LineOutcome::Unchanged)),
                 Some(_) => results.push(Some(conflict(line))),
                 None => {
@@ -366,11 +486,11 @@ impl Inner {
             }
             // Earlier than a stored version: fit below it if the gap allows, else negative or conflict.
             Some(upper) => {
-                let t0 = fresh.first().map(|f| f.2).unwrap_or(0);
+                let t0 = fresh.first().map_or((0, 0), |f| f.2);
                 let lower = existing
                     .versions()
                     .iter()
-                    .filter(|x| x.version_id >= 0 && x.last_updated < t0)
+                    .filter(|x| x.version_id >= 0 && x.precise() < t0)
                     .map(|x| x.version_id)
                     .max()
                     .unwrap_or(0);
@@ -410,27 +530,23 @@ impl Inner {
         {
             return LineOutcome::Unchanged;
         }
-        let t = opts
-            .now
-            .max(self.last_assigned + 1)
-            .max(existing.current().map_or(0, |c| c.last_updated + 1));
+        // Server time, which many writes may share (reference §11.2); never before the current version.
+        let t = (
+            opts.now
+                .max(self.last_assigned.0)
+                .max(existing.current().map_or(0, |c| c.last_updated)),
+            0,
+        );
         self.last_assigned = self.last_assigned.max(t);
         self.store_line(key.clone(), line, existing.next_version(), t);
         LineOutcome::Loaded
     }
 
-    fn store_line(&mut self, key: Key, line: &ImportLine, version_id: i64, t: Millis) {
+    fn store_line(&mut self, key: Key, line: &ImportLine, version_id: i64, t: Precise) {
         let mut body = line.body.clone();
         set_meta(&mut body, version_id, t);
         self.add(key, version_id, t, line.deleted, WriteMethod::Import, body.to_string());
     }
-}
-
-/// Stored JSON equals the line's JSON with the same meta: an identical re-import.
-fn same_content(stored: &Version, line: &ImportLine, v: i64, t: Millis) -> bool {
-    let mut body = line.body.clone();
-    set_meta(&mut body, v, t);
-    stored.deleted == line.deleted && serde_json::from_str::<Value>(&stored.body).is_ok_and(|s| s == body)
 }
 
 /// Stored JSON equals the line's JSON once versionId and lastUpdated are ignored on both sides.

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::{Map, Value, json};
 
-use crate::time::{Millis, format_ms, now_ms};
+use crate::time::{Millis, Precise, SubMs, format_instant, now_ms, now_precise};
 
 /// The extension the servers put on (and read from) soft-deleted rows in NDJSON.
 pub const DELETED_STATE_URL: &str = "http://azurehealthcareapis.com/data-extensions/deleted-state";
@@ -35,12 +35,22 @@ pub enum WriteMethod {
 pub struct Version {
     pub version_id: i64,
     pub last_updated: Millis,
+    /// 100-ns ticks within `last_updated`'s millisecond: kept by aapi (Cosmos DB keeps tick precision, reference
+    /// §11.2), always 0 on ahds (SQL truncates to milliseconds).
+    pub sub_ms: SubMs,
     /// Global insertion order: breaks ties between versions with the same millisecond (the surrogate id).
     pub seq: u64,
     pub deleted: bool,
     pub method: WriteMethod,
     /// The stored JSON, including `meta.versionId` and `meta.lastUpdated`.
     pub body: Arc<str>,
+}
+
+impl Version {
+    /// `meta.lastUpdated` at full precision.
+    pub fn precise(&self) -> Precise {
+        (self.last_updated, self.sub_ms)
+    }
 }
 
 /// A resource's versions, ordered by (lastUpdated, versionId); the last one is current.
@@ -75,7 +85,7 @@ impl Resource {
     fn insert(&mut self, v: Version) {
         let at = self
             .versions
-            .partition_point(|x| (x.last_updated, x.version_id) <= (v.last_updated, v.version_id));
+            .partition_point(|x| (x.last_updated, x.sub_ms, x.version_id) <= (v.last_updated, v.sub_ms, v.version_id));
         self.versions.insert(at, v);
     }
 
@@ -94,10 +104,29 @@ pub(crate) struct Inner {
     /// Every version by (lastUpdated, seq): range scans for search, history and export.
     index: BTreeMap<(Millis, u64), Key>,
     next_seq: u64,
-    /// The last lastUpdated handed out to an ordinary write; keeps server-assigned times strictly increasing.
-    last_assigned: Millis,
+    /// The last lastUpdated handed out to an ordinary write; server-assigned times never go backwards.
+    last_assigned: Precise,
+    /// aapi: `lastUpdated` keeps 100-ns ticks (Cosmos DB). ahds: whole milliseconds (SQL).
+    precise: bool,
+    /// Rows per (resource type, millisecond): the SQL surrogate-id space that `$import` can exhaust (reference
+    /// §11.1).
+    per_type_ms: HashMap<(Arc<str>, Millis), u32>,
+    /// While a batch is applied: the (key, seq) of every version added, so the batch can be undone.
+    journal: Option<Vec<(Key, u64, Millis)>>,
+    /// Writes committed late (fault `lateVisibility`, reference §11.10): invisible until their time comes.
+    pending: Vec<LateWrite>,
     /// Interned type names, so keys share one allocation per type.
     types: HashMap<String, Arc<str>>,
+}
+
+/// A version whose transaction commits late: its `lastUpdated` lies in the past, and it becomes visible (is
+/// inserted) only at `visible_at`.
+#[derive(Debug, Clone)]
+struct LateWrite {
+    key: Key,
+    at: Precise,
+    visible_at: Millis,
+    body: Value,
 }
 
 /// A cheap, cloneable handle on the store.
@@ -149,7 +178,47 @@ impl Store {
     pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave a half-written resource (every mutation is a single
         // insert or remove), so a poisoned lock is still safe to use.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.promote_late_writes(now_ms());
+        inner
+    }
+
+    /// Whether `lastUpdated` keeps 100-ns ticks (aapi, Cosmos DB) or whole milliseconds (ahds, SQL). Set by
+    /// [`crate::spawn_with_store`] from the flavor; a bare store keeps milliseconds.
+    pub fn set_precise(&self, precise: bool) {
+        self.lock().precise = precise;
+    }
+
+    /// Whether this store keeps sub-millisecond `lastUpdated`.
+    pub fn is_precise(&self) -> bool {
+        self.lock().precise
+    }
+
+    /// Writes a new version of `Type/id` whose `lastUpdated` is `age_ms` in the past but which stays invisible
+    /// (to read, search, history and export) for `hidden_ms`: a transaction that took the clock before it
+    /// committed (`fs:src/Microsoft.Health.Fhir.SqlServer/Features/Search/SqlServerSearchService.cs` has no
+    /// visibility check; reference §11.10). Its version number is given when it becomes visible. Returns the
+    /// `lastUpdated` it will carry.
+    pub fn write_late(
+        &self,
+        resource_type: &str,
+        id: &str,
+        body: Value,
+        age_ms: u64,
+        hidden_ms: u64,
+    ) -> Result<String, WriteError> {
+        check_body(&body, resource_type, Some(id))?;
+        let mut inner = self.lock();
+        let key = inner.key(resource_type, id);
+        let (ms, sub) = inner.next_timestamp();
+        let at = (ms - age_ms as Millis, sub);
+        inner.pending.push(LateWrite {
+            key,
+            at,
+            visible_at: now_ms() + hidden_ms as Millis,
+            body,
+        });
+        Ok(format_instant(at.0, at.1))
     }
 
     /// PUT: update, or create with the given id.
@@ -203,6 +272,7 @@ impl Store {
         };
         for v in &resource.versions {
             inner.index.remove(&(v.last_updated, v.seq));
+            inner.count_row(&key.0, v.last_updated, false);
         }
         resource.versions.len()
     }
@@ -266,33 +336,114 @@ impl Inner {
         self.resources.get(&(Arc::from(resource_type), Arc::from(id)))
     }
 
-    /// A server timestamp for an ordinary write: now, but strictly after the previous one, so two writes never
-    /// share a millisecond (the real server's surrogate ids guarantee the same order).
-    fn next_timestamp(&mut self) -> Millis {
-        let t = now_ms().max(self.last_assigned + 1);
+    /// A server timestamp for an ordinary write. Many writes share one millisecond on a real server (SQL: up to
+    /// 80,000 surrogate ids per millisecond, `fs:src/Microsoft.Health.Fhir.SqlServer/Features/Schema/Sql/Sprocs/MergeResourcesBeginTransaction.sql`;
+    /// reference §11.2), so the only rule is that time never goes backwards. aapi keeps 100-ns ticks, strictly
+    /// increasing (two writes one tick apart still share a millisecond); ahds gives whole milliseconds.
+    fn next_timestamp(&mut self) -> Precise {
+        let t = if self.precise {
+            let (ms, sub) = self.last_assigned;
+            let after = if sub >= 9_999 { (ms + 1, 0) } else { (ms, sub + 1) };
+            now_precise().max(after)
+        } else {
+            (now_ms().max(self.last_assigned.0), 0)
+        };
         self.last_assigned = t;
         t
+    }
+
+    /// How many rows (versions) of `resource_type` the store holds on millisecond `ms`.
+    pub(crate) fn rows_at(&self, resource_type: &str, ms: Millis) -> u32 {
+        self.per_type_ms
+            .get(&(Arc::from(resource_type), ms))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn count_row(&mut self, resource_type: &Arc<str>, ms: Millis, added: bool) {
+        let k = (resource_type.clone(), ms);
+        let n = self.per_type_ms.entry(k.clone()).or_default();
+        if added {
+            *n += 1;
+        } else {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_type_ms.remove(&k);
+            }
+        }
+    }
+
+    /// Starts recording added versions, so that [`Inner::rollback`] can undo a failed batch.
+    pub(crate) fn begin(&mut self) {
+        self.journal = Some(Vec::new());
+    }
+
+    /// Stops recording; returns what was added.
+    pub(crate) fn commit(&mut self) -> Vec<(Key, u64, Millis)> {
+        self.journal.take().unwrap_or_default()
+    }
+
+    /// Removes every version added since [`Inner::begin`] (a transaction that failed).
+    pub(crate) fn rollback(&mut self) {
+        for (key, seq, ms) in self.commit() {
+            self.index.remove(&(ms, seq));
+            self.count_row(&key.0, ms, false);
+            if let Some(r) = self.resources.get_mut(&key) {
+                r.versions.retain(|v| v.seq != seq);
+                if r.versions.is_empty() {
+                    self.resources.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Inserts the late writes whose time has come.
+    fn promote_late_writes(&mut self, now: Millis) {
+        if self.pending.iter().all(|p| p.visible_at > now) {
+            return;
+        }
+        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|p| p.visible_at <= now);
+        self.pending = waiting;
+        for mut late in due {
+            let version_id = self.resources.get(&late.key).map_or(1, Resource::next_version);
+            let method = if version_id == 1 {
+                WriteMethod::Post
+            } else {
+                WriteMethod::Put
+            };
+            set_meta(&mut late.body, version_id, late.at);
+            let body = late.body.to_string();
+            self.add(late.key, version_id, late.at, false, method, body);
+        }
     }
 
     pub(crate) fn add(
         &mut self,
         key: Key,
         version_id: i64,
-        last_updated: Millis,
+        (last_updated, sub_ms): Precise,
         deleted: bool,
         method: WriteMethod,
         body: String,
     ) -> Version {
         self.next_seq += 1;
+        let sub_ms = if self.precise { sub_ms } else { 0 };
         let version = Version {
             version_id,
             last_updated,
+            sub_ms,
             seq: self.next_seq,
             deleted,
             method,
             body: Arc::from(body),
         };
         self.index.insert((last_updated, version.seq), key.clone());
+        self.count_row(&key.0, last_updated, true);
+        if let Some(journal) = &mut self.journal {
+            journal.push((key.clone(), version.seq, last_updated));
+        }
         self.resources.entry(key).or_default().insert(version.clone());
         version
     }
@@ -320,14 +471,17 @@ fn check_body(body: &Value, resource_type: &str, id: Option<&str>) -> Result<(),
 
 /// Sets `meta.versionId` (a string, as FHIR requires) and `meta.lastUpdated`, keeping other meta fields, and
 /// puts `id` and `meta` right after `resourceType` as the servers do.
-pub(crate) fn set_meta(body: &mut Value, version_id: i64, last_updated: Millis) {
+pub(crate) fn set_meta(body: &mut Value, version_id: i64, (last_updated, sub_ms): Precise) {
     let Some(map) = body.as_object_mut() else { return };
     let mut meta = match map.remove("meta") {
         Some(Value::Object(m)) => m,
         _ => Map::new(),
     };
     meta.insert("versionId".into(), Value::String(version_id.to_string()));
-    meta.insert("lastUpdated".into(), Value::String(format_ms(last_updated)));
+    meta.insert(
+        "lastUpdated".into(),
+        Value::String(format_instant(last_updated, sub_ms)),
+    );
     let mut ordered = Map::new();
     for key in ["resourceType", "id"] {
         if let Some(v) = map.remove(key) {
@@ -340,11 +494,11 @@ pub(crate) fn set_meta(body: &mut Value, version_id: i64, last_updated: Millis) 
 }
 
 /// The body the servers store for a soft-deleted version.
-pub(crate) fn deleted_stub(resource_type: &str, id: &str, version_id: i64, last_updated: Millis) -> String {
+pub(crate) fn deleted_stub(resource_type: &str, id: &str, version_id: i64, (last_updated, sub_ms): Precise) -> String {
     json!({
         "resourceType": resource_type,
         "id": id,
-        "meta": { "versionId": version_id.to_string(), "lastUpdated": format_ms(last_updated) }
+        "meta": { "versionId": version_id.to_string(), "lastUpdated": format_instant(last_updated, sub_ms) }
     })
     .to_string()
 }
@@ -378,3 +532,5 @@ fn new_id() -> String {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_second_reading;

@@ -51,6 +51,11 @@ pub struct ExportSelection {
     pub till: Millis,
     /// The non-parallel search path uses `lastUpdated <= till`; the parallel path `< till`.
     pub inclusive_till: bool,
+    /// On the inclusive path: where `_till`'s precision ends (exclusive), so `_till=…T00:00:00.000Z` takes that
+    /// whole millisecond (every sub-millisecond value in it) and `_till=2026-01-02` the whole day
+    /// (`fs:src/Microsoft.Health.Fhir.Core/Features/Search/Expressions/Parsers/SearchValueExpressionBuilderHelper.cs`;
+    /// reference §11.9). `None`: the millisecond of `till`.
+    pub inclusive_end: Option<Millis>,
     /// Parallel path without `_history`: export each resource as it was at `till`.
     pub snapshot: bool,
     pub history: bool,
@@ -169,7 +174,11 @@ impl Store {
     /// The versions an export selects, sorted by type, then (lastUpdated, seq).
     pub fn export(&self, sel: &ExportSelection) -> Vec<VersionRef> {
         let inner = self.lock();
-        let upper = if sel.inclusive_till { sel.till + 1 } else { sel.till };
+        let upper = if sel.inclusive_till {
+            sel.inclusive_end.unwrap_or(sel.till + 1).max(sel.till + 1)
+        } else {
+            sel.till
+        };
         let lower = sel.since.unwrap_or(Millis::MIN);
         if lower >= upper {
             return Vec::new();

@@ -280,7 +280,7 @@ async fn item_22_23_history_and_deleted_rows() {
         deleted,
         json!({ "resourceType": "Patient", "id": "p2", "meta": {
             "extension": [{ "url": "http://azurehealthcareapis.com/data-extensions/deleted-state", "valueString": "soft-deleted" }],
-            "versionId": "2", "lastUpdated": "2024-01-04T00:00:00.000+00:00" } })
+            "versionId": "2", "lastUpdated": "2024-01-04T00:00:00+00:00" } })
     );
 }
 

@@ -259,27 +259,6 @@ async fn item_40_unit_failures_sink_the_import_but_keep_committed_batches() {
 }
 
 #[tokio::test]
-async fn item_40_more_than_ten_thousand_resources_in_one_millisecond_fail_the_unit() {
-    let s = server_with_storage(Flavor::Ahds).await;
-    let lines: Vec<String> = (0..10_001)
-        .map(|i| line("Basic", &format!("b{i}"), 1, T1, json!({})))
-        .collect();
-    let url = s.write_blob("import", "same-ms.ndjson", &lines.join("\n")).await;
-    let location = start(
-        &s,
-        &[(&url, None, None)],
-        &[json!({ "name": "processingUnitBytesToRead", "valueInteger": 100_000_000 })],
-    )
-    .await;
-    let (status, _, text) = diagnostics(s.finish(&location).await).await;
-    assert_eq!(status, 400);
-    assert!(
-        text.contains("reduce the number of resources with the same up to millisecond lastUpdated below 10,000"),
-        "{text}"
-    );
-}
-
-#[tokio::test]
 async fn item_41_cancel() {
     let config = EmulatorConfig {
         job_latency: Duration::from_secs(30),

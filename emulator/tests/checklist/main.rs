@@ -9,5 +9,7 @@ mod import_jobs;
 mod import_kickoff;
 mod roundtrip;
 mod search;
+mod second_reading_import;
+mod second_reading_reads;
 mod support;
 mod tools;

@@ -57,6 +57,8 @@ pub struct ExportRequest {
     pub scope: Scope,
     pub since: Option<Millis>,
     pub till: Option<Millis>,
+    /// Where `_till`'s precision ends (exclusive): the inclusive search path reads up to here (reference §11.9).
+    pub till_end: Option<Millis>,
     pub types: Option<HashSet<String>>,
     /// (type, [(param, value)]) filters.
     pub type_filters: Vec<(String, Vec<(String, String)>)>,
@@ -187,6 +189,7 @@ fn validate(
     };
     let since = instant("_since")?;
     let till = instant("_till")?;
+    let till_end = get("_till").and_then(parse_partial).map(|r| r.end);
     let is_parallel = match get("_isParallel") {
         None => None,
         Some(v) => Some(
@@ -383,6 +386,7 @@ fn validate(
         scope,
         since,
         till,
+        till_end,
         types,
         type_filters,
         container,

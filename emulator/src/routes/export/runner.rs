@@ -196,11 +196,15 @@ fn select(app: &App, created: Millis, request: &ExportRequest) -> Result<Vec<Ver
     let till = request.till.unwrap_or(created);
     // The SQL (ahds) parallel path: [since, till) with a snapshot at `till`; everything else searches with
     // both ends inclusive.
-    let sql_parallel = request.parallel && app.config.flavor == crate::Flavor::Ahds;
+    // Fault `exportSqlFallback`: the SQL orchestrator's fallback job (no ranges planned) searches inclusively
+    // (`fs:src/Microsoft.Health.Fhir.SqlServer/Features/Operations/Export/SqlExportOrchestratorJob.cs`; reference §11.9).
+    let sql_parallel =
+        request.parallel && app.config.flavor == crate::Flavor::Ahds && !app.faults().export_sql_fallback;
     let selection = ExportSelection {
         since: request.since,
         till,
         inclusive_till: !sql_parallel,
+        inclusive_end: request.till_end,
         snapshot: sql_parallel && !request.history,
         history: request.history,
         deleted: request.deleted,

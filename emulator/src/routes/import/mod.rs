@@ -21,7 +21,7 @@ use crate::wire::{ImportError, ImportOutput, ImportResult};
 use crate::{App, Flavor};
 
 /// Default processing unit size (reference §4.2).
-const DEFAULT_UNIT_BYTES: usize = 10_000_000;
+const DEFAULT_UNIT_BYTES: i64 = 10_000_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ImportInput {
@@ -33,12 +33,31 @@ pub struct ImportInput {
 #[derive(Debug, Clone)]
 pub struct ImportSpec {
     pub inputs: Vec<ImportInput>,
-    /// `force` and `eventualConsistency`: part of the definition even where they change nothing here.
-    pub flags: String,
     pub initial_load: bool,
     pub allow_negative_versions: bool,
-    pub unit_bytes: usize,
+    /// The unit size: the parsed `processingUnitBytesToRead`, or the default for 0 (negative plans no unit).
+    pub unit_bytes: i64,
     pub error_container: String,
+    /// The job definition as the server builds it from the request (see [`definition_key`]).
+    pub definition: Definition,
+}
+
+/// What `CreateImportRequestHandler` puts into the orchestrator job's definition, before any default is applied
+/// (`fs:src/Microsoft.Health.Fhir.Core/Features/Operations/Import/CreateImportRequestHandler.cs`): RequestUri,
+/// Input, InputFormat, InputSource, StorageDetail, ImportMode, AllowNegativeVersions, EventualConsistency,
+/// ErrorContainerName and ProcessingUnitBytesToRead. `force` is not part of it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Definition {
+    pub input_format: Option<String>,
+    pub input_source: Option<String>,
+    pub storage_type: Option<String>,
+    pub initial_load: bool,
+    pub allow_negative_versions: bool,
+    pub eventual_consistency: bool,
+    /// As sent: an omitted container and an explicit `fhirlogs` differ.
+    pub error_container: Option<String>,
+    /// `int.TryParse` of the value: 0 when omitted or unparsable.
+    pub unit_bytes: i32,
 }
 
 /// One processing unit: a byte range of one input.
@@ -123,7 +142,7 @@ pub async fn kickoff(
     }
     let spec = parse_parameters(&app, &body)?;
     let request_url = format!("{}{}", app.base_url, uri.0);
-    let definition = definition_key(&request_url, &spec);
+    let definition = definition_key(&request_url, &spec.inputs, &spec.definition);
     let (id, fresh) = {
         let mut imports = app.imports.lock().unwrap_or_else(|p| p.into_inner());
         match imports.by_definition.get(&definition) {
@@ -156,10 +175,12 @@ pub async fn kickoff(
     Ok(response)
 }
 
-/// Everything that defines a job (no timestamps): identical requests hash the same forever.
-fn definition_key(request_url: &str, spec: &ImportSpec) -> String {
-    let inputs: Vec<String> = spec
-        .inputs
+/// The key identical definitions share. The server hashes the serialized definition (SHA-1) and returns the
+/// existing job for a hash held by any job not yet archived — failed and cancelled jobs included
+/// (`fs:src/Microsoft.Health.Fhir.SqlServer/Features/Schema/Sql/Sprocs/EnqueueJobs.sql`; reference §11.7). The
+/// emulator never archives, so registrations are remembered for its lifetime.
+fn definition_key(request_url: &str, inputs: &[ImportInput], d: &Definition) -> String {
+    let inputs: Vec<String> = inputs
         .iter()
         .map(|i| {
             format!(
@@ -170,15 +191,24 @@ fn definition_key(request_url: &str, spec: &ImportSpec) -> String {
             )
         })
         .collect();
+    let opt = |v: &Option<String>| v.as_deref().map_or("<none>".to_string(), |s| format!("={s}"));
     format!(
-        "{request_url}\n{}\n{}|{}|{}|{}|{}",
+        "{request_url}\n{}\nformat{}|source{}|storage{}|initial={}|negative={}|eventual={}|errors{}|unit={}",
         inputs.join("\n"),
-        spec.flags,
-        spec.initial_load,
-        spec.allow_negative_versions,
-        spec.unit_bytes,
-        spec.error_container
+        opt(&d.input_format),
+        opt(&d.input_source),
+        opt(&d.storage_type),
+        d.initial_load,
+        d.allow_negative_versions,
+        d.eventual_consistency,
+        opt(&d.error_container),
+        d.unit_bytes
     )
+}
+
+/// .NET `int.TryParse` with the default style: optional surrounding whitespace and sign, digits, 32 bits.
+fn dotnet_int(text: &str) -> Option<i32> {
+    text.trim().parse::<i32>().ok()
 }
 
 /// `value[x]` of any type, as text (the server calls ToString on it).
@@ -303,6 +333,7 @@ fn parse_parameters(app: &App, body: &[u8]) -> FhirResult<ImportSpec> {
             "Initial import mode is not enabled. Please update service configuration to enable initial import mode.",
         ));
     }
+    let mut storage_type = None;
     if let Some(detail) = singles.get("storageDetail") {
         let kind = detail["part"]
             .as_array()
@@ -310,27 +341,48 @@ fn parse_parameters(app: &App, body: &[u8]) -> FhirResult<ImportSpec> {
             .flatten()
             .find(|x| x["name"] == "type")
             .and_then(value_text);
-        if kind.is_some_and(|k| k != "azure-blob") {
+        if kind.as_deref().is_some_and(|k| k != "azure-blob") {
             return Err(invalid("storageDetails"));
         }
+        storage_type = kind;
     }
-    let unit_bytes = match text("processingUnitBytesToRead").map(|v| v.parse::<usize>()) {
-        None | Some(Ok(0)) => DEFAULT_UNIT_BYTES,
-        Some(Ok(n)) => n,
-        Some(Err(_)) => return Err(invalid("processingUnitBytesToRead")),
+    // `inputSource` (a URI) is recorded in the definition and changes nothing else; a value that is not a URI is
+    // not taken (`TryGetUriValue`, `fs:src/Microsoft.Health.Fhir.Shared.Api/Features/Operations/Import/ImportRequestExtensions.cs`).
+    let input_source = text("inputSource");
+    // `int.TryParse`: an unparsable value is silently ignored and 0 means the default
+    // (`fs:src/Microsoft.Health.Fhir.Shared.Api/Features/Operations/ParametersExtensions.cs`, `ImportOrchestratorJob.cs`;
+    // reference §11.8).
+    let raw_unit_bytes = text("processingUnitBytesToRead")
+        .and_then(|v| dotnet_int(&v))
+        .unwrap_or(0);
+    let unit_bytes = if raw_unit_bytes == 0 {
+        DEFAULT_UNIT_BYTES
+    } else {
+        i64::from(raw_unit_bytes)
     };
+    let error_container = text("errorContainerName").filter(|v| !v.is_empty());
     Ok(ImportSpec {
-        flags: format!(
-            "force={}|eventualConsistency={}",
-            flag("force"),
-            flag("eventualConsistency")
-        ),
+        definition: Definition {
+            input_format: text("inputFormat"),
+            input_source,
+            storage_type,
+            initial_load,
+            allow_negative_versions: flag("allowNegativeVersions"),
+            eventual_consistency: flag("eventualConsistency"),
+            error_container: error_container.clone(),
+            unit_bytes: raw_unit_bytes,
+        },
         inputs: parsed,
         initial_load,
         allow_negative_versions: flag("allowNegativeVersions"),
         unit_bytes,
-        error_container: text("errorContainerName").unwrap_or_else(|| "fhirlogs".into()),
+        error_container: error_container.unwrap_or_else(|| "fhirlogs".into()),
     })
+}
+
+/// The reason a failed coordinator reports: a 500's message is hidden (`GetImportRequestHandler.cs`).
+fn coordinator_reason(status: u16, message: &str) -> &str {
+    if status == 500 { "InternalServerError" } else { message }
 }
 
 fn job_not_found(id: &str) -> FhirError {
@@ -414,6 +466,9 @@ pub async fn status(State(app): State<App>, Path(id): Path<String>, RawQuery(raw
     match &job.coordinator {
         Coordinator::Running => return Ok(empty(StatusCode::ACCEPTED)),
         Coordinator::Failed { status, message } => {
+            // A 500's message is hidden (`fs:src/Microsoft.Health.Fhir.Core/Features/Operations/Import/GetImportRequestHandler.cs`;
+            // reference §11.11).
+            let message = coordinator_reason(*status, message);
             return Err(failed(
                 *status,
                 format!("import operation failed for reason: {message}"),
@@ -447,11 +502,7 @@ pub async fn cancel(State(app): State<App>, Path(id): Path<String>) -> FhirResul
         .ok()
         .and_then(|n| imports.jobs.get_mut(&n))
         .ok_or_else(|| job_not_found(&id))?;
-    let split = matches!(job.coordinator, Coordinator::Split);
-    let any_failed = matches!(job.coordinator, Coordinator::Failed { .. })
-        || job.units.iter().any(|u| matches!(u.state, UnitState::Failed { .. }));
-    let all_done = split && job.units.iter().all(|u| matches!(u.state, UnitState::Done { .. }));
-    if !job.cancelled && (any_failed || all_done) {
+    if !job.cancelled && cancel_refused(job) {
         return Err(FhirError::new(
             StatusCode::CONFLICT,
             IssueCode::Processing,
@@ -461,3 +512,39 @@ pub async fn cancel(State(app): State<App>, Path(id): Path<String>) -> FhirResul
     job.cancelled = true;
     Ok(empty(StatusCode::ACCEPTED))
 }
+
+/// Whether a cancel is refused with 409.
+fn cancel_refused(job: &ImportJob) -> bool {
+    // The group's jobs in id order — the coordinator, then the units (ids follow their random order) — are walked
+    // until the first failed one (409) or the first unfinished one (cancel goes ahead): a loop with `break`
+    // (`fs:src/Microsoft.Health.Fhir.Core/Features/Operations/Import/CancelImportRequestHandler.cs`; reference §11.11).
+    let mut any_failed = false;
+    let mut all_done = true;
+    let coordinator = match job.coordinator {
+        Coordinator::Failed { .. } => Some(true),
+        Coordinator::Running => Some(false),
+        Coordinator::Split => None,
+    };
+    let units = job.units.iter().map(|u| match u.state {
+        UnitState::Failed { .. } => Some(true),
+        UnitState::Pending => Some(false),
+        UnitState::Done { .. } => None,
+    });
+    for state in std::iter::once(coordinator).chain(units) {
+        match state {
+            Some(true) => {
+                any_failed = true;
+                break;
+            }
+            Some(false) => {
+                all_done = false;
+                break;
+            }
+            None => {}
+        }
+    }
+    any_failed || all_done
+}
+
+#[cfg(test)]
+mod tests;

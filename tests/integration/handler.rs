@@ -285,7 +285,7 @@ async fn import_failures_http_lists_the_ledger_and_refuses_unclear_requests() {
             "no unresolved failure",
         ),
         (json!({ "action": "retry", "ids": "Patient|p1|1" }), "Patient|p1|1"),
-        (json!({ "action": "explode" }), "retry or accept"),
+        (json!({ "action": "explode" }), "retry, accept or reopen"),
     ] {
         let (code, body) = call(
             &handler,

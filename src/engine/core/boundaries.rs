@@ -6,7 +6,12 @@
 
 use super::exports::{Failure, fail_window};
 use super::flow::write_job;
-use super::rules::{self, IDENTICAL_FAILURES_TO_HALT};
+use super::rules;
+
+/// How many times in a row the reading may change before the window halts: a real server changes it only
+/// when its export path changes (§11.9), so a few times is plenty; a reading that keeps changing needs an
+/// operator to fix it with `AZURE_ExportTillInclusive`.
+pub const READING_FLIPS_TO_HALT: i64 = 6;
 use super::{Action, Context, Mark, Notes};
 use crate::fhir::format_instant;
 use crate::state::Job;
@@ -25,7 +30,7 @@ use crate::telemetry::Event;
 ///   visible late, reference §11.10, is then part of the count);
 /// * any other shortfall: imported (versions deleted since the count, or not exported under the chosen options).
 ///
-/// A reading that flips back and forth halts the window after [`IDENTICAL_FAILURES_TO_HALT`] times, naming
+/// A reading that flips back and forth halts the window after [`READING_FLIPS_TO_HALT`] times, naming
 /// `AZURE_ExportTillInclusive`; with that setting given explicitly the reading is never changed, and a manifest
 /// that disagrees with it fails the window.
 pub fn check_manifest(ctx: &Context, job: &Job, total: i64, handled: &Mark) -> Option<Action> {
@@ -84,7 +89,7 @@ fn read_again(job: &Job, till_early: bool, reason: String, handled: &Mark) -> Ac
         format_instant(job.till)
     );
     let streak = rules::next_streak(&job.failure_reason, job.failure_streak, &signature);
-    if streak >= IDENTICAL_FAILURES_TO_HALT {
+    if streak >= READING_FLIPS_TO_HALT {
         let reason = format!(
             "{signature} {streak} times: {reason}. Set AZURE_ExportTillInclusive to how this source reads `_till`"
         );

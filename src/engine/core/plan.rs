@@ -50,6 +50,22 @@ pub fn commit(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Option<Actio
         if window_phase(job) != WindowPhase::Processed {
             return None;
         }
+        // Custom SearchParameters travel through the REST API (the sync), not in the window's import: a window
+        // commits only once a sync has covered its end, so the range it reports migrated includes them.
+        if cursor.search_parameters_synced_at.is_none_or(|s| s < job.till) {
+            if !facts.search_parameters_tried {
+                return Some(Action::CopySearchParameters);
+            }
+            return note_once(
+                facts,
+                &format!("search-parameters-{}", job.seq),
+                &format!(
+                    "Window {} to {} waits for the SearchParameter sync to cover its end (the sync did not complete; it is tried again next tick)",
+                    format_instant(job.since),
+                    format_instant(job.till)
+                ),
+            );
+        }
         // A per-type window's parts commit one by one; `since` moves to the window's end once its last part
         // commits.
         if job.resource_type.is_empty() {
@@ -231,13 +247,14 @@ fn sized(
     }
 }
 
-/// How far before a planned window end the tool looks for an empty millisecond, nearest first.
-const BOUNDARY_STEPS_MS: [i64; 7] = [0, 1, 2, 5, 10, 50, 100];
+/// How far before a planned window end the tool looks for an empty millisecond, nearest first: up to ten
+/// counts, reaching a second back.
+const BOUNDARY_STEPS_MS: [i64; 10] = [0, 1, 2, 5, 10, 50, 100, 250, 500, 1_000];
 
 /// Where a window from `since` planned to end at `till` ends instead, and how many versions lie on that end
 /// millisecond. A window that ends on a millisecond holding no version exports the same set whether the source
 /// reads `_till` as exclusive (AHDS's parallel path) or as inclusive to the end of that millisecond (Azure API
-/// for FHIR, and AHDS's fallback path: reference §11.9), so the first empty millisecond at or up to 100 ms
+/// for FHIR, and AHDS's fallback path: reference §11.9), so the first empty millisecond at or up to a second
 /// before `till` (and after `since`) is taken, each checked with a count of `[ms, ms + 1 ms)`. When every one
 /// holds versions, `till` stays and the export's count decides the reading (see `exports`).
 pub(super) fn boundary(

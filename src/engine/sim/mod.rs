@@ -127,7 +127,7 @@ impl Sim {
     }
 
     /// Makes the source behave like a live one: versions on the one-day window edges (on the edge millisecond
-    /// and one either side: the edges of whole-day windows from the oldest version), a run of 310 consecutive
+    /// and one either side: the edges of whole-day windows from the oldest version), a run of 1,210 consecutive
     /// occupied milliseconds up to the second edge (no empty one near enough, so the export's count must decide), `writes` versions written while the migration runs (new
     /// resources and new versions of old ones, some on one millisecond), a tenth of them visible only up to 200 s
     /// after their lastUpdated (late commits inside the safety lag, reference §11.10), and each `_till` reading
@@ -155,7 +155,7 @@ impl Sim {
                 add(&mut w, first + k * day + d);
             }
         }
-        for d in -300..10 {
+        for d in -1_200..10 {
             add(&mut w, first + 2 * day + d);
         }
         let start = t0().timestamp_millis();
@@ -334,8 +334,27 @@ impl Sim {
             problems.push(format!("{extra} version(s) at the destination the source never had"));
         }
         let (exports, imports) = w.running_jobs();
-        if imports > 0 {
-            problems.push(format!("{imports} import job(s) left running at the destination"));
+        if imports > w.orphan_imports() {
+            let running: Vec<String> = w
+                .imports
+                .iter()
+                .enumerate()
+                .filter(|(_, j)| j.result.is_none() && !j.cancelled && j.recorded)
+                .map(|(i, j)| {
+                    let url = format!("https://destination/_operations/import/{i}");
+                    let row = w
+                        .payloads
+                        .values()
+                        .find(|(p, _)| p.import_url == url)
+                        .map(|(p, _)| (p.seq, p.export_attempt, p.index, p.attempt, p.status.to_string()));
+                    format!("job {i} (hangs {}, row {row:?})", j.hangs)
+                })
+                .collect();
+            problems.push(format!(
+                "{imports} import job(s) left running at the destination ({} never recorded): {}",
+                w.orphan_imports(),
+                running.join(", ")
+            ));
         }
         if exports > w.orphan_exports() {
             let running: Vec<String> = w

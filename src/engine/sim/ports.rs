@@ -165,6 +165,16 @@ impl SimPorts {
                 ));
             }
         }
+        // A committed window's end is covered by a SearchParameter sync.
+        if new.committed_job > old.committed_job
+            && let Some((job, _)) = w.jobs.get(&(new.committed_job - 1))
+            && new.search_parameters_synced_at.is_none_or(|s| s < job.till)
+        {
+            self.violate(format!(
+                "window {} committed before a SearchParameter sync covered its end {}",
+                job.seq, job.till
+            ));
+        }
         for seq in old.committed_job..new.committed_job {
             let Some((job, _)) = w.jobs.get(&seq) else {
                 self.violate(format!("window {seq} committed without a row"));
@@ -291,6 +301,9 @@ impl Ports for SimPorts {
                     let key = (p.seq, p.export_attempt, p.index);
                     match w.payloads.get(&key) {
                         Some((_, tag)) if World::etag_matches(&p.etag, *tag) => {
+                            if let Some(id) = p.import_url.rsplit('/').next().and_then(|n| n.parse::<usize>().ok()) {
+                                w.imports[id].recorded = true;
+                            }
                             w.payloads.insert(key, (p.clone(), n));
                             self.check_cap(&w);
                             Ok(stored(Written::Payload(p.clone())))
@@ -367,6 +380,12 @@ impl Ports for SimPorts {
         _since: Option<DateTime<Utc>>,
     ) -> Result<crate::engine::search_parameters::SearchParameterSync, String> {
         self.enter().await;
+        let mut w = self.world();
+        let fails = w.faults.search_parameter_sync_fails;
+        if w.rng.chance(fails) {
+            return Err("the destination answered 503".into());
+        }
+        w.search_parameter_syncs += 1;
         Ok(Default::default())
     }
 

@@ -78,6 +78,8 @@ pub struct Faults {
     /// A processing unit with more versions than this on one millisecond fails (the servers' 10,000 limit,
     /// scaled down).
     pub unit_max_same_ms: Option<usize>,
+    /// SearchParameter syncs that fail (windows must not commit past what a sync has covered).
+    pub search_parameter_sync_fails: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -96,6 +98,8 @@ pub struct ExportJob {
 #[derive(Debug, Clone)]
 pub struct ImportJob {
     pub body: String,
+    /// Whether a payload row ever stored this job's status URL.
+    pub recorded: bool,
     pub polls_left: u32,
     pub fails: bool,
     pub hangs: bool,
@@ -133,6 +137,8 @@ pub struct World {
     /// Percent of parallel exports that take AHDS's inclusive fallback path (reference §11.9:
     /// `SqlExportOrchestratorJob.cs` falls back to the search path when no ranges could be planned).
     pub inclusive_fallback: u64,
+    /// Successful SearchParameter syncs.
+    pub search_parameter_syncs: u64,
     /// Versions that become visible only after their lastUpdated (reference §11.10: lastUpdated is taken
     /// before the transaction commits): the instant (ms) each becomes visible.
     pub late: HashMap<Version, i64>,
@@ -159,6 +165,7 @@ impl World {
             till_inclusive_parallel: false,
             till_inclusive_typed: false,
             inclusive_fallback: 0,
+            search_parameter_syncs: 0,
             late: HashMap::new(),
         }
     }
@@ -354,6 +361,7 @@ impl World {
         }
         let job = ImportJob {
             body: text,
+            recorded: false,
             polls_left: self.rng.below(3) as u32,
             fails: self.rng.chance(f.import_job_fails),
             hangs: self.rng.chance(f.import_job_hangs),
@@ -517,6 +525,16 @@ impl World {
             .filter(|j| j.result.is_none() && !j.cancelled)
             .count();
         (exports, imports)
+    }
+
+    /// Running imports no row ever recorded: accepted, then the tool stopped before it wrote the answer down,
+    /// and the payload was superseded (its window exported again) before a repeated POST of the same definition
+    /// could find the job again. Harmless to the data (the same versions), and nobody can name them.
+    pub fn orphan_imports(&self) -> usize {
+        self.imports
+            .iter()
+            .filter(|j| j.result.is_none() && !j.cancelled && !j.recorded)
+            .count()
     }
 
     /// Running exports no row ever recorded: accepted, then the tool stopped before it could write the answer

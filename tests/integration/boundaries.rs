@@ -1,7 +1,9 @@
-//! Exact windows on a source whose `$export` treats `_till` as inclusive (Azure API for FHIR, reference §3.1):
-//! with versions on every window boundary and a crowd of them on one boundary millisecond, every version is
-//! exported and imported exactly once, each window's size is exactly its range's, and a specific run stops
-//! before `AZURE_EndDate` (issue 16, item 2).
+//! Exact windows whatever the source makes of `_till` (issue 16 item 2, issue 24 item 1): with versions on
+//! every window boundary, a crowd on one boundary millisecond and a run of occupied milliseconds no empty one
+//! is near, every version is exported and imported exactly once, each window's size is exactly its range's,
+//! and a specific run stops before `AZURE_EndDate`. On Azure API for FHIR with the reading set, on the same
+//! emulator reached on a loopback address under `auto` (the case that double-exported boundaries), and on an
+//! AHDS source whose export takes the inclusive fallback path (reference §11.9).
 
 use std::collections::HashMap;
 
@@ -10,7 +12,9 @@ use fhir_emulator::seed::load_into;
 use fhir_migration_tool::state::Job;
 use serde_json::{Value, json};
 
-use crate::migration::{round, stack};
+use crate::migration::{round, stack_from};
+use fhir_emulator::Flavor;
+use fhir_testkit::Azurite;
 
 fn at(t: chrono::DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
@@ -22,22 +26,46 @@ fn line(resource_type: &str, id: &str, t: chrono::DateTime<Utc>) -> String {
 
 #[tokio::test]
 async fn every_version_once_with_exact_sizes_and_nothing_at_the_end_date() {
+    exact_windows(Flavor::Aapi, "true", false).await;
+}
+
+#[tokio::test]
+async fn an_azure_api_for_fhir_source_on_a_loopback_address_under_auto_is_exact() {
+    exact_windows(Flavor::Aapi, "auto", false).await;
+}
+
+#[tokio::test]
+async fn an_ahds_source_on_its_inclusive_fallback_path_is_exact() {
+    exact_windows(Flavor::Ahds, "auto", true).await;
+}
+
+async fn exact_windows(source_flavor: Flavor, reading: &str, sql_fallback: bool) {
     let day = TimeDelta::days(1);
     let t0 = (Utc::now() - TimeDelta::days(10))
         .duration_trunc(TimeDelta::minutes(1))
         .unwrap();
     let end = t0 + day * 6;
     let fmt = |t: chrono::DateTime<Utc>| t.format("%Y-%m-%dT%H:%M:%SZ").to_string();
-    let stack = stack(&[
-        ("AZURE_ExportTillInclusive", "true"),
-        ("AZURE_StartDate", &fmt(t0)),
-        ("AZURE_SpecificRun", "true"),
-        ("AZURE_EndDate", &fmt(end)),
-        ("AZURE_ExportChunkTime", "1"),
-        ("AZURE_ChunkLimit", "100000"),
-        ("AZURE_ExportConfirmSeconds", "0"),
-    ])
+    let stack = stack_from(
+        Azurite::start().await.unwrap(),
+        source_flavor,
+        &[
+            ("AZURE_ExportTillInclusive", reading),
+            ("AZURE_StartDate", &fmt(t0)),
+            ("AZURE_SpecificRun", "true"),
+            ("AZURE_EndDate", &fmt(end)),
+            ("AZURE_ExportChunkTime", "1"),
+            ("AZURE_ChunkLimit", "100000"),
+            ("AZURE_ExportConfirmSeconds", "0"),
+        ],
+    )
     .await;
+    if sql_fallback {
+        stack.source.set_faults(fhir_emulator::faults::Faults {
+            export_sql_fallback: true,
+            ..Default::default()
+        });
+    }
     let mut lines = Vec::new();
     for k in 0..=6 {
         // On each boundary (the last one exactly at the end date), and a few inside each window.
@@ -52,6 +80,16 @@ async fn every_version_once_with_exact_sizes_and_nothing_at_the_end_date() {
     }
     for i in 0..30 {
         lines.push(line("Observation", &format!("crowd-{i}"), t0 + day * 2));
+    }
+    // Windows end a millisecond before each boundary version (the nearest empty one); before the third, every
+    // millisecond for more than a second is occupied, so the manifest's count must settle the reading.
+    const DENSE: i64 = 1_010;
+    for i in 0..DENSE {
+        lines.push(line(
+            "Observation",
+            &format!("dense-{i}"),
+            t0 + day * 3 - TimeDelta::milliseconds(DENSE - i),
+        ));
     }
     let (_, errors) = load_into(stack.source.store(), &lines);
     assert!(errors.is_empty(), "{errors:?}");
@@ -84,7 +122,7 @@ async fn every_version_once_with_exact_sizes_and_nothing_at_the_end_date() {
         })
         .collect();
     let before_end: Vec<_> = source.iter().filter(|(_, _, t)| *t < end).collect();
-    assert_eq!(before_end.len(), 7 * 4 - 4 + 30, "the seeded versions");
+    assert_eq!(before_end.len(), 7 * 4 - 4 + 30 + DENSE as usize, "the seeded versions");
 
     // Every import input line, across every import job: each version exactly once, none at the end date.
     let blobs = stack._app.blobs();
@@ -129,6 +167,18 @@ async fn every_version_once_with_exact_sizes_and_nothing_at_the_end_date() {
         .filter_map(Job::from_entity)
         .collect();
     assert!(jobs.len() >= 6, "{} windows", jobs.len());
+    // Where the reading was a guess, the occupied boundary was settled by the count, not imported twice.
+    let flips = stack
+        .telemetry
+        .events()
+        .iter()
+        .filter(|e| e.name == "ExportBoundary")
+        .count();
+    if reading == "auto" {
+        assert!(flips > 0, "the manifest check corrected the reading");
+    } else {
+        assert_eq!(flips, 0, "an explicit reading is used as it is");
+    }
     for j in &jobs {
         let in_range = source.iter().filter(|(_, _, t)| *t >= j.since && *t < j.till).count() as i64;
         assert_eq!(

@@ -84,7 +84,12 @@ pub async fn stack(extra: &[(&str, &str)]) -> Stack {
 
 /// A stack on a given Azurite (a persistent one can be stopped and restarted mid-test).
 pub async fn stack_on(azurite: Azurite, extra: &[(&str, &str)]) -> Stack {
-    let source = emulator(Flavor::Aapi, &azurite).await;
+    stack_from(azurite, Flavor::Aapi, extra).await
+}
+
+/// A stack whose source is of the given flavour (an AHDS source: AHDS to AHDS).
+pub async fn stack_from(azurite: Azurite, source_flavor: Flavor, extra: &[(&str, &str)]) -> Stack {
+    let source = emulator(source_flavor, &azurite).await;
     let destination = emulator(Flavor::Ahds, &azurite).await;
     let mut s = SettingsSource::default();
     s.extend(base_settings(&azurite, &source, &destination));

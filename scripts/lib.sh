@@ -73,6 +73,15 @@ need_cargo_deny() {
   fi
 }
 
+# cargo-mutants, pinned, for ./scripts/mutants (not needed by ./scripts/test).
+CARGO_MUTANTS_VERSION="27.1.0"
+need_cargo_mutants() {
+  if [ "$(cargo mutants --version 2>/dev/null)" != "cargo-mutants $CARGO_MUTANTS_VERSION" ]; then
+    echo "==> installing cargo-mutants $CARGO_MUTANTS_VERSION (once per machine; a few minutes on 2 cores)"
+    cargo install --locked --quiet "cargo-mutants@$CARGO_MUTANTS_VERSION"
+  fi
+}
+
 # Runs `cargo deny check`. The advisory database is fetched as usual when the network allows; where it cannot be
 # (a closed build network), a snapshot of it is used if one was cloned earlier or if the developers' reference
 # folder beside the repository holds one (rustsec-advisory-db.bundle, a git bundle). With neither, the

@@ -22,7 +22,11 @@ pub fn init(sink: Sink) {
         "info"
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // A closed pipe (`status 2>&1 | head -5`) must not end in a panic: the subscriber would report its failed
+    // write with `eprintln!`, which panics on that same closed stderr.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .log_internal_errors(false);
     let _ = match sink {
         Sink::Stdout => builder
             .with_writer(std::io::stdout)

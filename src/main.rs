@@ -173,6 +173,14 @@ macro_rules! out {
     }};
 }
 
+/// The same for stderr (`status 2>&1 | head -5` closes it too).
+macro_rules! err {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 /// Why a command did not succeed, which decides its exit code: 1 when it ran and found something wrong
 /// (differences, NOT READY, problems, halted), 2 when it could not run at all.
 enum Failure {
@@ -201,7 +209,7 @@ fn main() -> ExitCode {
         if host_style {
             out!("error: {message}");
         } else {
-            eprintln!("error: {message}");
+            err!("error: {message}");
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -510,7 +518,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let (said, entries) = (said?, listed?);
             let summary = fhir_migration_tool::ledger::Summary::of(&entries);
             if let Some(line) = &said {
-                eprintln!("{line}");
+                err!("{line}");
             }
             let shown: Vec<_> = entries
                 .into_iter()
@@ -571,7 +579,8 @@ fn show<T: serde::Serialize>(json: bool, report: &T, describe: impl Fn(&T) -> St
     if json {
         out!("{}", serde_json::to_string_pretty(report).map_err(|e| e.to_string())?);
     } else {
-        print!("{}", describe(report));
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), "{}", describe(report));
     }
     Ok(())
 }

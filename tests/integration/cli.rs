@@ -201,9 +201,30 @@ async fn check_config_lists_the_effective_configuration_and_catches_typos() {
     );
 }
 
-/// A reader that goes away (`check-config | head -1`) ends the command quietly instead of a panic.
+/// A reader that goes away (`check-config | head -1`, `status 2>&1 | head -5`) ends the command quietly instead
+/// of a panic (exit code 101), with its exit code unchanged.
 #[tokio::test]
 async fn a_closed_output_pipe_is_not_a_panic() {
+    // Both ends closed: a command that fails (unreachable storage) writes its error to a closed stderr.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fhir-migration-tool"))
+        .args(["status"])
+        .env_clear()
+        .env(
+            "AZURE_StorageConnectionString",
+            "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;TableEndpoint=http://127.0.0.1:1/devstoreaccount1;BlobEndpoint=http://127.0.0.1:1/devstoreaccount1",
+        )
+        .env("AZURE_SourceUri", "https://src.example")
+        .env("AZURE_DestinationUri", "https://dst.example")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    let status = child.wait().unwrap();
+    assert_ne!(status.code(), Some(101), "a panic on the closed pipe");
+    assert_eq!(status.code(), Some(2), "could not run: exit code 2 as documented");
+
     let mut child = Command::new(env!("CARGO_BIN_EXE_fhir-migration-tool"))
         .arg("check-config")
         .env_clear()

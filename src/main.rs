@@ -280,8 +280,18 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         return Ok(());
     }
-    // Logged once per start.
-    tracing::info!("effective configuration:\n{}", lines.join("\n"));
+    // Logged once per start of a long-running process; a one-off command says only which servers it talks to
+    // (with AZURE_Debug=true or RUST_LOG=debug), so its answer is not buried under the configuration.
+    if matches!(cli.command, Command::Serve { .. } | Command::Run { .. }) {
+        tracing::info!("effective configuration:\n{}", lines.join("\n"));
+    } else {
+        tracing::debug!(
+            "configuration: {} settings; source {}, destination {}",
+            lines.len(),
+            settings.migration.source,
+            settings.migration.destination
+        );
+    }
     for warning in &warnings {
         tracing::warn!("{warning}");
     }

@@ -85,7 +85,17 @@ async fn plan_run_and_status_drive_a_migration_without_a_host() {
     assert!(stdout.contains(r#"function{name="ExportStatus"}"#), "{stdout}");
     assert_same(stack.source.store(), stack.destination.store());
 
+    assert!(
+        stdout.contains("effective configuration"),
+        "run logs its configuration once"
+    );
     let out = tokio::task::block_in_place(|| cli(&stack, &["status", "--json"]));
+    // A one-off command answers without the configuration in front of it (issue 25, item 6).
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !said.contains("effective configuration") && said.lines().count() <= 2,
+        "{said}"
+    );
     let status: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["windowsInFlight"], serde_json::json!([]));
     assert!(status["windowsCommitted"].as_i64().unwrap() >= 12);

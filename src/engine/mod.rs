@@ -155,6 +155,9 @@ pub struct Timing {
     /// The shortest tail window exported once caught up ([`crate::planner::MIN_TAIL`]); the cut-over's final
     /// drive uses zero, to migrate right up to the last write.
     pub min_tail: chrono::TimeDelta,
+    /// Actions one tick takes at most: a tick that would go on (a decision that never settles) stops there,
+    /// says so, and the next tick continues.
+    pub max_actions: usize,
 }
 
 impl Default for Timing {
@@ -164,6 +167,7 @@ impl Default for Timing {
             lease: TimeDelta::minutes(11),
             max_empty_skips: 100,
             min_tail: crate::planner::MIN_TAIL,
+            max_actions: 20_000,
         }
     }
 }

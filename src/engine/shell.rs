@@ -13,7 +13,6 @@ use crate::storage::tables::TableError;
 use crate::telemetry::Telemetry;
 
 /// Actions one tick performs at most: far above any real tick (a few dozen), it only bounds a fault.
-const MAX_ACTIONS: usize = 20_000;
 
 pub struct Shell<'a, P: Ports> {
     pub ports: &'a P,
@@ -64,7 +63,8 @@ impl<P: Ports> Shell<'_, P> {
         let mut source_now = self.ports.source_now().map(to_millis);
         self.check_skew(timer, now, source_now, &mut report);
         let nonce = self.ports.nonce();
-        for _ in 0..MAX_ACTIONS {
+        let mut last = String::new();
+        for _ in 0..self.timing.max_actions {
             if source_now.is_none() {
                 source_now = self.ports.source_now().map(to_millis);
             }
@@ -77,7 +77,9 @@ impl<P: Ports> Shell<'_, P> {
                 export_table: self.export_table,
                 nonce,
             };
-            match core::step(&ctx, &snapshot, &facts) {
+            let action = core::step(&ctx, &snapshot, &facts);
+            last = action.kind().to_string();
+            match action {
                 Action::Idle => return Ok(report),
                 Action::Finish(notes) => {
                     self.notes(&notes, &mut report);
@@ -191,7 +193,8 @@ impl<P: Ports> Shell<'_, P> {
             }
         }
         report.say(format!(
-            "This tick stopped after {MAX_ACTIONS} actions; the next tick continues"
+            "This tick stopped after {} actions (the last: {last}); the next tick continues",
+            self.timing.max_actions
         ));
         Ok(report)
     }

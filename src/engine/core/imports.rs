@@ -101,6 +101,10 @@ pub fn post_payloads(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Optio
         }
         let Some(job) = snapshot.job(p.seq) else { continue };
         let handled = Mark::PostHandled(key);
+        // Handled this tick (answered, or given back over the cap): never decided again in the same tick.
+        if facts.marks.contains(&handled) {
+            continue;
+        }
         match facts.posts.get(&key) {
             // Two invocations may claim different payloads at once: after its claim each one reads the state
             // again, and the claims beyond `AZURE_PayloadCount` (in key order, after the running imports) are

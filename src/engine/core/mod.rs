@@ -237,6 +237,18 @@ pub enum Write {
     Payload(Payload),
 }
 
+impl Write {
+    fn kind(&self) -> String {
+        match self {
+            Write::Cursor(_) => "cursor".into(),
+            Write::InsertJob(j) => format!("new window {}", j.seq),
+            Write::Job(j) => format!("window {}", j.seq),
+            Write::InsertPayload(p) => format!("new payload {}/{}", p.seq, p.index),
+            Write::Payload(p) => format!("payload {}/{}", p.seq, p.index),
+        }
+    }
+}
+
 /// What goes with a write, and happens only if the write succeeds: lines for the log, telemetry, a failure for
 /// the retry latch, a claim or mark for the rest of the tick, and the test fail point that follows.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -413,6 +425,31 @@ impl Context<'_> {
     /// Whether exports count versions (history or deletes exported) rather than current resources.
     pub fn history(&self) -> bool {
         self.settings.export_with_history || self.settings.export_with_delete
+    }
+}
+
+impl Action {
+    /// The action's name, for the line a tick that stops at its action limit leaves.
+    pub fn kind(&self) -> String {
+        match self {
+            Action::Write { write, .. } => format!("write {}", write.kind()),
+            Action::Count {
+                resource_type,
+                since,
+                till,
+            } => {
+                format!(
+                    "count {resource_type:?} {} to {}",
+                    crate::fhir::format_instant(*since),
+                    crate::fhir::format_instant(*till)
+                )
+            }
+            other => format!("{other:?}")
+                .split([' ', '(', '{'])
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+        }
     }
 }
 

@@ -115,6 +115,8 @@ impl Sim {
             timing: Timing {
                 confirm_delay: std::time::Duration::ZERO,
                 lease: TimeDelta::minutes(2),
+                // A simulated tick needs a few dozen actions; one that runs to this bound is a livelock.
+                max_actions: 500,
                 ..Timing::default()
             },
             world: Arc::new(Mutex::new(world)),
@@ -277,10 +279,14 @@ impl Sim {
                 if let Some(tick) = ticks[i].as_mut()
                     && let Poll::Ready(result) = tick.as_mut().poll(&mut cx)
                 {
-                    if let Err(e) = result
-                        && !e.is_conflict()
-                    {
-                        failed.push(format!("a tick failed: {e}"));
+                    match result {
+                        Err(e) if !e.is_conflict() => failed.push(format!("a tick failed: {e}")),
+                        Ok(report) if report.lines.iter().any(|l| l.contains("This tick stopped after")) => failed
+                            .push(format!(
+                                "a tick ran to the action limit (a livelock): {:?}",
+                                report.lines.iter().rev().take(3).collect::<Vec<_>>()
+                            )),
+                        _ => {}
                     }
                     ticks[i] = None;
                 }

@@ -12,8 +12,6 @@ use crate::config::MigrationSettings;
 use crate::storage::tables::TableError;
 use crate::telemetry::Telemetry;
 
-/// Actions one tick performs at most: far above any real tick (a few dozen), it only bounds a fault.
-
 pub struct Shell<'a, P: Ports> {
     pub ports: &'a P,
     pub settings: &'a MigrationSettings,

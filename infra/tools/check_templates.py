@@ -45,6 +45,7 @@ FUNCTIONS = {
     "subscription", "resourceId", "subscriptionResourceId", "extensionResourceId", "reference", "parameters",
     "variables", "copyIndex", "string", "int", "bool", "null", "true", "false", "dateTimeAdd", "utcNow",
     "environment", "startsWith", "cidrSubnet", "div", "mul", "add", "sub", "contains", "coalesce", "json", "skip", "trim",
+    "greater", "listKeys", "map", "items", "lambda", "lambdaVariables",
 }
 TOKEN = re.compile(r"\s*(?:('(?:[^']|'')*')|(\d+)|([A-Za-z_][A-Za-z0-9_]*)|(.))")
 
@@ -221,9 +222,9 @@ def bicep_settings():
 
 
 def arm_settings(arm):
-    config = next(r for r in arm["resources"] if r["type"] == "Microsoft.Web/sites/config")
-    text = config["properties"] + arm["variables"]["runtimeSettings"] + arm["variables"]["optionalSettings"]
-    names = re.findall(r"(?<!parameters\()(?<!variables\()'([A-Za-z_][A-Za-z0-9_]*)'", text)
+    site = next(r for r in arm["resources"] if r["type"] == "Microsoft.Web/sites")
+    text = site["properties"]["siteConfig"] + json.dumps(arm["variables"]["classicRuntimeSettings"]) + arm["variables"]["optionalSettings"]
+    names = re.findall(r"(?<!parameters\()(?<!variables\()['\"]([A-Za-z_][A-Za-z0-9_]*)['\"]", text)
     return {m for m in names if SETTING.match(m)}
 
 
@@ -288,13 +289,21 @@ def check_wizard(arm):
         for e in step["elements"]:
             if e["name"] == "clientSecret" and e["type"] != "Microsoft.Common.PasswordBox":
                 problem("uiDefForm.json asks for the client secret without a password box")
-    # Allowed values offered by the wizard must be allowed by the template.
+    # Values offered by the wizard must be allowed by the template.
     for element in ui["basics"] + [e for s in ui["steps"] for e in s["elements"]]:
+        spec = params.get(element["name"], {})
         allowed = element.get("constraints", {}).get("allowedValues")
-        if allowed and element["name"] in params and "allowedValues" in params[element["name"]]:
+        if allowed and "allowedValues" in spec:
             offered = {a["value"] for a in allowed}
-            if not offered <= set(params[element["name"]]["allowedValues"]):
-                problem(f"uiDefForm.json offers {element['name']} values the template refuses: {sorted(offered)}")
+            if not offered <= set(spec["allowedValues"]):
+                problem(f"uiDefForm.json offers {element['name']} values the template refuses: {sorted(offered - set(spec['allowedValues']))}")
+        if element["type"] == "Microsoft.Common.Slider" and spec:
+            if "allowedValues" in spec:
+                problem(f"uiDefForm.json offers {element['name']} on a slider, but the template allows only {spec['allowedValues']}")
+            if element["min"] < spec.get("minValue", element["min"]) or element["max"] > spec.get("maxValue", element["max"]):
+                problem(f"uiDefForm.json's {element['name']} slider goes beyond the template's bounds")
+        if element["name"] == "packageUri" and element.get("defaultValue") != spec.get("defaultValue"):
+            problem(f"uiDefForm.json's packageUri default {element.get('defaultValue')} is not the template's {spec.get('defaultValue')}")
 
     values = json.loads((INFRA / "ARMmain.parameters.json").read_text())["parameters"]
     types = {"string": str, "securestring": str, "bool": bool, "int": int, "object": dict}
@@ -306,6 +315,25 @@ def check_wizard(arm):
     for name, spec in params.items():
         if "defaultValue" not in spec and name not in values:
             problem(f"ARMmain.parameters.json does not set the required parameter {name}")
+    # azd's parameters file (azure.yaml provisions infra/main.bicep with infra/main.parameters.json).
+    azd = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    for name in azd:
+        if name not in params:
+            problem(f"main.parameters.json sets {name}, which is not a template parameter")
+    for name, spec in params.items():
+        if "defaultValue" not in spec and name not in azd:
+            problem(f"main.parameters.json does not set the required parameter {name}")
+    if azd.get("packageUri", {}).get("value") != "":
+        problem("main.parameters.json must set packageUri to '' (azd deploys the code itself)")
+
+
+# --- 5. the release the template deploys -------------------------------------------------------------------
+
+def check_pinned_release(arm):
+    uri = arm["parameters"]["packageUri"].get("defaultValue", "")
+    cargo_version = build_arm.version()
+    if f"/v{cargo_version}/" not in uri or "/latest/" in uri:
+        problem(f"packageUri's default {uri} is not the release v{cargo_version} this template belongs to")
 
 
 def main():
@@ -314,6 +342,7 @@ def main():
     lint_template(arm, "main.json")
     check_drift(arm)
     check_wizard(arm)
+    check_pinned_release(arm)
     for p in problems:
         print(p)
     if not problems:

@@ -234,6 +234,9 @@ fn the_template_sets_only_settings_something_reads_and_all_the_required_ones() {
             "FUNCTIONS_EXTENSION_VERSION",
             "FUNCTIONS_WORKER_RUNTIME",
             "WEBSITE_RUN_FROM_PACKAGE",
+            "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING",
+            "WEBSITE_CONTENTSHARE",
+            "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
             "AzureWebJobsStorage__accountName",
         ]
         .map(String::from),
@@ -279,6 +282,14 @@ fn role_assignments_are_least_privilege_typed_and_principal_bound() {
         ("b7e6dc6d-f1e8-4753-8033-0f276bb0955b", "Storage Blob Data Owner"),
         ("0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3", "Storage Table Data Contributor"),
         ("4633458b-17de-408a-b874-0445c86b69e6", "Key Vault Secrets User"),
+        (
+            "ba92f5b4-2d11-453d-a403-e96b0029c9fe",
+            "Storage Blob Data Contributor (the platform identity, on the package container only)",
+        ),
+        (
+            "3913510d-42f4-4e42-8a64-420c390055eb",
+            "Monitoring Metrics Publisher (on the App Insights component only)",
+        ),
         ("de139f84-1756-47ae-9be6-808fbbe84772", "Website Contributor"),
         (
             "acdd72a7-3385-48ef-bd42-f606fba81ae7",

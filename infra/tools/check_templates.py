@@ -6,16 +6,26 @@
 3. main.json and main.bicep agree: the same parameters (names, types, defaults, allowed values, bounds), the same
    resource types and API versions, the same app-setting names and the same role definitions, every role
    assignment typed ServicePrincipal and named from the principal id.
-4. The portal wizard (uiDefForm.json) and ARMmain.parameters.json fit the template's parameters.
+4. The portal wizard (uiDefForm.json), ARMmain.parameters.json and azd's main.parameters.json fit the template's
+   parameters.
+5. packageUri defaults to the release matching the project's version.
+6. azure.yaml (azd) agrees with the Azure Developer CLI's schema (vendored from Azure/azure-dev) and with this
+   project: it provisions infra/main.bicep, packages with scripts/package, and deploys to the app main.bicep tags.
 
-Exit status 1 with one line per problem. Usage: target/py-tools/bin/python infra/tools/check_templates.py
+Exit status 1 with one line per problem.
+Usage: target/py-tools/bin/python infra/tools/check_templates.py [--azure-yaml FILE]
 """
 
+import argparse
 import json
 import re
 import sys
 from pathlib import Path
 
+import jsonschema
+import referencing
+import referencing.jsonschema
+import yaml
 from pycep import BicepParser
 
 INFRA = Path(__file__).resolve().parent.parent
@@ -336,17 +346,57 @@ def check_pinned_release(arm):
         problem(f"packageUri's default {uri} is not the release v{cargo_version} this template belongs to")
 
 
+# --- 6. azd ----------------------------------------------------------------------------------------------------
+
+def check_azd(path):
+    root = INFRA.parent
+    config = yaml.safe_load(Path(path).read_text())
+    schema = json.loads((INFRA / "tools/upstream/azd/azure.yaml.json").read_text())
+    # The schema names extension schemas by URL (Azure AI hosts only); they are not vendored and nothing is fetched:
+    # they read as schemas that accept anything.
+    registry = referencing.Registry(retrieve=lambda uri: referencing.Resource.from_contents({}, default_specification=referencing.jsonschema.DRAFT201909))
+    validator = jsonschema.validators.validator_for(schema)(schema, registry=registry)
+    for error in sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path)):
+        where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+        problem(f"azure.yaml: {where}: {error.message[:200]} (Azure/azure-dev schema)")
+    infra = config.get("infra", {})
+    module = root / infra.get("path", "infra") / f"{infra.get('module', 'main')}.bicep"
+    if infra.get("provider", "bicep") != "bicep" or module != INFRA / "main.bicep":
+        problem(f"azure.yaml provisions {module.relative_to(root) if module.is_relative_to(root) else module}, not infra/main.bicep")
+    services = config.get("services") or {}
+    bicep = (INFRA / "modules/functionapp.bicep").read_text()
+    tagged = re.search(r"'azd-service-name': '([^']+)'", bicep)
+    if list(services) != [tagged.group(1) if tagged else None]:
+        problem(f"azure.yaml's services {sorted(services)} are not the one app functionapp.bicep tags "
+                f"azd-service-name {tagged.group(1) if tagged else '(none)'}")
+    for name, service in services.items():
+        if service.get("host") != "function":
+            problem(f"azure.yaml: service {name} is not hosted as a function app")
+        if service.get("language") != "custom":
+            problem(f"azure.yaml: service {name} is not language 'custom' (azd would try to build it as another language)")
+        if service.get("dist") != "dist/released-package.zip":
+            problem(f"azure.yaml: service {name} deploys {service.get('dist')}, not the zip scripts/package writes (dist/released-package.zip)")
+        hook = (service.get("hooks") or {}).get("prepackage") or {}
+        if "scripts/package" not in str(hook.get("run", "")):
+            problem(f"azure.yaml: service {name} does not package with scripts/package before deploying")
+
+
 def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--azure-yaml", default=str(INFRA.parent / "azure.yaml"))
+    args = parser.parse_args()
     arm = json.loads((INFRA / "main.json").read_text())
     check_generated()
     lint_template(arm, "main.json")
     check_drift(arm)
     check_wizard(arm)
     check_pinned_release(arm)
+    check_azd(args.azure_yaml)
     for p in problems:
         print(p)
     if not problems:
-        print("templates: main.json current, expressions well formed, main.bicep and main.json agree, wizard and parameters fit")
+        print("templates: main.json current, expressions well formed, main.bicep and main.json agree, wizard and "
+              "parameters fit, the release is pinned, azure.yaml fits azd's schema and this project")
     return 1 if problems else 0
 
 

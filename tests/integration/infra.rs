@@ -434,3 +434,74 @@ fn the_deploy_page_names_every_parameter() {
         );
     }
 }
+
+/// Runs check_templates.py with a changed copy of azure.yaml.
+fn check_azure_yaml(change: impl FnOnce(&str) -> String) -> (bool, String) {
+    let text = std::fs::read_to_string(root().join("azure.yaml")).unwrap();
+    let dir = std::env::temp_dir().join(crate::support::unique_name("azd"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("azure.yaml");
+    std::fs::write(&path, change(&text)).unwrap();
+    let script = root().join("infra/tools/check_templates.py");
+    run_python(&[script.as_os_str(), "--azure-yaml".as_ref(), path.as_os_str()])
+}
+
+#[test]
+fn azure_yaml_fits_azds_schema_and_this_project() {
+    // As it is: checked by main_json_is_generated_current_and_agrees_with_main_bicep. Each rule broken once:
+    for (change, expected) in [
+        (
+            ("    host: function\n", ""),
+            "'host' is a required property (Azure/azure-dev schema)",
+        ),
+        (
+            ("dist/released-package.zip", "dist/fhir-migration-tool.zip"),
+            "not the zip scripts/package writes",
+        ),
+        (
+            ("run: ./scripts/package", "run: cargo build --release"),
+            "does not package with scripts/package",
+        ),
+        (
+            ("  migration:\n", "  tool:\n"),
+            "are not the one app functionapp.bicep tags azd-service-name migration",
+        ),
+        (
+            ("  path: infra\n", "  path: deploy\n"),
+            "azure.yaml provisions deploy/main.bicep, not infra/main.bicep",
+        ),
+        (("    language: custom", "    language: go"), "is not language 'custom'"),
+    ] {
+        let (ok, text) = check_azure_yaml(|t| {
+            assert!(t.contains(change.0), "azure.yaml has {:?}", change.0);
+            t.replacen(change.0, change.1, 1)
+        });
+        assert!(
+            !ok && text.contains(expected),
+            "{change:?}: expected {expected:?} in:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn the_template_deploys_the_release_of_its_own_version() {
+    let arm: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("infra/main.json")).unwrap()).unwrap();
+    let uri = arm["parameters"]["packageUri"]["defaultValue"].as_str().unwrap();
+    assert_eq!(
+        uri,
+        format!(
+            "https://github.com/fhir-migration-tool/fhir-migration-tool/releases/download/v{}/released-package.zip",
+            env!("CARGO_PKG_VERSION")
+        ),
+        "a pinned release, never releases/latest: redeploying must not upgrade the code"
+    );
+    let bicep = std::fs::read_to_string(root().join("infra/main.bicep")).unwrap();
+    assert!(bicep.contains(&format!("param packageUri string = '{uri}'")));
+    let form = std::fs::read_to_string(root().join("infra/uiDefForm.json")).unwrap();
+    assert!(form.contains(&format!("\"defaultValue\": \"{uri}\"")));
+    // azd deploys the code itself: the template deploys none there.
+    let azd: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("infra/main.parameters.json")).unwrap()).unwrap();
+    assert_eq!(azd["parameters"]["packageUri"]["value"], "");
+}

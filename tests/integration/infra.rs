@@ -505,3 +505,119 @@ fn the_template_deploys_the_release_of_its_own_version() {
         serde_json::from_str(&std::fs::read_to_string(root().join("infra/main.parameters.json")).unwrap()).unwrap();
     assert_eq!(azd["parameters"]["packageUri"]["value"], "");
 }
+
+/// Undoes bash's `printf %q` quoting of one word.
+fn unquote(word: &str) -> String {
+    let mut out = String::new();
+    let mut chars = word.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            out.extend(chars.next());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Splits a `printf %q`-quoted command line into words (spaces inside words are escaped).
+fn words(line: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut escaped = false;
+    for c in line.chars() {
+        if escaped {
+            out.last_mut().unwrap().push('\\');
+            out.last_mut().unwrap().push(c);
+            escaped = false;
+        } else if c == '\\' {
+            escaped = true;
+        } else if c == ' ' {
+            out.push(String::new());
+        } else {
+            out.last_mut().unwrap().push(c);
+        }
+    }
+    out.into_iter().filter(|w| !w.is_empty()).map(|w| unquote(&w)).collect()
+}
+
+#[test]
+fn the_smoke_scripts_dry_run_deploys_with_the_templates_parameters() {
+    let arm: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("infra/main.json")).unwrap()).unwrap();
+    let params = arm["parameters"].as_object().unwrap();
+    for plan in ["FlexConsumption", "Premium", "Dedicated"] {
+        // No az on the PATH: a dry run must not need one.
+        let out = Command::new("bash")
+            .arg(root().join("scripts/azure-smoke"))
+            .args(["--dry-run", "--plan", plan, "--patients", "3"])
+            .env("PATH", "/usr/bin:/bin")
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(out.status.success(), "{stdout}{stderr}");
+        assert!(stdout.contains("dry run: nothing was run"), "{stdout}");
+        // Every step says what it checks and what success looks like.
+        for step in 0..=7 {
+            assert!(
+                stdout.contains(&format!("==> {step}. ")),
+                "step {step} missing:\n{stdout}"
+            );
+        }
+        let checks: Vec<&str> = stdout.lines().filter(|l| l.starts_with("check: ")).collect();
+        assert!(checks.len() >= 10, "{checks:?}");
+        assert!(
+            checks.iter().all(|c| c.contains("(success: ") || c.contains("deleted")),
+            "{checks:?}"
+        );
+        let commands: Vec<Vec<String>> = stderr.lines().filter_map(|l| l.strip_prefix("+ ")).map(words).collect();
+        assert!(commands.iter().all(|c| c[0] == "az" || c[0] == "curl"), "{stderr}");
+        let deploys: Vec<&Vec<String>> = commands
+            .iter()
+            .filter(|c| {
+                c.len() > 3 && c[1] == "deployment" && c[2] == "group" && (c[3] == "create" || c[3] == "what-if")
+            })
+            .collect();
+        assert_eq!(deploys.len(), 2, "what-if, then create:\n{stderr}");
+        for deploy in deploys {
+            let file = &deploy[deploy.iter().position(|w| w == "--template-file").unwrap() + 1];
+            assert_eq!(file, "infra/main.json");
+            let start = deploy.iter().position(|w| w == "--parameters").unwrap() + 1;
+            let given: std::collections::BTreeMap<&str, &str> = deploy[start..]
+                .iter()
+                .take_while(|w| !w.starts_with('-'))
+                .map(|w| w.split_once('=').expect("name=value"))
+                .collect();
+            for (name, value) in &given {
+                let spec = params
+                    .get(*name)
+                    .unwrap_or_else(|| panic!("{name} is not a template parameter"));
+                if let Some(allowed) = spec["allowedValues"].as_array() {
+                    assert!(
+                        allowed.iter().any(|a| a == value),
+                        "{name}={value} is not allowed: {allowed:?}"
+                    );
+                }
+            }
+            for (name, spec) in params {
+                if spec.get("defaultValue").is_none() {
+                    assert!(
+                        given.contains_key(name.as_str()),
+                        "the script does not set the required {name}"
+                    );
+                }
+            }
+            assert_eq!(given["hostingPlan"], plan);
+            assert_eq!(given["typeOfMigration"], "FhirService");
+            assert!(given["sourceFhirServiceId"].contains("/fhirservices/"));
+        }
+        // It tears down what it created.
+        assert!(
+            commands
+                .iter()
+                .any(|c| c.starts_with(&["az".into(), "group".into(), "delete".into()]))
+        );
+    }
+}

@@ -621,3 +621,51 @@ fn the_smoke_scripts_dry_run_deploys_with_the_templates_parameters() {
         );
     }
 }
+
+/// Runs check_templates.py on a changed copy of main.json.
+fn check_main_json(change: impl FnOnce(&mut serde_json::Value)) -> (bool, String) {
+    let mut arm: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("infra/main.json")).unwrap()).unwrap();
+    change(&mut arm);
+    let dir = std::env::temp_dir().join(crate::support::unique_name("drift"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("main.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&arm).unwrap()).unwrap();
+    let script = root().join("infra/tools/check_templates.py");
+    run_python(&[script.as_os_str(), "--template".as_ref(), path.as_os_str()])
+}
+
+#[test]
+fn every_resource_of_main_json_is_compared_with_what_bicep_declares() {
+    // The drift the last review found: the dashboard's metric tiles without the resource metadata Bicep gives them.
+    let (ok, text) = check_main_json(|t| {
+        for tile in t["variables"]["metricTiles"].as_array_mut().unwrap() {
+            for metric in tile["metrics"].as_array_mut().unwrap() {
+                metric.as_object_mut().unwrap().remove("resourceMetadata");
+            }
+        }
+    });
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("drift: Microsoft.Portal/dashboards (dashboard.bicep:dashboard)")
+            && text.contains("only in main.bicep ['resourceMetadata']"),
+        "{text}"
+    );
+    // A literal that differs, and a property only one side sets.
+    let (ok, text) = check_main_json(|t| {
+        let storage = t["resources"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .find(|r| r["type"] == "Microsoft.Storage/storageAccounts")
+            .unwrap();
+        storage["properties"]["minimumTlsVersion"] = serde_json::json!("TLS1_0");
+        storage["properties"]
+            .as_object_mut()
+            .unwrap()
+            .remove("allowSharedKeyAccess");
+    });
+    assert!(!ok, "{text}");
+    assert!(text.contains("'TLS1_2' in main.bicep, 'TLS1_0' in main.json"), "{text}");
+    assert!(text.contains("only in main.bicep ['allowSharedKeyAccess']"), "{text}");
+}

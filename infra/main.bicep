@@ -36,8 +36,11 @@ param sourceFhirServiceId string = ''
 @minLength(1)
 param fhirServiceId string
 
-@description('Source base URL; empty: the server\'s own URL (tokens are still requested for the server\'s configured audience).')
+@description('Source base URL. Managed identity: empty for the server\'s own URL. Client secret: required (nothing reads the source\'s Azure resource in that mode).')
 param sourceFhirUrl string = ''
+
+@description('Token audience of the source (the tool asks for <audience>/.default). Managed identity: empty for the server\'s configured audience. Client secret: empty for sourceFhirUrl.')
+param sourceAudience string = ''
 
 @description('Destination base URL; empty: the server\'s own URL (tokens are still requested for the server\'s configured audience).')
 param destinationFhirUrl string = ''
@@ -77,7 +80,7 @@ param startDate string = ''
 @description('ISO 8601; empty: up to now, continuously.')
 param endDate string = ''
 
-@description('Call the source with a client secret (an app registration in the source\'s tenant) instead of the managed identity.')
+@description('Call the source with a client secret (an app registration in the source\'s tenant) instead of the managed identity. No deployment then touches the source: its URL and audience are parameters, and its roles are granted by an administrator of its tenant (docs/deploy.md).')
 param useClientCredentials bool = false
 
 param clientId string = ''
@@ -96,8 +99,8 @@ param clientSecret string = ''
 ])
 param hostingPlan string = 'FlexConsumption'
 
-@description('The release zip (scripts/package) the app runs, put on the app by one deploy on every deployment.')
-param packageUri string = 'https://github.com/fhir-migration-tool/fhir-migration-tool/releases/latest/download/fhir-migration-tool.zip'
+@description('The release package the app runs: by default the release matching this template\'s version. Upgrading is changing this URL (docs/deploy.md). Empty: the template deploys no code (azd deploys it itself).')
+param packageUri string = 'https://github.com/fhir-migration-tool/fhir-migration-tool/releases/download/v0.1.0/released-package.zip'
 
 @description('default: create the Key Vault (client-credential mode). recover: take back the soft-deleted vault of an earlier deployment of this prefix in this resource group (30 days after teardown).')
 @allowed([
@@ -121,10 +124,20 @@ param vnetEndpointsSubnetPrefix string = '10.60.1.0/24'
 @description('Email notified by the alert rules; empty: no notification.')
 param alertEmail string = ''
 
-@description('Alert when no window has been committed for this many hours.')
-@minValue(1)
-@maxValue(48)
+@description('Alert when no window has been committed for this many hours, once the first one has. Only the windows the alert service accepts and that leave room for the 2-day look-back.')
+@allowed([
+  1
+  2
+  3
+  4
+  5
+  6
+  24
+])
 param noProgressHours int = 6
+
+@description('false (default): Application Insights takes Entra-authenticated telemetry only (the app\'s identity is Monitoring Metrics Publisher). true: the connection string\'s instrumentation key is accepted too.')
+param appInsightsLocalAuth bool = false
 
 @description('Time range of the dashboard tiles that show recent activity.')
 @allowed([
@@ -153,8 +166,14 @@ var cleanPrefix = toLower(replace(replace(prefix, '-', ''), '_', ''))
 var suffix = take(uniqueString(resourceGroup().id, prefix), 6)
 var base = '${cleanPrefix}${suffix}'
 var isFlex = hostingPlan == 'FlexConsumption'
-var sourceId = typeOfMigration == 'AzureAPIforFhir' ? apiForFhirId : sourceFhirServiceId
+var isPremium = hostingPlan == 'Premium'
+// Client-secret mode never reads or changes the source's Azure resource: it may be in another tenant.
+var sourceId = useClientCredentials ? '' : (typeOfMigration == 'AzureAPIforFhir' ? apiForFhirId : sourceFhirServiceId)
 var sourceParts = split(sourceId, '/')
+var sourceKnown = length(sourceParts) > 8
+var sourceName = sourceKnown ? sourceParts[8] : 'none'
+var sourceSubscription = sourceKnown ? sourceParts[2] : subscription().subscriptionId
+var sourceGroup = sourceKnown ? sourceParts[4] : resourceGroup().name
 var destinationParts = split(fhirServiceId, '/')
 
 // Invalid dates fail the deployment here rather than the migration later.
@@ -167,6 +186,16 @@ var fhirDataReader = '4c8d0bbc-75d3-4935-991f-5f3c56d81508'
 var fhirDataWriter = '3f88fce4-5892-4214-ae73-ba5294559913'
 // Control-plane Reader on each FHIR resource only: preflight reads their export and import configuration.
 var reader = 'acdd72a7-3385-48ef-bd42-f606fba81ae7'
+var storageBlobDataContributor = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
+
+module identity 'modules/identity.bicep' = {
+  name: 'identity-${suffix}'
+  params: {
+    name: '${base}-platform'
+    location: location
+    tags: tags
+  }
+}
 
 module storage 'modules/storage.bicep' = {
   name: 'storage-${suffix}'
@@ -186,7 +215,35 @@ module monitoring 'modules/monitoring.bicep' = {
     location: location
     tags: tags
     retentionDays: logRetentionDays
+    localAuth: appInsightsLocalAuth
   }
+}
+
+// Flex Consumption: the platform identity may write the package to the deployment container, assigned before the
+// app exists (see identity.bicep).
+module platformRoles 'modules/storage-roles.bicep' = if (isFlex) {
+  name: 'platform-roles-${suffix}'
+  params: {
+    storageName: storage.outputs.name
+    principalId: identity.outputs.principalId
+    roles: [
+      storageBlobDataContributor
+    ]
+    container: 'app-package'
+  }
+}
+
+module content 'modules/content-storage.bicep' = if (isPremium) {
+  name: 'content-${suffix}'
+  params: {
+    name: '${base}content'
+    location: location
+    tags: tags
+  }
+}
+
+resource contentAccount 'Microsoft.Storage/storageAccounts@2025-06-01' existing = {
+  name: '${base}content'
 }
 
 module network 'modules/network.bicep' = if (enablePrivateNetworking) {
@@ -214,16 +271,21 @@ module functionApp 'modules/functionapp.bicep' = {
     storageName: storage.outputs.name
     storageBlobEndpoint: storage.outputs.blobEndpoint
     integrationSubnetId: enablePrivateNetworking ? network!.outputs.integrationSubnetId : ''
+    appSettings: [for setting in items(settings): { name: setting.key, value: setting.value }]
+    platformIdentityId: identity.outputs.id
   }
-  // Storage private endpoints (and their DNS) exist before the app starts reaching storage through them.
+  // Storage private endpoints (and their DNS) exist before the app starts reaching storage through them; the
+  // platform identity's roles exist before the app is created.
   dependsOn: [
     network
+    platformRoles
+    content
   ]
 }
 
-module sourceRoles 'modules/fhir-roles.bicep' = {
+module sourceRoles 'modules/fhir-roles.bicep' = if (!useClientCredentials) {
   name: 'source-fhir-roles-${suffix}'
-  scope: resourceGroup(sourceParts[2], sourceParts[4])
+  scope: resourceGroup(sourceSubscription, sourceGroup)
   params: {
     fhirId: sourceId
     principalId: functionApp.outputs.principalId
@@ -259,7 +321,15 @@ module vault 'modules/keyvault.bicep' = if (useClientCredentials) {
     location: location
     tags: tags
     clientSecret: clientSecret
-    readerPrincipalId: functionApp.outputs.principalId
+    readerPrincipalId: identity.outputs.principalId
+  }
+}
+
+module insightsRoles 'modules/insights-roles.bicep' = if (!appInsightsLocalAuth) {
+  name: 'insights-roles-${suffix}'
+  params: {
+    componentName: monitoring.outputs.appInsightsName
+    principalId: functionApp.outputs.principalId
   }
 }
 
@@ -287,22 +357,65 @@ module alerts 'modules/alerts.bicep' = {
   }
 }
 
-// Flex Consumption sets the runtime through functionAppConfig and rejects these settings. The package is put on
-// the app by one deploy on every plan (below), not by WEBSITE_RUN_FROM_PACKAGE.
-var runtimeSettings = isFlex ? {} : {
+// The servers' own URL and configured audience, read from their resources in their own subscriptions (nothing is
+// changed there by these reads). Not in client-secret mode, whose source may be in another tenant.
+resource sourceApiForFhir 'Microsoft.HealthcareApis/services@2024-03-31' existing = {
+  name: sourceName
+  scope: resourceGroup(sourceSubscription, sourceGroup)
+}
+
+resource sourceWorkspace 'Microsoft.HealthcareApis/workspaces@2024-03-31' existing = {
+  name: sourceName
+  scope: resourceGroup(sourceSubscription, sourceGroup)
+}
+
+resource sourceFhirService 'Microsoft.HealthcareApis/workspaces/fhirservices@2024-03-31' existing = {
+  parent: sourceWorkspace
+  name: last(sourceParts)
+}
+
+resource destinationWorkspace 'Microsoft.HealthcareApis/workspaces@2024-03-31' existing = {
+  name: destinationParts[8]
+  scope: resourceGroup(destinationParts[2], destinationParts[4])
+}
+
+resource destinationFhirService 'Microsoft.HealthcareApis/workspaces/fhirservices@2024-03-31' existing = {
+  parent: destinationWorkspace
+  name: last(destinationParts)
+}
+
+// An audience need not be a URL (an application id URI such as api://…): the URL is then not derived from it and
+// must be passed (sourceFhirUrl, destinationFhirUrl).
+var sourceConfiguredAudience = typeOfMigration == 'AzureAPIforFhir' ? sourceApiForFhir.properties.authenticationConfiguration.audience : sourceFhirService.properties.authenticationConfiguration.audience
+var sourceAudienceIsUrl = startsWith(sourceConfiguredAudience, 'https://')
+// Azure API for FHIR answers at https://<name>.<service domain>; the service domain is the audience's host once any
+// "<name>." is taken off (no cloud suffix written here). An AHDS FHIR service's audience is its URL.
+var sourceAudienceHost = sourceAudienceIsUrl ? split(sourceConfiguredAudience, '/')[2] : ''
+var sourceOwnUrl = !sourceAudienceIsUrl ? '' : (typeOfMigration == 'AzureAPIforFhir' ? 'https://${startsWith(sourceAudienceHost, '${sourceName}.') ? sourceAudienceHost : '${sourceName}.${sourceAudienceHost}'}' : sourceConfiguredAudience)
+var destinationConfiguredAudience = destinationFhirService.properties.authenticationConfiguration.audience
+var destinationOwnUrl = startsWith(destinationConfiguredAudience, 'https://') ? destinationConfiguredAudience : ''
+
+// Flex Consumption sets the runtime through functionAppConfig and rejects these settings. Premium and Dedicated
+// run the package zip deploy puts on the app (Learn: zip deployment with WEBSITE_RUN_FROM_PACKAGE=1); Premium
+// keeps it in its Azure Files content share.
+var runtimeSettings = isFlex ? {} : union({
   FUNCTIONS_EXTENSION_VERSION: '~4'
   FUNCTIONS_WORKER_RUNTIME: 'custom'
-}
+  WEBSITE_RUN_FROM_PACKAGE: '1'
+}, isPremium ? {
+  WEBSITE_CONTENTAZUREFILECONNECTIONSTRING: 'DefaultEndpointsProtocol=https;AccountName=${base}content;EndpointSuffix=${environment().suffixes.storage};AccountKey=${contentAccount.listKeys().keys[0].value}'
+  WEBSITE_CONTENTSHARE: '${base}-fhirmig'
+} : {})
 
 var coreSettings = {
   AzureWebJobsStorage__accountName: storage.outputs.name
   APPLICATIONINSIGHTS_CONNECTION_STRING: monitoring.outputs.connectionString
   AZURE_StagingStorageUri: storage.outputs.tableEndpoint
   AZURE_BlobStorageUri: storage.outputs.blobEndpoint
-  AZURE_SourceUri: empty(sourceFhirUrl) ? sourceRoles.outputs.url : sourceFhirUrl
-  AZURE_DestinationUri: empty(destinationFhirUrl) ? destinationRoles.outputs.url : destinationFhirUrl
-  AZURE_SourceAudience: sourceRoles.outputs.audience
-  AZURE_DestinationAudience: destinationRoles.outputs.audience
+  AZURE_SourceUri: useClientCredentials || !empty(sourceFhirUrl) ? sourceFhirUrl : sourceOwnUrl
+  AZURE_DestinationUri: empty(destinationFhirUrl) ? destinationOwnUrl : destinationFhirUrl
+  AZURE_SourceAudience: !empty(sourceAudience) ? sourceAudience : (useClientCredentials ? sourceFhirUrl : sourceConfiguredAudience)
+  AZURE_DestinationAudience: destinationConfiguredAudience
   AZURE_ExportWithHistory: string(exportWithHistory)
   AZURE_ExportWithDelete: string(exportWithDelete)
   AZURE_IsParallel: string(isParallel)
@@ -311,7 +424,6 @@ var coreSettings = {
   AZURE_StartTime: string(startTime)
   AZURE_EndTime: string(endTime)
   AZURE_SpecificRun: string(specificRun)
-  AZURE_SourceResourceId: sourceId
   AZURE_DestinationResourceId: fhirServiceId
   AZURE_ResourceManagerUri: environment().resourceManager
   AZURE_MaxExportRetriesEnabled: 'true'
@@ -322,11 +434,15 @@ var coreSettings = {
   VerificationCron: '0 */1 * * * *'
 }
 
-// Settings that only exist when their feature is used: an empty value would read as "set".
+// Settings that only exist when their feature is used: an empty value would read as "set". The preflight reads the
+// source's export configuration through Azure Resource Manager as the app's identity (not in client-secret mode);
+// Entra-only ingestion makes the Functions host and the handler send telemetry with the app's identity.
 var optionalSettings = union(
   empty(configFile) ? {} : { AZURE_ConfigFile: configFile },
   empty(checkedStartDate) ? {} : { AZURE_StartDate: checkedStartDate },
   empty(checkedEndDate) ? {} : { AZURE_EndDate: checkedEndDate },
+  useClientCredentials ? {} : { AZURE_SourceResourceId: sourceId },
+  appInsightsLocalAuth ? {} : { APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'Authorization=AAD' },
   useClientCredentials ? {
     AZURE_ClientCredential: 'true'
     AZURE_ClientId: clientId
@@ -335,32 +451,18 @@ var optionalSettings = union(
   } : {}
 )
 
+var settings = union(runtimeSettings, coreSettings, optionalSettings, functionAppCustomSettings)
+
 resource site 'Microsoft.Web/sites@2024-11-01' existing = {
   name: '${base}-fhirmig'
 }
 
-resource appSettings 'Microsoft.Web/sites/config@2024-11-01' = {
-  // These checks read site configuration (logging, auth, framework, storage mounts); this resource holds only app settings.
-  // checkov:skip=CKV_AZURE_66: not site configuration; failed-request tracing does not apply to a custom handler's timer functions
-  // checkov:skip=CKV_AZURE_63: not site configuration; invocations are logged to Application Insights
-  // checkov:skip=CKV_AZURE_65: not site configuration; detailed error pages do not apply to a custom handler
-  // checkov:skip=CKV_AZURE_80: no .NET Framework: the app is a Rust custom handler
-  // checkov:skip=CKV_AZURE_13: App Service Authentication would block the Functions host's key-based admin calls; the HTTP functions require function keys
-  // checkov:skip=CKV_AZURE_88: no Azure Files: Flex Consumption runs from its package container, the other plans from the package URL
-  // checkov:skip=CKV_AZURE_222: not site configuration; see the function app module
-  parent: site
-  name: 'appsettings'
-  properties: union(runtimeSettings, coreSettings, optionalSettings, functionAppCustomSettings)
-  dependsOn: [
-    functionApp
-  ]
-}
-
-// One deploy (Learn: "Automate resource deployment for your function app"): the platform fetches packageUri and
-// deploys it, then syncs the triggers; a PUT on every template deployment, so a new package at the same URL is
-// picked up by redeploying. After the app settings (the handler reads them at start), the storage roles (Flex
-// writes the package to its container as the app's identity) and the private endpoints.
-resource codeDeploy 'Microsoft.Web/sites/extensions@2024-11-01' = {
+// Code, the way Learn documents it for each plan ("Automate resource deployment for your function app",
+// Deployment sources). Last, after everything else, so that the roles it relies on have had the whole deployment
+// to propagate.
+//   Flex Consumption: one deploy from packageUri (a package named released-package.zip); the platform writes it to
+//   the deployment container as the platform identity and syncs the triggers.
+resource oneDeploy 'Microsoft.Web/sites/extensions@2024-11-01' = if (isFlex && !empty(packageUri)) {
   parent: site
   name: 'onedeploy'
   properties: {
@@ -368,9 +470,31 @@ resource codeDeploy 'Microsoft.Web/sites/extensions@2024-11-01' = {
     remoteBuild: false
   }
   dependsOn: [
-    appSettings
     functionApp
     network
+    sourceRoles
+    destinationRoles
+    insightsRoles
+    dashboard
+    alerts
+  ]
+}
+
+//   Premium and Dedicated: zip deployment from packageUri, run from the package (WEBSITE_RUN_FROM_PACKAGE=1).
+resource zipDeploy 'Microsoft.Web/sites/extensions@2024-11-01' = if (!isFlex && !empty(packageUri)) {
+  parent: site
+  name: 'ZipDeploy'
+  properties: {
+    packageUri: packageUri
+  }
+  dependsOn: [
+    functionApp
+    network
+    sourceRoles
+    destinationRoles
+    insightsRoles
+    dashboard
+    alerts
   ]
 }
 

@@ -16,9 +16,20 @@ param appInsightsId string
 @description('Who is emailed when a rule fires. Empty: the rules are created and show in the portal, but notify nobody.')
 param alertEmail string = ''
 
-@description('Fire "no progress" when no window has been committed for this many hours (at most 48). Set it above the longest pause window and the MigrationStarterCron interval.')
-@minValue(1)
-@maxValue(48)
+@description('Fire "no progress" when no window has been committed for this many hours, once one has. Set it above the longest pause window and the MigrationStarterCron interval.')
+// A log search alert's window must be one of 5, 10, 15, 30, 45, 60, 120, 180, 240, 300, 360, 1440 or 2880 minutes:
+// the service refuses any other ("Supported granularities are: …", Azure/azure-rest-api-specs#21258;
+// hashicorp/terraform-provider-azurerm#18886). 48 hours is left out: the rule looks back 2 days (the service's
+// longest query range) to tell a migration that has not committed its first window yet from one that stopped.
+@allowed([
+  1
+  2
+  3
+  4
+  5
+  6
+  24
+])
 param noProgressHours int = 6
 
 @description('Create the rules enabled. Disable after cut-over, when the tool is stopped on purpose.')
@@ -52,6 +63,7 @@ var rules = [
     severity: 1
     frequency: 'PT15M'
     window: 'PT15M'
+    lookback: ''
     operator: 'GreaterThan'
     threshold: 0
     query: loadTextContent('../alerts/export-or-import-failed.kql')
@@ -63,6 +75,7 @@ var rules = [
     severity: 0
     frequency: 'PT15M'
     window: 'PT15M'
+    lookback: ''
     operator: 'GreaterThan'
     threshold: 0
     query: loadTextContent('../alerts/retry-latch-reached.kql')
@@ -74,9 +87,11 @@ var rules = [
     severity: 2
     frequency: 'PT1H'
     window: 'PT${noProgressHours}H'
+    // The query sees 2 days: it stays quiet until the first window has been committed.
+    lookback: 'P2D'
     operator: 'LessThan'
     threshold: 1
-    query: loadTextContent('../alerts/no-progress.kql')
+    query: 'let window = ${noProgressHours}h;\n${loadTextContent('../alerts/no-progress.kql')}'
   }
   {
     key: 'import-failure'
@@ -85,6 +100,7 @@ var rules = [
     severity: 1
     frequency: 'PT15M'
     window: 'PT15M'
+    lookback: ''
     operator: 'GreaterThan'
     threshold: 0
     query: loadTextContent('../alerts/permanent-import-failure.kql')
@@ -96,6 +112,7 @@ var rules = [
     severity: 2
     frequency: 'PT15M'
     window: 'PT15M'
+    lookback: ''
     operator: 'GreaterThan'
     threshold: 0
     query: loadTextContent('../alerts/verification-failed.kql')
@@ -115,6 +132,7 @@ resource alertRules 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = [
       scopes: [appInsightsId]
       evaluationFrequency: rule.frequency
       windowSize: rule.window
+      overrideQueryTimeRange: empty(rule.lookback) ? null : rule.lookback
       criteria: {
         allOf: [
           {

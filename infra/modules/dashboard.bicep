@@ -127,14 +127,14 @@ var logParts = [
 // Platform metrics of the same component: requests come from the Functions host, dependencies and exceptions
 // from the tool itself (every FHIR and storage call, every failed invocation or job).
 var metricTiles = [
-  { x: 0, y: 33, title: 'Failed invocations', chartType: 3, metrics: [{ name: 'requests/failed', aggregation: 7, label: 'Failed invocations' }] }
-  { x: 6, y: 33, title: 'Invocation duration', chartType: 2, metrics: [{ name: 'requests/duration', aggregation: 4, label: 'Average duration' }] }
-  { x: 12, y: 33, title: 'Exceptions and dependency failures', chartType: 3, metrics: [
+  { x: 0, y: 39, title: 'Failed invocations', chartType: 3, metrics: [{ name: 'requests/failed', aggregation: 7, label: 'Failed invocations' }] }
+  { x: 6, y: 39, title: 'Invocation duration', chartType: 2, metrics: [{ name: 'requests/duration', aggregation: 4, label: 'Average duration' }] }
+  { x: 12, y: 39, title: 'Exceptions and dependency failures', chartType: 3, metrics: [
       { name: 'exceptions/count', aggregation: 7, label: 'Exceptions' }
       { name: 'dependencies/failed', aggregation: 7, label: 'Failed FHIR and storage calls' }
     ] }
-  { x: 0, y: 37, title: 'FHIR and storage call duration', chartType: 2, metrics: [{ name: 'dependencies/duration', aggregation: 4, label: 'Average duration' }] }
-  { x: 6, y: 37, title: 'FHIR and storage calls', chartType: 3, metrics: [{ name: 'dependencies/count', aggregation: 7, label: 'Calls' }] }
+  { x: 0, y: 43, title: 'FHIR and storage call duration', chartType: 2, metrics: [{ name: 'dependencies/duration', aggregation: 4, label: 'Average duration' }] }
+  { x: 6, y: 43, title: 'FHIR and storage calls', chartType: 3, metrics: [{ name: 'dependencies/count', aggregation: 7, label: 'Calls' }] }
 ]
 
 var metricParts = [

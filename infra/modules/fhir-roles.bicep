@@ -1,5 +1,6 @@
 // Least-privilege FHIR data roles for the function app's identity, on one FHIR server, deployed into that server's
-// own subscription and resource group (cross-subscription works as in the original). Each assignment's name
+// own subscription and resource group (cross-subscription works as in the original). main.bicep reads the
+// server's URL and audience itself, so nothing waits for these assignments but one deploy. Each assignment's name
 // includes the principal id, so recreating the app never collides with an old assignment.
 
 @description('Full resource id of the FHIR server: Microsoft.HealthcareApis/services/… or …/workspaces/…/fhirservices/….')
@@ -48,17 +49,3 @@ resource onFhirService 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
     }
   }
 ]
-
-// The token audience the server is configured with. For Azure API for FHIR it is often the shared
-// https://azurehealthcareapis.com rather than the server's own URL, so it is not the URL.
-var audience = isApiForFhir ? apiForFhir.properties.authenticationConfiguration.audience : fhirService.properties.authenticationConfiguration.audience
-var audienceHost = split(audience, '/')[2]
-// Azure API for FHIR answers at https://<name>.<service domain>; the service domain is the audience's host once any
-// "<name>." is taken off (no cloud suffix written here). An AHDS FHIR service's audience is its URL.
-var apiForFhirHost = startsWith(audienceHost, '${parts[8]}.') ? audienceHost : '${parts[8]}.${audienceHost}'
-
-@description('The server\'s own base URL.')
-output url string = isApiForFhir ? 'https://${apiForFhirHost}' : audience
-
-@description('The token audience the server is configured with (the tool asks for <audience>/.default).')
-output audience string = audience

@@ -1,6 +1,7 @@
 // The Linux function app that runs the custom handler, its plan, and its system-assigned identity's roles on the
-// tool's storage account. App settings are written by main.bicep once every value is known (the FHIR URLs
-// and the Key Vault reference need this identity first).
+// tool's storage account. Every app setting arrives with the site, in siteConfig.appSettings (Learn, "Automate
+// resource deployment for your function app": define application settings as a siteConfig/appSettings collection,
+// so they exist when the site is created); main.bicep computes them without this app's identity.
 //
 // Plans: Flex Consumption (FC1, default) is the cheapest plan that runs custom handlers on Linux and scales to
 // zero; Linux Consumption is closed to new apps. Premium (EP1) and Dedicated (B1) are there for VNet-heavy or
@@ -20,6 +21,10 @@ param storageName string
 param storageBlobEndpoint string
 @description('Subnet for outbound VNet integration; empty: none.')
 param integrationSubnetId string = ''
+@description('Every app setting, as name/value pairs.')
+param appSettings array
+@description('Resource id of the platform identity (identity.bicep): Flex deployment storage and Key Vault references.')
+param platformIdentityId string
 
 var isFlex = hostingPlan == 'FlexConsumption'
 var kind = {
@@ -45,8 +50,10 @@ var flexConfig = {
     storage: {
       type: 'blobContainer'
       value: '${storageBlobEndpoint}app-package'
+      // The platform identity, whose role on this container was assigned before the app was created.
       authentication: {
-        type: 'SystemAssignedIdentity'
+        type: 'UserAssignedIdentity'
+        userAssignedIdentityResourceId: platformIdentityId
       }
     }
   }
@@ -97,20 +104,26 @@ resource site 'Microsoft.Web/sites@2024-11-01' = {
   // checkov:skip=CKV_AZURE_18: http20Enabled is true in both flexSiteConfig and classicSiteConfig (chosen by plan; checkov cannot follow the condition)
   // checkov:skip=CKV_AZURE_67: as CKV_AZURE_18: HTTP/2 is on for every plan, set through the per-plan siteConfig variables
   // checkov:skip=CKV_AZURE_78: FTP: classicSiteConfig sets ftpsState Disabled; Flex Consumption has no FTP and refuses the property; basic publishing credentials are off for both
+  // checkov:skip=CKV_AZURE_16: the app has a system-assigned identity (the tool's) and a user-assigned one (the platform's); checkov only recognizes the type SystemAssigned
   // checkov:skip=CKV_AZURE_213: the platform's health check would call an HTTP function without a key (401); the handler's own readiness is checked by the Functions host
   name: appName
   location: location
-  tags: tags
+  // azd finds the app it deploys to by this tag (azure.yaml's service name).
+  tags: union(tags, { 'azd-service-name': 'migration' })
   kind: 'functionapp,linux'
   identity: {
-    type: 'SystemAssigned'
+    type: 'SystemAssigned, UserAssigned'
+    userAssignedIdentities: {
+      '${platformIdentityId}': {}
+    }
   }
   properties: {
     serverFarmId: plan.id
     httpsOnly: true
     clientCertEnabled: false
     virtualNetworkSubnetId: empty(integrationSubnetId) ? null : integrationSubnetId
-    siteConfig: isFlex ? flexSiteConfig : classicSiteConfig
+    keyVaultReferenceIdentity: platformIdentityId
+    siteConfig: union(isFlex ? flexSiteConfig : classicSiteConfig, { appSettings: appSettings })
     functionAppConfig: isFlex ? flexConfig : null
   }
 }

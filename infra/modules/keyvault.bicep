@@ -1,5 +1,6 @@
 // Holds the source's client secret (client-credential mode only), so it is never a plain app setting or a value
-// in the deployment history. RBAC authorization: the function app reads it as Key Vault Secrets User.
+// in the deployment history. RBAC authorization: the platform identity (identity.bicep) reads it as Key Vault Secrets User
+// when it resolves the app setting's Key Vault reference; the vault and its role exist before the app does.
 
 @description('3-24 letters, digits and hyphens, starting with a letter (Key Vault naming rules).')
 @minLength(3)
@@ -15,7 +16,7 @@ param location string
 param tags object
 @secure()
 param clientSecret string
-@description('Principal id of the function app\'s managed identity.')
+@description('Principal id of the identity that resolves the Key Vault reference (the platform identity).')
 param readerPrincipalId string
 
 var keyVaultSecretsUser = '4633458b-17de-408a-b874-0445c86b69e6'

@@ -8,6 +8,8 @@ param tags object
 @minValue(30)
 @maxValue(730)
 param retentionDays int = 90
+@description('false (default): Entra-only ingestion, the component refuses the instrumentation key (the app sends with its identity, as Monitoring Metrics Publisher). true: the connection string\'s key is accepted too.')
+param localAuth bool = false
 
 resource workspace 'Microsoft.OperationalInsights/workspaces@2025-02-01' = {
   name: '${namePrefix}-logs'
@@ -33,6 +35,8 @@ resource insights 'Microsoft.Insights/components@2020-02-02' = {
     RetentionInDays: retentionDays
     publicNetworkAccessForIngestion: 'Enabled'
     publicNetworkAccessForQuery: 'Enabled'
+    // Entra-only ingestion by default, as the official Flex Consumption samples do.
+    DisableLocalAuth: !localAuth
   }
 }
 

@@ -28,6 +28,7 @@ API = {
     "dashboard": "2020-09-01-preview",
     "actiongroups": "2023-01-01",
     "rules": "2023-12-01",
+    "identity": "2023-01-31",
 }
 
 ROLES = {
@@ -39,7 +40,27 @@ ROLES = {
     "storageTableDataContributor": "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3",
     "keyVaultSecretsUser": "4633458b-17de-408a-b874-0445c86b69e6",
     "reader": "acdd72a7-3385-48ef-bd42-f606fba81ae7",
+    "storageBlobDataContributor": "ba92f5b4-2d11-453d-a403-e96b0029c9fe",
+    "monitoringMetricsPublisher": "3913510d-42f4-4e42-8a64-420c390055eb",
 }
+
+
+def version():
+    """The project's version (Cargo.toml): the release the template deploys by default."""
+    for line in (INFRA.parent / "Cargo.toml").read_text().splitlines():
+        if line.startswith("version = "):
+            return line.split('"')[1]
+    raise SystemExit("no version in Cargo.toml")
+
+
+RELEASES = "https://github.com/fhir-migration-tool/fhir-migration-tool/releases/download"
+# Learn ("Automate resource deployment for your function app", Flex Consumption, Deployment package): the package
+# file must be named released-package.zip.
+PACKAGE_NAME = "released-package.zip"
+
+
+def default_package_uri():
+    return f"{RELEASES}/v{version()}/{PACKAGE_NAME}"
 
 
 def p(name):
@@ -75,7 +96,8 @@ def parameters():
         "apiForFhirId": param("string", "Source when typeOfMigration is AzureAPIforFhir: resource id of the Azure API for FHIR (/subscriptions/…/providers/Microsoft.HealthcareApis/services/<name>).", ""),
         "sourceFhirServiceId": param("string", "Source when typeOfMigration is FhirService: resource id of the AHDS FHIR service (…/workspaces/<ws>/fhirservices/<name>).", ""),
         "fhirServiceId": param("string", "Destination: resource id of the AHDS FHIR service (…/workspaces/<ws>/fhirservices/<name>).", minLength=1),
-        "sourceFhirUrl": param("string", "Source base URL; empty: the server's own URL (tokens are still requested for the server's configured audience).", ""),
+        "sourceFhirUrl": param("string", "Source base URL. Managed identity: empty for the server's own URL. Client secret: required (nothing reads the source's Azure resource in that mode).", ""),
+        "sourceAudience": param("string", "Token audience of the source (the tool asks for <audience>/.default). Managed identity: empty for the server's configured audience. Client secret: empty for sourceFhirUrl.", ""),
         "destinationFhirUrl": param("string", "Destination base URL; empty: the server's own URL (tokens are still requested for the server's configured audience).", ""),
         "exportWithHistory": param("bool", "Migrate every version, not only the current one.", True),
         "exportWithDelete": param("bool", "Migrate deleted resources (soft deletes) too.", True),
@@ -88,19 +110,20 @@ def parameters():
         "specificRun": param("bool", "Migrate only data last updated between startDate and endDate.", False),
         "startDate": param("string", "ISO 8601, e.g. 2020-01-01T00:00:00Z; empty: from the oldest data.", ""),
         "endDate": param("string", "ISO 8601; empty: up to now, continuously.", ""),
-        "useClientCredentials": param("bool", "Call the source with a client secret (an app registration in the source's tenant) instead of the managed identity.", False),
+        "useClientCredentials": param("bool", "Call the source with a client secret (an app registration in the source's tenant) instead of the managed identity. No deployment then touches the source: its URL and audience are parameters, and its roles are granted by an administrator of its tenant (docs/deploy.md).", False),
         "clientId": param("string", "Application (client) id of the app registration.", ""),
         "tenantId": param("string", "Tenant of the app registration.", ""),
         "clientSecret": param("securestring", "Stored in Key Vault; the app setting only references it.", ""),
         "hostingPlan": param("string", "FlexConsumption: cheapest, scales to zero. Premium (EP1) and Dedicated (B1): always-on instances.", "FlexConsumption", allowedValues=["FlexConsumption", "Premium", "Dedicated"]),
-        "packageUri": param("string", "The release zip (scripts/package) the app runs, put on the app by one deploy on every deployment.", "https://github.com/fhir-migration-tool/fhir-migration-tool/releases/latest/download/fhir-migration-tool.zip"),
+        "packageUri": param("string", "The release package the app runs: by default the release matching this template's version. Upgrading is changing this URL (docs/deploy.md). Empty: the template deploys no code (azd deploys it itself).", default_package_uri()),
         "keyVaultCreateMode": param("string", "default: create the Key Vault (client-credential mode). recover: take back the soft-deleted vault of an earlier deployment of this prefix in this resource group (30 days after teardown).", "default", allowedValues=["default", "recover"]),
         "enablePrivateNetworking": param("bool", "Reach the state storage through private endpoints only (VNet integration, private DNS zones).", False),
         "vnetAddressPrefix": param("string", "Address space of the VNet created when enablePrivateNetworking is on.", "10.60.0.0/16"),
         "vnetIntegrationSubnetPrefix": param("string", "Subnet (inside vnetAddressPrefix) for the function app's outbound traffic.", "10.60.0.0/24"),
         "vnetEndpointsSubnetPrefix": param("string", "Subnet (inside vnetAddressPrefix) for the private endpoints.", "10.60.1.0/24"),
         "alertEmail": param("string", "Email notified by the alert rules; empty: no notification.", ""),
-        "noProgressHours": param("int", "Alert when no window has been committed for this many hours.", 6, minValue=1, maxValue=48),
+        "noProgressHours": param("int", "Alert when no window has been committed for this many hours, once the first one has. Only the windows the alert service accepts and that leave room for the 2-day look-back.", 6, allowedValues=[1, 2, 3, 4, 5, 6, 24]),
+        "appInsightsLocalAuth": param("bool", "false (default): Application Insights takes Entra-authenticated telemetry only (the app's identity is Monitoring Metrics Publisher). true: the connection string's instrumentation key is accepted too.", False),
         "dashboardTimeRange": param("string", "Time range of the dashboard tiles that show recent activity.", "P7D", allowedValues=["P1D", "P7D", "P30D", "P90D"]),
         "logRetentionDays": param("int", "Days Log Analytics keeps the telemetry.", 90, minValue=30, maxValue=730),
         "migrationStarterCron": param("string", "NCRONTAB schedule of MigrationOrchestrator, which starts exports.", "0 */5 * * * *"),
@@ -139,17 +162,17 @@ TILES = [
 ]
 
 METRIC_TILES = [
-    (0, 33, "Failed invocations", 3, [("requests/failed", 7, "Failed invocations")]),
-    (6, 33, "Invocation duration", 2, [("requests/duration", 4, "Average duration")]),
-    (12, 33, "Exceptions and dependency failures", 3, [("exceptions/count", 7, "Exceptions"), ("dependencies/failed", 7, "Failed FHIR and storage calls")]),
-    (0, 37, "FHIR and storage call duration", 2, [("dependencies/duration", 4, "Average duration")]),
-    (6, 37, "FHIR and storage calls", 3, [("dependencies/count", 7, "Calls")]),
+    (0, 39, "Failed invocations", 3, [("requests/failed", 7, "Failed invocations")]),
+    (6, 39, "Invocation duration", 2, [("requests/duration", 4, "Average duration")]),
+    (12, 39, "Exceptions and dependency failures", 3, [("exceptions/count", 7, "Exceptions"), ("dependencies/failed", 7, "Failed FHIR and storage calls")]),
+    (0, 43, "FHIR and storage call duration", 2, [("dependencies/duration", 4, "Average duration")]),
+    (6, 43, "FHIR and storage calls", 3, [("dependencies/count", 7, "Calls")]),
 ]
 
 RULES = [
     ("job-failed", "FHIR migration: an export or import failed", "An $export or $import job failed or was refused. The tool retries it; check the FailureReason (dashboard: Failed exports / Failed imports).", 1, "PT15M", "PT15M", "GreaterThan", 0, "export-or-import-failed"),
     ("retry-latch", "FHIR migration: halted by the retry latch", "Exports or imports failed too many times in a row and the migration has stopped. Fix the cause (export table, FailureReason column), then call ClearMaxExportRetries_Http.", 0, "PT15M", "PT15M", "GreaterThan", 0, "retry-latch-reached"),
-    ("no-progress", "FHIR migration: no progress", None, 2, "PT1H", None, "LessThan", 1, "no-progress"),
+    ("no-progress", "FHIR migration: no progress", None, 2, "PT1H", None, "LessThan", 1, "no-progress"),  # window and look-back: see resources()
     ("import-failure", "FHIR migration: a resource version could not be imported", "The destination refused a resource version for good (a conflicting version, an invalid resource). It is not migrated until someone fixes the cause and runs failures retry, or accepts the loss with failures accept (dashboard: Unresolved import failures).", 1, "PT15M", "PT15M", "GreaterThan", 0, "permanent-import-failure"),
     ("verification-failed", "FHIR migration: verification found differences", "A surface, deep or full check found a difference between source and destination (dashboard: Surface / Deep / Full check).", 2, "PT15M", "PT15M", "GreaterThan", 0, "verification-failed"),
 ]
@@ -173,7 +196,9 @@ def variables():
         for t in TILES
     ]
     metric_tiles = [
-        {"x": m[0], "y": m[1], "title": m[2], "chartType": m[3], "metrics": [{"name": n, "aggregation": a, "label": label} for n, a, label in m[4]]}
+        {"x": m[0], "y": m[1], "title": m[2], "chartType": m[3],
+         "metrics": [{"resourceMetadata": {"id": x(v("appInsightsId"))}, "name": n, "aggregationType": a, "namespace": "microsoft.insights/components",
+                      "metricVisualization": {"displayName": label}} for n, a, label in m[4]]}
         for m in METRIC_TILES
     ]
     return {
@@ -182,8 +207,14 @@ def variables():
         "suffix": x(f"take(uniqueString(resourceGroup().id, {p('prefix')}), 6)"),
         "base": x(f"format('{{0}}{{1}}', {v('cleanPrefix')}, {v('suffix')})"),
         "isFlex": x(f"equals({p('hostingPlan')}, 'FlexConsumption')"),
-        "sourceId": x(f"if(equals({p('typeOfMigration')}, 'AzureAPIforFhir'), {p('apiForFhirId')}, {p('sourceFhirServiceId')})"),
+        "isPremium": x(f"equals({p('hostingPlan')}, 'Premium')"),
+        # Client-secret mode never reads or changes the source's Azure resource: it may be in another tenant.
+        "sourceId": x(f"if({p('useClientCredentials')}, '', if(equals({p('typeOfMigration')}, 'AzureAPIforFhir'), {p('apiForFhirId')}, {p('sourceFhirServiceId')}))"),
         "sourceParts": x(f"split({v('sourceId')}, '/')"),
+        "sourceKnown": x(f"greater(length({v('sourceParts')}), 8)"),
+        "sourceName": x(f"if({v('sourceKnown')}, {v('sourceParts')}[8], 'none')"),
+        "sourceSubscription": x(f"if({v('sourceKnown')}, {v('sourceParts')}[2], subscription().subscriptionId)"),
+        "sourceGroup": x(f"if({v('sourceKnown')}, {v('sourceParts')}[4], resourceGroup().name)"),
         "destinationParts": x(f"split({p('fhirServiceId')}, '/')"),
         "checkedStartDate": x(f"if(empty({p('startDate')}), '', dateTimeAdd({p('startDate')}, 'PT0S'))"),
         "checkedEndDate": x(f"if(empty({p('endDate')}), '', dateTimeAdd({p('endDate')}, 'PT0S'))"),
@@ -191,6 +222,8 @@ def variables():
         "appName": x(f"format('{{0}}-fhirmig', {v('base')})"),
         "planName": x(f"format('{{0}}-plan', {v('base')})"),
         "vaultName": x(f"format('kv-{{0}}', {v('base')})"),
+        "identityName": x(f"format('{{0}}-platform', {v('base')})"),
+        "contentName": x(f"format('{{0}}content', {v('base')})"),
         "workspaceName": x(f"format('{{0}}-logs', {v('base')})"),
         "insightsName": x(f"format('{{0}}-insights', {v('base')})"),
         "vnetName": x(f"format('{{0}}-vnet', {v('base')})"),
@@ -198,6 +231,7 @@ def variables():
         "appInsightsId": x(f"resourceId('Microsoft.Insights/components', {v('insightsName')})"),
         "storageId": x(f"resourceId('Microsoft.Storage/storageAccounts', {v('storageName')})"),
         "siteId": x(f"resourceId('Microsoft.Web/sites', {v('appName')})"),
+        "identityId": x(f"resourceId('Microsoft.ManagedIdentity/userAssignedIdentities', {v('identityName')})"),
         "planKind": {"FlexConsumption": "functionapp", "Premium": "elastic", "Dedicated": "linux"},
         # Flex Consumption refuses ftpsState, linuxFxVersion, alwaysOn and vnetRouteAllEnabled (ARM error 51021).
         "flexSiteConfig": {"minTlsVersion": "1.2", "http20Enabled": True},
@@ -213,7 +247,7 @@ def variables():
                 "storage": {
                     "type": "blobContainer",
                     "value": x(f"format('https://{{0}}.blob.{{1}}/app-package', {v('storageName')}, environment().suffixes.storage)"),
-                    "authentication": {"type": "SystemAssignedIdentity"},
+                    "authentication": {"type": "UserAssignedIdentity", "userAssignedIdentityResourceId": x(v("identityId"))},
                 }
             },
             "scaleAndConcurrency": {"maximumInstanceCount": 40, "instanceMemoryMB": 512},
@@ -225,18 +259,20 @@ def variables():
         "metricTiles": metric_tiles,
         "rules": [
             {"key": r[0], "displayName": r[1], "description": r[2], "severity": r[3], "frequency": r[4], "window": r[5], "operator": r[6], "threshold": r[7],
-             "query": kql(f"alerts/{r[8]}.kql")}
+             "lookback": "P2D" if r[0] == "no-progress" else "", "query": kql(f"alerts/{r[8]}.kql")}
             for r in RULES
         ],
         "reminder": REMINDER,
         "guideTemplate": GUIDE,
         "guide": x(f"replace({v('guideTemplate')}, '{{0}}', {p('dashboardTimeRange')})"),
-        "runtimeSettings": x(f"if({v('isFlex')}, createObject(), createObject('FUNCTIONS_EXTENSION_VERSION', '~4', 'FUNCTIONS_WORKER_RUNTIME', 'custom'))"),
+        "classicRuntimeSettings": {"FUNCTIONS_EXTENSION_VERSION": "~4", "FUNCTIONS_WORKER_RUNTIME": "custom", "WEBSITE_RUN_FROM_PACKAGE": "1"},
         "optionalSettings": x(
             "union("
             f"if(empty({p('configFile')}), createObject(), createObject('AZURE_ConfigFile', {p('configFile')})), "
             f"if(empty({v('checkedStartDate')}), createObject(), createObject('AZURE_StartDate', {v('checkedStartDate')})), "
-            f"if(empty({v('checkedEndDate')}), createObject(), createObject('AZURE_EndDate', {v('checkedEndDate')})))"
+            f"if(empty({v('checkedEndDate')}), createObject(), createObject('AZURE_EndDate', {v('checkedEndDate')})), "
+            f"if({p('useClientCredentials')}, createObject(), createObject('AZURE_SourceResourceId', {v('sourceId')})), "
+            f"if({p('appInsightsLocalAuth')}, createObject(), createObject('APPLICATIONINSIGHTS_AUTHENTICATION_STRING', 'Authorization=AAD')))"
         ),
     }
 
@@ -257,17 +293,21 @@ def copied_assignment(name_expr, scope_expr):
     }
 
 
-def nested_roles(name, scope_type, scope_name_expr, roles, principal_expr, condition=None, depends=None):
-    """Role assignments for one principal on one resource of this resource group, in a nested deployment: ARM
-    cannot use reference() in a resource name, and the name must include the principal id (mirrors the Bicep
-    modules storage-roles, site-roles and the vault's assignment)."""
+def nested_roles(name, scope_type, scope_name_expr, roles, principal_expr, condition=None, depends=None, container=None):
+    """Role assignments for one principal on one resource of this resource group (or one blob container of a storage
+    account), in a nested deployment: ARM cannot use reference() in a resource name, and the name must include the
+    principal id (mirrors the Bicep modules storage-roles, insights-roles and the vault's assignment)."""
+    if container:
+        id_expr = f"resourceId('{scope_type}/blobServices/containers', parameters('scopeName'), 'default', '{container}')"
+        scope_expr = f"format('{scope_type}/{{0}}/blobServices/default/containers/{container}', parameters('scopeName'))"
+    else:
+        id_expr = f"resourceId('{scope_type}', parameters('scopeName'))"
+        scope_expr = f"format('{scope_type}/{{0}}', parameters('scopeName'))"
     inner = {
         "$schema": "https://schema.management.azure.com/schemas/2019-04-01/deploymentTemplate.json#",
         "contentVersion": "1.0.0.0",
         "parameters": {"scopeName": {"type": "string"}, "principalId": {"type": "string"}, "roles": {"type": "array"}},
-        "resources": [
-            copied_assignment(f"resourceId('{scope_type}', parameters('scopeName'))", f"format('{scope_type}/{{0}}', parameters('scopeName'))")
-        ],
+        "resources": [copied_assignment(id_expr, scope_expr)],
     }
     res = {
         "type": "Microsoft.Resources/deployments",
@@ -290,12 +330,9 @@ def nested_roles(name, scope_type, scope_name_expr, roles, principal_expr, condi
     return res
 
 
-def fhir_roles_deployment(name, id_expr, roles, condition=None):
+def fhir_roles_deployment(name, id_expr, roles, condition=None, subscription_expr=None, group_expr=None):
     """A nested deployment into the FHIR server's own subscription and resource group (cross-subscription)."""
     inner_roles = [ROLES[r] for r in roles]
-    audience = (f"if(variables('isApiForFhir'), reference(resourceId('Microsoft.HealthcareApis/services', variables('parts')[8]), '{API['fhir']}').authenticationConfiguration.audience, "
-                f"reference(resourceId('Microsoft.HealthcareApis/workspaces/fhirservices', variables('parts')[8], last(variables('parts'))), '{API['fhir']}').authenticationConfiguration.audience)")
-    audience_host = f"split({audience}, '/')[2]"
     # One resource whose scope depends on the server kind (two resources would need two copy loop names).
     scope = ("if(variables('isApiForFhir'), format('Microsoft.HealthcareApis/services/{0}', variables('parts')[8]), "
              "format('Microsoft.HealthcareApis/workspaces/{0}/fhirservices/{1}', variables('parts')[8], last(variables('parts'))))")
@@ -308,18 +345,13 @@ def fhir_roles_deployment(name, id_expr, roles, condition=None):
             "isApiForFhir": "[and(equals(toLower(variables('parts')[6]), 'microsoft.healthcareapis'), equals(toLower(variables('parts')[7]), 'services'))]",
         },
         "resources": [copied_assignment("parameters('fhirId')", scope)],
-        "outputs": {
-            # Azure API for FHIR: https://<name>.<the audience's host without "<name>.">; AHDS: the audience is the URL.
-            "url": {"type": "string", "value": f"[if(variables('isApiForFhir'), format('https://{{0}}', if(startsWith({audience_host}, format('{{0}}.', variables('parts')[8])), {audience_host}, format('{{0}}.{{1}}', variables('parts')[8], {audience_host}))), {audience})]"},
-            "audience": {"type": "string", "value": f"[{audience}]"},
-        },
     }
     res = {
         "type": "Microsoft.Resources/deployments",
         "apiVersion": API["deployments"],
         "name": x(f"format('{name}-{{0}}', {v('suffix')})"),
-        "subscriptionId": x(f"split({id_expr}, '/')[2]"),
-        "resourceGroup": x(f"split({id_expr}, '/')[4]"),
+        "subscriptionId": x(subscription_expr or f"split({id_expr}, '/')[2]"),
+        "resourceGroup": x(group_expr or f"split({id_expr}, '/')[4]"),
         "dependsOn": [x(f"resourceId('Microsoft.Web/sites', {v('appName')})")],
         "properties": {
             "mode": "Incremental",
@@ -342,7 +374,11 @@ def resources():
     site_dep = x(f"resourceId('Microsoft.Web/sites', {v('appName')})")
     storage_dep = x(f"resourceId('Microsoft.Storage/storageAccounts', {v('storageName')})")
     principal = f"reference({v('siteId')}, '{API['web']}', 'full').identity.principalId"
+    identity_principal = f"reference({v('identityId')}, '{API['identity']}').principalId"
     out = []
+    # The platform identity (identity.bicep): created first, its roles assigned before the app exists.
+    out.append({"type": "Microsoft.ManagedIdentity/userAssignedIdentities", "apiVersion": API["identity"], "name": x(v("identityName")),
+                "location": x(p("location")), "tags": x(v("tags"))})
     # State storage.
     out += [
         {
@@ -376,7 +412,9 @@ def resources():
          "dependsOn": [x(f"resourceId('Microsoft.OperationalInsights/workspaces', {v('workspaceName')})")],
          "properties": {"Application_Type": "web", "WorkspaceResourceId": x(f"resourceId('Microsoft.OperationalInsights/workspaces', {v('workspaceName')})"),
                         "IngestionMode": "LogAnalytics", "RetentionInDays": x(p("logRetentionDays")),
-                        "publicNetworkAccessForIngestion": "Enabled", "publicNetworkAccessForQuery": "Enabled"}},
+                        "publicNetworkAccessForIngestion": "Enabled", "publicNetworkAccessForQuery": "Enabled",
+                        # Entra-only ingestion by default, as the official Flex Consumption samples do.
+                        "DisableLocalAuth": x(f"not({p('appInsightsLocalAuth')})")}},
     ]
     # Private networking (optional).
     private = p("enablePrivateNetworking")
@@ -413,37 +451,22 @@ def resources():
          "dependsOn": ["endpoints", "zones"],
          "properties": {"privateDnsZoneConfigs": [{"name": x(service), "properties": {"privateDnsZoneId": x(f"resourceId('Microsoft.Network/privateDnsZones', format('privatelink.{{0}}.{{1}}', {service}, environment().suffixes.storage))")}}]}},
     ]
-    # Function app.
-    out += [
-        {"type": "Microsoft.Web/serverfarms", "apiVersion": API["web"], "name": x(v("planName")), "location": x(p("location")), "tags": x(v("tags")),
-         "kind": x(f"{v('planKind')}[{p('hostingPlan')}]"), "sku": x(f"{v('sku')}[{p('hostingPlan')}]"), "properties": {"reserved": True}},
-        {"type": "Microsoft.Web/sites", "apiVersion": API["web"], "name": x(v("appName")), "location": x(p("location")), "tags": x(v("tags")),
-         "kind": "functionapp,linux", "identity": {"type": "SystemAssigned"},
-         "dependsOn": [x(f"resourceId('Microsoft.Web/serverfarms', {v('planName')})"), x(f"resourceId('Microsoft.Network/virtualNetworks', {v('vnetName')})"),
-                       "zones", "zoneLinks", "endpoints", "zoneGroups"],
-         "properties": {
-             "serverFarmId": x(f"resourceId('Microsoft.Web/serverfarms', {v('planName')})"),
-             "httpsOnly": True, "clientCertEnabled": False,
-             "virtualNetworkSubnetId": x(f"if({private}, resourceId('Microsoft.Network/virtualNetworks/subnets', {v('vnetName')}, 'integration'), null())"),
-             "siteConfig": x(f"if({v('isFlex')}, {v('flexSiteConfig')}, {v('classicSiteConfig')})"),
-             "functionAppConfig": x(f"if({v('isFlex')}, {v('flexConfig')}, null())"),
-         }},
-        *[
-            {"type": "Microsoft.Web/sites/basicPublishingCredentialsPolicies", "apiVersion": API["web"], "name": x(f"format('{{0}}/{kind}', {v('appName')})"),
-             "dependsOn": [site_dep], "properties": {"allow": False}}
-            for kind in ("ftp", "scm")
-        ],
-        nested_roles("storage-roles", "Microsoft.Storage/storageAccounts", v("storageName"), ["storageBlobDataOwner", "storageTableDataContributor"],
-                     principal, depends=[site_dep, storage_dep]),
-    ]
-    # FHIR roles in the servers' own subscriptions and resource groups.
-    out += [
-        fhir_roles_deployment("source-fhir-roles", v("sourceId"), ["fhirDataExporter", "fhirDataReader", "reader"]),
-        fhir_roles_deployment("destination-fhir-roles", p("fhirServiceId"), ["fhirDataImporter", "fhirDataWriter", "fhirDataReader", "reader"]),
-    ]
-    # Key Vault for the client secret (client-credential mode only).
+    # Flex Consumption: the platform identity may write the package to the deployment container.
+    out.append(nested_roles("platform-roles", "Microsoft.Storage/storageAccounts", v("storageName"), ["storageBlobDataContributor"], identity_principal,
+                            condition=v("isFlex"), container="app-package",
+                            depends=[x(v("identityId")), x(f"resourceId('Microsoft.Storage/storageAccounts/blobServices/containers', {v('storageName')}, 'default', 'app-package')")]))
+    # Premium only: the Azure Files content share's account (shared keys on; it holds only the code).
+    content_id = f"resourceId('Microsoft.Storage/storageAccounts', {v('contentName')})"
+    out.append({
+        "type": "Microsoft.Storage/storageAccounts", "apiVersion": API["storage"], "condition": x(v("isPremium")), "name": x(v("contentName")),
+        "location": x(p("location")), "tags": x(v("tags")), "kind": "StorageV2", "sku": {"name": "Standard_LRS"},
+        "properties": {"minimumTlsVersion": "TLS1_2", "supportsHttpsTrafficOnly": True, "allowBlobPublicAccess": False, "allowSharedKeyAccess": True,
+                       "publicNetworkAccess": "Enabled", "networkAcls": {"defaultAction": "Allow", "bypass": "AzureServices"}},
+    })
+    # Key Vault for the client secret (client-credential mode only), read by the platform identity.
     creds = p("useClientCredentials")
     vault_id = f"resourceId('Microsoft.KeyVault/vaults', {v('vaultName')})"
+    secret_id = f"resourceId('Microsoft.KeyVault/vaults/secrets', {v('vaultName')}, 'source-client-secret')"
     out += [
         {"type": "Microsoft.KeyVault/vaults", "apiVersion": API["keyvault"], "condition": x(creds), "name": x(v("vaultName")), "location": x(p("location")),
          "tags": x(v("tags")),
@@ -452,51 +475,31 @@ def resources():
         {"type": "Microsoft.KeyVault/vaults/secrets", "apiVersion": API["keyvault"], "condition": x(creds),
          "name": x(f"format('{{0}}/source-client-secret', {v('vaultName')})"), "dependsOn": [x(vault_id)],
          "properties": {"value": x(p("clientSecret")), "contentType": "client secret for the source FHIR server"}},
-        nested_roles("vault-roles", "Microsoft.KeyVault/vaults", v("vaultName"), ["keyVaultSecretsUser"], principal, condition=creds,
-                     depends=[x(vault_id), site_dep]),
+        nested_roles("vault-roles", "Microsoft.KeyVault/vaults", v("vaultName"), ["keyVaultSecretsUser"], identity_principal, condition=creds,
+                     depends=[x(vault_id), x(v("identityId"))]),
     ]
-    # Dashboard.
-    out.append(dashboard())
-    # Alerts.
-    email = p("alertEmail")
-    group_id = f"resourceId('Microsoft.Insights/actionGroups', format('{{0}}-operators', {v('base')}))"
-    rule = f"{v('rules')}[copyIndex()]"
-    out += [
-        {"type": "Microsoft.Insights/actionGroups", "apiVersion": API["actiongroups"], "condition": x(f"not(empty({email}))"),
-         "name": x(f"format('{{0}}-operators', {v('base')})"), "location": "global", "tags": x(v("tags")),
-         "properties": {"groupShortName": "fhirmig", "enabled": True,
-                        "emailReceivers": [{"name": "operator", "emailAddress": x(email), "useCommonAlertSchema": True}]}},
-        {"type": "Microsoft.Insights/scheduledQueryRules", "apiVersion": API["rules"], "name": x(f"format('{{0}}-{{1}}', {v('base')}, {rule}.key)"),
-         "location": x(p("location")), "tags": x(v("tags")), "copy": {"name": "alertRules", "count": x(f"length({v('rules')})")},
-         "dependsOn": [x(f"resourceId('Microsoft.Insights/components', {v('insightsName')})"), x(group_id)],
-         "properties": {
-             "displayName": x(f"{rule}.displayName"),
-             "description": x(f"if(equals({rule}.key, 'no-progress'), format('No window has been committed for {{0}} hours. Check that the function app runs, the dashboard''s running jobs, and the MigrationStatus_Http function.', {p('noProgressHours')}), {rule}.description)"),
-             "severity": x(f"{rule}.severity"), "enabled": True, "scopes": [x(v("appInsightsId"))],
-             "evaluationFrequency": x(f"{rule}.frequency"),
-             "windowSize": x(f"if(equals({rule}.key, 'no-progress'), format('PT{{0}}H', {p('noProgressHours')}), {rule}.window)"),
-             "criteria": {"allOf": [{"query": x(f"{rule}.query"), "timeAggregation": "Count", "operator": x(f"{rule}.operator"), "threshold": x(f"{rule}.threshold"),
-                                     "failingPeriods": {"numberOfEvaluationPeriods": 1, "minFailingPeriodsToAlert": 1}}]},
-             "autoMitigate": False,
-             "actions": {"actionGroups": x(f"if(empty({email}), createArray(), createArray({group_id}))")},
-         }},
-    ]
-    # App settings, once every value is known.
-    monitoring_cs = f"reference(resourceId('Microsoft.Insights/components', {v('insightsName')}), '{API['insights']}').ConnectionString"
-    source_url = f"if(empty({p('sourceFhirUrl')}), reference(resourceId(split({v('sourceId')}, '/')[2], split({v('sourceId')}, '/')[4], 'Microsoft.Resources/deployments', format('source-fhir-roles-{{0}}', {v('suffix')})), '{API['deployments']}').outputs.url.value, {p('sourceFhirUrl')})"
-    destination_url = f"if(empty({p('destinationFhirUrl')}), reference(resourceId(split({p('fhirServiceId')}, '/')[2], split({p('fhirServiceId')}, '/')[4], 'Microsoft.Resources/deployments', format('destination-fhir-roles-{{0}}', {v('suffix')})), '{API['deployments']}').outputs.url.value, {p('destinationFhirUrl')})"
-    source_deployment = f"reference(resourceId(split({v('sourceId')}, '/')[2], split({v('sourceId')}, '/')[4], 'Microsoft.Resources/deployments', format('source-fhir-roles-{{0}}', {v('suffix')})), '{API['deployments']}')"
-    destination_deployment = f"reference(resourceId(split({p('fhirServiceId')}, '/')[2], split({p('fhirServiceId')}, '/')[4], 'Microsoft.Resources/deployments', format('destination-fhir-roles-{{0}}', {v('suffix')})), '{API['deployments']}')"
+    # App settings, all in siteConfig.appSettings: every value is known without the app's own identity.
+    api = p("typeOfMigration")
+    source_api = f"reference(resourceId({v('sourceSubscription')}, {v('sourceGroup')}, 'Microsoft.HealthcareApis/services', {v('sourceName')}), '{API['fhir']}')"
+    source_svc = f"reference(resourceId({v('sourceSubscription')}, {v('sourceGroup')}, 'Microsoft.HealthcareApis/workspaces/fhirservices', {v('sourceName')}, last({v('sourceParts')})), '{API['fhir']}')"
+    source_audience = f"if(equals({api}, 'AzureAPIforFhir'), {source_api}.authenticationConfiguration.audience, {source_svc}.authenticationConfiguration.audience)"
+    source_host = f"split({source_audience}, '/')[2]"
+    # Azure API for FHIR: https://<name>.<the audience's host without "<name>.">; AHDS: the audience is the URL; an
+    # audience that is not a URL gives no URL (pass sourceFhirUrl).
+    source_own_url = (f"if(not(startsWith({source_audience}, 'https://')), '', if(equals({api}, 'AzureAPIforFhir'), "
+                      f"format('https://{{0}}', if(startsWith({source_host}, format('{{0}}.', {v('sourceName')})), {source_host}, format('{{0}}.{{1}}', {v('sourceName')}, {source_host}))), {source_audience}))")
+    destination_audience = (f"reference(resourceId({v('destinationParts')}[2], {v('destinationParts')}[4], 'Microsoft.HealthcareApis/workspaces/fhirservices', "
+                            f"{v('destinationParts')}[8], last({v('destinationParts')})), '{API['fhir']}').authenticationConfiguration.audience")
     storage_endpoint = f"reference({storage_id}, '{API['storage']}').primaryEndpoints"
     core = [
         ("AzureWebJobsStorage__accountName", v("storageName")),
-        ("APPLICATIONINSIGHTS_CONNECTION_STRING", monitoring_cs),
+        ("APPLICATIONINSIGHTS_CONNECTION_STRING", f"reference(resourceId('Microsoft.Insights/components', {v('insightsName')}), '{API['insights']}').ConnectionString"),
         ("AZURE_StagingStorageUri", f"{storage_endpoint}.table"),
         ("AZURE_BlobStorageUri", f"{storage_endpoint}.blob"),
-        ("AZURE_SourceUri", source_url),
-        ("AZURE_DestinationUri", destination_url),
-        ("AZURE_SourceAudience", f"{source_deployment}.outputs.audience.value"),
-        ("AZURE_DestinationAudience", f"{destination_deployment}.outputs.audience.value"),
+        ("AZURE_SourceUri", f"if(or({creds}, not(empty({p('sourceFhirUrl')}))), {p('sourceFhirUrl')}, {source_own_url})"),
+        ("AZURE_DestinationUri", f"if(empty({p('destinationFhirUrl')}), if(startsWith({destination_audience}, 'https://'), {destination_audience}, ''), {p('destinationFhirUrl')})"),
+        ("AZURE_SourceAudience", f"if(not(empty({p('sourceAudience')})), {p('sourceAudience')}, if({creds}, {p('sourceFhirUrl')}, {source_audience}))"),
+        ("AZURE_DestinationAudience", destination_audience),
         ("AZURE_ExportWithHistory", f"string({p('exportWithHistory')})"),
         ("AZURE_ExportWithDelete", f"string({p('exportWithDelete')})"),
         ("AZURE_IsParallel", f"string({p('isParallel')})"),
@@ -505,7 +508,6 @@ def resources():
         ("AZURE_StartTime", f"string({p('startTime')})"),
         ("AZURE_EndTime", f"string({p('endTime')})"),
         ("AZURE_SpecificRun", f"string({p('specificRun')})"),
-        ("AZURE_SourceResourceId", v("sourceId")),
         ("AZURE_DestinationResourceId", p("fhirServiceId")),
         ("AZURE_ResourceManagerUri", "environment().resourceManager"),
         ("AZURE_MaxExportRetriesEnabled", "'true'"),
@@ -516,27 +518,98 @@ def resources():
         ("VerificationCron", "'0 */1 * * * *'"),
     ]
     core_object = "createObject(" + ", ".join(f"'{k}', {e}" for k, e in core) + ")"
-    secret_ref = f"format('@Microsoft.KeyVault(SecretUri={{0}})', reference(resourceId('Microsoft.KeyVault/vaults/secrets', {v('vaultName')}, 'source-client-secret'), '{API['keyvault']}').secretUri)"
+    content_settings = (f"createObject('WEBSITE_CONTENTAZUREFILECONNECTIONSTRING', format('DefaultEndpointsProtocol=https;AccountName={{0}};EndpointSuffix={{1}};AccountKey={{2}}', "
+                        f"{v('contentName')}, environment().suffixes.storage, listKeys({content_id}, '{API['storage']}').keys[0].value), "
+                        f"'WEBSITE_CONTENTSHARE', format('{{0}}-fhirmig', {v('base')}))")
+    runtime = f"if({v('isFlex')}, createObject(), union({v('classicRuntimeSettings')}, if({v('isPremium')}, {content_settings}, createObject())))"
+    secret_ref = f"format('@Microsoft.KeyVault(SecretUri={{0}})', reference({secret_id}, '{API['keyvault']}').secretUri)"
     credentials = f"if({creds}, createObject('AZURE_ClientCredential', 'true', 'AZURE_ClientId', {p('clientId')}, 'AZURE_TenantId', {p('tenantId')}, 'AZURE_ClientSecret', {secret_ref}), createObject())"
-    out.append({
-        "type": "Microsoft.Web/sites/config", "apiVersion": API["web"], "name": x(f"format('{{0}}/appsettings', {v('appName')})"),
-        "dependsOn": [site_dep, storage_dep, x(f"resourceId('Microsoft.Insights/components', {v('insightsName')})"),
-                      x(f"resourceId(split({v('sourceId')}, '/')[2], split({v('sourceId')}, '/')[4], 'Microsoft.Resources/deployments', format('source-fhir-roles-{{0}}', {v('suffix')}))"),
-                      x(f"resourceId(split({p('fhirServiceId')}, '/')[2], split({p('fhirServiceId')}, '/')[4], 'Microsoft.Resources/deployments', format('destination-fhir-roles-{{0}}', {v('suffix')}))"),
-                      x(f"resourceId('Microsoft.KeyVault/vaults/secrets', {v('vaultName')}, 'source-client-secret')"),
-                      # The Key Vault reference resolves only once the app may read the secret (a failed one stays cached).
-                      x(f"resourceId('Microsoft.Resources/deployments', format('vault-roles-{{0}}', {v('suffix')}))")],
-        "properties": x(f"union({v('runtimeSettings')}, {core_object}, {v('optionalSettings')}, {credentials}, {p('functionAppCustomSettings')})"),
-    })
-    # One deploy on every plan: after the settings, the storage roles (Flex writes the package as the app's
-    # identity) and the private endpoints.
-    out.append({
-        "type": "Microsoft.Web/sites/extensions", "apiVersion": API["web"], "name": x(f"format('{{0}}/onedeploy', {v('appName')})"),
-        "dependsOn": [site_dep, x(f"resourceId('Microsoft.Web/sites/config', {v('appName')}, 'appsettings')"),
+    settings = f"union({runtime}, {core_object}, {v('optionalSettings')}, {credentials}, {p('functionAppCustomSettings')})"
+    app_settings = f"map(items({settings}), lambda('setting', createObject('name', lambdaVariables('setting').key, 'value', lambdaVariables('setting').value)))"
+    # Function app.
+    out += [
+        {"type": "Microsoft.Web/serverfarms", "apiVersion": API["web"], "name": x(v("planName")), "location": x(p("location")), "tags": x(v("tags")),
+         "kind": x(f"{v('planKind')}[{p('hostingPlan')}]"), "sku": x(f"{v('sku')}[{p('hostingPlan')}]"), "properties": {"reserved": True}},
+        {"type": "Microsoft.Web/sites", "apiVersion": API["web"], "name": x(v("appName")), "location": x(p("location")),
+         "tags": x(f"union({v('tags')}, createObject('azd-service-name', 'migration'))"),
+         "kind": "functionapp,linux", "identity": {"type": "SystemAssigned, UserAssigned", "userAssignedIdentities": {x(v("identityId")): {}}},
+         "dependsOn": [x(f"resourceId('Microsoft.Web/serverfarms', {v('planName')})"), x(f"resourceId('Microsoft.Network/virtualNetworks', {v('vnetName')})"),
+                       "zones", "zoneLinks", "endpoints", "zoneGroups", x(v("identityId")), storage_dep, x(content_id),
+                       x(f"resourceId('Microsoft.Insights/components', {v('insightsName')})"), x(secret_id),
+                       # The platform identity's roles exist before the app (Flex deployment container, Key Vault).
+                       x(f"resourceId('Microsoft.Resources/deployments', format('platform-roles-{{0}}', {v('suffix')}))"),
+                       x(f"resourceId('Microsoft.Resources/deployments', format('vault-roles-{{0}}', {v('suffix')}))")],
+         "properties": {
+             "serverFarmId": x(f"resourceId('Microsoft.Web/serverfarms', {v('planName')})"),
+             "httpsOnly": True, "clientCertEnabled": False,
+             "virtualNetworkSubnetId": x(f"if({private}, resourceId('Microsoft.Network/virtualNetworks/subnets', {v('vnetName')}, 'integration'), null())"),
+             "keyVaultReferenceIdentity": x(v("identityId")),
+             "siteConfig": x(f"union(if({v('isFlex')}, {v('flexSiteConfig')}, {v('classicSiteConfig')}), createObject('appSettings', {app_settings}))"),
+             "functionAppConfig": x(f"if({v('isFlex')}, {v('flexConfig')}, null())"),
+         }},
+        *[
+            {"type": "Microsoft.Web/sites/basicPublishingCredentialsPolicies", "apiVersion": API["web"], "name": x(f"format('{{0}}/{kind}', {v('appName')})"),
+             "dependsOn": [site_dep], "properties": {"allow": False}}
+            for kind in ("ftp", "scm")
+        ],
+        nested_roles("storage-roles", "Microsoft.Storage/storageAccounts", v("storageName"), ["storageBlobDataOwner", "storageTableDataContributor"],
+                     principal, depends=[site_dep, storage_dep]),
+        nested_roles("insights-roles", "Microsoft.Insights/components", v("insightsName"), ["monitoringMetricsPublisher"], principal,
+                     condition=f"not({p('appInsightsLocalAuth')})",
+                     depends=[site_dep, x(f"resourceId('Microsoft.Insights/components', {v('insightsName')})")]),
+    ]
+    # FHIR roles in the servers' own subscriptions and resource groups; never on the source in client-secret mode.
+    out += [
+        fhir_roles_deployment("source-fhir-roles", v("sourceId"), ["fhirDataExporter", "fhirDataReader", "reader"], condition=f"not({creds})",
+                              subscription_expr=v("sourceSubscription"), group_expr=v("sourceGroup")),
+        fhir_roles_deployment("destination-fhir-roles", p("fhirServiceId"), ["fhirDataImporter", "fhirDataWriter", "fhirDataReader", "reader"]),
+    ]
+    # Dashboard.
+    out.append(dashboard())
+    # Alerts.
+    email = p("alertEmail")
+    group_id = f"resourceId('Microsoft.Insights/actionGroups', format('{{0}}-operators', {v('base')}))"
+    rule = f"{v('rules')}[copyIndex()]"
+    no_progress = f"equals({rule}.key, 'no-progress')"
+    out += [
+        {"type": "Microsoft.Insights/actionGroups", "apiVersion": API["actiongroups"], "condition": x(f"not(empty({email}))"),
+         "name": x(f"format('{{0}}-operators', {v('base')})"), "location": "global", "tags": x(v("tags")),
+         "properties": {"groupShortName": "fhirmig", "enabled": True,
+                        "emailReceivers": [{"name": "operator", "emailAddress": x(email), "useCommonAlertSchema": True}]}},
+        {"type": "Microsoft.Insights/scheduledQueryRules", "apiVersion": API["rules"], "name": x(f"format('{{0}}-{{1}}', {v('base')}, {rule}.key)"),
+         "location": x(p("location")), "tags": x(v("tags")), "copy": {"name": "alertRules", "count": x(f"length({v('rules')})")},
+         "dependsOn": [x(f"resourceId('Microsoft.Insights/components', {v('insightsName')})"), x(group_id)],
+         "properties": {
+             "displayName": x(f"{rule}.displayName"),
+             "description": x(f"if({no_progress}, format('No window has been committed for {{0}} hours. Check that the function app runs, the dashboard''s running jobs, and the MigrationStatus_Http function.', {p('noProgressHours')}), {rule}.description)"),
+             "severity": x(f"{rule}.severity"), "enabled": True, "scopes": [x(v("appInsightsId"))],
+             "evaluationFrequency": x(f"{rule}.frequency"),
+             "windowSize": x(f"if({no_progress}, format('PT{{0}}H', {p('noProgressHours')}), {rule}.window)"),
+             "overrideQueryTimeRange": x(f"if(empty({rule}.lookback), null(), {rule}.lookback)"),
+             "criteria": {"allOf": [{"query": x(f"if({no_progress}, format('let window = {{0}}h;\n{{1}}', {p('noProgressHours')}, {rule}.query), {rule}.query)"),
+                                     "timeAggregation": "Count", "operator": x(f"{rule}.operator"), "threshold": x(f"{rule}.threshold"),
+                                     "failingPeriods": {"numberOfEvaluationPeriods": 1, "minFailingPeriodsToAlert": 1}}]},
+             "autoMitigate": False,
+             "actions": {"actionGroups": x(f"if(empty({email}), createArray(), createArray({group_id}))")},
+         }},
+    ]
+    # Code, as Learn documents it per plan; last, so the roles it relies on have had the whole deployment to
+    # propagate. Flex Consumption: one deploy. Premium and Dedicated: zip deploy, run from the package.
+    deploy_depends = [site_dep, x(vnet_id), "zones", "zoneLinks", "endpoints", "zoneGroups",
                       x(f"resourceId('Microsoft.Resources/deployments', format('storage-roles-{{0}}', {v('suffix')}))"),
-                      x(vnet_id), "zones", "zoneLinks", "endpoints", "zoneGroups"],
-        "properties": {"packageUri": x(p("packageUri")), "remoteBuild": False},
-    })
+                      x(f"resourceId('Microsoft.Resources/deployments', format('insights-roles-{{0}}', {v('suffix')}))"),
+                      x(f"resourceId({v('sourceSubscription')}, {v('sourceGroup')}, 'Microsoft.Resources/deployments', format('source-fhir-roles-{{0}}', {v('suffix')}))"),
+                      x(f"resourceId(split({p('fhirServiceId')}, '/')[2], split({p('fhirServiceId')}, '/')[4], 'Microsoft.Resources/deployments', format('destination-fhir-roles-{{0}}', {v('suffix')}))"),
+                      x(f"resourceId('Microsoft.Portal/dashboards', {v('dashboardName')})"), x(group_id), "alertRules"]
+    has_package = f"not(empty({p('packageUri')}))"
+    out += [
+        {"type": "Microsoft.Web/sites/extensions", "apiVersion": API["web"], "name": x(f"format('{{0}}/onedeploy', {v('appName')})"),
+         "condition": x(f"and({v('isFlex')}, {has_package})"), "dependsOn": list(deploy_depends),
+         "properties": {"packageUri": x(p("packageUri")), "remoteBuild": False}},
+        {"type": "Microsoft.Web/sites/extensions", "apiVersion": API["web"], "name": x(f"format('{{0}}/ZipDeploy', {v('appName')})"),
+         "condition": x(f"and(not({v('isFlex')}), {has_package})"), "dependsOn": list(deploy_depends),
+         "properties": {"packageUri": x(p("packageUri"))}},
+    ]
     return add_module_edges(out)
 
 
@@ -605,14 +678,16 @@ def dashboard():
 # all of it), written into the flattened template; check_azure_types.py derives them from main.bicep independently.
 MODULE_EDGES = {
     "network": ["storage"],
-    "functionApp": ["storage", "network"],
+    "platformRoles": ["storage", "identity"],
+    "vault": ["identity"],
+    "functionApp": ["storage", "network", "identity", "platformRoles", "content", "monitoring", "vault"],
     "sourceRoles": ["functionApp"],
     "destinationRoles": ["functionApp"],
-    "vault": ["functionApp"],
+    "insightsRoles": ["monitoring", "functionApp"],
     "dashboard": ["monitoring"],
     "alerts": ["monitoring"],
-    "appSettings": ["storage", "monitoring", "functionApp", "sourceRoles", "destinationRoles", "vault"],
-    "codeDeploy": ["appSettings", "functionApp", "network"],
+    "oneDeploy": ["functionApp", "network", "sourceRoles", "destinationRoles", "insightsRoles", "dashboard", "alerts"],
+    "zipDeploy": ["functionApp", "network", "sourceRoles", "destinationRoles", "insightsRoles", "dashboard", "alerts"],
 }
 
 

@@ -21,6 +21,10 @@ from pathlib import Path
 
 import jsonschema
 
+from arm_model import (Scope, Unknown, call, canonical_segments, declared, dependency_keys, last_name_segment,  # noqa: F401
+                       problem, problems, reachable, resource_ids_in, resources_of, split_args)
+from platform_rules import PLATFORM_RULES, check_platform_rules, condition_holds
+
 TOOLS = Path(__file__).resolve().parent
 INFRA = TOOLS.parent
 ROOT = INFRA.parent
@@ -31,11 +35,8 @@ REQUIRED, READ_ONLY = 1, 2
 TEMPLATE_KEYS = {"type", "apiVersion", "name", "condition", "copy", "dependsOn", "scope", "comments", "subscriptionId",
                  "resourceGroup", "metadata"}
 
-problems = []
 
 
-def problem(text):
-    problems.append(text)
 
 
 # --- the upstream types --------------------------------------------------------------------------------------
@@ -56,167 +57,22 @@ def deref(entries, ref):
 
 # --- values of ARM expressions, as far as they can be known without deploying ------------------------------
 
-class Unknown:
-    """A value that only exists at deployment time; `kind` is its ARM type when the expression tells it."""
-
-    def __init__(self, kind=None):
-        self.kind = kind
-
-    def __repr__(self):
-        return f"<{self.kind or 'unknown'} expression>"
 
 
-STRING_FUNCS = {"format", "toLower", "toUpper", "replace", "uniqueString", "guid", "resourceId", "string",
-                "subscriptionResourceId", "extensionResourceId", "dateTimeAdd", "utcNow", "trim", "substring", "base64"}
-BOOL_FUNCS = {"equals", "not", "and", "or", "empty", "contains", "startsWith", "endsWith", "bool", "greater", "less"}
-INT_FUNCS = {"length", "int", "add", "sub", "mul", "div", "mod"}
 
 
-def split_args(text):
-    """Top-level comma-separated arguments of an ARM function call's argument text."""
-    args, depth, quote, start = [], 0, False, 0
-    i = 0
-    while i < len(text):
-        c = text[i]
-        if quote:
-            if c == "'":
-                if i + 1 < len(text) and text[i + 1] == "'":
-                    i += 1
-                else:
-                    quote = False
-        elif c == "'":
-            quote = True
-        elif c in "([":
-            depth += 1
-        elif c in ")]":
-            depth -= 1
-        elif c == "," and depth == 0:
-            args.append(text[start:i].strip())
-            start = i + 1
-        i += 1
-    if text.strip():
-        args.append(text[start:].strip())
-    return args
 
 
-def call(text):
-    """(name, args) when `text` is exactly one function call, else None."""
-    m = re.match(r"^([A-Za-z_][A-Za-z0-9_]*)\((.*)\)$", text.strip(), re.S)
-    if not m:
-        return None
-    # The closing parenthesis must close the opening one.
-    depth, quote = 0, False
-    body = text.strip()[len(m.group(1)):]
-    for i, c in enumerate(body):
-        if quote:
-            quote = c != "'" or (i + 1 < len(body) and body[i + 1] == "'")
-        elif c == "'":
-            quote = True
-        elif c == "(":
-            depth += 1
-        elif c == ")":
-            depth -= 1
-            if depth == 0 and i != len(body) - 1:
-                return None
-    return m.group(1), split_args(m.group(2))
 
 
-class Scope:
-    """One template's parameters and variables, with optional assumptions (expression text -> value)."""
 
-    def __init__(self, template, assume=None):
-        self.template = template
-        self.assume = assume or {}
 
-    def values(self, value):
-        """The values a template value can take: concrete Python values and Unknowns."""
-        if isinstance(value, str) and value.startswith("[") and not value.startswith("[[") and value.endswith("]"):
-            return self.expr(value[1:-1].strip())
-        if isinstance(value, str) and value.startswith("[["):
-            return [value[1:]]
-        return [value]
 
-    def expr(self, text):
-        text = text.strip()
-        if text in self.assume:
-            return [self.assume[text]]
-        if re.fullmatch(r"'(?:[^']|'')*'", text):
-            return [text[1:-1].replace("''", "'")]
-        if re.fullmatch(r"-?\d+", text):
-            return [int(text)]
-        c = call(text)
-        if c:
-            name, args = c
-            if name == "variables" and len(args) == 1:
-                return self.values(self.template.get("variables", {}).get(args[0].strip("'"), None))
-            if name == "parameters" and len(args) == 1:
-                spec = self.template.get("parameters", {}).get(args[0].strip("'"), {})
-                if "allowedValues" in spec:
-                    return list(spec["allowedValues"])
-                kind = {"securestring": "string", "secureobject": "object"}.get(spec.get("type"), spec.get("type"))
-                return [Unknown(kind)]
-            if name == "if" and len(args) == 3:
-                cond = self.expr(args[0])
-                if cond == [True]:
-                    return self.expr(args[1])
-                if cond == [False]:
-                    return self.expr(args[2])
-                return self.expr(args[1]) + self.expr(args[2])
-            if name == "null":
-                return [None]
-            if name in ("true", "false"):
-                return [name == "true"]
-            if name in STRING_FUNCS:
-                return [Unknown("string")]
-            if name in BOOL_FUNCS:
-                return [Unknown("bool")]
-            if name in INT_FUNCS:
-                return [Unknown("int")]
-            if name in ("createObject", "union", "json"):
-                return [Unknown("object")]
-            if name in ("createArray", "split", "range"):
-                return [Unknown("array")]
-            return [Unknown()]
-        # base[index]: indexing a known object with a known key.
-        m = re.match(r"^(.*)\[([^\[\]]*)\]$", text, re.S)
-        if m:
-            bases, keys = self.expr(m.group(1)), self.expr(m.group(2))
-            out = []
-            for b in bases:
-                for k in keys:
-                    if isinstance(b, dict) and isinstance(k, str) and k in b:
-                        out += self.values(b[k])
-                    else:
-                        out.append(Unknown())
-            return out
-        return [Unknown()]
 
-    def leading_literal(self, text):
-        """The characters a string expression is known to start with ('' when unknown)."""
-        if text.startswith("[") and not text.startswith("[["):
-            return self._lead(text[1:-1].strip())
-        return text
 
-    def _lead(self, text):
-        if re.fullmatch(r"'(?:[^']|'')*'", text):
-            return text[1:-1]
-        c = call(text)
-        if not c:
-            return ""
-        name, args = c
-        if name == "variables":
-            value = self.template.get("variables", {}).get(args[0].strip("'"))
-            return self.leading_literal(value) if isinstance(value, str) else ""
-        if name == "format" and args and re.fullmatch(r"'(?:[^']|'')*'", args[0]):
-            pattern = args[0][1:-1]
-            head = pattern.split("{", 1)[0]
-            if head:
-                return head
-            m = re.match(r"\{(\d+)\}", pattern)
-            return self._lead(args[1 + int(m.group(1))]) if m and len(args) > 1 + int(m.group(1)) else ""
-        if name in ("concat",) and args:
-            return self._lead(args[0])
-        return ""
+
+
+
 
 
 # --- 1. resource bodies against the types --------------------------------------------------------------------
@@ -347,29 +203,14 @@ def check_discriminated(scope, entries, t, value, where, out, skip=(), name_valu
         out.append(f"{where}: {key} '{chosen}' is not one of {sorted(t['elements'])}")
 
 
-def last_name_segment(scope, name):
-    """The literal last segment of a resource name ('onedeploy' of format('{0}/onedeploy', ...)), if known."""
-    if not name.startswith("["):
-        return name.split("/")[-1]
-    c = call(name[1:-1])
-    if c and c[0] == "format" and re.fullmatch(r"'[^']*'", c[1][0]):
-        tail = c[1][0][1:-1].split("/")[-1]
-        return None if "{" in tail else tail
-    return None
 
 
-def resources_of(template, where="main.json"):
-    """(scope, resource, where) for every resource, nested deployments' templates included."""
-    scope = Scope(template)
-    for i, r in enumerate(template.get("resources", [])):
-        yield scope, r, f"{where}.resources[{i}] {r['type']}"
-        props = r.get("properties")
-        if isinstance(props, dict) and isinstance(props.get("template"), dict):
-            yield from resources_of(props["template"], f"{where}.resources[{i}].template")
 
 
-def check_bodies(template, types):
-    for scope, r, where in resources_of(template):
+def check_bodies(template, types, assume=None, tag=""):
+    for scope, r, where in resources_of(template, assume=assume):
+        if assume and not condition_holds(scope, r):
+            continue
         key = f"{r['type']}@{r['apiVersion']}"
         if key not in types:
             problem(f"{where}: no upstream type definition for {key} (vendor it with infra/tools/vendor_upstream.py)")
@@ -378,8 +219,12 @@ def check_bodies(template, types):
         body = entries[body_index]
         value = {k: v for k, v in r.items() if k not in TEMPLATE_KEYS}
         skip = {"name", "id", "type", "apiVersion"}
-        # Platform-documented properties the upstream types lack (see PLATFORM_RULES: one deploy).
-        if r["type"] == "Microsoft.Web/sites/extensions" and last_name_segment(scope, r["name"]) == "onedeploy":
+        # Platform-documented extensions the upstream types lack or leave without properties (PLATFORM_RULES:
+        # code-deploy checks their packageUri instead).
+        extension = last_name_segment(scope, r["name"]) if r["type"] == "Microsoft.Web/sites/extensions" else None
+        if extension == "ZipDeploy":
+            continue
+        if extension == "onedeploy":
             skip = skip | {"properties"}
         if r["type"] == "Microsoft.Resources/deployments" and isinstance(value.get("properties"), dict):
             value["properties"] = {k: v for k, v in value["properties"].items() if k != "template"}
@@ -389,7 +234,7 @@ def check_bodies(template, types):
         else:
             check_object(scope, entries, body.get("properties", {}), body.get("additionalProperties"), value, where, out, skip)
         for line in dict.fromkeys(out):
-            problem(line)
+            problem(line.replace(": ", f":{tag} ", 1) if tag else line)
 
 
 # --- 2. host.json and function.json against SchemaStore ------------------------------------------------------
@@ -435,119 +280,40 @@ def check_schema(instance_path, schema_name):
 
 # --- 3. platform rules the types do not encode ---------------------------------------------------------------
 
-FLEX_REFUSED_SITE_CONFIG = {"ftpsState", "linuxFxVersion", "alwaysOn", "vnetRouteAllEnabled", "use32BitWorkerProcess",
-                            "javaVersion", "netFrameworkVersion", "nodeVersion", "phpVersion", "pythonVersion",
-                            "powerShellVersion", "windowsFxVersion"}
-KEY_VAULT_NAME = re.compile(r"^[A-Za-z](?!.*--)[A-Za-z0-9-]{1,22}[A-Za-z0-9]$")
-PLAN_KIND_FOR_TIER = {"FlexConsumption": "functionapp", "ElasticPremium": "elastic", "Basic": "linux",
-                      "Standard": "linux", "PremiumV3": "linux"}
-
-PLATFORM_RULES = {
-    "flex-site-config": "A Flex Consumption site sets no siteConfig property Flex refuses (ftpsState, linuxFxVersion, "
-                        "alwaysOn, vnetRouteAllEnabled, language versions). Source: Microsoft Learn, \"App settings "
-                        "reference for Azure Functions\", Flex Consumption plan deprecations; ARM error 51021; "
-                        "Azure/azure-cli#31414.",
-    "one-deploy": "Code reaches the app through a Microsoft.Web/sites/extensions resource named onedeploy with "
-                  "properties.packageUri, never a deploymentScripts container (which needs container instances and "
-                  "shared-key storage, and whose azure-cli image lacks awk, unzip and curl). Source: Microsoft Learn, "
-                  "\"Automate resource deployment for your function app\" (Flex Consumption tab); Azure/azure-cli#30450, "
-                  "#27844. The upstream type of sites/extensions 'onedeploy' has no properties: Bicep warns (BCP037) "
-                  "and ARM accepts the documented packageUri and remoteBuild.",
-    "key-vault-name": "A Key Vault name is 3-24 letters, digits and hyphens, starts with a letter, ends with a letter "
-                      "or digit, has no two hyphens in a row. Source: Microsoft Learn, \"Naming rules and "
-                      "restrictions for Azure resources\", Microsoft.KeyVault/vaults.",
-    "plan-kind": "A plan's kind fits its SKU: 'functionapp' for Flex Consumption (FC1), 'elastic' for Elastic Premium, "
-                 "'linux' for a Linux App Service (Dedicated) plan. Source: Microsoft Learn, \"Automate resource "
-                 "deployment for your function app\", per-plan tabs.",
-}
 
 
-def check_platform_rules(template):
-    resources = list(resources_of(template))
-    flex = "variables('isFlex')"
-    for scope, r, where in resources:
-        if r["type"] == "Microsoft.Web/sites":
-            siteconfig = r.get("properties", {}).get("siteConfig")
-            for value in Scope(scope.template, {flex: True}).values(siteconfig):
-                if isinstance(value, dict):
-                    refused = sorted(set(value) & FLEX_REFUSED_SITE_CONFIG)
-                    if refused:
-                        problem(f"{where}: [flex-site-config] the Flex Consumption site sets {refused} in siteConfig")
-                elif value is not None:
-                    problem(f"{where}: [flex-site-config] the Flex Consumption siteConfig cannot be read: {value!r}")
-        if r["type"] == "Microsoft.Resources/deploymentScripts":
-            problem(f"{where}: [one-deploy] a deployment script deploys code; use sites/extensions 'onedeploy'")
-        if r["type"] == "Microsoft.KeyVault/vaults":
-            name = r["name"]
-            lead = scope.leading_literal(name)
-            if not name.startswith("["):
-                if not KEY_VAULT_NAME.match(name):
-                    problem(f"{where}: [key-vault-name] '{name}' breaks the Key Vault naming rules")
-            elif not lead or not lead[0].isalpha() or "--" in lead:
-                problem(f"{where}: [key-vault-name] the name {name} may start with something other than a letter")
-        if r["type"] == "Microsoft.Web/serverfarms":
-            plan_param = "parameters('hostingPlan')"
-            for plan in template.get("parameters", {}).get("hostingPlan", {}).get("allowedValues", [None]):
-                s = Scope(scope.template, {plan_param: plan} if plan else {})
-                kinds, skus = s.values(r.get("kind")), s.values(r.get("sku"))
-                for kind in kinds:
-                    for sku in skus:
-                        tier = sku.get("tier") if isinstance(sku, dict) else None
-                        if isinstance(kind, str) and tier in PLAN_KIND_FOR_TIER and kind != PLAN_KIND_FOR_TIER[tier]:
-                            problem(f"{where}: [plan-kind] hostingPlan {plan}: kind '{kind}' on a {tier} plan "
-                                    f"(expected '{PLAN_KIND_FOR_TIER[tier]}')")
-    deploys = [(s, r) for s, r, _ in resources if r["type"] == "Microsoft.Web/sites/extensions"
-               and last_name_segment(s, r["name"]) == "onedeploy"]
-    if not deploys:
-        problem("main.json: [one-deploy] no Microsoft.Web/sites/extensions 'onedeploy' puts the package on the app")
-    for _, r in deploys:
-        if not isinstance(r.get("properties"), dict) or "packageUri" not in r["properties"]:
-            problem("main.json: [one-deploy] the onedeploy resource has no properties.packageUri")
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
 
 
 # --- 4. dependsOn --------------------------------------------------------------------------------------------
 
-def canonical_segments(scope, name):
-    """A resource name as a tuple of segment texts, comparable with the arguments of resourceId()."""
-    if not name.startswith("["):
-        return tuple(f"'{s}'" for s in name.split("/"))
-    c = call(name[1:-1])
-    if c and c[0] == "format" and re.fullmatch(r"'(?:[^']|'')*'", c[1][0]):
-        pattern, args = c[1][0][1:-1], c[1][1:]
-        out = []
-        for seg in pattern.split("/"):
-            m = re.fullmatch(r"\{(\d+)\}", seg)
-            if m:
-                out.append(args[int(m.group(1))])
-            elif "{" in seg:
-                used = sorted({int(n) for n in re.findall(r"\{(\d+)\}", seg)})
-                renumbered = seg
-                for new, old in enumerate(used):
-                    renumbered = renumbered.replace(f"{{{old}}}", f"{{@{new}}}")
-                renumbered = renumbered.replace("{@", "{")
-                out.append(f"format('{renumbered}', {', '.join(args[n] for n in used)})")
-            else:
-                out.append(f"'{seg}'")
-        return tuple(out)
-    return (name[1:-1],)
 
 
-def resource_ids_in(text):
-    """(type, segments) of every resourceId(...) call in an expression text."""
-    found = []
-    for m in re.finditer(r"resourceId\(", text):
-        if m.start() > 0 and text[m.start() - 1].isalpha():
-            continue  # subscriptionResourceId, extensionResourceId
-        depth, i = 1, m.end()
-        while i < len(text) and depth:
-            depth += {"(": 1, ")": -1}.get(text[i], 0)
-            i += 1
-        args = split_args(text[m.end():i - 1])
-        for j, a in enumerate(args):
-            if re.fullmatch(r"'[A-Za-z]+\.[A-Za-z]+/[^']*'", a):
-                found.append((a[1:-1].lower(), tuple(args[j + 1:])))
-                break
-    return found
 
 
 def expression_texts(value):
@@ -572,23 +338,8 @@ def expand_variables(text, variables, depth=0):
     return re.sub(r"variables\('([^']+)'\)", swap, text)
 
 
-def declared(template):
-    scope = Scope(template)
-    out = []
-    for r in template.get("resources", []):
-        out.append(((r["type"].lower(), canonical_segments(scope, r["name"])), r))
-    return out
 
 
-def dependency_keys(template, r, by_copy):
-    keys = set()
-    for d in r.get("dependsOn", []):
-        if d.startswith("["):
-            for ref in resource_ids_in(d[1:-1]):
-                keys.add(ref)
-        else:
-            keys |= by_copy.get(d, set())
-    return keys
 
 
 def check_template_edges(template, where="main.json"):
@@ -619,31 +370,26 @@ def check_template_edges(template, where="main.json"):
                 problem(f"{where}: {r['type']} {r['name']} uses {target['type']} {target['name']} but does not depend on it")
 
 
-def reachable(graph, start):
-    seen, todo = set(), [start]
-    while todo:
-        k = todo.pop()
-        for n in graph.get(k, ()):
-            if n not in seen:
-                seen.add(n)
-                todo.append(n)
-    return seen
 
 
 # main.bicep's modules and resources as main.json flattens them: symbol -> (type prefix, literal in the name).
 BICEP_SYMBOLS = {
-    "storage": [("microsoft.storage/", "")],
+    "identity": [("microsoft.managedidentity/", "")],
+    "storage": [("microsoft.storage/", "storageName")],
+    "content": [("microsoft.storage/storageaccounts", "contentName")],
     "monitoring": [("microsoft.operationalinsights/", ""), ("microsoft.insights/components", "")],
     "network": [("microsoft.network/", "")],
+    "platformRoles": [("microsoft.resources/deployments", "platform-roles")],
     "functionApp": [("microsoft.web/serverfarms", ""), ("microsoft.web/sites", "fhirmig"),
                     ("microsoft.web/sites/basicpublishingcredentialspolicies", ""), ("microsoft.resources/deployments", "storage-roles")],
     "sourceRoles": [("microsoft.resources/deployments", "source-fhir-roles")],
     "destinationRoles": [("microsoft.resources/deployments", "destination-fhir-roles")],
+    "insightsRoles": [("microsoft.resources/deployments", "insights-roles")],
     "vault": [("microsoft.keyvault/", ""), ("microsoft.resources/deployments", "vault-roles")],
     "dashboard": [("microsoft.portal/", "")],
     "alerts": [("microsoft.insights/actiongroups", ""), ("microsoft.insights/scheduledqueryrules", "")],
-    "appSettings": [("microsoft.web/sites/config", "")],
-    "codeDeploy": [("microsoft.web/sites/extensions", "")],
+    "oneDeploy": [("microsoft.web/sites/extensions", "onedeploy")],
+    "zipDeploy": [("microsoft.web/sites/extensions", "ZipDeploy")],
 }
 
 
@@ -720,16 +466,53 @@ def check_bicep_edges(template, bicep_text):
                             f"as main.bicep's {symbol} uses {need}")
 
 
+# Parameters whose combinations the wizard offers and that change which resources deploy or how they are built.
+COMBINED = ("hostingPlan", "typeOfMigration", "useClientCredentials", "enablePrivateNetworking", "appInsightsLocalAuth")
+
+
+def form_choices(form_path):
+    """Each COMBINED parameter's values the wizard (uiDefForm.json) can produce."""
+    form = json.loads(Path(form_path).read_text())["parameters"]
+    elements = form["basics"] + [e for step in form["steps"] for e in step["elements"]]
+    choices = {}
+    for name in COMBINED:
+        e = next((e for e in elements if e["name"] == name), None)
+        if e is None:
+            continue
+        if e["type"] == "Microsoft.Common.CheckBox":
+            choices[name] = [False, True]
+        elif "allowedValues" in e.get("constraints", {}):
+            choices[name] = [a["value"] for a in e["constraints"]["allowedValues"]]
+    return choices
+
+
+def check_combinations(template, types, form_path):
+    """Every combination of the wizard's choices: each resource it deploys against Azure's types, and the platform
+    rules, with the parameters fixed (resources whose condition is false skipped)."""
+    combos = [{}]
+    for name, values in form_choices(form_path).items():
+        combos = [dict(c, **{name: v}) for c in combos for v in values]
+    for combo in combos:
+        assume = {f"parameters('{k}')": v for k, v in combo.items()}
+        tag = " {" + ", ".join(f"{k}={v}" for k, v in combo.items()) + "}"
+        check_bodies(template, types, assume, tag)
+        check_platform_rules(template, assume, tag)
+    return len(combos)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--template", default=str(INFRA / "main.json"))
     parser.add_argument("--bicep", default=str(INFRA / "main.bicep"))
     parser.add_argument("--host", default=str(ROOT / "host.json"))
     parser.add_argument("--function", action="append")
+    parser.add_argument("--form", default=str(INFRA / "uiDefForm.json"))
     args = parser.parse_args(argv)
     template = json.loads(Path(args.template).read_text())
-    check_bodies(template, load_types())
+    types = load_types()
+    check_bodies(template, types)
     check_platform_rules(template)
+    combinations = check_combinations(template, types, args.form)
     check_template_edges(template)
     check_bicep_edges(template, Path(args.bicep).read_text())
     check_schema(args.host, "host.json")
@@ -742,7 +525,8 @@ def main(argv=None):
         print(p)
     if not problems:
         print(f"azure types: main.json, host.json and {len(functions)} function.json files agree with Azure's "
-              f"definitions; {len(PLATFORM_RULES)} platform rules hold; dependsOn has every inferred edge")
+              f"definitions; {len(PLATFORM_RULES)} platform rules hold, also in each of the {combinations} combinations "
+              f"the wizard allows; dependsOn has every inferred edge")
     return 1 if problems else 0
 
 

@@ -6,16 +6,26 @@
 3. main.json and main.bicep agree: the same parameters (names, types, defaults, allowed values, bounds), the same
    resource types and API versions, the same app-setting names and the same role definitions, every role
    assignment typed ServicePrincipal and named from the principal id.
-4. The portal wizard (uiDefForm.json) and ARMmain.parameters.json fit the template's parameters.
+4. The portal wizard (uiDefForm.json), ARMmain.parameters.json and azd's main.parameters.json fit the template's
+   parameters.
+5. packageUri defaults to the release matching the project's version.
+6. azure.yaml (azd) agrees with the Azure Developer CLI's schema (vendored from Azure/azure-dev) and with this
+   project: it provisions infra/main.bicep, packages with scripts/package, and deploys to the app main.bicep tags.
 
-Exit status 1 with one line per problem. Usage: target/py-tools/bin/python infra/tools/check_templates.py
+Exit status 1 with one line per problem.
+Usage: target/py-tools/bin/python infra/tools/check_templates.py [--azure-yaml FILE] [--template FILE]
 """
 
+import argparse
 import json
 import re
 import sys
 from pathlib import Path
 
+import jsonschema
+import referencing
+import referencing.jsonschema
+import yaml
 from pycep import BicepParser
 
 INFRA = Path(__file__).resolve().parent.parent
@@ -45,6 +55,7 @@ FUNCTIONS = {
     "subscription", "resourceId", "subscriptionResourceId", "extensionResourceId", "reference", "parameters",
     "variables", "copyIndex", "string", "int", "bool", "null", "true", "false", "dateTimeAdd", "utcNow",
     "environment", "startsWith", "cidrSubnet", "div", "mul", "add", "sub", "contains", "coalesce", "json", "skip", "trim",
+    "greater", "listKeys", "map", "items", "lambda", "lambdaVariables",
 }
 TOKEN = re.compile(r"\s*(?:('(?:[^']|'')*')|(\d+)|([A-Za-z_][A-Za-z0-9_]*)|(.))")
 
@@ -221,9 +232,9 @@ def bicep_settings():
 
 
 def arm_settings(arm):
-    config = next(r for r in arm["resources"] if r["type"] == "Microsoft.Web/sites/config")
-    text = config["properties"] + arm["variables"]["runtimeSettings"] + arm["variables"]["optionalSettings"]
-    names = re.findall(r"(?<!parameters\()(?<!variables\()'([A-Za-z_][A-Za-z0-9_]*)'", text)
+    site = next(r for r in arm["resources"] if r["type"] == "Microsoft.Web/sites")
+    text = site["properties"]["siteConfig"] + json.dumps(arm["variables"]["classicRuntimeSettings"]) + arm["variables"]["optionalSettings"]
+    names = re.findall(r"(?<!parameters\()(?<!variables\()['\"]([A-Za-z_][A-Za-z0-9_]*)['\"]", text)
     return {m for m in names if SETTING.match(m)}
 
 
@@ -245,6 +256,209 @@ def check_role_assignments(template, where):
                 problem(f"{where}.resources[{i}]: reference() in a resource name is refused by ARM")
 
 
+# Every resource, property by property: the shape (object keys at every depth, array lengths, literal leaves) of
+# each resource Bicep declares against the main.json resource of the same type. Values that are expressions on
+# either side only count as "some value": main.json writes Bicep's expressions its own way.
+ANY = "<expression>"
+BODY_KEYS = ("kind", "sku", "identity", "properties")
+
+
+class BicepShapes:
+    def __init__(self, tree):
+        self.vars = {k: v["value"] for k, v in tree.get("variables", {}).items()}
+        self.names = set(self.vars) | set(tree.get("parameters", {})) | set(tree.get("resources", {})) | set(tree.get("modules", {}))
+
+    def of(self, value, depth=0):
+        if depth > 60:
+            return ANY
+        if isinstance(value, dict):
+            if "loop_type" in value:
+                return {"[*]": self.of(value["config"], depth + 1)}
+            if set(value) == {"condition", "config"}:
+                return self.of(value["config"], depth + 1)
+            if "function" in value and value["function"].get("type") == "concat":
+                parts = [self.of(v, depth + 1) for v in value["function"]["parameters"].values()]
+                if all(isinstance(part, (list, dict)) for part in parts):
+                    return {"[seq]": parts}
+                return ANY
+            if "operator" in value or "function" in value:
+                return ANY
+            return {("<key>" if "${" in k else k.strip("'")): self.of(v, depth + 1) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.of(v, depth + 1) for v in value]
+        if isinstance(value, str):
+            if value in self.vars:
+                return self.of(self.vars[value], depth + 1)
+            if value in self.names or "${" in value:
+                return ANY
+        return value
+
+
+class ArmShapes:
+    def __init__(self, template):
+        self.vars = dict(template.get("variables", {}))
+        for copy in self.vars.pop("copy", []):
+            self.vars[copy["name"]] = {"[*]": copy["input"]}
+
+    def of(self, value, depth=0):
+        if depth > 60:
+            return ANY
+        if isinstance(value, dict):
+            return {("<key>" if k.startswith("[") and k not in ("[*]", "[seq]") else k): self.of(v, depth + 1)
+                    for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.of(v, depth + 1) for v in value]
+        if isinstance(value, str) and value.startswith("[") and not value.startswith("[["):
+            return self.expr(value[1:-1].strip(), depth)
+        return value
+
+    def expr(self, text, depth):
+        m = re.fullmatch(r"variables\('(\w+)'\)", text)
+        if m and m.group(1) in self.vars:
+            return self.of(self.vars[m.group(1)], depth + 1)
+        m = re.fullmatch(r"variables\('(\w+)'\)\[(\d+)\]", text)
+        if m and isinstance(self.vars.get(m.group(1)), list):
+            return self.of(self.vars[m.group(1)][int(m.group(2))], depth + 1)
+        # An array property of a copied variable's element: every element's value, as one loop.
+        m = re.fullmatch(r"variables\('(\w+)'\)\[copyIndex\('\w+'\)\]\.(\w+)", text)
+        if m and isinstance(self.vars.get(m.group(1)), list):
+            values = [item.get(m.group(2)) for item in self.vars[m.group(1)] if isinstance(item, dict)]
+            if values and all(isinstance(v, list) for v in values):
+                return [self.of(x, depth + 1) for v in values for x in v]
+            return ANY
+        for name in ("concat", "createArray"):
+            if text.startswith(name + "(") and text.endswith(")"):
+                args = [self.expr(a, depth + 1) for a in split_args(text[len(name) + 1:-1])]
+                if name == "createArray":
+                    return args
+                if all(isinstance(a, (list, dict)) for a in args):
+                    return {"[seq]": args}
+        return ANY
+
+
+def split_args(text):
+    args, depth, quote, start = [], 0, False, 0
+    for i, c in enumerate(text):
+        if quote:
+            quote = c != "'"
+        elif c == "'":
+            quote = True
+        elif c in "([":
+            depth += 1
+        elif c in ")]":
+            depth -= 1
+        elif c == "," and depth == 0:
+            args.append(text[start:i].strip())
+            start = i + 1
+    args.append(text[start:].strip())
+    return args
+
+
+def flatten_seq(shape):
+    """A concatenation of arrays as one array of items ('[*]' loops stay one item each)."""
+    items = []
+    for part in shape["[seq]"]:
+        items += part if isinstance(part, list) else [part]
+    return items
+
+
+def compare_shapes(b, a, where, out):
+    if b == ANY or a == ANY:
+        return
+    if isinstance(b, dict) and "[seq]" in b:
+        b = flatten_seq(b)
+    if isinstance(a, dict) and "[seq]" in a:
+        a = flatten_seq(a)
+    if isinstance(b, dict) and "[*]" in b and isinstance(a, list):
+        for i, item in enumerate(a):
+            compare_shapes(b["[*]"], item, f"{where}[{i}]", out)
+        return
+    if isinstance(a, dict) and "[*]" in a and isinstance(b, list):
+        for i, item in enumerate(b):
+            compare_shapes(item, a["[*]"], f"{where}[{i}]", out)
+        return
+    if isinstance(b, dict) and isinstance(a, dict):
+        if ("[*]" in b) != ("[*]" in a):
+            return
+        only_b, only_a = sorted(set(b) - set(a)), sorted(set(a) - set(b))
+        if only_b or only_a:
+            out.append(f"{where}: only in main.bicep {only_b}, only in main.json {only_a}")
+        for k in sorted(set(a) & set(b)):
+            compare_shapes(b[k], a[k], f"{where}.{k}", out)
+        return
+    if isinstance(b, list) and isinstance(a, list):
+        if all(isinstance(x, dict) and "[*]" in x for x in b + a) and len(b) == len(a):
+            for i, (x, y) in enumerate(zip(b, a)):
+                compare_shapes(x, y, f"{where}[{i}]", out)
+            return
+        if len(b) != len(a):
+            out.append(f"{where}: {len(b)} items in main.bicep, {len(a)} in main.json")
+            return
+        for i, (x, y) in enumerate(zip(b, a)):
+            compare_shapes(x, y, f"{where}[{i}]", out)
+        return
+    if isinstance(b, (dict, list)) or isinstance(a, (dict, list)):
+        out.append(f"{where}: {type(b).__name__} in main.bicep, {type(a).__name__} in main.json")
+    elif b != a and not (isinstance(b, str) and isinstance(a, str) and (b in a or a in b)):
+        out.append(f"{where}: {b!r} in main.bicep, {a!r} in main.json")
+
+
+def bicep_bodies(path, seen=None):
+    """(type, shape of its body) for every resource main.bicep deploys, through its modules."""
+    seen = seen if seen is not None else set()
+    if path in seen:
+        return []
+    seen.add(path)
+    tree = parse_bicep(path)
+    shapes = BicepShapes(tree)
+    out = []
+    for name, r in tree.get("resources", {}).items():
+        if r.get("existing"):
+            continue
+        config = r["config"]
+        while isinstance(config, dict) and "config" in config and ("loop_type" in config or set(config) == {"condition", "config"}):
+            config = config["config"]
+        out.append((r["type"], f"{path.name}:{name}", {k: shapes.of(config[k]) for k in BODY_KEYS if k in config}))
+    for module in tree.get("modules", {}).values():
+        out += bicep_bodies((path.parent / module["detail"]["path"]).resolve(), seen)
+    return out
+
+
+def arm_bodies(template):
+    shapes = ArmShapes(template)
+    out = []
+    for r in template.get("resources", []):
+        inner = props(r).get("template")
+        if inner is not None:
+            out += arm_bodies(inner)
+        else:
+            out.append((r["type"], r["name"], {k: shapes.of(r[k]) for k in BODY_KEYS if k in r}))
+    return out
+
+
+def check_bodies_drift(arm, bicep_path=None):
+    bicep = bicep_bodies((bicep_path or INFRA / "main.bicep").resolve())
+    json_side = arm_bodies(arm)
+    for type_ in sorted({t for t, _, _ in bicep} | {t for t, _, _ in json_side}):
+        bs = [(n, s) for t, n, s in bicep if t == type_]
+        as_ = [(n, s) for t, n, s in json_side if t == type_]
+        if len(bs) != len(as_):
+            problem(f"{type_}: {len(bs)} resources in main.bicep ({[n for n, _ in bs]}), {len(as_)} in main.json")
+            continue
+        # Pair each Bicep resource with the main.json resource of its type it differs least from.
+        remaining = list(as_)
+        for name, shape in bs:
+            scored = []
+            for other in remaining:
+                out = []
+                compare_shapes(shape, other[1], f"{type_} ({name})", out)
+                scored.append((len(out), out, other))
+            count, out, best = min(scored, key=lambda x: x[0])
+            remaining.remove(best)
+            for line in out:
+                problem(f"drift: {line}")
+
+
 def check_drift(arm):
     bicep = parse_bicep(INFRA / "main.bicep")
     check_parameters(bicep, arm)
@@ -261,6 +475,7 @@ def check_drift(arm):
     if b_roles != a_roles or b_roles != known_roles:
         problem(f"role definitions differ: main.bicep {sorted(b_roles)}, main.json {sorted(a_roles)}")
     check_role_assignments(arm, "main.json")
+    check_bodies_drift(arm)
 
 
 # --- 4. wizard and parameters file --------------------------------------------------------------------------
@@ -288,13 +503,21 @@ def check_wizard(arm):
         for e in step["elements"]:
             if e["name"] == "clientSecret" and e["type"] != "Microsoft.Common.PasswordBox":
                 problem("uiDefForm.json asks for the client secret without a password box")
-    # Allowed values offered by the wizard must be allowed by the template.
+    # Values offered by the wizard must be allowed by the template.
     for element in ui["basics"] + [e for s in ui["steps"] for e in s["elements"]]:
+        spec = params.get(element["name"], {})
         allowed = element.get("constraints", {}).get("allowedValues")
-        if allowed and element["name"] in params and "allowedValues" in params[element["name"]]:
+        if allowed and "allowedValues" in spec:
             offered = {a["value"] for a in allowed}
-            if not offered <= set(params[element["name"]]["allowedValues"]):
-                problem(f"uiDefForm.json offers {element['name']} values the template refuses: {sorted(offered)}")
+            if not offered <= set(spec["allowedValues"]):
+                problem(f"uiDefForm.json offers {element['name']} values the template refuses: {sorted(offered - set(spec['allowedValues']))}")
+        if element["type"] == "Microsoft.Common.Slider" and spec:
+            if "allowedValues" in spec:
+                problem(f"uiDefForm.json offers {element['name']} on a slider, but the template allows only {spec['allowedValues']}")
+            if element["min"] < spec.get("minValue", element["min"]) or element["max"] > spec.get("maxValue", element["max"]):
+                problem(f"uiDefForm.json's {element['name']} slider goes beyond the template's bounds")
+        if element["name"] == "packageUri" and element.get("defaultValue") != spec.get("defaultValue"):
+            problem(f"uiDefForm.json's packageUri default {element.get('defaultValue')} is not the template's {spec.get('defaultValue')}")
 
     values = json.loads((INFRA / "ARMmain.parameters.json").read_text())["parameters"]
     types = {"string": str, "securestring": str, "bool": bool, "int": int, "object": dict}
@@ -306,18 +529,79 @@ def check_wizard(arm):
     for name, spec in params.items():
         if "defaultValue" not in spec and name not in values:
             problem(f"ARMmain.parameters.json does not set the required parameter {name}")
+    # azd's parameters file (azure.yaml provisions infra/main.bicep with infra/main.parameters.json).
+    azd = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    for name in azd:
+        if name not in params:
+            problem(f"main.parameters.json sets {name}, which is not a template parameter")
+    for name, spec in params.items():
+        if "defaultValue" not in spec and name not in azd:
+            problem(f"main.parameters.json does not set the required parameter {name}")
+    if azd.get("packageUri", {}).get("value") != "":
+        problem("main.parameters.json must set packageUri to '' (azd deploys the code itself)")
+
+
+# --- 5. the release the template deploys -------------------------------------------------------------------
+
+def check_pinned_release(arm):
+    uri = arm["parameters"]["packageUri"].get("defaultValue", "")
+    cargo_version = build_arm.version()
+    if f"/v{cargo_version}/" not in uri or "/latest/" in uri:
+        problem(f"packageUri's default {uri} is not the release v{cargo_version} this template belongs to")
+
+
+# --- 6. azd ----------------------------------------------------------------------------------------------------
+
+def check_azd(path):
+    root = INFRA.parent
+    config = yaml.safe_load(Path(path).read_text())
+    schema = json.loads((INFRA / "tools/upstream/azd/azure.yaml.json").read_text())
+    # The schema names extension schemas by URL (Azure AI hosts only); they are not vendored and nothing is fetched:
+    # they read as schemas that accept anything.
+    registry = referencing.Registry(retrieve=lambda uri: referencing.Resource.from_contents({}, default_specification=referencing.jsonschema.DRAFT201909))
+    validator = jsonschema.validators.validator_for(schema)(schema, registry=registry)
+    for error in sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path)):
+        where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+        problem(f"azure.yaml: {where}: {error.message[:200]} (Azure/azure-dev schema)")
+    infra = config.get("infra", {})
+    module = root / infra.get("path", "infra") / f"{infra.get('module', 'main')}.bicep"
+    if infra.get("provider", "bicep") != "bicep" or module != INFRA / "main.bicep":
+        problem(f"azure.yaml provisions {module.relative_to(root) if module.is_relative_to(root) else module}, not infra/main.bicep")
+    services = config.get("services") or {}
+    bicep = (INFRA / "modules/functionapp.bicep").read_text()
+    tagged = re.search(r"'azd-service-name': '([^']+)'", bicep)
+    if list(services) != [tagged.group(1) if tagged else None]:
+        problem(f"azure.yaml's services {sorted(services)} are not the one app functionapp.bicep tags "
+                f"azd-service-name {tagged.group(1) if tagged else '(none)'}")
+    for name, service in services.items():
+        if service.get("host") != "function":
+            problem(f"azure.yaml: service {name} is not hosted as a function app")
+        if service.get("language") != "custom":
+            problem(f"azure.yaml: service {name} is not language 'custom' (azd would try to build it as another language)")
+        if service.get("dist") != "dist/released-package.zip":
+            problem(f"azure.yaml: service {name} deploys {service.get('dist')}, not the zip scripts/package writes (dist/released-package.zip)")
+        hook = (service.get("hooks") or {}).get("prepackage") or {}
+        if "scripts/package" not in str(hook.get("run", "")):
+            problem(f"azure.yaml: service {name} does not package with scripts/package before deploying")
 
 
 def main():
-    arm = json.loads((INFRA / "main.json").read_text())
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--azure-yaml", default=str(INFRA.parent / "azure.yaml"))
+    parser.add_argument("--template", default=str(INFRA / "main.json"), help="a main.json to check instead (tests)")
+    args = parser.parse_args()
+    arm = json.loads(Path(args.template).read_text())
     check_generated()
     lint_template(arm, "main.json")
     check_drift(arm)
     check_wizard(arm)
+    check_pinned_release(arm)
+    check_azd(args.azure_yaml)
     for p in problems:
         print(p)
     if not problems:
-        print("templates: main.json current, expressions well formed, main.bicep and main.json agree, wizard and parameters fit")
+        print("templates: main.json current, expressions well formed, main.bicep and main.json agree, wizard and "
+              "parameters fit, the release is pinned, azure.yaml fits azd's schema and this project")
     return 1 if problems else 0
 
 

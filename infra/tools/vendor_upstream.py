@@ -1,5 +1,8 @@
 """Refreshes infra/tools/upstream/ from a copy of the upstream data (maintenance only; no test runs this).
 
+Replaces upstream/bicep-types and upstream/schemastore (their LICENSE files are kept when the copy has none);
+other folders under upstream/ (azd/) are vendored by hand and left alone.
+
 Keeps, from each Azure/bicep-types-az `types.json`, only the resource types infra/main.json deploys (nested
 templates included), plus Microsoft.Web/sites/extensions and both FHIR resource kinds, and the type entries they
 reach (renumbered). Copies the SchemaStore schemas for host.json and function.json as they are.
@@ -69,8 +72,13 @@ def main():
     source = Path(sys.argv[1])
     template = json.loads((TOOLS.parent / "main.json").read_text())
     wanted = used_types(template) | EXTRA
-    if OUT.exists():
-        shutil.rmtree(OUT)
+    licences = {}
+    for folder in ("bicep-types", "schemastore"):
+        licence = OUT / folder / "LICENSE"
+        if licence.exists():
+            licences[folder] = licence.read_bytes()
+        if (OUT / folder).exists():
+            shutil.rmtree(OUT / folder)
     found = set()
     for path in sorted((source / "bicep-types").rglob("types.json")):
         entries = json.loads(path.read_text())
@@ -83,10 +91,14 @@ def main():
     missing = wanted - found
     if missing:
         sys.exit(f"no upstream types for {sorted(missing)}")
-    shutil.copy(source / "bicep-types" / "LICENSE", OUT / "bicep-types" / "LICENSE")
     (OUT / "schemastore").mkdir(parents=True)
     for name in ("host.json", "function.json"):
         shutil.copy(source / "schemastore" / name, OUT / "schemastore" / name)
+    for folder in ("bicep-types", "schemastore"):
+        if (source / folder / "LICENSE").exists():
+            shutil.copy(source / folder / "LICENSE", OUT / folder / "LICENSE")
+        elif folder in licences:
+            (OUT / folder / "LICENSE").write_bytes(licences[folder])
     print(f"vendored {len(found)} resource types and 2 schemas into {OUT}")
 
 

@@ -88,7 +88,7 @@ pub struct ConfigError(pub Vec<String>);
 
 impl Settings {
     pub fn from_source(source: &SettingsSource) -> Result<Settings, ConfigError> {
-        let mut problems = Vec::new();
+        let mut problems = source.unresolved_key_vault_references();
         let storage = storage_settings(source).map_err(|p| problems.push(p)).ok();
         let mut table = |name: &str, default: &str| {
             let value = source.get_or(name, default).to_string();
@@ -245,6 +245,27 @@ mod tests {
         ]);
         s.extend(pairs.iter().copied());
         s
+    }
+
+    #[test]
+    fn an_unresolved_key_vault_reference_fails_startup_naming_the_setting() {
+        let err = Settings::from_source(&source(&[
+            ("AzureWebJobsStorage", "UseDevelopmentStorage=true"),
+            ("AZURE_ClientCredential", "true"),
+            ("AZURE_TenantId", "00000000-0000-0000-0000-000000000001"),
+            ("AZURE_ClientId", "00000000-0000-0000-0000-000000000002"),
+            (
+                "AZURE_ClientSecret",
+                "@Microsoft.KeyVault(SecretUri=https://kv-x.vault.azure.net/secrets/source-client-secret)",
+            ),
+        ]))
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("AZURE_ClientSecret is still a Key Vault reference"),
+            "{text}"
+        );
+        assert!(text.contains("Key Vault Secrets User"), "{text}");
     }
 
     #[test]

@@ -146,6 +146,36 @@ impl SettingsSource {
         }
     }
 
+    /// Problems with settings whose value is still an App Service Key Vault reference: the platform replaces
+    /// `@Microsoft.KeyVault(...)` with the secret before the app starts, and leaves the text itself when it cannot
+    /// read the secret. Used as a secret, that text would only fail later, far from its cause.
+    pub fn unresolved_key_vault_references(&self) -> Vec<String> {
+        let mut names: Vec<&str> = self
+            .values
+            .values()
+            .filter(|(_, v)| {
+                const REFERENCE: &str = "@Microsoft.KeyVault(";
+                v.trim_start()
+                    .get(..REFERENCE.len())
+                    .is_some_and(|head| head.eq_ignore_ascii_case(REFERENCE))
+            })
+            .map(|(k, _)| k.as_str())
+            .collect();
+        names.sort_unstable();
+        names
+            .into_iter()
+            .map(|name| {
+                format!(
+                    "{name} is still a Key Vault reference (@Microsoft.KeyVault(...)): the platform could not read \
+                     the secret. Check the reference's status (portal: the app's Environment variables; or az \
+                     functionapp config appsettings list), that the app's Key Vault reference identity has 'Key \
+                     Vault Secrets User' on the vault and that the vault and secret exist and are reachable, then \
+                     restart the app"
+                )
+            })
+            .collect()
+    }
+
     /// Every (name, value) pair, names as first given (to hand the same settings to a child process).
     pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
         self.values.values().map(|(k, v)| (k.as_str(), v.as_str()))
@@ -237,6 +267,28 @@ impl SettingsSource {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_unresolved_key_vault_reference_names_the_setting_and_what_to_check() {
+        let mut s = SettingsSource::default();
+        s.extend([
+            (
+                "AZURE_ClientSecret",
+                "@Microsoft.KeyVault(SecretUri=https://kv-x.vault.azure.net/secrets/source-client-secret)",
+            ),
+            ("AZURE_SourceUri", "https://src.example"),
+            ("Other", " @microsoft.keyvault(VaultName=kv;SecretName=s)"),
+            (
+                "AZURE_Note",
+                "mentions @Microsoft.KeyVault( later, which is no reference",
+            ),
+        ]);
+        let problems = s.unresolved_key_vault_references();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].starts_with("AZURE_ClientSecret is still a Key Vault reference"));
+        assert!(problems[0].contains("Key Vault Secrets User") && problems[0].contains("restart"));
+        assert!(problems[1].starts_with("Other "));
+    }
+
     use super::*;
 
     #[test]

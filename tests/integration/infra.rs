@@ -234,6 +234,9 @@ fn the_template_sets_only_settings_something_reads_and_all_the_required_ones() {
             "FUNCTIONS_EXTENSION_VERSION",
             "FUNCTIONS_WORKER_RUNTIME",
             "WEBSITE_RUN_FROM_PACKAGE",
+            "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING",
+            "WEBSITE_CONTENTSHARE",
+            "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
             "AzureWebJobsStorage__accountName",
         ]
         .map(String::from),
@@ -279,6 +282,14 @@ fn role_assignments_are_least_privilege_typed_and_principal_bound() {
         ("b7e6dc6d-f1e8-4753-8033-0f276bb0955b", "Storage Blob Data Owner"),
         ("0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3", "Storage Table Data Contributor"),
         ("4633458b-17de-408a-b874-0445c86b69e6", "Key Vault Secrets User"),
+        (
+            "ba92f5b4-2d11-453d-a403-e96b0029c9fe",
+            "Storage Blob Data Contributor (the platform identity, on the package container only)",
+        ),
+        (
+            "3913510d-42f4-4e42-8a64-420c390055eb",
+            "Monitoring Metrics Publisher (on the App Insights component only)",
+        ),
         ("de139f84-1756-47ae-9be6-808fbbe84772", "Website Contributor"),
         (
             "acdd72a7-3385-48ef-bd42-f606fba81ae7",
@@ -422,4 +433,239 @@ fn the_deploy_page_names_every_parameter() {
             "docs/deploy.md does not name `{name}`"
         );
     }
+}
+
+/// Runs check_templates.py with a changed copy of azure.yaml.
+fn check_azure_yaml(change: impl FnOnce(&str) -> String) -> (bool, String) {
+    let text = std::fs::read_to_string(root().join("azure.yaml")).unwrap();
+    let dir = std::env::temp_dir().join(crate::support::unique_name("azd"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("azure.yaml");
+    std::fs::write(&path, change(&text)).unwrap();
+    let script = root().join("infra/tools/check_templates.py");
+    run_python(&[script.as_os_str(), "--azure-yaml".as_ref(), path.as_os_str()])
+}
+
+#[test]
+fn azure_yaml_fits_azds_schema_and_this_project() {
+    // As it is: checked by main_json_is_generated_current_and_agrees_with_main_bicep. Each rule broken once:
+    for (change, expected) in [
+        (
+            ("    host: function\n", ""),
+            "'host' is a required property (Azure/azure-dev schema)",
+        ),
+        (
+            ("dist/released-package.zip", "dist/fhir-migration-tool.zip"),
+            "not the zip scripts/package writes",
+        ),
+        (
+            ("run: ./scripts/package", "run: cargo build --release"),
+            "does not package with scripts/package",
+        ),
+        (
+            ("  migration:\n", "  tool:\n"),
+            "are not the one app functionapp.bicep tags azd-service-name migration",
+        ),
+        (
+            ("  path: infra\n", "  path: deploy\n"),
+            "azure.yaml provisions deploy/main.bicep, not infra/main.bicep",
+        ),
+        (("    language: custom", "    language: go"), "is not language 'custom'"),
+    ] {
+        let (ok, text) = check_azure_yaml(|t| {
+            assert!(t.contains(change.0), "azure.yaml has {:?}", change.0);
+            t.replacen(change.0, change.1, 1)
+        });
+        assert!(
+            !ok && text.contains(expected),
+            "{change:?}: expected {expected:?} in:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn the_template_deploys_the_release_of_its_own_version() {
+    let arm: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("infra/main.json")).unwrap()).unwrap();
+    let uri = arm["parameters"]["packageUri"]["defaultValue"].as_str().unwrap();
+    assert_eq!(
+        uri,
+        format!(
+            "https://github.com/fhir-migration-tool/fhir-migration-tool/releases/download/v{}/released-package.zip",
+            env!("CARGO_PKG_VERSION")
+        ),
+        "a pinned release, never releases/latest: redeploying must not upgrade the code"
+    );
+    let bicep = std::fs::read_to_string(root().join("infra/main.bicep")).unwrap();
+    assert!(bicep.contains(&format!("param packageUri string = '{uri}'")));
+    let form = std::fs::read_to_string(root().join("infra/uiDefForm.json")).unwrap();
+    assert!(form.contains(&format!("\"defaultValue\": \"{uri}\"")));
+    // azd deploys the code itself: the template deploys none there.
+    let azd: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("infra/main.parameters.json")).unwrap()).unwrap();
+    assert_eq!(azd["parameters"]["packageUri"]["value"], "");
+}
+
+/// Undoes bash's `printf %q` quoting of one word.
+fn unquote(word: &str) -> String {
+    let mut out = String::new();
+    let mut chars = word.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            out.extend(chars.next());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Splits a `printf %q`-quoted command line into words (spaces inside words are escaped).
+fn words(line: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut escaped = false;
+    for c in line.chars() {
+        if escaped {
+            out.last_mut().unwrap().push('\\');
+            out.last_mut().unwrap().push(c);
+            escaped = false;
+        } else if c == '\\' {
+            escaped = true;
+        } else if c == ' ' {
+            out.push(String::new());
+        } else {
+            out.last_mut().unwrap().push(c);
+        }
+    }
+    out.into_iter().filter(|w| !w.is_empty()).map(|w| unquote(&w)).collect()
+}
+
+#[test]
+fn the_smoke_scripts_dry_run_deploys_with_the_templates_parameters() {
+    let arm: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("infra/main.json")).unwrap()).unwrap();
+    let params = arm["parameters"].as_object().unwrap();
+    for plan in ["FlexConsumption", "Premium", "Dedicated"] {
+        // No az on the PATH: a dry run must not need one.
+        let out = Command::new("bash")
+            .arg(root().join("scripts/azure-smoke"))
+            .args(["--dry-run", "--plan", plan, "--patients", "3"])
+            .env("PATH", "/usr/bin:/bin")
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(out.status.success(), "{stdout}{stderr}");
+        assert!(stdout.contains("dry run: nothing was run"), "{stdout}");
+        // Every step says what it checks and what success looks like.
+        for step in 0..=7 {
+            assert!(
+                stdout.contains(&format!("==> {step}. ")),
+                "step {step} missing:\n{stdout}"
+            );
+        }
+        let checks: Vec<&str> = stdout.lines().filter(|l| l.starts_with("check: ")).collect();
+        assert!(checks.len() >= 10, "{checks:?}");
+        assert!(
+            checks.iter().all(|c| c.contains("(success: ") || c.contains("deleted")),
+            "{checks:?}"
+        );
+        let commands: Vec<Vec<String>> = stderr.lines().filter_map(|l| l.strip_prefix("+ ")).map(words).collect();
+        assert!(commands.iter().all(|c| c[0] == "az" || c[0] == "curl"), "{stderr}");
+        let deploys: Vec<&Vec<String>> = commands
+            .iter()
+            .filter(|c| {
+                c.len() > 3 && c[1] == "deployment" && c[2] == "group" && (c[3] == "create" || c[3] == "what-if")
+            })
+            .collect();
+        assert_eq!(deploys.len(), 2, "what-if, then create:\n{stderr}");
+        for deploy in deploys {
+            let file = &deploy[deploy.iter().position(|w| w == "--template-file").unwrap() + 1];
+            assert_eq!(file, "infra/main.json");
+            let start = deploy.iter().position(|w| w == "--parameters").unwrap() + 1;
+            let given: std::collections::BTreeMap<&str, &str> = deploy[start..]
+                .iter()
+                .take_while(|w| !w.starts_with('-'))
+                .map(|w| w.split_once('=').expect("name=value"))
+                .collect();
+            for (name, value) in &given {
+                let spec = params
+                    .get(*name)
+                    .unwrap_or_else(|| panic!("{name} is not a template parameter"));
+                if let Some(allowed) = spec["allowedValues"].as_array() {
+                    assert!(
+                        allowed.iter().any(|a| a == value),
+                        "{name}={value} is not allowed: {allowed:?}"
+                    );
+                }
+            }
+            for (name, spec) in params {
+                if spec.get("defaultValue").is_none() {
+                    assert!(
+                        given.contains_key(name.as_str()),
+                        "the script does not set the required {name}"
+                    );
+                }
+            }
+            assert_eq!(given["hostingPlan"], plan);
+            assert_eq!(given["typeOfMigration"], "FhirService");
+            assert!(given["sourceFhirServiceId"].contains("/fhirservices/"));
+        }
+        // It tears down what it created.
+        assert!(
+            commands
+                .iter()
+                .any(|c| c.starts_with(&["az".into(), "group".into(), "delete".into()]))
+        );
+    }
+}
+
+/// Runs check_templates.py on a changed copy of main.json.
+fn check_main_json(change: impl FnOnce(&mut serde_json::Value)) -> (bool, String) {
+    let mut arm: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("infra/main.json")).unwrap()).unwrap();
+    change(&mut arm);
+    let dir = std::env::temp_dir().join(crate::support::unique_name("drift"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("main.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&arm).unwrap()).unwrap();
+    let script = root().join("infra/tools/check_templates.py");
+    run_python(&[script.as_os_str(), "--template".as_ref(), path.as_os_str()])
+}
+
+#[test]
+fn every_resource_of_main_json_is_compared_with_what_bicep_declares() {
+    // The drift the last review found: the dashboard's metric tiles without the resource metadata Bicep gives them.
+    let (ok, text) = check_main_json(|t| {
+        for tile in t["variables"]["metricTiles"].as_array_mut().unwrap() {
+            for metric in tile["metrics"].as_array_mut().unwrap() {
+                metric.as_object_mut().unwrap().remove("resourceMetadata");
+            }
+        }
+    });
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("drift: Microsoft.Portal/dashboards (dashboard.bicep:dashboard)")
+            && text.contains("only in main.bicep ['resourceMetadata']"),
+        "{text}"
+    );
+    // A literal that differs, and a property only one side sets.
+    let (ok, text) = check_main_json(|t| {
+        let storage = t["resources"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .find(|r| r["type"] == "Microsoft.Storage/storageAccounts")
+            .unwrap();
+        storage["properties"]["minimumTlsVersion"] = serde_json::json!("TLS1_0");
+        storage["properties"]
+            .as_object_mut()
+            .unwrap()
+            .remove("allowSharedKeyAccess");
+    });
+    assert!(!ok, "{text}");
+    assert!(text.contains("'TLS1_2' in main.bicep, 'TLS1_0' in main.json"), "{text}");
+    assert!(text.contains("only in main.bicep ['allowSharedKeyAccess']"), "{text}");
 }

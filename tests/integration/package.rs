@@ -68,12 +68,22 @@ fn package(out: &Path) -> Vec<u8> {
         .filter(|p| p.extension().is_some_and(|x| x == "zip"))
         .collect();
     let versioned = out.join(format!("fhir-migration-tool-{}.zip", env!("CARGO_PKG_VERSION")));
-    let latest = out.join("fhir-migration-tool.zip");
+    // The release asset: the name Flex Consumption requires, at the URL the template deploys by default.
+    let asset = out.join("released-package.zip");
     assert_eq!(zip.len(), 2, "{zip:?}");
     let bytes = std::fs::read(&versioned).unwrap();
     assert!(
-        bytes == std::fs::read(&latest).unwrap(),
-        "the version-free copy is the same package"
+        bytes == std::fs::read(&asset).unwrap(),
+        "released-package.zip is the same package"
+    );
+    let template: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("infra/main.json")).unwrap(),
+    )
+    .unwrap();
+    let uri = template["parameters"]["packageUri"]["defaultValue"].as_str().unwrap();
+    assert!(
+        uri.ends_with(&format!("/v{}/released-package.zip", env!("CARGO_PKG_VERSION"))),
+        "the template deploys this version's release asset by default: {uri}"
     );
     bytes
 }

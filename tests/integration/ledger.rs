@@ -523,3 +523,71 @@ async fn crlf_repeated_lines_and_offsets_on_line_starts_name_the_right_versions(
         "u2 was never refused; no shortfall"
     );
 }
+
+/// Versions 9 and 10 of one resource on one millisecond at the source (reference §11.2: the import's in-batch
+/// de-duplication keeps the version that sorts highest as a string, "9"): the destination must end with the
+/// source's current version and every version, or the loser is named, never a silently wrong current version
+/// (issue 24, item 5).
+#[tokio::test]
+async fn versions_nine_and_ten_on_one_millisecond_never_leave_a_silently_wrong_current_version() {
+    let stack = stack(&[("AZURE_SafetyLagSeconds", "1"), ("AZURE_ExportConfirmSeconds", "0")]).await;
+    seed(&stack, 60, 6);
+    let base = Utc::now() - TimeDelta::minutes(30);
+    let mut lines: Vec<String> = (1..=8)
+        .map(|v| {
+            patient(
+                "same-ms",
+                &v.to_string(),
+                &instant(base + TimeDelta::seconds(v)),
+                &format!("v{v}"),
+            )
+        })
+        .collect();
+    // Azure API for FHIR keeps 100-ns instants: two writes a fraction of a millisecond apart.
+    let crowded = instant(base + TimeDelta::seconds(20));
+    let precise = |ticks: &str| crowded.replace('Z', &format!("{ticks}Z"));
+    lines.push(patient("same-ms", "9", &precise("1234"), "v9"));
+    lines.push(patient("same-ms", "10", &precise("5678"), "v10"));
+    let (_, errors) = load_into(stack.source.store(), &lines);
+    assert!(errors.is_empty(), "{errors:?}");
+    run_to_completion(&stack, 300).await;
+    let engine = &stack.engine;
+    // Let automatic retries settle what they can.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        engine.import_status_tick(Utc::now()).await.unwrap();
+        let open: Vec<_> = engine
+            .ledger()
+            .list(None)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.state.unresolved() && e.class != Class::Permanent)
+            .collect();
+        if open.is_empty() || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let current = stack
+        .destination
+        .store()
+        .resource("Patient", "same-ms")
+        .expect("at the destination");
+    let at_destination = current.versions().last().map(|v| v.version_id);
+    let entries = engine.ledger().list(None).await.unwrap();
+    let named = entries
+        .iter()
+        .any(|e| e.key == "Patient|same-ms|10" && (e.state.unresolved() || e.state == State::Accepted));
+    assert!(
+        at_destination == Some(10) || named,
+        "the destination's current version is {at_destination:?} and version 10 is not named: {entries:#?}"
+    );
+    // Today the loser is named and blocks cut-over (the emulator, like the server, refuses version 10 after
+    // version 9 on the same millisecond, so a retry cannot fix it); carrying the right current version needs the
+    // export files rewritten per millisecond (left open on issue 24).
+    let cutover = fhir_migration_tool::cutover::cutover(&stack._app, &crate::cutover::final_check())
+        .await
+        .unwrap();
+    assert!(at_destination == Some(10) || !cutover.ready, "{cutover:?}");
+}

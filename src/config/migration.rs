@@ -2,7 +2,7 @@
 //! spellings its deployment template used, and the settings this tool adds. Parsed into real types and
 //! validated in one pass by [`MigrationSettings::from_source`].
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeDelta, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use url::Url;
 
 use super::server_url::{is_azure_api_for_fhir, is_loopback};
@@ -485,144 +485,8 @@ fn config_file_name(f: &str) -> String {
     format!("{stem}.json")
 }
 
-struct Parser<'a> {
-    source: &'a SettingsSource,
-    problems: &'a mut Vec<String>,
-}
-
-impl Parser<'_> {
-    fn problem(&mut self, p: String) {
-        self.problems.push(p);
-    }
-
-    fn parse_url(&mut self, name: &str, value: &str) -> Option<Url> {
-        match Url::parse(value) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => Some(u),
-            Ok(_) => {
-                self.problem(format!("{name} '{value}' must be an http(s) URL"));
-                None
-            }
-            Err(e) => {
-                self.problem(format!("{name} '{value}' is not a valid URL: {e}"));
-                None
-            }
-        }
-    }
-
-    fn url(&mut self, name: &str) -> Option<Url> {
-        match self.source.get(name) {
-            Some(v) => self.parse_url(name, v),
-            None => {
-                self.problem(format!("{name} is required"));
-                None
-            }
-        }
-    }
-
-    fn flag(&mut self, names: &[&str], default: bool) -> bool {
-        self.source.note_default(names[0], default);
-        match self.source.get_any(names) {
-            None => default,
-            Some(v) if v.eq_ignore_ascii_case("true") => true,
-            Some(v) if v.eq_ignore_ascii_case("false") => false,
-            Some(v) => {
-                self.problem(format!("{} '{v}' is not true or false", names[0]));
-                default
-            }
-        }
-    }
-
-    fn number<T: std::str::FromStr + Copy + std::fmt::Display>(&mut self, name: &str, default: T) -> T {
-        self.source.note_default(name, default);
-        match self.source.get(name) {
-            None => default,
-            Some(v) => v.parse().unwrap_or_else(|_| {
-                self.problem(format!("{name} '{v}' is not a valid number"));
-                default
-            }),
-        }
-    }
-
-    /// An Azure resource id (`/subscriptions/…`) or its full Resource Manager URL.
-    fn resource_id(&mut self, name: &str) -> Option<String> {
-        let v = self.source.get(name)?.to_string();
-        let path = match v.split_once("://") {
-            Some((scheme, rest)) if scheme == "https" || scheme == "http" => {
-                rest.split_once('/').map(|(_, p)| format!("/{p}")).unwrap_or_default()
-            }
-            _ => v.clone(),
-        };
-        if !path.to_ascii_lowercase().starts_with("/subscriptions/") || v.contains(['?', '#', ' ']) {
-            self.problem(format!(
-                "{name} '{v}' is not an Azure resource id (/subscriptions/…/providers/Microsoft.HealthcareApis/…)"
-            ));
-            return None;
-        }
-        Some(v)
-    }
-
-    fn positive(&mut self, name: &str, default: u32) -> u32 {
-        let n = self.number(name, default);
-        if n == 0 {
-            self.problem(format!("{name} must be at least 1"));
-            return default;
-        }
-        n
-    }
-
-    fn key(&mut self, name: &str, default: &str) -> String {
-        let v = self.source.get_or(name, default).to_string();
-        if v.chars().any(|c| matches!(c, '/' | '\\' | '#' | '?') || c.is_control()) || v.len() > 200 {
-            self.problem(format!("{name} '{v}' cannot be used as a table key"));
-        }
-        v
-    }
-
-    fn date(&mut self, name: &str) -> Option<DateTime<Utc>> {
-        let v = self.source.get(name)?;
-        let parsed = DateTime::parse_from_rfc3339(v)
-            .map(|d| d.with_timezone(&Utc))
-            .ok()
-            .or_else(|| {
-                NaiveDateTime::parse_from_str(v, "%Y-%m-%dT%H:%M:%S%.f")
-                    .ok()
-                    .map(|d| d.and_utc())
-            })
-            .or_else(|| {
-                NaiveDate::parse_from_str(v, "%Y-%m-%d")
-                    .ok()
-                    .and_then(|d| d.and_hms_opt(0, 0, 0))
-                    .map(|d| d.and_utc())
-            });
-        if parsed.is_none() {
-            self.problem(format!(
-                "{name} '{v}' is not a date (use 2024-01-31 or 2024-01-31T00:00:00Z; times are UTC)"
-            ));
-        }
-        parsed
-    }
-
-    /// A list setting: `NAME` as a comma-separated value, or `NAME__0`, `NAME__1`, …; either replaces the default.
-    fn list(&mut self, name: &str, default: &[&str]) -> Vec<String> {
-        self.source.note_default(name, default.join(","));
-        if let Some(v) = self.source.get(name) {
-            return v
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-                .collect();
-        }
-        let indexed: Vec<String> = (0..)
-            .map_while(|i| self.source.get(&format!("{name}__{i}")).map(str::to_string))
-            .collect();
-        if indexed.is_empty() {
-            default.iter().map(|s| s.to_string()).collect()
-        } else {
-            indexed
-        }
-    }
-}
+mod parser;
+use parser::Parser;
 
 #[cfg(test)]
 mod tests;

@@ -86,7 +86,7 @@ pub fn imported(
     payload.end_time = Some(ctx.now);
     payload.status = ImportStatus::Completed;
     // Halt stops at a permanent failure only: benign lines are imported in effect, transient ones retried.
-    if super::imports::halts(ctx, permanent) {
+    if halts(ctx, permanent) {
         payload.status = ImportStatus::Halted;
         payload.failure_reason = format!(
             "{permanent} line(s) failed to import for good ({}); list them with `failures` (or ImportFailures_Http), fix the cause, then `failures retry` and `clear-retries`",
@@ -153,4 +153,9 @@ pub fn imported(
         write: Write::Payload(payload),
         notes,
     }
+}
+
+/// The import-error policy's decision on a finished import with failed lines.
+pub fn halts(ctx: &Context, permanent_lines: i64) -> bool {
+    permanent_lines > 0 && ctx.settings.import_error_policy == crate::config::ImportErrorPolicy::Halt
 }

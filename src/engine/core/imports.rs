@@ -5,7 +5,6 @@ use super::exports::{Failure, fail_window, next_part_or_done};
 use super::flow::{payload_container, write_job};
 use super::rules::{self, PayloadPhase, Verdict, WindowPhase, payload_phase, window_phase};
 use super::{Action, Claim, Context, Facts, ImportPoll, Mark, Notes, PostAnswer, PostKey, Snapshot, Write};
-use crate::config::ImportErrorPolicy;
 use crate::fhir::format_instant;
 use crate::state::rows::ImportStatus;
 use crate::state::{Job, Payload};
@@ -438,11 +437,6 @@ fn cached_totals(ctx: &Context, cursor: &crate::state::Cursor) -> Option<super::
         destination: cursor.destination_total.clone(),
         ..super::Totals::default()
     })
-}
-
-/// The import-error policy's decision on a finished import with failed lines.
-pub fn halts(ctx: &Context, permanent_lines: i64) -> bool {
-    permanent_lines > 0 && ctx.settings.import_error_policy == ImportErrorPolicy::Halt
 }
 
 #[cfg(test)]

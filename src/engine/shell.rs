@@ -167,10 +167,13 @@ impl<P: Ports> Shell<'_, P> {
                 Action::Cancel { url, destination } => {
                     match self.ports.cancel(&url, destination).await {
                         Ok(()) => report.say(format!("Cancelled the job {}", crate::telemetry::id_of(&url))),
-                        Err(e) => report.say(format!(
-                            "Could not cancel the job {} (it may run on at the server): {e}",
-                            crate::telemetry::id_of(&url)
-                        )),
+                        Err(e) => {
+                            report.say(format!(
+                                "Could not cancel the job {} (it may run on at the server; tried again next tick): {e}",
+                                crate::telemetry::id_of(&url)
+                            ));
+                            facts.marks.insert(Mark::CancelFailed(url.clone()));
+                        }
                     }
                     facts.marks.insert(Mark::Cancelled(url));
                 }

@@ -322,6 +322,10 @@ pub fn poll_exports(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Option
                     destination: false,
                 });
             }
+            // Not cancelled (unreachable): the job may run on, so the window waits for the next tick's cancel.
+            if facts.marks.contains(&Mark::CancelFailed(job.export_url.clone())) {
+                continue;
+            }
             let hours = ctx.settings.job_timeout.num_hours();
             let reason = format!("export failed: no result after {hours} hours (the job was cancelled)");
             return Some(fail_window(job, reason, Failure::Transient, handled));

@@ -64,6 +64,11 @@ pub fn cancel_superseded(snapshot: &Snapshot, facts: &Facts) -> Option<Action> {
                 destination: true,
             });
         }
+        // A cancel that could not be made leaves the payload as it is: the job may still run, and the next tick
+        // cancels it again (a job already finished or gone answers 409 or 404, which counts as cancelled).
+        if facts.marks.contains(&Mark::CancelFailed(p.import_url.clone())) {
+            continue;
+        }
         let mut superseded = p.clone();
         superseded.status = ImportStatus::Superseded;
         superseded.lease_until = None;

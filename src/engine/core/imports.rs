@@ -310,6 +310,9 @@ pub fn poll_imports(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Option
                 destination: true,
             });
         }
+        if overdue && facts.marks.contains(&Mark::CancelFailed(p.import_url.clone())) {
+            continue;
+        }
         let poll = if overdue {
             let hours = ctx.settings.job_timeout.num_hours();
             ImportPoll::Failed {

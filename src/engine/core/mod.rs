@@ -194,6 +194,8 @@ pub enum Mark {
         index: i64,
     },
     Cancelled(String),
+    /// The cancel of this job could not be made (the server unreachable or failing): it may still run.
+    CancelFailed(String),
     Reported(String),
     EmptySkip,
     /// The state was read again after a POST claim, to see every other claim made meanwhile.

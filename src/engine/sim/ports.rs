@@ -360,9 +360,19 @@ impl Ports for SimPorts {
 
     async fn cancel(&self, url: &str, destination: bool) -> Result<(), String> {
         self.enter().await;
-        self.world().cancel(url, destination);
+        let answer = {
+            let mut w = self.world();
+            let unreachable = w.faults.cancel_unreachable;
+            if w.rng.chance(unreachable) {
+                Err("could not connect".to_string())
+            } else {
+                // A finished job answers 409 and a lost one 404: both leave nothing running (Ok).
+                w.cancel(url, destination);
+                Ok(())
+            }
+        };
         self.leave().await;
-        Ok(())
+        answer
     }
 
     async fn totals(&self) -> Totals {

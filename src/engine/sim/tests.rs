@@ -30,6 +30,7 @@ fn stormy() -> Faults {
         import_job_fails: 10,
         import_job_hangs: 5,
         search_parameter_sync_fails: 20,
+        cancel_unreachable: 30,
         ..Faults::default()
     }
 }

@@ -78,6 +78,8 @@ pub struct Faults {
     /// A processing unit with more versions than this on one millisecond fails (the servers' 10,000 limit,
     /// scaled down).
     pub unit_max_same_ms: Option<usize>,
+    /// Cancels that cannot reach the server (the job runs on; the tool must cancel it later).
+    pub cancel_unreachable: u64,
     /// SearchParameter syncs that fail (windows must not commit past what a sync has covered).
     pub search_parameter_sync_fails: u64,
 }

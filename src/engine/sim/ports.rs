@@ -60,7 +60,31 @@ fn exists() -> TableError {
     }
 }
 
+/// A Table storage failure the schedule injected (a failed tick, never a violation by itself).
+fn injected(status: u16, code: &str) -> TableError {
+    TableError::Service {
+        operation: "sim",
+        table: "sim".into(),
+        status,
+        code: code.into(),
+        message: INJECTED.into(),
+    }
+}
+
+/// Marks the storage failures the simulator injects.
+pub const INJECTED: &str = "injected by the simulator";
+
 impl SimPorts {
+    /// Table storage answering 503 before a call takes effect.
+    fn storage_fault(&self, _what: &str) -> Result<(), TableError> {
+        let mut w = self.world();
+        let p = w.faults.table_unavailable;
+        if w.rng.chance(p) {
+            return Err(injected(503, "ServerBusy"));
+        }
+        Ok(())
+    }
+
     pub fn crashed(&self) -> bool {
         self.crash.lock().unwrap_or_else(|p| p.into_inner()).crashed
     }
@@ -110,12 +134,24 @@ impl SimPorts {
     }
 
     fn snapshot(w: &mut World) -> Snapshot {
+        let cursor = Self::cursor_of(w);
+        Self::rows_of(w, cursor)
+    }
+
+    /// The cursor as stored (created when missing): the first of a load's two reads.
+    fn cursor_of(w: &mut World) -> crate::state::Cursor {
         if w.cursor.is_none() {
             let n = w.next_etag();
             w.cursor = Some((crate::state::Cursor::new(), n));
         }
         let (mut cursor, n) = w.cursor.clone().expect("created");
         cursor.etag = World::etag(n);
+        cursor
+    }
+
+    /// The rows the cursor names, as stored now: the second read, which another writer may have changed since
+    /// the first (Table storage reads no two tables, or two queries, atomically).
+    fn rows_of(w: &mut World, cursor: crate::state::Cursor) -> Snapshot {
         let range = cursor.committed_job..=cursor.next_job;
         let jobs = w
             .jobs
@@ -241,12 +277,17 @@ impl Ports for SimPorts {
 
     async fn load(&self) -> Result<Snapshot, EngineError> {
         self.enter().await;
-        let snapshot = Self::snapshot(&mut self.world());
+        self.storage_fault("load")?;
+        let cursor = Self::cursor_of(&mut self.world());
+        // The other shell may write between the two reads.
+        YieldOnce(false).await;
+        let snapshot = Self::rows_of(&mut self.world(), cursor);
         Ok(snapshot)
     }
 
     async fn write(&self, write: &Write) -> Result<Written, TableError> {
         self.enter().await;
+        self.storage_fault("write")?;
         let result = {
             let mut w = self.world();
             let n = w.next_etag();
@@ -314,6 +355,17 @@ impl Ports for SimPorts {
             }
         };
         self.leave().await;
+        // A timeout after the write took effect: the caller cannot tell it happened.
+        if result.is_ok() {
+            let timed_out = {
+                let mut w = self.world();
+                let p = w.faults.table_timeout;
+                w.rng.chance(p)
+            };
+            if timed_out {
+                return Err(injected(500, "OperationTimedOut"));
+            }
+        }
         result
     }
 

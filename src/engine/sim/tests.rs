@@ -31,6 +31,8 @@ fn stormy() -> Faults {
         import_job_hangs: 5,
         search_parameter_sync_fails: 20,
         cancel_unreachable: 30,
+        table_unavailable: 2,
+        table_timeout: 2,
         ..Faults::default()
     }
 }

@@ -78,6 +78,10 @@ pub struct Faults {
     /// A processing unit with more versions than this on one millisecond fails (the servers' 10,000 limit,
     /// scaled down).
     pub unit_max_same_ms: Option<usize>,
+    /// Table storage calls answered 503 before they take effect.
+    pub table_unavailable: u64,
+    /// Table storage writes that take effect but whose answer is a timeout.
+    pub table_timeout: u64,
     /// Cancels that cannot reach the server (the job runs on; the tool must cancel it later).
     pub cancel_unreachable: u64,
     /// SearchParameter syncs that fail (windows must not commit past what a sync has covered).

@@ -145,6 +145,8 @@ pub struct World {
     pub inclusive_fallback: u64,
     /// Successful SearchParameter syncs.
     pub search_parameter_syncs: u64,
+    /// Kick-offs refused with 413 as too large.
+    pub refused_too_large: usize,
     /// Versions that become visible only after their lastUpdated (reference §11.10: lastUpdated is taken
     /// before the transaction commits): the instant (ms) each becomes visible.
     pub late: HashMap<Version, i64>,
@@ -172,6 +174,7 @@ impl World {
             till_inclusive_typed: false,
             inclusive_fallback: 0,
             search_parameter_syncs: 0,
+            refused_too_large: 0,
             late: HashMap::new(),
         }
     }
@@ -259,6 +262,15 @@ impl World {
             .filter(|v| v.at_ms >= s && v.at_ms < t && only.as_deref().is_none_or(|r| r == v.resource_type()))
             .copied()
             .collect();
+        // Too large: refused at kick-off half the time, else as the job's failure (reference §2.1, both seen).
+        if self.faults.export_max_versions.is_some_and(|max| versions.len() > max) && self.rng.chance(50) {
+            self.refused_too_large += 1;
+            return Answer::Refused {
+                status: 413,
+                diagnostics: "Timespan in export request contains too much data to export in a single request.".into(),
+                retry_after: None,
+            };
+        }
         let job = ExportJob {
             versions,
             polls_left: self.rng.below(3) as u32,
@@ -355,7 +367,10 @@ impl World {
             return Answer::Refused {
                 status: 429,
                 diagnostics: "Too many requests".into(),
-                retry_after: None,
+                retry_after: self
+                    .rng
+                    .chance(50)
+                    .then(|| std::time::Duration::from_secs(1 + self.rng.below(90))),
             };
         }
         let text = body.to_string();

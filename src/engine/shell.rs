@@ -213,8 +213,9 @@ impl<P: Ports> Shell<'_, P> {
                 put(snapshot, written);
                 self.notes(&notes, report);
                 if notes.count_failure {
-                    self.count_failure(snapshot).await?;
+                    facts.failures_to_count += 1;
                 }
+                facts.failures_to_count -= notes.counts_failures;
                 facts.claimed.extend(notes.claim);
                 if notes.mark == Some(Mark::EmptySkip) {
                     facts.skips += 1;
@@ -244,23 +245,6 @@ impl<P: Ports> Shell<'_, P> {
         for exception in &notes.exceptions {
             self.telemetry.exception(exception.clone());
         }
-    }
-
-    /// Adds one failure to the retry latch (re-reading on conflict, so concurrent failures all count).
-    async fn count_failure(&self, snapshot: &mut Snapshot) -> Result<(), EngineError> {
-        for _ in 0..5 {
-            let mut cursor = snapshot.cursor.clone();
-            cursor.failures += 1;
-            match self.ports.write(&Write::Cursor(cursor)).await {
-                Ok(written) => {
-                    put(snapshot, written);
-                    return Ok(());
-                }
-                Err(TableError::Conflict { .. }) => *snapshot = self.ports.load().await?,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(())
     }
 
     /// The first copy of the custom SearchParameters, or a sync of what changed since the last one. `clock` is

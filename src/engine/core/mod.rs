@@ -227,6 +227,8 @@ pub struct Facts {
     /// Empty ranges skipped this tick.
     pub skips: u32,
     pub search_parameters_tried: bool,
+    /// Failures this tick recorded that the retry latch (the cursor's count) does not hold yet.
+    pub failures_to_count: i64,
 }
 
 /// A row write. Every update is conditional on the ETag the row was read with.
@@ -259,6 +261,8 @@ pub struct Notes {
     pub events: Vec<Event>,
     pub exceptions: Vec<Exception>,
     pub count_failure: bool,
+    /// This write adds that many failures to the retry latch (the counted ones leave `Facts::failures_to_count`).
+    pub counts_failures: i64,
     pub claim: Option<Claim>,
     pub mark: Option<Mark>,
     pub fail_point: Option<&'static str>,
@@ -457,6 +461,19 @@ impl Action {
 
 /// The next action for `timer`, from the state, the tick's facts and `now`.
 pub fn step(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Action {
+    // A failure recorded this tick is added to the retry latch first: one conditional write of the cursor, made
+    // again from a fresh read after a conflict, so concurrent failures all count and none is given up.
+    if facts.failures_to_count > 0 {
+        let mut cursor = snapshot.cursor.clone();
+        cursor.failures += facts.failures_to_count;
+        return Action::Write {
+            write: Write::Cursor(cursor),
+            notes: Notes {
+                counts_failures: facts.failures_to_count,
+                ..Notes::default()
+            },
+        };
+    }
     let cursor = &snapshot.cursor;
     match ctx.timer {
         Timer::Starter => {

@@ -165,17 +165,23 @@ async fn every_kind_of_refused_line_lands_once_with_its_class() {
     );
 }
 
-#[tokio::test]
-async fn a_conflict_blocks_cut_over_until_it_is_fixed_and_retried() {
+/// A migrated stack whose destination held a different version 1 of Patient `id` before the migration.
+async fn migrated_with_a_conflict(id: &str, resources: usize, seed_no: u64) -> crate::migration::Stack {
     let stack = stack(&[("AZURE_SafetyLagSeconds", "1"), ("AZURE_ExportConfirmSeconds", "0")]).await;
-    seed(&stack, 200, 4);
+    seed(&stack, resources, seed_no);
     let at = instant(Utc::now() - TimeDelta::minutes(20));
-    load_into(stack.source.store(), &[patient("conflict-1", "1", &at, "Source")]);
+    load_into(stack.source.store(), &[patient(id, "1", &at, "Source")]);
     load_into(
         stack.destination.store(),
-        &[patient("conflict-1", "1", &at, "Written at the destination")],
+        &[patient(id, "1", &at, "Written at the destination")],
     );
     run_to_completion(&stack, 300).await;
+    stack
+}
+
+#[tokio::test]
+async fn a_conflict_blocks_cut_over_until_it_is_fixed_and_retried() {
+    let stack = migrated_with_a_conflict("conflict-1", 200, 4).await;
 
     let engine = &stack.engine;
     let entries = engine.ledger().list(None).await.unwrap();
@@ -251,15 +257,7 @@ async fn a_conflict_blocks_cut_over_until_it_is_fixed_and_retried() {
 /// with its reason); reopened, it blocks cut-over again; retried once fixed, it is resolved (issue 24, item 7).
 #[tokio::test]
 async fn an_accepted_loss_is_ready_and_can_be_reopened_and_retried() {
-    let stack = stack(&[("AZURE_SafetyLagSeconds", "1"), ("AZURE_ExportConfirmSeconds", "0")]).await;
-    seed(&stack, 120, 5);
-    let at = instant(Utc::now() - TimeDelta::minutes(20));
-    load_into(stack.source.store(), &[patient("conflict-2", "1", &at, "Source")]);
-    load_into(
-        stack.destination.store(),
-        &[patient("conflict-2", "1", &at, "Written at the destination")],
-    );
-    run_to_completion(&stack, 300).await;
+    let stack = migrated_with_a_conflict("conflict-2", 120, 5).await;
     let engine = &stack.engine;
     let key = "Patient|conflict-2|1".to_string();
     let final_check = crate::cutover::final_check();

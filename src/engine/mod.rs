@@ -28,7 +28,7 @@ pub mod shell;
 mod sim;
 mod status;
 
-pub use status::{MigrationStatus, PlannedWindow, WindowStatus};
+pub use status::{MigrationStatus, PlannedWindow, Waiting, WindowStatus};
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -30,4 +30,5 @@ mod structure;
 mod support;
 mod tables;
 mod telemetry;
+mod truth;
 mod verify;

@@ -348,3 +348,46 @@ async fn an_interrupted_command_says_so_and_exits_130() {
     assert!(stderr.contains("interrupted: stopped by Ctrl-C"), "{stderr}");
     assert_eq!(json(&out)["error"]["exitCode"], 130);
 }
+
+/// A version an import refused: `status` counts what is at the destination (not what was exported), says how
+/// many exported versions are not there, names the open failure with its key, and never reads 100.0%.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_counts_versions_at_the_destination_and_names_open_failures() {
+    let stack = stack(&[("AZURE_SafetyLagSeconds", "1"), ("AZURE_ExportConfirmSeconds", "0")]).await;
+    seed(&stack, 200, 34);
+    let at = fhir_migration_tool::fhir::format_instant(Utc::now() - TimeDelta::minutes(20));
+    let patient = |family: &str| {
+        serde_json::json!({ "resourceType": "Patient", "id": "conflict-9", "meta": { "versionId": "1", "lastUpdated": at }, "name": [{ "family": family }] })
+            .to_string()
+    };
+    fhir_emulator::seed::load_into(stack.source.store(), &[patient("Source")]);
+    fhir_emulator::seed::load_into(stack.destination.store(), &[patient("Written at the destination")]);
+    run_to_completion(&stack, 300).await;
+
+    let s = json(&tokio::task::block_in_place(|| cli(&stack, &["status", "--json"])));
+    let p = &s["progress"];
+    assert_eq!(
+        p["migratedVersions"].as_i64().unwrap() + 1,
+        p["exportedVersions"].as_i64().unwrap(),
+        "{s}"
+    );
+    let named = s["openFailures"][0].as_str().unwrap();
+    assert!(
+        named.starts_with("Patient|conflict-9|1: Patient/conflict-9 version 1 ("),
+        "{s}"
+    );
+    let out = tokio::task::block_in_place(|| cli(&stack, &["status"]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(", 1 of them not at the destination (see `failures`)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  not at the destination: Patient|conflict-9|1: "),
+        "{text}"
+    );
+    if let Some(pct) = p["percentVersions"].as_f64() {
+        assert!(pct < 100.0, "{s}");
+        assert!(!text.lines().next().unwrap_or_default().contains("100.0%"), "{text}");
+    }
+}

@@ -17,6 +17,7 @@ mod infra_azure;
 mod layout;
 mod ledger;
 mod limits;
+mod local_stack;
 mod messages;
 mod migration;
 mod package;

@@ -8,6 +8,9 @@ use chrono::Utc;
 use crate::app::App;
 use crate::engine::{MigrationStatus, TickReport, progress};
 
+pub mod args;
+pub mod outcome;
+
 /// How `run` paces the three timers.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -139,7 +142,7 @@ pub fn format_status(s: &MigrationStatus) -> String {
         headline.push_str(&format!(" ({})", p.state_detail));
     }
     if let Some(pct) = p.percent_versions.or(p.percent_time) {
-        headline.push_str(&format!(" — {pct:.1}% done"));
+        headline.push_str(&format!(" — {}% done", percent(pct)));
     }
     if let (Some(eta), crate::engine::progress::State::Running | crate::engine::progress::State::Paused) =
         (p.eta_seconds, p.state)
@@ -153,13 +156,23 @@ pub fn format_status(s: &MigrationStatus) -> String {
         .unwrap_or_default();
     out.push(match p.source_versions {
         Some(total) => format!(
-            "migrated:          {} of {} versions{rate} (source counted {})",
+            "migrated:          {} of {} versions at the destination{rate} (source counted {})",
             thousands(p.migrated_versions),
             thousands(total),
             p.source_counted_at.as_deref().unwrap_or("-")
         ),
-        None => format!("migrated:          {} versions{rate}", thousands(p.migrated_versions)),
+        None => format!(
+            "migrated:          {} versions at the destination{rate}",
+            thousands(p.migrated_versions)
+        ),
     });
+    if p.exported_versions != p.migrated_versions {
+        out.push(format!(
+            "                   {} exported, {} of them not at the destination (see `failures`)",
+            thousands(p.exported_versions),
+            thousands(p.exported_versions - p.migrated_versions)
+        ));
+    }
     out.push(format!(
         "migrated through:  {}{}",
         s.migrated_through.as_deref().unwrap_or("(not started)"),
@@ -174,13 +187,21 @@ pub fn format_status(s: &MigrationStatus) -> String {
     {
         out.push(format!("behind now by:     {}", progress::duration_text(lag)));
     }
+    if let (Some(at), Some(ago)) = (&s.last_tick_at, s.last_tick_seconds_ago) {
+        out.push(format!(
+            "last timer tick:   {at} ({} ago)",
+            progress::duration_text(ago)
+        ));
+    }
     out.push(format!("source:            {}", s.source));
     out.push(format!("destination:       {}", s.destination));
     out.push(format!("windows committed: {}", s.windows_committed));
     out.push(format!(
         "failures:          {}{}",
         s.failures,
-        s.max_failures.map(|m| format!(" (halts at {m})")).unwrap_or_default()
+        s.max_failures
+            .map(|m| format!(" counted (halts at {m})"))
+            .unwrap_or_else(|| " counted".into())
     ));
     let f = &s.import_failures;
     if f.total > 0 {
@@ -192,6 +213,15 @@ pub fn format_status(s: &MigrationStatus) -> String {
             } else {
                 ""
             }
+        ));
+    }
+    for named in &s.open_failures {
+        out.push(format!("  not at the destination: {named}"));
+    }
+    if s.open_failures.len() < f.permanent_unresolved {
+        out.push(format!(
+            "  … and {} more (`failures` lists them all)",
+            f.permanent_unresolved - s.open_failures.len()
         ));
     }
     if s.windows_in_flight.is_empty() {
@@ -224,9 +254,13 @@ pub fn format_status(s: &MigrationStatus) -> String {
     }
     if let Some(skew) = s.source_clock_skew_seconds.filter(|k| k.abs() >= 5) {
         out.push(format!(
-            "clock:             this machine is {} s {} the source server",
+            "clock:             the timers' machine is {} s {} the source server{}",
             skew.abs(),
-            if skew > 0 { "ahead of" } else { "behind" }
+            if skew > 0 { "ahead of" } else { "behind" },
+            s.source_clock_skew_measured_at
+                .as_deref()
+                .map(|t| format!(" (measured {t})"))
+                .unwrap_or_default()
         ));
     }
     if let Some(r) = &s.reminder {
@@ -235,8 +269,48 @@ pub fn format_status(s: &MigrationStatus) -> String {
     out.join("\n")
 }
 
+/// `plan` as text: the mode first (what one export carries), then the exports `run` would start next.
+pub fn format_plan(parallel: bool, plan: &[crate::engine::PlannedWindow]) -> String {
+    let mut out = vec![if parallel {
+        "parallel mode: one export per window carries every type (AZURE_ExportChunkTime)".to_string()
+    } else {
+        "per-type mode: one export per type and window, in AZURE_ResourceTypes order; types with nothing in a window are skipped (AZURE_ResourceExportChunkTime)".to_string()
+    }];
+    if plan.is_empty() {
+        out.push("nothing to export now (caught up, or the source is empty)".into());
+        return out.join("\n");
+    }
+    let head = |t: &str, s: &str, e: &str, r: &str, h: &str| {
+        if parallel {
+            format!("{s:<26} {e:<26} {r:>12} {h:>9}")
+        } else {
+            format!("{t:<28} {s:<26} {e:<26} {r:>12} {h:>9}")
+        }
+    };
+    out.push(head("type", "since", "till", "resources", "halvings"));
+    for w in plan {
+        out.push(head(
+            w.resource_type.as_deref().unwrap_or("*"),
+            &w.since,
+            &w.till,
+            &thousands(w.resources as i64),
+            &w.halvings.to_string(),
+        ));
+    }
+    out.join("\n")
+}
+
+/// A percentage to one decimal, rounded down: 100.0 only when everything is done (99.98 is `99.9`).
+pub fn percent(pct: f64) -> String {
+    if pct >= 100.0 {
+        "100.0".into()
+    } else {
+        format!("{:.1}", ((pct.max(0.0) * 10.0).floor() / 10.0).min(99.9))
+    }
+}
+
 /// `1,234,567`.
-fn thousands(n: i64) -> String {
+pub fn thousands(n: i64) -> String {
     let digits = n.abs().to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
@@ -270,7 +344,12 @@ mod tests {
             search_parameter_count: 0,
             reminder: None,
             import_failures: Default::default(),
+            open_failures: Vec::new(),
             source_clock_skew_seconds: Some(0),
+            source_clock_skew_measured_at: None,
+            last_tick_at: Some("2026-11-30T20:59:30.000Z".into()),
+            last_tick_seconds_ago: Some(30),
+            waiting: None,
         }
     }
 
@@ -285,6 +364,7 @@ mod tests {
             percent_time: Some(92.0),
             versions_per_hour: Some(120_000.4),
             eta_seconds: Some(6 * 3600 + 22 * 60),
+            exported_versions: 1_234_567,
         }
     }
 
@@ -294,15 +374,117 @@ mod tests {
         let text = format_status(&status(progress(State::Running, "")));
         let expected = "\
 state:             running — 61.7% done, caught up in about 6 h 22 min
-migrated:          1,234,567 of 2,000,000 versions, 120,000 versions/h over the last hour (source counted 2026-11-30T20:00:00.000Z)
+migrated:          1,234,567 of 2,000,000 versions at the destination, 120,000 versions/h over the last hour (source counted 2026-11-30T20:00:00.000Z)
 migrated through:  2026-11-01T00:00:00.000Z (92.0% of the time range)
 behind now by:     29 days 0 h
+last timer tick:   2026-11-30T20:59:30.000Z (30 s ago)
 source:            https://src.azurehealthcareapis.com/
 destination:       https://ws-dst.fhir.azurehealthcareapis.com/
 windows committed: 120
-failures:          0
+failures:          0 counted
 in flight:         nothing";
         assert_eq!(text, expected);
+    }
+
+    /// Issue 25: a stopped Function App is not "running"; it says since when nothing has run.
+    #[test]
+    fn the_status_of_a_stalled_migration() {
+        let mut s = status(progress(
+            State::Stalled,
+            "no timer tick since 2026-11-30T20:45:00.000Z, 14 min ago: start the Function App (or `run`) and check its log",
+        ));
+        s.progress.eta_seconds = None;
+        s.last_tick_at = Some("2026-11-30T20:45:00.000Z".into());
+        s.last_tick_seconds_ago = Some(14 * 60);
+        let text = format_status(&s);
+        let head: Vec<&str> = text.lines().take(5).collect();
+        assert_eq!(
+            head,
+            [
+                "state:             STALLED (no timer tick since 2026-11-30T20:45:00.000Z, 14 min ago: start the Function App (or `run`) and check its log) — 61.7% done",
+                "migrated:          1,234,567 of 2,000,000 versions at the destination, 120,000 versions/h over the last hour (source counted 2026-11-30T20:00:00.000Z)",
+                "migrated through:  2026-11-01T00:00:00.000Z (92.0% of the time range)",
+                "behind now by:     29 days 0 h",
+                "last timer tick:   2026-11-30T20:45:00.000Z (14 min ago)",
+            ]
+        );
+    }
+
+    /// Issue 25: an outage says which server, what it answers, since when and how many times, and the failures
+    /// counted from it.
+    #[test]
+    fn the_status_of_a_migration_waiting_for_a_server() {
+        let mut s = status(progress(
+            State::Waiting,
+            "the source answers HTTP 503 since 2026-11-30T20:57:00.000Z (2 min ago), 7 time(s) in a row",
+        ));
+        s.progress.eta_seconds = None;
+        s.failures = 1;
+        s.max_failures = Some(3);
+        s.waiting = Some(crate::engine::Waiting {
+            server: "source".into(),
+            answer: "HTTP 503".into(),
+            since: Some("2026-11-30T20:57:00.000Z".into()),
+            times: 7,
+        });
+        let text = format_status(&s);
+        assert_eq!(
+            text.lines().next(),
+            Some(
+                "state:             waiting (the source answers HTTP 503 since 2026-11-30T20:57:00.000Z (2 min ago), 7 time(s) in a row) — 61.7% done"
+            )
+        );
+        assert!(
+            text.lines().any(|l| l == "failures:          1 counted (halts at 3)"),
+            "{text}"
+        );
+    }
+
+    /// Issue 25: "migrated" is what is at the destination; open failures are named with their keys; nothing
+    /// short of everything reads 100.0%; the skew the timers measured shows.
+    #[test]
+    fn the_status_of_a_halted_migration_names_what_is_missing() {
+        let mut p = progress(State::Halted, "window 7: import refused 1 line (Halt policy)");
+        p.eta_seconds = None;
+        p.migrated_versions = 5_516;
+        p.exported_versions = 5_517;
+        p.source_versions = Some(5_517);
+        p.percent_versions = Some(5_516.0 * 100.0 / 5_517.0);
+        p.versions_per_hour = None;
+        let mut s = status(p);
+        s.import_failures = crate::ledger::Summary {
+            total: 1,
+            permanent_unresolved: 1,
+            ..Default::default()
+        };
+        s.open_failures = vec!["Patient|p1|3: Patient/p1 version 3 (2026-11-01T00:00:00.000Z): conflict".into()];
+        s.source_clock_skew_seconds = Some(-42);
+        s.source_clock_skew_measured_at = Some("2026-11-30T20:59:00.000Z".into());
+        let text = format_status(&s);
+        let expected = "\
+state:             HALTED (window 7: import refused 1 line (Halt policy)) — 99.9% done
+migrated:          5,516 of 5,517 versions at the destination (source counted 2026-11-30T20:00:00.000Z)
+                   5,517 exported, 1 of them not at the destination (see `failures`)
+migrated through:  2026-11-01T00:00:00.000Z (92.0% of the time range)
+behind now by:     29 days 0 h
+last timer tick:   2026-11-30T20:59:30.000Z (30 s ago)
+source:            https://src.azurehealthcareapis.com/
+destination:       https://ws-dst.fhir.azurehealthcareapis.com/
+windows committed: 120
+failures:          0 counted
+import failures:   1 not at the destination (1 permanent, 0 retried automatically); 0 resolved, 0 benign, 0 accepted — see `failures`
+  not at the destination: Patient|p1|3: Patient/p1 version 3 (2026-11-01T00:00:00.000Z): conflict
+in flight:         nothing
+clock:             the timers' machine is 42 s behind the source server (measured 2026-11-30T20:59:00.000Z)";
+        assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn a_percentage_never_rounds_up_to_done() {
+        assert_eq!(percent(99.98), "99.9");
+        assert_eq!(percent(100.0), "100.0");
+        assert_eq!(percent(46.46), "46.4");
+        assert_eq!(percent(0.0), "0.0");
     }
 
     #[test]
@@ -347,7 +529,8 @@ in flight:         nothing";
                 "percentVersions",
                 "percentTime",
                 "versionsPerHour",
-                "etaSeconds"
+                "etaSeconds",
+                "exportedVersions"
             ]
         );
         assert_eq!(v["progress"]["state"], "caughtUp");

@@ -19,6 +19,9 @@ use crate::app::App;
 use crate::engine::{EngineError, Timing};
 use crate::fhir::{FhirError, format_instant};
 
+/// How often the quiet period's countdown is said.
+const WAIT_LINE_EVERY: Duration = Duration::from_secs(15);
+
 #[derive(Debug, Clone)]
 pub struct Options {
     /// Wait for quiet, drive the tail, check.
@@ -29,11 +32,22 @@ pub struct Options {
     pub timeout: Duration,
     /// Pause between ticks while driving the tail.
     pub poll: Duration,
+    /// The operator named the configured (narrower) scope (`--scope configured`): READY may then rest on that
+    /// part alone, with whole-server totals that differ.
+    pub scope_configured: bool,
+    /// Called with a line while waiting (the quiet period's countdown).
+    pub on_wait: Option<fn(&str)>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Report {
+    /// What was checked: `scope: the whole server (…)` or the part the configuration migrates.
+    pub scope: String,
+    /// Whole-server version totals (current resources without history), source and destination, when the
+    /// scope is part of the server and the final check ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub whole_server_totals: Option<(u64, u64)>,
     pub ready: bool,
     pub reasons: Vec<String>,
     pub migrated_through: Option<String>,
@@ -74,12 +88,20 @@ pub async fn cutover(app: &App, options: &Options) -> Result<Report, CutoverErro
     let engine = app.engine();
     let settings = engine.settings();
     let history = settings.export_with_history || settings.export_with_delete;
-    let mut report = Report::default();
+    let scope = crate::verify::scope::Scope::of(settings);
+    let mut report = Report {
+        scope: scope.line(),
+        ..Report::default()
+    };
     let started = Instant::now();
 
-    if options.final_check {
+    // A specific run ends at its end date: writes after it are outside the migration, so nothing waits for them.
+    if options.final_check && scope.till.is_some() {
+        report.last_source_write = None;
+    } else if options.final_check {
         // 1. Quiet: no source write for the quiet period (never less than the safety lag, so the frontier
         //    passes the last write).
+        let mut said: Option<Instant> = None;
         let quiet = TimeDelta::from_std(options.quiet)
             .unwrap_or(TimeDelta::zero())
             .max(settings.safety_lag);
@@ -93,12 +115,32 @@ pub async fn cutover(app: &App, options: &Options) -> Result<Report, CutoverErro
                     "the source is still being written (last write {}); stop writes, then run --final again",
                     last.map(format_instant).unwrap_or_default()
                 ));
-                return finish(app, report, history).await;
+                return finish(app, report, history, &scope).await;
+            }
+            if let (Some(say), Some(t)) = (options.on_wait, last)
+                && said.is_none_or(|at: Instant| at.elapsed() >= WAIT_LINE_EVERY)
+            {
+                said = Some(Instant::now());
+                let left = (quiet - (Utc::now() - t)).num_seconds().max(0);
+                say(&format!(
+                    "waiting for {} without a write at the source (last write {}): {} left; gives up in {}",
+                    crate::engine::progress::duration_text(quiet.num_seconds()),
+                    format_instant(t),
+                    crate::engine::progress::duration_text(left),
+                    crate::engine::progress::duration_text(
+                        options.timeout.saturating_sub(started.elapsed()).as_secs() as i64
+                    )
+                ));
             }
             tokio::time::sleep(options.poll).await;
         }
+    }
+    if options.final_check {
         // 2. Drive the last windows up to the last write, tail included.
-        let last = engine.source().newest_last_updated(history).await?;
+        let last = match scope.till {
+            Some(end) => Some(end - TimeDelta::milliseconds(1)),
+            None => engine.source().newest_last_updated(history).await?,
+        };
         let tail = engine.clone().with_timing(Timing {
             min_tail: TimeDelta::zero(),
             ..engine.timing().clone()
@@ -120,7 +162,9 @@ pub async fn cutover(app: &App, options: &Options) -> Result<Report, CutoverErro
             }
             let status = tail.status(Utc::now()).await?;
             let through = parse(status.migrated_through.as_deref());
-            let done = status.windows_in_flight.is_empty() && last.is_none_or(|l| through.is_some_and(|t| t > l));
+            let done = status.windows_in_flight.is_empty()
+                && (last.is_none_or(|l| through.is_some_and(|t| t > l))
+                    || status.progress.state == crate::engine::progress::State::Finished);
             if done || status.halted {
                 break;
             }
@@ -149,8 +193,22 @@ pub async fn cutover(app: &App, options: &Options) -> Result<Report, CutoverErro
             history,
             content,
             accepted,
+            scope.millis(),
         )
         .await?;
+        // Part of the server: the rest must match too (it may have been carried another way), unless the operator
+        // named the narrower scope.
+        if !scope.is_whole() {
+            let (s, d) = tokio::try_join!(engine.source().total(history), engine.destination().total(history))?;
+            report.whole_server_totals = Some((s, d));
+            if s != d && !options.scope_configured {
+                report.reasons.push(format!(
+                    "whole-server totals differ: the source holds {s} {what}, the destination {d}, and this configuration migrates only part of the source ({}). If only that part is to move, run `cutover --final --scope configured`",
+                    scope.line().trim_start_matches("scope: part of the server, as configured: "),
+                    what = if history { "versions" } else { "resources" }
+                ));
+            }
+        }
         if content == crate::verify::Content::NotComparable {
             report.content = Some(content.label().to_string());
         }
@@ -190,28 +248,43 @@ pub async fn cutover(app: &App, options: &Options) -> Result<Report, CutoverErro
             ));
         }
     }
-    finish(app, report, history).await
+    finish(app, report, history, &scope).await
 }
 
 /// Fills in the lag figures and the verdict.
-async fn finish(app: &App, mut report: Report, history: bool) -> Result<Report, CutoverError> {
+async fn finish(
+    app: &App,
+    mut report: Report,
+    history: bool,
+    scope: &crate::verify::scope::Scope,
+) -> Result<Report, CutoverError> {
     let engine = app.engine();
     let status = engine.status(Utc::now()).await?;
     report.migrated_through = status.migrated_through.clone();
     report.windows_in_flight = status.windows_in_flight.len();
-    let last = engine.source().newest_last_updated(history).await?;
-    report.last_source_write = last.map(format_instant);
+    // Within the scope's range: a write after a specific run's end date is not for this migration.
+    let last = match scope.till {
+        Some(end) => Some(end - TimeDelta::milliseconds(1)),
+        None => engine.source().newest_last_updated(history).await?,
+    };
+    report.last_source_write = match scope.till {
+        Some(_) => Some(format!(
+            "(not asked: the range ends at {})",
+            format_instant(scope.till.unwrap_or_default())
+        )),
+        None => last.map(format_instant),
+    };
     let through = parse(status.migrated_through.as_deref());
     report.pending_source_versions = match (through, last) {
-        (Some(t), Some(l)) if l >= t => {
-            let till = l + TimeDelta::milliseconds(1);
-            if history {
-                engine.source().history_count(None, t, till).await?
-            } else {
-                engine.source().count(None, t, till).await?
-            }
+        (Some(t), Some(l)) if l >= t => pending(engine, scope, history, t, l + TimeDelta::milliseconds(1)).await?,
+        (None, Some(l)) if scope.is_whole() => {
+            let _ = l;
+            engine.source().total(history).await?
         }
-        (None, Some(_)) => engine.source().total(history).await?,
+        (None, Some(l)) => {
+            let since = scope.since.unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
+            pending(engine, scope, history, since, l + TimeDelta::milliseconds(1)).await?
+        }
         _ => 0,
     };
     if status.halted {
@@ -259,10 +332,34 @@ async fn finish(app: &App, mut report: Report, history: bool) -> Result<Report, 
     Ok(report)
 }
 
+/// Source versions in `[since, till)` of the scope's types (every type when it has none).
+async fn pending(
+    engine: &crate::engine::Engine,
+    scope: &crate::verify::scope::Scope,
+    history: bool,
+    since: DateTime<Utc>,
+    till: DateTime<Utc>,
+) -> Result<u64, FhirError> {
+    let types: Vec<Option<&str>> = match &scope.types {
+        None => vec![None],
+        Some(types) => types.iter().map(|t| Some(t.as_str())).collect(),
+    };
+    let mut n = 0;
+    for t in types {
+        n += if history {
+            engine.source().history_count(t, since, till).await?
+        } else {
+            engine.source().count(t, since, till).await?
+        };
+    }
+    Ok(n)
+}
+
 /// The report as text for the CLI.
 pub fn describe(r: &Report) -> String {
     let mut out = format!(
-        "migrated through:      {}\nlast source write:     {}\nsource versions newer: {}\nwindows in flight:     {}\n",
+        "{}\nmigrated through:      {}\nlast source write:     {}\nsource versions newer: {}\nwindows in flight:     {}\n",
+        r.scope,
         r.migrated_through.as_deref().unwrap_or("-"),
         r.last_source_write.as_deref().unwrap_or("-"),
         r.pending_source_versions,
@@ -285,6 +382,11 @@ pub fn describe(r: &Report) -> String {
             if clean { "nothing to do" } else { "differences" }
         ));
     }
+    if let Some((s, d)) = r.whole_server_totals {
+        out.push_str(&format!(
+            "whole server:          {s} at the source, {d} at the destination\n"
+        ));
+    }
     let f = &r.import_failures;
     if f.total > 0 {
         out.push_str(&format!("import failures:       {}\n", f.line()));
@@ -294,6 +396,8 @@ pub fn describe(r: &Report) -> String {
     }
     if r.ready && r.content.is_some() {
         out.push_str("\nREADY: the destination holds every resource and version the source holds, de-identified (content not comparable); point the applications at it.\n");
+    } else if r.ready && !r.scope.starts_with("scope: the whole server") {
+        out.push_str("\nREADY for the configured scope (above): the destination holds every version of it that the source holds; the rest of the source was not checked.\n");
     } else if r.ready {
         out.push_str("\nREADY: the destination holds everything the source holds; point the applications at it.\n");
     } else {

@@ -5,165 +5,13 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use fhir_migration_tool::app::App;
+use fhir_migration_tool::cli::args::{Cli, Command, FailuresAction, json_requested};
+use fhir_migration_tool::cli::outcome::{CommandError, Failure};
 use fhir_migration_tool::config::{Settings, SettingsSource};
 use fhir_migration_tool::telemetry::context::{self, Operation};
 use fhir_migration_tool::{functions, logging};
-
-#[derive(Parser)]
-#[command(
-    version,
-    about = "Migrates FHIR data from Azure API for FHIR to Azure Health Data Services ($export -> $import)."
-)]
-struct Cli {
-    /// Read settings from this local.settings.json (its "Values"); environment variables override it.
-    #[arg(long, global = true, value_name = "FILE")]
-    settings: Option<PathBuf>,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Serve the Azure Functions custom-handler protocol on 127.0.0.1:$FUNCTIONS_CUSTOMHANDLER_PORT.
-    Serve {
-        /// The port to listen on; the Functions host passes it in FUNCTIONS_CUSTOMHANDLER_PORT.
-        #[arg(long, env = "FUNCTIONS_CUSTOMHANDLER_PORT")]
-        port: u16,
-    },
-    /// Validate the settings and print the effective configuration (secrets redacted).
-    CheckConfig,
-    /// Run the migration without a Functions host: the three timers on their own schedule.
-    Run {
-        /// Seconds between starter ticks (MigrationOrchestrator).
-        #[arg(long, default_value_t = 60)]
-        starter_every: u64,
-        /// Seconds between ExportStatus/ImportStatus ticks.
-        #[arg(long, default_value_t = 30)]
-        poll_every: u64,
-        /// Stop once the migration has caught up (nothing in flight, migrated up to the frontier).
-        #[arg(long)]
-        until_caught_up: bool,
-        /// Stop after this many seconds in any case.
-        #[arg(long)]
-        max_seconds: Option<u64>,
-    },
-    /// Show the migration's progress.
-    Status {
-        /// Print JSON (the MigrationStatus_Http body) instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Dry run: the next windows the planner would export, with their sizes. Starts nothing.
-    Plan {
-        /// How many windows to preview.
-        #[arg(long, default_value_t = 10)]
-        windows: usize,
-        /// Print the result as one JSON document on stdout (errors still go to stderr).
-        #[arg(long)]
-        json: bool,
-    },
-    /// Reset the retry latch (the same as ClearMaxExportRetries_Http).
-    ClearRetries,
-    /// Compare the destination with the source; exits non-zero when anything differs.
-    Verify {
-        /// surface: counts per type; deep: a sample compared document by document; full: every resource
-        /// (every version with history) by id, version, lastUpdated and content; all; or a comma-separated mix.
-        #[arg(long, default_value = "surface,deep")]
-        mode: String,
-        /// Types to check (default: AZURE_ResourceTypes).
-        #[arg(long, value_delimiter = ',')]
-        types: Vec<String>,
-        /// Resources the deep check samples (default: AZURE_DeepCheckCount).
-        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1000))]
-        count: Option<u16>,
-        /// Also list types with no data on either side.
-        #[arg(long)]
-        include_empty: bool,
-        /// Print the result as one JSON document on stdout (errors still go to stderr).
-        #[arg(long)]
-        json: bool,
-    },
-    /// Is it safe to cut over? Reports the lag; with --final (after stopping writes to the source) waits for
-    /// quiet, migrates the last tail, runs the full check and a reconciliation, and prints READY or NOT READY.
-    Cutover {
-        /// Only after writes to the source have stopped: wait for quiet, migrate the last tail, run the full
-        /// check and a reconciliation, and answer READY or NOT READY.
-        #[arg(long = "final")]
-        final_check: bool,
-        /// Seconds the source must have had no write (at least AZURE_SafetyLagSeconds).
-        #[arg(long, default_value_t = 300)]
-        quiet_seconds: u64,
-        /// Give up after this many seconds.
-        #[arg(long, default_value_t = 3600)]
-        timeout_seconds: u64,
-        /// Print the result as one JSON document on stdout (errors still go to stderr).
-        #[arg(long)]
-        json: bool,
-    },
-    /// Check storage, both FHIR servers, the identity's roles and the import mode; prints Pass/Fail and the fix
-    /// for each, and exits non-zero when any fails (the same as CheckAccess_Http).
-    Preflight {
-        /// Print the result as one JSON document on stdout (errors still go to stderr).
-        #[arg(long)]
-        json: bool,
-    },
-    /// The failure ledger: resource versions an import refused, with their class and state. Exits 1 while any
-    /// is not at the destination (and not accepted).
-    Failures {
-        #[command(subcommand)]
-        action: Option<FailuresAction>,
-        /// List every entry, resolved and benign ones too (default: the unresolved and accepted ones).
-        #[arg(long)]
-        all: bool,
-        /// Print the result as one JSON document on stdout (errors still go to stderr).
-        #[arg(long)]
-        json: bool,
-    },
-    /// Find resources hard-deleted at the source (still at the destination) and, with --apply, delete them at
-    /// the destination. Dry run by default; exits non-zero while anything is left to reconcile.
-    Reconcile {
-        /// Types to compare (default: AZURE_ResourceTypes).
-        #[arg(long, value_delimiter = ',')]
-        types: Vec<String>,
-        /// Hard-delete the candidates at the destination (each recorded in the reconcile table).
-        #[arg(long)]
-        apply: bool,
-        /// Delete nothing when there are more candidates than this.
-        #[arg(long, default_value_t = 100)]
-        max_deletes: usize,
-        /// Print the result as one JSON document on stdout (errors still go to stderr).
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-#[derive(Subcommand)]
-enum FailuresAction {
-    /// Import the named versions again after fixing the cause (all open ones without --ids); the ImportStatus
-    /// timer (or `run`) carries the retry out and settles each by what the destination then holds.
-    Retry {
-        /// Keys as `failures` lists them (Patient|p1|3), comma-separated.
-        #[arg(long, value_delimiter = ',')]
-        ids: Vec<String>,
-    },
-    /// Accept the loss of the named versions, with a reason every cut-over report shows.
-    Accept {
-        /// Keys as `failures` lists them (Patient|p1|3), comma-separated.
-        #[arg(long, value_delimiter = ',', required = true)]
-        ids: Vec<String>,
-        /// Why the loss is acceptable.
-        #[arg(long)]
-        reason: String,
-    },
-    /// Bring accepted entries back (they block cut-over again until retried, fixed or accepted anew).
-    Reopen {
-        /// Keys as `failures` lists them (Patient|p1|3), comma-separated.
-        #[arg(long, value_delimiter = ',', required = true)]
-        ids: Vec<String>,
-    },
-}
 
 /// Writes a line to stdout, ignoring a closed pipe (`check-config | head -1` must not panic).
 macro_rules! out {
@@ -181,53 +29,64 @@ macro_rules! err {
     }};
 }
 
-/// Why a command did not succeed, which decides its exit code: 1 when it ran and found something wrong
-/// (differences, NOT READY, problems, halted), 2 when it could not run at all.
-enum Failure {
-    Found(String),
-    CouldNotRun(String),
-}
-
-impl From<String> for Failure {
-    fn from(message: String) -> Failure {
-        Failure::CouldNotRun(message)
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let json = json_requested(&cli.command);
     // The host (serve) and long runs log to stdout: the Functions host logs stderr lines as errors without
     // context. Every other command keeps stdout for its result (valid JSON with --json) and errors on stderr.
     let host_style = matches!(cli.command, Command::Serve { .. } | Command::Run { .. });
     let sink = if host_style {
         logging::Sink::Stdout
     } else {
+        // A one-off command has no App Insights: its telemetry events are not for the operator's screen.
+        let debug = std::env::var("AZURE_Debug").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+        if std::env::var_os("RUST_LOG").is_none() && !debug {
+            // SAFETY: no other thread exists yet (the runtime is built below).
+            unsafe { std::env::set_var("RUST_LOG", "info,fhir_migration_tool::telemetry=warn") };
+        }
         logging::Sink::Stderr
     };
     logging::init(sink);
-    let report_error = |message: &str| {
+    let report = |failure: &Failure| {
         if host_style {
-            out!("error: {message}");
+            out!("{}", failure.text());
         } else {
-            err!("error: {message}");
+            err!("{}", failure.text());
+        }
+        // With --json, stdout holds one JSON document also when the command could not run.
+        if json && let Some(doc) = failure.json() {
+            out!("{doc}");
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            report_error(&format!("cannot start the async runtime: {e}"));
-            return ExitCode::from(2);
+            let failure = Failure::CouldNotRun(CommandError::new(
+                format!("cannot start the async runtime: {e}"),
+                "check the machine's limits on threads and open files",
+            ));
+            report(&failure);
+            return ExitCode::from(failure.exit_code());
         }
     };
-    match runtime.block_on(run(cli)) {
+    // Long-running processes stop on a signal by themselves; a one-off command says it was interrupted.
+    let outcome = if host_style {
+        runtime.block_on(run(cli))
+    } else {
+        runtime.block_on(async {
+            tokio::select! {
+                outcome = run(cli) => outcome,
+                _ = shutdown_signal() => Err(Failure::Interrupted(
+                    "stopped by Ctrl-C (or SIGTERM) before it finished; what it did so far stands, and running it again is safe".into(),
+                )),
+            }
+        })
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Failure::Found(message)) => {
-            report_error(&message);
-            ExitCode::from(1)
-        }
-        Err(Failure::CouldNotRun(message)) => {
-            report_error(&message);
-            ExitCode::from(2)
+        Err(failure) => {
+            report(&failure);
+            ExitCode::from(failure.exit_code())
         }
     }
 }
@@ -273,6 +132,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let (settings, source) = load_settings(cli.settings.as_ref())?;
     let (lines, mut warnings) = describe_configuration(&source);
     warnings.extend(settings.migration.warnings());
+    warnings.extend(fhir_migration_tool::verify::scope::warning(&settings.migration));
     if let Command::CheckConfig = cli.command {
         out!("configuration is valid:\n{}", lines.join("\n"));
         for warning in &warnings {
@@ -303,7 +163,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             until_caught_up,
             max_seconds,
         } => {
-            let app = App::build(settings).map_err(|e| e.to_string())?;
+            let app = App::build(settings)?;
             let options = fhir_migration_tool::cli::RunOptions {
                 starter_every: std::time::Duration::from_secs(starter_every),
                 poll_every: std::time::Duration::from_secs(poll_every.max(1)),
@@ -312,19 +172,15 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             };
             let outcome = fhir_migration_tool::cli::run(&app, &options, Box::pin(shutdown_signal())).await;
             app.shutdown().await;
-            let status = outcome?;
+            let status = outcome.map_err(CommandError::storage)?;
             out!("{}", fhir_migration_tool::cli::format_status(&status));
             Ok(())
         }
         Command::Status { json } => {
-            let app = App::build_interactive(settings).map_err(|e| e.to_string())?;
-            let status = app
-                .engine()
-                .status(chrono::Utc::now())
-                .await
-                .map_err(|e| e.to_string())?;
+            let app = App::build_interactive(settings)?;
+            let status = app.engine().status(chrono::Utc::now()).await?;
             if json {
-                out!("{}", serde_json::to_string_pretty(&status).map_err(|e| e.to_string())?);
+                out!("{}", serde_json::to_string_pretty(&status)?);
             } else {
                 out!("{}", fhir_migration_tool::cli::format_status(&status));
             }
@@ -337,21 +193,15 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
         }
         Command::Plan { windows, json } => {
-            let app = App::build_interactive(settings).map_err(|e| e.to_string())?;
-            let plan = app
-                .engine()
-                .preview(chrono::Utc::now(), windows)
-                .await
-                .map_err(|e| e.to_string())?;
+            let app = App::build_interactive(settings)?;
+            let plan = app.engine().preview(chrono::Utc::now(), windows).await?;
             if json {
-                out!("{}", serde_json::to_string_pretty(&plan).map_err(|e| e.to_string())?);
-            } else if plan.is_empty() {
-                out!("nothing to export now (caught up, or the source is empty)");
+                out!("{}", serde_json::to_string_pretty(&plan)?);
             } else {
-                out!("{:<26} {:<26} {:>12} {:>9}", "since", "till", "resources", "halvings");
-                for w in plan {
-                    out!("{:<26} {:<26} {:>12} {:>9}", w.since, w.till, w.resources, w.halvings);
-                }
+                out!(
+                    "{}",
+                    fhir_migration_tool::cli::format_plan(app.settings().migration.is_parallel, &plan)
+                );
             }
             Ok(())
         }
@@ -365,21 +215,18 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             use fhir_migration_tool::verify::{local, runs::Checks};
             let checks = Checks::parse(&mode)
                 .ok_or_else(|| format!("--mode '{mode}': use surface, deep, full, all, or a comma-separated mix"))?;
-            let app = App::build_interactive(settings).map_err(|e| e.to_string())?;
+            let app = App::build_interactive(settings)?;
             let request = local::Request {
                 checks,
                 types,
                 count: count.map(usize::from),
                 include_empty,
             };
-            let outcome = local::run(app.engine(), request).await.map_err(|e| e.to_string());
+            let outcome = local::run(app.engine(), request).await;
             app.shutdown().await;
             let outcome = outcome?;
             if json {
-                out!(
-                    "{}",
-                    serde_json::to_string_pretty(&outcome.output).map_err(|e| e.to_string())?
-                );
+                out!("{}", serde_json::to_string_pretty(&outcome.output)?);
             } else {
                 {
                     use std::io::Write as _;
@@ -396,14 +243,17 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             final_check,
             quiet_seconds,
             timeout_seconds,
+            scope,
             json,
         } => {
-            let app = App::build_interactive(settings).map_err(|e| e.to_string())?;
+            let app = App::build_interactive(settings)?;
             let options = fhir_migration_tool::cutover::Options {
                 final_check,
                 quiet: std::time::Duration::from_secs(quiet_seconds),
                 timeout: std::time::Duration::from_secs(timeout_seconds),
                 poll: std::time::Duration::from_secs(2),
+                scope_configured: scope == "configured",
+                on_wait: Some(|line: &str| err!("cutover: {line}")),
             };
             let mut progress = fhir_migration_tool::terminal::Progress::new("cutover", None);
             progress.set_message(if final_check {
@@ -411,9 +261,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             } else {
                 "measuring the lag"
             });
-            let outcome = fhir_migration_tool::cutover::cutover(&app, &options)
-                .await
-                .map_err(|e| e.to_string());
+            let outcome = fhir_migration_tool::cutover::cutover(&app, &options).await;
             progress.finish(match &outcome {
                 Ok(r) if r.ready => "READY",
                 Ok(_) => "NOT READY",
@@ -429,7 +277,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
         }
         Command::Preflight { json } => {
-            let app = App::build_interactive(settings).map_err(|e| e.to_string())?;
+            let app = App::build_interactive(settings)?;
             let report = fhir_migration_tool::preflight::preflight(&app).await;
             app.shutdown().await;
             show(json, &report, fhir_migration_tool::preflight::describe)?;
@@ -445,7 +293,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             max_deletes,
             json,
         } => {
-            let app = App::build_interactive(settings).map_err(|e| e.to_string())?;
+            let app = App::build_interactive(settings)?;
             let engine = app.engine();
             let options = fhir_migration_tool::reconcile::Options {
                 types: if types.is_empty() {
@@ -456,10 +304,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 apply,
                 max_deletes,
             };
-            let table = app
-                .tables()
-                .table(&app.settings().reconcile_table)
-                .map_err(|e| e.to_string())?;
+            let table = app.tables().table(&app.settings().reconcile_table)?;
             let mut progress = fhir_migration_tool::terminal::Progress::new("reconcile", None);
             progress.set_message(format!(
                 "comparing the ids of {} types on both servers",
@@ -472,8 +317,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 Some(&table),
                 app.telemetry().as_ref(),
             )
-            .await
-            .map_err(|e| e.to_string());
+            .await;
             progress.finish(match &outcome {
                 Ok(r) if r.clean() => "nothing to reconcile",
                 Ok(_) => "differences found (see the report)",
@@ -493,7 +337,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Failures { action, all, json } => {
             use fhir_migration_tool::engine::failures::Selection;
-            let app = App::build_interactive(settings).map_err(|e| e.to_string())?;
+            let app = App::build_interactive(settings)?;
             let engine = app.engine();
             let selection = |ids: Vec<String>| {
                 if ids.is_empty() {
@@ -522,8 +366,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 }),
                 None => Ok(None),
             };
-            let said = outcome.map_err(|e| e.to_string());
-            let listed = engine.ledger().list(None).await.map_err(|e| e.to_string());
+            let said = outcome;
+            let listed = engine.ledger().list(None).await;
             app.shutdown().await;
             let (said, entries) = (said?, listed?);
             let summary = fhir_migration_tool::ledger::Summary::of(&entries);
@@ -536,7 +380,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .collect();
             if json {
                 let doc = serde_json::json!({ "summary": summary, "entries": shown });
-                out!("{}", serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?);
+                out!("{}", serde_json::to_string_pretty(&doc)?);
             } else {
                 out!("{}", fhir_migration_tool::ledger::describe(&summary, &shown));
             }
@@ -550,15 +394,35 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
         }
         Command::ClearRetries => {
-            let app = App::build_interactive(settings).map_err(|e| e.to_string())?;
-            let before = app.engine().clear_failures().await.map_err(|e| e.to_string());
+            let app = App::build_interactive(settings)?;
+            // What there is to clear: the latch's count, and windows halted by a failure or the error policy.
+            let halted = app.engine().status(chrono::Utc::now()).await.map(|s| {
+                s.windows_in_flight
+                    .iter()
+                    .filter(|w| {
+                        w.export_status == "Halted"
+                            || w.import_status == "Halted"
+                            || w.payloads.iter().any(|p| p.status == "Halted")
+                    })
+                    .map(|w| w.sequence)
+                    .collect::<Vec<_>>()
+            });
+            let before = app.engine().clear_failures().await;
             app.shutdown().await;
-            let before = before?;
+            let (halted, before) = (halted?, before?);
             out!("maxExportRetries cleared successfully (was {before}).");
+            if halted.is_empty() {
+                out!("no window was halted.");
+            } else {
+                out!(
+                    "halted window(s) {} released: an import halt is accepted (its refused versions stay in `failures`), a repeated failure is tried again with a smaller plan.",
+                    halted.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")
+                );
+            }
             Ok(())
         }
         Command::Serve { port } => {
-            let app = App::build(settings).map_err(|e| e.to_string())?;
+            let app = App::build(settings)?;
             // Listen first: the Functions host polls the handler for at most 30 s and restarts it when it does not
             // answer, so nothing slow (storage, tokens) may come before the listener. Loopback only: the host is
             // the sole client, and nothing else may reach the handler.
@@ -579,15 +443,20 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let served = functions::serve(app.clone(), listener, shutdown_signal()).await;
             // In-flight invocations have finished; send their telemetry before the host's grace period ends.
             app.shutdown().await;
-            served.map_err(|e| Failure::CouldNotRun(format!("server failed: {e}")))
+            served.map_err(|e| {
+                Failure::CouldNotRun(CommandError::new(
+                    format!("server failed: {e}"),
+                    "see the log above; the Functions host restarts the handler",
+                ))
+            })
         }
     }
 }
 
 /// Prints a report as JSON (`--json`) or as the text `describe` makes of it.
-fn show<T: serde::Serialize>(json: bool, report: &T, describe: impl Fn(&T) -> String) -> Result<(), String> {
+fn show<T: serde::Serialize>(json: bool, report: &T, describe: impl Fn(&T) -> String) -> Result<(), Failure> {
     if json {
-        out!("{}", serde_json::to_string_pretty(report).map_err(|e| e.to_string())?);
+        out!("{}", serde_json::to_string_pretty(report)?);
     } else {
         use std::io::Write as _;
         let _ = write!(std::io::stdout(), "{}", describe(report));
@@ -610,26 +479,4 @@ async fn shutdown_signal() {
     };
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
     tracing::info!("shutting down");
-}
-
-#[cfg(test)]
-mod tests {
-    use clap::CommandFactory;
-
-    use super::Cli;
-
-    /// Every option of every command says what it does in `--help`.
-    #[test]
-    fn every_option_has_help_text() {
-        let cli = Cli::command();
-        let mut missing = Vec::new();
-        for sub in cli.get_subcommands() {
-            for arg in sub.get_arguments() {
-                if arg.get_id() != "help" && arg.get_help().is_none() {
-                    missing.push(format!("{} --{}", sub.get_name(), arg.get_id()));
-                }
-            }
-        }
-        assert!(missing.is_empty(), "options without help: {missing:?}");
-    }
 }

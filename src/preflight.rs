@@ -37,6 +37,8 @@ pub struct Check {
 pub struct Report {
     pub passed: bool,
     pub checks: Vec<Check>,
+    /// What passes but deserves a look before the migration starts (a destination that already holds data).
+    pub warnings: Vec<String>,
 }
 
 fn skip(name: &str, detail: impl Into<String>) -> Check {
@@ -127,9 +129,14 @@ pub async fn preflight_with(app: &App, source: &FhirClient, destination: &FhirCl
         checks.push(not_run("destination: import", "destination"));
     }
     checks.extend(resource_checks(app).await);
+    let mut warnings = Vec::new();
+    if destination_reached {
+        warnings.extend(destination_data_warning(app, destination).await);
+    }
     Report {
         passed: checks.iter().all(|c| c.passed),
         checks,
+        warnings,
     }
 }
 
@@ -149,6 +156,23 @@ async fn read_check(name: &str, client: &FhirClient, server: &str, role: &str) -
         ),
         Err(e) => (fail(name, e.to_string(), unreachable_fix(server, &e)), false),
     }
+}
+
+/// Before the first window: a destination that already holds resources. Versions it holds under the same ids
+/// conflict with the migrated ones (the failure ledger names each), and the full check reports its others as
+/// extra.
+async fn destination_data_warning(app: &App, destination: &FhirClient) -> Option<String> {
+    let not_started = app
+        .engine()
+        .status(chrono::Utc::now())
+        .await
+        .is_ok_and(|s| s.progress.state == crate::engine::progress::State::NotStarted);
+    let held = destination.total(false).await.ok().filter(|n| *n > 0)?;
+    not_started.then(|| {
+        format!(
+            "the destination already holds {held} resources and the migration has not started: versions under the same ids will conflict (named in `failures`) and the rest will show as extra in `verify --mode full`; start from an empty destination unless that data is meant to stay"
+        )
+    })
 }
 
 /// A check left out because its server could not be reached: a failure, since nothing about it is known.
@@ -447,6 +471,9 @@ pub fn describe(report: &Report) -> String {
         if !c.passed {
             out.push_str(&format!("      fix: {}\n", c.fix));
         }
+    }
+    for w in &report.warnings {
+        out.push_str(&format!("warning: {w}\n"));
     }
     out.push_str(if report.passed {
         "preflight: PASS\n"

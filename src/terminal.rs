@@ -8,6 +8,22 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+const BAR: &str = "{prefix}: [{bar:30}] {human_pos}/{human_len} ({percent}%) {rate}, {eta} left {msg}";
+const SPINNER: &str = "{prefix}: {spinner} {elapsed} {msg}";
+const COUNTING: &str = "{prefix}: {spinner} {human_pos} {rate} {msg}";
+
+/// A style with `{rate}`: whole items per second, grouped (`5,523/s`, not indicatif's `5523.4095/s`).
+fn style(template: &str) -> ProgressStyle {
+    let base = ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_spinner());
+    base.with_key(
+        "rate",
+        |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = write!(w, "{}/s", crate::cli::thousands(state.per_sec().round() as i64));
+        },
+    )
+    .progress_chars("=> ")
+}
+
 /// How often a plain progress line is written when nothing is drawn.
 const PLAIN_EVERY: Duration = Duration::from_secs(10);
 
@@ -31,14 +47,10 @@ impl Progress {
                 Some(n) => ProgressBar::with_draw_target(Some(n), ProgressDrawTarget::stderr()),
                 None => ProgressBar::new_spinner(),
             };
-            let template = if total.is_some() {
-                "{prefix}: [{bar:30}] {human_pos}/{human_len} ({percent}%) {per_sec}, {eta} left {msg}"
-            } else {
-                "{prefix}: {spinner} {human_pos} {per_sec} {msg}"
-            };
-            if let Ok(style) = ProgressStyle::with_template(template) {
-                bar.set_style(style.progress_chars("=> "));
-            }
+            // A spinner counts nothing until a position is set (the surface check never sets one): it shows the
+            // time taken, not "0 0/s".
+            let template = if total.is_some() { BAR } else { SPINNER };
+            bar.set_style(style(template));
             bar.set_prefix(label.to_string());
             bar.enable_steady_tick(Duration::from_millis(200));
             let mut p = Progress::plain(label, total, Box::new(std::io::stderr()), PLAIN_EVERY);
@@ -68,10 +80,18 @@ impl Progress {
         self.total = Some(total);
         if let Some(bar) = &self.bar {
             bar.set_length(total);
+            bar.set_style(style(BAR));
         }
     }
 
     pub fn set_position(&mut self, position: u64) {
+        if let Some(bar) = &self.bar
+            && self.total.is_none()
+            && self.position == 0
+            && position > 0
+        {
+            bar.set_style(style(COUNTING));
+        }
         self.position = position;
         if let Some(bar) = &self.bar {
             bar.set_position(position);
@@ -115,12 +135,13 @@ impl Progress {
             if rate > 0.0 && self.position < total {
                 let left = ((total - self.position) as f64 / rate) as i64;
                 line.push_str(&format!(
-                    ", {rate:.0}/s, about {} left",
+                    ", {}/s, about {} left",
+                    crate::cli::thousands(rate.round() as i64),
                     crate::engine::progress::duration_text(left)
                 ));
             }
         } else if self.position > 0 {
-            line.push_str(&format!(", {rate:.0}/s"));
+            line.push_str(&format!(", {}/s", crate::cli::thousands(rate.round() as i64)));
         }
         if !self.message.is_empty() {
             line.push_str(&format!(": {}", self.message));

@@ -19,6 +19,7 @@
 pub mod core;
 pub(crate) mod error_files;
 pub mod failures;
+mod heartbeat;
 pub mod ports;
 pub mod progress;
 pub(crate) mod search_parameters;
@@ -27,7 +28,7 @@ pub mod shell;
 mod sim;
 mod status;
 
-pub use status::{MigrationStatus, PlannedWindow, WindowStatus};
+pub use status::{MigrationStatus, PlannedWindow, Waiting, WindowStatus};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -296,17 +297,23 @@ impl Engine {
     }
 
     async fn tick(&self, timer: core::Timer, now: DateTime<Utc>) -> Result<TickReport, EngineError> {
-        self.state.ensure_tables().await?;
-        shell::Shell {
-            ports: self,
-            settings: &self.settings,
-            timing: &self.timing,
-            telemetry: self.telemetry.as_ref(),
-            fail: &self.fail,
-            export_table: self.state.export_table_name(),
+        let outcome = async {
+            self.state.ensure_tables().await?;
+            shell::Shell {
+                ports: self,
+                settings: &self.settings,
+                timing: &self.timing,
+                telemetry: self.telemetry.as_ref(),
+                fail: &self.fail,
+                export_table: self.state.export_table_name(),
+            }
+            .run(timer, now)
+            .await
         }
-        .run(timer, now)
-        .await
+        .await;
+        // For `status`, another process: when a tick last ran, why ticks fail, the clock skew measured.
+        heartbeat::record(self, now, &outcome).await;
+        outcome
     }
 
     /// The starter timer: gates, SearchParameters, commits, repairs, and the next export.

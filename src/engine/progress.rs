@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::config::MigrationSettings;
 use crate::state::Cursor;
 
-/// The migration's state, one of six.
+/// The migration's state, one of eight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub enum State {
@@ -16,6 +16,11 @@ pub enum State {
     Running,
     Paused,
     Halted,
+    /// No timer tick has run for [`STALL_AFTER`]: the Function App (or `run`) is stopped or failing to start.
+    Stalled,
+    /// Ticks fail, or calls are deferred, because a server does not answer usefully (throttling, 5xx, no
+    /// connection); `stateDetail` names the server, its answer, since when and how many times.
+    Waiting,
     /// Continuous mode, migrated up to (about) the frontier: new writes follow within minutes.
     CaughtUp,
     /// A specific run has reached its end date.
@@ -29,6 +34,8 @@ impl State {
             State::Running => "running",
             State::Paused => "paused",
             State::Halted => "HALTED",
+            State::Stalled => "STALLED",
+            State::Waiting => "waiting",
             State::CaughtUp => "caught up",
             State::Finished => "finished",
         }
@@ -40,9 +47,10 @@ impl State {
 #[serde(rename_all = "camelCase")]
 pub struct Progress {
     pub state: State,
-    /// Why halted, until when paused, or empty.
+    /// Why halted or waiting, until when paused, since when stalled, or empty.
     pub state_detail: String,
-    /// Versions exported by the committed windows.
+    /// Versions at the destination: those exported by the committed windows, less the ones the failure ledger
+    /// holds as not there (open, retried or accepted).
     pub migrated_versions: i64,
     /// The source's whole-server count (versions with history), when one was made; and when.
     pub source_versions: Option<i64>,
@@ -53,9 +61,15 @@ pub struct Progress {
     pub percent_time: Option<f64>,
     /// Versions migrated per hour, over (up to) the last hour; none until a few minutes of samples exist.
     pub versions_per_hour: Option<f64>,
-    /// Time to caught up (or finished) at that rate.
+    /// Time to caught up (or finished) at that rate; none while halted, stalled or waiting.
     pub eta_seconds: Option<i64>,
+    /// Versions exported by the committed windows (what `migratedVersions` meant before).
+    pub exported_versions: i64,
 }
+
+/// No tick for this long and the migration is stalled: two periods of the default starter timer (5 minutes),
+/// and many of the status timers (30 seconds).
+pub const STALL_AFTER: TimeDelta = TimeDelta::minutes(10);
 
 /// The shortest span of samples a rate is measured over.
 const MIN_RATE_SPAN: TimeDelta = TimeDelta::minutes(5);
@@ -68,6 +82,12 @@ pub struct Facts<'a> {
     pub clock: DateTime<Utc>,
     pub halted: Option<String>,
     pub windows_in_flight: usize,
+    /// When a timer tick last ran (recorded by the timers on the cursor).
+    pub last_tick_at: Option<DateTime<Utc>>,
+    /// Why calls are being deferred: server, answer, since when, how many.
+    pub waiting: Option<String>,
+    /// Versions of committed windows the failure ledger holds as not at the destination.
+    pub not_at_destination: i64,
 }
 
 pub fn progress(cursor: &Cursor, f: &Facts) -> Progress {
@@ -75,9 +95,10 @@ pub fn progress(cursor: &Cursor, f: &Facts) -> Progress {
     let frontier = crate::planner::frontier(s, f.clock);
     let through = cursor.since;
     let source_versions = cursor.source_total.trim().parse::<i64>().ok();
+    let migrated = (cursor.migrated_versions - f.not_at_destination).max(0);
     let percent_versions = source_versions
         .filter(|n| *n > 0)
-        .map(|n| (cursor.migrated_versions as f64 * 100.0 / n as f64).min(100.0));
+        .map(|n| (migrated as f64 * 100.0 / n as f64).min(100.0));
     let start = s.start_date.or(cursor.first_since);
     let percent_time = match (start, through) {
         (Some(start), Some(through)) if frontier > start => Some(
@@ -95,10 +116,22 @@ pub fn progress(cursor: &Cursor, f: &Facts) -> Progress {
     let finished = crate::planner::specific_run_finished(s, through);
     let caught_up = f.windows_in_flight == 0
         && through.is_some_and(|t| frontier - t <= crate::planner::MIN_TAIL + TimeDelta::minutes(2));
+    let stalled = f.last_tick_at.filter(|t| f.now - *t > STALL_AFTER);
     let (state, state_detail) = if let Some(why) = &f.halted {
         (State::Halted, why.clone())
     } else if finished {
         (State::Finished, "the end date is reached".into())
+    } else if let Some(last) = stalled {
+        (
+            State::Stalled,
+            format!(
+                "no timer tick since {}, {} ago: start the Function App (or `run`) and check its log",
+                crate::fhir::format_instant(last),
+                duration_text((f.now - last).num_seconds())
+            ),
+        )
+    } else if let Some(why) = &f.waiting {
+        (State::Waiting, why.clone())
     } else if crate::planner::paused(s.pause, f.now) {
         let until = s
             .pause
@@ -120,13 +153,14 @@ pub fn progress(cursor: &Cursor, f: &Facts) -> Progress {
     Progress {
         state,
         state_detail,
-        migrated_versions: cursor.migrated_versions,
+        migrated_versions: migrated,
         source_versions,
         source_counted_at: cursor.totals_at.map(crate::fhir::format_instant),
         percent_versions,
         percent_time,
         versions_per_hour,
         eta_seconds,
+        exported_versions: cursor.migrated_versions,
     }
 }
 
@@ -156,7 +190,7 @@ fn eta(
     if let (Some(total), Some(rate)) = (source, per_hour)
         && rate > 0.0
     {
-        let left = (total - cursor.migrated_versions).max(0) as f64;
+        let left = (total - cursor.migrated_versions + f.not_at_destination).max(0) as f64;
         return Some((left / rate * 3600.0).round() as i64);
     }
     let (Some(first), Some(pct)) = (cursor.progress_samples.first(), percent_time) else {
@@ -214,6 +248,9 @@ mod tests {
             clock: t(60),
             halted: None,
             windows_in_flight: 1,
+            last_tick_at: Some(t(60)),
+            waiting: None,
+            not_at_destination: 0,
         };
         let p = progress(&cursor, &f);
         assert_eq!(p.state, State::Running);
@@ -239,6 +276,9 @@ mod tests {
             clock: t(0),
             halted: halted.map(str::to_string),
             windows_in_flight: in_flight,
+            last_tick_at: None,
+            waiting: None,
+            not_at_destination: 0,
         };
         let mut cursor = Cursor::new();
         assert_eq!(progress(&cursor, &f(None, 0)).state, State::NotStarted);
@@ -259,5 +299,44 @@ mod tests {
             ..f(None, 0)
         };
         assert_eq!(progress(&cursor, &done).state, State::Finished);
+        // Caught up, but no tick for eleven minutes: stalled, saying since when.
+        cursor.since = Some(t(0) - settings.safety_lag - TimeDelta::minutes(1));
+        let quiet = Facts {
+            last_tick_at: Some(t(-11)),
+            ..f(None, 0)
+        };
+        let p = progress(&cursor, &quiet);
+        assert_eq!(p.state, State::Stalled);
+        assert!(p.state_detail.contains("11 min ago"), "{}", p.state_detail);
+        let waiting = Facts {
+            last_tick_at: Some(t(0)),
+            waiting: Some("the source answers HTTP 503".into()),
+            ..f(None, 1)
+        };
+        let p = progress(&cursor, &waiting);
+        assert_eq!((p.state, p.eta_seconds), (State::Waiting, None));
+    }
+
+    /// `migratedVersions` counts versions at the destination: exported ones less those the ledger holds.
+    #[test]
+    fn migrated_means_at_the_destination() {
+        let settings = crate::engine::sim::settings(&[]);
+        let mut cursor = Cursor::new();
+        cursor.since = Some(t(-600));
+        cursor.migrated_versions = 5516;
+        cursor.source_total = "5516".into();
+        let f = Facts {
+            settings: &settings,
+            now: t(0),
+            clock: t(0),
+            halted: None,
+            windows_in_flight: 1,
+            last_tick_at: Some(t(0)),
+            waiting: None,
+            not_at_destination: 1,
+        };
+        let p = progress(&cursor, &f);
+        assert_eq!((p.migrated_versions, p.exported_versions), (5515, 5516));
+        assert!(p.percent_versions.unwrap() < 100.0);
     }
 }

@@ -62,9 +62,85 @@ pub struct MigrationStatus {
     pub reminder: Option<String>,
     /// The failure ledger at a glance (`failures` lists the entries).
     pub import_failures: crate::ledger::Summary,
-    /// This machine's clock minus the source server's (seconds), when this process has heard from the source
-    /// (the timers' process always has); windows end by the earlier of the two.
+    /// The first few versions not at the destination that block cut-over (open permanent failures), each
+    /// `key: description: message`; `failures` lists them all.
+    pub open_failures: Vec<String>,
+    /// This machine's clock minus the source server's (seconds), as the timers last measured it (or this
+    /// process, when it has heard from the source); windows end by the earlier of the two.
     pub source_clock_skew_seconds: Option<i64>,
+    /// When the timers measured that skew.
+    pub source_clock_skew_measured_at: Option<String>,
+    /// When a timer tick last ran, in any process (`null` before the first, or for a migration whose ticks
+    /// ran under a version that did not record them).
+    pub last_tick_at: Option<String>,
+    /// How long ago that was (seconds).
+    pub last_tick_seconds_ago: Option<i64>,
+    /// While ticks fail, or calls are deferred, on a server that does not answer usefully.
+    pub waiting: Option<Waiting>,
+}
+
+/// Why calls are being deferred.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Waiting {
+    /// `source`, `destination`, `storage (blobs)`, `identity (token)`.
+    pub server: String,
+    /// Its last answer: `HTTP 503`, `no answer: …`.
+    pub answer: String,
+    pub since: Option<String>,
+    /// Failed ticks (or deferred calls) in a row.
+    pub times: i64,
+}
+
+/// How many open failures the status names.
+const NAMED_FAILURES: usize = 5;
+
+/// What is deferred: failing ticks (recorded by the timers), else kick-offs or POSTs the core defers.
+fn waiting(cursor: &crate::state::Cursor, active: &crate::state::Active) -> Option<Waiting> {
+    if cursor.deferred_ticks > 0 {
+        return Some(Waiting {
+            server: cursor.deferred_server.clone(),
+            answer: cursor.deferred_answer.clone(),
+            since: cursor.deferred_since.map(format_instant),
+            times: cursor.deferred_ticks,
+        });
+    }
+    let export = active.jobs.iter().find(|j| j.deferrals > 0).map(|j| Waiting {
+        server: "source".into(),
+        answer: j.failure_reason.clone(),
+        since: None,
+        times: j.deferrals,
+    });
+    export.or_else(|| {
+        active.payloads.iter().find(|p| p.deferrals > 0).map(|p| Waiting {
+            server: "destination".into(),
+            answer: p.failure_reason.clone(),
+            since: None,
+            times: p.deferrals,
+        })
+    })
+}
+
+impl Waiting {
+    /// `the source answers HTTP 503 since …Z (4 min ago), 22 times in a row`.
+    pub fn describe(&self, now: DateTime<Utc>) -> String {
+        let since = self
+            .since
+            .as_deref()
+            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+            .map(|t| {
+                format!(
+                    " since {} ({} ago)",
+                    format_instant(t.with_timezone(&Utc)),
+                    super::progress::duration_text((now - t.with_timezone(&Utc)).num_seconds())
+                )
+            })
+            .unwrap_or_default();
+        format!(
+            "the {} answers {}{since}, {} time(s) in a row",
+            self.server, self.answer, self.times
+        )
+    }
 }
 
 impl Engine {
@@ -103,7 +179,29 @@ impl Engine {
                 failure_reason: j.failure_reason.clone(),
             })
             .collect();
-        let import_failures = self.ledger.summary().await?;
+        let entries = self.ledger.list(None).await?;
+        let import_failures = crate::ledger::Summary::of(&entries);
+        // Versions of committed windows that are not at the destination (migrated counts what is there).
+        let not_at_destination = entries
+            .iter()
+            .filter(|e| e.window < cursor.committed_job)
+            .filter(|e| e.state.unresolved() || e.state == crate::ledger::State::Accepted)
+            .filter(|e| e.class != crate::ledger::Class::Benign)
+            .count() as i64;
+        let open_failures = entries
+            .iter()
+            .filter(|e| e.state.unresolved() && e.class == crate::ledger::Class::Permanent)
+            .take(NAMED_FAILURES)
+            .map(|e| {
+                format!(
+                    "{}: {}: {}",
+                    e.key,
+                    e.describe(),
+                    e.message.lines().next().unwrap_or_default()
+                )
+            })
+            .collect();
+        let waiting = waiting(&cursor, &active);
         let halted = self.latched(&cursor)
             || active
                 .jobs
@@ -125,6 +223,9 @@ impl Engine {
                 clock: self.clock(now),
                 halted: halted_reason,
                 windows_in_flight: windows.len(),
+                last_tick_at: cursor.last_tick_at,
+                waiting: waiting.as_ref().map(|w| w.describe(now)),
+                not_at_destination,
             },
         );
         Ok(MigrationStatus {
@@ -154,7 +255,16 @@ impl Engine {
                 }),
             },
             import_failures,
-            source_clock_skew_seconds: self.source.server_now().map(|s| (now - s).num_seconds()),
+            open_failures,
+            source_clock_skew_seconds: self
+                .source
+                .server_now()
+                .map(|s| (now - s).num_seconds())
+                .or(cursor.source_skew_seconds),
+            source_clock_skew_measured_at: cursor.skew_measured_at.map(format_instant),
+            last_tick_at: cursor.last_tick_at.map(format_instant),
+            last_tick_seconds_ago: cursor.last_tick_at.map(|t| (now - t).num_seconds().max(0)),
+            waiting,
         })
     }
 }
@@ -163,6 +273,9 @@ impl Engine {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PlannedWindow {
+    /// Per-type mode: the type this export carries (`_type=`); absent in parallel mode (every type at once).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resource_type: Option<String>,
     pub since: String,
     pub till: String,
     /// Resources (versions, when history or deletes are exported) in the window.
@@ -187,6 +300,9 @@ impl Engine {
         let mut windows = Vec::new();
         // After the first answer from the source, its clock bounds the windows as it does for the timers.
         let now = self.clock(now);
+        if !self.settings.is_parallel {
+            return self.preview_per_type(&cursor, since, now, n).await;
+        }
         while windows.len() < n {
             let Some(mut till) = crate::planner::window_end(&self.settings, since, now) else {
                 break;
@@ -204,6 +320,7 @@ impl Engine {
                 }
             }
             windows.push(PlannedWindow {
+                resource_type: None,
                 since: format_instant(since),
                 till: format_instant(till),
                 resources: count,
@@ -212,5 +329,74 @@ impl Engine {
             since = till;
         }
         Ok(windows)
+    }
+}
+
+/// Counts a per-type preview makes at most (each type of each window is one count).
+const PREVIEW_COUNTS: usize = 400;
+
+impl Engine {
+    /// Per-type mode, as the starter plans it: each window's types in `AZURE_ResourceTypes` order, a type with
+    /// nothing in the window skipped, a type over `AZURE_ChunkLimit` split into halves; the window in progress
+    /// continues where the cursor says (types done, the split type's next part).
+    async fn preview_per_type(
+        &self,
+        cursor: &crate::state::Cursor,
+        start: DateTime<Utc>,
+        now: DateTime<Utc>,
+        n: usize,
+    ) -> Result<Vec<PlannedWindow>, EngineError> {
+        let mut out = Vec::new();
+        let mut counts = 0;
+        let in_progress = cursor.global_since.zip(cursor.global_till);
+        let mut since = in_progress.map_or(start, |(s, _)| s);
+        let mut first = true;
+        while out.len() < n && counts < PREVIEW_COUNTS {
+            let till = match (first, in_progress) {
+                (true, Some((_, t))) => t,
+                _ => match crate::planner::window_end(&self.settings, since, now) {
+                    Some(t) => t,
+                    None => break,
+                },
+            };
+            for t in &self.settings.resource_types {
+                if first && in_progress.is_some() && cursor.types_done.contains(t) {
+                    continue;
+                }
+                let mut from = match cursor.sub_since {
+                    Some(sub) if first && *t == cursor.type_name => sub,
+                    _ => since,
+                };
+                while from < till && out.len() < n && counts < PREVIEW_COUNTS {
+                    let mut end = till;
+                    let mut count = self.window_count(Some(t), from, end).await?;
+                    counts += 1;
+                    let mut halvings = 0;
+                    while count > self.settings.chunk_limit {
+                        let Some(shorter) = crate::planner::halve(from, end) else {
+                            break;
+                        };
+                        end = shorter;
+                        halvings += 1;
+                        count = self.window_count(Some(t), from, end).await?;
+                        counts += 1;
+                    }
+                    if count == 0 && halvings == 0 {
+                        break;
+                    }
+                    out.push(PlannedWindow {
+                        resource_type: Some(t.clone()),
+                        since: format_instant(from),
+                        till: format_instant(end),
+                        resources: count,
+                        halvings,
+                    });
+                    from = end;
+                }
+            }
+            first = false;
+            since = till;
+        }
+        Ok(out)
     }
 }

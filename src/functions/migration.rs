@@ -86,6 +86,8 @@ pub(super) async fn status(
             quiet: std::time::Duration::ZERO,
             timeout: std::time::Duration::ZERO,
             poll: std::time::Duration::ZERO,
+            scope_configured: false,
+            on_wait: None,
         };
         body["cutover"] = match crate::cutover::cutover(app, &options).await {
             Ok(report) => serde_json::to_value(&report).unwrap_or_default(),

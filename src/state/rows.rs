@@ -149,6 +149,20 @@ pub struct Cursor {
     pub migrated_versions: i64,
     pub first_since: Option<DateTime<Utc>>,
     pub progress_samples: Vec<(DateTime<Utc>, i64)>,
+    /// `LastTickAt`: when a timer tick last ran to its end (or failed) in any process; `status` calls the
+    /// migration stalled when none has run for a while.
+    pub last_tick_at: Option<DateTime<Utc>>,
+    /// `DeferredServer`, `DeferredAnswer`, `DeferredSince`, `DeferredTicks`: while ticks fail on a server
+    /// that does not answer usefully (throttling, 5xx, unreachable), which server, its last answer, since when,
+    /// and how many ticks in a row; empty once a tick succeeds.
+    pub deferred_server: String,
+    pub deferred_answer: String,
+    pub deferred_since: Option<DateTime<Utc>>,
+    pub deferred_ticks: i64,
+    /// `SourceClockSkewSeconds`, `SkewMeasuredAt`: this machine's clock minus the source server's, as the
+    /// timers last measured it.
+    pub source_skew_seconds: Option<i64>,
+    pub skew_measured_at: Option<DateTime<Utc>>,
     pub etag: Option<ETag>,
 }
 
@@ -311,6 +325,13 @@ impl Cursor {
             migrated_versions: 0,
             first_since: None,
             progress_samples: Vec::new(),
+            last_tick_at: None,
+            deferred_server: String::new(),
+            deferred_answer: String::new(),
+            deferred_since: None,
+            deferred_ticks: 0,
+            source_skew_seconds: None,
+            skew_measured_at: None,
             etag: None,
         }
     }
@@ -343,6 +364,16 @@ impl Cursor {
         e.set_i64("resourceTypeIndex", self.type_index)
             .set_str("multiExport", if self.sub_since.is_some() { "Running" } else { "" });
         time_str(&mut e, "TotalsAt", self.totals_at);
+        time_str(&mut e, "LastTickAt", self.last_tick_at);
+        time_str(&mut e, "DeferredSince", self.deferred_since);
+        time_str(&mut e, "SkewMeasuredAt", self.skew_measured_at);
+        e.set_str("DeferredServer", &self.deferred_server)
+            .set_str("DeferredAnswer", &self.deferred_answer)
+            .set_i64("DeferredTicks", self.deferred_ticks);
+        match self.source_skew_seconds {
+            Some(s) => e.set_i64("SourceClockSkewSeconds", s),
+            None => e.remove("SourceClockSkewSeconds"),
+        };
         e.set_str("SourceTotal", &self.source_total)
             .set_str("DestinationTotal", &self.destination_total);
         Ok(e)
@@ -385,6 +416,13 @@ impl Cursor {
                     Some((DateTime::from_timestamp(t.parse().ok()?, 0)?, n.parse().ok()?))
                 })
                 .collect(),
+            last_tick_at: read_time_str(e, "LastTickAt"),
+            deferred_server: e.get_str("DeferredServer").unwrap_or_default().into(),
+            deferred_answer: e.get_str("DeferredAnswer").unwrap_or_default().into(),
+            deferred_since: read_time_str(e, "DeferredSince"),
+            deferred_ticks: e.get_i64("DeferredTicks").unwrap_or(0),
+            source_skew_seconds: e.get_i64("SourceClockSkewSeconds"),
+            skew_measured_at: read_time_str(e, "SkewMeasuredAt"),
             etag: e.etag().cloned(),
         }
     }
@@ -628,6 +666,13 @@ mod tests {
         cursor.search_parameters_synced_at = Some(t0);
         cursor.migrated_versions = 42;
         cursor.progress_samples = vec![(t0, 0), (t0 + chrono::TimeDelta::minutes(5), 42)];
+        cursor.last_tick_at = Some(t0);
+        cursor.deferred_server = "source".into();
+        cursor.deferred_answer = "HTTP 503".into();
+        cursor.deferred_since = Some(t0);
+        cursor.deferred_ticks = 3;
+        cursor.source_skew_seconds = Some(-7);
+        cursor.skew_measured_at = Some(t0);
         let back = Cursor::from_entity(&cursor.to_entity("pk", "rk").unwrap());
         assert_eq!(back, cursor);
 

@@ -119,9 +119,57 @@ pub async fn deep(
     ignore: &[String],
     content: Content,
 ) -> Result<DeepReport, FhirError> {
+    deep_filtered(source, destination, plan, ignore, content, "").await
+}
+
+/// The deep check over part of the server ([`Scope`](super::scope::Scope)): the sample is drawn from the
+/// scoped types, among resources whose current version lies in the scoped range.
+pub async fn check_in(
+    source: &FhirClient,
+    destination: &FhirClient,
+    types: &[String],
+    count: usize,
+    ignore: &[String],
+    content: Content,
+    scope: &super::scope::Scope,
+) -> Result<DeepReport, FhirError> {
+    let counts = super::surface::surface_in(source, destination, types, false, false, scope).await?;
+    let with_counts: Vec<(String, u64)> = counts
+        .rows
+        .iter()
+        .filter(|r| r.measure == "current" && r.resource != "Total")
+        .map(|r| (r.resource.clone(), r.source_count))
+        .collect();
+    let enc = crate::storage::encode_component;
+    let mut filter = String::new();
+    if let Some(s) = scope.since {
+        filter.push_str(&format!("&_lastUpdated=ge{}", enc(&crate::fhir::format_instant(s))));
+    }
+    if let Some(t) = scope.till {
+        filter.push_str(&format!("&_lastUpdated=lt{}", enc(&crate::fhir::format_instant(t))));
+    }
+    deep_filtered(
+        source,
+        destination,
+        &allocate(&with_counts, count),
+        ignore,
+        content,
+        &filter,
+    )
+    .await
+}
+
+async fn deep_filtered(
+    source: &FhirClient,
+    destination: &FhirClient,
+    plan: &[(String, usize)],
+    ignore: &[String],
+    content: Content,
+    filter: &str,
+) -> Result<DeepReport, FhirError> {
     let mut sample: Vec<Value> = Vec::new();
     for (t, k) in plan {
-        sample.extend(sample_type(source, t, *k).await?);
+        sample.extend(sample_type(source, t, *k, filter).await?);
     }
     let results: Vec<Result<DeepRow, FhirError>> = stream::iter(sample)
         .map(|resource| async move { compare_one(destination, resource, ignore, content).await })
@@ -142,7 +190,12 @@ pub async fn deep(
 }
 
 /// Up to `k` current resources of one type: the newest half and the oldest half, without repeats.
-async fn sample_type(source: &FhirClient, resource_type: &str, k: usize) -> Result<Vec<Value>, FhirError> {
+async fn sample_type(
+    source: &FhirClient,
+    resource_type: &str,
+    k: usize,
+    filter: &str,
+) -> Result<Vec<Value>, FhirError> {
     let t = crate::storage::encode_component(resource_type);
     let newest = k.div_ceil(2);
     let mut seen = BTreeSet::new();
@@ -151,7 +204,7 @@ async fn sample_type(source: &FhirClient, resource_type: &str, k: usize) -> Resu
         if n == 0 {
             continue;
         }
-        let page = source.get_json(&format!("{t}?_sort={sort}&_count={n}")).await?;
+        let page = source.get_json(&format!("{t}?_sort={sort}&_count={n}{filter}")).await?;
         for e in page["entry"].as_array().into_iter().flatten() {
             let Some(resource) = e.get("resource") else { continue };
             let Some(id) = resource["id"].as_str() else { continue };

@@ -281,6 +281,32 @@ pub async fn compare_type_from(
     content: Content,
     from: Option<i64>,
     report: &mut FullReport,
+    stop: impl FnMut(&FullReport) -> bool,
+) -> Result<Option<i64>, FhirError> {
+    compare_type_within(
+        source,
+        destination,
+        resource_type,
+        history,
+        content,
+        (from, None),
+        report,
+        stop,
+    )
+    .await
+}
+
+/// [`compare_type_from`] within `[from, till)` (milliseconds): a specific run's range, whose outside the
+/// migration never carried.
+#[allow(clippy::too_many_arguments)]
+pub async fn compare_type_within(
+    source: &FhirClient,
+    destination: &FhirClient,
+    resource_type: &str,
+    history: bool,
+    content: Content,
+    (from, till): (Option<i64>, Option<i64>),
+    report: &mut FullReport,
     mut stop: impl FnMut(&FullReport) -> bool,
 ) -> Result<Option<i64>, FhirError> {
     report.content = content.label().to_string();
@@ -300,6 +326,9 @@ pub async fn compare_type_from(
             (Some(x), None) | (None, Some(x)) => x,
             (Some(x), Some(y)) => x.min(y),
         };
+        if till.is_some_and(|t| at >= t) {
+            return Ok(None);
+        }
         let key = |e: &Entry| (e.id.clone(), e.version_id.clone());
         let left: BTreeMap<_, Entry> = src.take(at).await?.into_iter().map(|e| (key(&e), e)).collect();
         let mut right: BTreeMap<_, Entry> = dst.take(at).await?.into_iter().map(|e| (key(&e), e)).collect();
@@ -371,7 +400,16 @@ pub async fn full_with(
     history: bool,
     content: Content,
 ) -> Result<FullReport, FhirError> {
-    full_except(source, destination, types, history, content, Default::default()).await
+    full_except(
+        source,
+        destination,
+        types,
+        history,
+        content,
+        Default::default(),
+        (None, None),
+    )
+    .await
 }
 
 /// [`full_with`], where a missing or different version whose ledger key is in `accepted` is an accepted loss,
@@ -383,6 +421,7 @@ pub async fn full_except(
     history: bool,
     content: Content,
     accepted: std::collections::HashSet<String>,
+    range: (Option<i64>, Option<i64>),
 ) -> Result<FullReport, FhirError> {
     let mut report = FullReport {
         content: content.label().to_string(),
@@ -390,7 +429,7 @@ pub async fn full_except(
         ..FullReport::default()
     };
     for t in types {
-        compare_type(source, destination, t, history, content, &mut report).await?;
+        compare_type_within(source, destination, t, history, content, range, &mut report, |_| false).await?;
     }
     report.passed = report.missing == 0 && report.extra == 0 && report.different == 0;
     Ok(report)

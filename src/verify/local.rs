@@ -5,9 +5,10 @@ use serde_json::{Map, Value};
 
 use super::Content;
 use super::deep::{self, DeepReport};
-use super::full::{FullReport, compare_type_from};
+use super::full::{FullReport, compare_type_within};
 use super::runs::Checks;
-use super::surface::{SurfaceReport, surface};
+use super::scope::Scope;
+use super::surface::{SurfaceReport, surface_in};
 use crate::engine::Engine;
 use crate::fhir::FhirError;
 use crate::terminal::Progress;
@@ -37,7 +38,11 @@ pub async fn run(engine: &Engine, request: Request) -> Result<Outcome, FhirError
         request.types
     };
     let mut output = Map::new();
-    let mut text = String::new();
+    // The first line says what is checked: the whole server, or the part the configuration migrates.
+    let scope = Scope::of(m);
+    let mut text = format!("{}\n", scope.line());
+    output.insert("Scope".into(), serde_json::to_value(&scope).unwrap_or_default());
+    output.insert("ScopeLine".into(), Value::String(scope.line()));
     let mut passed = true;
     let content = Content::of(m);
     if content == Content::NotComparable && (request.checks.deep || request.checks.full) {
@@ -53,7 +58,7 @@ pub async fn run(engine: &Engine, request: Request) -> Result<Outcome, FhirError
     if request.checks.surface {
         let mut progress = Progress::new("surface check", None);
         progress.set_message(format!("counting {} types on both servers", types.len()));
-        let report = surface(src, dst, &types, history, request.include_empty).await?;
+        let report = surface_in(src, dst, &types, history, request.include_empty, &scope).await?;
         progress.finish(&format!(
             "{} rows, {}",
             report.rows.len(),
@@ -86,16 +91,20 @@ pub async fn run(engine: &Engine, request: Request) -> Result<Outcome, FhirError
             .count
             .unwrap_or(m.deep_check_count as usize)
             .clamp(1, deep::MAX_COUNT);
-        let report: DeepReport = deep::check(
-            src,
-            dst,
-            &types,
-            counts.as_ref(),
-            count,
-            &m.deep_check_ignore_paths,
-            content,
-        )
-        .await?;
+        let report: DeepReport = if scope.is_whole() {
+            deep::check(
+                src,
+                dst,
+                &types,
+                counts.as_ref(),
+                count,
+                &m.deep_check_ignore_paths,
+                content,
+            )
+            .await?
+        } else {
+            deep::check_in(src, dst, &types, count, &m.deep_check_ignore_paths, content, &scope).await?
+        };
         progress.finish(&format!(
             "{} sampled resources compared, {} differ",
             report.compared, report.failed
@@ -140,7 +149,7 @@ pub async fn run(engine: &Engine, request: Request) -> Result<Outcome, FhirError
                 progress.set_position(r.compared);
                 false
             };
-            compare_type_from(src, dst, t, history, content, None, &mut report, stop).await?;
+            compare_type_within(src, dst, t, history, content, scope.millis(), &mut report, stop).await?;
         }
         progress.finish(&format!(
             "{} versions compared, {} differences",

@@ -18,6 +18,7 @@ pub mod deep;
 pub mod full;
 pub mod local;
 pub mod runs;
+pub mod scope;
 mod stored;
 pub mod surface;
 

@@ -19,16 +19,20 @@ const RUN_UNTIL_CAUGHT_UP: [&str; 8] = [
     "240",
 ];
 
-fn cli(stack: &crate::migration::Stack, args: &[&str]) -> std::process::Output {
+pub(crate) fn cli(stack: &crate::migration::Stack, args: &[&str]) -> std::process::Output {
     cli_with(stack, args, &[])
 }
 
 /// The binary with the stack's settings, `overrides` replacing some of them.
-fn cli_with(stack: &crate::migration::Stack, args: &[&str], overrides: &[(&str, &str)]) -> std::process::Output {
+pub(crate) fn cli_with(
+    stack: &crate::migration::Stack,
+    args: &[&str],
+    overrides: &[(&str, &str)],
+) -> std::process::Output {
     command(stack, args, overrides).output().expect("the binary runs")
 }
 
-fn command(stack: &crate::migration::Stack, args: &[&str], overrides: &[(&str, &str)]) -> Command {
+pub(crate) fn command(stack: &crate::migration::Stack, args: &[&str], overrides: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_fhir-migration-tool"));
     cmd.args(args)
         .env_clear()

@@ -14,6 +14,8 @@ pub fn final_check() -> Options {
         quiet: Duration::from_secs(2),
         timeout: Duration::from_secs(120),
         poll: Duration::from_millis(200),
+        scope_configured: false,
+        on_wait: None,
     }
 }
 
@@ -31,6 +33,8 @@ async fn not_ready_while_the_source_is_written_and_ready_after() {
             quiet: Duration::ZERO,
             timeout: Duration::ZERO,
             poll: Duration::ZERO,
+            scope_configured: false,
+            on_wait: None,
         },
     )
     .await
@@ -60,6 +64,8 @@ async fn not_ready_while_the_source_is_written_and_ready_after() {
         quiet: Duration::from_secs(2),
         timeout: Duration::from_secs(3),
         poll: Duration::from_millis(200),
+        scope_configured: false,
+        on_wait: None,
     };
     let report = cutover(app, &busy).await.unwrap();
     assert!(!report.ready, "{report:?}");

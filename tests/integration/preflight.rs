@@ -116,6 +116,26 @@ async fn a_healthy_setup_passes_every_check() {
     );
     // The probes changed nothing: no resource was written anywhere.
     assert_eq!(destination.store().size().0, 0);
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+
+    // A destination that already holds data, before the migration starts: it passes, with a warning.
+    destination
+        .store()
+        .put(
+            "Patient",
+            "already-here",
+            serde_json::json!({ "resourceType": "Patient", "id": "already-here" }),
+        )
+        .unwrap();
+    let report = preflight(&app(&azurite, &source, &destination)).await;
+    assert!(report.passed, "{report:#?}");
+    assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
+    assert!(
+        report.warnings[0].starts_with("the destination already holds 1 resources and the migration has not started"),
+        "{:?}",
+        report.warnings
+    );
+    assert!(fhir_migration_tool::preflight::describe(&report).contains("\nwarning: the destination already holds"));
 }
 
 #[tokio::test]

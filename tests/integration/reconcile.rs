@@ -226,6 +226,18 @@ async fn reconcile_http_records_a_run_the_runner_completes_and_status_reports() 
     assert_eq!(cutover["ready"], false, "{progress}");
     assert!(cutover["pendingSourceVersions"].is_u64(), "{progress}");
     assert!(cutover["reasons"].to_string().contains("--final"), "{progress}");
+    // The report names its scope, and the status body carries what `status --json` does (issue 25).
+    assert!(
+        cutover["scope"]
+            .as_str()
+            .unwrap()
+            .starts_with("scope: the whole server"),
+        "{progress}"
+    );
+    for key in ["lastTickAt", "waiting", "openFailures", "sourceClockSkewSeconds"] {
+        assert!(progress.get(key).is_some(), "{key}: {progress}");
+    }
+    assert!(progress["progress"]["exportedVersions"].is_i64(), "{progress}");
     let plain = http_payload("MigrationStatus_Http", "req", "GET", json!({}), None);
     let (_, progress) = call("MigrationStatus_Http", plain.clone()).await;
     assert!(progress.get("cutover").is_none(), "only on request");

@@ -25,6 +25,7 @@ mod preflight;
 mod reconcile;
 mod router;
 mod search_parameters;
+mod second_migration;
 mod self_contained;
 mod startup;
 mod structure;

@@ -193,9 +193,22 @@ impl Ports for Engine {
         }
     }
 
+    /// A refusal that asking again cannot change (a 4xx other than 408 and 429: no permission, a bad request)
+    /// is reported and taken as the end of trying, so the window moves on; only an unreachable or failing
+    /// server (which may answer later) is an error, and the cancel is made again next tick.
     async fn cancel(&self, url: &str, destination: bool) -> Result<(), String> {
         let server = if destination { &self.destination } else { &self.source };
-        server.cancel(url).await.map_err(|e| e.to_string())
+        match server.cancel(url).await {
+            Ok(()) => Ok(()),
+            Err(FhirError::Rejected { status, .. }) if (400..500).contains(&status) && !matches!(status, 408 | 429) => {
+                tracing::warn!(
+                    "The server refused to cancel {} (HTTP {status}); the job is left to finish on its own",
+                    crate::telemetry::id_of(url)
+                );
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// Whole-server totals: every version with history or deletes on, else current resources. A failed count

@@ -284,6 +284,12 @@ impl<P: Ports> Shell<'_, P> {
                         cursor.search_parameter_count = cursor.search_parameter_count.max(1);
                     }
                 }
+                if done.refused > 0 {
+                    report.say(format!(
+                        "{} custom SearchParameter(s) were refused by the destination (each named in the log); the migration goes on, and `cutover --final` reports them until the servers agree",
+                        done.refused
+                    ));
+                }
                 cursor.search_parameters_copied = true;
                 cursor.search_parameters_synced_at = Some(clock);
                 match self.ports.write(&Write::Cursor(cursor)).await {
@@ -293,7 +299,7 @@ impl<P: Ports> Shell<'_, P> {
                 }
             }
             Err(e) => report.say(format!(
-                "Copying custom SearchParameters failed (retried next tick; data migration continues): {e}"
+                "Copying custom SearchParameters failed (retried next tick; until a sync covers a finished window's end, that window waits to commit): {e}"
             )),
         }
         Ok(())

@@ -146,7 +146,7 @@ pub fn export_query(ctx: &Context, job: &Job) -> String {
     // Exactly [since, till). An empty end millisecond makes both readings of `_till` agree, so it is sent as it
     // is; on an occupied one, a source that reads `_till` inclusively (to the end of that millisecond,
     // reference §11.9) is sent the millisecond before.
-    let till = if job.boundary_versions != Some(0) && job.till_early {
+    let till = if job.boundary_versions != Some(0) && super::boundaries::till_early(ctx, job) {
         job.till - chrono::TimeDelta::milliseconds(1)
     } else {
         job.till
@@ -285,6 +285,9 @@ pub(super) fn fail_window(job: &Job, reason: String, failure: Failure, mark: Mar
     };
     failed.lease_until = None;
     failed.failure_reason = reason.clone();
+    // Exported again later: counted afresh then, not from counts that may be hours old.
+    failed.planned_versions = None;
+    failed.boundary_versions = None;
     let line = if halt {
         format!(
             "Window {} to {} HALTED after {} identical failure(s): {reason}. ACTION REQUIRED: resolve the cause, then clear the halt (ClearMaxExportRetries_Http or `fhir-migration-tool clear-retries`); the window is then exported in smaller parts",
@@ -452,10 +455,16 @@ fn exported(
     } else {
         done.import_request = "Yes".into();
         format!(
-            "Export {} finished: {total} resources in {} file(s), {} import payload(s)",
+            "Export {} finished: {total} resources in {} file(s), {} import payload(s){}",
             job.export_id,
             files.len(),
-            chunks.len()
+            chunks.len(),
+            match job.planned_versions {
+                // The window's boundary was exact; the count differs for reasons that lose nothing (versions
+                // current at `_till` where the count saw today's, late commits, history counted but not exported).
+                Some(planned) if planned != total as i64 => format!(" (the window was counted at {planned})"),
+                _ => String::new(),
+            }
         )
     };
     // As the original: an export with nothing to import reports an empty total.

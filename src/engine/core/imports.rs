@@ -168,12 +168,11 @@ pub fn post_payloads(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Optio
             let mut claimed = p.clone();
             // An interrupted or deferred POST is repeated with the same definition (the server de-duplicates
             // it); a failed one is retried with a new one.
-            if phase != PayloadPhase::PostDue || claimed.post_token.is_empty() {
-                if phase != PayloadPhase::PostDue {
-                    claimed.attempt += 1;
-                    claimed.unit_bytes = unit_bytes(job, claimed.attempt);
-                }
-                // A new definition for a new attempt, recorded before the POST (see `shell::attempt_source`).
+            if phase != PayloadPhase::PostDue {
+                claimed.attempt += 1;
+                claimed.unit_bytes = unit_bytes(job, claimed.attempt);
+                // A new definition for a new attempt, recorded before the POST (see `shell::attempt_source`). A
+                // repeated POST keeps its token; one from a row written before tokens is repeated as first sent.
                 claimed.post_token = format!(
                     "{:016x}-{}-{}-{}-{}",
                     ctx.nonce, claimed.seq, claimed.export_attempt, claimed.index, claimed.attempt

@@ -67,10 +67,9 @@ impl Engine {
         let input = self.read_blob(&input_url).await;
         let text = String::from_utf8_lossy(bytes);
         // Lines end at `\n` or `\r\n` (a Windows host writes CRLF), and a processing unit that restarts writes its
-        // error lines again, so the same line can stand twice (reference §11.5): each distinct positioned line is one entry,
-        // while every line counts against the server's count (no shortfall is invented from a repeat).
+        // error lines again, so the same line can stand twice (reference §11.5): each distinct positioned line is
+        // one entry.
         let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-        let named = lines.len() as u64;
         let mut distinct = std::collections::HashSet::new();
         let failed: Vec<Failed> = lines
             .iter()
@@ -80,6 +79,9 @@ impl Engine {
             .filter(|(_, line)| crate::ledger::locate::error_line(line).position.is_none() || distinct.insert(**line))
             .map(|(i, line)| line_entry(window, file, &input_url, input.as_deref(), line, i, now))
             .collect();
+        // The server's count is the last run's (a restarted unit appends its lines again, but its count is
+        // replaced), so repeats do not count towards it: a short file stays a shortfall.
+        let named = failed.len() as u64;
         drop(input);
         let entries: Vec<Entry> = stream::iter(failed)
             .map(|f| async move {
@@ -387,11 +389,31 @@ fn unreadable(window: i64, file: &ImportErrorFile, now: DateTime<Utc>) -> Entry 
     }
 }
 
-const SHORTFALL: &str = "short";
+/// How many failed lines an error file names: each distinct line with a position once, every line without one.
+pub(super) fn distinct_lines(text: &str) -> u64 {
+    let mut seen = std::collections::HashSet::new();
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .filter(|l| crate::ledger::locate::error_line(l).position.is_none() || seen.insert(*l))
+        .count() as u64
+}
 
-/// Whether an entry stands for lines the server counted that its (readable) error file did not hold.
-pub(super) fn is_shortfall(e: &Entry) -> bool {
-    e.key.starts_with(&format!("{SHORTFALL}|"))
+/// The key prefix of a shortfall that records how many lines its file did hold (`Entry::line`).
+const SHORTFALL: &str = "shortfall";
+/// The prefix shortfalls had before that count was kept: how many lines their file held is unknown.
+const OLD_SHORTFALL: &str = "short";
+
+/// Whether an entry stands for lines the server counted that its (readable) error file did not hold; `Some`
+/// with how many lines the file held, `None` inside when that is unknown (an entry from an older release).
+pub(super) fn shortfall_of(e: &Entry) -> Option<Option<u64>> {
+    if e.key.starts_with(&format!("{SHORTFALL}|")) {
+        Some(Some(e.line))
+    } else if e.key.starts_with(&format!("{OLD_SHORTFALL}|")) {
+        Some(None)
+    } else {
+        None
+    }
 }
 
 /// Lines the server counted that the error file does not hold (a partial write): recorded as unnamed, so the

@@ -392,19 +392,17 @@ impl Engine {
         // the missing lines only if the file now holds them all; otherwise they stay open (never resolved by a
         // re-read that cannot name them).
         let mut count = e.unnamed_lines;
-        if super::record::is_shortfall(&e) {
-            let held = String::from_utf8_lossy(&bytes)
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-                .count() as u64;
-            let expected = e.line + e.unnamed_lines;
+        if let Some(named_before) = super::record::shortfall_of(&e) {
+            let held = super::record::distinct_lines(&String::from_utf8_lossy(&bytes));
+            // An older entry does not say how many lines its file held: it can only be accepted or re-exported.
+            let expected = named_before.map_or(u64::MAX, |n| n + e.unnamed_lines);
             if held < expected {
                 e.state = State::Open;
                 e.attempts += 1;
                 e.last_seen = now;
                 self.save_quietly(&e).await?;
                 return Ok(format!(
-                    "Failure ledger: the error file {} still holds {held} of the {expected} failed line(s) the server counted; the {} missing cannot be named: re-export the window, or accept them",
+                    "Failure ledger: the error file {} still lacks {} failed line(s) the server counted (it holds {held}); they cannot be named: re-export the window, or accept them",
                     e.error_file, e.unnamed_lines
                 ));
             }

@@ -309,18 +309,8 @@ pub fn percent(pct: f64) -> String {
     }
 }
 
-/// `1,234,567`.
-pub fn thousands(n: i64) -> String {
-    let digits = n.abs().to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    if n < 0 { format!("-{out}") } else { out }
-}
+/// `1,234,567` (kept with the progress output, which the CLI's reports use too).
+pub use crate::terminal::thousands;
 
 #[cfg(test)]
 mod tests {

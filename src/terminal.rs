@@ -18,7 +18,7 @@ fn style(template: &str) -> ProgressStyle {
     base.with_key(
         "rate",
         |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
-            let _ = write!(w, "{}/s", crate::cli::thousands(state.per_sec().round() as i64));
+            let _ = write!(w, "{}/s", thousands(state.per_sec().round() as i64));
         },
     )
     .progress_chars("=> ")
@@ -136,18 +136,31 @@ impl Progress {
                 let left = ((total - self.position) as f64 / rate) as i64;
                 line.push_str(&format!(
                     ", {}/s, about {} left",
-                    crate::cli::thousands(rate.round() as i64),
+                    thousands(rate.round() as i64),
                     crate::engine::progress::duration_text(left)
                 ));
             }
         } else if self.position > 0 {
-            line.push_str(&format!(", {}/s", crate::cli::thousands(rate.round() as i64)));
+            line.push_str(&format!(", {}/s", thousands(rate.round() as i64)));
         }
         if !self.message.is_empty() {
             line.push_str(&format!(": {}", self.message));
         }
         line
     }
+}
+
+/// `1,234,567`.
+pub fn thousands(n: i64) -> String {
+    let digits = n.abs().to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 { format!("-{out}") } else { out }
 }
 
 #[cfg(test)]

@@ -220,35 +220,29 @@ async fn check_config_lists_the_effective_configuration_and_catches_typos() {
 #[tokio::test]
 async fn a_closed_output_pipe_is_not_a_panic() {
     // Both ends closed: a command that fails (unreachable storage) writes its error to a closed stderr.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fhir-migration-tool"))
-        .args(["status"])
-        .env_clear()
-        .env(
-            "AZURE_StorageConnectionString",
-            "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;TableEndpoint=http://127.0.0.1:1/devstoreaccount1;BlobEndpoint=http://127.0.0.1:1/devstoreaccount1",
-        )
-        .env("AZURE_SourceUri", "https://src.example")
-        .env("AZURE_DestinationUri", "https://dst.example")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let piped = |command: &str, storage: &str| {
+        Command::new(env!("CARGO_BIN_EXE_fhir-migration-tool"))
+            .arg(command)
+            .env_clear()
+            .env("AZURE_StorageConnectionString", storage)
+            .env("AZURE_SourceUri", "https://src.example")
+            .env("AZURE_DestinationUri", "https://dst.example")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let stopped = crate::support::on_a_closed_port(
+        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;TableEndpoint=http://127.0.0.1:10002/devstoreaccount1;BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1",
+    );
+    let mut child = piped("status", &stopped);
     drop(child.stdout.take());
     drop(child.stderr.take());
     let status = child.wait().unwrap();
     assert_ne!(status.code(), Some(101), "a panic on the closed pipe");
     assert_eq!(status.code(), Some(2), "could not run: exit code 2 as documented");
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fhir-migration-tool"))
-        .arg("check-config")
-        .env_clear()
-        .env("AZURE_StorageConnectionString", "UseDevelopmentStorage=true")
-        .env("AZURE_SourceUri", "https://src.example")
-        .env("AZURE_DestinationUri", "https://dst.example")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = piped("check-config", "UseDevelopmentStorage=true");
     // Close the reading end before the tool writes its first line.
     drop(child.stdout.take());
     let out = child.wait_with_output().unwrap();
@@ -299,18 +293,7 @@ async fn an_unreachable_server_shows_its_retries_and_fails_within_a_minute() {
 async fn preflight_against_stopped_storage_advises_on_the_connection() {
     let stack = stack(&[]).await;
     let connection = stack.source_settings.get("AZURE_StorageConnectionString").unwrap();
-    // Every endpoint moved to a port nothing listens on.
-    let stopped: String = connection
-        .split(';')
-        .map(|part| match part.split_once("=http://127.0.0.1:") {
-            Some((name, rest)) => {
-                let path = rest.split_once('/').map(|(_, p)| p).unwrap_or("");
-                format!("{name}=http://127.0.0.1:1/{path}")
-            }
-            None => part.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(";");
+    let stopped = crate::support::on_a_closed_port(connection);
     assert_ne!(stopped, connection);
     let started = std::time::Instant::now();
     let out = tokio::task::block_in_place(|| {

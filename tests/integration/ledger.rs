@@ -165,6 +165,15 @@ async fn every_kind_of_refused_line_lands_once_with_its_class() {
     );
 }
 
+/// A stack whose storage has the export and error-file containers the tests write into.
+async fn with_file_containers() -> crate::migration::Stack {
+    let stack = stack(&[]).await;
+    let blobs = stack._app.blobs();
+    blobs.ensure_container("exports").await.unwrap();
+    blobs.ensure_container("fhirlogs").await.unwrap();
+    stack
+}
+
 /// A migrated stack whose destination held a different version 1 of Patient `id` before the migration.
 async fn migrated_with_a_conflict(id: &str, resources: usize, seed_no: u64) -> crate::migration::Stack {
     let stack = stack(&[("AZURE_SafetyLagSeconds", "1"), ("AZURE_ExportConfirmSeconds", "0")]).await;
@@ -389,11 +398,9 @@ async fn a_line_ahead_of_the_destination_clock_is_retried_automatically() {
 /// the difference as a shortfall, and lines without a position never collapse into one entry.
 #[tokio::test]
 async fn unreadable_and_short_error_files_never_lose_a_count() {
-    let stack = stack(&[]).await;
+    let stack = with_file_containers().await;
     let engine = &stack.engine;
     let blobs = stack._app.blobs();
-    blobs.ensure_container("exports").await.unwrap();
-    blobs.ensure_container("fhirlogs").await.unwrap();
     let at = instant(Utc::now() - TimeDelta::hours(2));
     let input = [patient("i1", "1", &at, "A"), patient("i2", "1", &at, "B")].join("\n");
     blobs
@@ -463,11 +470,9 @@ async fn unreadable_and_short_error_files_never_lose_a_count() {
 /// unit): each refused line is one entry naming the version the server meant, and no shortfall is invented.
 #[tokio::test]
 async fn crlf_repeated_lines_and_offsets_on_line_starts_name_the_right_versions() {
-    let stack = stack(&[]).await;
+    let stack = with_file_containers().await;
     let engine = &stack.engine;
     let blobs = stack._app.blobs();
-    blobs.ensure_container("exports").await.unwrap();
-    blobs.ensure_container("fhirlogs").await.unwrap();
     let at = instant(Utc::now() - TimeDelta::hours(2));
     let first = patient("u1", "1", &at, "A");
     let input = [

@@ -87,3 +87,18 @@ pub fn run_python(args: &[&std::ffi::OsStr]) -> (bool, String) {
     );
     (out.status.success(), text)
 }
+
+/// A storage connection string with every endpoint moved to a port nothing listens on (storage "stopped").
+pub fn on_a_closed_port(connection: &str) -> String {
+    connection
+        .split(';')
+        .map(|part| match part.split_once("=http://127.0.0.1:") {
+            Some((name, rest)) => {
+                let path = rest.split_once('/').map(|(_, p)| p).unwrap_or("");
+                format!("{name}=http://127.0.0.1:1/{path}")
+            }
+            None => part.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(";")
+}

@@ -123,17 +123,7 @@ type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
 async fn every_json_command_prints_one_document_when_storage_or_a_server_is_unreachable() {
     let stack = stack(&[]).await;
     let connection = stack.source_settings.get("AZURE_StorageConnectionString").unwrap();
-    let stopped: String = connection
-        .split(';')
-        .map(|part| match part.split_once("=http://127.0.0.1:") {
-            Some((name, rest)) => {
-                let path = rest.split_once('/').map(|(_, p)| p).unwrap_or("");
-                format!("{name}=http://127.0.0.1:1/{path}")
-            }
-            None => part.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(";");
+    let stopped = crate::support::on_a_closed_port(connection);
     let no_storage = [("AZURE_StorageConnectionString", stopped.as_str())];
     let no_source = [("AZURE_SourceUri", "http://127.0.0.1:1")];
     let cases: [Case; 8] = [

@@ -90,3 +90,56 @@ pub(super) fn write_job(job: Job, notes: Notes) -> Action {
         notes,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+    use crate::engine::core::Timer;
+
+    /// The halt names the window that failed last (not an earlier healthy one) with its reason and row, says
+    /// how to resume, and sends the `ExportRetries` event the alert keys on.
+    #[test]
+    fn the_halt_names_the_failing_window_and_how_to_resume() {
+        let settings = crate::engine::sim::settings(&[
+            ("AZURE_MaxExportRetriesEnabled", "true"),
+            ("AZURE_MaxExportRetries", "3"),
+        ]);
+        let timing = crate::engine::Timing::default();
+        let now = chrono::Utc.with_ymd_and_hms(2026, 1, 10, 0, 0, 0).unwrap();
+        let ctx = Context {
+            settings: &settings,
+            timing: &timing,
+            timer: Timer::Starter,
+            now,
+            source_now: None,
+            export_table: "export",
+            nonce: 1,
+        };
+        let mut snapshot = Snapshot::default();
+        snapshot.cursor.failures = 3;
+        let mut failing = Job::planned(
+            4,
+            now - chrono::TimeDelta::days(2),
+            now - chrono::TimeDelta::days(1),
+            "",
+        );
+        failing.failure_reason = "export failed with HTTP 500: Unknown Error.".into();
+        snapshot.jobs = vec![Job::planned(5, now - chrono::TimeDelta::days(1), now, ""), failing];
+        snapshot.jobs.sort_by_key(|j| j.seq);
+        let notes = halt_notes(&ctx, &snapshot);
+        let line = &notes.lines[0];
+        assert!(
+            line.starts_with("MIGRATION HALTED: Maximum export retries limit (3)"),
+            "{line}"
+        );
+        assert!(line.contains("failed 3 times"), "{line}");
+        assert!(line.contains("HTTP 500: Unknown Error."), "{line}");
+        assert!(line.contains("clear-retries"), "{line}");
+        let event = &notes.events[0];
+        assert_eq!(event.name, "ExportRetries");
+        assert_eq!(event.get("Status"), Some("MaxRetriesReached"));
+        assert_eq!(event.get("ConfiguredLimit"), Some("3"));
+    }
+}

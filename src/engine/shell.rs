@@ -156,6 +156,10 @@ impl<P: Ports> Shell<'_, P> {
                     }
                     facts.posts.insert(PostKey::of(&payload), answer);
                 }
+                Action::TrimForCapacity { payload, container } => {
+                    let trim = self.ports.trim_for_capacity(&payload, &container, now).await?;
+                    facts.capacity_trims.insert(PostKey::of(&payload), trim);
+                }
                 Action::PollImport { payload } => {
                     let poll = self.ports.poll_import(&payload.import_url).await;
                     facts.import_polls.insert(PostKey::of(&payload), poll);

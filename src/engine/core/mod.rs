@@ -9,9 +9,11 @@
 //!
 //! Layout: [`rules`] (phases, answer classification, failure streaks), [`plan`] (commit and the next window),
 //! [`exports`] (kick-offs, export polls, payloads from the manifest), [`imports`] (POSTs, import polls, a
-//! window's verdict), [`imported`] (a finished import's record), [`flow`] (what both share).
+//! window's verdict), [`imported`] (a finished import's record), [`capacity`] (imports refused for the
+//! destination's same-millisecond capacity), [`flow`] (what both share).
 
 pub mod boundaries;
+pub mod capacity;
 pub mod exports;
 pub mod flow;
 pub mod imported;
@@ -229,6 +231,8 @@ pub struct Facts {
     pub search_parameters_tried: bool,
     /// Failures this tick recorded that the retry latch (the cursor's count) does not hold yet.
     pub failures_to_count: i64,
+    /// What the shell found examining payloads refused for the destination's same-millisecond capacity.
+    pub capacity_trims: HashMap<PostKey, capacity::CapacityTrim>,
 }
 
 /// A row write. Every update is conditional on the ETag the row was read with.
@@ -371,6 +375,12 @@ pub enum Action {
     PollImport {
         payload: Payload,
     },
+    /// Examine a payload refused for the destination's same-millisecond capacity: leave out (and name in the
+    /// ledger) the versions that cannot fit, and write the payload's new body (see [`capacity`]).
+    TrimForCapacity {
+        payload: Payload,
+        container: String,
+    },
     /// Record a finished import's failed lines in the failure ledger (which reads the error files and sorts
     /// each line into benign, transient or permanent).
     RecordFailures {
@@ -498,12 +508,14 @@ pub fn step(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Action {
         }
         Timer::ExportStatus => flow::cancel_superseded(snapshot, facts)
             .or_else(|| exports::poll_exports(ctx, snapshot, facts))
+            .or_else(|| capacity::trim_payloads(ctx, snapshot, facts))
             .or_else(|| imports::settle_windows(ctx, snapshot, facts))
             .or_else(|| imports::post_payloads(ctx, snapshot, facts))
             .unwrap_or(Action::Idle),
         Timer::ImportStatus => plan::commit(ctx, snapshot, facts)
             .or_else(|| flow::cancel_superseded(snapshot, facts))
             .or_else(|| imports::poll_imports(ctx, snapshot, facts))
+            .or_else(|| capacity::trim_payloads(ctx, snapshot, facts))
             .or_else(|| imports::settle_windows(ctx, snapshot, facts))
             .or_else(|| imports::post_payloads(ctx, snapshot, facts))
             .or_else(|| {

@@ -1,6 +1,7 @@
 //! The engine's side of the failure ledger ([`crate::ledger`]): recording a finished import's refused lines,
 //! and retrying entries (transient ones when due, permanent ones when an operator asks).
 
+mod capacity;
 mod record;
 pub mod retry;
 

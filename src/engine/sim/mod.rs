@@ -4,6 +4,7 @@
 //! failed, vanished and hanging jobs, 413 and same-millisecond unit failures. Invariants are checked after every
 //! write and at the end; a failing seed is printed and replays exactly (`FHIRMIG_SIM_SEED=<seed>`).
 
+mod capacity;
 mod ports;
 #[cfg(test)]
 mod tests;
@@ -329,13 +330,35 @@ impl Sim {
     pub fn final_checks(&self) -> Vec<String> {
         let mut problems = self.violations();
         let w = self.world();
-        let missing: Vec<&Version> = w.source.iter().filter(|v| !w.destination.contains(v)).collect();
+        // Versions the tool left out over the destination's capacity are named in the ledger: accounted for.
+        let missing: Vec<&Version> = w
+            .source
+            .iter()
+            .filter(|v| !w.destination.contains(v) && !w.named.contains(v))
+            .collect();
         if !missing.is_empty() {
             problems.push(format!(
                 "{} source version(s) never reached the destination, first {:?}",
                 missing.len(),
                 missing[0]
             ));
+        }
+        // Left out only what could not fit: each millisecond a version was left out of is full at the destination.
+        if let Some(cap) = w.faults.same_ms_capacity {
+            for v in &w.named {
+                let held = w
+                    .destination
+                    .iter()
+                    .filter(|d| d.resource_type() == v.resource_type() && d.at_ms == v.at_ms)
+                    .count();
+                if held != cap {
+                    problems.push(format!(
+                        "{v:?} was left out over the capacity {cap}, but its millisecond holds {held} of its type"
+                    ));
+                }
+            }
+        } else if !w.named.is_empty() {
+            problems.push(format!("{} version(s) left out with no capacity limit", w.named.len()));
         }
         let extra = w.destination.iter().filter(|v| !w.source.contains(v)).count();
         if extra > 0 {
@@ -395,7 +418,8 @@ impl Sim {
             let mut w = self.world();
             w.faults = Faults {
                 export_max_versions: w.faults.export_max_versions,
-                unit_max_same_ms: w.faults.unit_max_same_ms,
+                same_ms_capacity: w.faults.same_ms_capacity,
+                id_refusals_over: w.faults.id_refusals_over,
                 ..Faults::default()
             };
         }

@@ -18,6 +18,7 @@ use crate::engine::core::rules::{WindowPhase, window_phase};
 use crate::engine::core::{Answer, ExportPoll, ImportPoll, Snapshot, Totals, Write};
 use crate::engine::error_files::ErrorSummary;
 use crate::engine::ports::{Ports, Written};
+use crate::state::Payload;
 use crate::state::rows::ImportStatus;
 use crate::storage::tables::TableError;
 use crate::telemetry::{Event, Telemetry};
@@ -194,7 +195,7 @@ impl SimPorts {
             if let Some(v) = w
                 .source
                 .iter()
-                .find(|v| (from..below).contains(&v.at_ms) && !w.destination.contains(v))
+                .find(|v| (from..below).contains(&v.at_ms) && !w.destination.contains(v) && !w.named.contains(v))
             {
                 self.violate(format!(
                     "the cursor moved to {since} while version {v:?} below it is not at the destination"
@@ -471,6 +472,18 @@ impl Ports for SimPorts {
     /// The simulated servers share the simulation's clock.
     fn source_now(&self) -> Option<DateTime<Utc>> {
         None
+    }
+
+    async fn trim_for_capacity(
+        &self,
+        payload: &Payload,
+        container: &str,
+        _now: DateTime<Utc>,
+    ) -> Result<crate::engine::core::capacity::CapacityTrim, EngineError> {
+        self.enter().await;
+        let trim = self.world().trim_for_capacity(payload, container);
+        self.leave().await;
+        Ok(trim)
     }
 
     async fn record_failures(

@@ -75,9 +75,14 @@ pub struct Faults {
     pub import_job_hangs: u64,
     /// An export of more versions than this fails with 413 (reference §2.1: the job record is too large).
     pub export_max_versions: Option<usize>,
-    /// A processing unit with more versions than this on one millisecond fails (the servers' 10,000 limit,
-    /// scaled down).
-    pub unit_max_same_ms: Option<usize>,
+    /// The destination holds at most this many versions of one type on one millisecond, counting what it
+    /// already holds (reference §11.1: 80,000, scaled down). An import over it fails with the server's 400 after
+    /// importing what fits in its other units (§5.4: no rollback), whatever its processing unit.
+    pub same_ms_capacity: Option<usize>,
+    /// An import with more versions than this on one millisecond fails with the same 400 and imports nothing,
+    /// although no type is over the capacity (the server uses that text after repeated SQL conflicts too): the
+    /// tool can only retry, then halt with the reason.
+    pub id_refusals_over: Option<usize>,
     /// Table storage calls answered 503 before they take effect.
     pub table_unavailable: u64,
     /// Table storage writes that take effect but whose answer is a timeout.
@@ -150,6 +155,8 @@ pub struct World {
     /// Versions that become visible only after their lastUpdated (reference §11.10: lastUpdated is taken
     /// before the transaction commits): the instant (ms) each becomes visible.
     pub late: HashMap<Version, i64>,
+    /// Versions the tool left out of an import and named in the ledger (over the same-millisecond capacity).
+    pub named: BTreeSet<Version>,
 }
 
 impl World {
@@ -176,6 +183,7 @@ impl World {
             search_parameter_syncs: 0,
             refused_too_large: 0,
             late: HashMap::new(),
+            named: BTreeSet::new(),
         }
     }
 
@@ -397,7 +405,7 @@ impl World {
     }
 
     /// The input URLs of an `$import` body.
-    fn inputs(body: &serde_json::Value) -> Vec<String> {
+    pub(super) fn inputs(body: &serde_json::Value) -> Vec<String> {
         body["parameter"]
             .as_array()
             .into_iter()
@@ -471,35 +479,49 @@ impl World {
             };
         }
         let body: serde_json::Value = serde_json::from_str(&job.body).expect("a body the tool wrote");
-        let unit_lines = body["parameter"]
-            .as_array()
-            .and_then(|ps| ps.iter().find(|p| p["name"] == "processingUnitBytesToRead"))
-            .and_then(|p| p["valueInteger"].as_i64())
-            .map_or(100, |bytes| (bytes / 100_000).max(1) as usize);
         let inputs = Self::inputs(&body);
-        let mut output = Vec::new();
-        for url in &inputs {
-            let versions = self.files.get(url).cloned().unwrap_or_default();
-            for unit in versions.chunks(unit_lines) {
-                let mut per_ms: HashMap<i64, usize> = HashMap::new();
-                for v in unit {
-                    *per_ms.entry(v.at_ms).or_default() += 1;
-                }
-                if self
-                    .faults
-                    .unit_max_same_ms
-                    .is_some_and(|max| per_ms.values().any(|n| *n > max))
-                {
-                    let reason =
-                        format!("import operation failed for reason: Unable to generate internal IDs ErrorFile: {url}");
-                    self.imports[id].result = Some(Err(reason.clone()));
-                    return ImportPoll::Failed {
-                        status: 400,
-                        diagnostics: reason,
-                    };
-                }
+        let files: Vec<(String, Vec<Version>)> = inputs
+            .iter()
+            .map(|url| (url.clone(), self.files.get(url).cloned().unwrap_or_default()))
+            .collect();
+        let refused = |reason: String| ImportPoll::Failed {
+            status: 400,
+            diagnostics: format!("import operation failed for reason: {reason}"),
+        };
+        let ids = "Unable to generate internal IDs. If the lastUpdated meta element is provided as input, reduce the number of resources with the same up to millisecond lastUpdated below 10,000.";
+        let mut per_ms: HashMap<i64, usize> = HashMap::new();
+        for v in files.iter().flat_map(|(_, vs)| vs) {
+            *per_ms.entry(v.at_ms).or_default() += 1;
+        }
+        if self
+            .faults
+            .id_refusals_over
+            .is_some_and(|max| per_ms.values().any(|n| *n > max))
+        {
+            self.imports[id].result = Some(Err(format!("import operation failed for reason: {ids}")));
+            return refused(ids.into());
+        }
+        // Per (type, ms): what the destination holds plus what this import adds.
+        let mut rows: HashMap<(&str, i64), usize> = HashMap::new();
+        for v in self.destination.iter() {
+            *rows.entry((v.resource_type(), v.at_ms)).or_default() += 1;
+        }
+        for v in files.iter().flat_map(|(_, vs)| vs) {
+            if !self.destination.contains(v) {
+                *rows.entry((v.resource_type(), v.at_ms)).or_default() += 1;
             }
-            for v in &versions {
+        }
+        let full: BTreeSet<(&str, i64)> = self
+            .faults
+            .same_ms_capacity
+            .map(|cap| rows.iter().filter(|(_, n)| **n > cap).map(|(k, _)| *k).collect())
+            .unwrap_or_default();
+        let mut output = Vec::new();
+        for (url, versions) in &files {
+            for v in versions
+                .iter()
+                .filter(|v| !full.contains(&(v.resource_type(), v.at_ms)))
+            {
                 self.destination.insert(*v);
                 *self.imported.entry(*v).or_default() += 1;
             }
@@ -508,6 +530,10 @@ impl World {
                 count: versions.len() as u64,
                 input_url: Some(url.clone()),
             });
+        }
+        if !full.is_empty() {
+            self.imports[id].result = Some(Err(format!("import operation failed for reason: {ids}")));
+            return refused(ids.into());
         }
         let result = ImportResult {
             transaction_time: None,

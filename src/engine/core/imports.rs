@@ -145,7 +145,8 @@ pub fn post_payloads(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Optio
         for p in snapshot.payloads_of(job) {
             let phase = payload_phase(p, job.attempt, ctx.now);
             let due = match phase {
-                PayloadPhase::Waiting | PayloadPhase::PostDue => true,
+                PayloadPhase::Waiting => super::scan::ready(ctx, p),
+                PayloadPhase::PostDue => true,
                 PayloadPhase::Failed => p.attempt < attempts_allowed(ctx, p) && !capacity::awaits_check(p),
                 _ => false,
             };

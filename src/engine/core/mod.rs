@@ -10,7 +10,7 @@
 //! Layout: [`rules`] (phases, answer classification, failure streaks), [`plan`] (commit and the next window),
 //! [`exports`] (kick-offs, export polls, payloads from the manifest), [`imports`] (POSTs, import polls, a
 //! window's verdict), [`imported`] (a finished import's record), [`capacity`] (imports refused for the
-//! destination's same-millisecond capacity), [`flow`] (what both share).
+//! destination's same-millisecond capacity), [`scan`] (versions of one resource on one millisecond), [`flow`] (what both share).
 
 pub mod boundaries;
 pub mod capacity;
@@ -20,6 +20,7 @@ pub mod imported;
 pub mod imports;
 pub mod plan;
 pub mod rules;
+pub mod scan;
 
 use std::collections::{HashMap, HashSet};
 
@@ -233,6 +234,8 @@ pub struct Facts {
     pub failures_to_count: i64,
     /// What the shell found examining payloads refused for the destination's same-millisecond capacity.
     pub capacity_trims: HashMap<PostKey, capacity::CapacityTrim>,
+    /// What scanning a waiting payload's files found, by the payload and the file it started from.
+    pub scans: HashMap<(PayloadKey, i64), scan::Scanned>,
 }
 
 /// A row write. Every update is conditional on the ETag the row was read with.
@@ -375,6 +378,12 @@ pub enum Action {
     PollImport {
         payload: Payload,
     },
+    /// Scan the next share of a waiting payload's export files for versions of one resource on one millisecond
+    /// (see [`scan`]).
+    ScanPayload {
+        payload: Payload,
+        container: String,
+    },
     /// Examine a payload refused for the destination's same-millisecond capacity: leave out (and name in the
     /// ledger) the versions that cannot fit, and write the payload's new body (see [`capacity`]).
     TrimForCapacity {
@@ -510,6 +519,7 @@ pub fn step(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Action {
             .or_else(|| exports::poll_exports(ctx, snapshot, facts))
             .or_else(|| capacity::trim_payloads(ctx, snapshot, facts))
             .or_else(|| imports::settle_windows(ctx, snapshot, facts))
+            .or_else(|| scan::scan_payloads(ctx, snapshot, facts))
             .or_else(|| imports::post_payloads(ctx, snapshot, facts))
             .unwrap_or(Action::Idle),
         Timer::ImportStatus => plan::commit(ctx, snapshot, facts)
@@ -517,6 +527,7 @@ pub fn step(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Action {
             .or_else(|| imports::poll_imports(ctx, snapshot, facts))
             .or_else(|| capacity::trim_payloads(ctx, snapshot, facts))
             .or_else(|| imports::settle_windows(ctx, snapshot, facts))
+            .or_else(|| scan::scan_payloads(ctx, snapshot, facts))
             .or_else(|| imports::post_payloads(ctx, snapshot, facts))
             .or_else(|| {
                 (!ctx.latched(cursor) && !ctx.paused())

@@ -11,10 +11,10 @@ use std::collections::{BTreeMap, HashSet};
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::Value;
 
+use super::files::{input_urls, left_out_entry, millisecond, parse, rewrite_inputs, version_number};
 use crate::engine::core::capacity::CapacityTrim;
 use crate::engine::{Engine, EngineError};
 use crate::fhir::format_instant;
-use crate::ledger::{Class, Entry, Kind, State};
 use crate::state::Payload;
 
 /// (type, millisecond) groups counted at the destination per examination, largest first: each costs a count
@@ -23,20 +23,6 @@ use crate::state::Payload;
 const GROUPS_CHECKED: usize = 100;
 /// History entries per page when listing what the destination holds on one millisecond.
 const PAGE: usize = 1000;
-
-/// One exported line: where it is and which version it is.
-struct Line {
-    file: usize,
-    /// Byte range in its file.
-    start: usize,
-    end: usize,
-    /// 1-based among the file's non-empty lines (a unit at offset 0, as the ledger counts them: reference §11.4).
-    number: u64,
-    resource_type: String,
-    id: String,
-    version: String,
-    last_updated: String,
-}
 
 impl Engine {
     /// Examines `payload` (refused for the same-millisecond capacity) and, when versions cannot fit, writes
@@ -135,27 +121,21 @@ impl Engine {
             if !lines.iter().enumerate().any(|(i, l)| l.file == f && out.contains(&i)) {
                 continue;
             }
-            let Some((store, c, name)) = url::Url::parse(url).ok().and_then(|u| self.locate_blob(&u)) else {
+            let suffix = format!("capacity-{attempt}");
+            let Some(copy) = self.write_copy(url, f, &files[f], &lines, &out, &suffix).await? else {
                 return Ok(CapacityTrim::CannotTrim(format!(
                     "the export account of {} is not one the tool can write to (AZURE_IntegrationStorageUri)",
                     crate::telemetry::id_of(url)
                 )));
             };
-            let mut kept = Vec::new();
-            for (i, l) in lines.iter().enumerate().filter(|(_, l)| l.file == f) {
-                if !out.contains(&i) {
-                    kept.extend_from_slice(&files[f][l.start..l.end]);
-                    kept.push(b'\n');
-                }
-            }
-            let copy = format!("{}.capacity-{attempt}.ndjson", name.trim_end_matches(".ndjson"));
-            store.put(&c, &copy, kept).await?;
-            let etag = store.etag(&c, &copy).await?;
-            replaced.insert(f, (store.blob_url(&c, &copy), etag));
+            replaced.insert(f, copy);
         }
         self.ledger.ensure_table().await?;
         for i in &excluded {
-            let entry = left_out_entry(payload.seq, &lines[*i], &urls[lines[*i].file], cap, now);
+            let message = format!(
+                "not imported: the destination holds at most {cap} versions of one resource type on one millisecond (its row ids are millisecond * 80000 + a sequence), and this millisecond is full; accept the loss with a reason, or write the resource through the REST API (it then gets a new lastUpdated)"
+            );
+            let entry = left_out_entry(payload.seq, &lines[*i], &urls[lines[*i].file], message, now);
             self.upsert(entry, now).await?;
         }
         rewrite_inputs(&mut body, &replaced);
@@ -194,180 +174,5 @@ impl Engine {
             next = self.destination.next_page(&page)?;
         }
         Ok(held)
-    }
-}
-
-/// The input URLs of an `$import` body, in order.
-fn input_urls(body: &Value) -> Vec<String> {
-    body["parameter"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| p["name"] == "input")
-        .filter_map(|p| {
-            p["part"].as_array()?.iter().find(|part| part["name"] == "url")?["valueUri"]
-                .as_str()
-                .map(str::to_string)
-        })
-        .collect()
-}
-
-/// Points the body's inputs at the copies (with their ETags when the originals had one).
-fn rewrite_inputs(body: &mut Value, replaced: &BTreeMap<usize, (String, Option<String>)>) {
-    let Some(params) = body["parameter"].as_array_mut() else {
-        return;
-    };
-    for (f, p) in params.iter_mut().filter(|p| p["name"] == "input").enumerate() {
-        let Some((url, etag)) = replaced.get(&f) else { continue };
-        let Some(parts) = p["part"].as_array_mut() else {
-            continue;
-        };
-        let had_etag = parts.iter().any(|part| part["name"] == "etag");
-        parts.retain(|part| part["name"] != "etag");
-        for part in parts.iter_mut().filter(|part| part["name"] == "url") {
-            part["valueUri"] = Value::String(url.clone());
-        }
-        if had_etag && let Some(etag) = etag {
-            parts.push(serde_json::json!({ "name": "etag", "valueString": etag }));
-        }
-    }
-}
-
-/// Every non-empty line of every file, numbered as the ledger numbers lines from a file's start.
-fn parse(files: &[Vec<u8>]) -> Vec<Line> {
-    let mut lines = Vec::new();
-    for (f, bytes) in files.iter().enumerate() {
-        let mut start = 0;
-        let mut number = 0;
-        while start < bytes.len() {
-            let end = bytes[start..]
-                .iter()
-                .position(|&b| b == b'\n')
-                .map_or(bytes.len(), |p| start + p);
-            let mut content_end = end;
-            if end < bytes.len() && content_end > start && bytes[content_end - 1] == b'\r' {
-                content_end -= 1;
-            }
-            if content_end > start {
-                number += 1;
-                let (resource_type, id, version, last_updated) =
-                    crate::ledger::locate::identity(&bytes[start..content_end]).unwrap_or_default();
-                lines.push(Line {
-                    file: f,
-                    start,
-                    end: content_end,
-                    number,
-                    resource_type,
-                    id,
-                    version,
-                    last_updated,
-                });
-            }
-            start = end + 1;
-        }
-    }
-    lines
-}
-
-/// The millisecond the server keeps of a lastUpdated (it truncates: reference §6.1).
-fn millisecond(last_updated: &str) -> Option<i64> {
-    DateTime::parse_from_rfc3339(last_updated)
-        .ok()
-        .map(|t| t.timestamp_millis())
-}
-
-fn version_number(v: &str) -> i64 {
-    v.parse().unwrap_or(i64::MIN)
-}
-
-fn left_out_entry(window: i64, l: &Line, input_url: &str, cap: u64, now: DateTime<Utc>) -> Entry {
-    Entry {
-        key: Entry::key_of(&l.resource_type, &l.id, &l.version),
-        window,
-        resource_type: l.resource_type.clone(),
-        id: l.id.clone(),
-        version_id: l.version.clone(),
-        last_updated: l.last_updated.clone(),
-        kind: Kind::SameMillisecond,
-        class: Class::Permanent,
-        state: State::Open,
-        message: format!(
-            "not imported: the destination holds at most {cap} versions of one resource type on one millisecond (its row ids are millisecond * 80000 + a sequence), and this millisecond is full; accept the loss with a reason, or write the resource through the REST API (it then gets a new lastUpdated)"
-        ),
-        // Not from an error file: a repeat of the same examination finds its own entry and changes nothing.
-        error_file: String::new(),
-        input_file: input_url.to_string(),
-        offset: 0,
-        line: l.number,
-        first_seen: now,
-        last_seen: now,
-        attempts: 1,
-        resolution: String::new(),
-        retry_import: String::new(),
-        next_attempt: None,
-        unnamed_lines: 0,
-        etag: None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lines_are_numbered_as_the_ledger_reads_them() {
-        let files = vec![b"{\"id\":\"a\"}\r\n\r\n{\"id\":\"b\"}\n{\"id\":\"c\"}".to_vec()];
-        let lines = parse(&files);
-        let ids: Vec<_> = lines.iter().map(|l| (l.id.as_str(), l.number)).collect();
-        assert_eq!(ids, [("a", 1), ("b", 2), ("c", 3)]);
-        for l in &lines {
-            let read = crate::ledger::locate::input_line(&files[0], 0, l.number).unwrap();
-            assert_eq!(read, &files[0][l.start..l.end]);
-        }
-    }
-
-    #[test]
-    fn a_sub_millisecond_instant_falls_on_its_millisecond() {
-        assert_eq!(
-            millisecond("2026-01-01T00:00:00.0019999Z"),
-            millisecond("2026-01-01T00:00:00.001Z")
-        );
-        assert_eq!(millisecond("not a time"), None);
-    }
-
-    #[test]
-    fn inputs_are_pointed_at_their_copies_keeping_the_etag_rule() {
-        let mut body = serde_json::json!({ "parameter": [
-            { "name": "mode", "valueString": "IncrementalLoad" },
-            { "name": "input", "part": [{ "name": "type", "valueString": "Patient" }, { "name": "url", "valueUri": "https://a/c/P-1.ndjson" }, { "name": "etag", "valueString": "\"1\"" }] },
-            { "name": "input", "part": [{ "name": "type", "valueString": "Patient" }, { "name": "url", "valueUri": "https://a/c/P-2.ndjson" }] },
-        ]});
-        assert_eq!(input_urls(&body), ["https://a/c/P-1.ndjson", "https://a/c/P-2.ndjson"]);
-        let mut replaced = BTreeMap::new();
-        replaced.insert(
-            0,
-            (
-                "https://a/c/P-1.capacity-1.ndjson".to_string(),
-                Some("\"2\"".to_string()),
-            ),
-        );
-        replaced.insert(
-            1,
-            (
-                "https://a/c/P-2.capacity-1.ndjson".to_string(),
-                Some("\"3\"".to_string()),
-            ),
-        );
-        rewrite_inputs(&mut body, &replaced);
-        assert_eq!(
-            input_urls(&body),
-            ["https://a/c/P-1.capacity-1.ndjson", "https://a/c/P-2.capacity-1.ndjson"]
-        );
-        assert_eq!(body["parameter"][1]["part"][2]["valueString"], "\"2\"");
-        assert_eq!(
-            body["parameter"][2]["part"].as_array().unwrap().len(),
-            2,
-            "no ETag where the original had none"
-        );
     }
 }

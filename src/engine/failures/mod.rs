@@ -2,7 +2,9 @@
 //! and retrying entries (transient ones when due, permanent ones when an operator asks).
 
 mod capacity;
+mod files;
 mod record;
 pub mod retry;
+mod scan;
 
 pub use retry::{RequestError, Selection};

@@ -192,11 +192,12 @@ impl SimPorts {
         {
             let below = since.timestamp_millis();
             let from = new.first_since.map_or(i64::MIN, |f| f.timestamp_millis());
-            if let Some(v) = w
-                .source
-                .iter()
-                .find(|v| (from..below).contains(&v.at_ms) && !w.destination.contains(v) && !w.named.contains(v))
-            {
+            if let Some(v) = w.source.iter().find(|v| {
+                (from..below).contains(&v.at_ms)
+                    && !w.destination.contains(v)
+                    && !w.named.contains(v)
+                    && !w.ledger.contains(v)
+            }) {
                 self.violate(format!(
                     "the cursor moved to {since} while version {v:?} below it is not at the destination"
                 ));
@@ -486,6 +487,18 @@ impl Ports for SimPorts {
         Ok(trim)
     }
 
+    async fn scan_payload(
+        &self,
+        payload: &Payload,
+        container: &str,
+        _now: DateTime<Utc>,
+    ) -> Result<crate::engine::core::scan::Scanned, EngineError> {
+        self.enter().await;
+        let scanned = self.world().scan_payload(payload, container);
+        self.leave().await;
+        Ok(scanned)
+    }
+
     async fn record_failures(
         &self,
         _window: i64,
@@ -493,6 +506,14 @@ impl Ports for SimPorts {
         _now: DateTime<Utc>,
     ) -> Result<ErrorSummary, EngineError> {
         self.enter().await;
+        {
+            // Every refused version is named, as the ledger names it from the error file.
+            let mut w = self.world();
+            for e in errors {
+                let named = w.error_files.get(&e.url).cloned().unwrap_or_default();
+                w.ledger.extend(named);
+            }
+        }
         Ok(ErrorSummary {
             permanent: errors.iter().map(|e| e.count as i64).sum(),
             ..ErrorSummary::default()

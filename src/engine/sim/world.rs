@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use chrono::{DateTime, TimeDelta, Utc};
 
 use crate::engine::core::{Answer, ExportPoll, ImportPoll};
-use crate::fhir::wire::{ExportFile, ExportManifest, ImportErrorFile, ImportOutput, ImportResult};
+use crate::fhir::wire::{ExportFile, ExportManifest, ImportResult};
 use crate::state::{Cursor, Job, Payload};
 use crate::storage::tables::ETag;
 
@@ -157,6 +157,10 @@ pub struct World {
     pub late: HashMap<Version, i64>,
     /// Versions the tool left out of an import and named in the ledger (over the same-millisecond capacity).
     pub named: BTreeSet<Version>,
+    /// The versions each import refused, by its error file's URL (the ledger's stand-in reads them).
+    pub error_files: HashMap<String, Vec<Version>>,
+    /// Versions named in the ledger from error files or left out by the scan before an import.
+    pub ledger: BTreeSet<Version>,
 }
 
 impl World {
@@ -184,6 +188,8 @@ impl World {
             refused_too_large: 0,
             late: HashMap::new(),
             named: BTreeSet::new(),
+            error_files: HashMap::new(),
+            ledger: BTreeSet::new(),
         }
     }
 
@@ -484,64 +490,20 @@ impl World {
             .iter()
             .map(|url| (url.clone(), self.files.get(url).cloned().unwrap_or_default()))
             .collect();
-        let refused = |reason: String| ImportPoll::Failed {
-            status: 400,
-            diagnostics: format!("import operation failed for reason: {reason}"),
-        };
-        let ids = "Unable to generate internal IDs. If the lastUpdated meta element is provided as input, reduce the number of resources with the same up to millisecond lastUpdated below 10,000.";
-        let mut per_ms: HashMap<i64, usize> = HashMap::new();
-        for v in files.iter().flat_map(|(_, vs)| vs) {
-            *per_ms.entry(v.at_ms).or_default() += 1;
-        }
-        if self
-            .faults
-            .id_refusals_over
-            .is_some_and(|max| per_ms.values().any(|n| *n > max))
-        {
-            self.imports[id].result = Some(Err(format!("import operation failed for reason: {ids}")));
-            return refused(ids.into());
-        }
-        // Per (type, ms): what the destination holds plus what this import adds.
-        let mut rows: HashMap<(&str, i64), usize> = HashMap::new();
-        for v in self.destination.iter() {
-            *rows.entry((v.resource_type(), v.at_ms)).or_default() += 1;
-        }
-        for v in files.iter().flat_map(|(_, vs)| vs) {
-            if !self.destination.contains(v) {
-                *rows.entry((v.resource_type(), v.at_ms)).or_default() += 1;
+        match self.apply_import(id, &files) {
+            Ok(result) => {
+                self.imports[id].result = Some(Ok(result.clone()));
+                ImportPoll::Done(result)
+            }
+            Err(reason) => {
+                let diagnostics = format!("import operation failed for reason: {reason}");
+                self.imports[id].result = Some(Err(diagnostics.clone()));
+                ImportPoll::Failed {
+                    status: 400,
+                    diagnostics,
+                }
             }
         }
-        let full: BTreeSet<(&str, i64)> = self
-            .faults
-            .same_ms_capacity
-            .map(|cap| rows.iter().filter(|(_, n)| **n > cap).map(|(k, _)| *k).collect())
-            .unwrap_or_default();
-        let mut output = Vec::new();
-        for (url, versions) in &files {
-            for v in versions
-                .iter()
-                .filter(|v| !full.contains(&(v.resource_type(), v.at_ms)))
-            {
-                self.destination.insert(*v);
-                *self.imported.entry(*v).or_default() += 1;
-            }
-            output.push(ImportOutput {
-                resource_type: versions.first().map(|v| v.resource_type().to_string()),
-                count: versions.len() as u64,
-                input_url: Some(url.clone()),
-            });
-        }
-        if !full.is_empty() {
-            self.imports[id].result = Some(Err(format!("import operation failed for reason: {ids}")));
-            return refused(ids.into());
-        }
-        let result = ImportResult {
-            transaction_time: None,
-            output,
-            error: Vec::<ImportErrorFile>::new(),
-        };
-        self.imports[id].result = Some(Ok(result.clone()));
-        ImportPoll::Done(result)
     }
 
     pub fn cancel(&mut self, url: &str, destination: bool) {

@@ -1,11 +1,14 @@
-//! The simulated shell's examination of a payload refused for the destination's same-millisecond capacity: the
-//! same decision as `engine::failures::capacity` (count each (type, ms) of the payload against what the
-//! destination holds, leave out what cannot fit, keeping each resource's newest versions), on the world's files.
+//! The simulated shell's rewrites of a payload, on the world's files: the examination of one refused for the
+//! destination's same-millisecond capacity (as `engine::failures::capacity`: count each (type, ms) of the
+//! payload against what the destination holds, leave out what cannot fit, keeping each resource's newest
+//! versions), and the scan before its first POST (as `engine::failures::scan`: of several versions of one
+//! resource on one millisecond in a file, keep the numerically highest).
 
 use std::collections::BTreeMap;
 
 use super::world::{Version, World};
 use crate::engine::core::capacity::CapacityTrim;
+use crate::engine::core::scan::Scanned;
 use crate::state::Payload;
 
 impl World {
@@ -77,5 +80,54 @@ impl World {
             blob,
             groups: Vec::new(),
         }
+    }
+
+    /// Scans every file of a waiting payload at once (the simulated files are small).
+    pub fn scan_payload(&mut self, payload: &Payload, container: &str) -> Scanned {
+        let done = |blob: String, left_out: u64| Scanned {
+            files: i64::MAX,
+            done: true,
+            blob,
+            left_out,
+            note: String::new(),
+        };
+        let Some(bytes) = self.blobs.get(&(container.to_string(), payload.blob.clone())) else {
+            return done(payload.blob.clone(), 0);
+        };
+        let mut body: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
+        let mut left_out = 0;
+        for p in body["parameter"].as_array_mut().into_iter().flatten() {
+            if p["name"] != "input" {
+                continue;
+            }
+            for part in p["part"].as_array_mut().into_iter().flatten() {
+                let Some(url) = part["valueUri"].as_str().map(str::to_string) else {
+                    continue;
+                };
+                let versions = self.files.get(&url).cloned().unwrap_or_default();
+                let mut top: BTreeMap<(u32, i64), u32> = BTreeMap::new();
+                for v in &versions {
+                    let t = top.entry((v.resource, v.at_ms)).or_insert(v.version);
+                    *t = (*t).max(v.version);
+                }
+                let (kept, out): (Vec<Version>, Vec<Version>) =
+                    versions.iter().partition(|v| top[&(v.resource, v.at_ms)] == v.version);
+                if out.is_empty() {
+                    continue;
+                }
+                left_out += out.len() as u64;
+                self.ledger.extend(out);
+                let copy = format!("{url}.scanned");
+                self.files.insert(copy.clone(), kept);
+                part["valueUri"] = serde_json::Value::String(copy);
+            }
+        }
+        if left_out == 0 {
+            return done(payload.blob.clone(), 0);
+        }
+        let blob = format!("{}.scanned", payload.blob);
+        self.blobs
+            .insert((container.to_string(), blob.clone()), body.to_string().into_bytes());
+        done(blob, left_out)
     }
 }

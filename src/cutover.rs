@@ -178,14 +178,7 @@ pub async fn cutover(app: &App, options: &Options) -> Result<Report, CutoverErro
         // De-identified content differs from the source by design: readiness rests on ids, versions and times.
         let content = crate::verify::Content::of(settings);
         // Versions whose loss an operator accepted are named in the report, not counted against readiness.
-        let accepted = engine
-            .ledger()
-            .list(Some(crate::ledger::State::Accepted))
-            .await
-            .map_err(EngineError::from)?
-            .into_iter()
-            .map(|e| e.key)
-            .collect();
+        let accepted = accepted_losses(engine).await.map_err(EngineError::from)?;
         let full = crate::verify::full::full_except(
             engine.source(),
             engine.destination(),
@@ -407,4 +400,31 @@ pub fn describe(r: &Report) -> String {
         }
     }
     out
+}
+
+/// What operators accepted as lost, for the full check: named versions by key, and for each accepted loss the
+/// ledger could not name (an error file short of its count, or unreadable), the versions of the export file it
+/// is about with the count of its failed lines. An export file that cannot be read any more covers nothing:
+/// those versions then show as missing, as before.
+async fn accepted_losses(
+    engine: &crate::engine::Engine,
+) -> Result<crate::verify::full::Accepted, crate::storage::tables::TableError> {
+    let mut accepted = crate::verify::full::Accepted::default();
+    for e in engine.ledger().list(Some(crate::ledger::State::Accepted)).await? {
+        if e.unnamed_lines == 0 {
+            accepted.keys.insert(e.key);
+            continue;
+        }
+        let Some(bytes) = engine.read_blob(&e.input_file).await else {
+            continue;
+        };
+        let keys = String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter_map(|l| crate::ledger::locate::identity(l.trim().as_bytes()))
+            .filter(|(t, id, v, _)| !t.is_empty() && !id.is_empty() && !v.is_empty())
+            .map(|(t, id, v, _)| crate::ledger::Entry::key_of(&t, &id, &v))
+            .collect();
+        accepted.unnamed.push((keys, e.unnamed_lines));
+    }
+    Ok(accepted)
 }

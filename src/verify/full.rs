@@ -61,6 +61,22 @@ pub struct FullReport {
     /// The ledger keys (`Type|id|versionId`) of the accepted losses.
     #[serde(skip)]
     pub accepted_keys: std::collections::HashSet<String>,
+    /// Accepted losses the ledger could not name (lines an error file counted but did not hold, or an error file
+    /// it could not read): the versions of the export file they are about, each to the loss it may belong to.
+    #[serde(skip)]
+    pub unnamed_keys: std::collections::HashMap<String, usize>,
+    /// How many versions each of those losses still covers (its count of failed lines).
+    #[serde(skip)]
+    pub unnamed_left: Vec<u64>,
+}
+
+/// What an operator accepted as lost, for the full check.
+#[derive(Debug, Clone, Default)]
+pub struct Accepted {
+    /// Ledger keys of named versions.
+    pub keys: std::collections::HashSet<String>,
+    /// Each unnamed loss: the ledger keys of the versions in its export file, and how many lines failed.
+    pub unnamed: Vec<(Vec<String>, u64)>,
 }
 
 /// One entry of a page, reduced to what is compared.
@@ -224,6 +240,18 @@ impl FullReport {
                 .accepted_keys
                 .contains(&crate::ledger::Entry::key_of(resource_type, &e.id, &e.version_id))
         {
+            self.accepted += 1;
+            return;
+        }
+        // A version of an export file some of whose lines failed unnamed, and whose loss was accepted: one of
+        // those lines, as long as the count allows.
+        if kind != Kind::Extra
+            && let Some(b) = self
+                .unnamed_keys
+                .get(&crate::ledger::Entry::key_of(resource_type, &e.id, &e.version_id))
+            && self.unnamed_left[*b] > 0
+        {
+            self.unnamed_left[*b] -= 1;
             self.accepted += 1;
             return;
         }
@@ -412,22 +440,29 @@ pub async fn full_with(
     .await
 }
 
-/// [`full_with`], where a missing or different version whose ledger key is in `accepted` is an accepted loss,
-/// not a difference.
+/// [`full_with`], where a missing or different version an operator `accepted` is an accepted loss, not a
+/// difference: a named one by its ledger key, an unnamed one (lines counted but not named) by being in its
+/// export file, up to its count.
 pub async fn full_except(
     source: &FhirClient,
     destination: &FhirClient,
     types: &[String],
     history: bool,
     content: Content,
-    accepted: std::collections::HashSet<String>,
+    accepted: Accepted,
     range: (Option<i64>, Option<i64>),
 ) -> Result<FullReport, FhirError> {
     let mut report = FullReport {
         content: content.label().to_string(),
-        accepted_keys: accepted,
+        accepted_keys: accepted.keys,
         ..FullReport::default()
     };
+    for (b, (keys, count)) in accepted.unnamed.into_iter().enumerate() {
+        report.unnamed_left.push(count);
+        for k in keys {
+            report.unnamed_keys.entry(k).or_insert(b);
+        }
+    }
     for t in types {
         compare_type_within(source, destination, t, history, content, range, &mut report, |_| false).await?;
     }

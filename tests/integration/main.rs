@@ -1,6 +1,7 @@
 //! Integration tests, one binary (one link) for all of them. Storage tests run against a real Azurite started by
 //! the harness on free ports; the handler tests start the real binary and play the Functions host.
 
+mod accepted;
 mod blobs;
 mod boundaries;
 mod capacity;

@@ -7,6 +7,7 @@ use std::future::Future;
 
 use chrono::{DateTime, Utc};
 
+use super::core::confirm::EtagLookup;
 use super::core::{Answer, ExportPoll, ImportPoll, Snapshot, Totals, Write};
 use super::error_files::ErrorSummary;
 use super::{Engine, EngineError};
@@ -41,7 +42,11 @@ pub trait Ports: Sync {
         from: Option<DateTime<Utc>>,
     ) -> impl Future<Output = Result<Option<DateTime<Utc>>, EngineError>> + Send;
     fn kick_off(&self, query: &str) -> impl Future<Output = Answer> + Send;
-    fn poll_export(&self, url: &str) -> impl Future<Output = ExportPoll> + Send;
+    /// One poll of an export; `confirm`: the second poll that confirms a completion, made after the
+    /// confirmation delay (`AZURE_ExportConfirmSeconds`).
+    fn poll_export(&self, url: &str, confirm: bool) -> impl Future<Output = ExportPoll> + Send;
+    /// Each export file's blob ETag, in order.
+    fn export_file_etags(&self, urls: &[String]) -> impl Future<Output = Vec<EtagLookup>> + Send;
     fn post(&self, body: &serde_json::Value) -> impl Future<Output = Answer> + Send;
     fn poll_import(&self, url: &str) -> impl Future<Output = ImportPoll> + Send;
     /// Cancels a job (best effort); the error text when the server refused or could not be reached.
@@ -176,24 +181,20 @@ impl Ports for Engine {
         answer_of(self.source.export(query).await)
     }
 
-    /// One poll, and when it reports completion a second one after the confirmation delay: servers can report
-    /// 200 and then 202 again, so a completion counts only when it repeats.
-    async fn poll_export(&self, url: &str) -> ExportPoll {
-        match self.source.export_status(url).await {
-            Ok(Poll::Done(_)) => {}
-            Ok(Poll::Running(_)) => return ExportPoll::Running,
-            Ok(Poll::Failed { status, diagnostics }) => return ExportPoll::Failed { status, diagnostics },
-            Err(e) => return ExportPoll::Unreachable(e.to_string()),
+    async fn poll_export(&self, url: &str, confirm: bool) -> ExportPoll {
+        if confirm {
+            tokio::time::sleep(self.timing.confirm_delay).await;
         }
-        tokio::time::sleep(self.timing.confirm_delay).await;
         match self.source.export_status(url).await {
-            Ok(Poll::Done(manifest)) => match self.with_etags(manifest).await {
-                Ok(manifest) => ExportPoll::Done(manifest),
-                Err(e) => ExportPoll::Unreachable(e),
-            },
-            Ok(_) => ExportPoll::Running,
+            Ok(Poll::Done(manifest)) => ExportPoll::Done(manifest),
+            Ok(Poll::Running(_)) => ExportPoll::Running,
+            Ok(Poll::Failed { status, diagnostics }) => ExportPoll::Failed { status, diagnostics },
             Err(e) => ExportPoll::Unreachable(e.to_string()),
         }
+    }
+
+    async fn export_file_etags(&self, urls: &[String]) -> Vec<EtagLookup> {
+        self.read_export_etags(urls).await
     }
 
     async fn post(&self, body: &serde_json::Value) -> Answer {
@@ -303,40 +304,31 @@ impl Ports for Engine {
 const ETAG_READS_AT_ONCE: usize = 16;
 
 impl Engine {
-    /// The manifest with each output file's blob ETag, so the `$import` names the exact file version. A file on
-    /// an account the tool cannot read (refused, or not one it knows) goes without an ETag, with a warning: the
-    /// import's own checks (line counts, transaction time) still guard it. Any other failure is retried on the
-    /// next poll.
-    async fn with_etags(
-        &self,
-        mut manifest: crate::fhir::wire::ExportManifest,
-    ) -> Result<crate::fhir::wire::ExportManifest, String> {
-        use futures::{StreamExt, TryStreamExt, stream};
-        // Owned URLs: the futures must be `Send` for any caller, which borrowed items would not allow.
-        let urls: Vec<String> = manifest.output.iter().map(|f| f.url.clone()).collect();
-        let etags: Vec<Option<String>> = stream::iter(urls)
+    /// Each export file's blob ETag, in order (the core decides what each outcome means: `core::confirm`). A
+    /// file the tool cannot read is logged with what to grant.
+    async fn read_export_etags(&self, urls: &[String]) -> Vec<EtagLookup> {
+        use futures::{StreamExt, stream};
+        stream::iter(urls.to_vec())
             .map(|url| async move {
-                let parsed = url::Url::parse(&url).map_err(|e| format!("export file URL {url}: {e}"))?;
+                let Ok(parsed) = url::Url::parse(&url) else {
+                    return EtagLookup::Failed(format!("export file URL {url} is not a URL"));
+                };
                 let Some((store, container, name)) = self.locate_blob(&parsed) else {
                     tracing::warn!("export file {container_url} is on a storage account the tool does not know; imported without an ETag", container_url = crate::fhir::client::redact(&parsed));
-                    return Ok(None);
+                    return EtagLookup::UnknownAccount;
                 };
                 match store.etag(&container, &name).await {
-                    Ok(etag) => Ok(etag),
+                    Ok(etag) => EtagLookup::Found(etag),
                     Err(crate::storage::blob::BlobError::Service { status: 401 | 403, .. }) => {
                         tracing::warn!("the tool may not read the export file {container}/{name}; imported without an ETag (grant it 'Storage Blob Data Reader' on the export account)");
-                        Ok(None)
+                        EtagLookup::Forbidden
                     }
-                    Err(e) => Err(format!("could not read the ETag of export file {container}/{name}: {e}")),
+                    Err(e) => EtagLookup::Failed(format!("{container}/{name}: {e}")),
                 }
             })
             .buffered(ETAG_READS_AT_ONCE)
-            .try_collect()
-            .await?;
-        for (file, etag) in manifest.output.iter_mut().zip(etags) {
-            file.etag = etag;
-        }
-        Ok(manifest)
+            .collect()
+            .await
     }
 
     /// Resources (versions, when history or deletes are exported) with lastUpdated in `[since, till)`, of one

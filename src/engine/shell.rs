@@ -109,9 +109,18 @@ impl<P: Ports> Shell<'_, P> {
                     }
                     facts.kickoffs.insert((job.seq, job.attempt), answer);
                 }
-                Action::PollExport { job } => {
-                    let poll = self.ports.poll_export(&job.export_url).await;
-                    facts.export_polls.insert((job.seq, job.attempt), poll);
+                Action::PollExport { job, confirm } => {
+                    let poll = self.ports.poll_export(&job.export_url, confirm).await;
+                    let polls = if confirm {
+                        &mut facts.export_confirms
+                    } else {
+                        &mut facts.export_polls
+                    };
+                    polls.insert((job.seq, job.attempt), poll);
+                }
+                Action::ReadEtags { seq, attempt, urls } => {
+                    let lookups = self.ports.export_file_etags(&urls).await;
+                    facts.etags.insert((seq, attempt), lookups);
                 }
                 Action::PutBlob {
                     container,

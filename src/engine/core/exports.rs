@@ -310,7 +310,6 @@ pub fn poll_exports(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Option
         .iter()
         .filter(|j| window_phase(j) == WindowPhase::Exporting)
     {
-        let key = (job.seq, job.attempt);
         let handled = Mark::ExportPollHandled {
             seq: job.seq,
             attempt: job.attempt,
@@ -333,10 +332,11 @@ pub fn poll_exports(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Option
             let reason = format!("export failed: no result after {hours} hours (the job was cancelled)");
             return Some(fail_window(job, reason, Failure::Transient, handled));
         }
-        let Some(poll) = facts.export_polls.get(&key) else {
-            return Some(Action::PollExport { job: job.clone() });
+        let poll = match super::confirm::export_poll(job, facts) {
+            Ok(poll) => poll,
+            Err(action) => return Some(*action),
         };
-        return Some(match poll {
+        return Some(match &poll {
             ExportPoll::Running => {
                 let event = Event::new("Export")
                     .with("ExportId", &job.export_id)

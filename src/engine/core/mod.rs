@@ -14,6 +14,7 @@
 
 pub mod boundaries;
 pub mod capacity;
+pub mod confirm;
 pub mod exports;
 pub mod flow;
 pub mod imported;
@@ -218,6 +219,10 @@ pub struct Facts {
     pub oldest: HashMap<Option<DateTime<Utc>>, Option<DateTime<Utc>>>,
     pub kickoffs: HashMap<(i64, i64), Answer>,
     pub export_polls: HashMap<(i64, i64), ExportPoll>,
+    /// The confirming second poll of an export the first poll found complete.
+    pub export_confirms: HashMap<(i64, i64), ExportPoll>,
+    /// The blob ETags of a confirmed export's files, in the manifest's order.
+    pub etags: HashMap<(i64, i64), Vec<confirm::EtagLookup>>,
     pub posts: HashMap<PostKey, PostAnswer>,
     pub import_polls: HashMap<PostKey, ImportPoll>,
     /// Error-file summaries (`None`: the files could not be read with the tool's access).
@@ -358,9 +363,16 @@ pub enum Action {
         job: Job,
         query: String,
     },
-    /// Poll a running export (a completion counts only when a second poll confirms it).
+    /// Poll a running export; `confirm`: the second poll after a completion, made after the confirmation delay.
     PollExport {
         job: Job,
+        confirm: bool,
+    },
+    /// Read the blob ETags of a confirmed export's files.
+    ReadEtags {
+        seq: i64,
+        attempt: i64,
+        urls: Vec<String>,
     },
     /// Write one `$import` payload's body (idempotent: the same name and bytes on every run).
     PutBlob {

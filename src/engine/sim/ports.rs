@@ -388,11 +388,29 @@ impl Ports for SimPorts {
         answer
     }
 
-    async fn poll_export(&self, url: &str) -> ExportPoll {
+    async fn poll_export(&self, url: &str, _confirm: bool) -> ExportPoll {
         self.enter().await;
         let poll = self.world().poll_export(url);
         self.leave().await;
         poll
+    }
+
+    async fn export_file_etags(&self, urls: &[String]) -> Vec<crate::engine::core::confirm::EtagLookup> {
+        use crate::engine::core::confirm::EtagLookup;
+        self.enter().await;
+        let mut w = self.world();
+        let (fails, forbidden) = (w.faults.etag_lookup_fails, w.faults.etag_forbidden);
+        urls.iter()
+            .map(|url| {
+                if w.rng.chance(fails) {
+                    EtagLookup::Failed("503 Service Unavailable".into())
+                } else if w.rng.chance(forbidden) {
+                    EtagLookup::Forbidden
+                } else {
+                    EtagLookup::Found(Some(World::etag_of(url)))
+                }
+            })
+            .collect()
     }
 
     async fn post(&self, body: &serde_json::Value) -> Answer {

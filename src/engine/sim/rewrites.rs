@@ -63,11 +63,7 @@ impl World {
             if p["name"] != "input" {
                 continue;
             }
-            for part in p["part"].as_array_mut().into_iter().flatten() {
-                if part["name"] == "url" {
-                    part["valueUri"] = serde_json::Value::String(replaced[i].clone());
-                }
-            }
+            repoint(p, &replaced[i]);
             i += 1;
         }
         let blob = format!("{}.capacity-{}", payload.blob, payload.attempt);
@@ -100,10 +96,10 @@ impl World {
             if p["name"] != "input" {
                 continue;
             }
-            for part in p["part"].as_array_mut().into_iter().flatten() {
-                let Some(url) = part["valueUri"].as_str().map(str::to_string) else {
-                    continue;
-                };
+            let Some(url) = World::inputs(&serde_json::json!({ "parameter": [p.clone()] })).pop() else {
+                continue;
+            };
+            {
                 let versions = self.files.get(&url).cloned().unwrap_or_default();
                 let mut top: BTreeMap<(u32, i64), u32> = BTreeMap::new();
                 for v in &versions {
@@ -119,7 +115,7 @@ impl World {
                 self.ledger.extend(out);
                 let copy = format!("{url}.scanned");
                 self.files.insert(copy.clone(), kept);
-                part["valueUri"] = serde_json::Value::String(copy);
+                repoint(p, &copy);
             }
         }
         if left_out == 0 {
@@ -129,5 +125,16 @@ impl World {
         self.blobs
             .insert((container.to_string(), blob.clone()), body.to_string().into_bytes());
         done(blob, left_out)
+    }
+}
+
+/// Points an `input` parameter at a copy, with the copy's ETag where the original had one.
+fn repoint(input: &mut serde_json::Value, copy: &str) {
+    for part in input["part"].as_array_mut().into_iter().flatten() {
+        if part["name"] == "url" {
+            part["valueUri"] = serde_json::Value::String(copy.to_string());
+        } else if part["name"] == "etag" {
+            part["valueString"] = serde_json::Value::String(World::etag_of(copy));
+        }
     }
 }

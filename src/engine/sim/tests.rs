@@ -35,6 +35,9 @@ fn stormy() -> Faults {
         table_timeout: 2,
         // Live writes and crowds put several versions of one type on one millisecond: one fits.
         same_ms_capacity: Some(1),
+        export_flaps: 20,
+        etag_lookup_fails: 5,
+        etag_forbidden: 5,
         ..Faults::default()
     }
 }

@@ -87,6 +87,11 @@ pub struct Faults {
     pub table_unavailable: u64,
     /// Table storage writes that take effect but whose answer is a timeout.
     pub table_timeout: u64,
+    /// Polls of a finished export that answer 202 again (a flap).
+    pub export_flaps: u64,
+    /// ETag reads of export files that fail (503), or are refused (403: the file is imported without one).
+    pub etag_lookup_fails: u64,
+    pub etag_forbidden: u64,
     /// Cancels that cannot reach the server (the job runs on; the tool must cancel it later).
     pub cancel_unreachable: u64,
     /// SearchParameter syncs that fail (windows must not commit past what a sync has covered).
@@ -191,6 +196,15 @@ impl World {
             error_files: HashMap::new(),
             ledger: BTreeSet::new(),
         }
+    }
+
+    /// A file's blob ETag: fixed by its URL (every file is written once).
+    pub fn etag_of(url: &str) -> String {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in url.bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("\"0x{h:016X}\"")
     }
 
     pub fn next_etag(&mut self) -> u64 {
@@ -307,6 +321,7 @@ impl World {
 
     pub fn poll_export(&mut self, url: &str) -> ExportPoll {
         let vanishes = self.rng.chance(self.faults.export_job_vanishes);
+        let flaps = self.rng.chance(self.faults.export_flaps);
         let id = Self::id_of(url);
         let job = &mut self.exports[id];
         if job.vanished || job.cancelled || (vanishes && !job.done) {
@@ -340,6 +355,10 @@ impl World {
                 status: 413,
                 diagnostics: "export operation failed for reason: Timespan in export request contains too much data to export in a single request. Please try reducing the time range and try again.".into(),
             };
+        }
+        if flaps {
+            // Finished, and answering 202 again (the confirming poll must catch it).
+            return ExportPoll::Running;
         }
         job.done = true;
         let versions = job.versions.clone();
@@ -485,6 +504,36 @@ impl World {
             };
         }
         let body: serde_json::Value = serde_json::from_str(&job.body).expect("a body the tool wrote");
+        // The input ETag is compared exactly (reference §11.6).
+        for p in body["parameter"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["name"] == "input")
+        {
+            let part = |name: &str| {
+                p["part"]
+                    .as_array()
+                    .and_then(|ps| ps.iter().find(|x| x["name"] == name))
+                    .map(|x| {
+                        x["valueUri"]
+                            .as_str()
+                            .or(x["valueString"].as_str())
+                            .unwrap_or_default()
+                            .to_string()
+                    })
+            };
+            if let (Some(url), Some(etag)) = (part("url"), part("etag"))
+                && etag != Self::etag_of(&url)
+            {
+                let reason = "import operation failed for reason: Input file Etag not match".to_string();
+                self.imports[id].result = Some(Err(reason.clone()));
+                return ImportPoll::Failed {
+                    status: 400,
+                    diagnostics: reason,
+                };
+            }
+        }
         let inputs = Self::inputs(&body);
         let files: Vec<(String, Vec<Version>)> = inputs
             .iter()

@@ -9,7 +9,8 @@
 //!
 //! Layout: [`rules`] (phases, answer classification, failure streaks), [`plan`] (commit and the next window),
 //! [`exports`] (kick-offs, export polls, payloads from the manifest), [`imports`] (POSTs, import polls, a
-//! window's verdict), [`imported`] (a finished import's record), [`flow`] (what both share).
+//! window's verdict), [`imported`] (a finished import's record), [`flow`] (what both share), [`redrive`] (a
+//! range below the cursor exported and imported again).
 
 pub mod boundaries;
 pub mod exports;
@@ -17,6 +18,7 @@ pub mod flow;
 pub mod imported;
 pub mod imports;
 pub mod plan;
+pub mod redrive;
 pub mod rules;
 
 use std::collections::{HashMap, HashSet};

@@ -191,11 +191,9 @@ impl SimPorts {
         {
             let below = since.timestamp_millis();
             let from = new.first_since.map_or(i64::MIN, |f| f.timestamp_millis());
-            if let Some(v) = w
-                .source
-                .iter()
-                .find(|v| (from..below).contains(&v.at_ms) && !w.destination.contains(v))
-            {
+            if let Some(v) = w.source.iter().find(|v| {
+                (from..below).contains(&v.at_ms) && !w.destination.contains(v) && !w.removed_by_operator.contains(v)
+            }) {
                 self.violate(format!(
                     "the cursor moved to {since} while version {v:?} below it is not at the destination"
                 ));

@@ -424,7 +424,8 @@ fn a_redrive_brings_back_versions_deleted_at_the_destination() {
         assert!(committed(&sim), "seed {seed}: the re-drive never finished");
         let back = std::mem::take(&mut sim.world().removed_by_operator);
         assert!(
-            back.iter().all(|v| sim.world().imported.get(v).is_some_and(|n| *n >= 2)),
+            back.iter()
+                .all(|v| sim.world().imported.get(v).is_some_and(|n| *n >= 2)),
             "seed {seed}: imported again"
         );
         sim.run(0, 3_000).unwrap();

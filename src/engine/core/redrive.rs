@@ -156,6 +156,10 @@ pub fn record(settings: &MigrationSettings, snapshot: &Snapshot, request: &Reque
     let flagged = snapshot.jobs.iter().filter_map(|j| j.redrive.as_ref().map(|r| (j, r)));
     let (ours, others): (Vec<_>, Vec<_>) =
         flagged.partition(|(_, r)| r.same_request(request.since, request.till, &request.types));
+    // Only a request not in flight yet is checked against the cursor: once recorded, it stands.
+    if ours.is_empty() {
+        check(settings, cursor, request)?;
+    }
     if let Some((_, r)) = others
         .iter()
         .find(|(_, r)| r.overlaps(request.since, request.till, &request.types))
@@ -166,10 +170,6 @@ pub fn record(settings: &MigrationSettings, snapshot: &Snapshot, request: &Reque
             till: format_instant(r.till),
             types: r.types_text(),
         });
-    }
-    // Only a request still in flight is checked against the cursor: once recorded, it stands.
-    if ours.is_empty() {
-        check(settings, cursor, request)?;
     }
     // Rows are written in type order at consecutive numbers and commit in order, so a run that stopped part
     // way left the types after the last one in flight to write.

@@ -131,7 +131,7 @@ impl Engine {
                     return Ok(Recorded { created, redrive });
                 }
                 Step::Write(write) => match ports::Ports::write(self, &write).await {
-                    Ok(_) => created |= matches!(write, Write::InsertJob(_)),
+                    Ok(_) => created |= matches!(*write, Write::InsertJob(_)),
                     // A timer (or another run) wrote first: decide again from what is stored now.
                     Err(TableError::Conflict { .. } | TableError::AlreadyExists { .. }) => {}
                     Err(e) => return Err(e.into()),

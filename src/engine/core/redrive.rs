@@ -90,7 +90,7 @@ impl Refusal {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
     /// Make this write, then decide again from what is stored.
-    Write(Write),
+    Write(Box<Write>),
     /// Recorded and not yet finished: its number, and its rows still in flight.
     Recorded { id: i64, rows: Vec<i64> },
 }
@@ -151,7 +151,9 @@ pub fn record(settings: &MigrationSettings, snapshot: &Snapshot, request: &Reque
     // A row the cursor does not count yet (this request's, from a run that stopped, or a planner's): the
     // cursor is brought past it first, as the engine itself would.
     if let Some(row) = snapshot.job(cursor.next_job) {
-        return Ok(Step::Write(Write::Cursor(plan::repaired_cursor(settings, cursor, row))));
+        return Ok(Step::Write(Box::new(Write::Cursor(plan::repaired_cursor(
+            settings, cursor, row,
+        )))));
     }
     let flagged = snapshot.jobs.iter().filter_map(|j| j.redrive.as_ref().map(|r| (j, r)));
     let (ours, others): (Vec<_>, Vec<_>) =
@@ -188,7 +190,7 @@ pub fn record(settings: &MigrationSettings, snapshot: &Snapshot, request: &Reque
             till: request.till,
             types: request.types.clone(),
         });
-        return Ok(Step::Write(Write::InsertJob(row)));
+        return Ok(Step::Write(Box::new(Write::InsertJob(row))));
     }
     Ok(Step::Recorded {
         id,

@@ -403,11 +403,13 @@ fn a_redrive_brings_back_versions_deleted_at_the_destination() {
             let snapshot = super::SimPorts::snapshot_of(&mut w);
             let n = w.next_etag();
             match record(&sim.settings, &snapshot, &request).expect("recorded") {
-                Step::Write(Write::InsertJob(j)) => {
-                    w.jobs.insert(j.seq, (j, n));
-                }
-                Step::Write(Write::Cursor(c)) => w.cursor = Some((c, n)),
-                Step::Write(other) => panic!("{other:?}"),
+                Step::Write(write) => match *write {
+                    Write::InsertJob(j) => {
+                        w.jobs.insert(j.seq, (j, n));
+                    }
+                    Write::Cursor(c) => w.cursor = Some((c, n)),
+                    other => panic!("{other:?}"),
+                },
                 Step::Recorded { id, .. } => break id,
             }
         };

@@ -346,7 +346,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             types,
             json,
         } => {
-            use fhir_migration_tool::engine::redrive::{RedriveError, Request, parse_instant};
+            use fhir_migration_tool::engine::redrives::{RedriveError, Request, parse_instant};
             let instant = |text: &str| {
                 parse_instant(text).map_err(|m| {
                     CommandError::new(m, "give --since and --till as RFC 3339 instants (2026-01-31T00:00:00Z)")

@@ -1,6 +1,6 @@
 //! A re-drive as text: the answer of `redrive`, and the line `status` shows for the latest one.
 
-use crate::engine::redrive::{Recorded, RedriveStatus};
+use crate::engine::redrives::{Recorded, RedriveStatus};
 
 /// `5, 2026-01-02T00:00:00.000Z to 2026-01-03T00:00:00.000Z, every resource type: running (0 of 1 row(s) done)`.
 pub fn line(r: &RedriveStatus) -> String {

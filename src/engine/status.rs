@@ -80,7 +80,7 @@ pub struct MigrationStatus {
     /// While ticks fail, or calls are deferred, on a server that does not answer usefully.
     pub waiting: Option<Waiting>,
     /// The latest re-drive (`redrive`), in flight or finished; null when none was ever recorded.
-    pub redrive: Option<super::redrive::RedriveStatus>,
+    pub redrive: Option<super::redrives::RedriveStatus>,
 }
 
 /// Why calls are being deferred.

@@ -168,6 +168,16 @@ pub struct MigrationSettings {
     pub import_error_policy: ImportErrorPolicy,
     /// `AZURE_MaxImportRetries`: attempts per payload before the window counts as failed.
     pub max_import_retries: u32,
+    /// `AZURE_SameMillisecondCapacity` (default 80,000, the server's): how many versions of one resource type
+    /// the destination can hold on one millisecond. Its surrogate ids are `ms * 80000 + sequence`
+    /// (fhir-server `MergeResourcesBeginTransaction.sql`, `IdHelper.cs`; reference §11.1), so versions beyond
+    /// it can never be imported with their lastUpdated: the tool names them in the ledger and imports the rest.
+    pub same_ms_capacity: u32,
+    /// `AZURE_ScanExportFiles` (default true): read each payload's export files before its first import, so of
+    /// several versions of one resource on one millisecond the destination gets the latest (its import would
+    /// keep the one that sorts highest as text: reference §11.2), the others named in the ledger. Costs one
+    /// read of every export file.
+    pub scan_export_files: bool,
     /// `AZURE_JobTimeoutHours`: an export or import still running after this long is counted as failed (and
     /// retried), so a job the server never finishes cannot hold the migration forever.
     pub job_timeout: TimeDelta,
@@ -315,6 +325,8 @@ impl MigrationSettings {
             windows_in_flight: 1,
             import_error_policy,
             max_import_retries: p.positive("AZURE_MaxImportRetries", 3),
+            same_ms_capacity: p.positive("AZURE_SameMillisecondCapacity", 80_000),
+            scan_export_files: p.flag(&["AZURE_ScanExportFiles"], true),
             job_timeout: TimeDelta::hours(p.positive("AZURE_JobTimeoutHours", 24).into()),
             export_confirm_delay: std::time::Duration::from_secs(p.number("AZURE_ExportConfirmSeconds", 5u64)),
             lease: TimeDelta::seconds(p.positive("AZURE_LeaseSeconds", 660).into()),

@@ -67,6 +67,22 @@ pub trait Ports: Sync {
         container: &str,
         name: &str,
     ) -> impl Future<Output = Result<Option<Vec<u8>>, EngineError>> + Send;
+    /// Scans the next share of a waiting payload's export files for versions of one resource on one millisecond
+    /// (see [`super::core::scan`]).
+    fn scan_payload(
+        &self,
+        payload: &Payload,
+        container: &str,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<super::core::scan::Scanned, EngineError>> + Send;
+    /// Examines a payload refused for the destination's same-millisecond capacity: names the versions that
+    /// cannot fit in the ledger and writes the payload's body without them (see [`super::core::capacity`]).
+    fn trim_for_capacity(
+        &self,
+        payload: &Payload,
+        container: &str,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<super::core::capacity::CapacityTrim, EngineError>> + Send;
     /// Records a finished import's failed lines in the failure ledger; the counts by kind and class.
     fn record_failures(
         &self,
@@ -262,6 +278,24 @@ impl Ports for Engine {
         now: DateTime<Utc>,
     ) -> Result<ErrorSummary, EngineError> {
         Engine::record_failures(self, window, errors, now).await
+    }
+
+    async fn trim_for_capacity(
+        &self,
+        payload: &Payload,
+        container: &str,
+        now: DateTime<Utc>,
+    ) -> Result<super::core::capacity::CapacityTrim, EngineError> {
+        Engine::trim_for_capacity(self, payload, container, now).await
+    }
+
+    async fn scan_payload(
+        &self,
+        payload: &Payload,
+        container: &str,
+        now: DateTime<Utc>,
+    ) -> Result<super::core::scan::Scanned, EngineError> {
+        Engine::scan_payload(self, payload, container, now).await
     }
 }
 

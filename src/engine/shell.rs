@@ -156,6 +156,16 @@ impl<P: Ports> Shell<'_, P> {
                     }
                     facts.posts.insert(PostKey::of(&payload), answer);
                 }
+                Action::ScanPayload { payload, container } => {
+                    let scanned = self.ports.scan_payload(&payload, &container, now).await?;
+                    facts
+                        .scans
+                        .insert((core::PayloadKey::of(&payload), payload.scanned_files), scanned);
+                }
+                Action::TrimForCapacity { payload, container } => {
+                    let trim = self.ports.trim_for_capacity(&payload, &container, now).await?;
+                    facts.capacity_trims.insert(PostKey::of(&payload), trim);
+                }
                 Action::PollImport { payload } => {
                     let poll = self.ports.poll_import(&payload.import_url).await;
                     facts.import_polls.insert(PostKey::of(&payload), poll);

@@ -24,6 +24,9 @@ pub enum Kind {
     Invalid,
     /// The error file itself could not be read: how many lines failed is known, not which.
     Unreadable,
+    /// Left out of an import by the tool: the destination cannot hold more versions of this type on this
+    /// millisecond (reference §11.1), so importing it would fail the whole job every time.
+    SameMillisecond,
 }
 
 impl Kind {
@@ -57,6 +60,7 @@ impl Kind {
             Kind::Future => "Future",
             Kind::Invalid => "Invalid",
             Kind::Unreadable => "Unreadable",
+            Kind::SameMillisecond => "SameMillisecond",
         }
     }
 
@@ -70,6 +74,7 @@ impl Kind {
             Kind::Future,
             Kind::Invalid,
             Kind::Unreadable,
+            Kind::SameMillisecond,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)

@@ -178,6 +178,16 @@ pub struct Payload {
     /// `PostToken`: names the current import attempt in its definition (recorded before the POST), so the
     /// destination can only answer with this attempt's own job; empty on rows from before tokens.
     pub post_token: String,
+    /// `CapacityChecked`: the import attempt whose same-millisecond failure was examined (0: none), so each
+    /// such failure is examined once.
+    pub capacity_checked: i64,
+    /// `CapacityTrims`: how many times versions over the destination's same-millisecond capacity were left
+    /// out of this payload (each grants one more attempt: the next POST carries fewer versions).
+    pub capacity_trims: i64,
+    /// `ScannedFiles`, `ScanDone`: how far the scan of the payload's files for versions of one resource on one
+    /// millisecond has come (done before the first POST; see `engine::core::scan`).
+    pub scanned_files: i64,
+    pub scan_done: bool,
     pub etag: Option<ETag>,
 }
 
@@ -500,6 +510,10 @@ impl Payload {
             unit_bytes: None,
             expected_lines: None,
             post_token: String::new(),
+            capacity_checked: 0,
+            capacity_trims: 0,
+            scanned_files: 0,
+            scan_done: false,
             etag: None,
         }
     }
@@ -533,6 +547,10 @@ impl Payload {
             e.set_i64("ProcessingUnitBytes", bytes);
         }
         e.set_str("PostToken", &self.post_token);
+        e.set_i64("CapacityChecked", self.capacity_checked)
+            .set_i64("CapacityTrims", self.capacity_trims)
+            .set_i64("ScannedFiles", self.scanned_files)
+            .set_bool("ScanDone", self.scan_done);
         if let Some(lines) = self.expected_lines {
             e.set_i64("ExpectedLines", lines);
         }
@@ -569,6 +587,10 @@ impl Payload {
             unit_bytes: e.get_i64("ProcessingUnitBytes"),
             expected_lines: e.get_i64("ExpectedLines"),
             post_token: e.get_str("PostToken").unwrap_or_default().into(),
+            capacity_checked: e.get_i64("CapacityChecked").unwrap_or(0),
+            capacity_trims: e.get_i64("CapacityTrims").unwrap_or(0),
+            scanned_files: e.get_i64("ScannedFiles").unwrap_or(0),
+            scan_done: e.get_bool("ScanDone").unwrap_or(false),
             etag: e.etag().cloned(),
         })
     }

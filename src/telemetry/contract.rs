@@ -178,6 +178,7 @@ pub const VALUES: &[(&str, &str, &[&str])] = &[
             "Future",
             "Invalid",
             "Unreadable",
+            "SameMillisecond",
         ],
     ),
 ];

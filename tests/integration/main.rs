@@ -3,6 +3,7 @@
 
 mod blobs;
 mod boundaries;
+mod capacity;
 mod cli;
 mod clock;
 mod cutover;

@@ -44,7 +44,16 @@ impl Stack {
 }
 
 pub async fn emulator(flavor: Flavor, azurite: &Azurite) -> RunningEmulator {
-    let config = EmulatorConfig {
+    emulator_with(flavor, azurite, |_| {}).await
+}
+
+/// An emulator on the stack's Azurite with its configuration changed (a limit scaled down for a test).
+pub async fn emulator_with(
+    flavor: Flavor,
+    azurite: &Azurite,
+    change: impl FnOnce(&mut EmulatorConfig),
+) -> RunningEmulator {
+    let mut config = EmulatorConfig {
         blob: Some(fhir_emulator::blob::BlobConfig {
             endpoint: url::Url::parse(&azurite.blob_endpoint()).unwrap(),
             account: DEV_ACCOUNT.into(),
@@ -52,6 +61,7 @@ pub async fn emulator(flavor: Flavor, azurite: &Azurite) -> RunningEmulator {
         }),
         ..EmulatorConfig::quick(flavor)
     };
+    change(&mut config);
     fhir_emulator::spawn(config, tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
         .await
         .unwrap()
@@ -89,8 +99,18 @@ pub async fn stack_on(azurite: Azurite, extra: &[(&str, &str)]) -> Stack {
 
 /// A stack whose source is of the given flavour (an AHDS source: AHDS to AHDS).
 pub async fn stack_from(azurite: Azurite, source_flavor: Flavor, extra: &[(&str, &str)]) -> Stack {
-    let source = emulator(source_flavor, &azurite).await;
     let destination = emulator(Flavor::Ahds, &azurite).await;
+    stack_to(azurite, source_flavor, destination, extra).await
+}
+
+/// A stack whose destination is the given emulator (on the same Azurite).
+pub async fn stack_to(
+    azurite: Azurite,
+    source_flavor: Flavor,
+    destination: RunningEmulator,
+    extra: &[(&str, &str)],
+) -> Stack {
+    let source = emulator(source_flavor, &azurite).await;
     let mut s = SettingsSource::default();
     s.extend(base_settings(&azurite, &source, &destination));
     s.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));

@@ -1,6 +1,7 @@
-//! A window's imports: each payload's POST (claimed within `AZURE_PayloadCount`, answered, retried with a
-//! smaller processing unit), its polls and result, and the window's verdict over its payloads.
+//! A window's imports: each payload's POST (claimed within `AZURE_PayloadCount`, answered, retried with a new
+//! definition), its polls and result, and the window's verdict over its payloads.
 
+use super::capacity::{self, attempts_allowed};
 use super::exports::{Failure, fail_window, next_part_or_done};
 use super::flow::{payload_container, write_job};
 use super::rules::{self, PayloadPhase, Verdict, WindowPhase, payload_phase, window_phase};
@@ -13,7 +14,6 @@ use crate::telemetry::{Event, id_of};
 /// A window's verdict over its current payloads: processed when all imported, failed (exported again) when one
 /// ran out of attempts, halted under the Halt policy, running while any runs.
 pub fn settle_windows(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Option<Action> {
-    let max = i64::from(ctx.settings.max_import_retries);
     for job in snapshot
         .jobs
         .iter()
@@ -23,10 +23,9 @@ pub fn settle_windows(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Opti
         if payloads.is_empty() || (payloads.len() as i64) < job.payloads {
             continue;
         }
-        if let Some(p) = payloads
-            .iter()
-            .find(|p| p.status == ImportStatus::Failed && p.attempt >= max)
-        {
+        if let Some(p) = payloads.iter().find(|p| {
+            p.status == ImportStatus::Failed && p.attempt >= attempts_allowed(ctx, p) && !capacity::awaits_check(p)
+        }) {
             let reason = format!("payload {} failed {} time(s): {}", p.index, p.attempt, p.failure_reason);
             let mark = Mark::Reported(format!("settled-{}-{}", job.seq, job.attempt));
             if facts.marks.contains(&mark) {
@@ -81,14 +80,6 @@ pub fn settle_windows(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Opti
     None
 }
 
-/// The processing unit for a payload's next POST: the server's default first; each retry and each operator
-/// clear halves it, so a unit that failed (for example over 10,000 versions on one millisecond, reference §6)
-/// is cut smaller, and every retry is a new definition the server does not de-duplicate.
-fn unit_bytes(job: &Job, attempt: i64) -> Option<i64> {
-    let halvings = (attempt - 1).max(0) + job.split_level.max(0);
-    (halvings > 0).then(|| (rules::DEFAULT_UNIT_BYTES >> halvings.min(30)).max(rules::MIN_UNIT_BYTES))
-}
-
 /// Starts imports for payloads that wait, failed with attempts left, or whose POST was interrupted or
 /// deferred, within `AZURE_PayloadCount`; records each claimed POST's answer.
 pub fn post_payloads(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Option<Action> {
@@ -137,7 +128,6 @@ pub fn post_payloads(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Optio
     if ctx.latched(&snapshot.cursor) || (ctx.paused() && !ctx.settings.continue_last_import_during_pause) {
         return None;
     }
-    let max = i64::from(ctx.settings.max_import_retries);
     let running = snapshot
         .payloads
         .iter()
@@ -155,8 +145,9 @@ pub fn post_payloads(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Optio
         for p in snapshot.payloads_of(job) {
             let phase = payload_phase(p, job.attempt, ctx.now);
             let due = match phase {
-                PayloadPhase::Waiting | PayloadPhase::PostDue => true,
-                PayloadPhase::Failed => p.attempt < max,
+                PayloadPhase::Waiting => super::scan::ready(ctx, p),
+                PayloadPhase::PostDue => true,
+                PayloadPhase::Failed => p.attempt < attempts_allowed(ctx, p) && !capacity::awaits_check(p),
                 _ => false,
             };
             if !due {
@@ -170,7 +161,9 @@ pub fn post_payloads(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Optio
             // it); a failed one is retried with a new one.
             if phase != PayloadPhase::PostDue {
                 claimed.attempt += 1;
-                claimed.unit_bytes = unit_bytes(job, claimed.attempt);
+                // The server's default processing unit always: a smaller one cannot get past the same-millisecond
+                // capacity (reference §11.1; see `capacity`), and the token below already makes the definition new.
+                claimed.unit_bytes = None;
                 // A new definition for a new attempt, recorded before the POST (see `shell::attempt_source`). A
                 // repeated POST keeps its token; one from a row written before tokens is repeated as first sent.
                 claimed.post_token = format!(

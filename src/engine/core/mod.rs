@@ -9,10 +9,12 @@
 //!
 //! Layout: [`rules`] (phases, answer classification, failure streaks), [`plan`] (commit and the next window),
 //! [`exports`] (kick-offs, export polls, payloads from the manifest), [`imports`] (POSTs, import polls, a
-//! window's verdict), [`imported`] (a finished import's record), [`flow`] (what both share), [`redrive`] (a
-//! range below the cursor exported and imported again).
+//! window's verdict), [`imported`] (a finished import's record), [`capacity`] (imports refused for the
+//! destination's same-millisecond capacity), [`scan`] (versions of one resource on one millisecond), [`flow`] (what both share),
+//! [`redrive`] (a range below the cursor exported and imported again).
 
 pub mod boundaries;
+pub mod capacity;
 pub mod exports;
 pub mod flow;
 pub mod imported;
@@ -20,6 +22,7 @@ pub mod imports;
 pub mod plan;
 pub mod redrive;
 pub mod rules;
+pub mod scan;
 
 use std::collections::{HashMap, HashSet};
 
@@ -231,6 +234,10 @@ pub struct Facts {
     pub search_parameters_tried: bool,
     /// Failures this tick recorded that the retry latch (the cursor's count) does not hold yet.
     pub failures_to_count: i64,
+    /// What the shell found examining payloads refused for the destination's same-millisecond capacity.
+    pub capacity_trims: HashMap<PostKey, capacity::CapacityTrim>,
+    /// What scanning a waiting payload's files found, by the payload and the file it started from.
+    pub scans: HashMap<(PayloadKey, i64), scan::Scanned>,
 }
 
 /// A row write. Every update is conditional on the ETag the row was read with.
@@ -373,6 +380,18 @@ pub enum Action {
     PollImport {
         payload: Payload,
     },
+    /// Scan the next share of a waiting payload's export files for versions of one resource on one millisecond
+    /// (see [`scan`]).
+    ScanPayload {
+        payload: Payload,
+        container: String,
+    },
+    /// Examine a payload refused for the destination's same-millisecond capacity: leave out (and name in the
+    /// ledger) the versions that cannot fit, and write the payload's new body (see [`capacity`]).
+    TrimForCapacity {
+        payload: Payload,
+        container: String,
+    },
     /// Record a finished import's failed lines in the failure ledger (which reads the error files and sorts
     /// each line into benign, transient or permanent).
     RecordFailures {
@@ -500,13 +519,17 @@ pub fn step(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Action {
         }
         Timer::ExportStatus => flow::cancel_superseded(snapshot, facts)
             .or_else(|| exports::poll_exports(ctx, snapshot, facts))
+            .or_else(|| capacity::trim_payloads(ctx, snapshot, facts))
             .or_else(|| imports::settle_windows(ctx, snapshot, facts))
+            .or_else(|| scan::scan_payloads(ctx, snapshot, facts))
             .or_else(|| imports::post_payloads(ctx, snapshot, facts))
             .unwrap_or(Action::Idle),
         Timer::ImportStatus => plan::commit(ctx, snapshot, facts)
             .or_else(|| flow::cancel_superseded(snapshot, facts))
             .or_else(|| imports::poll_imports(ctx, snapshot, facts))
+            .or_else(|| capacity::trim_payloads(ctx, snapshot, facts))
             .or_else(|| imports::settle_windows(ctx, snapshot, facts))
+            .or_else(|| scan::scan_payloads(ctx, snapshot, facts))
             .or_else(|| imports::post_payloads(ctx, snapshot, facts))
             .or_else(|| {
                 (!ctx.latched(cursor) && !ctx.paused())

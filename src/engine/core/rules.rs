@@ -16,12 +16,6 @@ pub const IDENTICAL_FAILURES_TO_HALT: i64 = 3;
 /// silently forever. The counter starts again after each report.
 pub const DEFERRALS_PER_FAILURE: i64 = 6;
 
-/// The servers' default processing-unit size (reference §4.1); a payload's retries step down from it.
-pub const DEFAULT_UNIT_BYTES: i64 = 10_000_000;
-
-/// The smallest processing unit the tool asks for when it shrinks units to get past a failure.
-pub const MIN_UNIT_BYTES: i64 = 100_000;
-
 /// How soon a deferred kick-off or POST is tried again when the server named no wait.
 pub const RETRY_SOON: TimeDelta = TimeDelta::seconds(30);
 

@@ -152,7 +152,9 @@ impl Engine {
                 Some(line) if self.identical_at_destination(line).await? => Class::Benign,
                 _ => Class::Permanent,
             },
-            Kind::InvalidId | Kind::WrongType | Kind::Invalid | Kind::Unreadable => Class::Permanent,
+            Kind::InvalidId | Kind::WrongType | Kind::Invalid | Kind::Unreadable | Kind::SameMillisecond => {
+                Class::Permanent
+            }
         };
         e.state = match e.class {
             Class::Benign => State::Resolved,
@@ -195,7 +197,7 @@ impl Engine {
 
     /// Writes an entry: a new one as it is; over an existing one, a failure from another error file is one
     /// more attempt, the same file again changes nothing (a re-read after a crash). Returns what is stored.
-    async fn upsert(&self, fresh: Entry, now: DateTime<Utc>) -> Result<Entry, EngineError> {
+    pub(super) async fn upsert(&self, fresh: Entry, now: DateTime<Utc>) -> Result<Entry, EngineError> {
         let stored = self.ledger.get(&fresh.key).await?;
         self.upsert_over(fresh, stored, now).await
     }

@@ -18,6 +18,7 @@ use crate::engine::core::rules::{WindowPhase, window_phase};
 use crate::engine::core::{Answer, ExportPoll, ImportPoll, Snapshot, Totals, Write};
 use crate::engine::error_files::ErrorSummary;
 use crate::engine::ports::{Ports, Written};
+use crate::state::Payload;
 use crate::state::rows::ImportStatus;
 use crate::storage::tables::TableError;
 use crate::telemetry::{Event, Telemetry};
@@ -192,7 +193,11 @@ impl SimPorts {
             let below = since.timestamp_millis();
             let from = new.first_since.map_or(i64::MIN, |f| f.timestamp_millis());
             if let Some(v) = w.source.iter().find(|v| {
-                (from..below).contains(&v.at_ms) && !w.destination.contains(v) && !w.removed_by_operator.contains(v)
+                (from..below).contains(&v.at_ms)
+                    && !w.destination.contains(v)
+                    && !w.named.contains(v)
+                    && !w.ledger.contains(v)
+                    && !w.removed_by_operator.contains(v)
             }) {
                 self.violate(format!(
                     "the cursor moved to {since} while version {v:?} below it is not at the destination"
@@ -471,6 +476,30 @@ impl Ports for SimPorts {
         None
     }
 
+    async fn trim_for_capacity(
+        &self,
+        payload: &Payload,
+        container: &str,
+        _now: DateTime<Utc>,
+    ) -> Result<crate::engine::core::capacity::CapacityTrim, EngineError> {
+        self.enter().await;
+        let trim = self.world().trim_for_capacity(payload, container);
+        self.leave().await;
+        Ok(trim)
+    }
+
+    async fn scan_payload(
+        &self,
+        payload: &Payload,
+        container: &str,
+        _now: DateTime<Utc>,
+    ) -> Result<crate::engine::core::scan::Scanned, EngineError> {
+        self.enter().await;
+        let scanned = self.world().scan_payload(payload, container);
+        self.leave().await;
+        Ok(scanned)
+    }
+
     async fn record_failures(
         &self,
         _window: i64,
@@ -478,6 +507,14 @@ impl Ports for SimPorts {
         _now: DateTime<Utc>,
     ) -> Result<ErrorSummary, EngineError> {
         self.enter().await;
+        {
+            // Every refused version is named, as the ledger names it from the error file.
+            let mut w = self.world();
+            for e in errors {
+                let named = w.error_files.get(&e.url).cloned().unwrap_or_default();
+                w.ledger.extend(named);
+            }
+        }
         Ok(ErrorSummary {
             permanent: errors.iter().map(|e| e.count as i64).sum(),
             ..ErrorSummary::default()

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use chrono::{DateTime, TimeDelta, Utc};
 
 use crate::engine::core::{Answer, ExportPoll, ImportPoll};
-use crate::fhir::wire::{ExportFile, ExportManifest, ImportErrorFile, ImportOutput, ImportResult};
+use crate::fhir::wire::{ExportFile, ExportManifest, ImportResult};
 use crate::state::{Cursor, Job, Payload};
 use crate::storage::tables::ETag;
 
@@ -75,9 +75,14 @@ pub struct Faults {
     pub import_job_hangs: u64,
     /// An export of more versions than this fails with 413 (reference §2.1: the job record is too large).
     pub export_max_versions: Option<usize>,
-    /// A processing unit with more versions than this on one millisecond fails (the servers' 10,000 limit,
-    /// scaled down).
-    pub unit_max_same_ms: Option<usize>,
+    /// The destination holds at most this many versions of one type on one millisecond, counting what it
+    /// already holds (reference §11.1: 80,000, scaled down). An import over it fails with the server's 400 after
+    /// importing what fits in its other units (§5.4: no rollback), whatever its processing unit.
+    pub same_ms_capacity: Option<usize>,
+    /// An import with more versions than this on one millisecond fails with the same 400 and imports nothing,
+    /// although no type is over the capacity (the server uses that text after repeated SQL conflicts too): the
+    /// tool can only retry, then halt with the reason.
+    pub id_refusals_over: Option<usize>,
     /// Table storage calls answered 503 before they take effect.
     pub table_unavailable: u64,
     /// Table storage writes that take effect but whose answer is a timeout.
@@ -152,6 +157,12 @@ pub struct World {
     /// Versions that become visible only after their lastUpdated (reference §11.10: lastUpdated is taken
     /// before the transaction commits): the instant (ms) each becomes visible.
     pub late: HashMap<Version, i64>,
+    /// Versions the tool left out of an import and named in the ledger (over the same-millisecond capacity).
+    pub named: BTreeSet<Version>,
+    /// The versions each import refused, by its error file's URL (the ledger's stand-in reads them).
+    pub error_files: HashMap<String, Vec<Version>>,
+    /// Versions named in the ledger from error files or left out by the scan before an import.
+    pub ledger: BTreeSet<Version>,
 }
 
 impl World {
@@ -179,6 +190,9 @@ impl World {
             search_parameter_syncs: 0,
             refused_too_large: 0,
             late: HashMap::new(),
+            named: BTreeSet::new(),
+            error_files: HashMap::new(),
+            ledger: BTreeSet::new(),
         }
     }
 
@@ -400,7 +414,7 @@ impl World {
     }
 
     /// The input URLs of an `$import` body.
-    fn inputs(body: &serde_json::Value) -> Vec<String> {
+    pub(super) fn inputs(body: &serde_json::Value) -> Vec<String> {
         body["parameter"]
             .as_array()
             .into_iter()
@@ -474,51 +488,25 @@ impl World {
             };
         }
         let body: serde_json::Value = serde_json::from_str(&job.body).expect("a body the tool wrote");
-        let unit_lines = body["parameter"]
-            .as_array()
-            .and_then(|ps| ps.iter().find(|p| p["name"] == "processingUnitBytesToRead"))
-            .and_then(|p| p["valueInteger"].as_i64())
-            .map_or(100, |bytes| (bytes / 100_000).max(1) as usize);
         let inputs = Self::inputs(&body);
-        let mut output = Vec::new();
-        for url in &inputs {
-            let versions = self.files.get(url).cloned().unwrap_or_default();
-            for unit in versions.chunks(unit_lines) {
-                let mut per_ms: HashMap<i64, usize> = HashMap::new();
-                for v in unit {
-                    *per_ms.entry(v.at_ms).or_default() += 1;
-                }
-                if self
-                    .faults
-                    .unit_max_same_ms
-                    .is_some_and(|max| per_ms.values().any(|n| *n > max))
-                {
-                    let reason =
-                        format!("import operation failed for reason: Unable to generate internal IDs ErrorFile: {url}");
-                    self.imports[id].result = Some(Err(reason.clone()));
-                    return ImportPoll::Failed {
-                        status: 400,
-                        diagnostics: reason,
-                    };
+        let files: Vec<(String, Vec<Version>)> = inputs
+            .iter()
+            .map(|url| (url.clone(), self.files.get(url).cloned().unwrap_or_default()))
+            .collect();
+        match self.apply_import(id, &files) {
+            Ok(result) => {
+                self.imports[id].result = Some(Ok(result.clone()));
+                ImportPoll::Done(result)
+            }
+            Err(reason) => {
+                let diagnostics = format!("import operation failed for reason: {reason}");
+                self.imports[id].result = Some(Err(diagnostics.clone()));
+                ImportPoll::Failed {
+                    status: 400,
+                    diagnostics,
                 }
             }
-            for v in &versions {
-                self.destination.insert(*v);
-                *self.imported.entry(*v).or_default() += 1;
-            }
-            output.push(ImportOutput {
-                resource_type: versions.first().map(|v| v.resource_type().to_string()),
-                count: versions.len() as u64,
-                input_url: Some(url.clone()),
-            });
         }
-        let result = ImportResult {
-            transaction_time: None,
-            output,
-            error: Vec::<ImportErrorFile>::new(),
-        };
-        self.imports[id].result = Some(Ok(result.clone()));
-        ImportPoll::Done(result)
     }
 
     pub fn cancel(&mut self, url: &str, destination: bool) {

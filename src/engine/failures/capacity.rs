@@ -1,0 +1,178 @@
+//! The shell's side of [`crate::engine::core::capacity`]: a payload refused because the destination cannot hold
+//! more versions of one type on one millisecond (reference §11.1). Its export files are read, their versions
+//! grouped by (type, millisecond); the largest groups are counted at the destination (which may already hold
+//! some of them: a failed unit's earlier batches stay, §5.4), and the versions that cannot fit are left out of
+//! new copies of the files and named in the ledger (kind `SameMillisecond`, permanent). The payload's new body
+//! points at the copies. Everything is written under names fixed by the payload and its attempt, and every
+//! choice is made in a fixed order, so a repeat after a crash writes the same again.
+
+use std::collections::{BTreeMap, HashSet};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde_json::Value;
+
+use super::files::{input_urls, left_out_entry, millisecond, parse, rewrite_inputs, version_number};
+use crate::engine::core::capacity::CapacityTrim;
+use crate::engine::{Engine, EngineError};
+use crate::fhir::format_instant;
+use crate::state::Payload;
+
+/// (type, millisecond) groups counted at the destination per examination, largest first: each costs a count
+/// (and, when over, a listing). A crowd spread thinner than this is not found, and the refusal then takes the
+/// ordinary path (retried, re-exported, halted with its reason).
+const GROUPS_CHECKED: usize = 100;
+/// History entries per page when listing what the destination holds on one millisecond.
+const PAGE: usize = 1000;
+
+impl Engine {
+    /// Examines `payload` (refused for the same-millisecond capacity) and, when versions cannot fit, writes
+    /// the payload's new body and names them in the ledger.
+    pub async fn trim_for_capacity(
+        &self,
+        payload: &Payload,
+        container: &str,
+        now: DateTime<Utc>,
+    ) -> Result<CapacityTrim, EngineError> {
+        let Some(bytes) = self.blobs.get(container, &payload.blob).await? else {
+            return Ok(CapacityTrim::CannotTrim(format!(
+                "the payload blob {container}/{} is missing",
+                payload.blob
+            )));
+        };
+        let mut body: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        let urls = input_urls(&body);
+        let mut files = Vec::new();
+        for url in &urls {
+            match self.read_blob(url).await {
+                Some(b) => files.push(b),
+                None => {
+                    return Ok(CapacityTrim::CannotTrim(format!(
+                        "the export file {} cannot be read with the tool's storage access (grant it read and write access to the export account, AZURE_IntegrationStorageUri)",
+                        crate::telemetry::id_of(url)
+                    )));
+                }
+            }
+        }
+        let lines = parse(&files);
+        let mut groups: BTreeMap<(String, i64), Vec<usize>> = BTreeMap::new();
+        for (i, l) in lines.iter().enumerate() {
+            if let Some(ms) = millisecond(&l.last_updated) {
+                groups.entry((l.resource_type.clone(), ms)).or_default().push(i);
+            }
+        }
+        let mut ordered: Vec<_> = groups.into_iter().collect();
+        ordered.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(&b.0)));
+        let cap = u64::from(self.settings.same_ms_capacity);
+        let mut excluded: Vec<usize> = Vec::new();
+        let mut described = Vec::new();
+        let mut largest = String::from("the payload holds no versions with lastUpdated");
+        for (n, ((resource_type, ms), members)) in ordered.iter().take(GROUPS_CHECKED).enumerate() {
+            let at = DateTime::from_timestamp_millis(*ms).unwrap_or_default();
+            let stored = self
+                .destination
+                .history_count(Some(resource_type), at, at + TimeDelta::milliseconds(1))
+                .await?;
+            if n == 0 {
+                largest = format!(
+                    "the largest: {} {resource_type} on {} in the payload, {stored} at the destination, capacity {cap}",
+                    members.len(),
+                    format_instant(at)
+                );
+            }
+            if stored + members.len() as u64 <= cap {
+                continue;
+            }
+            let held = self.versions_on(resource_type, at).await?;
+            let mut new: Vec<usize> = members
+                .iter()
+                .copied()
+                .filter(|i| !held.contains(&(lines[*i].id.clone(), lines[*i].version.clone())))
+                .collect();
+            let room = usize::try_from(cap.saturating_sub(held.len() as u64)).unwrap_or(usize::MAX);
+            if new.len() <= room {
+                continue;
+            }
+            // Keep each resource's newest versions first, so what is left out is history where it can be.
+            new.sort_by(|a, b| {
+                let (a, b) = (&lines[*a], &lines[*b]);
+                version_number(&b.version)
+                    .cmp(&version_number(&a.version))
+                    .then(a.id.cmp(&b.id))
+                    .then(a.version.cmp(&b.version))
+            });
+            let left_out = new.split_off(room);
+            described.push(format!(
+                "{resource_type} on {}: {} in the payload, {} at the destination, {} left out",
+                format_instant(at),
+                members.len(),
+                held.len(),
+                left_out.len()
+            ));
+            excluded.extend(left_out);
+        }
+        if excluded.is_empty() {
+            return Ok(CapacityTrim::NothingOver(largest));
+        }
+        let out: HashSet<usize> = excluded.iter().copied().collect();
+        let attempt = payload.attempt;
+        // New copies of the files that lose lines, next to them (on the account the destination imports from).
+        let mut replaced: BTreeMap<usize, (String, Option<String>)> = BTreeMap::new();
+        for (f, url) in urls.iter().enumerate() {
+            if !lines.iter().enumerate().any(|(i, l)| l.file == f && out.contains(&i)) {
+                continue;
+            }
+            let suffix = format!("capacity-{attempt}");
+            let Some(copy) = self.write_copy(url, f, &files[f], &lines, &out, &suffix).await? else {
+                return Ok(CapacityTrim::CannotTrim(format!(
+                    "the export account of {} is not one the tool can write to (AZURE_IntegrationStorageUri)",
+                    crate::telemetry::id_of(url)
+                )));
+            };
+            replaced.insert(f, copy);
+        }
+        self.ledger.ensure_table().await?;
+        for i in &excluded {
+            let message = format!(
+                "not imported: the destination holds at most {cap} versions of one resource type on one millisecond (its row ids are millisecond * 80000 + a sequence), and this millisecond is full; accept the loss with a reason, or write the resource through the REST API (it then gets a new lastUpdated)"
+            );
+            let entry = left_out_entry(payload.seq, &lines[*i], &urls[lines[*i].file], message, now);
+            self.upsert(entry, now).await?;
+        }
+        rewrite_inputs(&mut body, &replaced);
+        let blob = format!("{}.capacity-{attempt}", payload.blob.trim_end_matches(".json"));
+        self.blobs.put(container, &blob, body.to_string().into_bytes()).await?;
+        Ok(CapacityTrim::Trimmed {
+            excluded: excluded.len() as u64,
+            kept_lines: (lines.len() - excluded.len()) as i64,
+            blob,
+            groups: described,
+        })
+    }
+
+    /// The (id, versionId) pairs the destination holds of one type on one millisecond, every page.
+    async fn versions_on(
+        &self,
+        resource_type: &str,
+        at: DateTime<Utc>,
+    ) -> Result<HashSet<(String, String)>, EngineError> {
+        let enc = crate::storage::encode_component;
+        let first = format!(
+            "{}/_history?_since={}&_before={}&_count={PAGE}",
+            enc(resource_type),
+            enc(&format_instant(at)),
+            enc(&format_instant(at + TimeDelta::milliseconds(1)))
+        );
+        let mut held = HashSet::new();
+        let mut next = Some(self.destination.url(&first)?);
+        while let Some(url) = next {
+            let page = self.destination.page(&url).await?;
+            for e in page["entry"].as_array().into_iter().flatten() {
+                let r = &e["resource"];
+                let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+                held.insert((text(&r["id"]), text(&r["meta"]["versionId"])));
+            }
+            next = self.destination.next_page(&page)?;
+        }
+        Ok(held)
+    }
+}

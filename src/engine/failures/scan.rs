@@ -1,0 +1,171 @@
+//! The shell's side of [`crate::engine::core::scan`]: before a payload's first POST, its export files are read
+//! (from where the row says the last action stopped, up to a bounded number of bytes per action), and where
+//! several versions of one resource share one millisecond, the numerically highest is kept and the others are
+//! left out of a copy of the file and named in the ledger. The destination would keep the one that sorts
+//! highest as text (reference §11.2), so its current version could be an older one.
+
+use std::collections::{BTreeMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use super::files::{Line, input_urls, left_out_entry, millisecond, parse, rewrite_inputs, version_number};
+use crate::engine::core::scan::Scanned;
+use crate::engine::{Engine, EngineError};
+use crate::state::Payload;
+
+/// Bytes of export files one scan action reads at most (at least one file): a share that fits well inside a
+/// timer's run, so a large payload is scanned over several actions and ticks.
+const BYTES_PER_ACTION: usize = 512 * 1024 * 1024;
+
+impl Engine {
+    pub async fn scan_payload(
+        &self,
+        payload: &Payload,
+        container: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Scanned, EngineError> {
+        let Some(bytes) = self.blobs.get(container, &payload.blob).await? else {
+            // The row is written after its body, so this is a body removed by hand: the POST will say so.
+            return Ok(finished(payload, "the payload's body is missing; not scanned".into()));
+        };
+        let mut body: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        let urls = input_urls(&body);
+        let first = usize::try_from(payload.scanned_files.max(0)).unwrap_or(usize::MAX);
+        let mut read = 0usize;
+        let mut next = first;
+        let mut replaced = BTreeMap::new();
+        let mut left_out = 0u64;
+        let mut notes = Vec::new();
+        while next < urls.len() && (next == first || read < BYTES_PER_ACTION) {
+            let url = &urls[next];
+            let Some(file) = self.read_blob(url).await else {
+                notes.push(format!(
+                    "{} cannot be read with the tool's storage access, so it is imported unscanned (versions of one resource on one millisecond in it are named by the import's error file instead)",
+                    crate::telemetry::id_of(url)
+                ));
+                next += 1;
+                continue;
+            };
+            read += file.len();
+            let lines = parse(std::slice::from_ref(&file));
+            let losers = same_millisecond_losers(&lines);
+            if !losers.is_empty() {
+                let out: HashSet<usize> = losers.iter().map(|(i, _)| *i).collect();
+                match self.write_copy(url, 0, &file, &lines, &out, "scanned").await? {
+                    Some(copy) => {
+                        self.ledger.ensure_table().await?;
+                        for (i, kept) in &losers {
+                            let l = &lines[*i];
+                            let message = format!(
+                                "not imported: version {} shares its millisecond ({}) with version {kept} of the same resource, and the destination holds one version per resource and millisecond; the tool imports version {kept} (the later), so this history version is not at the destination: accept the loss with a reason",
+                                l.version, l.last_updated
+                            );
+                            self.upsert(left_out_entry(payload.seq, l, url, message, now), now).await?;
+                        }
+                        left_out += losers.len() as u64;
+                        replaced.insert(next, copy);
+                    }
+                    None => notes.push(format!(
+                        "{} holds versions of one resource on one millisecond, but the tool cannot write a copy next to it (AZURE_IntegrationStorageUri), so it is imported as is and the import's error file names the version it refuses",
+                        crate::telemetry::id_of(url)
+                    )),
+                }
+            }
+            next += 1;
+        }
+        let mut blob = payload.blob.clone();
+        if !replaced.is_empty() {
+            rewrite_inputs(&mut body, &replaced);
+            blob = format!("{}.scanned-{next}", payload.blob.trim_end_matches(".json"));
+            self.blobs.put(container, &blob, body.to_string().into_bytes()).await?;
+        }
+        if left_out > 0 {
+            notes.insert(
+                0,
+                format!(
+                    "{left_out} version(s) share a millisecond with a later version of the same resource; the later ones are imported, these are named in the failure ledger (kind SameMillisecond)"
+                ),
+            );
+        }
+        Ok(Scanned {
+            files: next as i64,
+            done: next >= urls.len(),
+            blob,
+            left_out,
+            note: notes.join("; "),
+        })
+    }
+}
+
+fn finished(payload: &Payload, note: String) -> Scanned {
+    Scanned {
+        files: payload.scanned_files,
+        done: true,
+        blob: payload.blob.clone(),
+        left_out: 0,
+        note,
+    }
+}
+
+/// The lines to leave out, each with the version kept in its place: of the distinct versions of one resource
+/// on one millisecond, all but the numerically highest (a repeated identical version is not a loser: the
+/// server imports it once).
+fn same_millisecond_losers(lines: &[Line]) -> Vec<(usize, String)> {
+    let mut groups: BTreeMap<(&str, &str, i64), Vec<usize>> = BTreeMap::new();
+    for (i, l) in lines.iter().enumerate() {
+        if l.id.is_empty() || l.version.is_empty() {
+            continue;
+        }
+        if let Some(ms) = millisecond(&l.last_updated) {
+            groups.entry((&l.resource_type, &l.id, ms)).or_default().push(i);
+        }
+    }
+    let mut losers = Vec::new();
+    for members in groups.values().filter(|m| m.len() > 1) {
+        let Some(top) = members
+            .iter()
+            .map(|i| &lines[*i].version)
+            .max_by_key(|v| version_number(v))
+        else {
+            continue;
+        };
+        losers.extend(
+            members
+                .iter()
+                .filter(|i| lines[**i].version != *top)
+                .map(|i| (*i, top.clone())),
+        );
+    }
+    losers.sort();
+    losers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn of_versions_on_one_millisecond_the_numerically_highest_is_kept() {
+        let line = |id: &str, v: &str, at: &str| {
+            format!(r#"{{"resourceType":"Patient","id":"{id}","meta":{{"versionId":"{v}","lastUpdated":"{at}"}}}}"#)
+        };
+        let file = [
+            line("a", "8", "2026-01-01T00:00:00.001Z"),
+            line("a", "9", "2026-01-01T00:00:00.0021234Z"),
+            line("a", "10", "2026-01-01T00:00:00.0025678Z"),
+            // The same version twice is imported once: not a loser.
+            line("b", "1", "2026-01-01T00:00:00.002Z"),
+            line("b", "1", "2026-01-01T00:00:00.002Z"),
+            // Another resource on the same millisecond: not a group with a.
+            line("c", "3", "2026-01-01T00:00:00.002Z"),
+        ]
+        .join("\n");
+        let lines = parse(&[file.into_bytes()]);
+        let losers: Vec<_> = same_millisecond_losers(&lines)
+            .into_iter()
+            .map(|(i, kept)| (lines[i].id.clone(), lines[i].version.clone(), kept))
+            .collect();
+        assert_eq!(losers, [("a".to_string(), "9".to_string(), "10".to_string())]);
+    }
+}

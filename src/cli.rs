@@ -10,6 +10,7 @@ use crate::engine::{MigrationStatus, TickReport, progress};
 
 pub mod args;
 pub mod outcome;
+pub mod redrive;
 
 /// How `run` paces the three timers.
 #[derive(Debug, Clone)]
@@ -224,12 +225,15 @@ pub fn format_status(s: &MigrationStatus) -> String {
             f.permanent_unresolved - s.open_failures.len()
         ));
     }
+    if let Some(r) = &s.redrive {
+        out.push(format!("re-drive:          {}", redrive::line(r)));
+    }
     if s.windows_in_flight.is_empty() {
         out.push("in flight:         nothing".into());
     }
     for w in &s.windows_in_flight {
         out.push(format!(
-            "window {:>5}  {} .. {}  export {} ({}){}  import {}",
+            "window {:>5}  {} .. {}  export {} ({}){}  import {}{}",
             w.sequence,
             w.since,
             w.till,
@@ -240,7 +244,8 @@ pub fn format_status(s: &MigrationStatus) -> String {
             } else {
                 String::new()
             },
-            w.import_status
+            w.import_status,
+            w.redrive.map(|id| format!("  (re-drive {id})")).unwrap_or_default()
         ));
         if !w.failure_reason.is_empty() {
             out.push(format!("              failure: {}", w.failure_reason));
@@ -340,6 +345,7 @@ mod tests {
             last_tick_at: Some("2026-11-30T20:59:30.000Z".into()),
             last_tick_seconds_ago: Some(30),
             waiting: None,
+            redrive: None,
         }
     }
 

@@ -188,6 +188,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 Err(Failure::Found(
                     "the migration is halted: see the failure above, then clear-retries".into(),
                 ))
+            } else if status.progress.state == fhir_migration_tool::engine::progress::State::Stalled {
+                Err(Failure::Found(format!(
+                    "the migration is stalled: {}",
+                    status.progress.state_detail
+                )))
             } else {
                 Ok(())
             }
@@ -334,6 +339,35 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             } else {
                 Err(Failure::Found("the servers are not reconciled (see above)".into()))
             }
+        }
+        Command::Redrive {
+            since,
+            till,
+            types,
+            json,
+        } => {
+            use fhir_migration_tool::engine::redrives::{RedriveError, Request, parse_instant};
+            let instant = |text: &str| {
+                parse_instant(text).map_err(|m| {
+                    CommandError::new(m, "give --since and --till as RFC 3339 instants (2026-01-31T00:00:00Z)")
+                })
+            };
+            let request = Request {
+                since: instant(&since)?,
+                till: instant(&till)?,
+                types,
+            };
+            let app = App::build_interactive(settings)?;
+            let outcome = app.engine().redrive(request).await;
+            app.shutdown().await;
+            let recorded = outcome.map_err(|e| match e {
+                RedriveError::Refused(r) => Failure::CouldNotRun(CommandError::new(r.to_string(), r.fix())),
+                RedriveError::Engine(e) => e.into(),
+                busy @ RedriveError::Busy => {
+                    Failure::CouldNotRun(CommandError::new(busy.to_string(), "run the same command again"))
+                }
+            })?;
+            show(json, &recorded, fhir_migration_tool::cli::redrive::describe_recorded)
         }
         Command::Failures { action, all, json } => {
             use fhir_migration_tool::engine::failures::Selection;

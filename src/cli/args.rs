@@ -119,6 +119,24 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Export and import a range below `migrated through` again, through the normal engine, for versions missing
+    /// at the destination that the failure ledger does not hold (deleted there, say). Records the re-drive and
+    /// exits; the timers (or `run`) carry it out, and `status` shows it. The same command again while it runs
+    /// records nothing new.
+    Redrive {
+        /// Start of the range (lastUpdated, inclusive), an RFC 3339 instant: 2026-01-31T00:00:00Z.
+        #[arg(long)]
+        since: String,
+        /// End of the range (lastUpdated, exclusive), at or before `migrated through`.
+        #[arg(long)]
+        till: String,
+        /// Types to re-drive, comma-separated (default: every type; in per-type mode those of AZURE_ResourceTypes).
+        #[arg(long, value_delimiter = ',')]
+        types: Vec<String>,
+        /// Print the result as one JSON document on stdout (errors still go to stderr).
+        #[arg(long)]
+        json: bool,
+    },
     /// Find resources hard-deleted at the source (still at the destination) and, with --apply, delete them at
     /// the destination. Dry run by default; exits non-zero while anything is left to reconcile.
     Reconcile {
@@ -172,7 +190,8 @@ pub fn json_requested(command: &Command) -> bool {
         | Command::Cutover { json, .. }
         | Command::Preflight { json }
         | Command::Failures { json, .. }
-        | Command::Reconcile { json, .. } => *json,
+        | Command::Reconcile { json, .. }
+        | Command::Redrive { json, .. } => *json,
         Command::Serve { .. } | Command::CheckConfig | Command::Run { .. } | Command::ClearRetries => false,
     }
 }

@@ -22,6 +22,7 @@ pub mod failures;
 mod heartbeat;
 pub mod ports;
 pub mod progress;
+pub mod redrives;
 pub(crate) mod search_parameters;
 pub mod shell;
 #[cfg(test)]

@@ -20,6 +20,8 @@ pub struct WindowStatus {
     pub exported: i64,
     pub payloads: Vec<PayloadStatus>,
     pub failure_reason: String,
+    /// The re-drive this row belongs to (it never moves the cursor), or null for a window of the migration.
+    pub redrive: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -77,6 +79,8 @@ pub struct MigrationStatus {
     pub last_tick_seconds_ago: Option<i64>,
     /// While ticks fail, or calls are deferred, on a server that does not answer usefully.
     pub waiting: Option<Waiting>,
+    /// The latest re-drive (`redrive`), in flight or finished; null when none was ever recorded.
+    pub redrive: Option<super::redrives::RedriveStatus>,
 }
 
 /// Why calls are being deferred.
@@ -177,6 +181,7 @@ impl Engine {
                     })
                     .collect(),
                 failure_reason: j.failure_reason.clone(),
+                redrive: j.redrive.as_ref().map(|r| r.id),
             })
             .collect();
         let entries = self.ledger.list(None).await?;
@@ -202,6 +207,7 @@ impl Engine {
             })
             .collect();
         let waiting = waiting(&cursor, &active);
+        let redrive = self.latest_redrive(&cursor).await?;
         let halted = self.latched(&cursor)
             || active
                 .jobs
@@ -265,6 +271,7 @@ impl Engine {
             last_tick_at: cursor.last_tick_at.map(format_instant),
             last_tick_seconds_ago: cursor.last_tick_at.map(|t| (now - t).num_seconds().max(0)),
             waiting,
+            redrive,
         })
     }
 }

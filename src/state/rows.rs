@@ -5,7 +5,9 @@ use chrono::{DateTime, Utc};
 
 use crate::storage::tables::{ETag, Entity, TableError};
 
+mod redrive;
 mod status;
+pub use redrive::Redrive;
 pub use status::{ExportStatus, ImportStatus};
 
 /// The cursor row (`chunk` table): how far the migration has committed, and its counters.
@@ -67,6 +69,8 @@ pub struct Cursor {
     /// timers last measured it.
     pub source_skew_seconds: Option<i64>,
     pub skew_measured_at: Option<DateTime<Utc>>,
+    /// `LastRedrive`: the number of the latest re-drive recorded (what `status` reports on).
+    pub last_redrive: Option<i64>,
     pub etag: Option<ETag>,
 }
 
@@ -127,6 +131,9 @@ pub struct Job {
     /// `TillEarly`: `_till` is sent one millisecond early, because the source reads it inclusively (only used
     /// when the boundary holds versions).
     pub till_early: bool,
+    /// `Redrive`, …: set on a row an operator's re-drive wrote (a range below the cursor exported and imported
+    /// again); such a row never moves the cursor.
+    pub redrive: Option<Redrive>,
     pub etag: Option<ETag>,
 }
 
@@ -246,6 +253,7 @@ impl Cursor {
             deferred_ticks: 0,
             source_skew_seconds: None,
             skew_measured_at: None,
+            last_redrive: None,
             etag: None,
         }
     }
@@ -284,6 +292,10 @@ impl Cursor {
         e.set_str("DeferredServer", &self.deferred_server)
             .set_str("DeferredAnswer", &self.deferred_answer)
             .set_i64("DeferredTicks", self.deferred_ticks);
+        match self.last_redrive {
+            Some(n) => e.set_i64("LastRedrive", n),
+            None => e.remove("LastRedrive"),
+        };
         match self.source_skew_seconds {
             Some(s) => e.set_i64("SourceClockSkewSeconds", s),
             None => e.remove("SourceClockSkewSeconds"),
@@ -337,6 +349,7 @@ impl Cursor {
             deferred_ticks: e.get_i64("DeferredTicks").unwrap_or(0),
             source_skew_seconds: e.get_i64("SourceClockSkewSeconds"),
             skew_measured_at: read_time_str(e, "SkewMeasuredAt"),
+            last_redrive: e.get_i64("LastRedrive"),
             etag: e.etag().cloned(),
         }
     }
@@ -385,6 +398,7 @@ impl Job {
             planned_versions: None,
             boundary_versions: None,
             till_early: false,
+            redrive: None,
             etag: None,
         }
     }
@@ -429,6 +443,9 @@ impl Job {
         if let Some(n) = self.boundary_versions {
             e.set_i64("BoundaryVersions", n);
         }
+        if let Some(r) = &self.redrive {
+            r.write(&mut e);
+        }
         Ok(e)
     }
 
@@ -463,6 +480,7 @@ impl Job {
             planned_versions: e.get_i64("PlannedVersions"),
             boundary_versions: e.get_i64("BoundaryVersions"),
             till_early: e.get_bool("TillEarly").unwrap_or(false),
+            redrive: Redrive::read(e),
             etag: e.etag().cloned(),
         })
     }

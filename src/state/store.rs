@@ -168,6 +168,27 @@ impl StateStore {
         Ok(active)
     }
 
+    /// The window rows of one re-drive, in order: from its first row on, those it flagged (filtered by the
+    /// service, so only what was written since the re-drive is scanned).
+    pub async fn redrive_rows(&self, id: i64) -> Result<Vec<Job>, TableError> {
+        let query = format!(
+            "{} and RowKey ge {} and RowKey lt {} and Redrive eq {id}L",
+            filter::eq("PartitionKey", &self.partition_key),
+            filter::literal(&job_key(&self.row_key, id)),
+            filter::literal(&job_key(&self.row_key, 9_999_999_999)),
+        );
+        let mut jobs: Vec<Job> = self
+            .export
+            .query_all(Some(&query))
+            .await?
+            .iter()
+            .filter_map(Job::from_entity)
+            .filter(|j| j.redrive.as_ref().is_some_and(|r| r.id == id))
+            .collect();
+        jobs.sort_by_key(|j| j.seq);
+        Ok(jobs)
+    }
+
     /// Window rows in a sequence range, newest first (status and history views).
     pub async fn jobs_between(&self, from: i64, to: i64) -> Result<Vec<Job>, TableError> {
         let query = format!(

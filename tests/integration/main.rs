@@ -25,6 +25,7 @@ mod migration;
 mod package;
 mod preflight;
 mod reconcile;
+mod redrive;
 mod router;
 mod search_parameters;
 mod second_migration;

@@ -62,6 +62,13 @@ async fn status_says_stalled_waiting_and_what_is_not_at_the_destination() {
     set_cursor(&stack, &[("LastTickAt", &quiet)], &[]).await;
     let out = tokio::task::block_in_place(|| cli(&stack, &["status"]));
     let text = String::from_utf8_lossy(&out.stdout);
+    // It ran and found something wrong: exit 1, with why on stderr.
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("error: the migration is stalled: no timer tick since"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let first = text.lines().next().unwrap_or_default();
     assert!(
         first.starts_with(&format!(
@@ -73,7 +80,9 @@ async fn status_says_stalled_waiting_and_what_is_not_at_the_destination() {
         text.contains(&format!("last timer tick:   {quiet} (14 min ago)")),
         "{text}"
     );
-    let s = json(&tokio::task::block_in_place(|| cli(&stack, &["status", "--json"])));
+    let out = tokio::task::block_in_place(|| cli(&stack, &["status", "--json"]));
+    assert_eq!(out.status.code(), Some(1));
+    let s = json(&out);
     assert_eq!(s["progress"]["state"], "stalled");
     assert!(s["progress"]["etaSeconds"].is_null());
 

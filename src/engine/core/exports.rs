@@ -66,6 +66,21 @@ pub fn kick_offs(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Option<Op
 /// taken again, is counted first (what it holds, and what lies on its end millisecond), so its manifest can be
 /// checked.
 fn claim_counted(ctx: &Context, facts: &Facts, job: &Job, repair: bool) -> Action {
+    if job.redrive.is_some() && job.planned_versions.is_none() {
+        return match super::redrive::sized_part(ctx, facts, job) {
+            Ok(super::redrive::Part::Export(part)) => claim_export(ctx, &part, repair),
+            Ok(super::redrive::Part::Empty(done)) => {
+                let line = format!(
+                    "Re-drive window {}: nothing at the source from {} to {}; done without an export",
+                    job.seq,
+                    format_instant(job.since),
+                    format_instant(job.till)
+                );
+                write_job(done, Notes::line(line))
+            }
+            Err(missing) => missing.into(),
+        };
+    }
     if job.planned_versions.is_some() && job.boundary_versions.is_some() {
         return claim_export(ctx, job, repair);
     }

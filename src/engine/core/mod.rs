@@ -10,7 +10,8 @@
 //! Layout: [`rules`] (phases, answer classification, failure streaks), [`plan`] (commit and the next window),
 //! [`exports`] (kick-offs, export polls, payloads from the manifest), [`imports`] (POSTs, import polls, a
 //! window's verdict), [`imported`] (a finished import's record), [`capacity`] (imports refused for the
-//! destination's same-millisecond capacity), [`scan`] (versions of one resource on one millisecond), [`flow`] (what both share).
+//! destination's same-millisecond capacity), [`scan`] (versions of one resource on one millisecond), [`flow`] (what both share),
+//! [`redrive`] (a range below the cursor exported and imported again).
 
 pub mod boundaries;
 pub mod capacity;
@@ -20,6 +21,7 @@ pub mod flow;
 pub mod imported;
 pub mod imports;
 pub mod plan;
+pub mod redrive;
 pub mod rules;
 pub mod scan;
 

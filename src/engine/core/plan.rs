@@ -50,6 +50,10 @@ pub fn commit(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Option<Actio
         if window_phase(job) != WindowPhase::Processed {
             return None;
         }
+        // A re-drive's row moves the count of committed rows, never the cursor's instant.
+        if let Some(r) = &job.redrive {
+            return Some(super::redrive::finished(cursor, job, r));
+        }
         // Custom SearchParameters travel through the REST API (the sync), not in the window's import: a window
         // commits only once a sync has covered its end, so the range it reports migrated includes them.
         if cursor.search_parameters_synced_at.is_none_or(|s| s < job.till) {
@@ -115,7 +119,9 @@ pub fn commit(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Option<Actio
 /// The end of the per-type window this part belongs to, when it is the window's last part.
 fn per_type_window_complete(snapshot: &Snapshot, job: &Job) -> Option<DateTime<Utc>> {
     let window_till = job.window_till?;
-    match snapshot.job(job.seq + 1) {
+    // Re-drive rows recorded between two parts of a window are no part of it.
+    let next = snapshot.jobs.iter().find(|j| j.seq > job.seq && j.redrive.is_none());
+    match next {
         Some(next) => (next.resource_type.is_empty() || next.window_till != Some(window_till)).then_some(window_till),
         // Nothing planned after this part: complete only if planning has finished the window.
         None => (snapshot.cursor.global_till != Some(window_till)).then_some(window_till),
@@ -128,7 +134,10 @@ pub fn advance(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Option<Acti
     // A row the cursor does not know about: its planner stopped between inserting it and moving the cursor
     // (or this tick inserted it a step ago). The cursor is rebuilt from the row itself.
     if let Some(row) = snapshot.job(cursor.next_job) {
-        return Some(repair_cursor(ctx, cursor, row));
+        return Some(Action::Write {
+            write: Write::Cursor(repaired_cursor(ctx.settings, cursor, row)),
+            notes: Notes::default().fail_point("planned-cursor"),
+        });
     }
     if let Some(j) = snapshot.jobs.iter().find(|j| window_phase(j) == WindowPhase::Halted) {
         return Some(Action::Finish(Notes::line(format!(
@@ -153,7 +162,11 @@ pub fn advance(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Option<Acti
     }
 }
 
-fn repair_cursor(ctx: &Context, cursor: &Cursor, row: &Job) -> Action {
+/// The cursor rebuilt from a row it does not count yet (a re-drive's row moves only the count).
+pub fn repaired_cursor(settings: &crate::config::MigrationSettings, cursor: &Cursor, row: &Job) -> Cursor {
+    if let Some(repaired) = super::redrive::repaired(cursor, row) {
+        return repaired;
+    }
     let mut repaired = cursor.clone();
     repaired.next_job = row.seq + 1;
     if repaired.since.is_none() {
@@ -161,20 +174,12 @@ fn repair_cursor(ctx: &Context, cursor: &Cursor, row: &Job) -> Action {
     }
     let end = row.remainder_till.unwrap_or(row.till);
     match (row.resource_type.is_empty(), row.window_since, row.window_till) {
-        (false, Some(ws), Some(wt)) => per_type_position(
-            &mut repaired,
-            &ctx.settings.resource_types,
-            ws,
-            wt,
-            &row.resource_type,
-            end,
-        ),
+        (false, Some(ws), Some(wt)) => {
+            per_type_position(&mut repaired, &settings.resource_types, ws, wt, &row.resource_type, end)
+        }
         _ => repaired.planned_till = Some(repaired.planned_till.map_or(end, |p| p.max(end))),
     }
-    Action::Write {
-        write: Write::Cursor(repaired),
-        notes: Notes::default().fail_point("planned-cursor"),
-    }
+    repaired
 }
 
 /// A fact planning needs and this tick does not have yet.
@@ -231,7 +236,7 @@ pub(super) fn count(
 }
 
 /// The longest part of `[since, till)` within the chunk limit (halved until it fits, or cannot shrink).
-fn sized(
+pub(super) fn sized(
     ctx: &Context,
     facts: &Facts,
     resource_type: Option<&str>,

@@ -197,6 +197,7 @@ impl SimPorts {
                     && !w.destination.contains(v)
                     && !w.named.contains(v)
                     && !w.ledger.contains(v)
+                    && !w.removed_by_operator.contains(v)
             }) {
                 self.violate(format!(
                     "the cursor moved to {since} while version {v:?} below it is not at the destination"

@@ -402,6 +402,101 @@ fn a_second_migration_into_the_same_destination_never_gets_the_first_ones_jobs()
     assert_eq!(w.imported.len(), w.source.len());
 }
 
+/// Issue 25: versions an operator deleted at the destination, below the cursor and unknown to the ledger, come
+/// back through a re-drive of their range, recorded as the CLI records it, under crashes, two shells and server
+/// faults. The re-drive's row commits in its turn without moving the cursor, and the run ends with every source
+/// version at the destination.
+#[test]
+fn a_redrive_brings_back_versions_deleted_at_the_destination() {
+    use crate::engine::core::Write;
+    use crate::engine::core::redrive::{Request, Step, record};
+    use chrono::TimeDelta;
+    for seed in seeds(20) {
+        let mut sim = Sim::new(seed, settings(&[]), 60, seed as u32 % 5, Faults::default());
+        sim.run(0, 3_000).unwrap();
+        let (request, before) = {
+            let mut w = sim.world();
+            let cursor = w.cursor.clone().expect("a cursor").0;
+            let migrated = cursor.since.expect("migrated");
+            let (since, till) = (migrated - TimeDelta::days(3), migrated - TimeDelta::days(2));
+            let range = since.timestamp_millis()..till.timestamp_millis();
+            let gone: Vec<_> = w
+                .destination
+                .iter()
+                .filter(|v| range.contains(&v.at_ms))
+                .copied()
+                .collect();
+            assert!(!gone.is_empty(), "seed {seed}: nothing to delete");
+            for v in gone {
+                assert_eq!(w.imported.get(&v), Some(&1), "seed {seed}");
+                w.destination.remove(&v);
+                w.removed_by_operator.insert(v);
+            }
+            let request = Request {
+                since,
+                till,
+                types: Vec::new(),
+            };
+            (request, cursor)
+        };
+        let events_before = sim.world().events.len();
+        let id = loop {
+            let mut w = sim.world();
+            let snapshot = super::SimPorts::snapshot_of(&mut w);
+            let n = w.next_etag();
+            match record(&sim.settings, &snapshot, &request).expect("recorded") {
+                Step::Write(write) => match *write {
+                    Write::InsertJob(j) => {
+                        w.jobs.insert(j.seq, (j, n));
+                    }
+                    Write::Cursor(c) => w.cursor = Some((c, n)),
+                    other => panic!("{other:?}"),
+                },
+                Step::Recorded { id, .. } => break id,
+            }
+        };
+        // The same destination as during the migration (its same-millisecond capacity is its nature, not a
+        // fault to switch on now), under the storm's faults.
+        sim.world().faults = Faults {
+            same_ms_capacity: None,
+            ..stormy()
+        };
+        sim.crash_rate = 20;
+        sim.two_shells = true;
+        let committed = |sim: &Sim| sim.world().cursor.as_ref().is_some_and(|(c, _)| c.committed_job > id);
+        for _ in 0..3_000 {
+            if committed(&sim) {
+                break;
+            }
+            sim.round();
+        }
+        assert!(committed(&sim), "seed {seed}: the re-drive never finished");
+        let back = std::mem::take(&mut sim.world().removed_by_operator);
+        assert!(
+            back.iter()
+                .all(|v| sim.world().imported.get(v).is_some_and(|n| *n >= 2)),
+            "seed {seed}: imported again"
+        );
+        sim.run(0, 3_000).unwrap();
+        let w = sim.world();
+        let (after, _) = w.cursor.clone().unwrap();
+        assert!(after.since >= before.since, "seed {seed}");
+        assert_eq!(
+            after.migrated_versions, before.migrated_versions,
+            "seed {seed}: counted once"
+        );
+        let (row, _) = &w.jobs[&id];
+        assert!(row.processed && row.redrive.is_some(), "seed {seed}: {row:?}");
+        // No ImportTill ever named an instant inside the re-drive's range after it was recorded.
+        assert!(
+            !w.events[events_before..].iter().any(|e| e.name == "ImportTill"
+                && e.get("Till")
+                    .is_some_and(|t| t < crate::fhir::format_instant(before.since.unwrap()).as_str())),
+            "seed {seed}"
+        );
+    }
+}
+
 /// Versions 9 and 10 of one resource on one millisecond, on a live source with crashes and two shells: the scan
 /// before each payload's first POST leaves out version 9 (named), so the destination's current version is the
 /// source's; without the scan the destination keeps "9" (it sorts higher as text) and names 10 (issue 24,

@@ -140,6 +140,8 @@ pub struct World {
     pub exports: Vec<ExportJob>,
     pub imports: Vec<ImportJob>,
     pub destination: BTreeSet<Version>,
+    /// Versions an operator removed at the destination below the cursor (until a re-drive brings them back).
+    pub removed_by_operator: BTreeSet<Version>,
     /// How many times each version was written at the destination.
     pub imported: HashMap<Version, u32>,
     pub blobs: HashMap<(String, String), Vec<u8>>,
@@ -182,6 +184,7 @@ impl World {
             exports: Vec::new(),
             imports: Vec::new(),
             destination: BTreeSet::new(),
+            removed_by_operator: BTreeSet::new(),
             imported: HashMap::new(),
             blobs: HashMap::new(),
             files: HashMap::new(),

@@ -17,6 +17,7 @@ fn rows_round_trip_through_entities() {
     cursor.deferred_ticks = 3;
     cursor.source_skew_seconds = Some(-7);
     cursor.skew_measured_at = Some(t0);
+    cursor.last_redrive = Some(5);
     let back = Cursor::from_entity(&cursor.to_entity("pk", "rk").unwrap());
     assert_eq!(back, cursor);
 
@@ -28,6 +29,18 @@ fn rows_round_trip_through_entities() {
     assert_eq!(e.row_key(), "myrowkey0000000012");
     assert_eq!(e.get_str("Since"), Some("2024-01-01T00:00:00.000Z"));
     assert_eq!(e.get_bool("IsExportComplete"), Some(true));
+    assert_eq!(Job::from_entity(&e).unwrap(), job);
+    assert_eq!(e.get_i64("Redrive"), None);
+
+    // A re-drive's row keeps the request apart from its own (moving) range.
+    job.redrive = Some(Redrive {
+        id: 12,
+        since: t0,
+        till: t0 + chrono::TimeDelta::days(1),
+        types: vec!["Observation".into(), "Patient".into()],
+    });
+    let e = job.to_entity("pk", "myrowkey").unwrap();
+    assert_eq!(e.get_str("RedriveTypes"), Some("Observation,Patient"));
     assert_eq!(Job::from_entity(&e).unwrap(), job);
 
     let mut p = Payload::new(12, 2, 1, "import_payload_1.json".into());

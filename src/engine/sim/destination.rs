@@ -12,6 +12,39 @@ use crate::fhir::wire::{ImportErrorFile, ImportOutput, ImportResult};
 const IDS: &str = "Unable to generate internal IDs. If the lastUpdated meta element is provided as input, reduce the number of resources with the same up to millisecond lastUpdated below 10,000.";
 
 impl World {
+    /// A file's blob ETag: fixed by its URL (every file is written once).
+    pub fn etag_of(url: &str) -> String {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in url.bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("\"0x{h:016X}\"")
+    }
+
+    /// Whether an input names an ETag other than its file's.
+    pub(super) fn etag_mismatch(body: &serde_json::Value) -> bool {
+        body["parameter"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["name"] == "input")
+            .any(|p| {
+                let part = |name: &str| {
+                    p["part"]
+                        .as_array()
+                        .and_then(|ps| ps.iter().find(|x| x["name"] == name))
+                        .map(|x| {
+                            x["valueUri"]
+                                .as_str()
+                                .or(x["valueString"].as_str())
+                                .unwrap_or_default()
+                                .to_string()
+                        })
+                };
+                matches!((part("url"), part("etag")), (Some(url), Some(etag)) if etag != Self::etag_of(&url))
+            })
+    }
+
     /// Applies import `id` of `files`; the server's reason when the job fails.
     pub(super) fn apply_import(&mut self, id: usize, files: &[(String, Vec<Version>)]) -> Result<ImportResult, String> {
         let all = || files.iter().flat_map(|(_, vs)| vs);

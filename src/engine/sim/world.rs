@@ -201,15 +201,6 @@ impl World {
         }
     }
 
-    /// A file's blob ETag: fixed by its URL (every file is written once).
-    pub fn etag_of(url: &str) -> String {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in url.bytes() {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-        format!("\"0x{h:016X}\"")
-    }
-
     pub fn next_etag(&mut self) -> u64 {
         self.etags += 1;
         self.etags
@@ -508,34 +499,13 @@ impl World {
         }
         let body: serde_json::Value = serde_json::from_str(&job.body).expect("a body the tool wrote");
         // The input ETag is compared exactly (reference §11.6).
-        for p in body["parameter"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|p| p["name"] == "input")
-        {
-            let part = |name: &str| {
-                p["part"]
-                    .as_array()
-                    .and_then(|ps| ps.iter().find(|x| x["name"] == name))
-                    .map(|x| {
-                        x["valueUri"]
-                            .as_str()
-                            .or(x["valueString"].as_str())
-                            .unwrap_or_default()
-                            .to_string()
-                    })
+        if Self::etag_mismatch(&body) {
+            let reason = "import operation failed for reason: Input file Etag not match".to_string();
+            self.imports[id].result = Some(Err(reason.clone()));
+            return ImportPoll::Failed {
+                status: 400,
+                diagnostics: reason,
             };
-            if let (Some(url), Some(etag)) = (part("url"), part("etag"))
-                && etag != Self::etag_of(&url)
-            {
-                let reason = "import operation failed for reason: Input file Etag not match".to_string();
-                self.imports[id].result = Some(Err(reason.clone()));
-                return ImportPoll::Failed {
-                    status: 400,
-                    diagnostics: reason,
-                };
-            }
         }
         let inputs = Self::inputs(&body);
         let files: Vec<(String, Vec<Version>)> = inputs

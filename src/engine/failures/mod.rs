@@ -3,7 +3,7 @@
 
 mod capacity;
 mod files;
-mod record;
+pub(crate) mod record;
 pub mod retry;
 mod scan;
 

@@ -11,7 +11,7 @@ use crate::engine::error_files::ErrorSummary;
 use crate::engine::{Engine, EngineError};
 use crate::fhir::VersionRead;
 use crate::fhir::wire::ImportErrorFile;
-use crate::ledger::locate::{error_line, identity, input_line};
+use crate::ledger::locate::{ErrorLine, error_line, identity, input_line};
 use crate::ledger::{Class, Entry, Kind, State};
 use crate::storage::tables::TableError;
 use crate::telemetry::{Event, id_of};
@@ -69,14 +69,8 @@ impl Engine {
         // Lines end at `\n` or `\r\n` (a Windows host writes CRLF), and a processing unit that restarts writes its
         // error lines again, so the same line can stand twice (reference §11.5): each distinct positioned line is
         // one entry.
-        let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-        let mut distinct = std::collections::HashSet::new();
-        let failed: Vec<Failed> = lines
-            .iter()
-            .enumerate()
-            // Only a line naming its position is known to be a repeat; two identical lines without one may be
-            // two failures, and are kept apart.
-            .filter(|(_, line)| crate::ledger::locate::error_line(line).position.is_none() || distinct.insert(**line))
+        let failed: Vec<Failed> = failed_lines(&text)
+            .into_iter()
             .map(|(i, line)| line_entry(window, file, &input_url, input.as_deref(), line, i, now))
             .collect();
         // The server's count is the last run's (a restarted unit appends its lines again, but its count is
@@ -305,10 +299,7 @@ fn line_entry(
 ) -> Failed {
     let said = error_line(text);
     let (offset, line) = said.position.unwrap_or_default();
-    let raw = said
-        .position
-        .and(input)
-        .and_then(|bytes| input_line(bytes, offset, line));
+    let raw = exported_line(&said, input);
     let (resource_type, id, version_id, last_updated) = raw.and_then(identity).unwrap_or_default();
     let key = if id.is_empty() || version_id.is_empty() {
         // Named by position; a line without one by its place in the error file, so none collapse into one.
@@ -391,14 +382,30 @@ fn unreadable(window: i64, file: &ImportErrorFile, now: DateTime<Utc>) -> Entry 
     }
 }
 
-/// How many failed lines an error file names: each distinct line with a position once, every line without one.
-pub(super) fn distinct_lines(text: &str) -> u64 {
+/// The failed lines an error file names, each with its index among the file's non-empty lines: each distinct
+/// line with a position once (a restarted unit writes its lines again), every line without one (two identical
+/// lines without a position may be two failures). Lines end at `\n` or `\r\n` (reference §11.5).
+pub(crate) fn failed_lines(text: &str) -> Vec<(usize, &str)> {
     let mut seen = std::collections::HashSet::new();
     text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
-        .filter(|l| crate::ledger::locate::error_line(l).position.is_none() || seen.insert(*l))
-        .count() as u64
+        .enumerate()
+        .filter(|(_, l)| crate::ledger::locate::error_line(l).position.is_none() || seen.insert(*l))
+        .collect()
+}
+
+/// How many failed lines an error file names.
+pub(super) fn distinct_lines(text: &str) -> u64 {
+    failed_lines(text).len() as u64
+}
+
+/// The exported line an error-file line is about, found by the unit offset and line number it names in the
+/// input file, as the server's `ReadLines` owns lines (reference §11.4); `None` when it names no position or
+/// the file does not hold it.
+pub(crate) fn exported_line<'a>(said: &ErrorLine, input: Option<&'a [u8]>) -> Option<&'a [u8]> {
+    let (offset, line) = said.position?;
+    input_line(input?, offset, line)
 }
 
 /// The key prefix of a shortfall that records how many lines its file did hold (`Entry::line`).

@@ -117,16 +117,41 @@ impl World {
         if !full.is_empty() {
             return Err(IDS.into());
         }
+        // One error file per input file with refused lines, in the server's format: each line names its unit's
+        // offset and its number in the unit, as `ReadLines` owns lines (reference §11.4), for a unit size that
+        // sometimes puts an offset exactly on a line start; CRLF and a restarted unit's repeats at times (§11.5).
         let mut error = Vec::new();
-        if !refused.is_empty() {
-            let url = format!("https://errors/{id}.ndjson");
+        for (k, (url, versions)) in files.iter().enumerate() {
+            let mine: Vec<Version> = versions.iter().filter(|v| refused.contains(v)).copied().collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let bytes = render(versions);
+            let first_line = bytes.iter().position(|b| *b == b'\n').unwrap_or(bytes.len()) + 1;
+            let unit = [first_line, first_line * 2, 97, 10_000_000][self.rng.below(4) as usize];
+            let mut lines: Vec<String> = mine
+                .iter()
+                .map(|v| {
+                    let at = versions.iter().position(|x| x == v).expect("in its file");
+                    let (offset, number) = unit_position(&bytes, at, unit);
+                    error_line(v, offset, number)
+                })
+                .collect();
+            if self.rng.chance(20) {
+                let again = lines.clone();
+                lines.extend(again);
+            }
+            let newline = if self.rng.chance(30) { "\r\n" } else { "\n" };
+            let error_url = format!("https://errors/{id}-{k}.ndjson");
             error.push(ImportErrorFile {
-                resource_type: None,
-                count: refused.len() as u64,
-                input_url: None,
-                url: url.clone(),
+                resource_type: versions.first().map(|v| v.resource_type().to_string()),
+                count: mine.len() as u64,
+                input_url: Some(url.clone()),
+                url: error_url.clone(),
             });
-            self.error_files.insert(url, refused);
+            self.error_texts
+                .insert(error_url.clone(), lines.join(newline) + newline);
+            self.error_files.insert(error_url, mine);
         }
         Ok(ImportResult {
             transaction_time: None,
@@ -134,4 +159,54 @@ impl World {
             error,
         })
     }
+}
+
+/// A simulated export file as the server writes it: one NDJSON line per version.
+pub fn render(versions: &[Version]) -> Vec<u8> {
+    let mut out = String::new();
+    for v in versions {
+        out.push_str(&format!(
+            r#"{{"resourceType":"{}","id":"r{}","meta":{{"versionId":"{}","lastUpdated":"{}"}}}}"#,
+            v.resource_type(),
+            v.resource,
+            v.version,
+            crate::fhir::format_instant(super::world::instant(v.at_ms))
+        ));
+        out.push('\n');
+    }
+    out.into_bytes()
+}
+
+/// The version a rendered line names (the inverse of [`render`]).
+pub fn version_of(line: &[u8]) -> Option<Version> {
+    let (_, id, version, at) = crate::ledger::locate::identity(line)?;
+    Some(Version {
+        resource: id.strip_prefix('r')?.parse().ok()?,
+        version: version.parse().ok()?,
+        at_ms: chrono::DateTime::parse_from_rfc3339(&at).ok()?.timestamp_millis(),
+    })
+}
+
+/// Where the server reports line `index` of a file split into units of `unit` bytes: the unit at offset
+/// `j * unit` owns the lines that start after its offset up to `unit` bytes on (a line starting exactly at an
+/// offset is the previous unit's), the first unit also the line at 0; lines are numbered from 1 in their unit.
+/// Written here from the server's rule, apart from the ledger's reading of it (`ledger::locate`).
+fn unit_position(bytes: &[u8], index: usize, unit: usize) -> (usize, usize) {
+    let mut starts = vec![0];
+    for (i, b) in bytes.iter().enumerate() {
+        if *b == b'\n' && i + 1 < bytes.len() {
+            starts.push(i + 1);
+        }
+    }
+    let owner = |s: usize| if s == 0 { 0 } else { (s - 1) / unit };
+    let j = owner(starts[index]);
+    let number = starts[..=index].iter().filter(|s| owner(**s) == j).count();
+    (j * unit, number)
+}
+
+fn error_line(v: &Version, offset: usize, number: usize) -> String {
+    serde_json::json!({ "resourceType": "OperationOutcome", "issue": [{ "severity": "error",
+        "details": { "text": format!("Failed to import duplicate resource, resource id: r{}, line: {number}", v.resource) },
+        "diagnostics": format!("Failed to process resource at line: {number} with stream start offset: {offset}") }] })
+    .to_string()
 }

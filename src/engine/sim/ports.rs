@@ -526,10 +526,33 @@ impl Ports for SimPorts {
     ) -> Result<ErrorSummary, EngineError> {
         self.enter().await;
         {
-            // Every refused version is named, as the ledger names it from the error file.
+            // The ledger's own reading of each error file (its line filter and its mapping of a unit's offset and
+            // line number to the exported line) must name exactly the versions the destination refused.
+            use crate::engine::failures::record::{exported_line, failed_lines};
             let mut w = self.world();
             for e in errors {
-                let named = w.error_files.get(&e.url).cloned().unwrap_or_default();
+                let refused = w.error_files.get(&e.url).cloned().unwrap_or_default();
+                let text = w.error_texts.get(&e.url).cloned().unwrap_or_default();
+                let input = e
+                    .input_url
+                    .as_ref()
+                    .and_then(|u| w.files.get(u))
+                    .map(|vs| super::destination::render(vs))
+                    .unwrap_or_default();
+                let mut named = Vec::new();
+                for (_, line) in failed_lines(&text) {
+                    let said = crate::ledger::locate::error_line(line);
+                    match exported_line(&said, Some(&input)).and_then(super::destination::version_of) {
+                        Some(v) if refused.contains(&v) => named.push(v),
+                        other => self.violate(format!(
+                            "the ledger read {line} in {} as {other:?}, a version the destination did not refuse",
+                            e.url
+                        )),
+                    }
+                }
+                if let Some(v) = refused.iter().find(|v| !named.contains(v)) {
+                    self.violate(format!("{v:?}, refused in {}, is named by no ledger entry", e.url));
+                }
                 w.ledger.extend(named);
             }
         }

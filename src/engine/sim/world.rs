@@ -166,6 +166,8 @@ pub struct World {
     pub named: BTreeSet<Version>,
     /// The versions each import refused, by its error file's URL (the ledger's stand-in reads them).
     pub error_files: HashMap<String, Vec<Version>>,
+    /// Each error file's text, as the server writes it.
+    pub error_texts: HashMap<String, String>,
     /// Versions named in the ledger from error files or left out by the scan before an import.
     pub ledger: BTreeSet<Version>,
 }
@@ -197,6 +199,7 @@ impl World {
             late: HashMap::new(),
             named: BTreeSet::new(),
             error_files: HashMap::new(),
+            error_texts: HashMap::new(),
             ledger: BTreeSet::new(),
         }
     }

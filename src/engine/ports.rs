@@ -49,8 +49,8 @@ pub trait Ports: Sync {
     fn export_file_etags(&self, urls: &[String]) -> impl Future<Output = Vec<EtagLookup>> + Send;
     fn post(&self, body: &serde_json::Value) -> impl Future<Output = Answer> + Send;
     fn poll_import(&self, url: &str) -> impl Future<Output = ImportPoll> + Send;
-    /// Cancels a job (best effort); the error text when the server refused or could not be reached.
-    fn cancel(&self, url: &str, destination: bool) -> impl Future<Output = Result<(), String>> + Send;
+    /// Cancels a job (best effort); what the server answered (the core decides what it means).
+    fn cancel(&self, url: &str, destination: bool) -> impl Future<Output = super::core::rules::CancelAnswer> + Send;
     fn totals(&self) -> impl Future<Output = Totals> + Send;
     /// Copies the custom SearchParameters (`since` none), or carries what changed at the source since `since`;
     /// what it did, or why it failed.
@@ -213,18 +213,15 @@ impl Ports for Engine {
     /// A refusal that asking again cannot change (a 4xx other than 408 and 429: no permission, a bad request)
     /// is reported and taken as the end of trying, so the window moves on; only an unreachable or failing
     /// server (which may answer later) is an error, and the cancel is made again next tick.
-    async fn cancel(&self, url: &str, destination: bool) -> Result<(), String> {
+    async fn cancel(&self, url: &str, destination: bool) -> super::core::rules::CancelAnswer {
+        use super::core::rules::CancelAnswer;
         let server = if destination { &self.destination } else { &self.source };
         match server.cancel(url).await {
-            Ok(()) => Ok(()),
-            Err(FhirError::Rejected { status, .. }) if (400..500).contains(&status) && !matches!(status, 408 | 429) => {
-                tracing::warn!(
-                    "The server refused to cancel {} (HTTP {status}); the job is left to finish on its own",
-                    crate::telemetry::id_of(url)
-                );
-                Ok(())
-            }
-            Err(e) => Err(e.to_string()),
+            Ok(()) => CancelAnswer::Accepted,
+            Err(FhirError::Rejected {
+                status, diagnostics, ..
+            }) => CancelAnswer::Refused { status, diagnostics },
+            Err(e) => CancelAnswer::Unsent(e.to_string()),
         }
     }
 

@@ -184,8 +184,10 @@ impl<P: Ports> Shell<'_, P> {
                     facts.error_summaries.insert(PostKey::of(&payload), Some(summary));
                 }
                 Action::Cancel { url, destination } => {
-                    match self.ports.cancel(&url, destination).await {
-                        Ok(()) => report.say(format!("Cancelled the job {}", crate::telemetry::id_of(&url))),
+                    let answer = self.ports.cancel(&url, destination).await;
+                    match core::rules::cancel_outcome(&answer) {
+                        Ok(None) => report.say(format!("Cancelled the job {}", crate::telemetry::id_of(&url))),
+                        Ok(Some(line)) => report.say(format!("Job {}: {line}", crate::telemetry::id_of(&url))),
                         Err(e) => {
                             report.say(format!(
                                 "Could not cancel the job {} (it may run on at the server; tried again next tick): {e}",

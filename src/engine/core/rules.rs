@@ -202,6 +202,36 @@ pub fn next_streak(previous_reason: &str, previous_streak: i64, reason: &str) ->
     }
 }
 
+/// A server's answer to a cancel (`DELETE` on a job's status URL).
+#[derive(Debug, Clone, PartialEq)]
+pub enum CancelAnswer {
+    Accepted,
+    Refused {
+        status: u16,
+        diagnostics: String,
+    },
+    /// Not answered: unreachable, or a transport failure.
+    Unsent(String),
+}
+
+/// What a cancel's answer means: the job is stopped or gone (`Ok`, with a line when the server refused: a job
+/// that already finished answers 409 and a lost one 404, and neither runs on), or it may run on (`Err`, with
+/// the reason: cancelled again on the next tick). Throttling (429) and a timeout (408) are not refusals.
+pub fn cancel_outcome(answer: &CancelAnswer) -> Result<Option<String>, String> {
+    match answer {
+        CancelAnswer::Accepted => Ok(None),
+        CancelAnswer::Refused { status, diagnostics }
+            if (400..500).contains(status) && !matches!(status, 408 | 429) =>
+        {
+            Ok(Some(format!(
+                "the server refused the cancel (HTTP {status}: {diagnostics}); the job has ended or is gone, and is left as it is"
+            )))
+        }
+        CancelAnswer::Refused { status, diagnostics } => Err(format!("HTTP {status}: {diagnostics}")),
+        CancelAnswer::Unsent(error) => Err(error.clone()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,5 +312,21 @@ mod tests {
         assert_eq!(next_streak(a, 1, b), 2);
         assert_eq!(next_streak(a, 2, "export failed: something else"), 1);
         assert_eq!(next_streak("", 0, a), 1);
+    }
+
+    #[test]
+    fn a_refused_cancel_ends_the_job_only_when_the_job_cannot_run_on() {
+        let refused = |status| CancelAnswer::Refused {
+            status,
+            diagnostics: "x".into(),
+        };
+        assert_eq!(cancel_outcome(&CancelAnswer::Accepted), Ok(None));
+        for gone in [404, 409, 400] {
+            assert!(matches!(cancel_outcome(&refused(gone)), Ok(Some(_))), "{gone}");
+        }
+        for runs_on in [408, 429, 500, 503] {
+            assert!(cancel_outcome(&refused(runs_on)).is_err(), "{runs_on}");
+        }
+        assert!(cancel_outcome(&CancelAnswer::Unsent("could not connect".into())).is_err());
     }
 }

@@ -431,17 +431,15 @@ impl Ports for SimPorts {
         poll
     }
 
-    async fn cancel(&self, url: &str, destination: bool) -> Result<(), String> {
+    async fn cancel(&self, url: &str, destination: bool) -> crate::engine::core::rules::CancelAnswer {
         self.enter().await;
         let answer = {
             let mut w = self.world();
             let unreachable = w.faults.cancel_unreachable;
             if w.rng.chance(unreachable) {
-                Err("could not connect".to_string())
+                crate::engine::core::rules::CancelAnswer::Unsent("could not connect".to_string())
             } else {
-                // A finished job answers 409 and a lost one 404: both leave nothing running (Ok).
-                w.cancel(url, destination);
-                Ok(())
+                w.cancel(url, destination)
             }
         };
         self.leave().await;

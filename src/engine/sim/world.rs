@@ -531,19 +531,32 @@ impl World {
         }
     }
 
-    pub fn cancel(&mut self, url: &str, destination: bool) {
+    /// A cancel as the servers answer it: a running job is cancelled (202); one that already finished answers
+    /// 409, and a lost export 404 (reference §2.5, §5.5).
+    pub fn cancel(&mut self, url: &str, destination: bool) -> crate::engine::core::rules::CancelAnswer {
+        use crate::engine::core::rules::CancelAnswer;
         let id = Self::id_of(url);
+        let refused = |status: u16| CancelAnswer::Refused {
+            status,
+            diagnostics: "The job cannot be cancelled".into(),
+        };
         if destination {
             let job = &mut self.imports[id];
-            if job.result.is_none() {
-                job.cancelled = true;
+            if job.result.is_some() {
+                return refused(409);
             }
+            job.cancelled = true;
         } else {
             let job = &mut self.exports[id];
-            if !job.done {
-                job.cancelled = true;
+            if job.vanished {
+                return refused(404);
             }
+            if job.done {
+                return refused(409);
+            }
+            job.cancelled = true;
         }
+        CancelAnswer::Accepted
     }
 
     /// Jobs still running at either server that nobody cancelled.

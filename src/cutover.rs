@@ -410,12 +410,17 @@ async fn accepted_losses(
     engine: &crate::engine::Engine,
 ) -> Result<crate::verify::full::Accepted, crate::storage::tables::TableError> {
     let mut accepted = crate::verify::full::Accepted::default();
+    // Losses about one export file (two units' error files, say) pool their counts.
+    let mut unnamed: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
     for e in engine.ledger().list(Some(crate::ledger::State::Accepted)).await? {
         if e.unnamed_lines == 0 {
             accepted.keys.insert(e.key);
-            continue;
+        } else {
+            *unnamed.entry(e.input_file).or_default() += e.unnamed_lines;
         }
-        let Some(bytes) = engine.read_blob(&e.input_file).await else {
+    }
+    for (input_file, count) in unnamed {
+        let Some(bytes) = engine.read_blob(&input_file).await else {
             continue;
         };
         let keys = String::from_utf8_lossy(&bytes)
@@ -424,7 +429,7 @@ async fn accepted_losses(
             .filter(|(t, id, v, _)| !t.is_empty() && !id.is_empty() && !v.is_empty())
             .map(|(t, id, v, _)| crate::ledger::Entry::key_of(&t, &id, &v))
             .collect();
-        accepted.unnamed.push((keys, e.unnamed_lines));
+        accepted.unnamed.push((keys, count));
     }
     Ok(accepted)
 }

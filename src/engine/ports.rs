@@ -78,6 +78,7 @@ pub trait Ports: Sync {
         &self,
         payload: &Payload,
         container: &str,
+        tag: &str,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<super::core::scan::Scanned, EngineError>> + Send;
     /// Examines a payload refused for the destination's same-millisecond capacity: names the versions that
@@ -86,6 +87,7 @@ pub trait Ports: Sync {
         &self,
         payload: &Payload,
         container: &str,
+        tag: &str,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<super::core::capacity::CapacityTrim, EngineError>> + Send;
     /// Records a finished import's failed lines in the failure ledger; the counts by kind and class.
@@ -282,18 +284,20 @@ impl Ports for Engine {
         &self,
         payload: &Payload,
         container: &str,
+        tag: &str,
         now: DateTime<Utc>,
     ) -> Result<super::core::capacity::CapacityTrim, EngineError> {
-        Engine::trim_for_capacity(self, payload, container, now).await
+        Engine::trim_for_capacity(self, payload, container, tag, now).await
     }
 
     async fn scan_payload(
         &self,
         payload: &Payload,
         container: &str,
+        tag: &str,
         now: DateTime<Utc>,
     ) -> Result<super::core::scan::Scanned, EngineError> {
-        Engine::scan_payload(self, payload, container, now).await
+        Engine::scan_payload(self, payload, container, tag, now).await
     }
 }
 

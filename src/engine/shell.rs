@@ -166,13 +166,16 @@ impl<P: Ports> Shell<'_, P> {
                     facts.posts.insert(PostKey::of(&payload), answer);
                 }
                 Action::ScanPayload { payload, container } => {
-                    let scanned = self.ports.scan_payload(&payload, &container, now).await?;
+                    let scanned = self.ports.scan_payload(&payload, &container, &tag(nonce), now).await?;
                     facts
                         .scans
                         .insert((core::PayloadKey::of(&payload), payload.scanned_files), scanned);
                 }
                 Action::TrimForCapacity { payload, container } => {
-                    let trim = self.ports.trim_for_capacity(&payload, &container, now).await?;
+                    let trim = self
+                        .ports
+                        .trim_for_capacity(&payload, &container, &tag(nonce), now)
+                        .await?;
                     facts.capacity_trims.insert(PostKey::of(&payload), trim);
                 }
                 Action::PollImport { payload } => {
@@ -334,6 +337,13 @@ impl<P: Ports> Shell<'_, P> {
 /// recorded before the POST makes the definition this attempt's alone: a repeated POST of the same attempt
 /// (after a crash) gets its own job back, and no other migration's or attempt's job can be handed to it.
 /// `None` for rows written before tokens existed (their POST is repeated as it was first sent).
+/// Names the blobs one tick writes when it rewrites a payload (copies of export files, the new body): another
+/// invocation doing the same at once writes its own, and the ETag-guarded row write decides whose the payload
+/// uses, so a body never names a copy another invocation overwrote (with another ETag).
+fn tag(nonce: u64) -> String {
+    format!("{nonce:016x}")
+}
+
 pub fn attempt_source(source: &url::Url, token: &str) -> Option<String> {
     if token.is_empty() {
         return None;

@@ -188,6 +188,9 @@ pub struct Payload {
     /// millisecond has come (done before the first POST; see `engine::core::scan`).
     pub scanned_files: i64,
     pub scan_done: bool,
+    /// `LeftOutVersions`: versions the scan or a capacity trim left out of this payload (each named in the
+    /// ledger); the import-error policy counts them with the import's own permanent failures.
+    pub left_out: i64,
     pub etag: Option<ETag>,
 }
 
@@ -514,6 +517,7 @@ impl Payload {
             capacity_trims: 0,
             scanned_files: 0,
             scan_done: false,
+            left_out: 0,
             etag: None,
         }
     }
@@ -550,7 +554,8 @@ impl Payload {
         e.set_i64("CapacityChecked", self.capacity_checked)
             .set_i64("CapacityTrims", self.capacity_trims)
             .set_i64("ScannedFiles", self.scanned_files)
-            .set_bool("ScanDone", self.scan_done);
+            .set_bool("ScanDone", self.scan_done)
+            .set_i64("LeftOutVersions", self.left_out);
         if let Some(lines) = self.expected_lines {
             e.set_i64("ExpectedLines", lines);
         }
@@ -591,6 +596,7 @@ impl Payload {
             capacity_trims: e.get_i64("CapacityTrims").unwrap_or(0),
             scanned_files: e.get_i64("ScannedFiles").unwrap_or(0),
             scan_done: e.get_bool("ScanDone").unwrap_or(false),
+            left_out: e.get_i64("LeftOutVersions").unwrap_or(0),
             etag: e.etag().cloned(),
         })
     }

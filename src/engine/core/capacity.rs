@@ -10,7 +10,7 @@
 
 use super::flow::payload_container;
 use super::rules::{WindowPhase, window_phase};
-use super::{Action, Context, Facts, Notes, PostKey, Snapshot, Write};
+use super::{Action, Context, Facts, Mark, Notes, PostKey, Snapshot, Write};
 use crate::state::Payload;
 use crate::state::rows::ImportStatus;
 
@@ -58,6 +58,15 @@ pub fn trim_payloads(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Optio
         .filter(|j| window_phase(j) == WindowPhase::Exported)
         .flat_map(|job| snapshot.payloads_of(job).map(move |p| (job, p)))
         .find(|(_, p)| awaits_check(p))?;
+    // The failed job's other units may still be importing (the server reports a failure as soon as one unit
+    // failed): cancel it first, so the destination's counts stop moving (a refused cancel: it has ended).
+    let cancelled = Mark::Cancelled(p.import_url.clone());
+    if !p.import_url.is_empty() && !facts.marks.contains(&cancelled) {
+        return Some(Action::Cancel {
+            url: p.import_url.clone(),
+            destination: true,
+        });
+    }
     Some(match facts.capacity_trims.get(&PostKey::of(p)) {
         None => Action::TrimForCapacity {
             payload: p.clone(),
@@ -78,6 +87,7 @@ fn checked(ctx: &Context, seq: i64, p: &Payload, trim: &CapacityTrim) -> Action 
             groups,
         } => {
             row.capacity_trims += 1;
+            row.left_out += *excluded as i64;
             row.blob = blob.clone();
             row.expected_lines = Some(*kept_lines);
             row.failure_reason = format!(

@@ -85,7 +85,9 @@ pub fn imported(
     }
     payload.end_time = Some(ctx.now);
     payload.status = ImportStatus::Completed;
-    // Halt stops at a permanent failure only: benign lines are imported in effect, transient ones retried.
+    // Halt stops at a permanent failure only: benign lines are imported in effect, transient ones retried. The
+    // versions the tool left out of this payload (named in the ledger) are permanent failures too.
+    let permanent = permanent + p.left_out.max(0);
     if halts(ctx, permanent) {
         payload.status = ImportStatus::Halted;
         payload.failure_reason = format!(
@@ -158,4 +160,54 @@ pub fn imported(
 /// The import-error policy's decision on a finished import with failed lines.
 pub fn halts(ctx: &Context, permanent_lines: i64) -> bool {
     permanent_lines > 0 && ctx.settings.import_error_policy == crate::config::ImportErrorPolicy::Halt
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+    use crate::engine::core::{PostKey, Timer};
+    use crate::fhir::wire::ImportOutput;
+
+    /// Versions the tool left out of a payload (named in the ledger) are permanent failures for the import-error
+    /// policy: under Halt an import that refused nothing itself still halts; under Continue it completes.
+    #[test]
+    fn versions_left_out_count_as_permanent_failures_for_the_halt_policy() {
+        for (policy, expected) in [("Halt", ImportStatus::Halted), ("Continue", ImportStatus::Completed)] {
+            let settings = crate::engine::sim::settings(&[("AZURE_ImportErrorPolicy", policy)]);
+            let timing = crate::engine::Timing::default();
+            let ctx = Context {
+                settings: &settings,
+                timing: &timing,
+                timer: Timer::ImportStatus,
+                now: chrono::Utc.with_ymd_and_hms(2026, 1, 10, 0, 0, 0).unwrap(),
+                source_now: None,
+                export_table: "export",
+                nonce: 1,
+            };
+            let now = ctx.now;
+            let job = Job::planned(1, now - chrono::TimeDelta::days(1), now, "");
+            let mut p = Payload::new(1, job.attempt, 0, "payload-0".into());
+            p.left_out = 1;
+            let result = ImportResult {
+                transaction_time: None,
+                output: vec![ImportOutput {
+                    resource_type: Some("Patient".into()),
+                    count: 9,
+                    input_url: None,
+                }],
+                error: Vec::new(),
+            };
+            let handled = Mark::ImportPollHandled(PostKey::of(&p));
+            let Action::Write {
+                write: Write::Payload(row),
+                ..
+            } = imported(&ctx, &job, &p, &result, None, &Totals::default(), handled)
+            else {
+                panic!("the payload row is written")
+            };
+            assert_eq!(row.status, expected, "{policy}");
+        }
+    }
 }

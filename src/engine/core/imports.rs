@@ -212,7 +212,7 @@ fn post_answered(ctx: &Context, job: &Job, p: &Payload, answer: &PostAnswer, han
             // Nothing to retry with: exhaust the attempts so the window is exported again.
             updated.status = ImportStatus::Failed;
             updated.lease_until = None;
-            updated.attempt = updated.attempt.max(i64::from(ctx.settings.max_import_retries));
+            updated.attempt = updated.attempt.max(attempts_allowed(ctx, p));
             updated.failure_reason = format!(
                 "the payload blob {}/{} is missing",
                 payload_container(&job.export_id),

@@ -55,6 +55,7 @@ pub fn scan_payloads(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Optio
     if let Some(lines) = row.expected_lines {
         row.expected_lines = Some(lines - scanned.left_out as i64);
     }
+    row.left_out += scanned.left_out as i64;
     let notes = if scanned.note.is_empty() {
         Notes::default()
     } else {

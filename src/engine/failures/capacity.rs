@@ -31,6 +31,7 @@ impl Engine {
         &self,
         payload: &Payload,
         container: &str,
+        tag: &str,
         now: DateTime<Utc>,
     ) -> Result<CapacityTrim, EngineError> {
         let Some(bytes) = self.blobs.get(container, &payload.blob).await? else {
@@ -63,6 +64,12 @@ impl Engine {
         let mut ordered: Vec<_> = groups.into_iter().collect();
         ordered.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(&b.0)));
         let cap = u64::from(self.settings.same_ms_capacity);
+        // The free row ids of a crowded millisecond are fragmented: each batch takes a run of ids from one
+        // global sequence and retries `80000 / batch` times (fhir-server `SqlServerFhirDataStore.cs`), so the
+        // real limit lies below the capacity. So a group is filled only up to a margin of one batch (1,000 of
+        // 80,000) below it, and each further refusal of a trimmed payload widens the margin by another batch:
+        // bounded, and each step leaves out at least one more version.
+        let margin = cap / 80 * (payload.capacity_trims.max(0) as u64 + 1);
         let mut excluded: Vec<usize> = Vec::new();
         let mut described = Vec::new();
         let mut largest = String::from("the payload holds no versions with lastUpdated");
@@ -79,7 +86,7 @@ impl Engine {
                     format_instant(at)
                 );
             }
-            if stored + members.len() as u64 <= cap {
+            if stored + members.len() as u64 + margin <= cap {
                 continue;
             }
             let held = self.versions_on(resource_type, at).await?;
@@ -88,17 +95,25 @@ impl Engine {
                 .copied()
                 .filter(|i| !held.contains(&(lines[*i].id.clone(), lines[*i].version.clone())))
                 .collect();
-            let room = usize::try_from(cap.saturating_sub(held.len() as u64)).unwrap_or(usize::MAX);
-            if new.len() <= room {
+            let room = usize::try_from(cap.saturating_sub(held.len() as u64 + margin)).unwrap_or(usize::MAX);
+            if new.len() <= room || new.is_empty() {
                 continue;
             }
-            // Keep each resource's newest versions first, so what is left out is history where it can be.
+            // Keep each resource's newest version first, then its older ones, so what is left out is history
+            // where it can be: by rank within the resource (0 for its newest here), then version, then id.
+            let mut newest: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
+            for i in &new {
+                let top = newest.entry(lines[*i].id.as_str()).or_insert(i64::MIN);
+                *top = (*top).max(version_number(&lines[*i].version));
+            }
+            let rank = |i: &usize| i64::from(version_number(&lines[*i].version) != newest[lines[*i].id.as_str()]);
             new.sort_by(|a, b| {
-                let (a, b) = (&lines[*a], &lines[*b]);
-                version_number(&b.version)
-                    .cmp(&version_number(&a.version))
-                    .then(a.id.cmp(&b.id))
-                    .then(a.version.cmp(&b.version))
+                let (la, lb) = (&lines[*a], &lines[*b]);
+                rank(a)
+                    .cmp(&rank(b))
+                    .then(version_number(&lb.version).cmp(&version_number(&la.version)))
+                    .then(la.id.cmp(&lb.id))
+                    .then(la.version.cmp(&lb.version))
             });
             let left_out = new.split_off(room);
             described.push(format!(
@@ -121,10 +136,10 @@ impl Engine {
             if !lines.iter().enumerate().any(|(i, l)| l.file == f && out.contains(&i)) {
                 continue;
             }
-            let suffix = format!("capacity-{attempt}");
+            let suffix = format!("capacity-{attempt}-{tag}");
             let Some(copy) = self.write_copy(url, f, &files[f], &lines, &out, &suffix).await? else {
                 return Ok(CapacityTrim::CannotTrim(format!(
-                    "the export account of {} is not one the tool can write to (AZURE_IntegrationStorageUri)",
+                    "the tool cannot write next to {} (grant its identity 'Storage Blob Data Contributor' on the export account, AZURE_IntegrationStorageUri)",
                     crate::telemetry::id_of(url)
                 )));
             };
@@ -139,7 +154,7 @@ impl Engine {
             self.upsert(entry, now).await?;
         }
         rewrite_inputs(&mut body, &replaced);
-        let blob = format!("{}.capacity-{attempt}", payload.blob.trim_end_matches(".json"));
+        let blob = format!("{}.capacity-{attempt}-{tag}", payload.blob.trim_end_matches(".json"));
         self.blobs.put(container, &blob, body.to_string().into_bytes()).await?;
         Ok(CapacityTrim::Trimmed {
             excluded: excluded.len() as u64,

@@ -13,7 +13,8 @@ use crate::ledger::{Class, Entry, Kind, State};
 
 impl Engine {
     /// Writes a copy of `file` (read from `url`) without the lines in `out`, named after the original with
-    /// `suffix`; its URL and ETag, or `None` when the tool cannot write to the file's account.
+    /// `suffix`; its URL and ETag, or `None` when the tool cannot write to the file's account (unknown to it,
+    /// or refusing it: read access only).
     pub(super) async fn write_copy(
         &self,
         url: &str,
@@ -34,7 +35,12 @@ impl Engine {
             }
         }
         let copy = format!("{}.{suffix}.ndjson", name.trim_end_matches(".ndjson"));
-        store.put(&c, &copy, kept).await?;
+        match store.put(&c, &copy, kept).await {
+            Ok(()) => {}
+            // Read access only: the caller goes on without the copy, and says what to grant.
+            Err(crate::storage::blob::BlobError::Service { status: 401 | 403, .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
         let etag = store.etag(&c, &copy).await?;
         Ok(Some((store.blob_url(&c, &copy), etag)))
     }

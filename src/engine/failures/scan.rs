@@ -23,6 +23,7 @@ impl Engine {
         &self,
         payload: &Payload,
         container: &str,
+        tag: &str,
         now: DateTime<Utc>,
     ) -> Result<Scanned, EngineError> {
         let Some(bytes) = self.blobs.get(container, &payload.blob).await? else {
@@ -32,52 +33,65 @@ impl Engine {
         let mut body: Value = serde_json::from_slice(&bytes).unwrap_or_default();
         let urls = input_urls(&body);
         let first = usize::try_from(payload.scanned_files.max(0)).unwrap_or(usize::MAX);
+        // This action's share of the files, read together: versions of one resource in two of them are seen
+        // together (a resource's versions can land in different files of one export: reference §3.2).
         let mut read = 0usize;
         let mut next = first;
-        let mut replaced = BTreeMap::new();
-        let mut left_out = 0u64;
+        let mut indexes: Vec<usize> = Vec::new();
+        let mut files: Vec<Vec<u8>> = Vec::new();
         let mut notes = Vec::new();
         while next < urls.len() && (next == first || read < BYTES_PER_ACTION) {
-            let url = &urls[next];
-            let Some(file) = self.read_blob(url).await else {
-                notes.push(format!(
-                    "{} cannot be read with the tool's storage access, so it is imported unscanned (versions of one resource on one millisecond in it are named by the import's error file instead)",
-                    crate::telemetry::id_of(url)
-                ));
-                next += 1;
-                continue;
-            };
-            read += file.len();
-            let lines = parse(std::slice::from_ref(&file));
-            let losers = same_millisecond_losers(&lines);
-            if !losers.is_empty() {
-                let out: HashSet<usize> = losers.iter().map(|(i, _)| *i).collect();
-                match self.write_copy(url, 0, &file, &lines, &out, "scanned").await? {
-                    Some(copy) => {
-                        self.ledger.ensure_table().await?;
-                        for (i, kept) in &losers {
-                            let l = &lines[*i];
-                            let message = format!(
-                                "not imported: version {} shares its millisecond ({}) with version {kept} of the same resource, and the destination holds one version per resource and millisecond; the tool imports version {kept} (the later), so this history version is not at the destination: accept the loss with a reason",
-                                l.version, l.last_updated
-                            );
-                            self.upsert(left_out_entry(payload.seq, l, url, message, now), now).await?;
-                        }
-                        left_out += losers.len() as u64;
-                        replaced.insert(next, copy);
-                    }
-                    None => notes.push(format!(
-                        "{} holds versions of one resource on one millisecond, but the tool cannot write a copy next to it (AZURE_IntegrationStorageUri), so it is imported as is and the import's error file names the version it refuses",
-                        crate::telemetry::id_of(url)
-                    )),
+            match self.read_blob(&urls[next]).await {
+                Some(file) => {
+                    read += file.len();
+                    indexes.push(next);
+                    files.push(file);
                 }
+                None => notes.push(format!(
+                    "{} cannot be read with the tool's storage access, so it is imported unscanned (versions of one resource on one millisecond in it are named by the import's error file instead)",
+                    crate::telemetry::id_of(&urls[next])
+                )),
             }
             next += 1;
+        }
+        let lines = parse(&files);
+        let losers = same_millisecond_losers(&lines);
+        let mut replaced = BTreeMap::new();
+        let mut left_out = 0u64;
+        let out: HashSet<usize> = losers.iter().map(|(i, _)| *i).collect();
+        for (f, (index, file)) in indexes.iter().zip(&files).enumerate() {
+            let mine: Vec<&(usize, String)> = losers.iter().filter(|(i, _)| lines[*i].file == f).collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let url = &urls[*index];
+            let Some(copy) = self
+                .write_copy(url, f, file, &lines, &out, &format!("scanned-{tag}"))
+                .await?
+            else {
+                notes.push(format!(
+                    "{} holds versions of one resource on one millisecond, but the tool cannot write a copy next to it (grant its identity 'Storage Blob Data Contributor' on the export account, AZURE_IntegrationStorageUri), so it is imported as is and the import's error file names the version it refuses",
+                    crate::telemetry::id_of(url)
+                ));
+                continue;
+            };
+            self.ledger.ensure_table().await?;
+            for (i, kept) in mine {
+                let l = &lines[*i];
+                let message = format!(
+                    "not imported: version {} shares its millisecond ({}) with version {kept} of the same resource, and the destination holds one version per resource and millisecond; the tool imports version {kept} (the later), so this version is not at the destination: accept the loss with a reason",
+                    l.version, l.last_updated
+                );
+                self.upsert(left_out_entry(payload.seq, l, url, message, now), now)
+                    .await?;
+                left_out += 1;
+            }
+            replaced.insert(*index, copy);
         }
         let mut blob = payload.blob.clone();
         if !replaced.is_empty() {
             rewrite_inputs(&mut body, &replaced);
-            blob = format!("{}.scanned-{next}", payload.blob.trim_end_matches(".json"));
+            blob = format!("{}.scanned-{next}-{tag}", payload.blob.trim_end_matches(".json"));
             self.blobs.put(container, &blob, body.to_string().into_bytes()).await?;
         }
         if left_out > 0 {

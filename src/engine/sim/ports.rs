@@ -496,6 +496,7 @@ impl Ports for SimPorts {
         &self,
         payload: &Payload,
         container: &str,
+        _tag: &str,
         _now: DateTime<Utc>,
     ) -> Result<crate::engine::core::capacity::CapacityTrim, EngineError> {
         self.enter().await;
@@ -508,6 +509,7 @@ impl Ports for SimPorts {
         &self,
         payload: &Payload,
         container: &str,
+        _tag: &str,
         _now: DateTime<Utc>,
     ) -> Result<crate::engine::core::scan::Scanned, EngineError> {
         self.enter().await;

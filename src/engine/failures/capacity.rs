@@ -21,6 +21,8 @@ use crate::state::Payload;
 /// (and, when over, a listing). A crowd spread thinner than this is not found, and the refusal then takes the
 /// ordinary path (retried, re-exported, halted with its reason).
 const GROUPS_CHECKED: usize = 100;
+/// Export file bytes one examination holds at most (with each line's identity besides).
+const BYTES_EXAMINED: usize = 1024 * 1024 * 1024;
 /// History entries per page when listing what the destination holds on one millisecond.
 const PAGE: usize = 1000;
 
@@ -43,9 +45,21 @@ impl Engine {
         let mut body: Value = serde_json::from_slice(&bytes).unwrap_or_default();
         let urls = input_urls(&body);
         let mut files = Vec::new();
+        let mut read = 0usize;
         for url in &urls {
             match self.read_blob(url).await {
-                Some(b) => files.push(b),
+                Some(_) if read > BYTES_EXAMINED => {
+                    // Held whole with every line's identity, a larger payload could exhaust the process's memory
+                    // (killed, nothing recorded): said instead, so the window ends in a named state.
+                    return Ok(CapacityTrim::CannotTrim(format!(
+                        "the payload's export files are larger than the {} MB the tool examines at once; lower AZURE_ChunkLimit (smaller windows, smaller payloads), then clear the halt",
+                        BYTES_EXAMINED / (1024 * 1024)
+                    )));
+                }
+                Some(b) => {
+                    read += b.len();
+                    files.push(b);
+                }
                 None => {
                     return Ok(CapacityTrim::CannotTrim(format!(
                         "the export file {} cannot be read with the tool's storage access (grant it read and write access to the export account, AZURE_IntegrationStorageUri)",

@@ -161,11 +161,13 @@ impl Engine {
                 _ => to_import.push(e),
             }
         }
-        if !to_import.is_empty() {
-            lines.push(
-                self.start_retry(to_import.into_iter().take(BATCH).collect(), now)
-                    .await?,
-            );
+        // Versions left out over the same-millisecond capacity fail a whole import while that millisecond is full:
+        // they are retried in an import of their own, after the others, never holding those back.
+        let (crowded, others): (Vec<Entry>, Vec<Entry>) =
+            to_import.into_iter().partition(|e| e.kind == Kind::SameMillisecond);
+        let batch = if others.is_empty() { crowded } else { others };
+        if !batch.is_empty() {
+            lines.push(self.start_retry(batch.into_iter().take(BATCH).collect(), now).await?);
         }
         Ok(lines)
     }

@@ -343,10 +343,28 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Redrive {
             since,
             till,
+            cancel,
             types,
             json,
         } => {
             use fhir_migration_tool::engine::redrives::{RedriveError, Request, parse_instant};
+            let failure = |e: RedriveError| match e {
+                RedriveError::Refused(r) => Failure::CouldNotRun(CommandError::new(r.to_string(), r.fix())),
+                RedriveError::Engine(e) => e.into(),
+                busy @ RedriveError::Busy => {
+                    Failure::CouldNotRun(CommandError::new(busy.to_string(), "run the same command again"))
+                }
+            };
+            if let Some(id) = cancel {
+                let app = App::build_interactive(settings)?;
+                let outcome = app.engine().cancel_redrive(id, chrono::Utc::now()).await;
+                app.shutdown().await;
+                let cancelled = outcome.map_err(failure)?;
+                return show(json, &cancelled, fhir_migration_tool::cli::redrive::describe_recorded);
+            }
+            let (Some(since), Some(till)) = (since, till) else {
+                return Err(CommandError::new("redrive needs --since and --till", "give both, or --cancel N").into());
+            };
             let instant = |text: &str| {
                 parse_instant(text).map_err(|m| {
                     CommandError::new(m, "give --since and --till as RFC 3339 instants (2026-01-31T00:00:00Z)")
@@ -360,13 +378,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let app = App::build_interactive(settings)?;
             let outcome = app.engine().redrive(request).await;
             app.shutdown().await;
-            let recorded = outcome.map_err(|e| match e {
-                RedriveError::Refused(r) => Failure::CouldNotRun(CommandError::new(r.to_string(), r.fix())),
-                RedriveError::Engine(e) => e.into(),
-                busy @ RedriveError::Busy => {
-                    Failure::CouldNotRun(CommandError::new(busy.to_string(), "run the same command again"))
-                }
-            })?;
+            let recorded = outcome.map_err(failure)?;
             show(json, &recorded, fhir_migration_tool::cli::redrive::describe_recorded)
         }
         Command::Failures { action, all, json } => {

@@ -125,11 +125,15 @@ pub enum Command {
     /// records nothing new.
     Redrive {
         /// Start of the range (lastUpdated, inclusive), an RFC 3339 instant: 2026-01-31T00:00:00Z.
-        #[arg(long)]
-        since: String,
+        #[arg(long, required_unless_present = "cancel")]
+        since: Option<String>,
         /// End of the range (lastUpdated, exclusive), at or before `migrated through`.
-        #[arg(long)]
-        till: String,
+        #[arg(long, required_unless_present = "cancel")]
+        till: Option<String>,
+        /// Give up re-drive N (its number from `status`): its unfinished rows are marked done, so the windows
+        /// after it commit again. What it already imported stays; nothing else changes.
+        #[arg(long, conflicts_with_all = ["since", "till", "types"])]
+        cancel: Option<i64>,
         /// Types to re-drive, comma-separated (default: every type; in per-type mode those of AZURE_ResourceTypes).
         #[arg(long, value_delimiter = ',')]
         types: Vec<String>,

@@ -118,7 +118,7 @@ impl Engine {
             match record(&self.settings, &snapshot, &request)? {
                 Step::Recorded { id, .. } => {
                     let cursor = self.state.cursor().await?;
-                    let rows = self.state.redrive_rows(id).await?;
+                    let rows = self.state.redrive_rows(id, cursor.next_job).await?;
                     let redrive = summary(&cursor, &rows).ok_or(RedriveError::Busy)?;
                     if created {
                         tracing::info!(
@@ -146,8 +146,43 @@ impl Engine {
         let Some(id) = cursor.last_redrive else {
             return Ok(None);
         };
-        let rows = self.state.redrive_rows(id).await?;
+        let rows = self.state.redrive_rows(id, cursor.next_job).await?;
         Ok(summary(cursor, &rows))
+    }
+
+    /// Gives up re-drive `id`: each of its rows not yet done is marked processed (with the reason), so the
+    /// windows after it commit again in their turn (committing a re-drive row never moves the cursor's
+    /// instant). Jobs it started at the servers are left to finish: they carry versions already migrated.
+    /// Each write is conditional on the row as read; a conflict reads again, so a repeat changes nothing.
+    pub async fn cancel_redrive(&self, id: i64, now: DateTime<Utc>) -> Result<Recorded, RedriveError> {
+        let mut changed = false;
+        for _ in 0..MAX_STEPS {
+            let cursor = self.state.cursor().await?;
+            let rows = self.state.redrive_rows(id, cursor.next_job).await?;
+            if rows.is_empty() {
+                return Err(RedriveError::Refused(Refusal::Unknown(id)));
+            }
+            let Some(open) = rows.iter().find(|j| j.seq >= cursor.committed_job && !j.processed) else {
+                let redrive = summary(&cursor, &rows).ok_or(RedriveError::Busy)?;
+                return Ok(Recorded {
+                    created: changed,
+                    redrive,
+                });
+            };
+            let mut done = open.clone();
+            done.processed = true;
+            done.end_time = Some(now);
+            done.failure_reason = "cancelled by an operator (redrive --cancel)".into();
+            match ports::Ports::write(self, &Write::Job(done)).await {
+                Ok(_) => {
+                    changed = true;
+                    tracing::info!("Re-drive {id}: window {} cancelled by an operator", open.seq);
+                }
+                Err(TableError::Conflict { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(RedriveError::Busy)
     }
 }
 

@@ -170,12 +170,14 @@ impl StateStore {
 
     /// The window rows of one re-drive, in order: from its first row on, those it flagged (filtered by the
     /// service, so only what was written since the re-drive is scanned).
-    pub async fn redrive_rows(&self, id: i64) -> Result<Vec<Job>, TableError> {
+    pub async fn redrive_rows(&self, id: i64, next_job: i64) -> Result<Vec<Job>, TableError> {
+        // Its rows lie between its first one and the next window to be planned: a key range that does not grow
+        // with the history written since.
         let query = format!(
             "{} and RowKey ge {} and RowKey lt {} and Redrive eq {id}L",
             filter::eq("PartitionKey", &self.partition_key),
             filter::literal(&job_key(&self.row_key, id)),
-            filter::literal(&job_key(&self.row_key, 9_999_999_999)),
+            filter::literal(&job_key(&self.row_key, next_job.max(id + 1))),
         );
         let mut jobs: Vec<Job> = self
             .export

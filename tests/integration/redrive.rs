@@ -183,3 +183,70 @@ async fn a_redrive_brings_back_a_resource_deleted_at_the_destination() {
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
     assert_eq!(json(&out)["summary"]["total"], 0);
 }
+
+/// A re-drive an operator gives up (`redrive --cancel N`): its rows are marked done, the windows after it commit
+/// again, the cursor's instant does not move back, and an unknown number or a SearchParameter re-drive is
+/// refused with its fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redrive_can_be_cancelled_and_the_migration_goes_on() {
+    let stack = stack(&[]).await;
+    seed(&stack, 60, 43);
+    run_to_completion(&stack, 300).await;
+    let before = json(&tokio::task::block_in_place(|| cli(&stack, &["status", "--json"])));
+    let migrated_through = before["migratedThrough"].as_str().unwrap().to_string();
+    let since = fhir_migration_tool::fhir::format_instant(chrono::Utc::now() - chrono::TimeDelta::days(30));
+    let out = tokio::task::block_in_place(|| {
+        cli(
+            &stack,
+            &["redrive", "--since", &since, "--till", &migrated_through, "--json"],
+        )
+    });
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let number = json(&out)["redrive"]["id"].as_i64().unwrap().to_string();
+
+    let out = tokio::task::block_in_place(|| cli(&stack, &["redrive", "--cancel", "999999"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("error: no re-drive 999999 is recorded"));
+    let out = tokio::task::block_in_place(|| {
+        cli(
+            &stack,
+            &[
+                "redrive",
+                "--since",
+                &since,
+                "--till",
+                &migrated_through,
+                "--types",
+                "SearchParameter",
+            ],
+        )
+    });
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fix: leave SearchParameter out of --types"));
+
+    // Cancelled before any timer ran it: done at once, and again changes nothing.
+    for created in [true, false] {
+        let out = tokio::task::block_in_place(|| cli(&stack, &["redrive", "--cancel", &number, "--json"]));
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(json(&out)["created"], created, "{}", stdout(&out));
+    }
+    let run = [
+        "run",
+        "--until-caught-up",
+        "--poll-every",
+        "1",
+        "--starter-every",
+        "1",
+        "--max-seconds",
+        "120",
+    ];
+    let out = tokio::task::block_in_place(|| cli(&stack, &run));
+    assert!(out.status.success(), "{}", stdout(&out));
+    let after = json(&tokio::task::block_in_place(|| cli(&stack, &["status", "--json"])));
+    assert_eq!(after["redrive"]["state"], "finished", "{after}");
+    assert!(
+        after["migratedThrough"].as_str().unwrap() >= migrated_through.as_str(),
+        "{after}"
+    );
+    assert_same(stack.source.store(), stack.destination.store());
+}

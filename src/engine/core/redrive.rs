@@ -54,6 +54,10 @@ pub enum Refusal {
     UnknownType(String),
     #[error("{0} is not in AZURE_ResourceTypes, and per-type mode migrates only those")]
     OutOfScope(String),
+    #[error("no re-drive {0} is recorded")]
+    Unknown(i64),
+    #[error("SearchParameter resources travel through the REST API, not $import, so a re-drive cannot carry them")]
+    SearchParameter,
     #[error("re-drive {id} ({since} to {till}, {types}) overlaps this range and has not finished")]
     Overlaps {
         id: i64,
@@ -78,6 +82,11 @@ impl Refusal {
             Refusal::UnknownType(_) => "name resource types as FHIR spells them (Patient,Observation)".into(),
             Refusal::OutOfScope(_) => {
                 "name only types listed in AZURE_ResourceTypes, or leave --types out for all of them".into()
+            }
+            Refusal::Unknown(_) => "give the number `status` shows on its re-drive line".into(),
+            Refusal::SearchParameter => {
+                "leave SearchParameter out of --types; the tool's SearchParameter sync copies changed ones (`verify` compares them)"
+                    .into()
             }
             Refusal::Overlaps { id, .. } => format!(
                 "wait until re-drive {id} has finished (`status` shows it), then run this one; or run the same command as re-drive {id} to see it"
@@ -134,6 +143,9 @@ fn check(settings: &MigrationSettings, cursor: &Cursor, request: &Request) -> Re
         });
     }
     for t in &request.types {
+        if t == "SearchParameter" {
+            return Err(Refusal::SearchParameter);
+        }
         if !fhir_r4_types::is_resource_type(t) {
             return Err(Refusal::UnknownType(t.clone()));
         }

@@ -283,6 +283,29 @@ fn a_redrive_part_is_sized_to_the_chunk_limit_when_claimed() {
     );
     assert_eq!((part.planned_versions, part.boundary_versions), (Some(50), Some(0)));
 
+    // A row whose part was already cut (a 413 split: its till halved, the rest kept as its remainder) is sized
+    // within its part and keeps the remainder: the tail of the range is never dropped.
+    let mut cut = row.clone();
+    cut.till = day(3);
+    cut.remainder_till = Some(day(4));
+    facts.counts.insert((None, day(2), day(3)), 70);
+    facts.counts.insert((None, day(2), day(2) + TimeDelta::hours(12)), 30);
+    facts.counts.insert(
+        (
+            None,
+            day(2) + TimeDelta::hours(12),
+            day(2) + TimeDelta::hours(12) + one_ms,
+        ),
+        0,
+    );
+    let Ok(Part::Export(part)) = sized_part(&ctx, &facts, &cut) else {
+        panic!()
+    };
+    assert_eq!(
+        (part.since, part.till, part.remainder_till),
+        (day(2), day(2) + TimeDelta::hours(12), Some(day(4)))
+    );
+
     facts.counts.insert((None, day(2), day(4)), 0);
     let Ok(Part::Empty(done)) = sized_part(&ctx, &facts, &row) else {
         panic!()

@@ -119,7 +119,9 @@ pub fn progress(cursor: &Cursor, f: &Facts) -> Progress {
     let stalled = f.last_tick_at.filter(|t| f.now - *t > STALL_AFTER);
     let (state, state_detail) = if let Some(why) = &f.halted {
         (State::Halted, why.clone())
-    } else if finished {
+    } else if finished && (f.windows_in_flight == 0 || stalled.is_none()) {
+        // A finished specific run with rows still in flight (a re-drive recorded afterwards) and no tick for a
+        // while is stalled: nothing will carry those rows out.
         (State::Finished, "the end date is reached".into())
     } else if let Some(last) = stalled {
         (
@@ -299,6 +301,17 @@ mod tests {
             ..f(None, 0)
         };
         assert_eq!(progress(&cursor, &done).state, State::Finished);
+        // Finished, and quiet for good: still finished; with a re-drive recorded afterwards in flight: stalled.
+        let quiet_done = Facts {
+            last_tick_at: Some(t(-11)),
+            ..done
+        };
+        assert_eq!(progress(&cursor, &quiet_done).state, State::Finished);
+        let redrive_waits = Facts {
+            windows_in_flight: 1,
+            ..quiet_done
+        };
+        assert_eq!(progress(&cursor, &redrive_waits).state, State::Stalled);
         // Caught up, but no tick for eleven minutes: stalled, saying since when.
         cursor.since = Some(t(0) - settings.safety_lag - TimeDelta::minutes(1));
         let quiet = Facts {

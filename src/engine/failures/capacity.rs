@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashSet};
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::Value;
 
-use super::files::{input_urls, left_out_entry, millisecond, parse, rewrite_inputs, version_number};
+use super::files::{Line, input_urls, left_out_entry, millisecond, parse, rewrite_inputs, version_number};
 use crate::engine::core::capacity::CapacityTrim;
 use crate::engine::{Engine, EngineError};
 use crate::fhir::format_instant;
@@ -20,7 +20,7 @@ use crate::state::Payload;
 /// (type, millisecond) groups counted at the destination per examination, largest first: each costs a count
 /// (and, when over, a listing). A crowd spread thinner than this is not found, and the refusal then takes the
 /// ordinary path (retried, re-exported, halted with its reason).
-const GROUPS_CHECKED: usize = 100;
+pub(crate) const GROUPS_CHECKED: usize = 100;
 /// Export file bytes one examination holds at most (with each line's identity besides).
 const BYTES_EXAMINED: usize = 1024 * 1024 * 1024;
 /// History entries per page when listing what the destination holds on one millisecond.
@@ -69,21 +69,9 @@ impl Engine {
             }
         }
         let lines = parse(&files);
-        let mut groups: BTreeMap<(String, i64), Vec<usize>> = BTreeMap::new();
-        for (i, l) in lines.iter().enumerate() {
-            if let Some(ms) = millisecond(&l.last_updated) {
-                groups.entry((l.resource_type.clone(), ms)).or_default().push(i);
-            }
-        }
-        let mut ordered: Vec<_> = groups.into_iter().collect();
-        ordered.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(&b.0)));
+        let ordered = ordered_groups(&lines);
         let cap = u64::from(self.settings.same_ms_capacity);
-        // The free row ids of a crowded millisecond are fragmented: each batch takes a run of ids from one
-        // global sequence and retries `80000 / batch` times (fhir-server `SqlServerFhirDataStore.cs`), so the
-        // real limit lies below the capacity. So a group is filled only up to a margin of one batch (1,000 of
-        // 80,000) below it, and each further refusal of a trimmed payload widens the margin by another batch:
-        // bounded, and each step leaves out at least one more version.
-        let margin = cap / 80 * (payload.capacity_trims.max(0) as u64 + 1);
+        let margin = margin(cap, payload.capacity_trims);
         let mut excluded: Vec<usize> = Vec::new();
         let mut described = Vec::new();
         let mut largest = String::from("the payload holds no versions with lastUpdated");
@@ -104,32 +92,10 @@ impl Engine {
                 continue;
             }
             let held = self.versions_on(resource_type, at).await?;
-            let mut new: Vec<usize> = members
-                .iter()
-                .copied()
-                .filter(|i| !held.contains(&(lines[*i].id.clone(), lines[*i].version.clone())))
-                .collect();
-            let room = usize::try_from(cap.saturating_sub(held.len() as u64 + margin)).unwrap_or(usize::MAX);
-            if new.len() <= room || new.is_empty() {
+            let left_out = left_out_of_group(&lines, members, &held, cap, margin);
+            if left_out.is_empty() {
                 continue;
             }
-            // Keep each resource's newest version first, then its older ones, so what is left out is history
-            // where it can be: by rank within the resource (0 for its newest here), then version, then id.
-            let mut newest: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
-            for i in &new {
-                let top = newest.entry(lines[*i].id.as_str()).or_insert(i64::MIN);
-                *top = (*top).max(version_number(&lines[*i].version));
-            }
-            let rank = |i: &usize| i64::from(version_number(&lines[*i].version) != newest[lines[*i].id.as_str()]);
-            new.sort_by(|a, b| {
-                let (la, lb) = (&lines[*a], &lines[*b]);
-                rank(a)
-                    .cmp(&rank(b))
-                    .then(version_number(&lb.version).cmp(&version_number(&la.version)))
-                    .then(la.id.cmp(&lb.id))
-                    .then(la.version.cmp(&lb.version))
-            });
-            let left_out = new.split_off(room);
             described.push(format!(
                 "{resource_type} on {}: {} in the payload, {} at the destination, {} left out",
                 format_instant(at),
@@ -204,4 +170,62 @@ impl Engine {
         }
         Ok(held)
     }
+}
+
+/// The payload's (type, millisecond) groups, largest first (then by key, so the order is fixed).
+pub(crate) fn ordered_groups(lines: &[Line]) -> Vec<((String, i64), Vec<usize>)> {
+    let mut groups: BTreeMap<(String, i64), Vec<usize>> = BTreeMap::new();
+    for (i, l) in lines.iter().enumerate() {
+        if let Some(ms) = millisecond(&l.last_updated) {
+            groups.entry((l.resource_type.clone(), ms)).or_default().push(i);
+        }
+    }
+    let mut ordered: Vec<_> = groups.into_iter().collect();
+    ordered.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(&b.0)));
+    ordered
+}
+
+/// How far below the capacity a group is filled. The free row ids of a crowded millisecond are fragmented:
+/// each batch takes a run of ids from one global sequence and retries `80000 / batch` times (fhir-server
+/// `SqlServerFhirDataStore.cs`), so the real limit lies below the capacity. A margin of one batch (1,000 of
+/// 80,000), widened by another batch for each earlier trim whose repost was refused again: bounded, and each
+/// step leaves out at least one more version.
+pub(crate) fn margin(cap: u64, trims: i64) -> u64 {
+    cap / 80 * (trims.max(0) as u64 + 1)
+}
+
+/// The members of one group to leave out, given the (id, version) pairs the destination holds on its
+/// millisecond: the new ones beyond the room left below the capacity and margin, keeping each resource's newest
+/// version first (then by version, then id), so what is left out is history where it can be.
+pub(crate) fn left_out_of_group(
+    lines: &[Line],
+    members: &[usize],
+    held: &HashSet<(String, String)>,
+    cap: u64,
+    margin: u64,
+) -> Vec<usize> {
+    let mut new: Vec<usize> = members
+        .iter()
+        .copied()
+        .filter(|i| !held.contains(&(lines[*i].id.clone(), lines[*i].version.clone())))
+        .collect();
+    let room = usize::try_from(cap.saturating_sub(held.len() as u64 + margin)).unwrap_or(usize::MAX);
+    if new.len() <= room {
+        return Vec::new();
+    }
+    let mut newest: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
+    for i in &new {
+        let top = newest.entry(lines[*i].id.as_str()).or_insert(i64::MIN);
+        *top = (*top).max(version_number(&lines[*i].version));
+    }
+    let rank = |i: &usize| i64::from(version_number(&lines[*i].version) != newest[lines[*i].id.as_str()]);
+    new.sort_by(|a, b| {
+        let (la, lb) = (&lines[*a], &lines[*b]);
+        rank(a)
+            .cmp(&rank(b))
+            .then(version_number(&lb.version).cmp(&version_number(&la.version)))
+            .then(la.id.cmp(&lb.id))
+            .then(la.version.cmp(&lb.version))
+    });
+    new.split_off(room)
 }

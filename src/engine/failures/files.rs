@@ -47,7 +47,7 @@ impl Engine {
 }
 
 /// One exported line: where it is and which version it is.
-pub(super) struct Line {
+pub(crate) struct Line {
     pub file: usize,
     /// Byte range in its file.
     pub start: usize,
@@ -97,7 +97,7 @@ pub(super) fn rewrite_inputs(body: &mut Value, replaced: &BTreeMap<usize, (Strin
 }
 
 /// Every non-empty line of every file, numbered as the ledger numbers lines from a file's start.
-pub(super) fn parse(files: &[Vec<u8>]) -> Vec<Line> {
+pub(crate) fn parse(files: &[Vec<u8>]) -> Vec<Line> {
     let mut lines = Vec::new();
     for (f, bytes) in files.iter().enumerate() {
         let mut start = 0;
@@ -133,13 +133,13 @@ pub(super) fn parse(files: &[Vec<u8>]) -> Vec<Line> {
 }
 
 /// The millisecond the server keeps of a lastUpdated (it truncates: reference §6.1).
-pub(super) fn millisecond(last_updated: &str) -> Option<i64> {
+pub(crate) fn millisecond(last_updated: &str) -> Option<i64> {
     DateTime::parse_from_rfc3339(last_updated)
         .ok()
         .map(|t| t.timestamp_millis())
 }
 
-pub(super) fn version_number(v: &str) -> i64 {
+pub(crate) fn version_number(v: &str) -> i64 {
     v.parse().unwrap_or(i64::MIN)
 }
 

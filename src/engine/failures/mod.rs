@@ -1,10 +1,10 @@
 //! The engine's side of the failure ledger ([`crate::ledger`]): recording a finished import's refused lines,
 //! and retrying entries (transient ones when due, permanent ones when an operator asks).
 
-mod capacity;
-mod files;
+pub(crate) mod capacity;
+pub(crate) mod files;
 pub(crate) mod record;
 pub mod retry;
-mod scan;
+pub(crate) mod scan;
 
 pub use retry::{RequestError, Selection};

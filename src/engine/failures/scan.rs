@@ -125,7 +125,7 @@ fn finished(payload: &Payload, note: String) -> Scanned {
 /// The lines to leave out, each with the version kept in its place: of the distinct versions of one resource
 /// on one millisecond, all but the numerically highest (a repeated identical version is not a loser: the
 /// server imports it once).
-fn same_millisecond_losers(lines: &[Line]) -> Vec<(usize, String)> {
+pub(crate) fn same_millisecond_losers(lines: &[Line]) -> Vec<(usize, String)> {
     let mut groups: BTreeMap<(&str, &str, i64), Vec<usize>> = BTreeMap::new();
     for (i, l) in lines.iter().enumerate() {
         if l.id.is_empty() || l.version.is_empty() {

@@ -1,14 +1,17 @@
-//! The simulated shell's rewrites of a payload, on the world's files: the examination of one refused for the
-//! destination's same-millisecond capacity (as `engine::failures::capacity`: count each (type, ms) of the
-//! payload against what the destination holds, leave out what cannot fit, keeping each resource's newest
-//! versions), and the scan before its first POST (as `engine::failures::scan`: of several versions of one
-//! resource on one millisecond in a file, keep the numerically highest).
+//! The simulated shell's rewrites of a payload, on the world's files rendered as the server writes them, with
+//! the engine's own decisions: the examination of one refused for the destination's same-millisecond capacity
+//! (`engine::failures::capacity`: its groups, margin and choice of what to leave out), and the scan before its
+//! first POST (`engine::failures::scan`: its choice of losers among versions of one resource on one
+//! millisecond). Only the I/O around them (blobs, the destination's counts) is the world's own.
 
-use std::collections::BTreeMap;
+use std::collections::HashSet;
 
+use super::destination::{render, version_of};
 use super::world::{Version, World};
 use crate::engine::core::capacity::CapacityTrim;
 use crate::engine::core::scan::Scanned;
+use crate::engine::failures::files::parse;
+use crate::engine::failures::{capacity, scan};
 use crate::state::Payload;
 
 impl World {
@@ -21,28 +24,27 @@ impl World {
             return CapacityTrim::NothingOver("no capacity in this world".into());
         };
         let urls = World::inputs(&body);
-        let mut groups: BTreeMap<(&str, i64), Vec<Version>> = BTreeMap::new();
-        for url in &urls {
-            for v in self.files.get(url).into_iter().flatten() {
-                groups.entry((v.resource_type(), v.at_ms)).or_default().push(*v);
-            }
-        }
+        let rendered: Vec<Vec<u8>> = urls
+            .iter()
+            .map(|u| render(self.files.get(u).map(Vec::as_slice).unwrap_or_default()))
+            .collect();
+        let lines = parse(&rendered);
+        let cap = cap as u64;
+        let margin = capacity::margin(cap, payload.capacity_trims);
         let mut left_out = Vec::new();
-        for ((t, ms), members) in &groups {
-            let held = self
+        for ((t, ms), members) in capacity::ordered_groups(&lines).iter().take(capacity::GROUPS_CHECKED) {
+            let held: HashSet<(String, String)> = self
                 .destination
                 .iter()
-                .filter(|v| v.resource_type() == *t && v.at_ms == *ms)
-                .count();
-            let mut new: Vec<Version> = members
-                .iter()
-                .filter(|v| !self.destination.contains(v))
-                .copied()
+                .filter(|v| v.resource_type() == t.as_str() && v.at_ms == *ms)
+                .map(|v| (format!("r{}", v.resource), v.version.to_string()))
                 .collect();
-            let room = cap.saturating_sub(held);
-            if new.len() > room {
-                new.sort_by(|a, b| b.version.cmp(&a.version).then(a.resource.cmp(&b.resource)));
-                left_out.extend(new.split_off(room));
+            if held.len() as u64 + members.len() as u64 + margin <= cap {
+                continue;
+            }
+            for i in capacity::left_out_of_group(&lines, members, &held, cap, margin) {
+                let l = &lines[i];
+                left_out.extend(version_of(&rendered[l.file][l.start..l.end]));
             }
         }
         if left_out.is_empty() {
@@ -101,13 +103,13 @@ impl World {
             };
             {
                 let versions = self.files.get(&url).cloned().unwrap_or_default();
-                let mut top: BTreeMap<(u32, i64), u32> = BTreeMap::new();
-                for v in &versions {
-                    let t = top.entry((v.resource, v.at_ms)).or_insert(v.version);
-                    *t = (*t).max(v.version);
-                }
-                let (kept, out): (Vec<Version>, Vec<Version>) =
-                    versions.iter().partition(|v| top[&(v.resource, v.at_ms)] == v.version);
+                let bytes = render(&versions);
+                let lines = parse(std::slice::from_ref(&bytes));
+                let out: Vec<Version> = scan::same_millisecond_losers(&lines)
+                    .into_iter()
+                    .filter_map(|(i, _)| version_of(&bytes[lines[i].start..lines[i].end]))
+                    .collect();
+                let kept: Vec<Version> = versions.iter().filter(|v| !out.contains(v)).copied().collect();
                 if out.is_empty() {
                     continue;
                 }

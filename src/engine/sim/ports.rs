@@ -23,6 +23,9 @@ use crate::state::rows::ImportStatus;
 use crate::storage::tables::TableError;
 use crate::telemetry::{Event, Telemetry};
 
+/// A poll the client gave up on after the server's Retry-After waits (what `FhirClient` reports).
+const THROTTLED: &str = "HTTP 429 Too Many Requests after 6 attempts (Retry-After honoured)";
+
 pub struct SimPorts {
     pub world: Arc<Mutex<World>>,
     pub crash: Arc<Mutex<CrashPlan>>,
@@ -172,6 +175,13 @@ impl SimPorts {
             })
             .collect();
         Snapshot { cursor, jobs, payloads }
+    }
+
+    /// Whether this poll is answered 429 past the client's retries.
+    fn throttled(&self) -> bool {
+        let mut w = self.world();
+        let p = w.faults.poll_throttled;
+        w.rng.chance(p)
     }
 
     /// The invariants a cursor write can break: the cursor never moves back, and a window commits only when it
@@ -391,6 +401,9 @@ impl Ports for SimPorts {
 
     async fn poll_export(&self, url: &str, _confirm: bool) -> ExportPoll {
         self.enter().await;
+        if self.throttled() {
+            return ExportPoll::Unreachable(THROTTLED.into());
+        }
         let poll = self.world().poll_export(url);
         self.leave().await;
         poll
@@ -426,6 +439,9 @@ impl Ports for SimPorts {
 
     async fn poll_import(&self, url: &str) -> ImportPoll {
         self.enter().await;
+        if self.throttled() {
+            return ImportPoll::Unreachable(THROTTLED.into());
+        }
         let poll = self.world().poll_import(url);
         self.leave().await;
         poll

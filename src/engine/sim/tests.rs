@@ -36,6 +36,7 @@ fn stormy() -> Faults {
         // Live writes and crowds put several versions of one type on one millisecond: one fits.
         same_ms_capacity: Some(1),
         export_flaps: 20,
+        poll_throttled: 10,
         etag_lookup_fails: 5,
         etag_forbidden: 5,
         ..Faults::default()

@@ -70,6 +70,8 @@ pub struct Faults {
     /// Exports that never finish on their own (the tool's job timeout must cancel them).
     pub export_job_hangs: u64,
     pub post_throttled: u64,
+    /// Polls (export and import status) throttled past the client's own retries: the answer is a 429.
+    pub poll_throttled: u64,
     pub post_unsent: u64,
     pub import_job_fails: u64,
     pub import_job_hangs: u64,

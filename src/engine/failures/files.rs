@@ -61,7 +61,7 @@ pub(crate) struct Line {
 }
 
 /// The input URLs of an `$import` body, in order.
-pub(super) fn input_urls(body: &Value) -> Vec<String> {
+pub(crate) fn input_urls(body: &Value) -> Vec<String> {
     body["parameter"]
         .as_array()
         .into_iter()

@@ -428,19 +428,9 @@ impl World {
         }
     }
 
-    /// The input URLs of an `$import` body.
+    /// The input URLs of an `$import` body (read as the engine reads them).
     pub(super) fn inputs(body: &serde_json::Value) -> Vec<String> {
-        body["parameter"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|p| p["name"] == "input")
-            .filter_map(|p| {
-                p["part"].as_array()?.iter().find(|x| x["name"] == "url")?["valueUri"]
-                    .as_str()
-                    .map(str::to_string)
-            })
-            .collect()
+        crate::engine::failures::files::input_urls(body)
     }
 
     /// Each export covers exactly its row's `[since, till)`: a version outside the window whose export wrote

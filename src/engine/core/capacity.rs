@@ -181,15 +181,23 @@ mod tests {
     /// gets one more attempt with the rest (a new plan, not a repeat), never the window's failure.
     #[test]
     fn a_refusal_for_row_ids_is_examined_and_a_trim_grants_one_more_attempt() {
-        let (settings, snapshot) = world(REFUSED, 3);
-        let Action::TrimForCapacity { payload, container } = decide(&settings, &snapshot, &Facts::default()) else {
-            panic!("examined before anything else")
+        let (settings, mut snapshot) = world(REFUSED, 3);
+        snapshot.payloads[0].import_url = "https://dst/_operations/import/7".into();
+        // The failed job is cancelled first: its other units may still be importing.
+        let Action::Cancel { url, destination } = decide(&settings, &snapshot, &Facts::default()) else {
+            panic!("cancelled before anything else")
+        };
+        assert_eq!((url.as_str(), destination), ("https://dst/_operations/import/7", true));
+        let mut cancelled = Facts::default();
+        cancelled.marks.insert(Mark::Cancelled(url));
+        let Action::TrimForCapacity { payload, container } = decide(&settings, &snapshot, &cancelled) else {
+            panic!("examined next")
         };
         assert_eq!(
             (payload.index, container.as_str()),
             (0, payload_container("7").as_str())
         );
-        let mut facts = Facts::default();
+        let mut facts = cancelled.clone();
         facts.capacity_trims.insert(
             PostKey::of(&payload),
             CapacityTrim::Trimmed {

@@ -219,9 +219,10 @@ mod tests {
                 row.capacity_checked,
                 row.capacity_trims,
                 row.blob.as_str(),
-                row.expected_lines
+                row.expected_lines,
+                row.left_out
             ),
-            (3, 1, "payload-0.capacity-3", Some(93))
+            (3, 1, "payload-0.capacity-3", Some(93), 7)
         );
         assert!(notes.lines[0].contains("7 version(s)") && notes.lines[0].contains("Patient on"));
         assert!(!awaits_check(&row), "examined once per attempt");

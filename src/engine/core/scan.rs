@@ -29,9 +29,10 @@ pub struct Scanned {
     pub note: String,
 }
 
-/// Whether a payload may be posted: scanned, or never to be (scans off, or posted before scans existed).
+/// Whether a waiting payload may be posted: scanned, or scans are off. (A payload waits only before its first
+/// POST: a claim moves it on for good, so rows posted before scans existed are never held back.)
 pub fn ready(ctx: &Context, p: &Payload) -> bool {
-    !ctx.settings.scan_export_files || p.scan_done || p.attempt > 0
+    !ctx.settings.scan_export_files || p.scan_done
 }
 
 /// Scans the next share of a waiting payload's files, or records what the last share found.

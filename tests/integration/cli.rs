@@ -8,7 +8,7 @@ use serde_json::Value;
 use crate::migration::{assert_same, seed, stack, stack_on};
 
 /// `run` driving the timers every second until caught up, stopping after four minutes in any case.
-const RUN_UNTIL_CAUGHT_UP: [&str; 8] = [
+pub(crate) const RUN_UNTIL_CAUGHT_UP: [&str; 8] = [
     "run",
     "--until-caught-up",
     "--poll-every",

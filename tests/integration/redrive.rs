@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 
-use crate::cli::{cli, cli_with};
+use crate::cli::{RUN_UNTIL_CAUGHT_UP, cli, cli_with};
 use crate::migration::{assert_same, run_to_completion, seed, stack};
 
 fn json(out: &std::process::Output) -> Value {
@@ -17,18 +17,6 @@ fn json(out: &std::process::Output) -> Value {
         )
     })
 }
-
-/// The engine carried out through the binary, until caught up.
-const RUN: [&str; 8] = [
-    "run",
-    "--until-caught-up",
-    "--poll-every",
-    "1",
-    "--starter-every",
-    "1",
-    "--max-seconds",
-    "240",
-];
 
 fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -146,7 +134,7 @@ async fn a_redrive_brings_back_a_resource_deleted_at_the_destination() {
     assert!(text.contains(&format!("  (re-drive {number})")), "{text}");
 
     // The engine carries it out, through the binary.
-    let out = tokio::task::block_in_place(|| cli(&stack, &RUN));
+    let out = tokio::task::block_in_place(|| cli(&stack, &RUN_UNTIL_CAUGHT_UP));
     assert!(out.status.success(), "{}", stdout(&out));
     assert!(
         stdout(&out).contains(&format!(
@@ -232,7 +220,7 @@ async fn a_redrive_can_be_cancelled_and_the_migration_goes_on() {
         assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(json(&out)["created"], created, "{}", stdout(&out));
     }
-    let out = tokio::task::block_in_place(|| cli(&stack, &RUN));
+    let out = tokio::task::block_in_place(|| cli(&stack, &RUN_UNTIL_CAUGHT_UP));
     assert!(out.status.success(), "{}", stdout(&out));
     let after = json(&tokio::task::block_in_place(|| cli(&stack, &["status", "--json"])));
     assert_eq!(after["redrive"]["state"], "finished", "{after}");

@@ -3,6 +3,7 @@
 
 pub(crate) mod capacity;
 pub(crate) mod files;
+pub mod ports;
 pub(crate) mod record;
 pub mod retry;
 pub(crate) mod scan;

@@ -7,6 +7,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use futures::{StreamExt, TryStreamExt, stream};
 use serde_json::Value;
 
+use super::ports::{LedgerPorts, Work};
 use crate::engine::error_files::ErrorSummary;
 use crate::engine::{Engine, EngineError};
 use crate::fhir::VersionRead;
@@ -30,6 +31,41 @@ struct Failed {
 }
 
 impl Engine {
+    /// Records every failed line of a finished import in the ledger (see [`Work::record_failures`]).
+    pub async fn record_failures(
+        &self,
+        window: i64,
+        errors: &[ImportErrorFile],
+        now: DateTime<Utc>,
+    ) -> Result<ErrorSummary, EngineError> {
+        Work(self).record_failures(window, errors, now).await
+    }
+
+    /// Writes an entry (see [`Work::upsert`]).
+    pub(super) async fn upsert(&self, fresh: Entry, now: DateTime<Utc>) -> Result<Entry, EngineError> {
+        Work(self).upsert(fresh, now).await
+    }
+
+    /// Reads a blob by URL from an account the tool knows; `None` when it cannot (logged).
+    pub(crate) async fn read_blob(&self, url: &str) -> Option<Vec<u8>> {
+        let parsed = url::Url::parse(url).ok()?;
+        let (store, container, name) = self.locate_blob(&parsed)?;
+        match store.get(&container, &name).await {
+            Ok(Some(b)) if b.len() <= MAX_FILE_BYTES => Some(b),
+            Ok(Some(_)) => {
+                tracing::warn!("{container}/{name} is larger than {MAX_FILE_BYTES} bytes; not read whole");
+                None
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!("could not read {container}/{name}: {e}");
+                None
+            }
+        }
+    }
+}
+
+impl<P: LedgerPorts> Work<'_, P> {
     /// Records every failed line of a finished import in the ledger and returns the counts by kind and class.
     /// Files are handled one at a time (an export file is read, used and dropped), and a line recorded from
     /// the same error file before (a replay after a crash or a timeout) is not decided again, so a long list
@@ -40,10 +76,10 @@ impl Engine {
         errors: &[ImportErrorFile],
         now: DateTime<Utc>,
     ) -> Result<ErrorSummary, EngineError> {
-        self.ledger.ensure_table().await?;
+        self.0.ledger_ensure().await?;
         let mut summary = ErrorSummary::default();
         for file in errors {
-            match self.read_blob(&file.url).await {
+            match self.0.read_blob(&file.url).await {
                 Some(bytes) => {
                     self.record_file(window, file, &bytes, now, &mut summary).await?;
                 }
@@ -64,7 +100,7 @@ impl Engine {
         summary: &mut ErrorSummary,
     ) -> Result<u64, EngineError> {
         let input_url = file.input_url.clone().unwrap_or_default();
-        let input = self.read_blob(&input_url).await;
+        let input = self.0.read_blob(&input_url).await;
         let text = String::from_utf8_lossy(bytes);
         // Lines end at `\n` or `\r\n` (a Windows host writes CRLF), and a processing unit that restarts writes its
         // error lines again, so the same line can stand twice (reference §11.5): each distinct positioned line is
@@ -81,7 +117,7 @@ impl Engine {
             .map(|f| async move {
                 // Read once: a line recorded from this very file is not decided again, and the row read is what
                 // the write is guarded by.
-                let stored = self.ledger.get(&f.entry.key).await?;
+                let stored = self.0.ledger_get(&f.entry.key).await?;
                 if let Some(old) = &stored
                     && old.error_file == f.entry.error_file
                 {
@@ -109,24 +145,6 @@ impl Engine {
         Ok(named)
     }
 
-    /// Reads a blob by URL from an account the tool knows; `None` when it cannot (logged).
-    pub(crate) async fn read_blob(&self, url: &str) -> Option<Vec<u8>> {
-        let parsed = url::Url::parse(url).ok()?;
-        let (store, container, name) = self.locate_blob(&parsed)?;
-        match store.get(&container, &name).await {
-            Ok(Some(b)) if b.len() <= MAX_FILE_BYTES => Some(b),
-            Ok(Some(_)) => {
-                tracing::warn!("{container}/{name} is larger than {MAX_FILE_BYTES} bytes; not read whole");
-                None
-            }
-            Ok(None) => None,
-            Err(e) => {
-                tracing::warn!("could not read {container}/{name}: {e}");
-                None
-            }
-        }
-    }
-
     /// The class of a failed line. Duplicates and conflicts are benign only when the destination holds the very
     /// same version (same lastUpdated, same content); otherwise that version is missing there. A SearchParameter
     /// is benign once the destination has it (the starter's sync copies them), transient until then. A
@@ -135,7 +153,7 @@ impl Engine {
         e.class = match e.kind {
             Kind::Future => Class::Transient,
             Kind::SearchParameter => {
-                if !e.id.is_empty() && self.destination.read("SearchParameter", &e.id).await?.is_some() {
+                if !e.id.is_empty() && self.0.has_search_parameter(&e.id).await? {
                     Class::Benign
                 } else {
                     e.next_attempt = Some(now + TimeDelta::minutes(5));
@@ -179,7 +197,7 @@ impl Engine {
         let deleted = line["meta"]["extension"]
             .as_array()
             .is_some_and(|x| x.iter().any(|e| e["url"] == DELETED_STATE));
-        Ok(match self.destination.vread(&t, &id, &vid).await? {
+        Ok(match self.0.vread(&t, &id, &vid).await? {
             VersionRead::Found(stored) if !deleted => {
                 same_instant(&stored["meta"]["lastUpdated"], &line["meta"]["lastUpdated"])
                     && without_server_meta(&stored) == without_server_meta(line)
@@ -192,11 +210,11 @@ impl Engine {
     /// Writes an entry: a new one as it is; over an existing one, a failure from another error file is one
     /// more attempt, the same file again changes nothing (a re-read after a crash). Returns what is stored.
     pub(super) async fn upsert(&self, fresh: Entry, now: DateTime<Utc>) -> Result<Entry, EngineError> {
-        let stored = self.ledger.get(&fresh.key).await?;
+        let stored = self.0.ledger_get(&fresh.key).await?;
         self.upsert_over(fresh, stored, now).await
     }
 
-    /// [`Engine::upsert`] over the row as already read; a lost race reads it again.
+    /// [`Work::upsert`] over the row as already read; a lost race reads it again.
     async fn upsert_over(
         &self,
         fresh: Entry,
@@ -226,14 +244,14 @@ impl Engine {
                     ..fresh.clone()
                 },
             };
-            match self.ledger.save(&entry).await {
+            match self.0.ledger_save(&entry).await {
                 Ok(()) => {
-                    self.emit(event(&entry));
+                    self.0.emit(event(&entry));
                     return Ok(entry);
                 }
                 // Another invocation wrote it meanwhile: read again and decide again.
                 Err(TableError::Conflict { .. } | TableError::AlreadyExists { .. }) => {
-                    stored = self.ledger.get(&fresh.key).await?;
+                    stored = self.0.ledger_get(&fresh.key).await?;
                 }
                 Err(e) => return Err(e.into()),
             }

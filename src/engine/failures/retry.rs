@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{Value, json};
 
+use super::ports::{LedgerPorts, Work};
 use super::record::event;
 use crate::engine::{Engine, EngineError};
 use crate::fhir::Poll;
@@ -34,6 +35,28 @@ pub enum Selection {
 }
 
 impl Engine {
+    /// Queues entries for a retry (see [`Work::retry_failures`]).
+    pub async fn retry_failures(&self, which: &Selection, now: DateTime<Utc>) -> Result<usize, RequestError> {
+        Work(self).retry_failures(which, now).await
+    }
+
+    /// Accepts the loss of entries (see [`Work::accept_failures`]).
+    pub async fn accept_failures(&self, which: &Selection, reason: &str) -> Result<usize, RequestError> {
+        Work(self).accept_failures(which, reason).await
+    }
+
+    /// Brings accepted entries back (see [`Work::reopen_failures`]).
+    pub async fn reopen_failures(&self, which: &Selection) -> Result<usize, RequestError> {
+        Work(self).reopen_failures(which).await
+    }
+
+    /// The ledger's share of the ImportStatus timer (see [`Work::ledger_tick`]).
+    pub async fn ledger_tick(&self, now: DateTime<Utc>) -> Result<Vec<String>, EngineError> {
+        Work(self).ledger_tick(now).await
+    }
+}
+
+impl<P: LedgerPorts> Work<'_, P> {
     /// Queues entries for a retry (an operator fixed the cause). Returns how many were queued; keys that name
     /// no entry, or an entry already resolved, are reported in the error.
     /// An accepted entry named by its key is retried too (the operator changed their mind).
@@ -64,7 +87,7 @@ impl Engine {
         let Selection::Keys(keys) = which else {
             return Err(RequestError::NoIds);
         };
-        let entries = self.ledger.list(Some(State::Accepted)).await?;
+        let entries = self.0.ledger_list(Some(State::Accepted)).await?;
         let unknown: Vec<&String> = keys.iter().filter(|k| !entries.iter().any(|e| &e.key == *k)).collect();
         if !unknown.is_empty() {
             return Err(RequestError::NotAccepted(
@@ -86,7 +109,7 @@ impl Engine {
         accepted_too: bool,
         apply: impl Fn(&mut Entry),
     ) -> Result<usize, RequestError> {
-        let entries = self.ledger.list(None).await?;
+        let entries = self.0.ledger_list(None).await?;
         let chosen: Vec<Entry> = match which {
             Selection::AllOpen => entries.into_iter().filter(|e| e.state.unresolved()).collect(),
             Selection::Keys(keys) => {
@@ -109,10 +132,10 @@ impl Engine {
         let mut changed = 0;
         for mut e in chosen {
             apply(&mut e);
-            match self.ledger.save(&e).await {
+            match self.0.ledger_save(&e).await {
                 Ok(()) => {
                     changed += 1;
-                    self.emit(event(&e));
+                    self.0.emit(event(&e));
                 }
                 // Changed meanwhile (a retry settled it): the operator sees it as it is now in `failures`.
                 Err(TableError::Conflict { .. }) => {}
@@ -125,7 +148,7 @@ impl Engine {
     /// The ledger's share of the ImportStatus timer: settles finished retry imports and starts the next one.
     /// Returns lines for the tick's report.
     pub async fn ledger_tick(&self, now: DateTime<Utc>) -> Result<Vec<String>, EngineError> {
-        let queued = self.ledger.list(Some(State::Retrying)).await?;
+        let queued = self.0.ledger_list(Some(State::Retrying)).await?;
         if queued.is_empty() {
             return Ok(Vec::new());
         }
@@ -140,7 +163,7 @@ impl Engine {
             }
         }
         for (url, group) in in_flight {
-            match self.destination.import_status(&url).await {
+            match self.0.import_status(&url).await {
                 Ok(Poll::Running(_)) => {}
                 Ok(Poll::Done(result)) => lines.push(self.settle(group, &result.error, None, now).await?),
                 Ok(Poll::Failed { status, diagnostics }) => {
@@ -181,7 +204,7 @@ impl Engine {
         }
         let mut out = vec![None; entries.len()];
         for (file, indexes) in by_file {
-            let Some(bytes) = self.read_blob(file).await else {
+            let Some(bytes) = self.0.read_blob(file).await else {
                 continue;
             };
             for i in indexes {
@@ -220,13 +243,6 @@ impl Engine {
         let Some(first) = posted.first() else {
             return Ok("Failure ledger: nothing could be retried (see `failures`)".into());
         };
-        // Next to the export files, on the account the destination imports from.
-        let Some((store, container, _)) = url::Url::parse(&first.input_file)
-            .ok()
-            .and_then(|u| self.locate_blob(&u))
-        else {
-            return Ok("Failure ledger: the export account is not one the tool can write to".into());
-        };
         let name = {
             use std::hash::{Hash, Hasher};
             let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -235,21 +251,26 @@ impl Engine {
             }
             format!("ledger-retry/{:016x}.ndjson", h.finish())
         };
-        store.put(&container, &name, body.into_bytes()).await?;
-        let etag = store.etag(&container, &name).await?;
-        let url = store.blob_url(&container, &name);
+        // Next to the export files, on the account the destination imports from.
+        let Some((url, etag)) = self
+            .0
+            .write_retry_file(&first.input_file, &name, body.into_bytes())
+            .await?
+        else {
+            return Ok("Failure ledger: the export account is not one the tool can write to".into());
+        };
         let mut part = vec![json!({ "name": "url", "valueUri": url })];
         if let Some(etag) = etag {
             part.push(json!({ "name": "etag", "valueString": etag }));
         }
         let parameters = json!({ "resourceType": "Parameters", "parameter": [
             { "name": "inputFormat", "valueString": "application/fhir+ndjson" },
-            { "name": "mode", "valueString": self.settings.import_mode },
+            { "name": "mode", "valueString": self.0.import_mode() },
             { "name": "input", "part": part },
         ]});
         let count = posted.len();
-        let accepted = match self.destination.import(&parameters).await {
-            Ok(a) => a,
+        let status_url = match self.0.post_import(&parameters).await {
+            Ok(url) => url,
             Err(refused) => {
                 // The entries stay queued, a little later each time, with the reason shown.
                 for mut e in posted {
@@ -264,12 +285,12 @@ impl Engine {
             }
         };
         for mut e in posted {
-            e.retry_import = accepted.status_url.clone();
+            e.retry_import = status_url.clone();
             self.save_quietly(&e).await?;
         }
         Ok(format!(
             "Failure ledger: retrying {count} version(s) in import {}",
-            crate::telemetry::id_of(&accepted.status_url)
+            crate::telemetry::id_of(&status_url)
         ))
     }
 
@@ -286,8 +307,8 @@ impl Engine {
         let mut said: HashMap<String, String> = HashMap::new();
         for file in errors {
             let (Some(lines), Some(input)) = (
-                self.read_blob(&file.url).await,
-                self.read_blob(file.input_url.as_deref().unwrap_or_default()).await,
+                self.0.read_blob(&file.url).await,
+                self.0.read_blob(file.input_url.as_deref().unwrap_or_default()).await,
             ) else {
                 continue;
             };
@@ -347,7 +368,7 @@ impl Engine {
             return Ok(false);
         }
         Ok(
-            match self.destination.vread(&e.resource_type, &e.id, &e.version_id).await? {
+            match self.0.vread(&e.resource_type, &e.id, &e.version_id).await? {
                 crate::fhir::VersionRead::Found(stored) => {
                     super::record::same_instant(&stored["meta"]["lastUpdated"], &Value::String(e.last_updated.clone()))
                 }
@@ -358,7 +379,7 @@ impl Engine {
 
     /// A SearchParameter entry: resolved once the destination has it (the starter's sync copies them).
     async fn search_parameter_arrived(&self, mut e: Entry, now: DateTime<Utc>) -> Result<String, EngineError> {
-        if !e.id.is_empty() && self.destination.read("SearchParameter", &e.id).await?.is_some() {
+        if !e.id.is_empty() && self.0.has_search_parameter(&e.id).await? {
             e.state = State::Resolved;
             e.class = Class::Benign;
             e.resolution = "the SearchParameter is at the destination (copied through the REST API)".into();
@@ -380,7 +401,7 @@ impl Engine {
     /// An error file that could not be read before: read it again (once; the lines are recorded from what was
     /// read), and resolve its placeholder when the file could be read.
     async fn reread(&self, mut e: Entry, now: DateTime<Utc>) -> Result<String, EngineError> {
-        let Some(bytes) = self.read_blob(&e.error_file).await else {
+        let Some(bytes) = self.0.read_blob(&e.error_file).await else {
             e.state = State::Open;
             e.attempts += 1;
             e.last_seen = now;
@@ -437,9 +458,9 @@ impl Engine {
 
     /// Saves an entry as read; a conflict means another invocation handled it, which is fine.
     async fn save_quietly(&self, e: &Entry) -> Result<(), EngineError> {
-        match self.ledger.save(e).await {
+        match self.0.ledger_save(e).await {
             Ok(()) => {
-                self.emit(event(e));
+                self.0.emit(event(e));
                 Ok(())
             }
             Err(TableError::Conflict { .. } | TableError::AlreadyExists { .. }) => Ok(()),

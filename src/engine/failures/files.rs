@@ -144,7 +144,7 @@ pub(crate) fn version_number(v: &str) -> i64 {
 }
 
 /// A ledger entry for an exported line the tool left out of an import (kind `SameMillisecond`, permanent).
-pub(super) fn left_out_entry(window: i64, l: &Line, input_url: &str, message: String, now: DateTime<Utc>) -> Entry {
+pub(crate) fn left_out_entry(window: i64, l: &Line, input_url: &str, message: String, now: DateTime<Utc>) -> Entry {
     Entry {
         key: Entry::key_of(&l.resource_type, &l.id, &l.version),
         window,

@@ -5,8 +5,10 @@
 
 use std::future::Future;
 
+use chrono::TimeDelta;
 use serde_json::Value;
 
+use crate::engine::core::rules::CancelAnswer;
 use crate::engine::{Engine, EngineError};
 use crate::fhir::wire::ImportResult;
 use crate::fhir::{Poll, VersionRead};
@@ -49,6 +51,10 @@ pub trait LedgerPorts: Sync {
     fn post_import(&self, parameters: &Value) -> impl Future<Output = Result<String, String>> + Send;
     /// Polls an `$import`; why it could not be polled.
     fn import_status(&self, url: &str) -> impl Future<Output = Result<Poll<ImportResult>, String>> + Send;
+    /// Cancels an `$import` (a retry import past the job timeout); what the server answered.
+    fn cancel_import(&self, url: &str) -> impl Future<Output = CancelAnswer> + Send;
+    /// How long a retry import may run before it is cancelled and tried again (`AZURE_JobTimeoutHours`).
+    fn job_timeout(&self) -> TimeDelta;
     fn emit(&self, event: Event);
 }
 
@@ -112,6 +118,14 @@ impl LedgerPorts for Engine {
 
     async fn import_status(&self, url: &str) -> Result<Poll<ImportResult>, String> {
         self.destination.import_status(url).await.map_err(|e| e.to_string())
+    }
+
+    async fn cancel_import(&self, url: &str) -> CancelAnswer {
+        crate::engine::ports::Ports::cancel(self, url, true).await
+    }
+
+    fn job_timeout(&self) -> TimeDelta {
+        self.settings.job_timeout
     }
 
     fn emit(&self, event: Event) {

@@ -209,7 +209,7 @@ impl<P: LedgerPorts> Work<'_, P> {
 
     /// Writes an entry: a new one as it is; over an existing one, a failure from another error file is one
     /// more attempt, the same file again changes nothing (a re-read after a crash). Returns what is stored.
-    pub(super) async fn upsert(&self, fresh: Entry, now: DateTime<Utc>) -> Result<Entry, EngineError> {
+    pub(crate) async fn upsert(&self, fresh: Entry, now: DateTime<Utc>) -> Result<Entry, EngineError> {
         let stored = self.0.ledger_get(&fresh.key).await?;
         self.upsert_over(fresh, stored, now).await
     }

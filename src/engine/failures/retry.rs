@@ -164,7 +164,12 @@ impl<P: LedgerPorts> Work<'_, P> {
         }
         for (url, group) in in_flight {
             match self.0.import_status(&url).await {
-                Ok(Poll::Running(_)) => {}
+                Ok(Poll::Running(_)) => {
+                    let posted = group.iter().map(|e| e.last_seen).max().unwrap_or(now);
+                    if now - posted > self.0.job_timeout() {
+                        lines.push(self.give_up_on(&url, group, now).await?);
+                    }
+                }
                 Ok(Poll::Done(result)) => lines.push(self.settle(group, &result.error, None, now).await?),
                 Ok(Poll::Failed { status, diagnostics }) => {
                     let why = format!("the retry import failed: HTTP {status}: {diagnostics}");
@@ -246,8 +251,12 @@ impl<P: LedgerPorts> Work<'_, P> {
         let name = {
             use std::hash::{Hash, Hasher};
             let mut h = std::collections::hash_map::DefaultHasher::new();
+            // Each queueing of an entry (an attempt, an operator's retry) names a new file, so the destination
+            // never hands back an earlier retry's job for the same definition (reference §11.7: it de-duplicates
+            // on the raw definition, finished jobs included); a repeat of this very attempt (a crash before the
+            // status URL was recorded) names the same file and gets its own job back.
             for e in &posted {
-                e.key.hash(&mut h);
+                (&e.key, e.attempts, e.next_attempt.map(|t| t.timestamp_micros())).hash(&mut h);
             }
             format!("ledger-retry/{:016x}.ndjson", h.finish())
         };
@@ -286,6 +295,8 @@ impl<P: LedgerPorts> Work<'_, P> {
         };
         for mut e in posted {
             e.retry_import = status_url.clone();
+            // When the retry import was posted: it is cancelled and tried again past the job timeout.
+            e.last_seen = now;
             self.save_quietly(&e).await?;
         }
         Ok(format!(
@@ -345,7 +356,26 @@ impl<P: LedgerPorts> Work<'_, P> {
                     (None, Some(why)) => e.message = why.to_string(),
                     (None, None) => {}
                 }
-                if e.kind == Kind::Future || (failure.is_some() && e.class == Class::Transient) {
+                if failure.is_some_and(|f| f.contains(crate::engine::core::capacity::CAPACITY_TEXT)) {
+                    // Its millisecond is full at the destination: no retry can bring it (reference §11.1).
+                    e.kind = Kind::SameMillisecond;
+                    e.class = Class::Permanent;
+                    e.state = State::Open;
+                    e.message = format!(
+                        "the retry import was refused because the destination's millisecond {} is full for {}: accept the loss with a reason, or write the resource through the REST API ({})",
+                        e.last_updated,
+                        e.resource_type,
+                        failure.unwrap_or_default()
+                    );
+                } else if e.attempts > MAX_AUTOMATIC_RETRIES && e.class == Class::Transient {
+                    // Never a silent loop: an entry that keeps failing is shown as open, with its last reason.
+                    e.class = Class::Permanent;
+                    e.state = State::Open;
+                    e.message = format!(
+                        "gave up after {MAX_AUTOMATIC_RETRIES} automatic retries; the last: {}: fix the cause, then retry it, or accept it",
+                        e.message
+                    );
+                } else if e.kind == Kind::Future || (failure.is_some() && e.class == Class::Transient) {
                     e.class = Class::Transient;
                     e.next_attempt = Some(now + backoff(e.attempts));
                 } else {
@@ -361,20 +391,44 @@ impl<P: LedgerPorts> Work<'_, P> {
         ))
     }
 
+    /// A retry import that ran past the job timeout: cancelled, and its entries queued again (with a new
+    /// attempt, so a new definition). While the cancel cannot reach the server the import is kept, and cancelled
+    /// again on the next tick: it is never left running unrecorded.
+    async fn give_up_on(&self, url: &str, group: Vec<Entry>, now: DateTime<Utc>) -> Result<String, EngineError> {
+        let answer = self.0.cancel_import(url).await;
+        if let Err(why) = crate::engine::core::rules::cancel_outcome(&answer) {
+            return Ok(format!(
+                "Failure ledger: the retry import {url} ran past the job timeout, and could not be cancelled (tried again next tick): {why}"
+            ));
+        }
+        let count = group.len();
+        for mut e in group {
+            e.retry_import.clear();
+            e.attempts += 1;
+            e.next_attempt = Some(now);
+            e.message = format!(
+                "the retry import {} ran past the job timeout and was cancelled; tried again",
+                crate::telemetry::id_of(url)
+            );
+            self.save_quietly(&e).await?;
+        }
+        Ok(format!(
+            "Failure ledger: cancelled the retry import {url} (past the job timeout); its {count} version(s) are queued again"
+        ))
+    }
+
     /// Whether the destination holds an entry's version with the entry's lastUpdated (when its exported line
     /// cannot be read any more).
     async fn same_version_at_destination(&self, e: &Entry) -> Result<bool, EngineError> {
         if e.id.is_empty() || e.version_id.is_empty() {
             return Ok(false);
         }
-        Ok(
-            match self.0.vread(&e.resource_type, &e.id, &e.version_id).await? {
-                crate::fhir::VersionRead::Found(stored) => {
-                    super::record::same_instant(&stored["meta"]["lastUpdated"], &Value::String(e.last_updated.clone()))
-                }
-                _ => false,
-            },
-        )
+        Ok(match self.0.vread(&e.resource_type, &e.id, &e.version_id).await? {
+            crate::fhir::VersionRead::Found(stored) => {
+                super::record::same_instant(&stored["meta"]["lastUpdated"], &Value::String(e.last_updated.clone()))
+            }
+            _ => false,
+        })
     }
 
     /// A SearchParameter entry: resolved once the destination has it (the starter's sync copies them).
@@ -468,6 +522,10 @@ impl<P: LedgerPorts> Work<'_, P> {
         }
     }
 }
+
+/// Automatic retries of one entry before it is shown as open for an operator (with the backoff below, about a
+/// day of retrying).
+const MAX_AUTOMATIC_RETRIES: i64 = 30;
 
 /// The wait before an entry's next automatic retry: 5 minutes per attempt, at most an hour.
 fn backoff(attempts: i64) -> TimeDelta {

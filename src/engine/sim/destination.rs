@@ -47,7 +47,14 @@ impl World {
 
     /// Applies import `id` of `files`; the server's reason when the job fails.
     pub(super) fn apply_import(&mut self, id: usize, files: &[(String, Vec<Version>)]) -> Result<ImportResult, String> {
-        let all = || files.iter().flat_map(|(_, vs)| vs);
+        // Lines refused as they are read, before any batch is formed: lastUpdated ahead of the destination's clock.
+        let mut future = BTreeSet::new();
+        for v in files.iter().flat_map(|(_, vs)| vs) {
+            if self.rng.chance(self.faults.future_refusals) {
+                future.insert(*v);
+            }
+        }
+        let all = || files.iter().flat_map(|(_, vs)| vs).filter(|v| !future.contains(*v));
         let mut per_ms: HashMap<i64, usize> = HashMap::new();
         for v in all() {
             *per_ms.entry(v.at_ms).or_default() += 1;
@@ -90,6 +97,10 @@ impl World {
                 .iter()
                 .filter(|v| !full.contains(&(v.resource_type(), v.at_ms)))
             {
+                if future.contains(v) {
+                    refused.push((*v, FUTURE));
+                    continue;
+                }
                 let taken = self
                     .destination
                     .range(
@@ -101,8 +112,12 @@ impl World {
                     )
                     .take_while(|d| d.resource == v.resource)
                     .any(|d| d.at_ms == v.at_ms && d.version != v.version);
-                if winners[&(v.resource, v.at_ms)] != v.version || taken {
-                    refused.push(*v);
+                if winners[&(v.resource, v.at_ms)] != v.version {
+                    refused.push((*v, DUPLICATE));
+                    continue;
+                }
+                if taken {
+                    refused.push((*v, CONFLICT));
                     continue;
                 }
                 self.destination.insert(*v);
@@ -122,7 +137,10 @@ impl World {
         // sometimes puts an offset exactly on a line start; CRLF and a restarted unit's repeats at times (§11.5).
         let mut error = Vec::new();
         for (k, (url, versions)) in files.iter().enumerate() {
-            let mine: Vec<Version> = versions.iter().filter(|v| refused.contains(v)).copied().collect();
+            let mine: Vec<(Version, &str)> = versions
+                .iter()
+                .filter_map(|v| refused.iter().find(|(r, _)| r == v).copied())
+                .collect();
             if mine.is_empty() {
                 continue;
             }
@@ -131,10 +149,10 @@ impl World {
             let unit = [first_line, first_line * 2, 97, 10_000_000][self.rng.below(4) as usize];
             let mut lines: Vec<String> = mine
                 .iter()
-                .map(|v| {
+                .map(|(v, message)| {
                     let at = versions.iter().position(|x| x == v).expect("in its file");
                     let (offset, number) = unit_position(&bytes, at, unit);
-                    error_line(v, offset, number)
+                    error_line(v, message, offset, number)
                 })
                 .collect();
             if self.rng.chance(20) {
@@ -151,7 +169,8 @@ impl World {
             });
             self.error_texts
                 .insert(error_url.clone(), lines.join(newline) + newline);
-            self.error_files.insert(error_url, mine);
+            self.error_files
+                .insert(error_url, mine.into_iter().map(|(v, _)| v).collect());
         }
         Ok(ImportResult {
             transaction_time: None,
@@ -204,9 +223,20 @@ fn unit_position(bytes: &[u8], index: usize, unit: usize) -> (usize, usize) {
     (j * unit, number)
 }
 
-fn error_line(v: &Version, offset: usize, number: usize) -> String {
+/// The server's messages for the lines it refuses (reference §5.3: the in-batch loser on one millisecond is a
+/// duplicate; another version already on the millisecond a conflict).
+const DUPLICATE: &str = "Failed to import duplicate resource";
+const CONFLICT: &str = "Failed to import resource with version conflict";
+const FUTURE: &str = "LastUpdated in the resource cannot be in the future.";
+
+fn error_line(v: &Version, message: &str, offset: usize, number: usize) -> String {
+    let text = if message == FUTURE {
+        message.to_string()
+    } else {
+        format!("{message}, resource id: r{}, line: {number}", v.resource)
+    };
     serde_json::json!({ "resourceType": "OperationOutcome", "issue": [{ "severity": "error",
-        "details": { "text": format!("Failed to import duplicate resource, resource id: r{}, line: {number}", v.resource) },
+        "details": { "text": text },
         "diagnostics": format!("Failed to process resource at line: {number} with stream start offset: {offset}") }] })
     .to_string()
 }

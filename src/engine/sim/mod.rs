@@ -5,10 +5,14 @@
 //! write and at the end; a failing seed is printed and replays exactly (`FHIRMIG_SIM_SEED=<seed>`).
 
 mod destination;
+mod faults;
+mod ledger;
 mod ports;
 mod rewrites;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_ledger;
 pub mod world;
 
 use std::collections::{BTreeMap, HashMap};
@@ -273,7 +277,7 @@ impl Sim {
             let mut ticks: Vec<Option<Tick>> = shells
                 .iter()
                 .zip(&timers)
-                .map(|(s, t)| Some(Box::pin(s.run(*t, now)) as Tick))
+                .map(|(s, t)| Some(Box::pin(Self::tick(s, *t, now)) as Tick))
                 .collect();
             let waker = futures::task::noop_waker();
             let mut cx = TaskContext::from_waker(&waker);
@@ -318,12 +322,49 @@ impl Sim {
         self.world().advance(by);
     }
 
+    /// Ports for an operator's request between rounds (no crash planned).
+    pub fn operator(&self) -> SimPorts {
+        SimPorts {
+            world: self.world.clone(),
+            crash: Arc::new(Mutex::new(CrashPlan::default())),
+            violations: self.violations.clone(),
+            settings: self.settings.clone(),
+        }
+    }
+
+    /// One timer's tick as the engine runs it: the ImportStatus timer then runs the failure ledger's share
+    /// with the ledger's own code (`Engine::import_status_tick`).
+    async fn tick(
+        shell: &Shell<'_, SimPorts>,
+        timer: Timer,
+        now: DateTime<Utc>,
+    ) -> Result<crate::engine::TickReport, crate::engine::EngineError> {
+        let mut report = shell.run(timer, now).await?;
+        if timer == Timer::ImportStatus {
+            for line in crate::engine::failures::ports::Work(shell.ports)
+                .ledger_tick(now)
+                .await?
+            {
+                report.say(line);
+            }
+        }
+        Ok(report)
+    }
+
     fn violate(&self, what: String) {
         self.violations.lock().unwrap_or_else(|p| p.into_inner()).push(what);
     }
 
     pub fn violations(&self) -> Vec<String> {
         self.violations.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Whether the ledger has entries queued for a retry (the migration is not settled while it has).
+    fn ledger_waiting(&self) -> bool {
+        self.world()
+            .ledger
+            .values()
+            .any(|(e, _)| e.state == crate::ledger::State::Retrying)
     }
 
     /// Whether every version the source had by the end of the run is committed: the cursor is past the last one.
@@ -345,7 +386,7 @@ impl Sim {
         let missing: Vec<&Version> = w
             .source
             .iter()
-            .filter(|v| !w.destination.contains(v) && !w.named.contains(v) && !w.ledger.contains(v))
+            .filter(|v| !w.destination.contains(v) && !w.named_in_ledger(v))
             .collect();
         if !missing.is_empty() {
             problems.push(format!(
@@ -387,14 +428,39 @@ impl Sim {
             let named = w
                 .source
                 .iter()
-                .any(|v| v.resource == r && v.version == version && (w.named.contains(v) || w.ledger.contains(v)));
+                .any(|v| v.resource == r && v.version == version && w.named_in_ledger(v));
             if there != Some(version) && !named {
                 problems.push(format!(
                     "resource {r}: the destination's current version is {there:?}, the source's {version}, and that is not named"
                 ));
             }
         }
-        let extra = w.destination.iter().filter(|v| !w.source.contains(v)).count();
+        // The ledger tells the truth: a version it calls resolved is at the destination, and nothing transient is
+        // left waiting once the faults have stopped.
+        for (e, _) in w.ledger.values() {
+            let at =
+                e.id.strip_prefix('r')
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .zip(e.version_id.parse::<u32>().ok());
+            let there = at.is_some_and(|(r, v)| w.destination.iter().any(|d| d.resource == r && d.version == v));
+            if e.state == crate::ledger::State::Resolved && at.is_some() && !there {
+                problems.push(format!(
+                    "ledger entry {} is resolved ({}), but its version is not at the destination",
+                    e.key, e.resolution
+                ));
+            }
+            if e.state == crate::ledger::State::Retrying {
+                problems.push(format!(
+                    "ledger entry {} is still waiting for a retry ({})",
+                    e.key, e.message
+                ));
+            }
+        }
+        let extra = w
+            .destination
+            .iter()
+            .filter(|v| !w.source.contains(v) && !w.foreign.contains(v))
+            .count();
         if extra > 0 {
             problems.push(format!("{extra} version(s) at the destination the source never had"));
         }
@@ -468,7 +534,7 @@ impl Sim {
         }
         self.crash_rate = 0;
         for _ in 0..settle {
-            if self.caught_up() && self.world().running_jobs().1 == 0 {
+            if self.caught_up() && self.world().running_jobs().1 == 0 && !self.ledger_waiting() {
                 break;
             }
             self.round();

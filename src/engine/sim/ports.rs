@@ -17,6 +17,7 @@ use crate::engine::EngineError;
 use crate::engine::core::rules::{WindowPhase, window_phase};
 use crate::engine::core::{Answer, ExportPoll, ImportPoll, Snapshot, Totals, Write};
 use crate::engine::error_files::ErrorSummary;
+use crate::engine::failures::ports::Work;
 use crate::engine::ports::{Ports, Written};
 use crate::state::Payload;
 use crate::state::rows::ImportStatus;
@@ -24,7 +25,7 @@ use crate::storage::tables::TableError;
 use crate::telemetry::{Event, Telemetry};
 
 /// A poll the client gave up on after the server's Retry-After waits (what `FhirClient` reports).
-const THROTTLED: &str = "HTTP 429 Too Many Requests after 6 attempts (Retry-After honoured)";
+pub(super) const THROTTLED: &str = "HTTP 429 Too Many Requests after 6 attempts (Retry-After honoured)";
 
 pub struct SimPorts {
     pub world: Arc<Mutex<World>>,
@@ -38,17 +39,20 @@ struct YieldOnce(bool);
 
 impl Future for YieldOnce {
     type Output = ();
-    fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         if self.0 {
             Poll::Ready(())
         } else {
             self.0 = true;
+            // Ready to go on at the next poll: combinators that poll only woken children (`buffered`, in the
+            // ledger's recording) must see it.
+            cx.waker().wake_by_ref();
             Poll::Pending
         }
     }
 }
 
-fn conflict() -> TableError {
+pub(super) fn conflict() -> TableError {
     TableError::Conflict {
         table: "sim".into(),
         partition_key: String::new(),
@@ -56,7 +60,7 @@ fn conflict() -> TableError {
     }
 }
 
-fn exists() -> TableError {
+pub(super) fn exists() -> TableError {
     TableError::AlreadyExists {
         table: "sim".into(),
         partition_key: String::new(),
@@ -65,7 +69,7 @@ fn exists() -> TableError {
 }
 
 /// A Table storage failure the schedule injected (a failed tick, never a violation by itself).
-fn injected(status: u16, code: &str) -> TableError {
+pub(super) fn injected(status: u16, code: &str) -> TableError {
     TableError::Service {
         operation: "sim",
         table: "sim".into(),
@@ -80,7 +84,7 @@ pub const INJECTED: &str = "injected by the simulator";
 
 impl SimPorts {
     /// Table storage answering 503 before a call takes effect.
-    fn storage_fault(&self, _what: &str) -> Result<(), TableError> {
+    pub(super) fn storage_fault(&self, _what: &str) -> Result<(), TableError> {
         let mut w = self.world();
         let p = w.faults.table_unavailable;
         if w.rng.chance(p) {
@@ -93,16 +97,16 @@ impl SimPorts {
         self.crash.lock().unwrap_or_else(|p| p.into_inner()).crashed
     }
 
-    fn world(&self) -> std::sync::MutexGuard<'_, World> {
+    pub(super) fn world(&self) -> std::sync::MutexGuard<'_, World> {
         self.world.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn violate(&self, what: String) {
+    pub(super) fn violate(&self, what: String) {
         self.violations.lock().unwrap_or_else(|p| p.into_inner()).push(what);
     }
 
     /// Before a call: yield to the other shell, then crash here if planned.
-    async fn enter(&self) {
+    pub(super) async fn enter(&self) {
         YieldOnce(false).await;
         let stop = {
             let mut c = self.crash.lock().unwrap_or_else(|p| p.into_inner());
@@ -126,7 +130,7 @@ impl SimPorts {
         c.crashed
     }
 
-    async fn leave(&self) {
+    pub(super) async fn leave(&self) {
         if self.crashes_after() {
             std::future::pending::<()>().await;
         }
@@ -205,8 +209,7 @@ impl SimPorts {
             if let Some(v) = w.source.iter().find(|v| {
                 (from..below).contains(&v.at_ms)
                     && !w.destination.contains(v)
-                    && !w.named.contains(v)
-                    && !w.ledger.contains(v)
+                    && !w.named_in_ledger(v)
                     && !w.removed_by_operator.contains(v)
             }) {
                 self.violate(format!(
@@ -516,8 +519,9 @@ impl Ports for SimPorts {
         _now: DateTime<Utc>,
     ) -> Result<crate::engine::core::capacity::CapacityTrim, EngineError> {
         self.enter().await;
-        let trim = self.world().trim_for_capacity(payload, container);
+        let (trim, entries) = self.world().trim_for_capacity(payload, container);
         self.leave().await;
+        self.record_left_out(entries).await?;
         Ok(trim)
     }
 
@@ -529,23 +533,24 @@ impl Ports for SimPorts {
         _now: DateTime<Utc>,
     ) -> Result<crate::engine::core::scan::Scanned, EngineError> {
         self.enter().await;
-        let scanned = self.world().scan_payload(payload, container);
+        let (scanned, entries) = self.world().scan_payload(payload, container);
         self.leave().await;
+        self.record_left_out(entries).await?;
         Ok(scanned)
     }
 
     async fn record_failures(
         &self,
-        _window: i64,
+        window: i64,
         errors: &[crate::fhir::wire::ImportErrorFile],
-        _now: DateTime<Utc>,
+        now: DateTime<Utc>,
     ) -> Result<ErrorSummary, EngineError> {
         self.enter().await;
         {
             // The ledger's own reading of each error file (its line filter and its mapping of a unit's offset and
             // line number to the exported line) must name exactly the versions the destination refused.
             use crate::engine::failures::record::{exported_line, failed_lines};
-            let mut w = self.world();
+            let w = self.world();
             for e in errors {
                 let refused = w.error_files.get(&e.url).cloned().unwrap_or_default();
                 let text = w.error_texts.get(&e.url).cloned().unwrap_or_default();
@@ -569,12 +574,21 @@ impl Ports for SimPorts {
                 if let Some(v) = refused.iter().find(|v| !named.contains(v)) {
                     self.violate(format!("{v:?}, refused in {}, is named by no ledger entry", e.url));
                 }
-                w.ledger.extend(named);
             }
         }
-        Ok(ErrorSummary {
-            permanent: errors.iter().map(|e| e.count as i64).sum(),
-            ..ErrorSummary::default()
-        })
+        // Then the ledger's own recording, and every refused version has its row.
+        let summary = Work(self).record_failures(window, errors, now).await?;
+        let w = self.world();
+        for e in errors {
+            for v in w.error_files.get(&e.url).into_iter().flatten() {
+                if w.ledger_entry(v).is_none() {
+                    self.violate(format!(
+                        "{v:?}, refused in {}, has no ledger row after recording",
+                        e.url
+                    ));
+                }
+            }
+        }
+        Ok(summary)
     }
 }

@@ -11,32 +11,7 @@ use crate::fhir::wire::{ExportFile, ExportManifest, ImportResult};
 use crate::state::{Cursor, Job, Payload};
 use crate::storage::tables::ETag;
 
-/// A small deterministic generator (splitmix64): no dependency, same numbers for the same seed everywhere.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
-    }
-
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    pub fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next() % n }
-    }
-
-    /// True with probability `p` percent.
-    pub fn chance(&mut self, p: u64) -> bool {
-        self.below(100) < p
-    }
-}
+pub use super::faults::{Faults, Rng};
 
 /// The simulated source's resource types; a version's type is its resource number's parity.
 pub const TYPES: [&str; 2] = ["Patient", "Observation"];
@@ -57,47 +32,6 @@ impl Version {
 
 pub fn instant(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).expect("in range")
-}
-
-/// How often servers misbehave, in percent per call.
-#[derive(Debug, Clone, Default)]
-pub struct Faults {
-    pub kick_off_throttled: u64,
-    pub kick_off_5xx: u64,
-    pub kick_off_unsent: u64,
-    pub export_job_fails: u64,
-    pub export_job_vanishes: u64,
-    /// Exports that never finish on their own (the tool's job timeout must cancel them).
-    pub export_job_hangs: u64,
-    pub post_throttled: u64,
-    /// Polls (export and import status) throttled past the client's own retries: the answer is a 429.
-    pub poll_throttled: u64,
-    pub post_unsent: u64,
-    pub import_job_fails: u64,
-    pub import_job_hangs: u64,
-    /// An export of more versions than this fails with 413 (reference §2.1: the job record is too large).
-    pub export_max_versions: Option<usize>,
-    /// The destination holds at most this many versions of one type on one millisecond, counting what it
-    /// already holds (reference §11.1: 80,000, scaled down). An import over it fails with the server's 400 after
-    /// importing what fits in its other units (§5.4: no rollback), whatever its processing unit.
-    pub same_ms_capacity: Option<usize>,
-    /// An import with more versions than this on one millisecond fails with the same 400 and imports nothing,
-    /// although no type is over the capacity (the server uses that text after repeated SQL conflicts too): the
-    /// tool can only retry, then halt with the reason.
-    pub id_refusals_over: Option<usize>,
-    /// Table storage calls answered 503 before they take effect.
-    pub table_unavailable: u64,
-    /// Table storage writes that take effect but whose answer is a timeout.
-    pub table_timeout: u64,
-    /// Polls of a finished export that answer 202 again (a flap).
-    pub export_flaps: u64,
-    /// ETag reads of export files that fail (503), or are refused (403: the file is imported without one).
-    pub etag_lookup_fails: u64,
-    pub etag_forbidden: u64,
-    /// Cancels that cannot reach the server (the job runs on; the tool must cancel it later).
-    pub cancel_unreachable: u64,
-    /// SearchParameter syncs that fail (windows must not commit past what a sync has covered).
-    pub search_parameter_sync_fails: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -170,8 +104,11 @@ pub struct World {
     pub error_files: HashMap<String, Vec<Version>>,
     /// Each error file's text, as the server writes it.
     pub error_texts: HashMap<String, String>,
-    /// Versions named in the ledger from error files or left out by the scan before an import.
-    pub ledger: BTreeSet<Version>,
+    /// The failure ledger's table as the tool's own code wrote it (`engine::failures`): rows by key, with
+    /// their ETag numbers.
+    pub ledger: BTreeMap<String, (crate::ledger::Entry, u64)>,
+    /// Versions an operator wrote at the destination that the source never had (their conflicts are named).
+    pub foreign: BTreeSet<Version>,
 }
 
 impl World {
@@ -202,8 +139,21 @@ impl World {
             named: BTreeSet::new(),
             error_files: HashMap::new(),
             error_texts: HashMap::new(),
-            ledger: BTreeSet::new(),
+            ledger: BTreeMap::new(),
+            foreign: BTreeSet::new(),
         }
+    }
+
+    /// The ledger's row for a version, as the tool keyed it.
+    pub fn ledger_entry(&self, v: &Version) -> Option<&crate::ledger::Entry> {
+        let key = crate::ledger::Entry::key_of(v.resource_type(), &format!("r{}", v.resource), &v.version.to_string());
+        self.ledger.get(&key).map(|(e, _)| e)
+    }
+
+    /// Whether the ledger names a version as not at the destination: open (or queued for a retry) or accepted.
+    pub fn named_in_ledger(&self, v: &Version) -> bool {
+        self.ledger_entry(v)
+            .is_some_and(|e| e.state != crate::ledger::State::Resolved)
     }
 
     pub fn next_etag(&mut self) -> u64 {

@@ -1,0 +1,217 @@
+//! The simulator's side of [`LedgerPorts`]: the failure ledger's table in memory (compare-and-swap on ETags,
+//! with the schedule's storage faults and crash points), the world's files read by URL, the destination's
+//! versions, and retry imports through the simulated destination. So the tool's own recording, automatic
+//! retry, operator retry and acceptance run in the schedules.
+
+use chrono::TimeDelta;
+use serde_json::Value;
+
+use super::destination::{render, version_of};
+use super::ports::{SimPorts, conflict, exists, injected};
+use super::world::{Version, World};
+use crate::engine::EngineError;
+use crate::engine::core::rules::CancelAnswer;
+use crate::engine::core::{Answer, ImportPoll};
+use crate::engine::failures::ports::{LedgerPorts, Work};
+use crate::fhir::wire::ImportResult;
+use crate::fhir::{Poll, VersionRead};
+use crate::ledger::{Entry, State};
+use crate::storage::tables::TableError;
+use crate::telemetry::Event;
+
+impl SimPorts {
+    /// A stored row as a read returns it: with its ETag.
+    fn row(e: &Entry, n: u64) -> Entry {
+        Entry {
+            etag: World::etag(n),
+            ..e.clone()
+        }
+    }
+
+    /// Records the versions a rewrite left out, with the ledger's own code (as the engine's examination does).
+    pub(super) async fn record_left_out(&self, entries: Vec<Entry>) -> Result<(), EngineError> {
+        let now = self.world().now;
+        for e in entries {
+            Work(self).upsert(e, now).await?;
+        }
+        Ok(())
+    }
+}
+
+impl LedgerPorts for SimPorts {
+    async fn ledger_ensure(&self) -> Result<(), TableError> {
+        Ok(())
+    }
+
+    async fn ledger_get(&self, key: &str) -> Result<Option<Entry>, TableError> {
+        self.enter().await;
+        self.storage_fault("ledger get")?;
+        let w = self.world();
+        Ok(w.ledger.get(key).map(|(e, n)| Self::row(e, *n)))
+    }
+
+    async fn ledger_list(&self, state: Option<State>) -> Result<Vec<Entry>, TableError> {
+        self.enter().await;
+        self.storage_fault("ledger list")?;
+        let w = self.world();
+        let mut rows: Vec<Entry> = w
+            .ledger
+            .values()
+            .filter(|(e, _)| state.is_none_or(|s| e.state == s))
+            .map(|(e, n)| Self::row(e, *n))
+            .collect();
+        rows.sort_by(|a, b| (a.window, &a.key).cmp(&(b.window, &b.key)));
+        Ok(rows)
+    }
+
+    async fn ledger_save(&self, entry: &Entry) -> Result<(), TableError> {
+        self.enter().await;
+        self.storage_fault("ledger save")?;
+        let result = {
+            let mut w = self.world();
+            let stored = w.ledger.get(&entry.key).map(|(_, n)| *n);
+            let fits = match (&entry.etag, stored) {
+                (None, None) => Ok(()),
+                (None, Some(_)) => Err(exists()),
+                (Some(_), None) => Err(conflict()),
+                (Some(_), Some(n)) if World::etag_matches(&entry.etag, n) => Ok(()),
+                (Some(_), Some(_)) => Err(conflict()),
+            };
+            if fits.is_ok() {
+                let n = w.next_etag();
+                w.ledger.insert(entry.key.clone(), (entry.clone(), n));
+                // A retry import an entry names is the tool's to answer for.
+                if let Some(id) = import_id(&entry.retry_import) {
+                    w.imports[id].recorded = true;
+                }
+            }
+            fits
+        };
+        self.leave().await;
+        if result.is_ok() {
+            let timed_out = {
+                let mut w = self.world();
+                let p = w.faults.table_timeout;
+                w.rng.chance(p)
+            };
+            if timed_out {
+                return Err(injected(500, "OperationTimedOut"));
+            }
+        }
+        result
+    }
+
+    async fn read_blob(&self, url: &str) -> Option<Vec<u8>> {
+        self.enter().await;
+        let w = self.world();
+        if let Some(versions) = w.files.get(url) {
+            return Some(render(versions));
+        }
+        w.error_texts.get(url).map(|t| t.clone().into_bytes())
+    }
+
+    async fn vread(&self, resource_type: &str, id: &str, version_id: &str) -> Result<VersionRead, EngineError> {
+        self.enter().await;
+        let (Some(resource), Ok(version)) = (
+            id.strip_prefix('r').and_then(|n| n.parse::<u32>().ok()),
+            version_id.parse::<u32>(),
+        ) else {
+            return Ok(VersionRead::Missing);
+        };
+        let w = self.world();
+        let held = w
+            .destination
+            .range(
+                Version {
+                    resource,
+                    version,
+                    at_ms: i64::MIN,
+                }..,
+            )
+            .take_while(|v| v.resource == resource && v.version == version)
+            .find(|v| v.resource_type() == resource_type)
+            .copied();
+        Ok(match held {
+            Some(v) => VersionRead::Found(serde_json::from_slice(&render(&[v])).expect("a rendered line")),
+            None => VersionRead::Missing,
+        })
+    }
+
+    async fn has_search_parameter(&self, _id: &str) -> Result<bool, EngineError> {
+        // The simulated servers hold no SearchParameters.
+        Ok(false)
+    }
+
+    async fn write_retry_file(
+        &self,
+        _next_to: &str,
+        name: &str,
+        body: Vec<u8>,
+    ) -> Result<Option<(String, Option<String>)>, EngineError> {
+        self.enter().await;
+        let url = format!("https://exports/retry/{name}");
+        let versions: Vec<Version> = body
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .filter_map(version_of)
+            .collect();
+        self.world().files.insert(url.clone(), versions);
+        self.leave().await;
+        let etag = World::etag_of(&url);
+        Ok(Some((url, Some(etag))))
+    }
+
+    fn import_mode(&self) -> String {
+        self.settings.import_mode.clone()
+    }
+
+    async fn post_import(&self, parameters: &Value) -> Result<String, String> {
+        self.enter().await;
+        let answer = self.world().post(parameters);
+        self.leave().await;
+        match answer {
+            Answer::Accepted { status_url } => Ok(status_url),
+            Answer::Refused {
+                status, diagnostics, ..
+            } => Err(format!("HTTP {status}: {diagnostics}")),
+            Answer::Unsent { error } => Err(error),
+        }
+    }
+
+    async fn import_status(&self, url: &str) -> Result<Poll<ImportResult>, String> {
+        self.enter().await;
+        let poll = {
+            let mut w = self.world();
+            let p = w.faults.poll_throttled;
+            if w.rng.chance(p) {
+                return Err(super::ports::THROTTLED.into());
+            }
+            w.poll_import(url)
+        };
+        self.leave().await;
+        match poll {
+            ImportPoll::Running => Ok(Poll::Running(None)),
+            ImportPoll::Done(result) => Ok(Poll::Done(result)),
+            ImportPoll::Failed { status, diagnostics } => Ok(Poll::Failed { status, diagnostics }),
+            ImportPoll::Unreachable(e) => Err(e),
+        }
+    }
+
+    async fn cancel_import(&self, url: &str) -> CancelAnswer {
+        crate::engine::ports::Ports::cancel(self, url, true).await
+    }
+
+    fn job_timeout(&self) -> TimeDelta {
+        self.settings.job_timeout
+    }
+
+    fn emit(&self, event: Event) {
+        self.world().events.push(event);
+    }
+}
+
+fn import_id(url: &str) -> Option<usize> {
+    url.strip_prefix("https://destination/_operations/import/")?
+        .parse()
+        .ok()
+}

@@ -263,13 +263,15 @@ async fn a_conflict_blocks_cut_over_until_it_is_fixed_and_retried() {
 }
 
 /// A line refused as "in the future" (ahead of the destination's clock) is retried automatically once its
-/// instant has passed, and resolved by what the destination then holds.
+/// instant has passed, and resolved by what the destination then holds. A retry made too early is refused again,
+/// and the next one is a new import (a new file name and ETag: the destination de-duplicates definitions,
+/// finished jobs included).
 #[tokio::test]
 async fn a_line_ahead_of_the_destination_clock_is_retried_automatically() {
     let stack = stack(&[]).await;
     let engine = &stack.engine;
     let blobs = stack._app.blobs();
-    let ahead = Utc::now() + TimeDelta::seconds(13);
+    let ahead = Utc::now() + TimeDelta::seconds(30);
     blobs.ensure_container("exports").await.unwrap();
     blobs.ensure_container("fhirlogs").await.unwrap();
     blobs
@@ -301,14 +303,32 @@ async fn a_line_ahead_of_the_destination_clock_is_retried_automatically() {
     // Not due yet: nothing is posted.
     assert!(engine.ledger_tick(Utc::now()).await.unwrap().is_empty());
     assert!(stack.destination.import_inputs().is_empty());
-    // Once the instant is within the destination's tolerance (10 s), the retry is due (the clock is an
-    // argument: the retry waits at least a minute in real time).
+    // Retried too early (the clock is an argument: the retry waits at least a minute in real time): refused
+    // again, and queued again with a backoff.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        engine.ledger_tick(Utc::now() + TimeDelta::minutes(2)).await.unwrap();
+        let e = engine.ledger().get("Patient|f2|1").await.unwrap().unwrap();
+        if e.attempts >= 2 && e.retry_import.is_empty() {
+            assert_eq!((e.kind, e.state), (Kind::Future, State::Retrying), "{e:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the early retry never ended: {e:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        Utc::now() + TimeDelta::seconds(10) < ahead,
+        "the early retry ended too late to have been refused as in the future"
+    );
+    assert_eq!(stack.destination.import_inputs().len(), 1);
+    // Once the instant is within the destination's tolerance (10 s), the next retry (hours on, past any
+    // backoff) imports it.
     while Utc::now() + TimeDelta::seconds(9) < ahead {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        engine.ledger_tick(Utc::now() + TimeDelta::minutes(2)).await.unwrap();
+        engine.ledger_tick(Utc::now() + TimeDelta::hours(3)).await.unwrap();
         let e = engine.ledger().get("Patient|f2|1").await.unwrap().unwrap();
         if e.state == State::Resolved {
             break;
@@ -318,6 +338,7 @@ async fn a_line_ahead_of_the_destination_clock_is_retried_automatically() {
     }
     assert!(stack.destination.store().resource("Patient", "f2").is_some());
     assert_eq!(engine.ledger().summary().await.unwrap().unresolved(), 0);
+    assert_eq!(stack.destination.import_inputs().len(), 2, "one import per retry");
 }
 
 /// An error file that could not be read is one placeholder counting its lines; once readable, a retry records

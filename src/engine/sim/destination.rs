@@ -21,8 +21,17 @@ impl World {
         format!("\"0x{h:016X}\"")
     }
 
+    /// A file's ETag now: a file written again (a retry import's, under the same name) has a new one, as Blob
+    /// storage gives every write.
+    pub fn etag_now(&self, url: &str) -> String {
+        match self.writes.get(url) {
+            Some(n) if *n > 1 => Self::etag_of(&format!("{url}#{n}")),
+            _ => Self::etag_of(url),
+        }
+    }
+
     /// Whether an input names an ETag other than its file's.
-    pub(super) fn etag_mismatch(body: &serde_json::Value) -> bool {
+    pub(super) fn etag_mismatch(&self, body: &serde_json::Value) -> bool {
         body["parameter"]
             .as_array()
             .into_iter()
@@ -41,7 +50,7 @@ impl World {
                                 .to_string()
                         })
                 };
-                matches!((part("url"), part("etag")), (Some(url), Some(etag)) if etag != Self::etag_of(&url))
+                matches!((part("url"), part("etag")), (Some(url), Some(etag)) if etag != self.etag_now(&url))
             })
     }
 

@@ -155,9 +155,13 @@ impl LedgerPorts for SimPorts {
             .filter(|l| !l.is_empty())
             .filter_map(version_of)
             .collect();
-        self.world().files.insert(url.clone(), versions);
+        let etag = {
+            let mut w = self.world();
+            w.files.insert(url.clone(), versions);
+            *w.writes.entry(url.clone()).or_default() += 1;
+            w.etag_now(&url)
+        };
         self.leave().await;
-        let etag = World::etag_of(&url);
         Ok(Some((url, Some(etag))))
     }
 

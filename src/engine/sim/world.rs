@@ -107,6 +107,8 @@ pub struct World {
     /// The failure ledger's table as the tool's own code wrote it (`engine::failures`): rows by key, with
     /// their ETag numbers.
     pub ledger: BTreeMap<String, (crate::ledger::Entry, u64)>,
+    /// How many times each file was written, by URL, for those written more than once (retry files).
+    pub writes: HashMap<String, u64>,
     /// Versions an operator wrote at the destination that the source never had (their conflicts are named).
     pub foreign: BTreeSet<Version>,
 }
@@ -141,6 +143,7 @@ impl World {
             error_texts: HashMap::new(),
             ledger: BTreeMap::new(),
             foreign: BTreeSet::new(),
+            writes: HashMap::new(),
         }
     }
 
@@ -444,7 +447,7 @@ impl World {
         }
         let body: serde_json::Value = serde_json::from_str(&job.body).expect("a body the tool wrote");
         // The input ETag is compared exactly (reference §11.6).
-        if Self::etag_mismatch(&body) {
+        if self.etag_mismatch(&body) {
             let reason = "import operation failed for reason: Input file Etag not match".to_string();
             self.imports[id].result = Some(Err(reason.clone()));
             return ImportPoll::Failed {

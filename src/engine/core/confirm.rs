@@ -132,4 +132,23 @@ mod tests {
         );
         assert!(matches!(export_poll(&job, &facts), Ok(ExportPoll::Unreachable(_))));
     }
+
+    #[test]
+    fn a_job_lost_or_unreachable_between_the_two_polls_is_reported_as_the_second_poll_saw_it() {
+        let job = Job::planned(3, chrono::DateTime::UNIX_EPOCH, chrono::DateTime::UNIX_EPOCH, "");
+        let mut facts = Facts::default();
+        facts
+            .export_polls
+            .insert((3, job.attempt), ExportPoll::Done(manifest()));
+        for second in [
+            ExportPoll::Failed {
+                status: 404,
+                diagnostics: "The requested job was not found.".into(),
+            },
+            ExportPoll::Unreachable("connection reset".into()),
+        ] {
+            facts.export_confirms.insert((3, job.attempt), second.clone());
+            assert_eq!(export_poll(&job, &facts), Ok(second));
+        }
+    }
 }

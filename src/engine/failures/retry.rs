@@ -348,6 +348,7 @@ impl<P: LedgerPorts> Work<'_, P> {
                 resolved += 1;
             } else {
                 e.attempts += 1;
+                let job_failed = failure.is_some() && !said.contains_key(&e.key);
                 match (said.get(&e.key), failure) {
                     (Some(message), _) => {
                         e.kind = Kind::of(message);
@@ -367,7 +368,7 @@ impl<P: LedgerPorts> Work<'_, P> {
                         e.resource_type,
                         failure.unwrap_or_default()
                     );
-                } else if e.attempts > MAX_AUTOMATIC_RETRIES && e.class == Class::Transient {
+                } else if e.attempts > MAX_AUTOMATIC_RETRIES && (e.class == Class::Transient || job_failed) {
                     // Never a silent loop: an entry that keeps failing is shown as open, with its last reason.
                     e.class = Class::Permanent;
                     e.state = State::Open;
@@ -375,8 +376,12 @@ impl<P: LedgerPorts> Work<'_, P> {
                         "gave up after {MAX_AUTOMATIC_RETRIES} automatic retries; the last: {}: fix the cause, then retry it, or accept it",
                         e.message
                     );
-                } else if e.kind == Kind::Future || (failure.is_some() && e.class == Class::Transient) {
+                } else if e.kind == Kind::Future {
                     e.class = Class::Transient;
+                    e.next_attempt = Some(now + backoff(e.attempts));
+                } else if job_failed {
+                    // The job failed as a whole, which says nothing about this version (another instance
+                    // rewrote the file, the server failed): the retry, automatic or an operator's, goes on later.
                     e.next_attempt = Some(now + backoff(e.attempts));
                 } else {
                     e.class = Class::Permanent;

@@ -138,8 +138,9 @@ impl Sim {
     /// and one either side: the edges of whole-day windows from the oldest version), a run of 1,210 consecutive
     /// occupied milliseconds up to the second edge (no empty one near enough, so the export's count must decide), `writes` versions written while the migration runs (new
     /// resources and new versions of old ones, some on one millisecond), a tenth of them visible only up to 200 s
-    /// after their lastUpdated (late commits inside the safety lag, reference §11.10), and each `_till` reading
-    /// chosen by the seed per request kind, with AHDS's inclusive fallback on some parallel exports (§11.9).
+    /// after their lastUpdated (late commits inside the safety lag, reference §11.10), each `_till` reading
+    /// chosen by the seed per request kind, with AHDS's inclusive fallback on some parallel exports (§11.9), and
+    /// the source's clock off the tool's by up to 15 minutes either way.
     pub fn live_source(&mut self, writes: u32) {
         let mut w = self.world.lock().unwrap_or_else(|p| p.into_inner());
         let day = TimeDelta::days(1).num_milliseconds();
@@ -217,6 +218,8 @@ impl Sim {
         }
         w.source.sort();
         w.source.dedup();
+        // The source's clock off the tool's, either way, within and beyond the safety lag (300 s).
+        w.source_skew = TimeDelta::seconds([-900, -120, 0, 0, 120, 900][self.rng.below(6) as usize]);
         w.till_inclusive_parallel = self.rng.chance(30);
         w.till_inclusive_typed = self.rng.chance(50);
         w.inclusive_fallback = [0, 10, 50][self.rng.below(3) as usize];

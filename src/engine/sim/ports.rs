@@ -505,10 +505,10 @@ impl Ports for SimPorts {
             .cloned())
     }
 
-    /// The simulated servers say nothing about single lines: every failed line counts as permanent.
-    /// The simulated servers share the simulation's clock.
+    /// The source's clock as its answers' `Date` header gives it: whole seconds (so up to a second behind).
     fn source_now(&self) -> Option<DateTime<Utc>> {
-        None
+        let t = self.world().source_clock();
+        DateTime::from_timestamp(t.timestamp(), 0)
     }
 
     async fn trim_for_capacity(

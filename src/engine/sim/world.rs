@@ -107,6 +107,8 @@ pub struct World {
     /// The failure ledger's table as the tool's own code wrote it (`engine::failures`): rows by key, with
     /// their ETag numbers.
     pub ledger: BTreeMap<String, (crate::ledger::Entry, u64)>,
+    /// How far the source server's clock is ahead of the tool's (negative: behind).
+    pub source_skew: TimeDelta,
     /// How many times each file was written, by URL, for those written more than once (retry files).
     pub writes: HashMap<String, u64>,
     /// Versions an operator wrote at the destination that the source never had (their conflicts are named).
@@ -144,6 +146,7 @@ impl World {
             ledger: BTreeMap::new(),
             foreign: BTreeSet::new(),
             writes: HashMap::new(),
+            source_skew: TimeDelta::zero(),
         }
     }
 
@@ -172,8 +175,14 @@ impl World {
         row.as_ref().is_none_or(|t| t.0 == format!("W/\"{stored}\""))
     }
 
+    /// The source server's clock: the simulation's, off by the source's skew. Versions carry the source's
+    /// instants, and become visible by its clock.
+    pub fn source_clock(&self) -> DateTime<Utc> {
+        self.now + self.source_skew
+    }
+
     fn visible(&self) -> impl Iterator<Item = &Version> {
-        let now_ms = self.now.timestamp_millis();
+        let now_ms = self.source_clock().timestamp_millis();
         self.source
             .iter()
             .filter(move |v| v.at_ms <= now_ms && self.late.get(v).is_none_or(|at| *at <= now_ms))

@@ -206,6 +206,35 @@ pub fn key_part(value: &str, max: usize) -> String {
 const MESSAGE_CHARS: usize = 2000;
 
 impl Entry {
+    /// A new open, permanent entry seen once at `now`, naming nothing yet (no resource, file or position):
+    /// the fields a failure knows are set over it.
+    pub fn open(key: String, window: i64, kind: Kind, message: String, now: DateTime<Utc>) -> Entry {
+        Entry {
+            key,
+            window,
+            resource_type: String::new(),
+            id: String::new(),
+            version_id: String::new(),
+            last_updated: String::new(),
+            kind,
+            class: Class::Permanent,
+            state: State::Open,
+            message,
+            error_file: String::new(),
+            input_file: String::new(),
+            offset: 0,
+            line: 0,
+            first_seen: now,
+            last_seen: now,
+            attempts: 1,
+            resolution: String::new(),
+            retry_import: String::new(),
+            next_attempt: None,
+            unnamed_lines: 0,
+            etag: None,
+        }
+    }
+
     /// The row key of a resource version: `Type|id|versionId`, each part escaped so that anything a refused
     /// line holds (an invalid id with `/`, `#` or control characters, a very long value) still makes a valid
     /// Table storage key.

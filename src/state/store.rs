@@ -173,41 +173,36 @@ impl StateStore {
     pub async fn redrive_rows(&self, id: i64, next_job: i64) -> Result<Vec<Job>, TableError> {
         // Its rows lie between its first one and the next window to be planned: a key range that does not grow
         // with the history written since.
-        let query = format!(
-            "{} and RowKey ge {} and RowKey lt {} and Redrive eq {id}L",
-            filter::eq("PartitionKey", &self.partition_key),
-            filter::literal(&job_key(&self.row_key, id)),
-            filter::literal(&job_key(&self.row_key, next_job.max(id + 1))),
-        );
-        let mut jobs: Vec<Job> = self
-            .export
-            .query_all(Some(&query))
-            .await?
-            .iter()
-            .filter_map(Job::from_entity)
-            .filter(|j| j.redrive.as_ref().is_some_and(|r| r.id == id))
-            .collect();
+        let mut jobs = self
+            .window_rows(id, next_job.max(id + 1), &format!(" and Redrive eq {id}L"))
+            .await?;
+        jobs.retain(|j| j.redrive.as_ref().is_some_and(|r| r.id == id));
         jobs.sort_by_key(|j| j.seq);
         Ok(jobs)
     }
 
     /// Window rows in a sequence range, newest first (status and history views).
     pub async fn jobs_between(&self, from: i64, to: i64) -> Result<Vec<Job>, TableError> {
+        let mut jobs = self.window_rows(from, to, "").await?;
+        jobs.sort_by_key(|j| std::cmp::Reverse(j.seq));
+        Ok(jobs)
+    }
+
+    /// The window rows with sequence numbers in `[from, to)`, with `more` added to the query's filter.
+    async fn window_rows(&self, from: i64, to: i64, more: &str) -> Result<Vec<Job>, TableError> {
         let query = format!(
-            "{} and RowKey ge {} and RowKey lt {}",
+            "{} and RowKey ge {} and RowKey lt {}{more}",
             filter::eq("PartitionKey", &self.partition_key),
             filter::literal(&job_key(&self.row_key, from)),
             filter::literal(&job_key(&self.row_key, to)),
         );
-        let mut jobs: Vec<Job> = self
+        Ok(self
             .export
             .query_all(Some(&query))
             .await?
             .iter()
             .filter_map(Job::from_entity)
-            .collect();
-        jobs.sort_by_key(|j| std::cmp::Reverse(j.seq));
-        Ok(jobs)
+            .collect())
     }
 }
 

@@ -129,15 +129,12 @@ mod tests {
     use crate::engine::core::{Action, Timer};
 
     fn ctx<'a>(settings: &'a crate::config::MigrationSettings, timing: &'a crate::engine::Timing) -> Context<'a> {
-        Context {
+        Context::for_test(
             settings,
             timing,
-            timer: Timer::ExportStatus,
-            now: chrono::Utc.with_ymd_and_hms(2026, 1, 10, 0, 0, 0).unwrap(),
-            source_now: None,
-            export_table: "export",
-            nonce: 1,
-        }
+            Timer::ExportStatus,
+            chrono::Utc.with_ymd_and_hms(2026, 1, 10, 0, 0, 0).unwrap(),
+        )
     }
 
     fn job(planned: i64, on_end: i64, early: bool) -> Job {

@@ -163,15 +163,12 @@ mod tests {
 
     fn decide(settings: &crate::config::MigrationSettings, snapshot: &Snapshot, facts: &Facts) -> Action {
         let timing = crate::engine::Timing::default();
-        let ctx = Context {
+        let ctx = Context::for_test(
             settings,
-            timing: &timing,
-            timer: Timer::ImportStatus,
-            now: chrono::Utc.with_ymd_and_hms(2026, 1, 10, 0, 0, 0).unwrap(),
-            source_now: None,
-            export_table: "export",
-            nonce: 1,
-        };
+            &timing,
+            Timer::ImportStatus,
+            chrono::Utc.with_ymd_and_hms(2026, 1, 10, 0, 0, 0).unwrap(),
+        );
         step(&ctx, snapshot, facts)
     }
 

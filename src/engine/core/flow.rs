@@ -108,15 +108,7 @@ mod tests {
         ]);
         let timing = crate::engine::Timing::default();
         let now = chrono::Utc.with_ymd_and_hms(2026, 1, 10, 0, 0, 0).unwrap();
-        let ctx = Context {
-            settings: &settings,
-            timing: &timing,
-            timer: Timer::Starter,
-            now,
-            source_now: None,
-            export_table: "export",
-            nonce: 1,
-        };
+        let ctx = Context::for_test(&settings, &timing, Timer::Starter, now);
         let mut snapshot = Snapshot::default();
         snapshot.cursor.failures = 3;
         let mut failing = Job::planned(

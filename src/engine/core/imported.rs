@@ -177,15 +177,12 @@ mod tests {
         for (policy, expected) in [("Halt", ImportStatus::Halted), ("Continue", ImportStatus::Completed)] {
             let settings = crate::engine::sim::settings(&[("AZURE_ImportErrorPolicy", policy)]);
             let timing = crate::engine::Timing::default();
-            let ctx = Context {
-                settings: &settings,
-                timing: &timing,
-                timer: Timer::ImportStatus,
-                now: chrono::Utc.with_ymd_and_hms(2026, 1, 10, 0, 0, 0).unwrap(),
-                source_now: None,
-                export_table: "export",
-                nonce: 1,
-            };
+            let ctx = Context::for_test(
+                &settings,
+                &timing,
+                Timer::ImportStatus,
+                chrono::Utc.with_ymd_and_hms(2026, 1, 10, 0, 0, 0).unwrap(),
+            );
             let now = ctx.now;
             let job = Job::planned(1, now - chrono::TimeDelta::days(1), now, "");
             let mut p = Payload::new(1, job.attempt, 0, "payload-0".into());

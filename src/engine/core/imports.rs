@@ -449,13 +449,8 @@ mod tests {
         now: chrono::DateTime<chrono::Utc>,
     ) -> Context<'a> {
         Context {
-            settings,
-            timing,
-            timer: Timer::ImportStatus,
-            now,
-            source_now: None,
-            export_table: "export",
             nonce: 7,
+            ..Context::for_test(settings, timing, Timer::ImportStatus, now)
         }
     }
 

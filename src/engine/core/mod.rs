@@ -444,6 +444,27 @@ pub struct Context<'a> {
     pub nonce: u64,
 }
 
+#[cfg(test)]
+impl<'a> Context<'a> {
+    /// A unit test's context: no source clock yet, the `export` table, nonce 1.
+    pub fn for_test(
+        settings: &'a MigrationSettings,
+        timing: &'a crate::engine::Timing,
+        timer: Timer,
+        now: DateTime<Utc>,
+    ) -> Context<'a> {
+        Context {
+            settings,
+            timing,
+            timer,
+            now,
+            source_now: None,
+            export_table: "export",
+            nonce: 1,
+        }
+    }
+}
+
 impl Context<'_> {
     /// The instant the frontier is measured from: the earlier of this machine's clock and the source's.
     pub fn clock(&self) -> DateTime<Utc> {

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::engine::{Engine, EngineError};
-use crate::ledger::{Class, Entry, Kind, State};
+use crate::ledger::{Entry, Kind};
 
 impl Engine {
     /// Writes a copy of `file` (read from `url`) without the lines in `out`, named after the original with
@@ -146,29 +146,21 @@ pub(crate) fn version_number(v: &str) -> i64 {
 /// A ledger entry for an exported line the tool left out of an import (kind `SameMillisecond`, permanent).
 pub(crate) fn left_out_entry(window: i64, l: &Line, input_url: &str, message: String, now: DateTime<Utc>) -> Entry {
     Entry {
-        key: Entry::key_of(&l.resource_type, &l.id, &l.version),
-        window,
         resource_type: l.resource_type.clone(),
         id: l.id.clone(),
         version_id: l.version.clone(),
         last_updated: l.last_updated.clone(),
-        kind: Kind::SameMillisecond,
-        class: Class::Permanent,
-        state: State::Open,
-        message,
         // Not from an error file: a repeat of the same examination finds its own entry and changes nothing.
         error_file: String::new(),
         input_file: input_url.to_string(),
-        offset: 0,
         line: l.number,
-        first_seen: now,
-        last_seen: now,
-        attempts: 1,
-        resolution: String::new(),
-        retry_import: String::new(),
-        next_attempt: None,
-        unnamed_lines: 0,
-        etag: None,
+        ..Entry::open(
+            Entry::key_of(&l.resource_type, &l.id, &l.version),
+            window,
+            Kind::SameMillisecond,
+            message,
+            now,
+        )
     }
 }
 

@@ -338,8 +338,6 @@ fn line_entry(
     });
     Failed {
         entry: Entry {
-            key,
-            window,
             resource_type: if resource_type.is_empty() {
                 file.resource_type.clone().unwrap_or_default()
             } else {
@@ -348,22 +346,12 @@ fn line_entry(
             id,
             version_id,
             last_updated,
-            kind,
-            class: Class::Permanent,
-            state: State::Open,
-            message: said.message,
             error_file: file.url.clone(),
             input_file: input_url.to_string(),
             offset,
             line,
-            first_seen: now,
-            last_seen: now,
-            attempts: 1,
-            resolution: String::new(),
-            retry_import: String::new(),
             next_attempt,
-            unnamed_lines: 0,
-            etag: None,
+            ..Entry::open(key, window, kind, said.message, now)
         },
         input: raw.and_then(|l| serde_json::from_slice(l).ok()),
     }
@@ -372,31 +360,20 @@ fn line_entry(
 /// An error file the tool could not read: how many lines failed is known, not which.
 fn unreadable(window: i64, file: &ImportErrorFile, now: DateTime<Utc>) -> Entry {
     Entry {
-        key: file_key("file", &file.url, ""),
-        window,
         resource_type: file.resource_type.clone().unwrap_or_default(),
-        id: String::new(),
-        version_id: String::new(),
-        last_updated: String::new(),
-        kind: Kind::Unreadable,
-        class: Class::Permanent,
-        state: State::Open,
-        message: format!(
-            "{} line(s) failed, but the error file could not be read with the tool's storage access: grant it read access to the export account (AZURE_IntegrationStorageUri), then retry",
-            file.count
-        ),
         error_file: file.url.clone(),
         input_file: file.input_url.clone().unwrap_or_default(),
-        offset: 0,
-        line: 0,
-        first_seen: now,
-        last_seen: now,
-        attempts: 1,
-        resolution: String::new(),
-        retry_import: String::new(),
-        next_attempt: None,
         unnamed_lines: file.count,
-        etag: None,
+        ..Entry::open(
+            file_key("file", &file.url, ""),
+            window,
+            Kind::Unreadable,
+            format!(
+                "{} line(s) failed, but the error file could not be read with the tool's storage access: grant it read access to the export account (AZURE_IntegrationStorageUri), then retry",
+                file.count
+            ),
+            now,
+        )
     }
 }
 

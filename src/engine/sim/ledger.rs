@@ -7,7 +7,7 @@ use chrono::TimeDelta;
 use serde_json::Value;
 
 use super::destination::{render, version_of};
-use super::ports::{SimPorts, conflict, exists, injected};
+use super::ports::{SimPorts, conflict, exists};
 use super::world::{Version, World};
 use crate::engine::EngineError;
 use crate::engine::core::rules::CancelAnswer;
@@ -88,17 +88,7 @@ impl LedgerPorts for SimPorts {
             fits
         };
         self.leave().await;
-        if result.is_ok() {
-            let timed_out = {
-                let mut w = self.world();
-                let p = w.faults.table_timeout;
-                w.rng.chance(p)
-            };
-            if timed_out {
-                return Err(injected(500, "OperationTimedOut"));
-            }
-        }
-        result
+        self.maybe_timed_out(result)
     }
 
     async fn read_blob(&self, url: &str) -> Option<Vec<u8>> {

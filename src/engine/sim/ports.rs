@@ -93,6 +93,19 @@ impl SimPorts {
         Ok(())
     }
 
+    /// A write's answer, or (by the schedule's fault rate) a timeout after it took effect: the caller cannot
+    /// tell it happened.
+    pub(super) fn maybe_timed_out<T>(&self, result: Result<T, TableError>) -> Result<T, TableError> {
+        if result.is_ok() {
+            let mut w = self.world();
+            let p = w.faults.table_timeout;
+            if w.rng.chance(p) {
+                return Err(injected(500, "OperationTimedOut"));
+            }
+        }
+        result
+    }
+
     pub fn crashed(&self) -> bool {
         self.crash.lock().unwrap_or_else(|p| p.into_inner()).crashed
     }
@@ -371,18 +384,7 @@ impl Ports for SimPorts {
             }
         };
         self.leave().await;
-        // A timeout after the write took effect: the caller cannot tell it happened.
-        if result.is_ok() {
-            let timed_out = {
-                let mut w = self.world();
-                let p = w.faults.table_timeout;
-                w.rng.chance(p)
-            };
-            if timed_out {
-                return Err(injected(500, "OperationTimedOut"));
-            }
-        }
-        result
+        self.maybe_timed_out(result)
     }
 
     async fn count(&self, t: Option<&str>, since: DateTime<Utc>, till: DateTime<Utc>) -> Result<u64, EngineError> {

@@ -143,15 +143,7 @@ fn a_stopped_recording_is_finished_by_the_next_run() {
 
 fn plan_step(settings: &MigrationSettings, snapshot: &Snapshot) -> Action {
     let timing = Timing::default();
-    let ctx = Context {
-        settings,
-        timing: &timing,
-        timer: Timer::Starter,
-        now: t0(),
-        source_now: None,
-        export_table: "export",
-        nonce: 1,
-    };
+    let ctx = Context::for_test(settings, &timing, Timer::Starter, t0());
     step(&ctx, snapshot, &Facts::default())
 }
 
@@ -259,15 +251,7 @@ fn a_redrive_part_is_sized_to_the_chunk_limit_when_claimed() {
     let mut snapshot = migrated();
     let (_, rows) = record_all(&settings, &mut snapshot, &request(2, 4, &[]));
     let timing = Timing::default();
-    let ctx = Context {
-        settings: &settings,
-        timing: &timing,
-        timer: Timer::Starter,
-        now: t0(),
-        source_now: None,
-        export_table: "export",
-        nonce: 1,
-    };
+    let ctx = Context::for_test(&settings, &timing, Timer::Starter, t0());
     let mut facts = Facts::default();
     facts.counts.insert((None, day(2), day(4)), 100);
     facts.counts.insert((None, day(2), day(3)), 50);

@@ -65,6 +65,8 @@ impl<P: LedgerPorts> Work<'_, P> {
             e.state = State::Retrying;
             e.next_attempt = Some(now);
             e.retry_import.clear();
+            // A new count of automatic retries for what the operator asked (after fixing the cause).
+            e.attempts = 1;
         })
         .await
     }
@@ -163,18 +165,20 @@ impl<P: LedgerPorts> Work<'_, P> {
             }
         }
         for (url, group) in in_flight {
+            // When the retry import was posted (see `start_retry`): past the job timeout it is given up on.
+            let posted = group.iter().map(|e| e.last_seen).max().unwrap_or(now);
+            let overdue = now - posted > self.0.job_timeout();
             match self.0.import_status(&url).await {
-                Ok(Poll::Running(_)) => {
-                    let posted = group.iter().map(|e| e.last_seen).max().unwrap_or(now);
-                    if now - posted > self.0.job_timeout() {
-                        lines.push(self.give_up_on(&url, group, now).await?);
-                    }
-                }
+                Ok(Poll::Running(_)) if overdue => lines.push(self.give_up_on(&url, group, now).await?),
+                Ok(Poll::Running(_)) => {}
                 Ok(Poll::Done(result)) => lines.push(self.settle(group, &result.error, None, now).await?),
                 Ok(Poll::Failed { status, diagnostics }) => {
                     let why = format!("the retry import failed: HTTP {status}: {diagnostics}");
                     lines.push(self.settle(group, &[], Some(&why), now).await?);
                 }
+                // Unanswered past the job timeout: given up on too (its cancel is tried; the versions are queued
+                // again), never polled for ever.
+                Err(_) if overdue => lines.push(self.give_up_on(&url, group, now).await?),
                 Err(e) => lines.push(format!(
                     "Could not poll the retry import {url} (next tick tries again): {e}"
                 )),
@@ -193,7 +197,11 @@ impl<P: LedgerPorts> Work<'_, P> {
         // they are retried in an import of their own, after the others, never holding those back.
         let (crowded, others): (Vec<Entry>, Vec<Entry>) =
             to_import.into_iter().partition(|e| e.kind == Kind::SameMillisecond);
-        let batch = if others.is_empty() { crowded } else { others };
+        let batch = if others.is_empty() {
+            one_per_millisecond(crowded)
+        } else {
+            others
+        };
         if !batch.is_empty() {
             lines.push(self.start_retry(batch.into_iter().take(BATCH).collect(), now).await?);
         }
@@ -234,13 +242,13 @@ impl<P: LedgerPorts> Work<'_, P> {
                     posted.push(e);
                 }
                 None => {
-                    // Nothing to import from: the export file is gone. Only a new export can bring it.
-                    e.state = State::Open;
-                    e.class = Class::Permanent;
-                    e.message = format!(
-                        "cannot retry: the exported line is no longer readable in {}; re-export its window",
+                    // Nothing to import from this time: the storage read failed, or the export file is gone (then
+                    // only a new export can bring it, and the bound below shows it open).
+                    let why = format!(
+                        "cannot retry yet: the exported line could not be read from {} (tried again later; if the file is gone, re-export its window)",
                         e.input_file
                     );
+                    requeue(&mut e, now, why);
                     self.save_quietly(&e).await?;
                 }
             }
@@ -251,10 +259,11 @@ impl<P: LedgerPorts> Work<'_, P> {
         let name = {
             use std::hash::{Hash, Hasher};
             let mut h = std::collections::hash_map::DefaultHasher::new();
-            // Each queueing of an entry (an attempt, an operator's retry) names a new file, so the destination
-            // never hands back an earlier retry's job for the same definition (reference §11.7: it de-duplicates
-            // on the raw definition, finished jobs included); a repeat of this very attempt (a crash before the
-            // status URL was recorded) names the same file and gets its own job back.
+            // Each queueing of an entry (an attempt, an operator's retry) names a new file, so the definition is
+            // new even where the file's ETag cannot be sent (reference §11.7: the destination de-duplicates on the
+            // raw definition, finished jobs included). A repeat of this attempt (a crash before the status URL was
+            // recorded) writes the same file again, which gives it a new ETag and so a new job: the earlier one
+            // runs on unrecorded and imports the same versions, which changes nothing (reference §6.2).
             for e in &posted {
                 (&e.key, e.attempts, e.next_attempt.map(|t| t.timestamp_micros())).hash(&mut h);
             }
@@ -266,7 +275,17 @@ impl<P: LedgerPorts> Work<'_, P> {
             .write_retry_file(&first.input_file, &name, body.into_bytes())
             .await?
         else {
-            return Ok("Failure ledger: the export account is not one the tool can write to".into());
+            let why = format!(
+                "cannot retry: the account of {} is not one the tool can write its retry file to (AZURE_IntegrationStorageUri); re-export the window, or accept it",
+                first.input_file
+            );
+            for mut e in posted {
+                e.state = State::Open;
+                e.class = Class::Permanent;
+                e.message = why.clone();
+                self.save_quietly(&e).await?;
+            }
+            return Ok(format!("Failure ledger: {why}"));
         };
         let mut part = vec![json!({ "name": "url", "valueUri": url })];
         if let Some(etag) = etag {
@@ -281,11 +300,13 @@ impl<P: LedgerPorts> Work<'_, P> {
         let status_url = match self.0.post_import(&parameters).await {
             Ok(url) => url,
             Err(refused) => {
-                // The entries stay queued, a little later each time, with the reason shown.
+                // The entries stay queued, a little later each time, with the reason shown (bounded).
                 for mut e in posted {
-                    e.attempts += 1;
-                    e.next_attempt = Some(now + backoff(e.attempts));
-                    e.message = format!("the retry import was not accepted (tried again later): {refused}");
+                    requeue(
+                        &mut e,
+                        now,
+                        format!("the retry import was not accepted (tried again later): {refused}"),
+                    );
                     self.save_quietly(&e).await?;
                 }
                 return Ok(format!(
@@ -347,43 +368,31 @@ impl<P: LedgerPorts> Work<'_, P> {
                 e.resolution = format!("imported on retry (attempt {})", e.attempts + 1);
                 resolved += 1;
             } else {
-                e.attempts += 1;
                 let job_failed = failure.is_some() && !said.contains_key(&e.key);
-                match (said.get(&e.key), failure) {
-                    (Some(message), _) => {
-                        e.kind = Kind::of(message);
-                        e.message = message.clone();
-                    }
-                    (None, Some(why)) => e.message = why.to_string(),
-                    (None, None) => {}
+                if let Some(message) = said.get(&e.key) {
+                    e.kind = Kind::of(message);
                 }
-                if failure.is_some_and(|f| f.contains(crate::engine::core::capacity::CAPACITY_TEXT)) {
-                    // Its millisecond is full at the destination: no retry can bring it (reference §11.1).
-                    e.kind = Kind::SameMillisecond;
-                    e.class = Class::Permanent;
-                    e.state = State::Open;
-                    e.message = format!(
-                        "the retry import was refused because the destination's millisecond {} is full for {}: accept the loss with a reason, or write the resource through the REST API ({})",
-                        e.last_updated,
-                        e.resource_type,
-                        failure.unwrap_or_default()
-                    );
-                } else if e.attempts > MAX_AUTOMATIC_RETRIES && (e.class == Class::Transient || job_failed) {
-                    // Never a silent loop: an entry that keeps failing is shown as open, with its last reason.
-                    e.class = Class::Permanent;
-                    e.state = State::Open;
-                    e.message = format!(
-                        "gave up after {MAX_AUTOMATIC_RETRIES} automatic retries; the last: {}: fix the cause, then retry it, or accept it",
-                        e.message
-                    );
+                let why = said
+                    .get(&e.key)
+                    .cloned()
+                    .or(failure.map(str::to_string))
+                    .unwrap_or_else(|| e.message.clone());
+                if job_failed {
+                    if failure.is_some_and(|f| f.contains(crate::engine::core::capacity::CAPACITY_TEXT)) {
+                        // Retried as the versions left out over the capacity are: one per millisecond an import.
+                        e.kind = Kind::SameMillisecond;
+                    }
+                    // The job failed as a whole, which says nothing sure about this version (the server failed,
+                    // another instance rewrote the file, or the same-millisecond message, which the server also
+                    // gives after repeated SQL conflicts): the retry, automatic or an operator's, goes on later,
+                    // within the bound.
+                    requeue(&mut e, now, why);
                 } else if e.kind == Kind::Future {
                     e.class = Class::Transient;
-                    e.next_attempt = Some(now + backoff(e.attempts));
-                } else if job_failed {
-                    // The job failed as a whole, which says nothing about this version (another instance
-                    // rewrote the file, the server failed): the retry, automatic or an operator's, goes on later.
-                    e.next_attempt = Some(now + backoff(e.attempts));
+                    requeue(&mut e, now, why);
                 } else {
+                    e.attempts += 1;
+                    e.message = why;
                     e.class = Class::Permanent;
                     e.state = State::Open;
                 }
@@ -409,12 +418,11 @@ impl<P: LedgerPorts> Work<'_, P> {
         let count = group.len();
         for mut e in group {
             e.retry_import.clear();
-            e.attempts += 1;
-            e.next_attempt = Some(now);
-            e.message = format!(
-                "the retry import {} ran past the job timeout and was cancelled; tried again",
+            let why = format!(
+                "the retry import {} ran past the job timeout and was cancelled (tried again later)",
                 crate::telemetry::id_of(url)
             );
+            requeue(&mut e, now, why);
             self.save_quietly(&e).await?;
         }
         Ok(format!(
@@ -531,6 +539,36 @@ impl<P: LedgerPorts> Work<'_, P> {
 /// Automatic retries of one entry before it is shown as open for an operator (with the backoff below, about a
 /// day of retrying).
 const MAX_AUTOMATIC_RETRIES: i64 = 30;
+
+/// Of entries left out over the same-millisecond capacity, one per resource type and millisecond: a retry import
+/// then adds at most one row to any millisecond, so it fails for the capacity only where that millisecond is
+/// full at the destination (a batch of several could overflow one that has room for some).
+fn one_per_millisecond(entries: Vec<Entry>) -> Vec<Entry> {
+    let mut seen = std::collections::HashSet::new();
+    entries
+        .into_iter()
+        .filter(|e| {
+            let ms = DateTime::parse_from_rfc3339(&e.last_updated).map_or(i64::MIN, |t| t.timestamp_millis());
+            seen.insert((e.resource_type.clone(), ms))
+        })
+        .collect()
+}
+
+/// Queues an entry again after a retry that did not bring it, a little later each time, with the reason; past
+/// [`MAX_AUTOMATIC_RETRIES`] it is shown as open with its last reason instead, never retried for ever.
+fn requeue(e: &mut Entry, now: DateTime<Utc>, why: String) {
+    e.attempts += 1;
+    if e.attempts > MAX_AUTOMATIC_RETRIES {
+        e.class = Class::Permanent;
+        e.state = State::Open;
+        e.message = format!(
+            "gave up after {MAX_AUTOMATIC_RETRIES} retries; the last: {why}: fix the cause, then retry it (`failures retry`), or accept it"
+        );
+    } else {
+        e.message = why;
+        e.next_attempt = Some(now + backoff(e.attempts));
+    }
+}
 
 /// The wait before an entry's next automatic retry: 5 minutes per attempt, at most an hour.
 fn backoff(attempts: i64) -> TimeDelta {

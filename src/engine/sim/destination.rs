@@ -56,13 +56,15 @@ impl World {
 
     /// Applies import `id` of `files`; the server's reason when the job fails.
     pub(super) fn apply_import(&mut self, id: usize, files: &[(String, Vec<Version>)]) -> Result<ImportResult, String> {
-        // Lines refused as they are read, before any batch is formed: lastUpdated ahead of the destination's clock.
-        let mut future = BTreeSet::new();
-        for v in files.iter().flat_map(|(_, vs)| vs) {
-            if self.rng.chance(self.faults.future_refusals) {
-                future.insert(*v);
-            }
-        }
+        // Lines refused as they are read, before any batch is formed: lastUpdated more than 10 s ahead of the
+        // destination's clock (reference §5.3).
+        let limit = (self.now - self.destination_behind).timestamp_millis() + 10_000;
+        let future: BTreeSet<Version> = files
+            .iter()
+            .flat_map(|(_, vs)| vs)
+            .filter(|v| v.at_ms > limit)
+            .copied()
+            .collect();
         let all = || files.iter().flat_map(|(_, vs)| vs).filter(|v| !future.contains(*v));
         let mut per_ms: HashMap<i64, usize> = HashMap::new();
         for v in all() {

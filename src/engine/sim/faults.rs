@@ -54,9 +54,6 @@ pub struct Faults {
     /// although no type is over the capacity (the server uses that text after repeated SQL conflicts too): the
     /// tool can only retry, then halt with the reason.
     pub id_refusals_over: Option<usize>,
-    /// Percent of imported versions the destination refuses as "in the future" (its clock behind the source's,
-    /// reference §5.3): transient, the tool retries them on its own once due.
-    pub future_refusals: u64,
     /// Table storage calls answered 503 before they take effect.
     pub table_unavailable: u64,
     /// Table storage writes that take effect but whose answer is a timeout.

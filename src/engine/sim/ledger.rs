@@ -209,3 +209,80 @@ fn import_id(url: &str) -> Option<usize> {
         .parse()
         .ok()
 }
+
+/// What the ledger says at the end of a schedule, checked against the world: a version it calls resolved is at
+/// the destination (with its lastUpdated), nothing is left waiting for a retry once the faults have stopped, and
+/// every open entry's reason holds (a conflict has another version on its millisecond at the destination, a
+/// duplicate or a version left out beside another of its resource has that other version at the source, a
+/// version left out over the capacity has its millisecond full), unless the entry says the tool gave up
+/// retrying it. An entry opened on a wrong reason would otherwise pass as "named".
+pub(super) fn problems(w: &World) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (e, _) in w.ledger.values() {
+        let Some(v) = version_of_entry(e) else {
+            problems.push(format!("ledger entry {} names no version the world knows", e.key));
+            continue;
+        };
+        match e.state {
+            State::Resolved if !w.destination.contains(&v) => problems.push(format!(
+                "ledger entry {} is resolved ({}), but its version is not at the destination",
+                e.key, e.resolution
+            )),
+            State::Retrying => problems.push(format!(
+                "ledger entry {} is still waiting for a retry ({})",
+                e.key, e.message
+            )),
+            // Given up after its retries: the last reason must hold when it was the capacity.
+            State::Open
+                if e.message.starts_with("gave up after")
+                    && e.message.contains(crate::engine::core::capacity::CAPACITY_TEXT)
+                    && !reason_holds(w, crate::ledger::Kind::SameMillisecond, &v) =>
+            {
+                problems.push(format!(
+                    "ledger entry {} gave up on the capacity ({}), but its millisecond is not full",
+                    e.key, e.message
+                ))
+            }
+            State::Open if !e.message.starts_with("gave up after") && !reason_holds(w, e.kind, &v) => {
+                problems.push(format!(
+                    "ledger entry {} is open as {:?} ({}), which the world does not bear out",
+                    e.key, e.kind, e.message
+                ))
+            }
+            _ => {}
+        }
+    }
+    problems
+}
+
+fn version_of_entry(e: &Entry) -> Option<Version> {
+    Some(Version {
+        resource: e.id.strip_prefix('r')?.parse().ok()?,
+        version: e.version_id.parse().ok()?,
+        at_ms: chrono::DateTime::parse_from_rfc3339(&e.last_updated)
+            .ok()?
+            .timestamp_millis(),
+    })
+}
+
+fn reason_holds(w: &World, kind: crate::ledger::Kind, v: &Version) -> bool {
+    use crate::ledger::Kind;
+    let beside = |vs: &mut dyn Iterator<Item = &Version>| {
+        vs.filter(|o| o.resource == v.resource && o.at_ms == v.at_ms && o.version != v.version)
+            .count()
+            > 0
+    };
+    let full = w.faults.same_ms_capacity.is_some_and(|cap| {
+        w.destination
+            .iter()
+            .filter(|d| d.resource_type() == v.resource_type() && d.at_ms == v.at_ms)
+            .count()
+            >= cap
+    });
+    match kind {
+        Kind::Conflict => beside(&mut w.destination.iter()),
+        Kind::Duplicate => beside(&mut w.source.iter()),
+        Kind::SameMillisecond => full || beside(&mut w.source.iter()),
+        _ => false,
+    }
+}

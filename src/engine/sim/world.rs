@@ -109,6 +109,9 @@ pub struct World {
     pub ledger: BTreeMap<String, (crate::ledger::Entry, u64)>,
     /// How far the source server's clock is ahead of the tool's (negative: behind).
     pub source_skew: TimeDelta,
+    /// How far the destination's clock is behind the tool's: it refuses a version whose lastUpdated is more than
+    /// 10 s ahead of its clock as "in the future" (reference §5.3), which the ledger retries on its own.
+    pub destination_behind: TimeDelta,
     /// How many times each file was written, by URL, for those written more than once (retry files).
     pub writes: HashMap<String, u64>,
     /// Versions an operator wrote at the destination that the source never had (their conflicts are named).
@@ -147,6 +150,7 @@ impl World {
             foreign: BTreeSet::new(),
             writes: HashMap::new(),
             source_skew: TimeDelta::zero(),
+            destination_behind: TimeDelta::zero(),
         }
     }
 

@@ -48,7 +48,7 @@ fn seeded_schedules_with_crashes_two_shells_and_server_faults_lose_nothing() {
     let mut failures = Vec::new();
     let mut left_out = 0;
     let mut retried = 0;
-    for seed in seeds(1000) {
+    for seed in seeds(500) {
         let overlap = seed % 2 == 0;
         let mut sim = Sim::new(
             seed,
@@ -523,7 +523,7 @@ fn a_redrive_brings_back_versions_deleted_at_the_destination() {
 /// item 5).
 #[test]
 fn of_two_versions_on_one_millisecond_the_destination_gets_the_later_one() {
-    for seed in seeds(20) {
+    for seed in seeds(40) {
         for scan in [true, false] {
             let mut sim = Sim::new(
                 seed,

@@ -137,3 +137,61 @@ fn retries_that_never_succeed_end_open_with_their_reason() {
         }
     }
 }
+
+/// The same version refused again in a later import's error file is one more attempt on its entry, with the
+/// newer reason, even when the entry was resolved meanwhile: a version the destination lost and refuses again is
+/// open again, never left resolved. The same error file read again (a replay) changes nothing.
+#[test]
+fn a_version_refused_again_in_a_new_error_file_updates_its_entry() {
+    use crate::fhir::wire::ImportErrorFile;
+    let sim = Sim::new(1, settings(&[]), 4, 0, Faults::default());
+    let v = sim.world().source[0];
+    let input = "https://exports/0/Patient-0.ndjson".to_string();
+    let line = |text: &str| {
+        serde_json::json!({ "resourceType": "OperationOutcome", "issue": [{ "severity": "error",
+            "details": { "text": text },
+            "diagnostics": "Failed to process resource at line: 1 with stream start offset: 0" }] })
+        .to_string()
+    };
+    let file = |name: &str, text: &str| {
+        let url = format!("https://errors/{name}.ndjson");
+        sim.world().error_texts.insert(url.clone(), line(text) + "\n");
+        ImportErrorFile {
+            resource_type: Some(v.resource_type().into()),
+            count: 1,
+            input_url: Some(input.clone()),
+            url,
+        }
+    };
+    sim.world().files.insert(input.clone(), vec![v]);
+    let ports = sim.operator();
+    let now = sim.world().now;
+    let record = |f: &ImportErrorFile| {
+        futures::executor::block_on(Work(&ports).record_failures(1, std::slice::from_ref(f), now)).expect("recorded")
+    };
+    let first = file(
+        "a",
+        "Failed to import resource with version conflict, resource id: r0, line: 1",
+    );
+    record(&first);
+    record(&first);
+    let e = sim.world().ledger_entry(&v).cloned().expect("recorded");
+    assert_eq!((e.kind, e.state, e.attempts), (Kind::Conflict, State::Open, 1), "{e:?}");
+    // Resolved meanwhile (say an operator's retry brought it), then refused again in a new file.
+    {
+        let mut w = sim.world();
+        let (row, _) = w.ledger.get_mut(&key(&v)).expect("kept");
+        row.state = State::Resolved;
+        row.resolution = "imported on retry".into();
+    }
+    let second = file("b", "Failed to import duplicate resource, resource id: r0, line: 1");
+    record(&second);
+    let e = sim.world().ledger_entry(&v).cloned().expect("kept");
+    assert_eq!(
+        (e.kind, e.state, e.attempts),
+        (Kind::Duplicate, State::Open, 2),
+        "{e:?}"
+    );
+    assert_eq!(e.error_file, second.url);
+    assert!(e.message.contains("duplicate resource"), "{e:?}");
+}

@@ -456,8 +456,8 @@ impl<P: LedgerPorts> Work<'_, P> {
                 e.id
             ));
         }
-        e.attempts += 1;
-        e.next_attempt = Some(now + backoff(e.attempts));
+        let why = "the SearchParameter is not at the destination yet (the tool's SearchParameter sync copies it; see `status`)".to_string();
+        requeue(&mut e, now, why);
         self.save_quietly(&e).await?;
         Ok(format!(
             "Failure ledger: SearchParameter/{} is not at the destination yet",

@@ -61,10 +61,13 @@ impl<P: LedgerPorts> Work<'_, P> {
     /// no entry, or an entry already resolved, are reported in the error.
     /// An accepted entry named by its key is retried too (the operator changed their mind).
     pub async fn retry_failures(&self, which: &Selection, now: DateTime<Utc>) -> Result<usize, RequestError> {
-        self.change(which, true, |e| {
+        self.change(which, true, false, |e| {
+            // One whose retry import is running is being retried already: that import goes on.
+            if !e.retry_import.is_empty() {
+                return;
+            }
             e.state = State::Retrying;
             e.next_attempt = Some(now);
-            e.retry_import.clear();
             // A new count of automatic retries for what the operator asked (after fixing the cause).
             e.attempts = 1;
         })
@@ -76,7 +79,7 @@ impl<P: LedgerPorts> Work<'_, P> {
         if reason.trim().is_empty() {
             return Err(RequestError::NoReason);
         }
-        self.change(which, false, |e| {
+        self.change(which, false, true, |e| {
             e.state = State::Accepted;
             e.resolution = format!("accepted: {}", reason.trim());
             e.retry_import.clear();
@@ -96,7 +99,7 @@ impl<P: LedgerPorts> Work<'_, P> {
                 unknown.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(", "),
             ));
         }
-        self.change(which, true, |e| {
+        self.change(which, true, false, |e| {
             e.state = State::Open;
             e.resolution = format!("reopened (was {})", e.resolution);
         })
@@ -104,11 +107,13 @@ impl<P: LedgerPorts> Work<'_, P> {
     }
 
     /// Applies `apply` to the chosen entries: every unresolved one, or the named ones (which must be unresolved,
-    /// or accepted when `accepted_too`).
+    /// or accepted when `accepted_too`). With `stop_retries`, a retry import running for a chosen entry is
+    /// cancelled first (best effort), so no import the ledger no longer follows is left running.
     async fn change(
         &self,
         which: &Selection,
         accepted_too: bool,
+        stop_retries: bool,
         apply: impl Fn(&mut Entry),
     ) -> Result<usize, RequestError> {
         let entries = self.0.ledger_list(None).await?;
@@ -132,7 +137,12 @@ impl<P: LedgerPorts> Work<'_, P> {
             }
         };
         let mut changed = 0;
+        let mut cancelled = std::collections::HashSet::new();
         for mut e in chosen {
+            if stop_retries && !e.retry_import.is_empty() && cancelled.insert(e.retry_import.clone()) {
+                // A job that runs on anyway only imports versions again, which changes nothing.
+                let _ = self.0.cancel_import(&e.retry_import).await;
+            }
             apply(&mut e);
             match self.0.ledger_save(&e).await {
                 Ok(()) => {

@@ -31,6 +31,9 @@ use world::{Faults, Rng, Version, World};
 
 pub use ports::SimPorts;
 
+/// An operator's request run in a round (see [`Sim::round_with`]).
+pub type Request = Box<dyn for<'p> FnOnce(&'p SimPorts) -> Pin<Box<dyn Future<Output = ()> + 'p>>>;
+
 /// How a shell's tick ends early: before or after the effect of its n-th port call.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CrashPlan {
@@ -252,9 +255,15 @@ impl Sim {
 
     /// One round: one tick (or two interleaved), then the clock moves on.
     pub fn round(&mut self) {
+        self.round_with(None);
+    }
+
+    /// A round with an operator's request interleaved with the ticks at every call, under its own crash plan
+    /// (a command killed half way).
+    pub fn round_with(&mut self, request: Option<Request>) {
         let shells = if self.two_shells { 2 } else { 1 };
         let mut ports = Vec::new();
-        for _ in 0..shells {
+        for _ in 0..shells + usize::from(request.is_some()) {
             ports.push(SimPorts {
                 world: self.world.clone(),
                 crash: Arc::new(Mutex::new(self.crash_plan())),
@@ -267,7 +276,7 @@ impl Sim {
         let mut rng = Rng::new(self.rng.next());
         let failed = {
             let fail = FailPoints::default();
-            let shells: Vec<Shell<SimPorts>> = ports
+            let shells: Vec<Shell<SimPorts>> = ports[..shells]
                 .iter()
                 .map(|p| Shell {
                     ports: p,
@@ -285,6 +294,13 @@ impl Sim {
                 .zip(&timers)
                 .map(|(s, t)| Some(Box::pin(Self::tick(s, *t, now)) as Tick))
                 .collect();
+            if let Some(request) = request {
+                let p = &ports[ticks.len()];
+                ticks.push(Some(Box::pin(async move {
+                    request(p).await;
+                    Ok(crate::engine::TickReport::default())
+                })));
+            }
             let waker = futures::task::noop_waker();
             let mut cx = TaskContext::from_waker(&waker);
             let mut failed = Vec::new();

@@ -102,6 +102,9 @@ impl LedgerPorts for SimPorts {
 
     async fn vread(&self, resource_type: &str, id: &str, version_id: &str) -> Result<VersionRead, EngineError> {
         self.enter().await;
+        // The destination failing a read as often as Table storage fails a call: the recording or the retry's
+        // settling fails and is done again on a later tick.
+        self.storage_fault("vread")?;
         let (Some(resource), Ok(version)) = (
             id.strip_prefix('r').and_then(|n| n.parse::<u32>().ok()),
             version_id.parse::<u32>(),

@@ -130,9 +130,9 @@ impl LedgerPorts for SimPorts {
         })
     }
 
-    async fn has_search_parameter(&self, _id: &str) -> Result<bool, EngineError> {
-        // The simulated servers hold no SearchParameters.
-        Ok(false)
+    async fn has_search_parameter(&self, id: &str) -> Result<bool, EngineError> {
+        self.enter().await;
+        Ok(self.world().search_parameters.contains(id))
     }
 
     async fn write_retry_file(

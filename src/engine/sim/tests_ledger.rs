@@ -233,3 +233,107 @@ fn a_version_refused_again_in_a_new_error_file_updates_its_entry() {
     assert_eq!(e.error_file, second.url);
     assert!(e.message.contains("duplicate resource"), "{e:?}");
 }
+
+/// An error-file line in the server's format, about line 1 of a unit at offset 0.
+fn refusal(text: &str) -> String {
+    serde_json::json!({ "resourceType": "OperationOutcome", "issue": [{ "severity": "error",
+        "details": { "text": text },
+        "diagnostics": "Failed to process resource at line: 1 with stream start offset: 0" }] })
+    .to_string()
+}
+
+/// An error file holding fewer lines than the server counted: the lines it holds are named, and the rest are one
+/// shortfall entry counting them (and how many lines the file held), never dropped.
+#[test]
+fn an_error_file_short_of_the_servers_count_records_the_difference() {
+    use crate::fhir::wire::ImportErrorFile;
+    let sim = Sim::new(1, settings(&[]), 4, 0, Faults::default());
+    let v = sim.world().source[0];
+    let input = "https://exports/0/Patient-0.ndjson".to_string();
+    let file = ImportErrorFile {
+        resource_type: Some(v.resource_type().into()),
+        count: 3,
+        input_url: Some(input.clone()),
+        url: "https://errors/short.ndjson".into(),
+    };
+    {
+        let mut w = sim.world();
+        w.files.insert(input, vec![v]);
+        w.error_texts.insert(
+            file.url.clone(),
+            refusal("Failed to import resource with version conflict, resource id: r0, line: 1") + "\n",
+        );
+    }
+    let ports = sim.operator();
+    let now = sim.world().now;
+    let summary = futures::executor::block_on(Work(&ports).record_failures(1, std::slice::from_ref(&file), now))
+        .expect("recorded");
+    // Two entries: the named line and the shortfall.
+    assert_eq!(summary.permanent, 2, "{summary:?}");
+    let w = sim.world();
+    let named = w.ledger_entry(&v).expect("the line the file holds");
+    assert_eq!((named.kind, named.state), (Kind::Conflict, State::Open));
+    let short: Vec<&Entry> = w
+        .ledger
+        .values()
+        .map(|(e, _)| e)
+        .filter(|e| e.unnamed_lines > 0)
+        .collect();
+    assert_eq!(short.len(), 1, "{short:?}");
+    assert_eq!(
+        (short[0].unnamed_lines, short[0].line, short[0].kind),
+        (2, 1, Kind::Unreadable)
+    );
+    assert_eq!(short[0].state, State::Open);
+}
+
+/// A SearchParameter the destination refused to import is benign once the destination holds it (the tool's
+/// sync copies them through the REST API), and waits five minutes for the sync otherwise.
+#[test]
+fn a_refused_search_parameter_is_benign_once_the_destination_holds_it() {
+    use crate::fhir::wire::ImportErrorFile;
+    let sim = Sim::new(1, settings(&[]), 4, 0, Faults::default());
+    let now = sim.world().now;
+    let ports = sim.operator();
+    for (id, held) in [("sp-held", true), ("sp-missing", false)] {
+        let input = format!("https://exports/0/SearchParameter-{id}.ndjson");
+        let file = ImportErrorFile {
+            resource_type: Some("SearchParameter".into()),
+            count: 1,
+            input_url: Some(input.clone()),
+            url: format!("https://errors/{id}.ndjson"),
+        };
+        {
+            let mut w = sim.world();
+            let line = serde_json::json!({ "resourceType": "SearchParameter", "id": id,
+                "meta": { "versionId": "1", "lastUpdated": "2026-01-01T00:00:00.000Z" } });
+            w.error_texts.insert(input, line.to_string() + "\n");
+            w.error_texts.insert(
+                file.url.clone(),
+                refusal("SearchParameter resources cannot be processed by import.") + "\n",
+            );
+            if held {
+                w.search_parameters.insert(id.to_string());
+            }
+        }
+        futures::executor::block_on(Work(&ports).record_failures(1, std::slice::from_ref(&file), now))
+            .expect("recorded");
+        let w = sim.world();
+        let (e, _) = &w.ledger[&Entry::key_of("SearchParameter", id, "1")];
+        assert_eq!(e.kind, Kind::SearchParameter);
+        if held {
+            assert_eq!(
+                (e.class, e.state),
+                (crate::ledger::Class::Benign, State::Resolved),
+                "{e:?}"
+            );
+        } else {
+            assert_eq!(
+                (e.class, e.state),
+                (crate::ledger::Class::Transient, State::Retrying),
+                "{e:?}"
+            );
+            assert_eq!(e.next_attempt, Some(now + chrono::TimeDelta::minutes(5)), "{e:?}");
+        }
+    }
+}

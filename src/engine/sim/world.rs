@@ -93,6 +93,8 @@ pub struct World {
     pub inclusive_fallback: u64,
     /// Successful SearchParameter syncs.
     pub search_parameter_syncs: u64,
+    /// The SearchParameters the destination holds, by id (the ledger asks; the schedules hold none).
+    pub search_parameters: BTreeSet<String>,
     /// Kick-offs refused with 413 as too large.
     pub refused_too_large: usize,
     /// Versions that become visible only after their lastUpdated (reference §11.10: lastUpdated is taken
@@ -141,6 +143,7 @@ impl World {
             till_inclusive_typed: false,
             inclusive_fallback: 0,
             search_parameter_syncs: 0,
+            search_parameters: BTreeSet::new(),
             refused_too_large: 0,
             late: HashMap::new(),
             named: BTreeSet::new(),

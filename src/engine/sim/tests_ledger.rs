@@ -327,6 +327,7 @@ fn a_refused_search_parameter_is_benign_once_the_destination_holds_it() {
                 (crate::ledger::Class::Benign, State::Resolved),
                 "{e:?}"
             );
+            assert!(e.resolution.contains("copied through the REST API"), "{e:?}");
         } else {
             assert_eq!(
                 (e.class, e.state),
@@ -334,6 +335,58 @@ fn a_refused_search_parameter_is_benign_once_the_destination_holds_it() {
                 "{e:?}"
             );
             assert_eq!(e.next_attempt, Some(now + chrono::TimeDelta::minutes(5)), "{e:?}");
+            assert!(e.resolution.is_empty(), "{e:?}");
         }
     }
+}
+
+/// A duplicate or conflict whose identical version (same lastUpdated, same content) the destination already
+/// holds is benign: resolved, saying so. One whose version the destination does not hold is open.
+#[test]
+fn a_refused_line_whose_identical_version_is_at_the_destination_is_benign() {
+    use crate::fhir::wire::ImportErrorFile;
+    let sim = Sim::new(1, settings(&[]), 6, 0, Faults::default());
+    let (there, missing) = {
+        let w = sim.world();
+        (w.source[0], w.source[1])
+    };
+    sim.world().destination.insert(there);
+    let ports = sim.operator();
+    let now = sim.world().now;
+    for (k, v) in [there, missing].into_iter().enumerate() {
+        let input = format!("https://exports/0/{}-{k}.ndjson", v.resource_type());
+        let file = ImportErrorFile {
+            resource_type: Some(v.resource_type().into()),
+            count: 1,
+            input_url: Some(input.clone()),
+            url: format!("https://errors/dup-{k}.ndjson"),
+        };
+        {
+            let mut w = sim.world();
+            w.files.insert(input, vec![v]);
+            let text = format!(
+                "Failed to import duplicate resource, resource id: r{}, line: 1",
+                v.resource
+            );
+            w.error_texts.insert(file.url.clone(), refusal(&text) + "\n");
+        }
+        futures::executor::block_on(Work(&ports).record_failures(1, std::slice::from_ref(&file), now))
+            .expect("recorded");
+    }
+    let w = sim.world();
+    let e = w.ledger_entry(&there).expect("recorded");
+    assert_eq!(
+        (e.kind, e.class, e.state),
+        (Kind::Duplicate, crate::ledger::Class::Benign, State::Resolved)
+    );
+    assert!(
+        e.resolution.contains("identical version is already at the destination"),
+        "{e:?}"
+    );
+    let e = w.ledger_entry(&missing).expect("recorded");
+    assert_eq!(
+        (e.kind, e.class, e.state),
+        (Kind::Duplicate, crate::ledger::Class::Permanent, State::Open)
+    );
+    assert!(e.resolution.is_empty(), "{e:?}");
 }

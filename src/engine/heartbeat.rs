@@ -32,6 +32,7 @@ fn deferral(engine: &Engine, error: &EngineError) -> Option<(String, String)> {
         // Storage cannot be written when it is what fails: nothing to record.
         EngineError::Table(_) => None,
         EngineError::Blob(e) => Some(("storage (blobs)".into(), short(&e.to_string()))),
+        EngineError::Read(e) => Some(("storage (blobs)".into(), short(&e.to_string()))),
         EngineError::Fhir(e) => Some(match e {
             FhirError::Rejected { status, url, .. } => (server_of(url).into(), format!("HTTP {status}")),
             FhirError::Transport { url, message } => (server_of(url).into(), format!("no answer: {}", short(message))),

@@ -53,6 +53,9 @@ pub enum EngineError {
     Fhir(#[from] FhirError),
     #[error(transparent)]
     Blob(#[from] BlobError),
+    /// A blob the failure ledger needs could not be read yet (see `Work::record_failures`).
+    #[error(transparent)]
+    Read(#[from] failures::ports::ReadFailed),
     /// A fail point fired (crash-safety tests only: the variant exists only with the `fail-points` feature,
     /// which release builds never enable).
     #[cfg(feature = "fail-points")]

@@ -26,8 +26,9 @@ pub trait LedgerPorts: Sync {
     /// Inserts a new entry (no ETag) or replaces the one it was read as (ETag-guarded): a concurrent writer makes
     /// it fail with a conflict.
     fn ledger_save(&self, entry: &Entry) -> impl Future<Output = Result<(), TableError>> + Send;
-    /// A blob by URL from an account the tool can read; `None` when it cannot.
-    fn read_blob(&self, url: &str) -> impl Future<Output = Option<Vec<u8>>> + Send;
+    /// A blob by URL: `Ok(None)` when there is nothing the tool can read there (no such blob, an account it does not
+    /// know, a file too large to read whole); an error when the read failed and may succeed later.
+    fn read_blob(&self, url: &str) -> impl Future<Output = Result<Option<Vec<u8>>, ReadFailed>> + Send;
     /// One version at the destination.
     fn vread(
         &self,
@@ -58,6 +59,12 @@ pub trait LedgerPorts: Sync {
     fn emit(&self, event: Event);
 }
 
+/// A blob read that failed and may succeed later (storage unreachable or busy, access refused): what failed, for
+/// the entry that waits on it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ReadFailed(pub String);
+
 /// The ledger's work over a set of ports: recording ([`super::record`]) and retrying ([`super::retry`]).
 pub struct Work<'a, P>(pub &'a P);
 
@@ -78,8 +85,8 @@ impl LedgerPorts for Engine {
         self.ledger.save(entry).await
     }
 
-    async fn read_blob(&self, url: &str) -> Option<Vec<u8>> {
-        Engine::read_blob(self, url).await
+    async fn read_blob(&self, url: &str) -> Result<Option<Vec<u8>>, ReadFailed> {
+        Engine::try_read_blob(self, url).await
     }
 
     async fn vread(&self, resource_type: &str, id: &str, version_id: &str) -> Result<VersionRead, EngineError> {

@@ -7,13 +7,14 @@ use chrono::{DateTime, TimeDelta, Utc};
 use futures::{StreamExt, TryStreamExt, stream};
 use serde_json::Value;
 
-use super::ports::{LedgerPorts, Work};
+use super::ports::{LedgerPorts, ReadFailed, Work};
 use crate::engine::error_files::ErrorSummary;
 use crate::engine::{Engine, EngineError};
 use crate::fhir::VersionRead;
 use crate::fhir::wire::ImportErrorFile;
 use crate::ledger::locate::{ErrorLine, error_line, identity, input_line};
 use crate::ledger::{Class, Entry, Kind, State};
+use crate::storage::blob::BlobError;
 use crate::storage::tables::TableError;
 use crate::telemetry::{Event, id_of};
 
@@ -46,21 +47,38 @@ impl Engine {
         Work(self).upsert(fresh, now).await
     }
 
-    /// Reads a blob by URL from an account the tool knows; `None` when it cannot (logged).
+    /// Reads a blob by URL from an account the tool knows; `None` when it cannot (a failed read is logged).
     pub(crate) async fn read_blob(&self, url: &str) -> Option<Vec<u8>> {
-        let parsed = url::Url::parse(url).ok()?;
-        let (store, container, name) = self.locate_blob(&parsed)?;
+        self.try_read_blob(url).await.unwrap_or_else(|e| {
+            tracing::warn!("{e}");
+            None
+        })
+    }
+
+    /// Reads a blob by URL: `Ok(None)` when there is nothing the tool can read there (no such blob, an account it
+    /// does not know or may not read, a file too large), an error when the read failed and may succeed later (so
+    /// the ledger waits for it instead of opening an entry for an operator).
+    pub(crate) async fn try_read_blob(&self, url: &str) -> Result<Option<Vec<u8>>, ReadFailed> {
+        let Some((store, container, name)) = url::Url::parse(url).ok().and_then(|u| self.locate_blob(&u)) else {
+            return Ok(None);
+        };
         match store.get(&container, &name).await {
-            Ok(Some(b)) if b.len() <= MAX_FILE_BYTES => Some(b),
+            Ok(Some(b)) if b.len() <= MAX_FILE_BYTES => Ok(Some(b)),
             Ok(Some(_)) => {
                 tracing::warn!("{container}/{name} is larger than {MAX_FILE_BYTES} bytes; not read whole");
-                None
+                Ok(None)
             }
-            Ok(None) => None,
-            Err(e) => {
-                tracing::warn!("could not read {container}/{name}: {e}");
-                None
+            Ok(None) => Ok(None),
+            // Asking again cannot help: shown at once, with what to grant.
+            Err(BlobError::Service { status: 401 | 403, .. }) => {
+                tracing::warn!(
+                    "the tool may not read {container}/{name}: grant it 'Storage Blob Data Reader' on that account"
+                );
+                Ok(None)
             }
+            Err(e) => Err(ReadFailed(format!(
+                "could not read {container}/{name} (the next tick tries again): {e}"
+            ))),
         }
     }
 }
@@ -79,28 +97,43 @@ impl<P: LedgerPorts> Work<'_, P> {
         self.0.ledger_ensure().await?;
         let mut summary = ErrorSummary::default();
         for file in errors {
-            match self.0.read_blob(&file.url).await {
-                Some(bytes) => {
-                    self.record_file(window, file, &bytes, now, &mut summary).await?;
-                }
-                None => summary.add(&self.upsert(unreadable(window, file, now), now).await?),
-            }
+            // A read that failed fails the recording, like a destination that cannot be asked: the import's
+            // completion waits for the next tick, so its window never commits before its refusals are named.
+            let Some((bytes, input)) = self.read_pair(file).await? else {
+                summary.add(&self.upsert(unreadable(window, file, now), now).await?);
+                continue;
+            };
+            self.record_file(window, file, &bytes, input, now, &mut summary).await?;
         }
         Ok(summary)
     }
 
-    /// Records the lines of one error file (already read); the server's count for it that the file does not
-    /// account for is recorded as unnamed lines. Returns how many lines the file names.
+    /// An error file and the input file it is about. `Ok(None)` when the error file is not there to read; an
+    /// error when either read failed and may succeed later (lines recorded without their input could not be
+    /// named by version).
+    pub(super) async fn read_pair(
+        &self,
+        file: &ImportErrorFile,
+    ) -> Result<Option<(Vec<u8>, Option<Vec<u8>>)>, ReadFailed> {
+        let Some(bytes) = self.0.read_blob(&file.url).await? else {
+            return Ok(None);
+        };
+        let input = self.0.read_blob(file.input_url.as_deref().unwrap_or_default()).await?;
+        Ok(Some((bytes, input)))
+    }
+
+    /// Records the lines of one error file and its input file (both already read); the server's count for it that
+    /// the file does not account for is recorded as unnamed lines. Returns how many lines the file names.
     pub(crate) async fn record_file(
         &self,
         window: i64,
         file: &ImportErrorFile,
         bytes: &[u8],
+        input: Option<Vec<u8>>,
         now: DateTime<Utc>,
         summary: &mut ErrorSummary,
     ) -> Result<u64, EngineError> {
         let input_url = file.input_url.clone().unwrap_or_default();
-        let input = self.0.read_blob(&input_url).await;
         let text = String::from_utf8_lossy(bytes);
         // Lines end at `\n` or `\r\n` (a Windows host writes CRLF), and a processing unit that restarts writes its
         // error lines again, so the same line can stand twice (reference §11.5): each distinct positioned line is
@@ -112,6 +145,7 @@ impl<P: LedgerPorts> Work<'_, P> {
         // The server's count is the last run's (a restarted unit appends its lines again, but its count is
         // replaced), so repeats do not count towards it: a short file stays a shortfall.
         let named = failed.len() as u64;
+        // The input file can be large: only the lines it was read for are kept.
         drop(input);
         let entries: Vec<Entry> = stream::iter(failed)
             .map(|f| async move {

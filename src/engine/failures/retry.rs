@@ -227,7 +227,7 @@ impl<P: LedgerPorts> Work<'_, P> {
         }
         let mut out = vec![None; entries.len()];
         for (file, indexes) in by_file {
-            let Some(bytes) = self.0.read_blob(file).await else {
+            let Ok(Some(bytes)) = self.0.read_blob(file).await else {
                 continue;
             };
             for i in indexes {
@@ -349,8 +349,12 @@ impl<P: LedgerPorts> Work<'_, P> {
         let mut said: HashMap<String, String> = HashMap::new();
         for file in errors {
             let (Some(lines), Some(input)) = (
-                self.0.read_blob(&file.url).await,
-                self.0.read_blob(file.input_url.as_deref().unwrap_or_default()).await,
+                self.0.read_blob(&file.url).await.ok().flatten(),
+                self.0
+                    .read_blob(file.input_url.as_deref().unwrap_or_default())
+                    .await
+                    .ok()
+                    .flatten(),
             ) else {
                 continue;
             };
@@ -478,20 +482,42 @@ impl<P: LedgerPorts> Work<'_, P> {
     /// An error file that could not be read before: read it again (once; the lines are recorded from what was
     /// read), and resolve its placeholder when the file could be read.
     async fn reread(&self, mut e: Entry, now: DateTime<Utc>) -> Result<String, EngineError> {
-        let Some(bytes) = self.0.read_blob(&e.error_file).await else {
-            e.state = State::Open;
-            e.attempts += 1;
-            e.last_seen = now;
-            self.save_quietly(&e).await?;
-            return Ok(format!(
-                "Failure ledger: the error file {} is still not readable",
-                e.error_file
-            ));
+        let mut file = ImportErrorFile {
+            resource_type: Some(e.resource_type.clone()).filter(|t| !t.is_empty()),
+            count: e.unnamed_lines,
+            input_url: Some(e.input_file.clone()).filter(|u| !u.is_empty()),
+            url: e.error_file.clone(),
+        };
+        let (bytes, input) = match self.read_pair(&file).await {
+            Ok(Some(read)) => read,
+            Ok(None) => {
+                e.state = State::Open;
+                e.attempts += 1;
+                e.last_seen = now;
+                self.save_quietly(&e).await?;
+                return Ok(format!(
+                    "Failure ledger: the error file {} is still not readable",
+                    e.error_file
+                ));
+            }
+            // Storage may answer later: waited for, within the bound every automatic retry has.
+            Err(why) => {
+                let why = format!(
+                    "{} line(s) failed, but the error file could not be read yet ({why})",
+                    e.unnamed_lines
+                );
+                requeue(&mut e, now, why);
+                e.last_seen = now;
+                self.save_quietly(&e).await?;
+                return Ok(format!(
+                    "Failure ledger: the error file {} could not be read yet (tried again later)",
+                    e.error_file
+                ));
+            }
         };
         // A shortfall: the file was read, and held fewer lines than the server counted. Reading it again names
         // the missing lines only if the file now holds them all; otherwise they stay open (never resolved by a
         // re-read that cannot name them).
-        let mut count = e.unnamed_lines;
         if let Some(named_before) = super::record::shortfall_of(&e) {
             let held = super::record::distinct_lines(&String::from_utf8_lossy(&bytes));
             // An older entry does not say how many lines its file held: it can only be accepted or re-exported.
@@ -506,17 +532,13 @@ impl<P: LedgerPorts> Work<'_, P> {
                     e.error_file, e.unnamed_lines
                 ));
             }
-            count = expected;
+            file.count = expected;
         }
-        let file = ImportErrorFile {
-            resource_type: Some(e.resource_type.clone()).filter(|t| !t.is_empty()),
-            count,
-            input_url: Some(e.input_file.clone()).filter(|u| !u.is_empty()),
-            url: e.error_file.clone(),
-        };
         let mut summary = crate::engine::error_files::ErrorSummary::default();
         // Lines the file does not hold are recorded as a shortfall of their own, so this placeholder can go.
-        let named = self.record_file(e.window, &file, &bytes, now, &mut summary).await?;
+        let named = self
+            .record_file(e.window, &file, &bytes, input, now, &mut summary)
+            .await?;
         e.state = State::Resolved;
         e.resolution = format!(
             "the error file was read: its {named} line(s) are recorded one by one{}",

@@ -56,15 +56,49 @@ pub struct Faults {
     pub id_refusals_over: Option<usize>,
     /// Table storage calls answered 503 before they take effect.
     pub table_unavailable: u64,
+    /// Blob reads by the ledger (error files, export files) that fail (storage busy or unreachable).
+    pub blob_unavailable: u64,
     /// Table storage writes that take effect but whose answer is a timeout.
     pub table_timeout: u64,
     /// Polls of a finished export that answer 202 again (a flap).
     pub export_flaps: u64,
-    /// ETag reads of export files that fail (503), or are refused (403: the file is imported without one).
+    /// ETag reads of export files that meet a storage outage (each read in it then fails with a 503 half the
+    /// time), or an account that refuses the tool (403: its files are imported without one), per poll. The SDK
+    /// retries each read, so what is left is correlated: one file failing alone is for the unit tests.
     pub etag_lookup_fails: u64,
     pub etag_forbidden: u64,
     /// Cancels that cannot reach the server (the job runs on; the tool must cancel it later).
     pub cancel_unreachable: u64,
     /// SearchParameter syncs that fail (windows must not commit past what a sync has covered).
     pub search_parameter_sync_fails: u64,
+}
+
+impl super::world::World {
+    /// A destination written to by someone else before the migration: `n` resources' current versions (the
+    /// oldest, every other one) each have another version on their millisecond there, so importing them is
+    /// refused as a conflict early in a schedule, while its faults and crashes run. Returns those versions.
+    pub fn clash(&mut self, n: usize) -> Vec<super::world::Version> {
+        let mut current: Vec<super::world::Version> = self
+            .source
+            .iter()
+            .filter(|v| {
+                !self
+                    .source
+                    .iter()
+                    .any(|o| o.resource == v.resource && o.version > v.version)
+            })
+            .copied()
+            .collect();
+        current.sort_by_key(|v| v.at_ms);
+        let chosen: Vec<super::world::Version> = current.into_iter().step_by(2).take(n).collect();
+        for v in &chosen {
+            let other = super::world::Version {
+                version: v.version + 100,
+                ..*v
+            };
+            self.destination.insert(other);
+            self.foreign.insert(other);
+        }
+        chosen
+    }
 }

@@ -7,12 +7,12 @@ use chrono::TimeDelta;
 use serde_json::Value;
 
 use super::destination::{render, version_of};
-use super::ports::{SimPorts, conflict, exists};
+use super::ports::{INJECTED, SimPorts, conflict, exists};
 use super::world::{Version, World};
 use crate::engine::EngineError;
 use crate::engine::core::rules::CancelAnswer;
 use crate::engine::core::{Answer, ImportPoll};
-use crate::engine::failures::ports::{LedgerPorts, Work};
+use crate::engine::failures::ports::{LedgerPorts, ReadFailed, Work};
 use crate::fhir::wire::ImportResult;
 use crate::fhir::{Poll, VersionRead};
 use crate::ledger::{Entry, State};
@@ -91,13 +91,20 @@ impl LedgerPorts for SimPorts {
         self.maybe_timed_out(result)
     }
 
-    async fn read_blob(&self, url: &str) -> Option<Vec<u8>> {
+    async fn read_blob(&self, url: &str) -> Result<Option<Vec<u8>>, ReadFailed> {
         self.enter().await;
-        let w = self.world();
-        if let Some(versions) = w.files.get(url) {
-            return Some(render(versions));
+        let mut w = self.world();
+        // Blob storage failing a read: the recording fails and is done again on a later tick.
+        let p = w.faults.blob_unavailable;
+        if w.rng.chance(p) {
+            return Err(ReadFailed(format!(
+                "could not read {url}: HTTP 503 ServerBusy: {INJECTED}"
+            )));
         }
-        w.error_texts.get(url).map(|t| t.clone().into_bytes())
+        if let Some(versions) = w.files.get(url) {
+            return Ok(Some(render(versions)));
+        }
+        Ok(w.error_texts.get(url).map(|t| t.clone().into_bytes()))
     }
 
     async fn vread(&self, resource_type: &str, id: &str, version_id: &str) -> Result<VersionRead, EngineError> {
@@ -125,6 +132,7 @@ impl LedgerPorts for SimPorts {
             .find(|v| v.resource_type() == resource_type)
             .copied();
         Ok(match held {
+            Some(v) if w.deleted.contains(&v) => VersionRead::Gone,
             Some(v) => VersionRead::Found(serde_json::from_slice(&render(&[v])).expect("a rendered line")),
             None => VersionRead::Missing,
         })
@@ -222,6 +230,17 @@ fn import_id(url: &str) -> Option<usize> {
 pub(super) fn problems(w: &World) -> Vec<String> {
     let mut problems = Vec::new();
     for (e, _) in w.ledger.values() {
+        // An error file the tool could not read: the simulator's files never go away and a failed read fails
+        // the recording (done again later), so no such entry may stand at the end.
+        if e.kind == crate::ledger::Kind::Unreadable {
+            if e.state != State::Resolved {
+                problems.push(format!(
+                    "the error file {} is unread ({:?}: {})",
+                    e.error_file, e.state, e.message
+                ));
+            }
+            continue;
+        }
         let Some(v) = version_of_entry(e) else {
             problems.push(format!("ledger entry {} names no version the world knows", e.key));
             continue;

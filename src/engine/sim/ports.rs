@@ -419,11 +419,12 @@ impl Ports for SimPorts {
         self.enter().await;
         let mut w = self.world();
         let (fails, forbidden) = (w.faults.etag_lookup_fails, w.faults.etag_forbidden);
+        let (outage, refused) = (w.rng.chance(fails), w.rng.chance(forbidden));
         urls.iter()
             .map(|url| {
-                if w.rng.chance(fails) {
+                if outage && w.rng.chance(50) {
                     EtagLookup::Failed("503 Service Unavailable".into())
-                } else if w.rng.chance(forbidden) {
+                } else if refused {
                     EtagLookup::Forbidden
                 } else {
                     EtagLookup::Found(Some(World::etag_of(url)))

@@ -24,30 +24,7 @@ fn an_operator_retries_fixed_conflicts_and_accepts_the_rest() {
         sim.crash_rate = 10;
         sim.two_shells = seed % 2 == 1;
         // Six resources' current versions, each with another version on its millisecond at the destination.
-        let chosen: Vec<Version> = {
-            let mut w = sim.world();
-            let current: Vec<Version> = w
-                .source
-                .iter()
-                .filter(|v| {
-                    !w.source
-                        .iter()
-                        .any(|o| o.resource == v.resource && o.version > v.version)
-                })
-                .step_by(5)
-                .take(6)
-                .copied()
-                .collect();
-            for v in &current {
-                let other = Version {
-                    version: v.version + 100,
-                    ..*v
-                };
-                w.destination.insert(other);
-                w.foreign.insert(other);
-            }
-            current
-        };
+        let chosen = sim.world().clash(6);
         assert_eq!(chosen.len(), 6, "seed {seed}");
         sim.run(0, 3_000).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
         for v in &chosen {
@@ -389,4 +366,144 @@ fn a_refused_line_whose_identical_version_is_at_the_destination_is_benign() {
         (Kind::Duplicate, crate::ledger::Class::Permanent, State::Open)
     );
     assert!(e.resolution.is_empty(), "{e:?}");
+}
+
+/// A blob read that fails (storage busy or unreachable) fails the recording, as a destination that cannot be
+/// asked does: nothing is written, the import's completion waits for the next tick, and its window cannot commit
+/// before its refusals are named. An error file that is not there to read is an open entry at once. An operator's
+/// retry of it during an outage waits within the bound every automatic retry has, and once storage answers the
+/// file's lines are recorded one by one.
+#[test]
+fn a_failed_read_holds_the_recording_and_an_unread_file_waits_within_the_retry_bound() {
+    use crate::fhir::wire::ImportErrorFile;
+    let sim = Sim::new(1, settings(&[]), 4, 0, Faults::default());
+    let v = sim.world().source[0];
+    let input = "https://exports/0/Patient-0.ndjson".to_string();
+    let file = ImportErrorFile {
+        resource_type: Some(v.resource_type().into()),
+        count: 1,
+        input_url: Some(input.clone()),
+        url: "https://errors/late.ndjson".into(),
+    };
+    let text = refusal("Failed to import resource with version conflict, resource id: r0, line: 1") + "\n";
+    sim.world().files.insert(input, vec![v]);
+    let ports = sim.operator();
+    let mut now = sim.world().now;
+    let record = |now| futures::executor::block_on(Work(&ports).record_failures(1, std::slice::from_ref(&file), now));
+    let tick = |now| futures::executor::block_on(Work(&ports).ledger_tick(now)).expect("a tick");
+
+    // Storage fails every read: the recording fails and writes nothing.
+    sim.world().error_texts.insert(file.url.clone(), text.clone());
+    sim.world().faults.blob_unavailable = 100;
+    let failed = record(now).expect_err("a failed read fails the recording");
+    assert!(failed.to_string().contains(super::ports::INJECTED), "{failed}");
+    assert!(sim.world().ledger.is_empty());
+
+    // The file is not there: an open entry counting its lines, at once.
+    sim.world().faults.blob_unavailable = 0;
+    sim.world().error_texts.remove(&file.url);
+    record(now).expect("recorded");
+    let placeholder = {
+        let w = sim.world();
+        let entries: Vec<&Entry> = w.ledger.values().map(|(e, _)| e).collect();
+        assert_eq!(entries.len(), 1, "{entries:?}");
+        assert_eq!(
+            (entries[0].kind, entries[0].state, entries[0].unnamed_lines),
+            (Kind::Unreadable, State::Open, 1)
+        );
+        entries[0].key.clone()
+    };
+
+    // The file is back, but storage is down: the operator's retry waits, a little longer each time, and gives up
+    // after the bound with the last reason.
+    sim.world().error_texts.insert(file.url.clone(), text);
+    sim.world().faults.blob_unavailable = 100;
+    futures::executor::block_on(Work(&ports).retry_failures(&Selection::Keys(vec![placeholder.clone()]), now))
+        .expect("retry asked");
+    let mut waits = Vec::new();
+    for _ in 0..40 {
+        tick(now);
+        let e = sim.world().ledger[&placeholder].0.clone();
+        if e.state == State::Open {
+            assert!(e.message.starts_with("gave up after 30 retries"), "{e:?}");
+            assert!(e.message.contains("could not be read yet"), "{e:?}");
+            break;
+        }
+        assert_eq!(e.state, State::Retrying, "{e:?}");
+        let next = e.next_attempt.expect("a retry time");
+        waits.push((next - now).num_minutes());
+        now = next;
+    }
+    // The operator's retry counts as the first attempt: 29 waits, and the 30th failed read gives up.
+    assert_eq!(waits.len(), 29, "{waits:?}");
+    assert!(
+        waits.windows(2).all(|w| w[0] <= w[1]) && waits[0] >= 5 && *waits.last().unwrap() <= 60,
+        "{waits:?}"
+    );
+    assert!(sim.world().ledger_entry(&v).is_none());
+
+    // Storage answers again: a retry reads the file, names its line and resolves the placeholder.
+    sim.world().faults.blob_unavailable = 0;
+    futures::executor::block_on(Work(&ports).retry_failures(&Selection::Keys(vec![placeholder.clone()]), now))
+        .expect("retry asked");
+    tick(now);
+    let w = sim.world();
+    assert_eq!(w.ledger[&placeholder].0.state, State::Resolved);
+    let named = w.ledger_entry(&v).expect("the file's line, named");
+    assert_eq!((named.kind, named.state), (Kind::Conflict, State::Open));
+}
+
+/// A refused line that is a soft deletion (the export's deleted-state marker) is benign only when the destination
+/// holds that version deleted (a read answers 410 Gone); held as a live version, or not held, it is open.
+#[test]
+fn a_refused_soft_deletion_is_benign_only_when_the_destination_holds_it_deleted() {
+    use crate::fhir::wire::ImportErrorFile;
+    let sim = Sim::new(1, settings(&[]), 6, 0, Faults::default());
+    let (gone, live, missing) = {
+        let w = sim.world();
+        (w.source[0], w.source[1], w.source[2])
+    };
+    {
+        let mut w = sim.world();
+        w.destination.insert(gone);
+        w.deleted.insert(gone);
+        w.destination.insert(live);
+    }
+    let ports = sim.operator();
+    let now = sim.world().now;
+    for (k, v) in [gone, live, missing].into_iter().enumerate() {
+        let input = format!("https://exports/0/deleted-{k}.ndjson");
+        let file = ImportErrorFile {
+            resource_type: Some(v.resource_type().into()),
+            count: 1,
+            input_url: Some(input.clone()),
+            url: format!("https://errors/deleted-{k}.ndjson"),
+        };
+        let at = chrono::DateTime::from_timestamp_millis(v.at_ms).expect("an instant");
+        let line = serde_json::json!({ "resourceType": v.resource_type(), "id": format!("r{}", v.resource),
+            "meta": { "versionId": v.version.to_string(),
+                "lastUpdated": at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                "extension": [{ "url": "http://azurehealthcareapis.com/data-extensions/deleted-state",
+                    "valueString": "soft-deleted" }] } });
+        {
+            let mut w = sim.world();
+            w.error_texts.insert(input, line.to_string() + "\n");
+            let text = format!(
+                "Failed to import duplicate resource, resource id: r{}, line: 1",
+                v.resource
+            );
+            w.error_texts.insert(file.url.clone(), refusal(&text) + "\n");
+        }
+        futures::executor::block_on(Work(&ports).record_failures(1, std::slice::from_ref(&file), now))
+            .expect("recorded");
+    }
+    let w = sim.world();
+    let class = |v: &Version| {
+        let e = w.ledger_entry(v).expect("recorded");
+        (e.kind, e.class, e.state)
+    };
+    use crate::ledger::Class;
+    assert_eq!(class(&gone), (Kind::Duplicate, Class::Benign, State::Resolved));
+    assert_eq!(class(&live), (Kind::Duplicate, Class::Permanent, State::Open));
+    assert_eq!(class(&missing), (Kind::Duplicate, Class::Permanent, State::Open));
 }

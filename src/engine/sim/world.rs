@@ -118,6 +118,8 @@ pub struct World {
     pub writes: HashMap<String, u64>,
     /// Versions an operator wrote at the destination that the source never had (their conflicts are named).
     pub foreign: BTreeSet<Version>,
+    /// Versions that are soft deletions: the destination answers a read of one it holds with 410 Gone.
+    pub deleted: BTreeSet<Version>,
 }
 
 impl World {
@@ -151,6 +153,7 @@ impl World {
             error_texts: HashMap::new(),
             ledger: BTreeMap::new(),
             foreign: BTreeSet::new(),
+            deleted: BTreeSet::new(),
             writes: HashMap::new(),
             source_skew: TimeDelta::zero(),
             destination_behind: TimeDelta::zero(),

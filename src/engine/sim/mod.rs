@@ -12,6 +12,8 @@ mod rewrites;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_clock;
+#[cfg(test)]
 mod tests_ledger;
 pub mod world;
 

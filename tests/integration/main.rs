@@ -18,6 +18,7 @@ mod infra;
 mod infra_azure;
 mod layout;
 mod ledger;
+mod ledger_retry;
 mod limits;
 mod local_stack;
 mod messages;

@@ -47,7 +47,8 @@ impl Engine {
         let mut files = Vec::new();
         let mut read = 0usize;
         for url in &urls {
-            match self.read_blob(url).await {
+            // A read that may pass fails the action (the next tick examines again), never spending an attempt.
+            match self.read_blob(url).await? {
                 Some(_) if read > BYTES_EXAMINED => {
                     // Held whole with every line's identity, a larger payload could exhaust the process's memory
                     // (killed, nothing recorded): said instead, so the window ends in a named state.

@@ -86,7 +86,7 @@ impl LedgerPorts for Engine {
     }
 
     async fn read_blob(&self, url: &str) -> Result<Option<Vec<u8>>, ReadFailed> {
-        Engine::try_read_blob(self, url).await
+        Engine::read_blob(self, url).await
     }
 
     async fn vread(&self, resource_type: &str, id: &str, version_id: &str) -> Result<VersionRead, EngineError> {

@@ -25,6 +25,13 @@ const AT_ONCE: usize = 16;
 /// The soft-delete marker of exported deleted versions (reference §6.4).
 const DELETED_STATE: &str = "http://azurehealthcareapis.com/data-extensions/deleted-state";
 
+/// What reading an error file and its input file gave.
+pub(super) enum Pair {
+    Read(Vec<u8>, Option<Vec<u8>>),
+    /// Which file is not there to read (missing, too large, or refused to the tool).
+    Unreadable(String),
+}
+
 /// One failed line, before its class is decided: the entry and the input line it is about.
 struct Failed {
     entry: Entry,
@@ -47,18 +54,11 @@ impl Engine {
         Work(self).upsert(fresh, now).await
     }
 
-    /// Reads a blob by URL from an account the tool knows; `None` when it cannot (a failed read is logged).
-    pub(crate) async fn read_blob(&self, url: &str) -> Option<Vec<u8>> {
-        self.try_read_blob(url).await.unwrap_or_else(|e| {
-            tracing::warn!("{e}");
-            None
-        })
-    }
-
     /// Reads a blob by URL: `Ok(None)` when there is nothing the tool can read there (no such blob, an account it
-    /// does not know or may not read, a file too large), an error when the read failed and may succeed later (so
-    /// the ledger waits for it instead of opening an entry for an operator).
-    pub(crate) async fn try_read_blob(&self, url: &str) -> Result<Option<Vec<u8>>, ReadFailed> {
+    /// does not know or may not read, a file too large, a request the service refuses), an error when the read
+    /// failed in a way that may pass (throttled, a timeout, a 5xx, no connection), so the caller waits for it
+    /// instead of deciding on a file it has not seen.
+    pub(crate) async fn read_blob(&self, url: &str) -> Result<Option<Vec<u8>>, ReadFailed> {
         let Some((store, container, name)) = url::Url::parse(url).ok().and_then(|u| self.locate_blob(&u)) else {
             return Ok(None);
         };
@@ -69,17 +69,25 @@ impl Engine {
                 Ok(None)
             }
             Ok(None) => Ok(None),
-            // Asking again cannot help: shown at once, with what to grant.
-            Err(BlobError::Service { status: 401 | 403, .. }) => {
+            Err(e) if may_pass(&e) => Err(ReadFailed(format!("could not read {container}/{name}: {e}"))),
+            // Asking again cannot help (401/403: the tool may not read the account): shown at once.
+            Err(e) => {
                 tracing::warn!(
-                    "the tool may not read {container}/{name}: grant it 'Storage Blob Data Reader' on that account"
+                    "{e}: not read (grant the tool 'Storage Blob Data Reader' on that account if it is refused)"
                 );
                 Ok(None)
             }
-            Err(e) => Err(ReadFailed(format!(
-                "could not read {container}/{name} (the next tick tries again): {e}"
-            ))),
         }
+    }
+}
+
+/// Whether a failed blob read may succeed if asked again: throttling, timeouts, server errors and failures to
+/// connect do; other refusals (no permission, a bad request) and an unusable endpoint do not.
+fn may_pass(e: &BlobError) -> bool {
+    match e {
+        BlobError::Service { status, .. } => matches!(status, 408 | 429) || *status >= 500,
+        BlobError::Other { .. } => true,
+        BlobError::Setup(..) => false,
     }
 }
 
@@ -98,28 +106,35 @@ impl<P: LedgerPorts> Work<'_, P> {
         let mut summary = ErrorSummary::default();
         for file in errors {
             // A read that failed fails the recording, like a destination that cannot be asked: the import's
-            // completion waits for the next tick, so its window never commits before its refusals are named.
-            let Some((bytes, input)) = self.read_pair(file).await? else {
-                summary.add(&self.upsert(unreadable(window, file, now), now).await?);
-                continue;
-            };
-            self.record_file(window, file, &bytes, input, now, &mut summary).await?;
+            // completion waits for the next tick (up to the job timeout, then the import is done again), so its
+            // window never commits before its refusals are named.
+            match self.read_pair(file).await? {
+                Pair::Read(bytes, input) => {
+                    self.record_file(window, file, &bytes, input, now, &mut summary).await?;
+                }
+                Pair::Unreadable(what) => {
+                    summary.add(&self.upsert(unreadable(window, file, &what, now), now).await?);
+                }
+            }
         }
         Ok(summary)
     }
 
-    /// An error file and the input file it is about. `Ok(None)` when the error file is not there to read; an
-    /// error when either read failed and may succeed later (lines recorded without their input could not be
-    /// named by version).
-    pub(super) async fn read_pair(
-        &self,
-        file: &ImportErrorFile,
-    ) -> Result<Option<(Vec<u8>, Option<Vec<u8>>)>, ReadFailed> {
+    /// An error file and the input file it is about, or which of them is not there to read; an error when a read
+    /// failed and may pass. Without its input file an error file's lines could be named by position only, so
+    /// they are one entry counting them, which a retry names once the file can be read.
+    pub(super) async fn read_pair(&self, file: &ImportErrorFile) -> Result<Pair, ReadFailed> {
         let Some(bytes) = self.0.read_blob(&file.url).await? else {
-            return Ok(None);
+            return Ok(Pair::Unreadable(format!("the error file {}", id_of(&file.url))));
         };
-        let input = self.0.read_blob(file.input_url.as_deref().unwrap_or_default()).await?;
-        Ok(Some((bytes, input)))
+        let input = match file.input_url.as_deref().filter(|u| !u.is_empty()) {
+            Some(url) => match self.0.read_blob(url).await? {
+                Some(input) => Some(input),
+                None => return Ok(Pair::Unreadable(format!("the export file {} it is about", id_of(url)))),
+            },
+            None => None,
+        };
+        Ok(Pair::Read(bytes, input))
     }
 
     /// Records the lines of one error file and its input file (both already read); the server's count for it that
@@ -392,7 +407,7 @@ fn line_entry(
 }
 
 /// An error file the tool could not read: how many lines failed is known, not which.
-fn unreadable(window: i64, file: &ImportErrorFile, now: DateTime<Utc>) -> Entry {
+fn unreadable(window: i64, file: &ImportErrorFile, what: &str, now: DateTime<Utc>) -> Entry {
     Entry {
         resource_type: file.resource_type.clone().unwrap_or_default(),
         error_file: file.url.clone(),
@@ -403,7 +418,7 @@ fn unreadable(window: i64, file: &ImportErrorFile, now: DateTime<Utc>) -> Entry 
             window,
             Kind::Unreadable,
             format!(
-                "{} line(s) failed, but the error file could not be read with the tool's storage access: grant it read access to the export account (AZURE_IntegrationStorageUri), then retry",
+                "{} line(s) failed, but {what} cannot be read (missing, too large, or refused to the tool): grant the tool 'Storage Blob Data Reader' on the export account (AZURE_IntegrationStorageUri), then retry; if the file is gone, re-export the window or accept the loss",
                 file.count
             ),
             now,
@@ -466,6 +481,41 @@ fn shortfall(window: i64, file: &ImportErrorFile, named: u64, missing: u64, now:
             "the server counted {missing} more failed line(s) than its error file holds: they cannot be named; re-export the window to import them again"
         ),
         unnamed_lines: missing,
-        ..unreadable(window, file, now)
+        ..unreadable(window, file, "the error file", now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(status: u16) -> BlobError {
+        BlobError::Service {
+            operation: "download",
+            container: "c".into(),
+            name: "n".into(),
+            status,
+            code: String::new(),
+        }
+    }
+
+    /// Only a read that may pass is waited for; a refusal asking again cannot change is decided at once (an open
+    /// entry saying what to grant), so nothing waits on it until the job timeout.
+    #[test]
+    fn only_reads_that_may_pass_are_waited_for() {
+        for status in [408, 429, 500, 502, 503, 504] {
+            assert!(may_pass(&refused(status)), "{status}");
+        }
+        for status in [400, 401, 403, 409, 412, 416] {
+            assert!(!may_pass(&refused(status)), "{status}");
+        }
+        let transport = BlobError::Other {
+            operation: "download",
+            container: "c".into(),
+            name: "n".into(),
+            detail: "Io error".into(),
+        };
+        assert!(may_pass(&transport));
+        assert!(!may_pass(&BlobError::Setup("https://x".into(), "bad".into())));
     }
 }

@@ -12,14 +12,15 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{Value, json};
 
-use super::ports::{LedgerPorts, Work};
-use super::record::event;
+use super::ports::{LedgerPorts, ReadFailed, Work};
+use super::record::{Pair, event};
 use crate::engine::{Engine, EngineError};
 use crate::fhir::Poll;
 use crate::fhir::wire::ImportErrorFile;
 use crate::ledger::locate::{error_line, identity, input_line};
 use crate::ledger::{Class, Entry, Kind, State};
 use crate::storage::tables::TableError;
+use crate::telemetry::id_of;
 
 /// Versions per retry import.
 const BATCH: usize = 1000;
@@ -181,10 +182,19 @@ impl<P: LedgerPorts> Work<'_, P> {
             match self.0.import_status(&url).await {
                 Ok(Poll::Running(_)) if overdue => lines.push(self.give_up_on(&url, group, now).await?),
                 Ok(Poll::Running(_)) => {}
-                Ok(Poll::Done(result)) => lines.push(self.settle(group, &result.error, None, now).await?),
+                Ok(Poll::Done(result)) => match self.said(&result.error).await {
+                    Ok(said) => lines.push(self.settle(group, said, None, now).await?),
+                    // Settled on a later tick, when the files can be read; past the job timeout, by what the
+                    // destination holds alone.
+                    Err(_) if overdue => lines.push(self.settle(group, HashMap::new(), None, now).await?),
+                    Err(why) => lines.push(format!(
+                        "Failure ledger: the retry import {}'s error files could not be read yet (settled on a later tick): {why}",
+                        id_of(&url)
+                    )),
+                },
                 Ok(Poll::Failed { status, diagnostics }) => {
                     let why = format!("the retry import failed: HTTP {status}: {diagnostics}");
-                    lines.push(self.settle(group, &[], Some(&why), now).await?);
+                    lines.push(self.settle(group, HashMap::new(), Some(&why), now).await?);
                 }
                 // Unanswered past the job timeout: given up on too (its cancel is tried; the versions are queued
                 // again), never polled for ever.
@@ -336,25 +346,14 @@ impl<P: LedgerPorts> Work<'_, P> {
         ))
     }
 
-    /// Settles the entries of a finished retry import by what the destination now holds. A failed job (as
-    /// opposed to a refused line) leaves each entry's kind and class as they were.
-    async fn settle(
-        &self,
-        group: Vec<Entry>,
-        errors: &[ImportErrorFile],
-        failure: Option<&str>,
-        now: DateTime<Utc>,
-    ) -> Result<String, EngineError> {
-        // What the retry's error files say, by version.
-        let mut said: HashMap<String, String> = HashMap::new();
+    /// What a finished retry import's error files say, by version; an error when a file could not be read and may
+    /// be read later (a file not there to read says nothing).
+    async fn said(&self, errors: &[ImportErrorFile]) -> Result<HashMap<String, String>, ReadFailed> {
+        let mut said = HashMap::new();
         for file in errors {
             let (Some(lines), Some(input)) = (
-                self.0.read_blob(&file.url).await.ok().flatten(),
-                self.0
-                    .read_blob(file.input_url.as_deref().unwrap_or_default())
-                    .await
-                    .ok()
-                    .flatten(),
+                self.0.read_blob(&file.url).await?,
+                self.0.read_blob(file.input_url.as_deref().unwrap_or_default()).await?,
             ) else {
                 continue;
             };
@@ -367,6 +366,18 @@ impl<P: LedgerPorts> Work<'_, P> {
                 }
             }
         }
+        Ok(said)
+    }
+
+    /// Settles the entries of a finished retry import by what the destination now holds. A failed job (as
+    /// opposed to a refused line) leaves each entry's kind and class as they were.
+    async fn settle(
+        &self,
+        group: Vec<Entry>,
+        said: HashMap<String, String>,
+        failure: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<String, EngineError> {
         let exported = self.exported_lines(&group).await;
         let (mut resolved, mut failed) = (0, 0);
         for (mut e, line) in group.into_iter().zip(exported) {
@@ -489,21 +500,21 @@ impl<P: LedgerPorts> Work<'_, P> {
             url: e.error_file.clone(),
         };
         let (bytes, input) = match self.read_pair(&file).await {
-            Ok(Some(read)) => read,
-            Ok(None) => {
+            Ok(Pair::Read(bytes, input)) => (bytes, input),
+            Ok(Pair::Unreadable(what)) => {
                 e.state = State::Open;
                 e.attempts += 1;
                 e.last_seen = now;
                 self.save_quietly(&e).await?;
                 return Ok(format!(
-                    "Failure ledger: the error file {} is still not readable",
-                    e.error_file
+                    "Failure ledger: for the error file {}, {what} is still not readable",
+                    id_of(&e.error_file)
                 ));
             }
             // Storage may answer later: waited for, within the bound every automatic retry has.
             Err(why) => {
                 let why = format!(
-                    "{} line(s) failed, but the error file could not be read yet ({why})",
+                    "{} line(s) failed, and their files could not be read yet ({why})",
                     e.unnamed_lines
                 );
                 requeue(&mut e, now, why);
@@ -511,7 +522,7 @@ impl<P: LedgerPorts> Work<'_, P> {
                 self.save_quietly(&e).await?;
                 return Ok(format!(
                     "Failure ledger: the error file {} could not be read yet (tried again later)",
-                    e.error_file
+                    id_of(&e.error_file)
                 ));
             }
         };

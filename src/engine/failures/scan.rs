@@ -41,7 +41,9 @@ impl Engine {
         let mut files: Vec<Vec<u8>> = Vec::new();
         let mut notes = Vec::new();
         while next < urls.len() && (next == first || read < BYTES_PER_ACTION) {
-            match self.read_blob(&urls[next]).await {
+            // A read that may pass fails the action (nothing written yet; the next tick scans again), so a file is
+            // never imported unscanned for a moment's failure.
+            match self.read_blob(&urls[next]).await? {
                 Some(file) => {
                     read += file.len();
                     indexes.push(next);

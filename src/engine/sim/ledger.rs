@@ -96,7 +96,7 @@ impl LedgerPorts for SimPorts {
         let mut w = self.world();
         // Blob storage failing a read: the recording fails and is done again on a later tick.
         let p = w.faults.blob_unavailable;
-        if w.rng.chance(p) {
+        if w.rng.chance(p) || w.failing_reads.contains(url) {
             return Err(ReadFailed(format!(
                 "could not read {url}: HTTP 503 ServerBusy: {INJECTED}"
             )));

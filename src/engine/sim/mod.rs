@@ -529,6 +529,7 @@ impl Sim {
         {
             // Limits that are the servers' nature stay; misbehaviour stops.
             let mut w = self.world();
+            w.calm_since = Some(w.now);
             w.faults = Faults {
                 export_max_versions: w.faults.export_max_versions,
                 same_ms_capacity: w.faults.same_ms_capacity,

@@ -80,31 +80,34 @@ fn seeded_schedules_with_crashes_two_shells_and_server_faults_lose_nothing() {
             .values()
             .filter(|(e, _)| e.kind == crate::ledger::Kind::Future && e.state == crate::ledger::State::Resolved)
             .count();
-        conflicts += sim
-            .world()
+        let w = sim.world();
+        conflicts += w
             .ledger
             .values()
-            .filter(|(e, _)| e.kind == crate::ledger::Kind::Conflict)
+            .filter(|(e, _)| e.kind == crate::ledger::Kind::Conflict && w.calm_since.is_some_and(|c| e.first_seen < c))
             .count();
     }
-    assert!(
-        left_out > 0,
-        "the schedules put more versions on one millisecond than fit"
-    );
-    assert!(
-        retried > 0,
-        "no line refused as in the future was retried by the ledger"
-    );
-    assert!(
-        conflicts > 0,
-        "no line was refused as a conflict (recorded while the storm lasts)"
-    );
     assert!(
         failures.is_empty(),
         "{} schedule(s) failed:\n{}",
         failures.len(),
         failures.join("\n")
     );
+    // That the schedules reach what they are for, over a run of seeds (one replayed seed need not).
+    if seeds(500).len() >= 10 {
+        assert!(
+            left_out > 0,
+            "the schedules put more versions on one millisecond than fit"
+        );
+        assert!(
+            retried > 0,
+            "no line refused as in the future was retried by the ledger"
+        );
+        assert!(
+            conflicts > 0,
+            "no line refused as a conflict was recorded while the storm lasted"
+        );
+    }
 }
 
 #[test]

@@ -507,3 +507,63 @@ fn a_refused_soft_deletion_is_benign_only_when_the_destination_holds_it_deleted(
     assert_eq!(class(&live), (Kind::Duplicate, Class::Permanent, State::Open));
     assert_eq!(class(&missing), (Kind::Duplicate, Class::Permanent, State::Open));
 }
+
+/// The export file an error file is about is read before anything is recorded: when that read fails, the
+/// recording fails (done again later); when the file is not there, the lines are one open entry counting them and
+/// naming the file (by position alone they could never be accepted or checked at the destination); once it
+/// can be read, a retry names each line's version.
+#[test]
+fn an_error_file_is_recorded_only_with_the_export_file_it_is_about() {
+    use crate::fhir::wire::ImportErrorFile;
+    let sim = Sim::new(1, settings(&[]), 4, 0, Faults::default());
+    let v = sim.world().source[0];
+    let input = "https://exports/0/Patient-0.ndjson".to_string();
+    let file = ImportErrorFile {
+        resource_type: Some(v.resource_type().into()),
+        count: 1,
+        input_url: Some(input.clone()),
+        url: "https://errors/about.ndjson".into(),
+    };
+    sim.world().error_texts.insert(
+        file.url.clone(),
+        refusal("Failed to import resource with version conflict, resource id: r0, line: 1") + "\n",
+    );
+    let ports = sim.operator();
+    let now = sim.world().now;
+    let record = || futures::executor::block_on(Work(&ports).record_failures(1, std::slice::from_ref(&file), now));
+
+    // The export file's read fails: nothing is recorded.
+    sim.world().files.insert(input.clone(), vec![v]);
+    sim.world().failing_reads.insert(input.clone());
+    assert!(record().is_err());
+    assert!(sim.world().ledger.is_empty());
+
+    // The export file is not there: one open entry counting the line and naming the file.
+    sim.world().failing_reads.clear();
+    sim.world().files.remove(&input);
+    record().expect("recorded");
+    let placeholder = {
+        let w = sim.world();
+        let entries: Vec<&Entry> = w.ledger.values().map(|(e, _)| e).collect();
+        assert_eq!(entries.len(), 1, "{entries:?}");
+        let e = entries[0];
+        assert_eq!(
+            (e.kind, e.state, e.unnamed_lines),
+            (Kind::Unreadable, State::Open, 1),
+            "{e:?}"
+        );
+        assert!(e.message.contains("the export file Patient-0.ndjson"), "{e:?}");
+        assert_eq!(e.input_file, input);
+        e.key.clone()
+    };
+
+    // The file is back: a retry names the version.
+    sim.world().files.insert(input, vec![v]);
+    futures::executor::block_on(Work(&ports).retry_failures(&Selection::Keys(vec![placeholder.clone()]), now))
+        .expect("retry asked");
+    futures::executor::block_on(Work(&ports).ledger_tick(now)).expect("a tick");
+    let w = sim.world();
+    assert_eq!(w.ledger[&placeholder].0.state, State::Resolved);
+    let named = w.ledger_entry(&v).expect("named by version");
+    assert_eq!((named.kind, named.state), (Kind::Conflict, State::Open));
+}

@@ -120,6 +120,10 @@ pub struct World {
     pub foreign: BTreeSet<Version>,
     /// Versions that are soft deletions: the destination answers a read of one it holds with 410 Gone.
     pub deleted: BTreeSet<Version>,
+    /// Blob URLs whose reads fail (storage unreachable for them) until removed.
+    pub failing_reads: BTreeSet<String>,
+    /// When the schedule's misbehaviour stopped (its settling rounds began).
+    pub calm_since: Option<DateTime<Utc>>,
 }
 
 impl World {
@@ -154,6 +158,8 @@ impl World {
             ledger: BTreeMap::new(),
             foreign: BTreeSet::new(),
             deleted: BTreeSet::new(),
+            failing_reads: BTreeSet::new(),
+            calm_since: None,
             writes: HashMap::new(),
             source_skew: TimeDelta::zero(),
             destination_behind: TimeDelta::zero(),

@@ -12,9 +12,9 @@ mod rewrites;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
-mod tests_clock;
-#[cfg(test)]
 mod tests_ledger;
+#[cfg(test)]
+mod tests_shell;
 pub mod world;
 
 use std::collections::{BTreeMap, HashMap};

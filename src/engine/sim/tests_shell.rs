@@ -1,0 +1,167 @@
+//! What the shell itself does around the core's decisions: the clock-skew report, the retry latch's count, and
+//! the notes (log lines, events) every write carries.
+
+use chrono::TimeDelta;
+
+use super::tests::seeds;
+use super::world::Faults;
+use super::{Sim, settings};
+use crate::engine::FailPoints;
+use crate::engine::core::Timer;
+use crate::engine::shell::Shell;
+
+/// One tick of `timer` by a shell over the simulated world; the lines it reported.
+fn tick(sim: &Sim, timer: Timer) -> Vec<String> {
+    let ports = sim.operator();
+    let fail = FailPoints::default();
+    let shell = Shell {
+        ports: &ports,
+        settings: &sim.settings,
+        timing: &sim.timing,
+        telemetry: &ports,
+        fail: &fail,
+        export_table: "export",
+    };
+    let now = sim.world().now;
+    futures::executor::block_on(shell.run(timer, now))
+        .expect("a tick")
+        .lines
+}
+
+#[test]
+fn a_source_clock_off_by_more_than_half_the_safety_lag_is_reported_on_starter_ticks_only() {
+    // The default safety lag is 300 s: half of it is the threshold, exclusive.
+    for (source_ahead, reported) in [
+        (-900, Some("ahead of")),
+        (-151, Some("ahead of")),
+        (-150, None),
+        (0, None),
+        (120, None),
+        (150, None),
+        (151, Some("behind")),
+        (900, Some("behind")),
+    ] {
+        let sim = Sim::new(1, settings(&[]), 4, 0, Faults::default());
+        sim.world().source_skew = TimeDelta::seconds(source_ahead);
+        let skew_lines =
+            |lines: Vec<String>| -> Vec<String> { lines.into_iter().filter(|l| l.starts_with("Clock skew")).collect() };
+        let other = skew_lines(tick(&sim, Timer::ExportStatus));
+        assert!(other.is_empty(), "{source_ahead}: {other:?}");
+        let said = skew_lines(tick(&sim, Timer::Starter));
+        let events: Vec<_> = sim
+            .world()
+            .events
+            .iter()
+            .filter(|e| e.name == "ClockSkew")
+            .cloned()
+            .collect();
+        match reported {
+            None => assert!(
+                said.is_empty() && events.is_empty(),
+                "{source_ahead}: {said:?} {events:?}"
+            ),
+            Some(direction) => {
+                assert_eq!(said.len(), 1, "{source_ahead}: {said:?}");
+                let expected = format!(
+                    "this machine's clock is {} s {direction} the source server's",
+                    source_ahead.abs()
+                );
+                assert!(said[0].contains(&expected), "{source_ahead}: {said:?}");
+                assert!(said[0].contains("the 300 s safety lag"), "{said:?}");
+                assert_eq!(events.len(), 1, "{source_ahead}: {events:?}");
+                assert_eq!(events[0].get("SkewSeconds"), Some((-source_ahead).to_string().as_str()));
+                assert_eq!(events[0].get("SafetyLagSeconds"), Some("300"));
+            }
+        }
+    }
+}
+
+/// Every failure is added to the retry latch once, also when two shells fail windows at the same moment, and the
+/// latch stops the migration at its limit: no export is started after it. (A storage failure or a crash between
+/// the failure's write and the count's loses that count: the latch then stops one failure later. The two are
+/// rows of different tables, which Table storage cannot write together.)
+#[test]
+fn every_failure_counts_once_on_the_retry_latch_and_the_latch_stops_new_exports() {
+    for seed in seeds(20) {
+        let mut sim = Sim::new(
+            seed,
+            settings(&[
+                ("AZURE_MaxExportRetriesEnabled", "true"),
+                ("AZURE_MaxExportRetries", "3"),
+            ]),
+            20,
+            0,
+            Faults {
+                export_job_fails: 100,
+                ..Faults::default()
+            },
+        );
+        sim.two_shells = seed % 2 == 1;
+        for _ in 0..150 {
+            sim.round();
+        }
+        assert!(sim.violations().is_empty(), "seed {seed}: {:?}", sim.violations());
+        let (failures, exports) = {
+            let w = sim.world();
+            let seen = w
+                .events
+                .iter()
+                .filter(|e| e.name == "Export" && e.get("ExportStatus") == Some("Failed"))
+                .count() as i64;
+            let failures = w.cursor.as_ref().expect("a cursor").0.failures;
+            assert_eq!(failures, seen, "seed {seed}: each failed export is counted once");
+            (failures, w.exports.len())
+        };
+        assert!(failures >= 3, "seed {seed}: {failures}");
+        // Halted: no export is started any more.
+        for _ in 0..50 {
+            sim.round();
+        }
+        assert_eq!(
+            sim.world().exports.len(),
+            exports,
+            "seed {seed}: an export started after the latch"
+        );
+    }
+}
+
+/// Each write's notes reach the operator: every committed window has its export and import events, and the
+/// `ImportTill` the dashboard reads ends where the cursor is.
+#[test]
+fn the_notes_of_every_write_reach_telemetry() {
+    let mut sim = Sim::new(3, settings(&[]), 30, 0, Faults::default());
+    sim.run(0, 3_000).unwrap_or_else(|e| panic!("{e}"));
+    let w = sim.world();
+    let named = |name: &str| w.events.iter().filter(|e| e.name == name).count();
+    // Windows that were exported (empty ones are skipped by counting and have no export).
+    let committed = w
+        .jobs
+        .values()
+        .filter(|(j, _)| j.export_status == crate::state::rows::ExportStatus::Completed)
+        .count();
+    assert!(committed > 0);
+    assert!(
+        named("Export") >= committed,
+        "{} Export events, {committed} windows",
+        named("Export")
+    );
+    assert!(
+        named("Import") >= committed,
+        "{} Import events, {committed} windows",
+        named("Import")
+    );
+    let last_till = w
+        .events
+        .iter()
+        .rev()
+        .find(|e| e.name == "ImportTill")
+        .and_then(|e| e.get("Till"))
+        .map(str::to_string);
+    let since = w.cursor.as_ref().and_then(|(c, _)| c.since);
+    assert_eq!(
+        last_till
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+            .map(|t| t.timestamp_millis()),
+        since.map(|s| s.timestamp_millis())
+    );
+}

@@ -480,7 +480,7 @@ impl Ports for SimPorts {
 
     async fn copy_search_parameters(
         &self,
-        _since: Option<DateTime<Utc>>,
+        since: Option<DateTime<Utc>>,
     ) -> Result<crate::engine::search_parameters::SearchParameterSync, String> {
         self.enter().await;
         let mut w = self.world();
@@ -489,6 +489,7 @@ impl Ports for SimPorts {
             return Err("the destination answered 503".into());
         }
         w.search_parameter_syncs += 1;
+        w.search_parameter_since.push(since);
         Ok(Default::default())
     }
 

@@ -165,3 +165,18 @@ fn the_notes_of_every_write_reach_telemetry() {
         since.map(|s| s.timestamp_millis())
     );
 }
+
+/// The custom SearchParameters are copied whole once, then only what changed since the last sync, each sync
+/// starting where the one before covered (a full copy each time would be safe but slow; an incremental first
+/// copy would miss what existed before).
+#[test]
+fn searchparameters_are_copied_whole_once_then_from_where_the_last_sync_ended() {
+    let mut sim = Sim::new(2, settings(&[]), 30, 0, Faults::default());
+    sim.run(0, 3_000).unwrap_or_else(|e| panic!("{e}"));
+    let w = sim.world();
+    let since = &w.search_parameter_since;
+    assert!(since.len() > 2, "{since:?}");
+    assert_eq!(since[0], None, "{since:?}");
+    assert!(since[1..].iter().all(Option::is_some), "{since:?}");
+    assert!(since[1..].windows(2).all(|p| p[0] <= p[1]), "{since:?}");
+}

@@ -93,6 +93,8 @@ pub struct World {
     pub inclusive_fallback: u64,
     /// Successful SearchParameter syncs.
     pub search_parameter_syncs: u64,
+    /// What each successful sync was asked to carry: everything (`None`) or what changed since an instant.
+    pub search_parameter_since: Vec<Option<DateTime<Utc>>>,
     /// The SearchParameters the destination holds, by id (the ledger asks; the schedules hold none).
     pub search_parameters: BTreeSet<String>,
     /// Kick-offs refused with 413 as too large.
@@ -149,6 +151,7 @@ impl World {
             till_inclusive_typed: false,
             inclusive_fallback: 0,
             search_parameter_syncs: 0,
+            search_parameter_since: Vec::new(),
             search_parameters: BTreeSet::new(),
             refused_too_large: 0,
             late: HashMap::new(),

@@ -490,7 +490,7 @@ impl Ports for SimPorts {
         }
         w.search_parameter_syncs += 1;
         w.search_parameter_since.push(since);
-        Ok(Default::default())
+        Ok(w.search_parameter_answer.take().unwrap_or_default())
     }
 
     async fn put_blob(&self, container: &str, name: &str, body: Vec<u8>, _new: bool) -> Result<(), EngineError> {

@@ -180,3 +180,32 @@ fn searchparameters_are_copied_whole_once_then_from_where_the_last_sync_ended() 
     assert!(since[1..].iter().all(Option::is_some), "{since:?}");
     assert!(since[1..].windows(2).all(|p| p[0] <= p[1]), "{since:?}");
 }
+
+/// A sync that carried changes tells the operator to reindex again (the cursor keeps when); one that carried
+/// nothing does not.
+#[test]
+fn only_a_sync_that_changed_searchparameters_asks_for_another_reindex() {
+    let mut sim = Sim::new(2, settings(&[]), 30, 0, Faults::default());
+    for _ in 0..20 {
+        sim.round();
+    }
+    let cursor = |sim: &Sim| sim.world().cursor.as_ref().expect("a cursor").0.clone();
+    assert!(cursor(&sim).search_parameters_copied);
+    assert_eq!(cursor(&sim).search_parameters_changed_at, None, "nothing changed");
+    let changed_from = sim.world().now;
+    sim.world().search_parameter_answer = Some(crate::engine::search_parameters::SearchParameterSync {
+        written: 1,
+        deleted: 1,
+        ..Default::default()
+    });
+    for _ in 0..20 {
+        sim.round();
+    }
+    assert!(sim.world().search_parameter_answer.is_none(), "the change was carried");
+    let after = cursor(&sim);
+    assert!(
+        after.search_parameters_changed_at.is_some_and(|t| t >= changed_from),
+        "{after:?}"
+    );
+    assert!(after.search_parameter_count >= 1);
+}

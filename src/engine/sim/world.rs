@@ -95,6 +95,8 @@ pub struct World {
     pub search_parameter_syncs: u64,
     /// What each successful sync was asked to carry: everything (`None`) or what changed since an instant.
     pub search_parameter_since: Vec<Option<DateTime<Utc>>>,
+    /// What the next successful sync reports having done (then nothing again).
+    pub search_parameter_answer: Option<crate::engine::search_parameters::SearchParameterSync>,
     /// The SearchParameters the destination holds, by id (the ledger asks; the schedules hold none).
     pub search_parameters: BTreeSet<String>,
     /// Kick-offs refused with 413 as too large.
@@ -152,6 +154,7 @@ impl World {
             inclusive_fallback: 0,
             search_parameter_syncs: 0,
             search_parameter_since: Vec::new(),
+            search_parameter_answer: None,
             search_parameters: BTreeSet::new(),
             refused_too_large: 0,
             late: HashMap::new(),

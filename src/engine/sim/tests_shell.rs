@@ -181,31 +181,61 @@ fn searchparameters_are_copied_whole_once_then_from_where_the_last_sync_ended() 
     assert!(since[1..].windows(2).all(|p| p[0] <= p[1]), "{since:?}");
 }
 
-/// A sync that carried changes tells the operator to reindex again (the cursor keeps when); one that carried
-/// nothing does not.
+/// The first copy counts what the destination holds; a later sync that carried changes tells the operator to
+/// reindex again (the cursor keeps when), and one that wrote any counts at least one; a sync that carried nothing
+/// changes nothing.
 #[test]
-fn only_a_sync_that_changed_searchparameters_asks_for_another_reindex() {
-    let mut sim = Sim::new(2, settings(&[]), 30, 0, Faults::default());
-    for _ in 0..20 {
-        sim.round();
-    }
+fn a_sync_that_changed_searchparameters_asks_for_another_reindex_and_counts_what_it_wrote() {
+    use crate::engine::search_parameters::SearchParameterSync;
     let cursor = |sim: &Sim| sim.world().cursor.as_ref().expect("a cursor").0.clone();
-    assert!(cursor(&sim).search_parameters_copied);
+    let rounds = |sim: &mut Sim| {
+        for _ in 0..20 {
+            sim.round();
+        }
+        assert!(sim.world().search_parameter_answer.is_none(), "the answer was given");
+        assert!(sim.violations().is_empty(), "{:?}", sim.violations());
+    };
+    // The first copy: 2 written, 3 already there.
+    let mut sim = Sim::new(2, settings(&[]), 30, 0, Faults::default());
+    sim.world().search_parameter_answer = Some(SearchParameterSync {
+        written: 2,
+        unchanged: 3,
+        ..Default::default()
+    });
+    rounds(&mut sim);
+    let first = cursor(&sim);
+    assert!(first.search_parameters_copied);
+    assert_eq!(first.search_parameter_count, 5);
+    assert_eq!(first.search_parameters_changed_at, None, "a first copy is no change");
+
+    // Nothing at first, then one deleted at the source, then one written.
+    let mut sim = Sim::new(2, settings(&[]), 30, 0, Faults::default());
+    sim.world().search_parameter_answer = Some(SearchParameterSync::default());
+    rounds(&mut sim);
+    assert_eq!(cursor(&sim).search_parameter_count, 0);
     assert_eq!(cursor(&sim).search_parameters_changed_at, None, "nothing changed");
-    let changed_from = sim.world().now;
-    sim.world().search_parameter_answer = Some(crate::engine::search_parameters::SearchParameterSync {
-        written: 1,
+    let deleted_at = sim.world().now;
+    sim.world().search_parameter_answer = Some(SearchParameterSync {
         deleted: 1,
         ..Default::default()
     });
-    for _ in 0..20 {
-        sim.round();
-    }
-    assert!(sim.world().search_parameter_answer.is_none(), "the change was carried");
+    rounds(&mut sim);
     let after = cursor(&sim);
     assert!(
-        after.search_parameters_changed_at.is_some_and(|t| t >= changed_from),
+        after.search_parameters_changed_at.is_some_and(|t| t >= deleted_at),
         "{after:?}"
     );
-    assert!(after.search_parameter_count >= 1);
+    assert_eq!(after.search_parameter_count, 0, "a deletion writes nothing");
+    let written_at = sim.world().now;
+    sim.world().search_parameter_answer = Some(SearchParameterSync {
+        written: 1,
+        ..Default::default()
+    });
+    rounds(&mut sim);
+    let after = cursor(&sim);
+    assert!(
+        after.search_parameters_changed_at.is_some_and(|t| t >= written_at),
+        "{after:?}"
+    );
+    assert_eq!(after.search_parameter_count, 1);
 }

@@ -330,13 +330,6 @@ impl<P: Ports> Shell<'_, P> {
     }
 }
 
-/// The `inputSource` of one import attempt: the source server's URL naming the attempt. The destination keeps
-/// it in the job's definition and never reads from it (fhir-server `CreateImportRequestHandler.cs` copies it
-/// into `ImportOrchestratorJobDefinition`, and nothing else uses it), but it de-duplicates registrations on a
-/// hash of that definition, failed and cancelled jobs included (reference §11.7, `EnqueueJobs.sql`). A token
-/// recorded before the POST makes the definition this attempt's alone: a repeated POST of the same attempt
-/// (after a crash) gets its own job back, and no other migration's or attempt's job can be handed to it.
-/// `None` for rows written before tokens existed (their POST is repeated as it was first sent).
 /// Names the blobs one tick writes when it rewrites a payload (copies of export files, the new body): another
 /// invocation doing the same at once writes its own, and the ETag-guarded row write decides whose the payload
 /// uses, so a body never names a copy another invocation overwrote (with another ETag).
@@ -344,6 +337,13 @@ fn tag(nonce: u64) -> String {
     format!("{nonce:016x}")
 }
 
+/// The `inputSource` of one import attempt: the source server's URL naming the attempt. The destination keeps
+/// it in the job's definition and never reads from it (fhir-server `CreateImportRequestHandler.cs` copies it
+/// into `ImportOrchestratorJobDefinition`, and nothing else uses it), but it de-duplicates registrations on a
+/// hash of that definition, failed and cancelled jobs included (reference §11.7, `EnqueueJobs.sql`). A token
+/// recorded before the POST makes the definition this attempt's alone: a repeated POST of the same attempt
+/// (after a crash) gets its own job back, and no other migration's or attempt's job can be handed to it.
+/// `None` for rows written before tokens existed (their POST is repeated as it was first sent).
 pub fn attempt_source(source: &url::Url, token: &str) -> Option<String> {
     if token.is_empty() {
         return None;

@@ -239,3 +239,33 @@ fn a_sync_that_changed_searchparameters_asks_for_another_reindex_and_counts_what
     );
     assert_eq!(after.search_parameter_count, 1);
 }
+
+/// SearchParameters the destination refused are reported in the tick's log (the migration goes on); a sync
+/// that refused none says nothing of it.
+#[test]
+fn refused_searchparameters_are_reported_and_only_then() {
+    use crate::engine::search_parameters::SearchParameterSync;
+    for refused in [0, 1, 2] {
+        let sim = Sim::new(2, settings(&[]), 10, 0, Faults::default());
+        sim.world().search_parameter_answer = Some(SearchParameterSync {
+            refused,
+            ..Default::default()
+        });
+        let lines = tick(&sim, Timer::Starter);
+        assert!(sim.world().search_parameter_answer.is_none(), "the sync ran");
+        let said: Vec<&String> = lines
+            .iter()
+            .filter(|l| l.contains("were refused by the destination"))
+            .collect();
+        match refused {
+            0 => assert!(said.is_empty(), "{said:?}"),
+            n => {
+                assert_eq!(said.len(), 1, "{lines:?}");
+                assert!(
+                    said[0].starts_with(&format!("{n} custom SearchParameter(s)")),
+                    "{said:?}"
+                );
+            }
+        }
+    }
+}

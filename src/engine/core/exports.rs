@@ -530,7 +530,57 @@ pub(super) fn next_part_or_done(ctx: &Context, mut job: Job) -> Job {
 
 #[cfg(test)]
 mod tests {
-    use super::Failure;
+    use chrono::{TimeDelta, TimeZone};
+
+    use super::{Failure, kick_offs};
+    use crate::engine::core::{Action, Context, Facts, Snapshot, Timer};
+    use crate::state::Job;
+
+    /// The kick-off `kick_offs` decides for one planned window claimed `attempts` times, whose lease ends at
+    /// `lease` from now: its log line, or `None` when the window must wait.
+    fn kick_off(attempts: i64, lease: Option<TimeDelta>) -> Option<String> {
+        let settings = crate::engine::sim::settings(&[]);
+        let timing = crate::engine::Timing::default();
+        let now = chrono::Utc.with_ymd_and_hms(2026, 1, 10, 0, 0, 0).unwrap();
+        let mut job = Job::planned(3, now - TimeDelta::days(2), now - TimeDelta::days(1), "");
+        job.attempt = attempts;
+        job.lease_until = lease.map(|l| now + l);
+        job.planned_versions = Some(10);
+        job.boundary_versions = Some(0);
+        let snapshot = Snapshot {
+            jobs: vec![job],
+            ..Snapshot::default()
+        };
+        let ctx = Context::for_test(&settings, &timing, Timer::Starter, now);
+        match kick_offs(&ctx, &snapshot, &Facts::default()).expect("a window is under way") {
+            Some(Action::Write { notes, .. }) => Some(notes.lines.join(" ")),
+            Some(other) => panic!("{other:?}"),
+            None => None,
+        }
+    }
+
+    /// A window is kicked off when planned, again once its claim's lease has run out (saying so: the last
+    /// kick-off was deferred or never confirmed), and not while the lease runs, up to its last instant.
+    #[test]
+    fn a_planned_window_is_kicked_off_and_again_only_after_its_lease() {
+        assert_eq!(kick_off(0, None).as_deref(), Some("Kicking off window 3"));
+        let again = kick_off(1, Some(TimeDelta::seconds(-1))).expect("the lease ran out");
+        assert!(
+            again.contains("Kicking off window 3 again: its last kick-off was deferred or never confirmed"),
+            "{again}"
+        );
+        assert_eq!(
+            kick_off(1, Some(TimeDelta::zero())),
+            None,
+            "the lease's last instant is still the claimant's"
+        );
+        assert_eq!(kick_off(1, Some(TimeDelta::seconds(1))), None);
+        // A window never claimed but given a wait (a deferred kick-off asks for one) is a first kick-off once due.
+        assert_eq!(
+            kick_off(0, Some(TimeDelta::seconds(-1))).as_deref(),
+            Some("Kicking off window 3")
+        );
+    }
 
     #[test]
     fn only_a_refusal_of_the_request_itself_can_halt_a_window() {

@@ -559,6 +559,92 @@ mod tests {
         }
     }
 
+    fn decide(job: Job, facts: &Facts) -> Action {
+        let settings = crate::engine::sim::settings(&[]);
+        let timing = crate::engine::Timing::default();
+        let now = chrono::Utc.with_ymd_and_hms(2026, 1, 10, 0, 0, 0).unwrap();
+        let snapshot = Snapshot {
+            jobs: vec![job],
+            ..Snapshot::default()
+        };
+        let ctx = Context::for_test(&settings, &timing, Timer::Starter, now);
+        kick_offs(&ctx, &snapshot, facts)
+            .expect("a window is under way")
+            .expect("an action")
+    }
+
+    fn planned(attempt: i64) -> Job {
+        let now = chrono::Utc.with_ymd_and_hms(2026, 1, 10, 0, 0, 0).unwrap();
+        let mut job = Job::planned(3, now - TimeDelta::days(2), now - TimeDelta::days(1), "");
+        job.attempt = attempt;
+        job.planned_versions = Some(10);
+        job.boundary_versions = Some(0);
+        job
+    }
+
+    /// A claim is a new attempt, with the lease that marks it as this tick's for `Timing::lease`; a failed
+    /// window's claim says it is exported again; a window whose counts are not both known is counted first (an
+    /// older release's row may lack the count on its end millisecond, which the manifest check needs).
+    #[test]
+    fn a_claim_is_a_new_attempt_with_a_lease_and_a_window_without_both_counts_is_counted_first() {
+        let now = chrono::Utc.with_ymd_and_hms(2026, 1, 10, 0, 0, 0).unwrap();
+        let Action::Write {
+            write: crate::engine::core::Write::Job(claimed),
+            ..
+        } = decide(planned(0), &Facts::default())
+        else {
+            panic!("a claim")
+        };
+        assert_eq!(claimed.attempt, 1);
+        assert_eq!(claimed.lease_until, Some(now + crate::engine::Timing::default().lease));
+        let mut failed = planned(2);
+        failed.export_status = crate::state::rows::ExportStatus::Failed;
+        let Action::Write { notes, write } = decide(failed, &Facts::default()) else {
+            panic!("a claim")
+        };
+        assert!(notes.lines[0].starts_with("Exporting window "), "{notes:?}");
+        assert!(notes.lines[0].ends_with("again (attempt 3)"), "{notes:?}");
+        assert!(matches!(write, crate::engine::core::Write::Job(j) if j.attempt == 3));
+        let mut half = planned(0);
+        half.boundary_versions = None;
+        assert!(
+            !matches!(decide(half, &Facts::default()), Action::Write { .. }),
+            "counted first"
+        );
+    }
+
+    /// A kick-off deferred by the server (429, 503, no answer) counts its deferrals, and every sixth in a row is
+    /// reported as a failure (counted for the retry latch), so a window the server keeps refusing never waits
+    /// unseen.
+    #[test]
+    fn every_sixth_deferral_in_a_row_is_reported_as_a_failure() {
+        for (before, after, reported) in [(0, 1, false), (2, 3, false), (4, 5, false), (5, 0, true)] {
+            let mut job = planned(1);
+            job.deferrals = before;
+            let mut facts = Facts::default();
+            facts
+                .claimed
+                .insert(crate::engine::core::Claim::Export { seq: 3, attempt: 1 });
+            facts.kickoffs.insert(
+                (3, 1),
+                crate::engine::core::rules::Answer::Refused {
+                    status: 429,
+                    diagnostics: "busy".into(),
+                    retry_after: None,
+                },
+            );
+            let Action::Write {
+                write: crate::engine::core::Write::Job(j),
+                notes,
+            } = decide(job, &facts)
+            else {
+                panic!("the answer recorded")
+            };
+            assert_eq!(j.deferrals, after, "after {before}");
+            assert_eq!(notes.count_failure, reported, "after {before}");
+        }
+    }
+
     /// A window is kicked off when planned, again once its claim's lease has run out (saying so: the last
     /// kick-off was deferred or never confirmed), and not while the lease runs, up to its last instant.
     #[test]

@@ -1,5 +1,7 @@
-//! What the shell itself does around the core's decisions: the clock-skew report, the retry latch's count, and
-//! the notes (log lines, events) every write carries.
+//! What the shell does around the core's decisions, and what they write, seen through whole ticks: the
+//! clock-skew report, the retry latch's count, the notes (log lines, events) every write carries, the
+//! SearchParameter sync, and the payload rows a finished export writes. Each test here came from a mutant the
+//! schedules let through.
 
 use chrono::TimeDelta;
 
@@ -267,5 +269,41 @@ fn refused_searchparameters_are_reported_and_only_then() {
                 );
             }
         }
+    }
+}
+
+/// The payload rows a finished export writes: numbered from 1 within their window's attempt, named after that
+/// number (the original tool's `import_payload_<n>.json`), and each expecting the lines its files hold (what
+/// tells a result handed back from an older import, with more lines, from this payload's own).
+#[test]
+fn payload_rows_are_numbered_from_one_and_expect_the_lines_of_their_files() {
+    let mut sim = Sim::new(4, settings(&[("AZURE_FileCount", "2")]), 60, 0, Faults::default());
+    sim.run(0, 3_000).unwrap_or_else(|e| panic!("{e}"));
+    let w = sim.world();
+    let mut numbers: std::collections::BTreeMap<(i64, i64), Vec<i64>> = Default::default();
+    for (p, _) in w.payloads.values() {
+        numbers.entry((p.seq, p.export_attempt)).or_default().push(p.index);
+        assert_eq!(p.blob, format!("import_payload_{}.json", p.index));
+        let (job, _) = &w.jobs[&p.seq];
+        if job.attempt != p.export_attempt {
+            continue;
+        }
+        let container = crate::engine::core::flow::payload_container(&job.export_id);
+        let body = w.blobs.get(&(container, p.blob.clone())).expect("the payload's body");
+        let body: serde_json::Value = serde_json::from_slice(body).expect("JSON");
+        let lines: usize = crate::engine::failures::files::input_urls(&body)
+            .iter()
+            .map(|u| w.files.get(u).map_or(0, Vec::len))
+            .sum();
+        assert_eq!(p.expected_lines, Some(lines as i64), "{p:?}");
+    }
+    assert!(!numbers.is_empty());
+    assert!(
+        numbers.values().any(|n| n.len() > 1),
+        "some window has several payloads"
+    );
+    for (window, mut n) in numbers {
+        n.sort_unstable();
+        assert_eq!(n, (1..=n.len() as i64).collect::<Vec<_>>(), "window {window:?}");
     }
 }

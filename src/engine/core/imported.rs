@@ -207,4 +207,46 @@ mod tests {
             assert_eq!(row.status, expected, "{policy}");
         }
     }
+
+    /// A result is this payload's own only if it accounts for no more lines than the payload's files hold and the
+    /// job was not created well before this POST (a job the server handed back for the same definition).
+    #[test]
+    fn a_result_with_more_lines_or_created_before_the_post_is_another_jobs() {
+        let posted = chrono::Utc.with_ymd_and_hms(2026, 1, 10, 0, 0, 0).unwrap();
+        let mut p = Payload::new(1, 1, 1, "import_payload_1.json".into());
+        p.expected_lines = Some(10);
+        p.start_time = Some(posted);
+        let result = |imported: u64, failed: u64, created: Option<chrono::DateTime<chrono::Utc>>| ImportResult {
+            transaction_time: created.map(crate::fhir::format_instant),
+            output: vec![ImportOutput {
+                resource_type: Some("Patient".into()),
+                count: imported,
+                input_url: None,
+            }],
+            error: (failed > 0)
+                .then(|| crate::fhir::wire::ImportErrorFile {
+                    resource_type: Some("Patient".into()),
+                    count: failed,
+                    input_url: None,
+                    url: "https://errors/1.ndjson".into(),
+                })
+                .into_iter()
+                .collect(),
+        };
+        assert_eq!(foreign_job(&p, &result(8, 2, Some(posted))), None);
+        assert_eq!(foreign_job(&p, &result(7, 0, None)), None);
+        let more = foreign_job(&p, &result(9, 2, None)).expect("more lines than the payload holds");
+        assert!(more.contains("11 lines for a payload of 10"), "{more}");
+        assert_eq!(
+            foreign_job(&p, &result(10, 0, Some(posted - chrono::TimeDelta::minutes(10)))),
+            None,
+            "within the clocks' tolerance"
+        );
+        let older = foreign_job(&p, &result(10, 0, Some(posted - chrono::TimeDelta::minutes(11))))
+            .expect("created before the POST");
+        assert!(older.contains("before this POST"), "{older}");
+        // A row from before the expected count was kept: only the time can tell.
+        p.expected_lines = None;
+        assert_eq!(foreign_job(&p, &result(90, 0, Some(posted))), None);
+    }
 }

@@ -249,4 +249,47 @@ mod tests {
         p.expected_lines = None;
         assert_eq!(foreign_job(&p, &result(90, 0, Some(posted))), None);
     }
+
+    /// The log line of a finished import says how many lines failed, and where their error files are, when any
+    /// did; otherwise how many resources it imported.
+    #[test]
+    fn a_finished_imports_line_names_its_failed_lines_when_there_are_any() {
+        let settings = crate::engine::sim::settings(&[]);
+        let timing = crate::engine::Timing::default();
+        let now = chrono::Utc.with_ymd_and_hms(2026, 1, 10, 0, 0, 0).unwrap();
+        let ctx = Context::for_test(&settings, &timing, Timer::ImportStatus, now);
+        let job = Job::planned(1, now - chrono::TimeDelta::days(1), now, "");
+        let p = Payload::new(1, job.attempt, 1, "import_payload_1.json".into());
+        for failed in [0, 2] {
+            let result = ImportResult {
+                transaction_time: None,
+                output: vec![ImportOutput {
+                    resource_type: Some("Patient".into()),
+                    count: 7,
+                    input_url: None,
+                }],
+                error: (failed > 0)
+                    .then(|| crate::fhir::wire::ImportErrorFile {
+                        resource_type: Some("Patient".into()),
+                        count: failed,
+                        input_url: None,
+                        url: "https://errors/e1.ndjson".into(),
+                    })
+                    .into_iter()
+                    .collect(),
+            };
+            let handled = Mark::ImportPollHandled(PostKey::of(&p));
+            let Action::Write { notes, .. } = imported(&ctx, &job, &p, &result, None, &Totals::default(), handled)
+            else {
+                panic!("the payload row is written")
+            };
+            let line = &notes.lines[0];
+            if failed > 0 {
+                assert!(line.contains("finished with 2 failed line(s) (Patient:2)"), "{line}");
+                assert!(line.contains("error files: https://errors/e1.ndjson"), "{line}");
+            } else {
+                assert!(line.ends_with("finished: 7 resources"), "{line}");
+            }
+        }
+    }
 }

@@ -284,6 +284,12 @@ mod tests {
                 panic!("the payload row is written")
             };
             let line = &notes.lines[0];
+            let errors = notes.events.iter().filter(|e| e.name == "ImportErrors").count();
+            assert_eq!(
+                errors,
+                usize::from(failed > 0),
+                "an ImportErrors event only for failed lines"
+            );
             if failed > 0 {
                 assert!(line.contains("finished with 2 failed line(s) (Patient:2)"), "{line}");
                 assert!(line.contains("error files: https://errors/e1.ndjson"), "{line}");

@@ -454,6 +454,20 @@ mod tests {
         }
     }
 
+    /// A window settles over all the payloads its export row counts: one completed of two is no verdict.
+    #[test]
+    fn a_window_settles_only_over_every_payload_it_counts() {
+        let settings = crate::engine::sim::settings(&[]);
+        let timing = crate::engine::Timing::default();
+        let now = chrono::Utc::now();
+        let (mut snapshot, facts) = running(now, TimeDelta::zero());
+        snapshot.payloads[0].status = ImportStatus::Completed;
+        snapshot.jobs[0].payloads = 2;
+        assert!(settle_windows(&import_ctx(&settings, &timing, now), &snapshot, &facts).is_none());
+        snapshot.jobs[0].payloads = 1;
+        assert!(settle_windows(&import_ctx(&settings, &timing, now), &snapshot, &facts).is_some());
+    }
+
     /// One window with one running import, polled Running this tick.
     fn running(now: chrono::DateTime<chrono::Utc>, counted_ago: TimeDelta) -> (Snapshot, Facts) {
         let mut cursor = Cursor::new();

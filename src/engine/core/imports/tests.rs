@@ -1,0 +1,199 @@
+//! The import side of the core: payloads posted, polled, settled into their window.
+use chrono::TimeDelta;
+
+use super::*;
+use crate::engine::core::{Facts, ImportPoll, PostKey, Snapshot, Timer};
+use crate::state::rows::ExportStatus;
+use crate::state::{Cursor, Job, Payload};
+
+fn import_ctx<'a>(
+    settings: &'a crate::config::MigrationSettings,
+    timing: &'a crate::engine::Timing,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Context<'a> {
+    Context {
+        nonce: 7,
+        ..Context::for_test(settings, timing, Timer::ImportStatus, now)
+    }
+}
+
+/// A window settles over all the payloads its export row counts: one completed of two is no verdict.
+#[test]
+fn a_window_settles_only_over_every_payload_it_counts() {
+    let settings = crate::engine::sim::settings(&[]);
+    let timing = crate::engine::Timing::default();
+    let now = chrono::Utc::now();
+    let (mut snapshot, facts) = running(now, TimeDelta::zero());
+    snapshot.payloads[0].status = ImportStatus::Completed;
+    snapshot.jobs[0].payloads = 2;
+    assert!(settle_windows(&import_ctx(&settings, &timing, now), &snapshot, &facts).is_none());
+    snapshot.jobs[0].payloads = 1;
+    assert!(settle_windows(&import_ctx(&settings, &timing, now), &snapshot, &facts).is_some());
+}
+
+/// One window with one running import, polled Running this tick.
+fn running(now: chrono::DateTime<chrono::Utc>, counted_ago: TimeDelta) -> (Snapshot, Facts) {
+    let mut cursor = Cursor::new();
+    cursor.next_job = 1;
+    cursor.totals_at = Some(now - counted_ago);
+    cursor.source_total = "10".into();
+    cursor.destination_total = "4".into();
+    let mut job = Job::planned(0, now - TimeDelta::days(1), now - TimeDelta::hours(1), "");
+    job.attempt = 1;
+    job.export_status = ExportStatus::Completed;
+    job.payloads = 1;
+    let mut p = Payload::new(0, 1, 1, "import_payload_1.json".into());
+    p.status = ImportStatus::Running;
+    p.attempt = 1;
+    p.import_url = "https://destination/_operations/import/7".into();
+    p.start_time = Some(now - TimeDelta::minutes(1));
+    let mut facts = Facts::default();
+    facts.import_polls.insert(PostKey::of(&p), ImportPoll::Running);
+    let snapshot = Snapshot {
+        cursor,
+        jobs: vec![job],
+        payloads: vec![p],
+    };
+    (snapshot, facts)
+}
+
+#[test]
+fn whole_server_counts_are_reused_within_the_interval() {
+    let settings = crate::engine::sim::settings(&[]);
+    let timing = crate::engine::Timing::default();
+    let now = crate::engine::sim::t0();
+    let ctx = import_ctx(&settings, &timing, now);
+    let (snapshot, facts) = running(now, TimeDelta::minutes(5));
+    let Some(Action::Note(notes)) = poll_imports(&ctx, &snapshot, &facts) else {
+        panic!("a Running event from the saved counts, without counting")
+    };
+    assert_eq!(notes.events[0].get("SourceResourceCount"), Some("10"));
+    let (stale, facts) = running(now, TimeDelta::minutes(20));
+    assert_eq!(poll_imports(&ctx, &stale, &facts), Some(Action::CountTotals));
+    // A finished import always counts afresh.
+    let (snapshot, mut facts) = running(now, TimeDelta::minutes(1));
+    let key = PostKey::of(&snapshot.payloads[0]);
+    facts.import_polls.insert(
+        key,
+        ImportPoll::Done(crate::fhir::wire::ImportResult {
+            transaction_time: None,
+            output: Vec::new(),
+            error: Vec::new(),
+        }),
+    );
+    assert_eq!(poll_imports(&ctx, &snapshot, &facts), Some(Action::CountTotals));
+}
+
+/// Under `AZURE_ImportErrorPolicy=Halt`, a finished import halts on permanent lines only: lines the ledger
+/// found benign (the identical version is at the destination) or transient (retried later) do not.
+#[test]
+fn halt_stops_on_permanent_lines_not_on_benign_ones() {
+    use crate::engine::error_files::ErrorSummary;
+    use crate::fhir::wire::{ImportErrorFile, ImportOutput, ImportResult};
+    let settings = crate::engine::sim::settings(&[("AZURE_ImportErrorPolicy", "Halt")]);
+    let timing = crate::engine::Timing::default();
+    let now = crate::engine::sim::t0();
+    let ctx = import_ctx(&settings, &timing, now);
+    let outcome = |summary: ErrorSummary| {
+        let (snapshot, mut facts) = running(now, TimeDelta::minutes(1));
+        let key = PostKey::of(&snapshot.payloads[0]);
+        facts.totals = Some(crate::engine::core::Totals::default());
+        facts.marks.insert(Mark::TotalsSaved);
+        facts.import_polls.insert(
+            key,
+            ImportPoll::Done(ImportResult {
+                transaction_time: None,
+                output: vec![ImportOutput {
+                    resource_type: Some("Patient".into()),
+                    count: 8,
+                    input_url: None,
+                }],
+                error: vec![ImportErrorFile {
+                    resource_type: Some("Patient".into()),
+                    count: 2,
+                    input_url: None,
+                    url: "https://a/fhirlogs/e.ndjson".into(),
+                }],
+            }),
+        );
+        facts.error_summaries.insert(key, Some(summary));
+        match poll_imports(&ctx, &snapshot, &facts) {
+            Some(Action::Write {
+                write: crate::engine::core::Write::Payload(p),
+                ..
+            }) => p.status,
+            other => panic!("the import is recorded: {other:?}"),
+        }
+    };
+    let benign = ErrorSummary {
+        duplicates: 2,
+        benign: 2,
+        ..ErrorSummary::default()
+    };
+    assert_eq!(outcome(benign), ImportStatus::Completed);
+    let transient = ErrorSummary {
+        invalid: 2,
+        transient: 2,
+        ..ErrorSummary::default()
+    };
+    assert_eq!(outcome(transient), ImportStatus::Completed);
+    let permanent = ErrorSummary {
+        conflicts: 1,
+        benign: 1,
+        permanent: 1,
+        ..ErrorSummary::default()
+    };
+    assert_eq!(outcome(permanent), ImportStatus::Halted);
+}
+
+/// The window's summary of its payloads: a halted payload halts the window (with its reason) once; a running
+/// one marks it running once; a window imported whole is processed without a line about parts.
+#[test]
+fn a_window_takes_its_payloads_halt_or_run_once_and_is_processed_when_all_completed() {
+    let settings = crate::engine::sim::settings(&[]);
+    let timing = crate::engine::Timing::default();
+    let now = chrono::Utc::now();
+    let ctx = import_ctx(&settings, &timing, now);
+    let decide = |snapshot: &Snapshot, facts: &Facts| settle_windows(&ctx, snapshot, facts);
+    let (mut snapshot, facts) = running(now, TimeDelta::zero());
+
+    // Running: the window is marked running, once.
+    let Some(Action::Write {
+        write: Write::Job(j), ..
+    }) = decide(&snapshot, &facts)
+    else {
+        panic!("the window marked running")
+    };
+    assert_eq!(j.import_status, ImportStatus::Running);
+    snapshot.jobs[0].import_status = ImportStatus::Running;
+    assert!(decide(&snapshot, &facts).is_none());
+
+    // Halted: the window halts with the payload's reason, once.
+    snapshot.payloads[0].status = ImportStatus::Halted;
+    snapshot.payloads[0].failure_reason = "2 line(s) failed to import for good".into();
+    let Some(Action::Write {
+        write: Write::Job(j), ..
+    }) = decide(&snapshot, &facts)
+    else {
+        panic!("the window halted")
+    };
+    assert_eq!(
+        (j.import_status, j.failure_reason.as_str()),
+        (ImportStatus::Halted, "2 line(s) failed to import for good")
+    );
+    snapshot.jobs[0].import_status = ImportStatus::Halted;
+    assert!(decide(&snapshot, &facts).is_none());
+
+    // Completed: processed, and no line about a next part.
+    snapshot.payloads[0].status = ImportStatus::Completed;
+    snapshot.jobs[0].import_status = ImportStatus::Running;
+    let Some(Action::Write {
+        write: Write::Job(j),
+        notes,
+    }) = decide(&snapshot, &facts)
+    else {
+        panic!("the window processed")
+    };
+    assert!(j.processed);
+    assert!(notes.lines.is_empty(), "{notes:?}");
+}

@@ -119,10 +119,8 @@ pub fn post_payloads(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Optio
                     unit_bytes: p.unit_bytes,
                 });
             }
-            Some(answer) if !facts.marks.contains(&handled) => {
-                return Some(post_answered(ctx, job, p, answer, handled));
-            }
-            Some(_) => {}
+            // Not handled yet (see above): recorded once.
+            Some(answer) => return Some(post_answered(ctx, job, p, answer, handled)),
         }
     }
     if ctx.latched(&snapshot.cursor) || (ctx.paused() && !ctx.settings.continue_last_import_during_pause) {

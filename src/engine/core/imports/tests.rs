@@ -197,3 +197,122 @@ fn a_window_takes_its_payloads_halt_or_run_once_and_is_processed_when_all_comple
     assert!(j.processed);
     assert!(notes.lines.is_empty(), "{notes:?}");
 }
+
+/// A window with two payloads: the first claimed for a POST by this tick (its lease running), the second
+/// `second` (running, or waiting).
+fn claimed(now: chrono::DateTime<chrono::Utc>, second: ImportStatus) -> (Snapshot, Facts) {
+    let mut cursor = Cursor::new();
+    cursor.next_job = 1;
+    let mut job = Job::planned(0, now - TimeDelta::days(1), now - TimeDelta::hours(1), "");
+    job.attempt = 1;
+    job.export_status = ExportStatus::Completed;
+    job.export_id = "5".into();
+    job.payloads = 2;
+    let mut first = Payload::new(0, 1, 1, "import_payload_1.json".into());
+    first.status = ImportStatus::Posting;
+    first.attempt = 1;
+    first.lease_until = Some(now + TimeDelta::minutes(2));
+    let mut other = Payload::new(0, 1, 2, "import_payload_2.json".into());
+    other.status = second;
+    let mut facts = Facts::default();
+    facts
+        .claimed
+        .insert(crate::engine::core::Claim::Post(PostKey::of(&first)));
+    let snapshot = Snapshot {
+        cursor,
+        jobs: vec![job],
+        payloads: vec![first, other],
+    };
+    (snapshot, facts)
+}
+
+/// After claiming a POST, the tick reads the state again before posting; a claim beyond
+/// `AZURE_PayloadCount` (counting the running imports) is given back (its lease already ended, so it is
+/// claimed again later), and within it the POST goes out; its answer is recorded once.
+#[test]
+fn a_claimed_post_is_reloaded_then_given_back_over_the_cap_or_posted_and_answered_once() {
+    let settings = crate::engine::sim::settings(&[("AZURE_PayloadCount", "1")]);
+    let timing = crate::engine::Timing::default();
+    let now = chrono::Utc::now();
+    let ctx = import_ctx(&settings, &timing, now);
+    let (snapshot, mut facts) = claimed(now, ImportStatus::Running);
+    let key = PostKey::of(&snapshot.payloads[0]);
+    assert!(matches!(
+        post_payloads(&ctx, &snapshot, &facts),
+        Some(Action::Reload { .. })
+    ));
+    facts.marks.insert(Mark::Reloaded(key));
+    // The other payload runs: one slot, taken.
+    let Some(Action::Write {
+        write: Write::Payload(given_back),
+        notes,
+    }) = post_payloads(&ctx, &snapshot, &facts)
+    else {
+        panic!("given back")
+    };
+    assert_eq!(given_back.lease_until, Some(now - TimeDelta::milliseconds(1)));
+    assert_eq!(notes.mark, Some(Mark::PostHandled(key)));
+    // The other payload waits: the slot is this claim's.
+    let (snapshot, mut facts) = claimed(now, ImportStatus::NotStarted);
+    facts.marks.insert(Mark::Reloaded(key));
+    assert!(matches!(
+        post_payloads(&ctx, &snapshot, &facts),
+        Some(Action::Post { .. })
+    ));
+    facts.posts.insert(
+        key,
+        crate::engine::core::PostAnswer::Answer(crate::engine::core::rules::Answer::Accepted {
+            status_url: "https://destination/_operations/import/9".into(),
+        }),
+    );
+    let Some(Action::Write {
+        write: Write::Payload(started),
+        ..
+    }) = post_payloads(&ctx, &snapshot, &facts)
+    else {
+        panic!("the answer recorded")
+    };
+    assert_eq!(started.status, ImportStatus::Started);
+    facts.marks.insert(Mark::PostHandled(key));
+    assert!(
+        !matches!(post_payloads(&ctx, &snapshot, &facts), Some(Action::Write { write: Write::Payload(p), .. }) if p.index == 1)
+    );
+}
+
+/// No new POST is claimed while the retry latch holds, or in the pause window unless the last import may go on;
+/// a claim already made is still carried through.
+#[test]
+fn no_new_post_while_latched_or_paused() {
+    let timing = crate::engine::Timing::default();
+    let now = chrono::Utc::now();
+    // A failed import with attempts left: due for a new POST.
+    let waiting = |snapshot: &mut Snapshot| {
+        snapshot.payloads[0].status = ImportStatus::Failed;
+        snapshot.payloads[0].failure_reason = "import failed with HTTP 500".into();
+        snapshot.payloads[0].lease_until = None;
+    };
+    let mut latched = crate::engine::sim::settings(&[
+        ("AZURE_MaxExportRetriesEnabled", "true"),
+        ("AZURE_MaxExportRetries", "1"),
+    ]);
+    let (mut snapshot, facts) = claimed(now, ImportStatus::NotStarted);
+    waiting(&mut snapshot);
+    let claims = |settings: &crate::config::MigrationSettings, snapshot: &Snapshot| {
+        matches!(
+            post_payloads(&import_ctx(settings, &timing, now), snapshot, &Facts::default()),
+            Some(Action::Write { write: Write::Payload(p), .. }) if p.status == ImportStatus::Posting
+        )
+    };
+    assert!(claims(&latched, &snapshot), "not latched yet");
+    snapshot.cursor.failures = 1;
+    assert!(!claims(&latched, &snapshot), "latched");
+    snapshot.cursor.failures = 0;
+    latched.pause = Some(crate::config::PauseWindow {
+        start_hour: 0,
+        end_hour: 24,
+    });
+    assert!(!claims(&latched, &snapshot), "paused");
+    latched.continue_last_import_during_pause = true;
+    assert!(claims(&latched, &snapshot), "paused, but the last import may go on");
+    drop(facts);
+}

@@ -279,8 +279,8 @@ fn a_claimed_post_is_reloaded_then_given_back_over_the_cap_or_posted_and_answere
     );
 }
 
-/// No new POST is claimed while the retry latch holds, or in the pause window unless the last import may go on;
-/// a claim already made is still carried through.
+/// No new POST is claimed while the retry latch holds, or in the pause window unless the last import may go on,
+/// nor for a failed import out of attempts or whose same-millisecond refusal is not examined yet.
 #[test]
 fn no_new_post_while_latched_or_paused() {
     let timing = crate::engine::Timing::default();
@@ -315,4 +315,13 @@ fn no_new_post_while_latched_or_paused() {
     latched.continue_last_import_during_pause = true;
     assert!(claims(&latched, &snapshot), "paused, but the last import may go on");
     drop(facts);
+
+    // A failed import is posted again only with attempts left, and not before its capacity refusal is examined.
+    let settings = crate::engine::sim::settings(&[("AZURE_MaxImportRetries", "3")]);
+    snapshot.payloads[0].attempt = 3;
+    assert!(!claims(&settings, &snapshot), "out of attempts");
+    snapshot.payloads[0].attempt = 2;
+    assert!(claims(&settings, &snapshot), "an attempt left");
+    snapshot.payloads[0].failure_reason = "import failed with HTTP 400: Unable to generate internal IDs. If the lastUpdated meta element is provided as input, reduce the number of resources with the same up to millisecond lastUpdated below 10,000.".into();
+    assert!(!claims(&settings, &snapshot), "its capacity refusal is examined first");
 }

@@ -322,6 +322,16 @@ fn no_new_post_while_latched_or_paused() {
     assert!(!claims(&settings, &snapshot), "out of attempts");
     snapshot.payloads[0].attempt = 2;
     assert!(claims(&settings, &snapshot), "an attempt left");
+    // The claim is a new attempt with a new definition, held for the lease.
+    let Some(Action::Write {
+        write: Write::Payload(p),
+        ..
+    }) = post_payloads(&import_ctx(&settings, &timing, now), &snapshot, &Facts::default())
+    else {
+        panic!("a claim")
+    };
+    assert_eq!((p.attempt, p.lease_until), (3, Some(now + timing.lease)));
+    assert!(p.post_token.ends_with("-0-1-1-3"), "{}", p.post_token);
     snapshot.payloads[0].failure_reason = "import failed with HTTP 400: Unable to generate internal IDs. If the lastUpdated meta element is provided as input, reduce the number of resources with the same up to millisecond lastUpdated below 10,000.".into();
     assert!(!claims(&settings, &snapshot), "its capacity refusal is examined first");
 }

@@ -335,3 +335,54 @@ fn no_new_post_while_latched_or_paused() {
     snapshot.payloads[0].failure_reason = "import failed with HTTP 400: Unable to generate internal IDs. If the lastUpdated meta element is provided as input, reduce the number of resources with the same up to millisecond lastUpdated below 10,000.".into();
     assert!(!claims(&settings, &snapshot), "its capacity refusal is examined first");
 }
+
+/// A POST's answer: a refusal fails the payload, with a failure counted and an `Import` event saying why; a
+/// deferral (429, 503, no answer) counts the deferrals in a row, and every sixth is reported as a failure.
+#[test]
+fn a_refused_post_fails_with_its_event_and_every_sixth_deferral_is_reported() {
+    use crate::engine::core::PostAnswer;
+    use crate::engine::core::rules::Answer;
+    let settings = crate::engine::sim::settings(&[]);
+    let timing = crate::engine::Timing::default();
+    let now = chrono::Utc::now();
+    let ctx = import_ctx(&settings, &timing, now);
+    let answered = |deferrals: i64, status: u16| {
+        let (mut snapshot, mut facts) = claimed(now, ImportStatus::NotStarted);
+        snapshot.payloads[0].deferrals = deferrals;
+        let key = PostKey::of(&snapshot.payloads[0]);
+        facts.marks.insert(Mark::Reloaded(key));
+        facts.posts.insert(
+            key,
+            PostAnswer::Answer(Answer::Refused {
+                status,
+                diagnostics: "no".into(),
+                retry_after: None,
+            }),
+        );
+        let Some(Action::Write {
+            write: Write::Payload(p),
+            notes,
+        }) = post_payloads(&ctx, &snapshot, &facts)
+        else {
+            panic!("the answer recorded")
+        };
+        (p, notes)
+    };
+    let (p, notes) = answered(0, 400);
+    assert_eq!(p.status, ImportStatus::Failed);
+    assert!(notes.count_failure);
+    let event = notes
+        .events
+        .iter()
+        .find(|e| e.name == "Import")
+        .expect("an Import event");
+    assert_eq!(event.get("ImportStatus"), Some("Failed"));
+    assert!(
+        event.get("FailureReason").is_some_and(|r| r.contains("HTTP 400")),
+        "{event:?}"
+    );
+    for (before, after, reported) in [(0, 1, false), (2, 3, false), (5, 0, true)] {
+        let (p, notes) = answered(before, 429);
+        assert_eq!((p.deferrals, notes.count_failure), (after, reported), "after {before}");
+    }
+}

@@ -208,15 +208,10 @@ mod tests {
         }
     }
 
-    /// A result is this payload's own only if it accounts for no more lines than the payload's files hold and the
-    /// job was not created well before this POST (a job the server handed back for the same definition).
-    #[test]
-    fn a_result_with_more_lines_or_created_before_the_post_is_another_jobs() {
-        let posted = chrono::Utc.with_ymd_and_hms(2026, 1, 10, 0, 0, 0).unwrap();
-        let mut p = Payload::new(1, 1, 1, "import_payload_1.json".into());
-        p.expected_lines = Some(10);
-        p.start_time = Some(posted);
-        let result = |imported: u64, failed: u64, created: Option<chrono::DateTime<chrono::Utc>>| ImportResult {
+    /// A finished import's result: `imported` lines loaded, `failed` refused (in one error file), created at
+    /// `created` (the server's transaction time) when given.
+    fn result(imported: u64, failed: u64, created: Option<chrono::DateTime<chrono::Utc>>) -> ImportResult {
+        ImportResult {
             transaction_time: created.map(crate::fhir::format_instant),
             output: vec![ImportOutput {
                 resource_type: Some("Patient".into()),
@@ -228,11 +223,21 @@ mod tests {
                     resource_type: Some("Patient".into()),
                     count: failed,
                     input_url: None,
-                    url: "https://errors/1.ndjson".into(),
+                    url: "https://errors/e1.ndjson".into(),
                 })
                 .into_iter()
                 .collect(),
-        };
+        }
+    }
+
+    /// A result is this payload's own only if it accounts for no more lines than the payload's files hold and the
+    /// job was not created well before this POST (a job the server handed back for the same definition).
+    #[test]
+    fn a_result_with_more_lines_or_created_before_the_post_is_another_jobs() {
+        let posted = chrono::Utc.with_ymd_and_hms(2026, 1, 10, 0, 0, 0).unwrap();
+        let mut p = Payload::new(1, 1, 1, "import_payload_1.json".into());
+        p.expected_lines = Some(10);
+        p.start_time = Some(posted);
         assert_eq!(foreign_job(&p, &result(8, 2, Some(posted))), None);
         assert_eq!(foreign_job(&p, &result(7, 0, None)), None);
         let more = foreign_job(&p, &result(9, 2, None)).expect("more lines than the payload holds");
@@ -261,23 +266,7 @@ mod tests {
         let job = Job::planned(1, now - chrono::TimeDelta::days(1), now, "");
         let p = Payload::new(1, job.attempt, 1, "import_payload_1.json".into());
         for failed in [0, 2] {
-            let result = ImportResult {
-                transaction_time: None,
-                output: vec![ImportOutput {
-                    resource_type: Some("Patient".into()),
-                    count: 7,
-                    input_url: None,
-                }],
-                error: (failed > 0)
-                    .then(|| crate::fhir::wire::ImportErrorFile {
-                        resource_type: Some("Patient".into()),
-                        count: failed,
-                        input_url: None,
-                        url: "https://errors/e1.ndjson".into(),
-                    })
-                    .into_iter()
-                    .collect(),
-            };
+            let result = result(7, failed, None);
             let handled = Mark::ImportPollHandled(PostKey::of(&p));
             let Action::Write { notes, .. } = imported(&ctx, &job, &p, &result, None, &Totals::default(), handled)
             else {

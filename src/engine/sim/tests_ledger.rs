@@ -219,20 +219,26 @@ fn refusal(text: &str) -> String {
     .to_string()
 }
 
+/// A world with one source version, the export file holding it at `input`, and the error file `name` of an
+/// import the server counted `count` failed lines in (its text is the test's to write).
+fn one_version_and_error_file(name: &str, count: u64) -> (Sim, Version, String, crate::fhir::wire::ImportErrorFile) {
+    let sim = Sim::new(1, settings(&[]), 4, 0, Faults::default());
+    let v = sim.world().source[0];
+    let input = "https://exports/0/Patient-0.ndjson".to_string();
+    let file = crate::fhir::wire::ImportErrorFile {
+        resource_type: Some(v.resource_type().into()),
+        count,
+        input_url: Some(input.clone()),
+        url: format!("https://errors/{name}.ndjson"),
+    };
+    (sim, v, input, file)
+}
+
 /// An error file holding fewer lines than the server counted: the lines it holds are named, and the rest are one
 /// shortfall entry counting them (and how many lines the file held), never dropped.
 #[test]
 fn an_error_file_short_of_the_servers_count_records_the_difference() {
-    use crate::fhir::wire::ImportErrorFile;
-    let sim = Sim::new(1, settings(&[]), 4, 0, Faults::default());
-    let v = sim.world().source[0];
-    let input = "https://exports/0/Patient-0.ndjson".to_string();
-    let file = ImportErrorFile {
-        resource_type: Some(v.resource_type().into()),
-        count: 3,
-        input_url: Some(input.clone()),
-        url: "https://errors/short.ndjson".into(),
-    };
+    let (sim, v, input, file) = one_version_and_error_file("short", 3);
     {
         let mut w = sim.world();
         w.files.insert(input, vec![v]);
@@ -375,16 +381,7 @@ fn a_refused_line_whose_identical_version_is_at_the_destination_is_benign() {
 /// file's lines are recorded one by one.
 #[test]
 fn a_failed_read_holds_the_recording_and_an_unread_file_waits_within_the_retry_bound() {
-    use crate::fhir::wire::ImportErrorFile;
-    let sim = Sim::new(1, settings(&[]), 4, 0, Faults::default());
-    let v = sim.world().source[0];
-    let input = "https://exports/0/Patient-0.ndjson".to_string();
-    let file = ImportErrorFile {
-        resource_type: Some(v.resource_type().into()),
-        count: 1,
-        input_url: Some(input.clone()),
-        url: "https://errors/late.ndjson".into(),
-    };
+    let (sim, v, input, file) = one_version_and_error_file("late", 1);
     let text = refusal("Failed to import resource with version conflict, resource id: r0, line: 1") + "\n";
     sim.world().files.insert(input, vec![v]);
     let ports = sim.operator();
@@ -514,16 +511,7 @@ fn a_refused_soft_deletion_is_benign_only_when_the_destination_holds_it_deleted(
 /// can be read, a retry names each line's version.
 #[test]
 fn an_error_file_is_recorded_only_with_the_export_file_it_is_about() {
-    use crate::fhir::wire::ImportErrorFile;
-    let sim = Sim::new(1, settings(&[]), 4, 0, Faults::default());
-    let v = sim.world().source[0];
-    let input = "https://exports/0/Patient-0.ndjson".to_string();
-    let file = ImportErrorFile {
-        resource_type: Some(v.resource_type().into()),
-        count: 1,
-        input_url: Some(input.clone()),
-        url: "https://errors/about.ndjson".into(),
-    };
+    let (sim, v, input, file) = one_version_and_error_file("about", 1);
     sim.world().error_texts.insert(
         file.url.clone(),
         refusal("Failed to import resource with version conflict, resource id: r0, line: 1") + "\n",

@@ -68,8 +68,42 @@ fn whole_server_counts_are_reused_within_the_interval() {
         panic!("a Running event from the saved counts, without counting")
     };
     assert_eq!(notes.events[0].get("SourceResourceCount"), Some("10"));
+    assert_eq!(notes.events[0].get("DestinationResourceCount"), Some("4"));
     let (stale, facts) = running(now, TimeDelta::minutes(20));
     assert_eq!(poll_imports(&ctx, &stale, &facts), Some(Action::CountTotals));
+    // The interval is half-open: counts saved exactly AZURE_CountIntervalMinutes ago are counted afresh.
+    let (edge, facts) = running(now, settings.count_interval);
+    assert_eq!(poll_imports(&ctx, &edge, &facts), Some(Action::CountTotals));
+    let (edge, facts) = running(now, settings.count_interval - TimeDelta::milliseconds(1));
+    assert!(matches!(poll_imports(&ctx, &edge, &facts), Some(Action::Note(_))));
+    // Fresh counts are saved on the cursor once, then the event carries them.
+    let (stale, mut facts) = running(now, TimeDelta::minutes(20));
+    facts.totals = Some(crate::engine::core::Totals {
+        source: "12".into(),
+        destination: "6".into(),
+        ..Default::default()
+    });
+    facts.totals_counted = true;
+    let Some(Action::Write {
+        write: crate::engine::core::Write::Cursor(saved),
+        notes,
+    }) = poll_imports(&ctx, &stale, &facts)
+    else {
+        panic!("fresh counts are saved on the cursor")
+    };
+    assert_eq!(
+        (
+            saved.totals_at,
+            saved.source_total.as_str(),
+            saved.destination_total.as_str()
+        ),
+        (Some(now), "12", "6")
+    );
+    facts.marks.extend(notes.mark);
+    let Some(Action::Note(notes)) = poll_imports(&ctx, &stale, &facts) else {
+        panic!("once saved, the Running event follows with the fresh counts")
+    };
+    assert_eq!(notes.events[0].get("DestinationResourceCount"), Some("6"));
     // A finished import always counts afresh.
     let (snapshot, mut facts) = running(now, TimeDelta::minutes(1));
     let key = PostKey::of(&snapshot.payloads[0]);

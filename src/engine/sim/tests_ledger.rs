@@ -181,15 +181,15 @@ fn a_version_refused_again_in_a_new_error_file_updates_its_entry() {
     sim.world().files.insert(input.clone(), vec![v]);
     let ports = sim.operator();
     let now = sim.world().now;
-    let record = |f: &ImportErrorFile| {
+    let record = |f: &ImportErrorFile, now| {
         futures::executor::block_on(Work(&ports).record_failures(1, std::slice::from_ref(f), now)).expect("recorded")
     };
     let first = file(
         "a",
         "Failed to import resource with version conflict, resource id: r0, line: 1",
     );
-    record(&first);
-    record(&first);
+    record(&first, now);
+    record(&first, now);
     let e = sim.world().ledger_entry(&v).cloned().expect("recorded");
     assert_eq!((e.kind, e.state, e.attempts), (Kind::Conflict, State::Open, 1), "{e:?}");
     // Resolved meanwhile (say an operator's retry brought it), then refused again in a new file.
@@ -200,13 +200,16 @@ fn a_version_refused_again_in_a_new_error_file_updates_its_entry() {
         row.resolution = "imported on retry".into();
     }
     let second = file("b", "Failed to import duplicate resource, resource id: r0, line: 1");
-    record(&second);
+    let later = now + chrono::TimeDelta::hours(2);
+    record(&second, later);
     let e = sim.world().ledger_entry(&v).cloned().expect("kept");
     assert_eq!(
         (e.kind, e.state, e.attempts),
         (Kind::Duplicate, State::Open, 2),
         "{e:?}"
     );
+    // The entry keeps when the version was first refused, and says when it was last.
+    assert_eq!((e.first_seen, e.last_seen), (now, later), "{e:?}");
     assert_eq!(e.error_file, second.url);
     assert!(e.message.contains("duplicate resource"), "{e:?}");
 }

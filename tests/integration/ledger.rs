@@ -552,3 +552,122 @@ async fn versions_nine_and_ten_on_one_millisecond_leave_the_later_one_current_an
         .unwrap();
     assert!(cutover.ready, "{cutover:?}");
 }
+
+/// Error files live on the export account, not the tool's own (the original's layout). A read of one that fails
+/// in a way that may pass (the account unreachable) holds the recording: nothing is written, and once the
+/// account answers the lines are named one by one. A read the account refuses (a wrong key here, a missing
+/// role in Azure) cannot pass by asking again: it is one open entry at once, naming the file and what to grant.
+#[tokio::test]
+async fn error_file_reads_wait_for_an_outage_and_name_a_refusal_at_once() {
+    use fhir_migration_tool::secret::Secret;
+    use fhir_migration_tool::storage::StorageCredential;
+    use fhir_migration_tool::storage::blob::BlobStore;
+    use fhir_testkit::{Azurite, DEV_ACCOUNT};
+
+    let stack = stack(&[]).await;
+    let mut exports_account = Azurite::start().await.unwrap();
+    let account =
+        fhir_migration_tool::storage::connection_string::StorageAccount::parse(&exports_account.connection_string())
+            .unwrap();
+    let exports = BlobStore::new(
+        account.blob_endpoint.clone(),
+        StorageCredential::SharedKey {
+            account: account.name.clone(),
+            key: account.key.clone(),
+        },
+    )
+    .unwrap();
+    let file = ImportErrorFile {
+        resource_type: Some("Patient".into()),
+        count: 2,
+        input_url: Some(exports.blob_url("exports", "run/Patient-1.ndjson")),
+        url: exports.blob_url("fhirlogs", "e.ndjson"),
+    };
+    let engine = stack
+        .engine_with(&[])
+        .with_error_stores(vec![stack._app.blobs().clone(), exports.clone()]);
+
+    exports_account.stop();
+    let held = engine.record_failures(1, std::slice::from_ref(&file), Utc::now()).await;
+    assert!(held.is_err(), "an unreachable account holds the recording: {held:?}");
+    assert!(
+        engine.ledger().list(None).await.unwrap().is_empty(),
+        "nothing decided unread"
+    );
+    // The account comes back empty (it keeps nothing on disk): the files are written now, read next.
+    exports_account.restart().await.unwrap();
+    exports.ensure_container("exports").await.unwrap();
+    exports.ensure_container("fhirlogs").await.unwrap();
+    let at = instant(Utc::now() - TimeDelta::hours(2));
+    let input = [patient("e1", "1", &at, "A"), patient("e2", "1", &at, "B")].join("\n");
+    exports
+        .put("exports", "run/Patient-1.ndjson", input.into_bytes())
+        .await
+        .unwrap();
+    let lines = [
+        error("Invalid resource id: 'e1'. Id must be", 1),
+        error("Invalid resource id: 'e2'. Id must be", 2),
+    ]
+    .join("\n");
+    exports
+        .put("fhirlogs", "e.ndjson", lines.clone().into_bytes())
+        .await
+        .unwrap();
+    let summary = engine
+        .record_failures(1, std::slice::from_ref(&file), Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(summary.permanent, 2, "{summary:?}");
+    let mut keys: Vec<_> = engine
+        .ledger()
+        .list(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.key, e.kind))
+        .collect();
+    keys.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        keys,
+        [
+            ("Patient|e1|1".to_string(), Kind::InvalidId),
+            ("Patient|e2|1".to_string(), Kind::InvalidId)
+        ]
+    );
+
+    // The same files read with a key the account refuses (403): one open entry naming the file, at once.
+    let refused = BlobStore::new(
+        account.blob_endpoint.clone(),
+        StorageCredential::SharedKey {
+            account: DEV_ACCOUNT.into(),
+            key: Secret::new(vec![7u8; 64]),
+        },
+    )
+    .unwrap();
+    let again = ImportErrorFile {
+        url: exports.blob_url("fhirlogs", "f.ndjson"),
+        ..file.clone()
+    };
+    exports.put("fhirlogs", "f.ndjson", lines.into_bytes()).await.unwrap();
+    let other = stack.engine_with(&[]).with_error_stores(vec![refused]);
+    other
+        .record_failures(2, std::slice::from_ref(&again), Utc::now())
+        .await
+        .unwrap();
+    let entries: Vec<_> = other
+        .ledger()
+        .list(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.error_file == again.url)
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:#?}");
+    let e = &entries[0];
+    assert_eq!(
+        (e.kind, e.state, e.unnamed_lines),
+        (Kind::Unreadable, State::Open, 2),
+        "{e:?}"
+    );
+    assert!(e.message.contains("Storage Blob Data Reader"), "{e:?}");
+}

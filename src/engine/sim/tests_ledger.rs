@@ -558,3 +558,72 @@ fn an_error_file_is_recorded_only_with_the_export_file_it_is_about() {
     let named = w.ledger_entry(&v).expect("named by version");
     assert_eq!((named.kind, named.state), (Kind::Conflict, State::Open));
 }
+
+/// A finished retry import's error files are read before its versions are settled: a read that may pass leaves
+/// the retry in flight (its entries keep their kind) until the files can be read, and then the entry takes the
+/// server's new reason. Past the job timeout, it is settled by what the destination holds alone.
+#[test]
+fn a_retry_is_settled_only_once_its_error_files_are_read_or_past_the_job_timeout() {
+    for overdue in [false, true] {
+        let (sim, v, input, file) = one_version_and_error_file("first", 1);
+        sim.world().files.insert(input, vec![v]);
+        sim.world().error_texts.insert(
+            file.url.clone(),
+            refusal("Failed to import duplicate resource, resource id: r0, line: 1") + "\n",
+        );
+        let ports = sim.operator();
+        let now = sim.world().now;
+        let tick = |now| futures::executor::block_on(Work(&ports).ledger_tick(now)).expect("a tick");
+        futures::executor::block_on(Work(&ports).record_failures(1, std::slice::from_ref(&file), now))
+            .expect("recorded");
+        assert_eq!(sim.world().ledger_entry(&v).map(|e| e.kind), Some(Kind::Duplicate));
+        // Another writer's version on its millisecond: the retry is refused as a conflict.
+        sim.world().destination.insert(Version {
+            version: v.version + 100,
+            ..v
+        });
+        futures::executor::block_on(Work(&ports).retry_failures(&Selection::Keys(vec![key(&v)]), now))
+            .expect("retry asked");
+        tick(now);
+        let posted = sim.world().ledger_entry(&v).cloned().expect("kept");
+        assert!(
+            !posted.retry_import.is_empty(),
+            "a retry import is in flight: {posted:?}"
+        );
+        // Its error file cannot be read for now.
+        sim.world().faults.blob_unavailable = 100;
+        let mut said = Vec::new();
+        for _ in 0..20 {
+            said = tick(now);
+            if said.iter().any(|l| l.contains("could not be read yet")) {
+                break;
+            }
+        }
+        assert!(said.iter().any(|l| l.contains("could not be read yet")), "{said:?}");
+        let waiting = sim.world().ledger_entry(&v).cloned().expect("kept");
+        assert_eq!(
+            (waiting.kind, waiting.state, &waiting.retry_import),
+            (Kind::Duplicate, State::Retrying, &posted.retry_import),
+            "settled on nothing: {waiting:?}"
+        );
+        let settled = if overdue {
+            tick(now + settings(&[]).job_timeout + chrono::TimeDelta::minutes(1));
+            sim.world().ledger_entry(&v).cloned().expect("kept")
+        } else {
+            sim.world().faults.blob_unavailable = 0;
+            tick(now);
+            sim.world().ledger_entry(&v).cloned().expect("kept")
+        };
+        assert!(
+            settled.retry_import.is_empty() && settled.state == State::Open,
+            "{settled:?}"
+        );
+        if overdue {
+            // Nothing read: the entry keeps the reason it had.
+            assert_eq!(settled.kind, Kind::Duplicate, "{settled:?}");
+        } else {
+            assert_eq!(settled.kind, Kind::Conflict, "{settled:?}");
+            assert!(settled.message.contains("version conflict"), "{settled:?}");
+        }
+    }
+}

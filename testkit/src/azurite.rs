@@ -183,6 +183,20 @@ impl Azurite {
         )
     }
 
+    /// The blob service's loopback port (for a [`crate::Gate`] in front of it).
+    pub fn blob_port(&self) -> u16 {
+        self.blob_port
+    }
+
+    /// A connection string like [`Azurite::connection_string`] whose blob endpoint is another loopback port: a
+    /// [`crate::Gate`] in front of this Azurite's blob service, so blobs can fail while tables answer.
+    pub fn connection_string_with_blob_port(&self, port: u16) -> String {
+        format!(
+            "DefaultEndpointsProtocol=http;AccountName={DEV_ACCOUNT};AccountKey={DEV_KEY};BlobEndpoint=http://127.0.0.1:{port}/{DEV_ACCOUNT};TableEndpoint={};",
+            self.table_endpoint()
+        )
+    }
+
     /// Where Azurite's stdout and stderr go, for diagnosing a failed test.
     pub fn log_path(&self) -> &std::path::Path {
         &self.log

@@ -4,6 +4,7 @@
 //! - [`Azurite`]: a real Azurite (Blob + Table) on free loopback ports, killed when dropped — and, through
 //!   `scripts/azurite-supervised.cjs`, also when the test process dies without running destructors.
 //! - [`HandlerProcess`]: the real `fhir-migration-tool serve` process, driven as the Functions host drives it.
+//! - [`Gate`]: a TCP gate in front of one of Azurite's services, closed to make it unreachable alone.
 //! - [`poll_until`]: wait for a condition with a deadline instead of sleeping and hoping.
 //! - [`MockIngestion`]: a local App Insights ingestion endpoint that keeps what it receives.
 //! - [`free_port`]: a loopback port nobody is listening on right now.
@@ -12,11 +13,13 @@
 //! Azure Storage in production.
 
 mod azurite;
+mod gate;
 mod handler;
 mod ingestion;
 mod poll;
 
 pub use azurite::{Azurite, DEV_ACCOUNT, DEV_KEY};
+pub use gate::Gate;
 pub use handler::{HandlerProcess, Invoker, http_payload, timer_payload};
 pub use ingestion::{MockIngestion, Scripted, TEST_INSTRUMENTATION_KEY, TEST_MONITOR_TOKEN, over_limit};
 pub use poll::{PollTimeout, poll_until};

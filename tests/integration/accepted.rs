@@ -145,3 +145,65 @@ async fn an_accepted_loss_the_ledger_could_not_name_covers_only_its_own_file_and
     let report = cutover(&stack._app, &final_check).await.unwrap();
     assert!(!report.ready, "{report:?}");
 }
+
+/// The full check reads the export file an unnamed accepted loss is about. When blob storage cannot be reached
+/// (tables still answering), the check fails and says to run it again: it never shows the accepted versions as
+/// missing, nor the destination as ready without counting them.
+#[tokio::test]
+async fn the_check_fails_rather_than_decide_without_the_export_file_of_an_accepted_loss() {
+    use fhir_migration_tool::app::App;
+    use fhir_migration_tool::config::Settings;
+    use fhir_testkit::Gate;
+
+    let stack = stack(&[("AZURE_SafetyLagSeconds", "1"), ("AZURE_ExportConfirmSeconds", "0")]).await;
+    seed(&stack, 10, 3);
+    let at = instant(Utc::now() - TimeDelta::minutes(20));
+    let lost = patient("lost-1", "1", &at, "One");
+    load_into(stack.source.store(), std::slice::from_ref(&lost));
+    run_to_completion(&stack, 300).await;
+    assert_eq!(stack.destination.store().hard_delete("Patient", "lost-1"), 1);
+
+    // The operator's tool as deployed, its blobs behind a gate.
+    let gate = Gate::to(([127, 0, 0, 1], stack.azurite.blob_port()).into())
+        .await
+        .unwrap();
+    let mut settings = stack.source_settings.clone();
+    settings.extend([(
+        "AZURE_StorageConnectionString".to_string(),
+        stack.azurite.connection_string_with_blob_port(gate.port()),
+    )]);
+    let app = App::build(Settings::from_source(&settings).unwrap()).unwrap();
+    let blobs = app.blobs();
+    blobs.ensure_container("exports").await.unwrap();
+    blobs.ensure_container("fhirlogs").await.unwrap();
+    blobs
+        .put("exports", "run/Patient-9.ndjson", lost.clone().into_bytes())
+        .await
+        .unwrap();
+    blobs.put("fhirlogs", "short.ndjson", Vec::new()).await.unwrap();
+    let file = ImportErrorFile {
+        resource_type: Some("Patient".into()),
+        count: 1,
+        input_url: Some(blobs.blob_url("exports", "run/Patient-9.ndjson")),
+        url: blobs.blob_url("fhirlogs", "short.ndjson"),
+    };
+    let engine = app.engine();
+    engine.record_failures(1, &[file], Utc::now()).await.unwrap();
+    let short = engine.ledger().list(None).await.unwrap().remove(0);
+    assert_eq!((short.kind, short.unnamed_lines), (Kind::Unreadable, 1));
+    engine
+        .accept_failures(&Selection::Keys(vec![short.key.clone()]), "one line of a test file")
+        .await
+        .unwrap();
+
+    let final_check = crate::cutover::final_check();
+    gate.close();
+    let failed = cutover(&app, &final_check).await;
+    let Err(e) = failed else {
+        panic!("blob storage unreachable: the check cannot count the accepted loss: {failed:?}")
+    };
+    assert!(e.to_string().contains("run the check again"), "{e}");
+    gate.open();
+    let report = cutover(&app, &final_check).await.unwrap();
+    assert!(report.ready, "the accepted loss covers lost-1: {report:?}");
+}

@@ -130,3 +130,39 @@ impl Ledger {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `failures` listing: the summary first, then a header and one row per entry, each with its kind,
+    /// class, state and attempts, and the resolution when there is one (else the reason), cut to 120 characters.
+    #[test]
+    fn the_listing_shows_each_entrys_state_and_why() {
+        let now = chrono::DateTime::UNIX_EPOCH;
+        let mut open = Entry::open("Patient|p1|3".into(), 4, Kind::Conflict, "x".repeat(200), now);
+        open.attempts = 2;
+        let mut accepted = Entry::open("Patient|p2|1".into(), 5, Kind::Duplicate, "refused".into(), now);
+        accepted.state = State::Accepted;
+        accepted.resolution = "accepted: a test".into();
+        let entries = [open, accepted];
+        let text = describe(&Summary::of(&entries), &entries);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert_eq!(lines[0], Summary::of(&entries).line());
+        assert!(lines[1].starts_with("key") && lines[1].ends_with("message"), "{text}");
+        let row = |l: &str| l.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+        assert_eq!(
+            row(lines[2])[..6],
+            ["Patient|p1|3", "4", "Conflict", "Permanent", "Open", "2"].map(String::from)
+        );
+        assert!(
+            lines[2].ends_with(&"x".repeat(120)) && !lines[2].contains(&"x".repeat(121)),
+            "{text}"
+        );
+        assert!(lines[3].ends_with("accepted: a test"), "{text}");
+        assert_eq!(row(lines[3])[4], "Accepted");
+        // Nothing recorded: the summary alone.
+        assert_eq!(describe(&Summary::default(), &[]), Summary::default().line());
+    }
+}

@@ -481,11 +481,6 @@ impl Context<'_> {
     pub fn paused(&self) -> bool {
         crate::planner::paused(self.settings.pause, self.now)
     }
-
-    /// Whether exports count versions (history or deletes exported) rather than current resources.
-    pub fn history(&self) -> bool {
-        self.settings.export_with_history || self.settings.export_with_delete
-    }
 }
 
 impl Action {
@@ -572,3 +567,6 @@ pub fn step(ctx: &Context, snapshot: &Snapshot, facts: &Facts) -> Action {
             .unwrap_or(Action::Idle),
     }
 }
+
+#[cfg(test)]
+mod tests;

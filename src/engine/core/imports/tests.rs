@@ -230,6 +230,23 @@ fn a_window_takes_its_payloads_halt_or_run_once_and_is_processed_when_all_comple
     };
     assert!(j.processed);
     assert!(notes.lines.is_empty(), "{notes:?}");
+    assert_eq!(notes.fail_point, Some("window-processed"));
+
+    // A window split in time (a remainder to export): its part is done, the next part follows, and the line
+    // says so (with the same fail point).
+    let end = snapshot.jobs[0].till + TimeDelta::hours(3);
+    snapshot.jobs[0].remainder_till = Some(end);
+    let Some(Action::Write {
+        write: Write::Job(j),
+        notes,
+    }) = decide(&snapshot, &facts)
+    else {
+        panic!("the next part")
+    };
+    assert!(!j.processed && j.till == end, "{j:?}");
+    assert_eq!(notes.lines.len(), 1, "{notes:?}");
+    assert!(notes.lines[0].starts_with("Window part") && notes.lines[0].contains("exporting the next part"));
+    assert_eq!(notes.fail_point, Some("window-processed"));
 }
 
 /// A window with two payloads: the first claimed for a POST by this tick (its lease running), the second

@@ -188,12 +188,16 @@ impl Azurite {
         self.blob_port
     }
 
-    /// A connection string like [`Azurite::connection_string`] whose blob endpoint is another loopback port: a
-    /// [`crate::Gate`] in front of this Azurite's blob service, so blobs can fail while tables answer.
-    pub fn connection_string_with_blob_port(&self, port: u16) -> String {
+    /// The table service's loopback port (for a [`crate::Gate`] in front of it).
+    pub fn table_port(&self) -> u16 {
+        self.table_port
+    }
+
+    /// A connection string like [`Azurite::connection_string`] whose endpoints are other loopback ports: a
+    /// [`crate::Gate`] in front of one of this Azurite's services, so it can fail while the other answers.
+    pub fn connection_string_via(&self, blob_port: u16, table_port: u16) -> String {
         format!(
-            "DefaultEndpointsProtocol=http;AccountName={DEV_ACCOUNT};AccountKey={DEV_KEY};BlobEndpoint=http://127.0.0.1:{port}/{DEV_ACCOUNT};TableEndpoint={};",
-            self.table_endpoint()
+            "DefaultEndpointsProtocol=http;AccountName={DEV_ACCOUNT};AccountKey={DEV_KEY};BlobEndpoint=http://127.0.0.1:{blob_port}/{DEV_ACCOUNT};TableEndpoint=http://127.0.0.1:{table_port}/{DEV_ACCOUNT};"
         )
     }
 

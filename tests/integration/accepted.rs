@@ -170,7 +170,9 @@ async fn the_check_fails_rather_than_decide_without_the_export_file_of_an_accept
     let mut settings = stack.source_settings.clone();
     settings.extend([(
         "AZURE_StorageConnectionString".to_string(),
-        stack.azurite.connection_string_with_blob_port(gate.port()),
+        stack
+            .azurite
+            .connection_string_via(gate.port(), stack.azurite.table_port()),
     )]);
     let app = App::build(Settings::from_source(&settings).unwrap()).unwrap();
     let blobs = app.blobs();

@@ -671,3 +671,58 @@ async fn error_file_reads_wait_for_an_outage_and_name_a_refusal_at_once() {
     );
     assert!(e.message.contains("Storage Blob Data Reader"), "{e:?}");
 }
+
+/// The ledger says "no failures" only when no failure was ever recorded (its table does not exist yet). When
+/// Table storage cannot be reached, listing it is an error: status and cut-over then fail and say why, instead
+/// of showing a clean ledger.
+#[tokio::test]
+async fn an_unreachable_ledger_is_an_error_never_an_empty_list() {
+    use fhir_migration_tool::app::App;
+    use fhir_migration_tool::config::Settings;
+    use fhir_testkit::Gate;
+
+    let stack = with_file_containers().await;
+    let gate = Gate::to(([127, 0, 0, 1], stack.azurite.table_port()).into())
+        .await
+        .unwrap();
+    let mut settings = stack.source_settings.clone();
+    settings.extend([(
+        "AZURE_StorageConnectionString".to_string(),
+        stack
+            .azurite
+            .connection_string_via(stack.azurite.blob_port(), gate.port()),
+    )]);
+    let app = App::build(Settings::from_source(&settings).unwrap()).unwrap();
+    let ledger = app.engine().ledger();
+    // Nothing recorded yet: no table, no entries.
+    assert!(ledger.list(None).await.unwrap().is_empty());
+    let blobs = stack._app.blobs();
+    let at = instant(Utc::now() - TimeDelta::hours(2));
+    blobs
+        .put(
+            "exports",
+            "run/Patient-5.ndjson",
+            patient("u1", "1", &at, "A").into_bytes(),
+        )
+        .await
+        .unwrap();
+    let line = error("Invalid resource id: 'u1'. Id must be", 1);
+    blobs.put("fhirlogs", "u.ndjson", line.into_bytes()).await.unwrap();
+    let file = ImportErrorFile {
+        resource_type: Some("Patient".into()),
+        count: 1,
+        input_url: Some(blobs.blob_url("exports", "run/Patient-5.ndjson")),
+        url: blobs.blob_url("fhirlogs", "u.ndjson"),
+    };
+    app.engine()
+        .record_failures(1, std::slice::from_ref(&file), Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(ledger.summary().await.unwrap().permanent_unresolved, 1);
+    gate.close();
+    let listed = ledger.list(None).await;
+    assert!(listed.is_err(), "Table storage unreachable: {listed:?}");
+    assert!(ledger.summary().await.is_err());
+    gate.open();
+    assert_eq!(ledger.list(None).await.unwrap().len(), 1);
+}

@@ -68,3 +68,46 @@ fn a_failed_event_carries_its_exception_with_the_window_and_the_jobs_id() {
     let notes = Notes::default().failed_event(event(""), at, at + TimeDelta::hours(1));
     assert_eq!(property(&notes.exceptions[0], "ExportId"), None);
 }
+
+/// An ImportStatus tick with nothing to poll plans the next window (so a finished import is followed at once),
+/// but not while the retry latch holds or within the pause window: those stop new work on every timer.
+#[test]
+fn an_import_status_tick_plans_only_when_neither_latched_nor_paused() {
+    let timing = crate::engine::Timing::default();
+    let now = crate::engine::sim::t0();
+    let mut settings = crate::engine::sim::settings(&[
+        ("AZURE_MaxExportRetriesEnabled", "true"),
+        ("AZURE_MaxExportRetries", "1"),
+    ]);
+    let mut snapshot = Snapshot {
+        cursor: crate::state::Cursor::new(),
+        jobs: Vec::new(),
+        payloads: Vec::new(),
+    };
+    let next = |settings: &crate::config::MigrationSettings, snapshot: &Snapshot| {
+        step(
+            &Context::for_test(settings, &timing, Timer::ImportStatus, now),
+            snapshot,
+            &Facts::default(),
+        )
+    };
+    let planned = next(&settings, &snapshot);
+    assert_ne!(planned, Action::Idle, "a fresh migration plans its first window");
+    assert_eq!(
+        planned,
+        plan::advance(
+            &Context::for_test(&settings, &timing, Timer::ImportStatus, now),
+            &snapshot,
+            &Facts::default()
+        )
+        .unwrap()
+    );
+    snapshot.cursor.failures = 1;
+    assert_eq!(next(&settings, &snapshot), Action::Idle, "latched");
+    snapshot.cursor.failures = 0;
+    settings.pause = Some(crate::config::PauseWindow {
+        start_hour: 0,
+        end_hour: 24,
+    });
+    assert_eq!(next(&settings, &snapshot), Action::Idle, "paused");
+}

@@ -487,5 +487,11 @@ mod tests {
             (1, 1, 1, 1)
         );
         assert_eq!(s.unresolved(), 2);
+        // What stands between the migration and cut-over (and what "retry every open entry" picks).
+        let unresolved: Vec<State> = [State::Open, State::Retrying, State::Resolved, State::Accepted]
+            .into_iter()
+            .filter(|s| s.unresolved())
+            .collect();
+        assert_eq!(unresolved, [State::Open, State::Retrying]);
     }
 }

@@ -433,6 +433,32 @@ mod tests {
         };
         let back = Entry::from_entity(&entry.to_entity("pk").unwrap()).unwrap();
         assert_eq!(back, entry);
+        // An entry for lines the ledger could not name keeps their count; no retry time stays none.
+        let unnamed = Entry {
+            key: "file|x".into(),
+            unnamed_lines: 5,
+            next_attempt: None,
+            ..entry
+        };
+        assert_eq!(Entry::from_entity(&unnamed.to_entity("pk").unwrap()).unwrap(), unnamed);
+    }
+
+    /// How status, cut-over and the import events name an entry: the version, or the file position when the
+    /// resource is unknown.
+    #[test]
+    fn an_entry_is_named_by_its_version_or_its_place_in_the_error_file() {
+        let now = Utc::now();
+        let mut e = Entry::open("Patient|p1|3".into(), 1, Kind::Conflict, "m".into(), now);
+        e.resource_type = "Patient".into();
+        e.id = "p1".into();
+        e.version_id = "3".into();
+        e.last_updated = "2026-01-01T00:00:00.000Z".into();
+        assert_eq!(e.describe(), "Patient/p1 version 3 (2026-01-01T00:00:00.000Z)");
+        e.id.clear();
+        e.line = 4;
+        e.offset = 97;
+        e.error_file = "https://a/fhirlogs/x.ndjson".into();
+        assert_eq!(e.describe(), "line 4 at offset 97 of https://a/fhirlogs/x.ndjson");
     }
 
     /// Whatever a refused line holds, its key is a valid Table storage key (an invalid id is exactly what gets
@@ -483,8 +509,14 @@ mod tests {
         let transient = e;
         let s = Summary::of(&[open, accepted, benign, transient]);
         assert_eq!(
-            (s.permanent_unresolved, s.accepted, s.benign, s.transient_pending),
-            (1, 1, 1, 1)
+            (
+                s.total,
+                s.permanent_unresolved,
+                s.accepted,
+                s.benign,
+                s.transient_pending
+            ),
+            (4, 1, 1, 1, 1)
         );
         assert_eq!(s.unresolved(), 2);
         // What stands between the migration and cut-over (and what "retry every open entry" picks).

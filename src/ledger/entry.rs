@@ -504,19 +504,22 @@ mod tests {
         e.class = Class::Benign;
         e.state = State::Resolved;
         let benign = e.clone();
+        e.class = Class::Permanent;
+        let resolved = e.clone();
         e.class = Class::Transient;
         e.state = State::Retrying;
         let transient = e;
-        let s = Summary::of(&[open, accepted, benign, transient]);
+        let s = Summary::of(&[open, accepted, benign, resolved, transient]);
         assert_eq!(
             (
                 s.total,
                 s.permanent_unresolved,
                 s.accepted,
                 s.benign,
+                s.resolved,
                 s.transient_pending
             ),
-            (4, 1, 1, 1, 1)
+            (5, 1, 1, 1, 1, 1)
         );
         assert_eq!(s.unresolved(), 2);
         // What stands between the migration and cut-over (and what "retry every open entry" picks).

@@ -3,7 +3,8 @@
 simulator test fails (docs/reliability.md, "How many seeds `cargo test` runs, and why"). The default seed counts
 of the seeded schedules are chosen from this table: well above the highest first failing seed.
 
-Runs in a temporary git worktree of HEAD, so the working tree is never touched. Usage (from ./scripts/seed-audit):
+Runs in a temporary git worktree of HEAD (HEAD's own tests first, then each bug), with a target directory of
+its own, so the working tree and its builds are never touched. Usage (from ./scripts/seed-audit):
   seed_audit.py [SEEDS] [BUG...]    SEEDS: seeds per seeded schedule (default 200); BUG: names below (default all)
 """
 
@@ -67,17 +68,34 @@ BUGS = {
 }
 
 
-def run(cmd, cwd, env=None):
-    return subprocess.run(cmd, cwd=cwd, env=env, text=True, capture_output=True)
+def run(cmd, cwd, env=None, timeout=None):
+    return subprocess.run(cmd, cwd=cwd, env=env, text=True, capture_output=True, timeout=timeout)
 
 
 def first_failures(output):
-    """{test: first failing seed or '-'} from cargo test's output."""
+    """{test: first failing seed or '-'} from cargo test's output. A scenario run on one fixed seed names that
+    seed in its message too: read such a figure as "caught", not as a first failing seed."""
     failed = {}
     for m in re.finditer(r"^---- (\S+) stdout ----\n(.*?)(?=^---- |^failures:$)", output, re.M | re.S):
         seed = re.search(r"seed (\d+)", m.group(2))
         failed[m.group(1)] = seed.group(1) if seed else "-"
     return failed
+
+
+def test_run(tree, env):
+    """The library's tests in `tree`: {failing test: seed}, or exits saying why there is no verdict."""
+    cmd = ["cargo", "test", "--features", "fail-points", "--lib", "--", "--test-threads", "2"]
+    try:
+        out = run(cmd, tree, env, timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return None
+    if "test result:" not in out.stdout:
+        sys.exit(f"no test verdict (a build failure?):\n{out.stderr[-3000:]}")
+    return first_failures(out.stdout)
+
+
+# Seconds one run may take before it counts as a livelock (a schedule whose ticks never end).
+TIMEOUT = 3 * 3600
 
 
 def main():
@@ -88,13 +106,17 @@ def main():
     if unknown:
         sys.exit(f"unknown bug(s) {unknown}; known: {', '.join(BUGS)}")
     root = run(["git", "rev-parse", "--show-toplevel"], ".").stdout.strip()
-    # The working tree's target directory: dependencies are built once (the worktree's own crates apart).
-    target = os.path.join(root, "target")
+    # A target directory of its own: builds of the planted bugs never meet the working tree's.
+    target = os.path.join(root, "target", "seed-audit")
     with tempfile.TemporaryDirectory(prefix="seed-audit-") as tmp:
         tree = os.path.join(tmp, "tree")
         subprocess.run(["git", "worktree", "add", "--detach", "-q", tree, "HEAD"], cwd=root, check=True)
         try:
             env = dict(os.environ, FHIRMIG_SIM_SEEDS=seeds, CARGO_TARGET_DIR=target)
+            # HEAD itself first: a test failing without a planted bug says nothing about the bugs.
+            already = test_run(tree, env)
+            if already is None or already:
+                sys.exit(f"HEAD does not pass its own tests at {seeds} seeds: {already or 'timed out'}")
             for name in names:
                 path, before, after, what = BUGS[name]
                 file = os.path.join(tree, path)
@@ -102,15 +124,14 @@ def main():
                 if text.count(before) != 1:
                     sys.exit(f"{name}: `{before}` is not in {path} exactly once; plant the bug again by hand")
                 open(file, "w").write(text.replace(before, after))
-                out = run(["cargo", "test", "--features", "fail-points", "--lib", "--", "--test-threads", "2"], tree, env)
+                failed = test_run(tree, env)
                 open(file, "w").write(text)
-                if "error[" in out.stderr and "test result" not in out.stdout:
-                    sys.exit(f"{name}: the planted bug does not compile:\n{out.stderr[-3000:]}")
-                failed = first_failures(out.stdout)
                 print(f"## {name}: {what} ({path})")
-                if not failed:
+                if failed is None:
+                    print(f"   the tests did not end within {TIMEOUT} s (a livelock: caught)")
+                elif not failed:
                     print(f"   NOT CAUGHT in {seeds} seeds")
-                for test, seed in sorted(failed.items()):
+                for test, seed in sorted((failed or {}).items()):
                     print(f"   {test}: first failing seed {seed}")
                 sys.stdout.flush()
         finally:

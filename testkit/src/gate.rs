@@ -1,7 +1,8 @@
-//! A TCP gate in front of a local service (Azurite's blob port, say): open, it forwards every connection; closed,
-//! it cuts the connections it carries and refuses new ones. A test points one client at the gate and the rest
-//! of the stack at the service itself, so one account (or one of Azurite's services) goes away while everything
-//! else keeps answering — an outage no process kill can give, since one Azurite serves both blobs and tables.
+//! A TCP gate in front of a local service (Azurite's blob port, say): open, it forwards every connection;
+//! closed, it cuts the connections it carries and stops listening, so new ones are refused as by a host that is
+//! down. A test points one client at the gate and the rest of the stack at the service itself, so one account
+//! (or one of Azurite's services) goes away while everything else keeps answering — an outage no process kill
+//! can give, since one Azurite serves both blobs and tables.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-/// A forwarding listener on a free loopback port. Dropping it stops forwarding.
+/// A forwarding listener on a loopback port chosen at start. Dropping it stops forwarding.
 pub struct Gate {
     port: u16,
     open: Arc<watch::Sender<bool>>,
@@ -23,22 +24,40 @@ impl Gate {
         let port = listener.local_addr()?.port();
         let (open, _) = watch::channel(true);
         let open = Arc::new(open);
-        let state = open.clone();
+        let sender = open.clone();
+        let mut state = open.subscribe();
         let task = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                if !*state.borrow() {
-                    // Closed: the connection is accepted and dropped at once (the client sees it reset).
+            let mut listener = Some(listener);
+            loop {
+                let Some(l) = listener.as_ref() else {
+                    // Closed: nothing listens on the port until the gate opens again (then it listens anew).
+                    if state.wait_for(|open| *open).await.is_err() {
+                        return;
+                    }
+                    listener = TcpListener::bind(("127.0.0.1", port)).await.ok();
                     continue;
-                }
-                let mut closed = state.subscribe();
+                };
+                let accepted = tokio::select! {
+                    biased;
+                    _ = state.wait_for(|open| !*open) => None,
+                    accepted = l.accept() => Some(accepted),
+                };
+                let Some(accepted) = accepted else {
+                    listener = None;
+                    continue;
+                };
+                // A failed accept (a connection reset before it was taken) leaves the gate listening.
+                let Ok((mut client, _)) = accepted else { continue };
+                let mut closed = sender.subscribe();
                 tokio::spawn(async move {
                     let Ok(mut server) = TcpStream::connect(target).await else {
                         return;
                     };
-                    let mut client = client;
+                    // The close comes first: nothing more is forwarded once the gate is closed.
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        biased;
                         _ = closed.wait_for(|open| !*open) => {}
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
                     }
                 });
             }

@@ -562,13 +562,19 @@ async fn error_file_reads_wait_for_an_outage_and_name_a_refusal_at_once() {
     use fhir_migration_tool::secret::Secret;
     use fhir_migration_tool::storage::StorageCredential;
     use fhir_migration_tool::storage::blob::BlobStore;
-    use fhir_testkit::{Azurite, DEV_ACCOUNT};
+    use fhir_testkit::{DEV_ACCOUNT, Gate};
 
     let stack = stack(&[]).await;
-    let mut exports_account = Azurite::start().await.unwrap();
-    let account =
-        fhir_migration_tool::storage::connection_string::StorageAccount::parse(&exports_account.connection_string())
-            .unwrap();
+    // The export account: Azurite's blob service behind a gate, known to the engine as a second account.
+    let gate = Gate::to(([127, 0, 0, 1], stack.azurite.blob_port()).into())
+        .await
+        .unwrap();
+    let account = fhir_migration_tool::storage::connection_string::StorageAccount::parse(
+        &stack
+            .azurite
+            .connection_string_via(gate.port(), stack.azurite.table_port()),
+    )
+    .unwrap();
     let exports = BlobStore::new(
         account.blob_endpoint.clone(),
         StorageCredential::SharedKey {
@@ -577,25 +583,6 @@ async fn error_file_reads_wait_for_an_outage_and_name_a_refusal_at_once() {
         },
     )
     .unwrap();
-    let file = ImportErrorFile {
-        resource_type: Some("Patient".into()),
-        count: 2,
-        input_url: Some(exports.blob_url("exports", "run/Patient-1.ndjson")),
-        url: exports.blob_url("fhirlogs", "e.ndjson"),
-    };
-    let engine = stack
-        .engine_with(&[])
-        .with_error_stores(vec![stack._app.blobs().clone(), exports.clone()]);
-
-    exports_account.stop();
-    let held = engine.record_failures(1, std::slice::from_ref(&file), Utc::now()).await;
-    assert!(held.is_err(), "an unreachable account holds the recording: {held:?}");
-    assert!(
-        engine.ledger().list(None).await.unwrap().is_empty(),
-        "nothing decided unread"
-    );
-    // The account comes back empty (it keeps nothing on disk): the files are written now, read next.
-    exports_account.restart().await.unwrap();
     exports.ensure_container("exports").await.unwrap();
     exports.ensure_container("fhirlogs").await.unwrap();
     let at = instant(Utc::now() - TimeDelta::hours(2));
@@ -613,6 +600,27 @@ async fn error_file_reads_wait_for_an_outage_and_name_a_refusal_at_once() {
         .put("fhirlogs", "e.ndjson", lines.clone().into_bytes())
         .await
         .unwrap();
+    let file = ImportErrorFile {
+        resource_type: Some("Patient".into()),
+        count: 2,
+        input_url: Some(exports.blob_url("exports", "run/Patient-1.ndjson")),
+        url: exports.blob_url("fhirlogs", "e.ndjson"),
+    };
+    let engine = stack
+        .engine_with(&[])
+        .with_error_stores(vec![stack._app.blobs().clone(), exports.clone()]);
+
+    gate.close();
+    let held = engine.record_failures(1, std::slice::from_ref(&file), Utc::now()).await;
+    let Err(e) = held else {
+        panic!("an unreachable account holds the recording: {held:?}")
+    };
+    assert!(e.to_string().contains("could not read"), "{e}");
+    assert!(
+        engine.ledger().list(None).await.unwrap().is_empty(),
+        "nothing decided unread"
+    );
+    gate.open();
     let summary = engine
         .record_failures(1, std::slice::from_ref(&file), Utc::now())
         .await
@@ -673,8 +681,8 @@ async fn error_file_reads_wait_for_an_outage_and_name_a_refusal_at_once() {
 }
 
 /// The ledger says "no failures" only when no failure was ever recorded (its table does not exist yet). When
-/// Table storage cannot be reached, listing it is an error: status and cut-over then fail and say why, instead
-/// of showing a clean ledger.
+/// Table storage cannot be reached, listing and summing it are errors (which status and cut-over, reading the
+/// ledger through them, pass on), never a clean ledger.
 #[tokio::test]
 async fn an_unreachable_ledger_is_an_error_never_an_empty_list() {
     use fhir_migration_tool::app::App;

@@ -106,21 +106,8 @@ async fn an_accepted_loss_the_ledger_could_not_name_covers_only_its_own_file_and
     let dst = stack.destination.store();
     assert_eq!(dst.hard_delete("Patient", "gone-1"), 1);
     assert_eq!(dst.hard_delete("Patient", "gone-2"), 1);
-    let blobs = stack._app.blobs();
-    blobs.ensure_container("exports").await.unwrap();
-    blobs.ensure_container("fhirlogs").await.unwrap();
     let input = [lines[0].clone(), lines[2].clone()].join("\n");
-    blobs
-        .put("exports", "run/Patient-7.ndjson", input.into_bytes())
-        .await
-        .unwrap();
-    blobs.put("fhirlogs", "short.ndjson", Vec::new()).await.unwrap();
-    let file = ImportErrorFile {
-        resource_type: Some("Patient".into()),
-        count: 1,
-        input_url: Some(blobs.blob_url("exports", "run/Patient-7.ndjson")),
-        url: blobs.blob_url("fhirlogs", "short.ndjson"),
-    };
+    let file = short_error_file(stack._app.blobs(), "run/Patient-7.ndjson", input).await;
     let engine = &stack.engine;
     engine.record_failures(1, &[file], Utc::now()).await.unwrap();
     let short = engine.ledger().list(None).await.unwrap().remove(0);
@@ -151,8 +138,6 @@ async fn an_accepted_loss_the_ledger_could_not_name_covers_only_its_own_file_and
 /// missing, nor the destination as ready without counting them.
 #[tokio::test]
 async fn the_check_fails_rather_than_decide_without_the_export_file_of_an_accepted_loss() {
-    use fhir_migration_tool::app::App;
-    use fhir_migration_tool::config::Settings;
     use fhir_testkit::Gate;
 
     let stack = stack(&[("AZURE_SafetyLagSeconds", "1"), ("AZURE_ExportConfirmSeconds", "0")]).await;
@@ -167,28 +152,8 @@ async fn the_check_fails_rather_than_decide_without_the_export_file_of_an_accept
     let gate = Gate::to(([127, 0, 0, 1], stack.azurite.blob_port()).into())
         .await
         .unwrap();
-    let mut settings = stack.source_settings.clone();
-    settings.extend([(
-        "AZURE_StorageConnectionString".to_string(),
-        stack
-            .azurite
-            .connection_string_via(gate.port(), stack.azurite.table_port()),
-    )]);
-    let app = App::build(Settings::from_source(&settings).unwrap()).unwrap();
-    let blobs = app.blobs();
-    blobs.ensure_container("exports").await.unwrap();
-    blobs.ensure_container("fhirlogs").await.unwrap();
-    blobs
-        .put("exports", "run/Patient-9.ndjson", lost.clone().into_bytes())
-        .await
-        .unwrap();
-    blobs.put("fhirlogs", "short.ndjson", Vec::new()).await.unwrap();
-    let file = ImportErrorFile {
-        resource_type: Some("Patient".into()),
-        count: 1,
-        input_url: Some(blobs.blob_url("exports", "run/Patient-9.ndjson")),
-        url: blobs.blob_url("fhirlogs", "short.ndjson"),
-    };
+    let app = stack.app_via(gate.port(), stack.azurite.table_port());
+    let file = short_error_file(app.blobs(), "run/Patient-9.ndjson", lost.clone()).await;
     let engine = app.engine();
     engine.record_failures(1, &[file], Utc::now()).await.unwrap();
     let short = engine.ledger().list(None).await.unwrap().remove(0);
@@ -208,4 +173,23 @@ async fn the_check_fails_rather_than_decide_without_the_export_file_of_an_accept
     gate.open();
     let report = cutover(&app, &final_check).await.unwrap();
     assert!(report.ready, "the accepted loss covers lost-1: {report:?}");
+}
+
+/// An export file `name` holding `input`, and an empty error file of an import that counted one failed line in
+/// it: a loss the ledger cannot name.
+async fn short_error_file(
+    blobs: &fhir_migration_tool::storage::blob::BlobStore,
+    name: &str,
+    input: String,
+) -> ImportErrorFile {
+    blobs.ensure_container("exports").await.unwrap();
+    blobs.ensure_container("fhirlogs").await.unwrap();
+    blobs.put("exports", name, input.into_bytes()).await.unwrap();
+    blobs.put("fhirlogs", "short.ndjson", Vec::new()).await.unwrap();
+    ImportErrorFile {
+        resource_type: Some("Patient".into()),
+        count: 1,
+        input_url: Some(blobs.blob_url("exports", name)),
+        url: blobs.blob_url("fhirlogs", "short.ndjson"),
+    }
 }

@@ -685,22 +685,13 @@ async fn error_file_reads_wait_for_an_outage_and_name_a_refusal_at_once() {
 /// ledger through them, pass on), never a clean ledger.
 #[tokio::test]
 async fn an_unreachable_ledger_is_an_error_never_an_empty_list() {
-    use fhir_migration_tool::app::App;
-    use fhir_migration_tool::config::Settings;
     use fhir_testkit::Gate;
 
     let stack = with_file_containers().await;
     let gate = Gate::to(([127, 0, 0, 1], stack.azurite.table_port()).into())
         .await
         .unwrap();
-    let mut settings = stack.source_settings.clone();
-    settings.extend([(
-        "AZURE_StorageConnectionString".to_string(),
-        stack
-            .azurite
-            .connection_string_via(stack.azurite.blob_port(), gate.port()),
-    )]);
-    let app = App::build(Settings::from_source(&settings).unwrap()).unwrap();
+    let app = stack.app_via(stack.azurite.blob_port(), gate.port());
     let ledger = app.engine().ledger();
     // Nothing recorded yet: no table, no entries.
     assert!(ledger.list(None).await.unwrap().is_empty());

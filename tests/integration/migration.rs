@@ -41,6 +41,17 @@ impl Stack {
             ..Timing::default()
         })
     }
+
+    /// The tool as an operator runs it, on this stack's storage reached through other loopback ports (a
+    /// `fhir_testkit::Gate` in front of Azurite's blob or table service, to take one of them away).
+    pub fn app_via(&self, blob_port: u16, table_port: u16) -> App {
+        let mut s = self.source_settings.clone();
+        s.extend([(
+            "AZURE_StorageConnectionString".to_string(),
+            self.azurite.connection_string_via(blob_port, table_port),
+        )]);
+        App::build(Settings::from_source(&s).expect("valid test settings")).unwrap()
+    }
 }
 
 pub async fn emulator(flavor: Flavor, azurite: &Azurite) -> RunningEmulator {

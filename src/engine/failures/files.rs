@@ -178,6 +178,17 @@ mod tests {
             let read = crate::ledger::locate::input_line(&files[0], 0, l.number).unwrap();
             assert_eq!(read, &files[0][l.start..l.end]);
         }
+        // A file that starts with an empty line, and ends with a carriage return no line feed follows (content,
+        // not a line ending): the ranges are still the ledger's.
+        let files = vec![b"\n{\"id\":\"d\"}\r\n{\"id\":\"e\"}\r".to_vec()];
+        let lines = parse(&files);
+        let ids: Vec<_> = lines.iter().map(|l| (l.id.as_str(), l.number)).collect();
+        assert_eq!(ids, [("d", 1), ("e", 2)]);
+        for l in &lines {
+            let read = crate::ledger::locate::input_line(&files[0], 0, l.number).unwrap();
+            assert_eq!(read, &files[0][l.start..l.end]);
+        }
+        assert_eq!(lines[1].end, files[0].len());
     }
 
     #[test]

@@ -191,6 +191,38 @@ mod tests {
         assert_eq!(lines[1].end, files[0].len());
     }
 
+    /// A version the tool leaves out of an import is named in the ledger by its identity and where it was
+    /// exported, permanent, with no error file (a repeat of the same examination finds its own entry).
+    #[test]
+    fn a_left_out_version_is_named_by_what_it_is_and_where_it_was() {
+        let files = vec![b"{\"resourceType\":\"Patient\",\"id\":\"a\",\"meta\":{\"versionId\":\"9\",\"lastUpdated\":\"2026-01-01T00:00:00.002Z\"}}".to_vec()];
+        let lines = parse(&files);
+        let now = Utc::now();
+        let e = left_out_entry(4, &lines[0], "https://a/c/P-1.ndjson", "why".into(), now);
+        assert_eq!(
+            (
+                e.key.as_str(),
+                e.resource_type.as_str(),
+                e.id.as_str(),
+                e.version_id.as_str()
+            ),
+            ("Patient|a|9", "Patient", "a", "9")
+        );
+        assert_eq!(
+            (e.last_updated.as_str(), e.input_file.as_str(), e.line, e.window),
+            ("2026-01-01T00:00:00.002Z", "https://a/c/P-1.ndjson", 1, 4)
+        );
+        assert_eq!(
+            (e.kind, e.class, e.state),
+            (
+                Kind::SameMillisecond,
+                crate::ledger::Class::Permanent,
+                crate::ledger::State::Open
+            )
+        );
+        assert!(e.error_file.is_empty() && e.message == "why");
+    }
+
     #[test]
     fn a_sub_millisecond_instant_falls_on_its_millisecond() {
         assert_eq!(

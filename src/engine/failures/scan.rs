@@ -168,8 +168,9 @@ mod tests {
         };
         let file = [
             line("a", "8", "2026-01-01T00:00:00.001Z"),
-            line("a", "9", "2026-01-01T00:00:00.0021234Z"),
+            // The higher version first: the one kept is the numerically highest, not the last seen.
             line("a", "10", "2026-01-01T00:00:00.0025678Z"),
+            line("a", "9", "2026-01-01T00:00:00.0021234Z"),
             // The same version twice is imported once: not a loser.
             line("b", "1", "2026-01-01T00:00:00.002Z"),
             line("b", "1", "2026-01-01T00:00:00.002Z"),

@@ -559,32 +559,12 @@ async fn versions_nine_and_ten_on_one_millisecond_leave_the_later_one_current_an
 /// role in Azure) cannot pass by asking again: it is one open entry at once, naming the file and what to grant.
 #[tokio::test]
 async fn error_file_reads_wait_for_an_outage_and_name_a_refusal_at_once() {
-    use fhir_migration_tool::secret::Secret;
-    use fhir_migration_tool::storage::StorageCredential;
-    use fhir_migration_tool::storage::blob::BlobStore;
-    use fhir_testkit::{DEV_ACCOUNT, Gate};
-
     let stack = stack(&[]).await;
-    // The export account: Azurite's blob service behind a gate, known to the engine as a second account.
-    let gate = Gate::to(([127, 0, 0, 1], stack.azurite.blob_port()).into())
-        .await
-        .unwrap();
-    let account = fhir_migration_tool::storage::connection_string::StorageAccount::parse(
-        &stack
-            .azurite
-            .connection_string_via(gate.port(), stack.azurite.table_port()),
-    )
-    .unwrap();
-    let exports = BlobStore::new(
-        account.blob_endpoint.clone(),
-        StorageCredential::SharedKey {
-            account: account.name.clone(),
-            key: account.key.clone(),
-        },
-    )
-    .unwrap();
-    exports.ensure_container("exports").await.unwrap();
-    exports.ensure_container("fhirlogs").await.unwrap();
+    let crate::migration::GatedExports {
+        gate,
+        store: exports,
+        refused,
+    } = stack.gated_exports().await;
     let at = instant(Utc::now() - TimeDelta::hours(2));
     let input = [patient("e1", "1", &at, "A"), patient("e2", "1", &at, "B")].join("\n");
     exports
@@ -644,14 +624,6 @@ async fn error_file_reads_wait_for_an_outage_and_name_a_refusal_at_once() {
     );
 
     // The same files read with a key the account refuses (403): one open entry naming the file, at once.
-    let refused = BlobStore::new(
-        account.blob_endpoint.clone(),
-        StorageCredential::SharedKey {
-            account: DEV_ACCOUNT.into(),
-            key: Secret::new(vec![7u8; 64]),
-        },
-    )
-    .unwrap();
     let again = ImportErrorFile {
         url: exports.blob_url("fhirlogs", "f.ndjson"),
         ..file.clone()

@@ -28,6 +28,7 @@ mod preflight;
 mod reconcile;
 mod redrive;
 mod router;
+mod scan;
 mod search_parameters;
 mod second_migration;
 mod self_contained;

@@ -11,8 +11,9 @@ use fhir_emulator::{EmulatorConfig, Flavor, RunningEmulator, Store};
 use fhir_migration_tool::app::App;
 use fhir_migration_tool::config::{Settings, SettingsSource};
 use fhir_migration_tool::engine::{Engine, Timing};
+use fhir_migration_tool::storage::blob::BlobStore;
 use fhir_migration_tool::telemetry::RecordingTelemetry;
-use fhir_testkit::{Azurite, DEV_ACCOUNT, DEV_KEY};
+use fhir_testkit::{Azurite, DEV_ACCOUNT, DEV_KEY, Gate};
 use serde_json::Value;
 
 use crate::support::unique_name;
@@ -52,6 +53,47 @@ impl Stack {
         )]);
         App::build(Settings::from_source(&s).expect("valid test settings")).unwrap()
     }
+
+    /// The export account as a second blob account the tool knows: this stack's Azurite blob service behind a
+    /// gate, so a test can take it away while the tool's own storage answers, and a client of the same data
+    /// whose key the service refuses (403, as a missing role in Azure), with the export and error containers.
+    pub async fn gated_exports(&self) -> GatedExports {
+        use fhir_migration_tool::secret::Secret;
+        use fhir_migration_tool::storage::StorageCredential;
+        use fhir_migration_tool::storage::connection_string::StorageAccount;
+
+        let gate = Gate::to(([127, 0, 0, 1], self.azurite.blob_port()).into())
+            .await
+            .unwrap();
+        let account = StorageAccount::parse(
+            &self
+                .azurite
+                .connection_string_via(gate.port(), self.azurite.table_port()),
+        )
+        .unwrap();
+        let with_key = |account_name: &str, key| {
+            BlobStore::new(
+                account.blob_endpoint.clone(),
+                StorageCredential::SharedKey {
+                    account: account_name.to_string(),
+                    key,
+                },
+            )
+            .unwrap()
+        };
+        let store = with_key(&account.name, account.key.clone());
+        let refused = with_key(DEV_ACCOUNT, Secret::new(vec![7u8; 64]));
+        store.ensure_container("exports").await.unwrap();
+        store.ensure_container("fhirlogs").await.unwrap();
+        GatedExports { gate, store, refused }
+    }
+}
+
+/// See [`Stack::gated_exports`].
+pub struct GatedExports {
+    pub gate: Gate,
+    pub store: BlobStore,
+    pub refused: BlobStore,
 }
 
 pub async fn emulator(flavor: Flavor, azurite: &Azurite) -> RunningEmulator {

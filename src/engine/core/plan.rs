@@ -573,3 +573,6 @@ pub fn clear_halts(snapshot: &Snapshot) -> Vec<(Write, String)> {
     }
     writes
 }
+
+#[cfg(test)]
+mod tests;

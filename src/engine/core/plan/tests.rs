@@ -1,0 +1,145 @@
+//! Planning and committing, case by case where the simulator's schedules pass too lightly to judge them (found
+//! by mutation testing: docs/reliability.md).
+use chrono::{TimeDelta, TimeZone, Utc};
+
+use super::*;
+
+/// The progress samples behind status's rate and ETA: at least two minutes apart (the newest moves forward with
+/// each commit until it is), kept for three hours and no longer.
+#[test]
+fn progress_samples_stay_two_minutes_apart_and_three_hours_back() {
+    let t0 = Utc.with_ymd_and_hms(2026, 3, 1, 8, 0, 0).unwrap();
+    let mut cursor = Cursor::new();
+    let mut sample = |minutes: i64, ms: i64, migrated: i64| {
+        cursor.migrated_versions = migrated;
+        record_progress(
+            &mut cursor,
+            t0 + TimeDelta::minutes(minutes) + TimeDelta::milliseconds(ms),
+        );
+        cursor
+            .progress_samples
+            .iter()
+            .map(|(t, n)| ((*t - t0).num_milliseconds(), *n))
+            .collect::<Vec<_>>()
+    };
+    let m = 60_000;
+    assert_eq!(sample(0, 0, 0), [(0, 0)]);
+    // A second sample is kept however close: a rate needs two.
+    assert_eq!(sample(1, 0, 10), [(0, 0), (m, 10)]);
+    // The newest moves forward while it is less than two minutes past the one before it...
+    assert_eq!(sample(2, 0, 20), [(0, 0), (2 * m, 20)]);
+    // ... and stays once it is two minutes past: the next one is new.
+    assert_eq!(sample(3, 0, 30), [(0, 0), (2 * m, 20), (3 * m, 30)]);
+    // Exactly three hours old is kept.
+    assert_eq!(sample(180, 0, 40), [(0, 0), (2 * m, 20), (180 * m, 40)]);
+    // A millisecond more is not.
+    assert_eq!(sample(182, 1, 50), [(180 * m, 40), (182 * m + 1, 50)]);
+}
+
+fn context<'a>(settings: &'a crate::config::MigrationSettings, timing: &'a crate::engine::Timing) -> Context<'a> {
+    Context::for_test(
+        settings,
+        timing,
+        super::super::Timer::ImportStatus,
+        crate::engine::sim::t0(),
+    )
+}
+
+/// A window row the cursor waits on that cannot be read holds the cursor (nothing past it is reported migrated)
+/// and is said once, naming the row to inspect; not again on every tick.
+#[test]
+fn a_missing_window_row_holds_the_cursor_and_is_said_once() {
+    let (settings, timing) = (crate::engine::sim::settings(&[]), crate::engine::Timing::default());
+    let mut cursor = Cursor::new();
+    cursor.committed_job = 3;
+    cursor.next_job = 5;
+    let at = crate::engine::sim::t0() - TimeDelta::hours(2);
+    let snapshot = Snapshot {
+        cursor,
+        jobs: vec![Job::planned(4, at, at + TimeDelta::hours(1), "")],
+        payloads: Vec::new(),
+    };
+    let mut facts = Facts::default();
+    let Some(Action::Note(notes)) = commit(&context(&settings, &timing), &snapshot, &facts) else {
+        panic!("the missing row is said")
+    };
+    let row = crate::state::rows::job_key(&settings.row_key, 3);
+    assert!(notes.lines[0].contains("window 3 "), "{:?}", notes.lines);
+    assert!(notes.lines[0].contains(&format!("row {row} ")), "{:?}", notes.lines);
+    let mark = notes.mark.expect("said once");
+    assert_eq!(mark, Mark::Reported("missing-3".into()));
+    facts.marks.insert(mark);
+    assert_eq!(commit(&context(&settings, &timing), &snapshot, &facts), None);
+}
+
+/// A processed window `seq` of an hour ending at `till`.
+fn processed(seq: i64, till: DateTime<Utc>) -> Job {
+    let mut job = Job::planned(seq, till - TimeDelta::hours(1), till, "");
+    job.processed = true;
+    job.exported = 7;
+    job
+}
+
+/// A window commits only once a SearchParameter sync has covered its end (custom SearchParameters travel through
+/// the REST API, not the window's import): a sync up to exactly its end is enough; an earlier one is tried first,
+/// then waited on with a note, and the cursor does not move meanwhile.
+#[test]
+fn a_window_commits_once_the_search_parameter_sync_covers_its_end() {
+    let (settings, timing) = (crate::engine::sim::settings(&[]), crate::engine::Timing::default());
+    let ctx = context(&settings, &timing);
+    let till = crate::engine::sim::t0() - TimeDelta::hours(1);
+    let mut snapshot = Snapshot {
+        cursor: Cursor::new(),
+        jobs: vec![processed(0, till)],
+        payloads: Vec::new(),
+    };
+    snapshot.cursor.next_job = 1;
+    snapshot.cursor.search_parameters_synced_at = Some(till - TimeDelta::milliseconds(1));
+    let mut facts = Facts::default();
+    assert_eq!(commit(&ctx, &snapshot, &facts), Some(Action::CopySearchParameters));
+    facts.search_parameters_tried = true;
+    let Some(Action::Note(notes)) = commit(&ctx, &snapshot, &facts) else {
+        panic!("a sync that did not complete is waited on")
+    };
+    assert!(notes.lines[0].contains("SearchParameter sync"), "{:?}", notes.lines);
+    snapshot.cursor.search_parameters_synced_at = Some(till);
+    let Some(Action::Write {
+        write: Write::Cursor(cursor),
+        ..
+    }) = commit(&ctx, &snapshot, &Facts::default())
+    else {
+        panic!("a sync up to the window's end lets it commit")
+    };
+    assert_eq!(
+        (cursor.since, cursor.committed_job, cursor.migrated_versions),
+        (Some(till), 1, 7)
+    );
+}
+
+/// A commit resets the retry latch, unless the next window is failing right now (the latch counts its failures).
+#[test]
+fn a_commit_resets_the_retry_latch_unless_the_next_window_is_failing() {
+    let (settings, timing) = (crate::engine::sim::settings(&[]), crate::engine::Timing::default());
+    let ctx = context(&settings, &timing);
+    let till = crate::engine::sim::t0() - TimeDelta::hours(2);
+    let mut next = Job::planned(1, till, till + TimeDelta::hours(1), "");
+    next.export_status = crate::state::rows::ExportStatus::Running;
+    let mut snapshot = Snapshot {
+        cursor: Cursor::new(),
+        jobs: vec![processed(0, till), next],
+        payloads: Vec::new(),
+    };
+    snapshot.cursor.next_job = 2;
+    snapshot.cursor.failures = 2;
+    snapshot.cursor.search_parameters_synced_at = Some(till);
+    let failures_after = |snapshot: &Snapshot| match commit(&ctx, snapshot, &Facts::default()) {
+        Some(Action::Write {
+            write: Write::Cursor(c),
+            ..
+        }) => c.failures,
+        other => panic!("window 0 commits: {other:?}"),
+    };
+    assert_eq!(failures_after(&snapshot), 0);
+    snapshot.jobs[1].export_status = crate::state::rows::ExportStatus::Failed;
+    assert_eq!(failures_after(&snapshot), 2);
+}

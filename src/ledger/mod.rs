@@ -77,10 +77,6 @@ impl Ledger {
         }
     }
 
-    pub fn table_name(&self) -> &str {
-        self.table.name()
-    }
-
     pub async fn ensure_table(&self) -> Result<(), TableError> {
         self.table.create_if_missing().await
     }

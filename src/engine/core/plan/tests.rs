@@ -143,3 +143,61 @@ fn a_commit_resets_the_retry_latch_unless_the_next_window_is_failing() {
     snapshot.jobs[1].export_status = crate::state::rows::ExportStatus::Failed;
     assert_eq!(failures_after(&snapshot), 2);
 }
+
+/// A per-type window's parts commit one by one, and the cursor's instant moves to the window's end with its last
+/// part: not before (earlier types' parts leave later types unimported), and not when planning has not finished
+/// the window; a re-drive row recorded between two parts is no part of it.
+#[test]
+fn a_per_type_window_moves_the_cursor_with_its_last_part() {
+    let (settings, timing) = (crate::engine::sim::settings(&[]), crate::engine::Timing::default());
+    let ctx = context(&settings, &timing);
+    let till = crate::engine::sim::t0() - TimeDelta::hours(2);
+    let since = till - TimeDelta::hours(1);
+    let part = |seq: i64, resource_type: &str| {
+        let mut job = processed(seq, till);
+        job.resource_type = resource_type.into();
+        job.window_since = Some(since);
+        job.window_till = Some(till);
+        job
+    };
+    let mut redrive = processed(1, since);
+    redrive.redrive = Some(crate::state::rows::Redrive {
+        id: 1,
+        since: since - TimeDelta::hours(1),
+        till: since,
+        types: Vec::new(),
+    });
+    let mut snapshot = Snapshot {
+        cursor: Cursor::new(),
+        jobs: vec![part(0, "Patient"), redrive, part(2, "Observation")],
+        payloads: Vec::new(),
+    };
+    snapshot.cursor.since = Some(since);
+    snapshot.cursor.next_job = 3;
+    snapshot.cursor.search_parameters_synced_at = Some(till);
+    let committed = |snapshot: &Snapshot| match commit(&ctx, snapshot, &Facts::default()) {
+        Some(Action::Write {
+            write: Write::Cursor(c),
+            notes,
+        }) => (c.since, notes.events.iter().any(|e| e.name == "ImportTill")),
+        other => panic!("a processed part commits: {other:?}"),
+    };
+    // The first part, with another part of the window after it (past the re-drive row): the instant stays.
+    assert_eq!(committed(&snapshot), (Some(since), false));
+    // The last part, the next window's first part planned after it: the window's end, reported.
+    snapshot.cursor.committed_job = 2;
+    let mut later = part(3, "Patient");
+    (later.since, later.till) = (till, till + TimeDelta::hours(1));
+    (later.window_since, later.window_till) = (Some(till), Some(till + TimeDelta::hours(1)));
+    snapshot.jobs.push(later);
+    snapshot.cursor.next_job = 4;
+    assert_eq!(committed(&snapshot), (Some(till), true));
+    // The last part with nothing after it, planning finished: the same.
+    snapshot.jobs.pop();
+    snapshot.cursor.next_job = 3;
+    assert_eq!(committed(&snapshot), (Some(till), true));
+    // The last part planned so far while planning is still inside the window: the instant stays.
+    snapshot.cursor.global_since = Some(since);
+    snapshot.cursor.global_till = Some(till);
+    assert_eq!(committed(&snapshot), (Some(since), false));
+}

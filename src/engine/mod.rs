@@ -148,7 +148,7 @@ pub const FAIL_POINTS: &[&str] = &[
     "committed",
 ];
 
-/// Timings that tests shorten.
+/// Timings and bounds that tests shorten.
 #[derive(Debug, Clone)]
 pub struct Timing {
     /// Wait before the confirming re-poll of an export that reported 200 (servers can flap 200 → 202).
@@ -163,6 +163,10 @@ pub struct Timing {
     /// Actions one tick takes at most: a tick that would go on (a decision that never settles) stops there,
     /// says so, and the next tick continues.
     pub max_actions: usize,
+    /// Export file bytes one same-millisecond scan action reads at most (at least one file).
+    pub scan_bytes_per_action: usize,
+    /// Export file bytes a capacity trim holds at once at most (a larger payload is said, not examined).
+    pub capacity_bytes_examined: usize,
 }
 
 impl Default for Timing {
@@ -173,6 +177,8 @@ impl Default for Timing {
             max_empty_skips: 100,
             min_tail: crate::planner::MIN_TAIL,
             max_actions: 20_000,
+            scan_bytes_per_action: failures::scan::BYTES_PER_ACTION,
+            capacity_bytes_examined: failures::capacity::BYTES_EXAMINED,
         }
     }
 }

@@ -6,8 +6,8 @@
 
 use chrono::{TimeDelta, Utc};
 use fhir_emulator::seed::load_into;
-use fhir_migration_tool::engine::Engine;
 use fhir_migration_tool::engine::core::capacity::CapacityTrim;
+use fhir_migration_tool::engine::{Engine, Timing};
 use fhir_migration_tool::fhir::wire::{ExportFile, import_parameters};
 use fhir_migration_tool::ledger::{Class, Kind, State};
 use fhir_migration_tool::state::Payload;
@@ -298,5 +298,100 @@ async fn the_capacity_trim_waits_for_an_unreachable_export_file_and_copies_exact
     assert!(
         largest.contains("5 Observation on") && largest.contains("1 at the destination"),
         "{largest}"
+    );
+}
+
+fn bounded(engine: Engine, scan_bytes: usize, examined_bytes: usize) -> Engine {
+    engine.with_timing(Timing {
+        scan_bytes_per_action: scan_bytes,
+        capacity_bytes_examined: examined_bytes,
+        ..Timing::default()
+    })
+}
+
+/// A large payload is scanned over several actions (each reads at least one file, then stops at its byte
+/// share), each going on where the last stopped; and a payload larger than the capacity trim holds at once is
+/// said instead of read whole (a process killed for memory would record nothing).
+#[tokio::test]
+async fn scans_go_by_shares_of_bytes_and_a_trim_refuses_more_than_it_can_hold() {
+    let stack = stack(&[]).await;
+    // The gate stays open (dropped, it would close).
+    let GatedExports { store, gate: _gate, .. } = stack.gated_exports().await;
+    let at = Utc::now() - TimeDelta::hours(2);
+    let crowded = instant(at);
+    let precise = |ticks: &str| crowded.replace('Z', &format!("{ticks}Z"));
+    let first = vec![
+        patient("s", "1", &precise("1000"), "v1"),
+        patient("s", "2", &precise("2000"), "v2"),
+    ];
+    let second = vec![
+        patient("r", "1", &precise("1000"), "v1"),
+        patient("r", "2", &precise("2000"), "v2"),
+    ];
+    let first_bytes = first.join("\n").len();
+    let payload = payload_of(
+        &stack,
+        &store,
+        &[
+            ("run/Patient-1.ndjson", "Patient", first),
+            ("run/Patient-2.ndjson", "Patient", second),
+        ],
+    )
+    .await;
+    let now = Utc::now();
+    // A share of one byte: one file an action.
+    let engine = bounded(engine_reading(&stack, &store, &[]), 1, usize::MAX);
+    let one = engine.scan_payload(&payload, PAYLOADS, "t1", now).await.unwrap();
+    assert_eq!((one.files, one.done, one.left_out), (1, false, 1), "{one:?}");
+    assert_eq!(one.blob, "w1-0001.scanned-1-t1");
+    let mut rest = payload.clone();
+    (rest.blob, rest.scanned_files) = (one.blob.clone(), one.files);
+    let two = engine.scan_payload(&rest, PAYLOADS, "t2", now).await.unwrap();
+    assert_eq!((two.files, two.done, two.left_out), (2, true, 1), "{two:?}");
+    assert_eq!(two.blob, "w1-0001.scanned-1-t1.scanned-2-t2");
+    // Both copies are in the final body, each in its place.
+    let copies: Vec<String> = inputs(&body(&stack, &two.blob).await)
+        .into_iter()
+        .map(|(url, _)| url)
+        .collect();
+    assert_eq!(
+        copies,
+        [
+            store.blob_url("exports", "run/Patient-1.scanned-t1.ndjson"),
+            store.blob_url("exports", "run/Patient-2.scanned-t2.ndjson")
+        ]
+    );
+    let mut keys: Vec<_> = engine
+        .ledger()
+        .list(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    keys.sort();
+    assert_eq!(keys, ["Patient|r|1", "Patient|s|1"]);
+    // A share as large as the first file: the second file is read by the same action only when the first
+    // fell short of the share.
+    let exact = bounded(engine_reading(&stack, &store, &[]), first_bytes, usize::MAX);
+    let whole = exact.scan_payload(&payload, PAYLOADS, "t3", now).await.unwrap();
+    assert_eq!((whole.files, whole.done), (1, false), "{whole:?}");
+    let more = bounded(engine_reading(&stack, &store, &[]), first_bytes + 1, usize::MAX);
+    let whole = more.scan_payload(&payload, PAYLOADS, "t4", now).await.unwrap();
+    assert_eq!((whole.files, whole.done, whole.left_out), (2, true, 2), "{whole:?}");
+
+    // The capacity trim holds what it has read so far up to its bound: past it, the payload is said.
+    let settings = [("AZURE_SameMillisecondCapacity", "1")];
+    let over = bounded(engine_reading(&stack, &store, &settings), usize::MAX, first_bytes - 1);
+    let refused = over.trim_for_capacity(&payload, PAYLOADS, "t5", now).await.unwrap();
+    let CapacityTrim::CannotTrim(why) = refused else {
+        panic!("more than the trim holds: {refused:?}")
+    };
+    assert!(why.contains("AZURE_ChunkLimit"), "{why}");
+    let within = bounded(engine_reading(&stack, &store, &settings), usize::MAX, first_bytes);
+    let trimmed = within.trim_for_capacity(&payload, PAYLOADS, "t6", now).await.unwrap();
+    assert!(
+        matches!(trimmed, CapacityTrim::Trimmed { excluded: 3, .. }),
+        "one of four fits: {trimmed:?}"
     );
 }

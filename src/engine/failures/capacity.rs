@@ -22,7 +22,7 @@ use crate::state::Payload;
 /// ordinary path (retried, re-exported, halted with its reason).
 pub(crate) const GROUPS_CHECKED: usize = 100;
 /// Export file bytes one examination holds at most (with each line's identity besides).
-const BYTES_EXAMINED: usize = 1024 * 1024 * 1024;
+pub(crate) const BYTES_EXAMINED: usize = 1024 * 1024 * 1024;
 /// History entries per page when listing what the destination holds on one millisecond.
 const PAGE: usize = 1000;
 
@@ -49,12 +49,12 @@ impl Engine {
         for url in &urls {
             // A read that may pass fails the action (the next tick examines again), never spending an attempt.
             match self.read_blob(url).await? {
-                Some(_) if read > BYTES_EXAMINED => {
+                Some(_) if read > self.timing.capacity_bytes_examined => {
                     // Held whole with every line's identity, a larger payload could exhaust the process's memory
                     // (killed, nothing recorded): said instead, so the window ends in a named state.
                     return Ok(CapacityTrim::CannotTrim(format!(
                         "the payload's export files are larger than the {} MB the tool examines at once; lower AZURE_ChunkLimit (smaller windows, smaller payloads), then clear the halt",
-                        BYTES_EXAMINED / (1024 * 1024)
+                        self.timing.capacity_bytes_examined / (1024 * 1024)
                     )));
                 }
                 Some(b) => {

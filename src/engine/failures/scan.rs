@@ -16,7 +16,7 @@ use crate::state::Payload;
 
 /// Bytes of export files one scan action reads at most (at least one file): a share that fits well inside a
 /// timer's run, so a large payload is scanned over several actions and ticks.
-const BYTES_PER_ACTION: usize = 512 * 1024 * 1024;
+pub(crate) const BYTES_PER_ACTION: usize = 512 * 1024 * 1024;
 
 impl Engine {
     pub async fn scan_payload(
@@ -40,7 +40,7 @@ impl Engine {
         let mut indexes: Vec<usize> = Vec::new();
         let mut files: Vec<Vec<u8>> = Vec::new();
         let mut notes = Vec::new();
-        while next < urls.len() && (next == first || read < BYTES_PER_ACTION) {
+        while next < urls.len() && (next == first || read < self.timing.scan_bytes_per_action) {
             // A read that may pass fails the action (nothing written yet; the next tick scans again), so a file is
             // never imported unscanned for a moment's failure.
             match self.read_blob(&urls[next]).await? {

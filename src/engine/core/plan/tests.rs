@@ -201,3 +201,125 @@ fn a_per_type_window_moves_the_cursor_with_its_last_part() {
     snapshot.cursor.global_till = Some(till);
     assert_eq!(committed(&snapshot), (Some(since), false));
 }
+
+/// Runs `advance` as a shell would, answering its counts from `count` (of a type or all, over `[since, till)`)
+/// and the source's oldest resource (`oldest` from the start, nothing after anything), until it decides
+/// something else: that decision.
+fn plan_next(
+    ctx: &Context,
+    snapshot: &Snapshot,
+    facts: &mut Facts,
+    oldest: DateTime<Utc>,
+    count: impl Fn(Option<&str>, DateTime<Utc>, DateTime<Utc>) -> u64,
+) -> Option<Action> {
+    for _ in 0..200 {
+        match advance(ctx, snapshot, facts) {
+            Some(Action::Count {
+                resource_type,
+                since,
+                till,
+            }) => {
+                let n = count(resource_type.as_deref(), since, till);
+                facts.counts.insert((resource_type, since, till), n);
+            }
+            Some(Action::Oldest { from }) => {
+                facts.oldest.insert(from, from.is_none().then_some(oldest));
+            }
+            other => return other,
+        }
+    }
+    panic!("planning asks for facts without end")
+}
+
+/// Ten versions in any range longer than a millisecond, none on one millisecond (every boundary is exact).
+fn ten_per_range(_: Option<&str>, since: DateTime<Utc>, till: DateTime<Utc>) -> u64 {
+    if till - since > TimeDelta::milliseconds(1) {
+        10
+    } else {
+        0
+    }
+}
+
+/// No new window is planned while `AZURE_MaxWindowsInFlight` windows are uncommitted, or once a tick has skipped
+/// more empty ranges than its bound (the rest waits for the next tick).
+#[test]
+fn planning_stops_at_the_windows_in_flight_and_the_empty_skips_of_a_tick() {
+    let settings = crate::engine::sim::settings(&[("AZURE_MaxWindowsInFlight", "2")]);
+    let timing = crate::engine::Timing::default();
+    let ctx = context(&settings, &timing);
+    let oldest = crate::engine::sim::t0() - TimeDelta::days(3);
+    let importing = |seq: i64| {
+        let since = oldest + TimeDelta::hours(seq);
+        let mut job = Job::planned(seq, since, since + TimeDelta::hours(1), "");
+        job.export_status = crate::state::rows::ExportStatus::Completed;
+        job
+    };
+    let mut snapshot = Snapshot {
+        cursor: Cursor::new(),
+        jobs: vec![importing(0)],
+        payloads: Vec::new(),
+    };
+    snapshot.cursor.since = Some(oldest);
+    snapshot.cursor.next_job = 1;
+    snapshot.cursor.planned_till = Some(oldest + TimeDelta::hours(1));
+    let planned = |snapshot: &Snapshot, skips: u32| {
+        let mut facts = Facts {
+            skips,
+            ..Facts::default()
+        };
+        match plan_next(&ctx, snapshot, &mut facts, oldest, ten_per_range) {
+            Some(Action::Write {
+                write: Write::InsertJob(job),
+                ..
+            }) => Some(job.seq),
+            None => None,
+            other => panic!("a window or nothing: {other:?}"),
+        }
+    };
+    assert_eq!(planned(&snapshot, 0), Some(1), "one window in flight of two");
+    assert_eq!(
+        planned(&snapshot, timing.max_empty_skips),
+        Some(1),
+        "skips up to the bound"
+    );
+    assert_eq!(
+        planned(&snapshot, timing.max_empty_skips + 1),
+        None,
+        "skips past the bound"
+    );
+    snapshot.jobs.push(importing(1));
+    snapshot.cursor.next_job = 2;
+    snapshot.cursor.planned_till = Some(oldest + TimeDelta::hours(2));
+    assert_eq!(planned(&snapshot, 0), None, "two windows in flight of two");
+}
+
+/// With `AZURE_IsParallel=false` each window is exported one resource type at a time, in the listed order, from
+/// the first window on.
+#[test]
+fn per_type_mode_plans_its_first_window_by_type() {
+    let settings = crate::engine::sim::settings(&[
+        ("AZURE_IsParallel", "false"),
+        ("AZURE_ResourceTypes", "Observation,Patient"),
+    ]);
+    let timing = crate::engine::Timing::default();
+    let ctx = context(&settings, &timing);
+    let oldest = crate::engine::sim::t0() - TimeDelta::days(3);
+    let snapshot = Snapshot {
+        cursor: Cursor::new(),
+        jobs: Vec::new(),
+        payloads: Vec::new(),
+    };
+    let Some(Action::Write {
+        write: Write::InsertJob(job),
+        ..
+    }) = plan_next(&ctx, &snapshot, &mut Facts::default(), oldest, ten_per_range)
+    else {
+        panic!("the first window is planned")
+    };
+    assert_eq!(
+        (job.seq, job.resource_type.as_str(), job.since),
+        (0, "Observation", oldest)
+    );
+    assert_eq!(job.window_since, Some(oldest));
+    assert!(job.window_till.is_some_and(|t| t > oldest), "{job:?}");
+}

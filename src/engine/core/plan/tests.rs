@@ -323,3 +323,37 @@ fn per_type_mode_plans_its_first_window_by_type() {
     assert_eq!(job.window_since, Some(oldest));
     assert!(job.window_till.is_some_and(|t| t > oldest), "{job:?}");
 }
+
+/// A range is halved only while it holds more than `AZURE_ChunkLimit` versions: exactly the limit is one window.
+#[test]
+fn a_range_is_halved_only_while_it_holds_more_than_the_chunk_limit() {
+    let settings = crate::engine::sim::settings(&[("AZURE_ChunkLimit", "60")]);
+    let timing = crate::engine::Timing::default();
+    let ctx = context(&settings, &timing);
+    let since = crate::engine::sim::t0() - TimeDelta::days(1);
+    let till = since + TimeDelta::hours(4);
+    let mut facts = Facts::default();
+    let half = planner::halve(since, till).unwrap();
+    facts.counts.insert((None, since, till), 60);
+    facts.counts.insert((None, since, half), 30);
+    assert_eq!(sized(&ctx, &facts, None, since, till).ok(), Some((till, 60)));
+    facts.counts.insert((None, since, till), 61);
+    assert_eq!(sized(&ctx, &facts, None, since, till).ok(), Some((half, 30)));
+}
+
+/// A count over every type that found a millisecond empty answers for each type too: no count of the type is
+/// asked for it.
+#[test]
+fn an_empty_millisecond_for_all_types_is_empty_for_each() {
+    let since = crate::engine::sim::t0() - TimeDelta::days(1);
+    let till = since + TimeDelta::hours(1);
+    let mut facts = Facts::default();
+    facts.counts.insert((None, till, till + TimeDelta::milliseconds(1)), 0);
+    assert_eq!(boundary(&facts, Some("Patient"), since, till).ok(), Some((till, 0)));
+    // Not empty for all: the type's own count decides.
+    facts.counts.insert((None, till, till + TimeDelta::milliseconds(1)), 2);
+    facts
+        .counts
+        .insert((Some("Patient".into()), till, till + TimeDelta::milliseconds(1)), 0);
+    assert_eq!(boundary(&facts, Some("Patient"), since, till).ok(), Some((till, 0)));
+}

@@ -357,3 +357,34 @@ fn an_empty_millisecond_for_all_types_is_empty_for_each() {
         .insert((Some("Patient".into()), till, till + TimeDelta::milliseconds(1)), 0);
     assert_eq!(boundary(&facts, Some("Patient"), since, till).ok(), Some((till, 0)));
 }
+
+/// A planned window moved back to an empty millisecond holds what lies before it (counted again), and one that
+/// keeps its end holds what was counted for it (no count asked again).
+#[test]
+fn a_window_moved_to_an_exact_boundary_plans_what_lies_before_it() {
+    let settings = crate::engine::sim::settings(&[]);
+    let timing = crate::engine::Timing::default();
+    let ctx = context(&settings, &timing);
+    let ms = TimeDelta::milliseconds;
+    let since = crate::engine::sim::t0() - TimeDelta::days(1);
+    let end = since + TimeDelta::hours(1);
+    let mut facts = Facts::default();
+    facts.counts.insert((None, end, end + ms(1)), 0);
+    let job = planned_job(&ctx, &facts, 4, "", since, (end, 45))
+        .ok()
+        .expect("no count needed");
+    assert_eq!(
+        (job.till, job.planned_versions, job.boundary_versions),
+        (end, Some(45), Some(0))
+    );
+    facts.counts.insert((None, end, end + ms(1)), 3);
+    facts.counts.insert((None, end - ms(1), end), 0);
+    facts.counts.insert((None, since, end - ms(1)), 40);
+    let job = planned_job(&ctx, &facts, 4, "", since, (end, 45))
+        .ok()
+        .expect("counted");
+    assert_eq!(
+        (job.seq, job.till, job.planned_versions, job.boundary_versions),
+        (4, end - ms(1), Some(40), Some(0))
+    );
+}

@@ -317,8 +317,8 @@ fn per_type_mode_plans_its_first_window_by_type() {
         panic!("the first window is planned")
     };
     assert_eq!(
-        (job.seq, job.resource_type.as_str(), job.since),
-        (0, "Observation", oldest)
+        (job.seq, job.resource_type.as_str(), job.type_index, job.since),
+        (0, "Observation", 0, oldest)
     );
     assert_eq!(job.window_since, Some(oldest));
     assert!(job.window_till.is_some_and(|t| t > oldest), "{job:?}");
@@ -387,4 +387,71 @@ fn a_window_moved_to_an_exact_boundary_plans_what_lies_before_it() {
         (job.seq, job.till, job.planned_versions, job.boundary_versions),
         (4, end - ms(1), Some(40), Some(0))
     );
+}
+
+/// Types found empty in a per-type window join the window's done types (a type planned before them stays done,
+/// so it is not exported twice); the done types of another window (either bound differs) are cleared first.
+#[test]
+fn empty_types_join_the_done_types_of_their_own_window_only() {
+    let since = crate::engine::sim::t0() - TimeDelta::days(1);
+    let till = since + TimeDelta::hours(1);
+    let mut cursor = Cursor::new();
+    (cursor.global_since, cursor.global_till) = (Some(since), Some(till));
+    cursor.types_done = vec!["Observation".into()];
+    let done = |cursor: &Cursor, since, till| match record_empty_types(cursor, since, till, &["Patient".into()]) {
+        Action::Write {
+            write: Write::Cursor(c),
+            ..
+        } => {
+            assert_eq!((c.global_since, c.global_till), (Some(since), Some(till)));
+            c.types_done
+        }
+        other => panic!("a cursor write: {other:?}"),
+    };
+    assert_eq!(done(&cursor, since, till), ["Observation", "Patient"]);
+    assert_eq!(done(&cursor, since, till + TimeDelta::hours(1)), ["Patient"]);
+    assert_eq!(done(&cursor, since - TimeDelta::hours(1), till), ["Patient"]);
+}
+
+/// Per-type planning goes through the listed types in order, each row carrying its type's place in the list
+/// (the original's position column): an empty type is recorded as done, and the next one is planned.
+#[test]
+fn per_type_rows_carry_their_types_place_in_the_list() {
+    let settings = crate::engine::sim::settings(&[
+        ("AZURE_IsParallel", "false"),
+        ("AZURE_ResourceTypes", "Observation,Patient"),
+    ]);
+    let timing = crate::engine::Timing::default();
+    let ctx = context(&settings, &timing);
+    let oldest = crate::engine::sim::t0() - TimeDelta::days(3);
+    let mut snapshot = Snapshot {
+        cursor: Cursor::new(),
+        jobs: Vec::new(),
+        payloads: Vec::new(),
+    };
+    let no_observations = |t: Option<&str>, since, till| {
+        if t == Some("Observation") {
+            0
+        } else {
+            ten_per_range(t, since, till)
+        }
+    };
+    let mut facts = Facts::default();
+    let Some(Action::Write {
+        write: Write::Cursor(cursor),
+        ..
+    }) = plan_next(&ctx, &snapshot, &mut facts, oldest, no_observations)
+    else {
+        panic!("the empty type is recorded first")
+    };
+    assert_eq!(cursor.types_done, ["Observation"]);
+    snapshot.cursor = cursor;
+    let Some(Action::Write {
+        write: Write::InsertJob(job),
+        ..
+    }) = plan_next(&ctx, &snapshot, &mut facts, oldest, no_observations)
+    else {
+        panic!("then the next type is planned")
+    };
+    assert_eq!((job.resource_type.as_str(), job.type_index), ("Patient", 1));
 }

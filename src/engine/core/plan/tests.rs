@@ -455,3 +455,30 @@ fn per_type_rows_carry_their_types_place_in_the_list() {
     };
     assert_eq!((job.resource_type.as_str(), job.type_index), ("Patient", 1));
 }
+
+/// The cursor's per-type position after a part is planned (also how a cursor is repaired from a row): a part
+/// short of the window's end leaves its type to continue from there; a part up to the end makes the type done
+/// and ends its split; another window's done types are cleared first.
+#[test]
+fn a_part_up_to_the_windows_end_makes_its_type_done() {
+    let types: Vec<String> = ["Observation", "Patient"].map(String::from).to_vec();
+    let since = crate::engine::sim::t0() - TimeDelta::days(1);
+    let till = since + TimeDelta::hours(1);
+    let mid = since + TimeDelta::minutes(20);
+    let mut cursor = Cursor::new();
+    per_type_position(&mut cursor, &types, since, till, "Patient", mid);
+    assert_eq!(
+        (cursor.type_name.as_str(), cursor.sub_since, cursor.type_index),
+        ("Patient", Some(mid), 1)
+    );
+    assert!(cursor.types_done.is_empty());
+    per_type_position(&mut cursor, &types, since, till, "Patient", till);
+    assert_eq!((cursor.type_name.as_str(), cursor.sub_since), ("", None));
+    assert_eq!(cursor.types_done, ["Patient"]);
+    for (s, t) in [(since, till + TimeDelta::hours(1)), (since - TimeDelta::hours(1), till)] {
+        let mut other = cursor.clone();
+        per_type_position(&mut other, &types, s, t, "Observation", t);
+        assert_eq!(other.types_done, ["Observation"], "another window");
+        assert_eq!((other.global_since, other.global_till), (Some(s), Some(t)));
+    }
+}

@@ -7,7 +7,7 @@ use chrono::{TimeDelta, Utc};
 use fhir_emulator::Flavor;
 use fhir_migration_tool::engine::failures::Selection;
 use fhir_migration_tool::fhir::wire::ImportErrorFile;
-use fhir_migration_tool::ledger::{Kind, State};
+use fhir_migration_tool::ledger::{Class, Kind, State};
 
 use crate::ledger::{instant, patient};
 use crate::migration::{emulator_with, stack_to};
@@ -115,4 +115,70 @@ async fn a_retry_import_past_the_job_timeout_is_cancelled_and_its_version_queued
     // Open entries are not retried automatically.
     engine.ledger_tick(t + TimeDelta::days(1)).await.unwrap();
     assert_eq!(stack.destination.import_inputs().len(), posted);
+}
+
+/// Writes an export file of `lines` and an error file refusing its first line with `message`; the error file.
+async fn refused_first_line(stack: &crate::migration::Stack, name: &str, line: &str, message: &str) -> ImportErrorFile {
+    let blobs = stack._app.blobs();
+    blobs.ensure_container("exports").await.unwrap();
+    blobs.ensure_container("fhirlogs").await.unwrap();
+    let input = format!("run/{name}.ndjson");
+    blobs.put("exports", &input, line.as_bytes().to_vec()).await.unwrap();
+    let refusal = serde_json::json!({ "resourceType": "OperationOutcome", "issue": [{ "severity": "error",
+        "details": { "text": message },
+        "diagnostics": "Failed to process resource at line: 1 with stream start offset: 0" }] });
+    let errors = format!("{name}-errors.ndjson");
+    blobs
+        .put("fhirlogs", &errors, format!("{refusal}\n").into_bytes())
+        .await
+        .unwrap();
+    ImportErrorFile {
+        resource_type: None,
+        count: 1,
+        input_url: Some(blobs.blob_url("exports", &input)),
+        url: blobs.blob_url("fhirlogs", &errors),
+    }
+}
+
+/// A SearchParameter the import refused (they travel through the REST API) is benign once the destination has
+/// it, and waits (retrying) until then; the ledger's tick resolves it when it arrives.
+#[tokio::test]
+async fn a_refused_search_parameter_is_resolved_once_the_destination_has_it() {
+    let azurite = Azurite::start().await.unwrap();
+    let destination = crate::migration::emulator(Flavor::Ahds, &azurite).await;
+    let stack = stack_to(azurite, Flavor::Aapi, destination, &[]).await;
+    let sp = |id: &str| {
+        serde_json::json!({ "resourceType": "SearchParameter", "id": id,
+            "meta": { "versionId": "1", "lastUpdated": instant(Utc::now() - TimeDelta::hours(1)) },
+            "url": format!("http://example.org/fhir/SearchParameter/{id}"), "name": id, "status": "active",
+            "description": id, "code": id, "base": ["Patient"], "type": "token", "expression": "Patient.identifier" })
+        .to_string()
+    };
+    let message = "SearchParameter resources cannot be processed by import.";
+    let engine = &stack.engine;
+    let now = Utc::now();
+    let held = refused_first_line(&stack, "held", &sp("held-sp"), message).await;
+    let (_, errors) = fhir_emulator::seed::load_into(stack.destination.store(), &[sp("held-sp")]);
+    assert!(errors.is_empty(), "{errors:?}");
+    let later = refused_first_line(&stack, "later", &sp("later-sp"), message).await;
+    engine.record_failures(1, &[held, later], now).await.unwrap();
+    let state = |e: fhir_migration_tool::ledger::Entry| (e.kind, e.class, e.state);
+    let get = |key: &'static str| async move { engine.ledger().get(key).await.unwrap().unwrap() };
+    assert_eq!(
+        state(get("SearchParameter|held-sp|1").await),
+        (Kind::SearchParameter, Class::Benign, State::Resolved)
+    );
+    assert_eq!(
+        state(get("SearchParameter|later-sp|1").await),
+        (Kind::SearchParameter, Class::Transient, State::Retrying)
+    );
+    let (_, errors) = fhir_emulator::seed::load_into(stack.destination.store(), &[sp("later-sp")]);
+    assert!(errors.is_empty(), "{errors:?}");
+    engine.ledger_tick(now + TimeDelta::minutes(10)).await.unwrap();
+    let arrived = get("SearchParameter|later-sp|1").await;
+    assert_eq!(arrived.state, State::Resolved, "{arrived:?}");
+    assert!(
+        arrived.resolution.contains("copied through the REST API"),
+        "{arrived:?}"
+    );
 }

@@ -141,6 +141,11 @@ async fn the_scan_waits_for_an_unreachable_export_file_and_copies_exactly_the_li
         "{scanned:?}"
     );
     assert_eq!(scanned.blob, "w1-0001.scanned-2-t1");
+    assert!(
+        scanned.note.starts_with("1 version(s) share a millisecond"),
+        "{}",
+        scanned.note
+    );
     let entries = engine.ledger().list(None).await.unwrap();
     assert_eq!(entries.len(), 1, "{entries:#?}");
     let e = &entries[0];
@@ -177,6 +182,7 @@ async fn the_scan_waits_for_an_unreachable_export_file_and_copies_exactly_the_li
     let more = engine.scan_payload(&resumed, PAYLOADS, "t2", now).await.unwrap();
     assert_eq!((more.files, more.done, more.left_out), (2, true, 0), "{more:?}");
     assert_eq!(more.blob, payload.blob);
+    assert_eq!(more.note, "", "nothing to say");
 
     // Files the tool may not read (403) are imported as they are, and the scan says so.
     let blind = engine_reading(&stack, &refused, &[]);

@@ -22,6 +22,20 @@ pub(crate) fn patient(id: &str, version: &str, at: &str, family: &str) -> String
         .to_string()
 }
 
+/// The keys of every ledger entry, sorted.
+pub(crate) async fn ledger_keys(engine: &fhir_migration_tool::engine::Engine) -> Vec<String> {
+    let mut keys: Vec<String> = engine
+        .ledger()
+        .list(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    keys.sort();
+    keys
+}
+
 /// An error-file line as the server writes it (reference §5.3).
 fn error(message: &str, line: usize) -> String {
     json!({ "resourceType": "OperationOutcome", "issue": [{ "severity": "error", "details": { "text": message },
@@ -460,17 +474,8 @@ async fn crlf_repeated_lines_and_offsets_on_line_starts_name_the_right_versions(
         .record_failures(3, std::slice::from_ref(&file), Utc::now())
         .await
         .unwrap();
-    let mut keys: Vec<String> = engine
-        .ledger()
-        .list(None)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.key)
-        .collect();
-    keys.sort();
     assert_eq!(
-        keys,
+        ledger_keys(&engine).await,
         ["Patient|u1|1", "Patient|u3|1"],
         "u2 was never refused; no shortfall"
     );

@@ -7,14 +7,14 @@
 use chrono::{TimeDelta, Utc};
 use fhir_emulator::seed::load_into;
 use fhir_migration_tool::engine::core::capacity::CapacityTrim;
-use fhir_migration_tool::engine::{Engine, Timing};
+use fhir_migration_tool::engine::{Engine, EngineError, Timing};
 use fhir_migration_tool::fhir::wire::{ExportFile, import_parameters};
 use fhir_migration_tool::ledger::{Class, Kind, State};
 use fhir_migration_tool::state::Payload;
 use fhir_migration_tool::storage::blob::BlobStore;
 use serde_json::{Value, json};
 
-use crate::ledger::{instant, patient};
+use crate::ledger::{instant, ledger_keys, patient};
 use crate::migration::{GatedExports, Stack, stack};
 
 const PAYLOADS: &str = "payloads";
@@ -94,6 +94,20 @@ async fn exported(stack: &Stack) -> Vec<String> {
     stack._app.blobs().list("exports", "").await.unwrap()
 }
 
+/// What an action did while the export account was unreachable: failed, naming the read, with nothing decided
+/// (no ledger entry) and nothing copied.
+async fn assert_held<T: std::fmt::Debug>(stack: &Stack, engine: &Engine, held: Result<T, EngineError>) {
+    let Err(e) = held else {
+        panic!("an unreachable export file holds the action: {held:?}")
+    };
+    assert!(e.to_string().contains("could not read"), "{e}");
+    assert!(
+        engine.ledger().list(None).await.unwrap().is_empty(),
+        "nothing decided unread"
+    );
+    assert_eq!(exported(stack).await.len(), 2, "no copy written");
+}
+
 #[tokio::test]
 async fn the_scan_waits_for_an_unreachable_export_file_and_copies_exactly_the_lines_it_keeps() {
     let stack = stack(&[]).await;
@@ -122,16 +136,12 @@ async fn the_scan_waits_for_an_unreachable_export_file_and_copies_exactly_the_li
     let now = Utc::now();
 
     gate.close();
-    let held = engine.scan_payload(&payload, PAYLOADS, "t1", now).await;
-    let Err(e) = held else {
-        panic!("an unreachable export file holds the scan: {held:?}")
-    };
-    assert!(e.to_string().contains("could not read"), "{e}");
-    assert!(
-        engine.ledger().list(None).await.unwrap().is_empty(),
-        "nothing decided unread"
-    );
-    assert_eq!(exported(&stack).await.len(), 2, "no copy written");
+    assert_held(
+        &stack,
+        &engine,
+        engine.scan_payload(&payload, PAYLOADS, "t1", now).await,
+    )
+    .await;
 
     gate.open();
     let scanned = engine.scan_payload(&payload, PAYLOADS, "t1", now).await.unwrap();
@@ -228,16 +238,12 @@ async fn the_capacity_trim_waits_for_an_unreachable_export_file_and_copies_exact
     let now = Utc::now();
 
     gate.close();
-    let held = engine.trim_for_capacity(&payload, PAYLOADS, "t1", now).await;
-    let Err(e) = held else {
-        panic!("an unreachable export file holds the trim: {held:?}")
-    };
-    assert!(e.to_string().contains("could not read"), "{e}");
-    assert!(
-        engine.ledger().list(None).await.unwrap().is_empty(),
-        "nothing decided unread"
-    );
-    assert_eq!(exported(&stack).await.len(), 2, "no copy written");
+    assert_held(
+        &stack,
+        &engine,
+        engine.trim_for_capacity(&payload, PAYLOADS, "t1", now).await,
+    )
+    .await;
 
     gate.open();
     let trimmed = engine.trim_for_capacity(&payload, PAYLOADS, "t1", now).await.unwrap();
@@ -367,16 +373,7 @@ async fn scans_go_by_shares_of_bytes_and_a_trim_refuses_more_than_it_can_hold() 
             store.blob_url("exports", "run/Patient-2.scanned-t2.ndjson")
         ]
     );
-    let mut keys: Vec<_> = engine
-        .ledger()
-        .list(None)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.key)
-        .collect();
-    keys.sort();
-    assert_eq!(keys, ["Patient|r|1", "Patient|s|1"]);
+    assert_eq!(ledger_keys(&engine).await, ["Patient|r|1", "Patient|s|1"]);
     // A share as large as the first file: the second file is read by the same action only when the first
     // fell short of the share.
     let exact = bounded(engine_reading(&stack, &store, &[]), first_bytes, usize::MAX);

@@ -475,7 +475,7 @@ async fn crlf_repeated_lines_and_offsets_on_line_starts_name_the_right_versions(
         .await
         .unwrap();
     assert_eq!(
-        ledger_keys(&engine).await,
+        ledger_keys(engine).await,
         ["Patient|u1|1", "Patient|u3|1"],
         "u2 was never refused; no shortfall"
     );

@@ -341,6 +341,7 @@ async fn scans_go_by_shares_of_bytes_and_a_trim_refuses_more_than_it_can_hold() 
         patient("r", "2", &precise("2000"), "v2"),
     ];
     let first_bytes = first.join("\n").len();
+    let all_bytes = first_bytes + second.join("\n").len();
     let payload = payload_of(
         &stack,
         &store,
@@ -383,15 +384,15 @@ async fn scans_go_by_shares_of_bytes_and_a_trim_refuses_more_than_it_can_hold() 
     let whole = more.scan_payload(&payload, PAYLOADS, "t4", now).await.unwrap();
     assert_eq!((whole.files, whole.done, whole.left_out), (2, true, 2), "{whole:?}");
 
-    // The capacity trim holds what it has read so far up to its bound: past it, the payload is said.
+    // The capacity trim holds the payload's files up to its bound: one byte more, and the payload is said.
     let settings = [("AZURE_SameMillisecondCapacity", "1")];
-    let over = bounded(engine_reading(&stack, &store, &settings), usize::MAX, first_bytes - 1);
+    let over = bounded(engine_reading(&stack, &store, &settings), usize::MAX, all_bytes - 1);
     let refused = over.trim_for_capacity(&payload, PAYLOADS, "t5", now).await.unwrap();
     let CapacityTrim::CannotTrim(why) = refused else {
         panic!("more than the trim holds: {refused:?}")
     };
     assert!(why.contains("AZURE_ChunkLimit"), "{why}");
-    let within = bounded(engine_reading(&stack, &store, &settings), usize::MAX, first_bytes);
+    let within = bounded(engine_reading(&stack, &store, &settings), usize::MAX, all_bytes);
     let trimmed = within.trim_for_capacity(&payload, PAYLOADS, "t6", now).await.unwrap();
     assert!(
         matches!(trimmed, CapacityTrim::Trimmed { excluded: 3, .. }),

@@ -21,7 +21,8 @@ use crate::state::Payload;
 /// (and, when over, a listing). A crowd spread thinner than this is not found, and the refusal then takes the
 /// ordinary path (retried, re-exported, halted with its reason).
 pub(crate) const GROUPS_CHECKED: usize = 100;
-/// Export file bytes one examination holds at most (with each line's identity besides).
+/// Export file bytes one examination holds at most (with each line's identity besides): sixteen of the server's
+/// 64 MB export files.
 pub(crate) const BYTES_EXAMINED: usize = 1024 * 1024 * 1024;
 /// History entries per page when listing what the destination holds on one millisecond.
 const PAGE: usize = 1000;
@@ -49,7 +50,7 @@ impl Engine {
         for url in &urls {
             // A read that may pass fails the action (the next tick examines again), never spending an attempt.
             match self.read_blob(url).await? {
-                Some(_) if read > self.timing.capacity_bytes_examined => {
+                Some(b) if read + b.len() > self.timing.capacity_bytes_examined => {
                     // Held whole with every line's identity, a larger payload could exhaust the process's memory
                     // (killed, nothing recorded): said instead, so the window ends in a named state.
                     return Ok(CapacityTrim::CannotTrim(format!(

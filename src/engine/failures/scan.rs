@@ -15,7 +15,7 @@ use crate::engine::{Engine, EngineError};
 use crate::state::Payload;
 
 /// Bytes of export files one scan action reads at most (at least one file): a share that fits well inside a
-/// timer's run, so a large payload is scanned over several actions and ticks.
+/// timer's run, so a large payload is scanned over several actions and ticks. Eight of the server's files.
 pub(crate) const BYTES_PER_ACTION: usize = 512 * 1024 * 1024;
 
 impl Engine {
@@ -160,6 +160,21 @@ pub(crate) fn same_millisecond_losers(lines: &[Line]) -> Vec<(usize, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The size at which the server starts a new export file (fhir-server `ExportJobConfiguration.RollingFileSizeInMB`,
+    /// 64 by default; approximate, since a file is closed only after the resource that passes it).
+    const SERVER_FILE_BYTES: usize = 64 * 1024 * 1024;
+
+    /// The defaults are set by the server's export file size: a scan action reads several whole files (fewer
+    /// ticks per payload), and the capacity trim holds a payload of many (a smaller bound would halt real
+    /// migrations whose windows export more than it holds, naming AZURE_ChunkLimit for no reason).
+    #[test]
+    fn the_default_byte_bounds_hold_many_of_the_servers_export_files() {
+        let timing = crate::engine::Timing::default();
+        assert!(timing.scan_bytes_per_action >= 4 * SERVER_FILE_BYTES);
+        assert!(timing.capacity_bytes_examined >= 8 * SERVER_FILE_BYTES);
+        assert!(timing.capacity_bytes_examined >= timing.scan_bytes_per_action);
+    }
 
     #[test]
     fn of_versions_on_one_millisecond_the_numerically_highest_is_kept() {

@@ -72,6 +72,28 @@ fn a_missing_window_row_holds_the_cursor_and_is_said_once() {
     assert_eq!(commit(&context(&settings, &timing), &snapshot, &facts), None);
 }
 
+/// The cursor an action writes, if it writes one.
+fn cursor_written(action: Option<Action>) -> Option<Cursor> {
+    match action {
+        Some(Action::Write {
+            write: Write::Cursor(cursor),
+            ..
+        }) => Some(cursor),
+        _ => None,
+    }
+}
+
+/// The window row an action inserts, if it inserts one.
+fn job_inserted(action: Option<Action>) -> Option<Job> {
+    match action {
+        Some(Action::Write {
+            write: Write::InsertJob(job),
+            ..
+        }) => Some(job),
+        _ => None,
+    }
+}
+
 /// A processed window `seq` of an hour ending at `till`.
 fn processed(seq: i64, till: DateTime<Utc>) -> Job {
     let mut job = Job::planned(seq, till - TimeDelta::hours(1), till, "");
@@ -103,13 +125,8 @@ fn a_window_commits_once_the_search_parameter_sync_covers_its_end() {
     };
     assert!(notes.lines[0].contains("SearchParameter sync"), "{:?}", notes.lines);
     snapshot.cursor.search_parameters_synced_at = Some(till);
-    let Some(Action::Write {
-        write: Write::Cursor(cursor),
-        ..
-    }) = commit(&ctx, &snapshot, &Facts::default())
-    else {
-        panic!("a sync up to the window's end lets it commit")
-    };
+    let cursor = cursor_written(commit(&ctx, &snapshot, &Facts::default()))
+        .expect("a sync up to the window's end lets it commit");
     assert_eq!(
         (cursor.since, cursor.committed_job, cursor.migrated_versions),
         (Some(till), 1, 7)
@@ -132,12 +149,10 @@ fn a_commit_resets_the_retry_latch_unless_the_next_window_is_failing() {
     snapshot.cursor.next_job = 2;
     snapshot.cursor.failures = 2;
     snapshot.cursor.search_parameters_synced_at = Some(till);
-    let failures_after = |snapshot: &Snapshot| match commit(&ctx, snapshot, &Facts::default()) {
-        Some(Action::Write {
-            write: Write::Cursor(c),
-            ..
-        }) => c.failures,
-        other => panic!("window 0 commits: {other:?}"),
+    let failures_after = |snapshot: &Snapshot| {
+        cursor_written(commit(&ctx, snapshot, &Facts::default()))
+            .expect("window 0 commits")
+            .failures
     };
     assert_eq!(failures_after(&snapshot), 0);
     snapshot.jobs[1].export_status = crate::state::rows::ExportStatus::Failed;
@@ -309,13 +324,8 @@ fn per_type_mode_plans_its_first_window_by_type() {
         jobs: Vec::new(),
         payloads: Vec::new(),
     };
-    let Some(Action::Write {
-        write: Write::InsertJob(job),
-        ..
-    }) = plan_next(&ctx, &snapshot, &mut Facts::default(), oldest, ten_per_range)
-    else {
-        panic!("the first window is planned")
-    };
+    let job = job_inserted(plan_next(&ctx, &snapshot, &mut Facts::default(), oldest, ten_per_range))
+        .expect("the first window is planned");
     assert_eq!(
         (job.seq, job.resource_type.as_str(), job.type_index, job.since),
         (0, "Observation", 0, oldest)
@@ -437,22 +447,12 @@ fn per_type_rows_carry_their_types_place_in_the_list() {
         }
     };
     let mut facts = Facts::default();
-    let Some(Action::Write {
-        write: Write::Cursor(cursor),
-        ..
-    }) = plan_next(&ctx, &snapshot, &mut facts, oldest, no_observations)
-    else {
-        panic!("the empty type is recorded first")
-    };
+    let cursor = cursor_written(plan_next(&ctx, &snapshot, &mut facts, oldest, no_observations))
+        .expect("the empty type is recorded first");
     assert_eq!(cursor.types_done, ["Observation"]);
     snapshot.cursor = cursor;
-    let Some(Action::Write {
-        write: Write::InsertJob(job),
-        ..
-    }) = plan_next(&ctx, &snapshot, &mut facts, oldest, no_observations)
-    else {
-        panic!("then the next type is planned")
-    };
+    let job = job_inserted(plan_next(&ctx, &snapshot, &mut facts, oldest, no_observations))
+        .expect("then the next type is planned");
     assert_eq!((job.resource_type.as_str(), job.type_index), ("Patient", 1));
 }
 

@@ -5,7 +5,8 @@ pub(crate) mod capacity;
 pub(crate) mod files;
 pub mod ports;
 pub(crate) mod record;
+pub mod requests;
 pub mod retry;
 pub(crate) mod scan;
 
-pub use retry::{RequestError, Selection};
+pub use requests::{RequestError, Selection};

@@ -24,6 +24,7 @@ mod local_stack;
 mod messages;
 mod migration;
 mod package;
+mod per_type;
 mod preflight;
 mod reconcile;
 mod redrive;

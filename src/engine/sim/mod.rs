@@ -14,6 +14,8 @@ mod tests;
 #[cfg(test)]
 mod tests_ledger;
 #[cfg(test)]
+mod tests_recording;
+#[cfg(test)]
 mod tests_shell;
 pub mod world;
 

@@ -33,6 +33,7 @@ mod scan;
 mod search_parameters;
 mod second_migration;
 mod self_contained;
+mod server_error_files;
 mod startup;
 mod structure;
 mod support;

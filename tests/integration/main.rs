@@ -9,6 +9,7 @@ mod cli;
 mod clock;
 mod cutover;
 mod dashboard;
+mod deidentification;
 mod engine;
 mod entra_ingestion;
 mod faults;

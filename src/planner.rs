@@ -156,6 +156,51 @@ mod tests {
         assert!(!specific_run_finished(&s, Some(since)));
     }
 
+    /// Caught up, a tail shorter than the shortest worth exporting waits, also in a specific run whose end date
+    /// lies ahead; only the window that ends the run at its end date is exported however short. A full chunk is
+    /// exported whatever the shortest tail (the cut-over sets none, a test may set one longer than a chunk).
+    #[test]
+    fn a_short_tail_waits_unless_it_ends_a_specific_run_or_is_a_full_chunk() {
+        let now = at(12, 0);
+        let frontier = now - TimeDelta::seconds(300);
+        let recent = frontier - TimeDelta::seconds(10);
+        let continuous = settings(&[]);
+        assert_eq!(window_end(&continuous, recent, now), None);
+        let ahead = settings(&[
+            ("AZURE_SpecificRun", "true"),
+            ("AZURE_StartDate", "2026-01-01"),
+            ("AZURE_EndDate", "2027-01-01"),
+        ]);
+        assert_eq!(
+            window_end(&ahead, recent, now),
+            None,
+            "the end date is not this window's end"
+        );
+        let ending = settings(&[
+            ("AZURE_SpecificRun", "true"),
+            ("AZURE_StartDate", "2026-11-01"),
+            ("AZURE_EndDate", "2026-11-26"),
+        ]);
+        let end = Utc.with_ymd_and_hms(2026, 11, 26, 0, 0, 0).unwrap();
+        let last = end - TimeDelta::seconds(10);
+        assert_eq!(window_end(&ending, last, now), Some(end), "the run's last seconds");
+        // Not a specific run, but an end date set: a short window up to it is no run's end.
+        let unset = settings(&[("AZURE_EndDate", "2026-11-26")]);
+        assert_eq!(window_end(&unset, last, end + TimeDelta::seconds(300)), None);
+        let hourly = settings(&[("AZURE_ExportChunkDuration", "Hours"), ("AZURE_ExportChunkTime", "1")]);
+        let old = now - TimeDelta::days(2);
+        assert_eq!(
+            window_end_with(&hourly, old, now, TimeDelta::hours(2)),
+            Some(old + TimeDelta::hours(1)),
+            "a full chunk, shorter than the shortest tail"
+        );
+        assert_eq!(
+            window_end_with(&hourly, recent, now, TimeDelta::zero()),
+            Some(frontier),
+            "no shortest tail: up to the frontier"
+        );
+    }
+
     #[test]
     fn halving_shrinks_to_a_one_minute_floor() {
         let since = at(0, 0);

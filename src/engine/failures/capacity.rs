@@ -231,3 +231,64 @@ pub(crate) fn left_out_of_group(
     });
     new.split_off(room)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A margin of one batch per 80,000 of capacity (1,000 at the server's), one batch wider for each earlier
+    /// trim refused again; a count below zero (never written) is taken as none.
+    #[test]
+    fn the_margin_is_one_batch_and_widens_with_each_trim_refused_again() {
+        assert_eq!(margin(80_000, 0), 1_000);
+        assert_eq!(margin(80_000, 1), 2_000);
+        assert_eq!(margin(80_000, 3), 4_000);
+        assert_eq!(margin(80_000, -2), 1_000);
+    }
+
+    /// Room is what the capacity leaves after the versions held and the margin; of the new versions, each
+    /// resource's newest is kept first, then history by version (newest first), so what is left out is history
+    /// where it can be.
+    #[test]
+    fn a_crowded_group_leaves_out_history_beyond_the_room_below_capacity_and_margin() {
+        let line = |id: &str, v: &str| {
+            format!(
+                r#"{{"resourceType":"Patient","id":"{id}","meta":{{"versionId":"{v}","lastUpdated":"2026-01-01T00:00:00.001Z"}}}}"#
+            )
+        };
+        let file = [
+            line("a", "1"),
+            line("a", "3"),
+            line("b", "1"),
+            line("a", "2"),
+            line("b", "2"),
+            line("s", "1"),
+        ]
+        .join("\n");
+        let lines = parse(&[file.into_bytes()]);
+        let members: Vec<usize> = (0..lines.len()).collect();
+        // `s` 1 is already stored, and one more version of another resource: two held of a capacity of six.
+        let held: HashSet<(String, String)> = [("s", "1"), ("t", "4")]
+            .iter()
+            .map(|(i, v)| (i.to_string(), v.to_string()))
+            .collect();
+        let named = |out: Vec<usize>| -> Vec<(String, String)> {
+            out.iter()
+                .map(|i| (lines[*i].id.clone(), lines[*i].version.clone()))
+                .collect()
+        };
+        let pair = |i: &str, v: &str| (i.to_string(), v.to_string());
+        // Room for 6 − (2 + 1) = 3 of the five new: a 3 and b 2 (newest), then a 2; a 1 and b 1 left out.
+        assert_eq!(
+            named(left_out_of_group(&lines, &members, &held, 6, 1)),
+            [pair("a", "1"), pair("b", "1")]
+        );
+        // Room for all five: nothing left out.
+        assert!(left_out_of_group(&lines, &members, &held, 7, 0).is_empty());
+        // Room for one: only the highest of the newest.
+        assert_eq!(
+            named(left_out_of_group(&lines, &members, &held, 4, 1)),
+            [pair("b", "2"), pair("a", "2"), pair("a", "1"), pair("b", "1")]
+        );
+    }
+}

@@ -191,6 +191,11 @@ mod tests {
             line("b", "1", "2026-01-01T00:00:00.002Z"),
             // Another resource on the same millisecond: not a group with a.
             line("c", "3", "2026-01-01T00:00:00.002Z"),
+            // A line without a version or an id is not judged (the import names what is wrong with it).
+            line("d", "", "2026-01-01T00:00:00.003Z"),
+            line("d", "4", "2026-01-01T00:00:00.003Z"),
+            line("", "5", "2026-01-01T00:00:00.003Z"),
+            line("", "6", "2026-01-01T00:00:00.003Z"),
         ]
         .join("\n");
         let lines = parse(&[file.into_bytes()]);

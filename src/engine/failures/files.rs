@@ -139,6 +139,12 @@ pub(crate) fn millisecond(last_updated: &str) -> Option<i64> {
         .map(|t| t.timestamp_millis())
 }
 
+/// The size at which the server starts a new export file (fhir-server `ExportJobConfiguration.RollingFileSizeInMB`,
+/// 64 by default; approximate, since a file is closed only after the resource that passes it): what the tool's
+/// byte bounds are measured against.
+#[cfg(test)]
+pub(crate) const SERVER_FILE_BYTES: usize = 64 * 1024 * 1024;
+
 pub(crate) fn version_number(v: &str) -> i64 {
     v.parse().unwrap_or(i64::MIN)
 }

@@ -487,7 +487,17 @@ fn shortfall(window: i64, file: &ImportErrorFile, named: u64, missing: u64, now:
 
 #[cfg(test)]
 mod tests {
+    use super::super::files::SERVER_FILE_BYTES;
     use super::*;
+
+    /// An import's input file is one of the server's export files (a little over its rolling size at most), and
+    /// its error file is smaller: both are read whole, so every refused line is named by its version, not only
+    /// by its position.
+    #[test]
+    #[allow(clippy::assertions_on_constants)] // a test run, so a mutated bound fails a test rather than a build
+    fn files_of_the_servers_export_size_are_read_whole() {
+        assert!(MAX_FILE_BYTES >= 2 * SERVER_FILE_BYTES);
+    }
 
     fn refused(status: u16) -> BlobError {
         BlobError::Service {

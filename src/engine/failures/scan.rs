@@ -159,11 +159,8 @@ pub(crate) fn same_millisecond_losers(lines: &[Line]) -> Vec<(usize, String)> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::files::SERVER_FILE_BYTES;
     use super::*;
-
-    /// The size at which the server starts a new export file (fhir-server `ExportJobConfiguration.RollingFileSizeInMB`,
-    /// 64 by default; approximate, since a file is closed only after the resource that passes it).
-    const SERVER_FILE_BYTES: usize = 64 * 1024 * 1024;
 
     /// The defaults are set by the server's export file size: a scan action reads several whole files (fewer
     /// ticks per payload), and the capacity trim holds a payload of many (a smaller bound would halt real

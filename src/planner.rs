@@ -157,8 +157,9 @@ mod tests {
     }
 
     /// Caught up, a tail shorter than the shortest worth exporting waits, also in a specific run whose end date
-    /// lies ahead; only the window that ends the run at its end date is exported however short. A full chunk is
-    /// exported whatever the shortest tail (the cut-over sets none, a test may set one longer than a chunk).
+    /// lies ahead, and in a continuous run with an end date set (only a specific run reads it); only the window
+    /// that ends a specific run at its end date is exported however short. A full chunk is exported whatever the
+    /// shortest tail (the cut-over sets none, a test may set one longer than a chunk).
     #[test]
     fn a_short_tail_waits_unless_it_ends_a_specific_run_or_is_a_full_chunk() {
         let now = at(12, 0);

@@ -163,7 +163,8 @@ pub struct Timing {
     /// Actions one tick takes at most: a tick that would go on (a decision that never settles) stops there,
     /// says so, and the next tick continues.
     pub max_actions: usize,
-    /// Export file bytes one same-millisecond scan action reads at most (at least one file).
+    /// Export file bytes after which a same-millisecond scan action stops reading more files (it reads at least
+    /// one, and the file that reaches the share is read whole).
     pub scan_bytes_per_action: usize,
     /// Export file bytes a capacity trim holds at once at most (a larger payload is said, not examined).
     pub capacity_bytes_examined: usize,

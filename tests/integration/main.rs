@@ -12,6 +12,7 @@ mod dashboard;
 mod deidentification;
 mod engine;
 mod entra_ingestion;
+mod export_failures;
 mod faults;
 mod fhir;
 mod handler;

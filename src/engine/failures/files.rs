@@ -140,8 +140,9 @@ pub(crate) fn millisecond(last_updated: &str) -> Option<i64> {
 }
 
 /// The size at which the server starts a new export file (fhir-server `ExportJobConfiguration.RollingFileSizeInMB`,
-/// 64 by default; approximate, since a file is closed only after the resource that passes it): what the tool's
-/// byte bounds are measured against.
+/// 64 MB by default), what the tool's byte bounds are measured against. Approximate: the server closes a file at
+/// the end of the search page (up to `MaximumNumberOfResourcesPerQuery`, 10,000 resources) that takes it past
+/// the size (`ExportFileManager.CommitFullFiles`), so files are often smaller, and larger by up to one page.
 #[cfg(test)]
 pub(crate) const SERVER_FILE_BYTES: usize = 64 * 1024 * 1024;
 

@@ -1,5 +1,6 @@
 //! The engine's side of the failure ledger ([`crate::ledger`]): recording a finished import's refused lines,
-//! and retrying entries (transient ones when due, permanent ones when an operator asks).
+//! operators' requests about entries (retry, accept, reopen), and retrying entries (transient ones when due,
+//! permanent ones when an operator asks).
 
 pub(crate) mod capacity;
 pub(crate) mod files;

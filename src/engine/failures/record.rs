@@ -490,8 +490,8 @@ mod tests {
     use super::super::files::SERVER_FILE_BYTES;
     use super::*;
 
-    /// An import's input file is one of the server's export files (a little over its rolling size at most), and
-    /// its error file is smaller: both are read whole, so every refused line is named by its version, not only
+    /// An import's input file is one of the server's export files (past its rolling size by up to a search page),
+    /// and its error file is smaller: both are read whole, so every refused line is named by its version, not only
     /// by its position.
     #[test]
     #[allow(clippy::assertions_on_constants)] // a test run, so a mutated bound fails a test rather than a build

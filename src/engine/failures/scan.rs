@@ -14,8 +14,9 @@ use crate::engine::core::scan::Scanned;
 use crate::engine::{Engine, EngineError};
 use crate::state::Payload;
 
-/// Bytes of export files one scan action reads at most (at least one file): a share that fits well inside a
-/// timer's run, so a large payload is scanned over several actions and ticks. Eight of the server's files.
+/// Bytes of export files after which a scan action stops reading (it reads at least one file, and whole files): a
+/// share that fits well inside a timer's run, so a large payload is scanned over several actions and ticks. Eight
+/// of the server's 64 MB files.
 pub(crate) const BYTES_PER_ACTION: usize = 512 * 1024 * 1024;
 
 impl Engine {

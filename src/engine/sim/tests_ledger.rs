@@ -1,5 +1,7 @@
-//! The failure ledger's own code in the simulator's loop: an operator's retry and acceptance (issue 23). The
-//! automatic retry of lines refused as in the future runs in every stormy schedule (`tests.rs`).
+//! The failure ledger's retries with its own code in the simulator's loop (issue 23): an operator's retry and
+//! acceptance, retries that never succeed, and a retry settled only once its error files are read. The automatic
+//! retry of lines refused as in the future runs in every stormy schedule (`tests.rs`); recording refused lines is
+//! in `tests_recording.rs`.
 
 use super::tests::seeds;
 use super::world::{Faults, Version};

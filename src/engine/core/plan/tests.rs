@@ -72,25 +72,25 @@ fn a_missing_window_row_holds_the_cursor_and_is_said_once() {
     assert_eq!(commit(&context(&settings, &timing), &snapshot, &facts), None);
 }
 
-/// The cursor an action writes, if it writes one.
-fn cursor_written(action: Option<Action>) -> Option<Cursor> {
+/// The cursor `action` writes; a test failure naming `expected` and the action otherwise.
+fn cursor_written(action: Option<Action>, expected: &str) -> Cursor {
     match action {
         Some(Action::Write {
             write: Write::Cursor(cursor),
             ..
-        }) => Some(cursor),
-        _ => None,
+        }) => cursor,
+        other => panic!("{expected}: {other:?}"),
     }
 }
 
-/// The window row an action inserts, if it inserts one.
-fn job_inserted(action: Option<Action>) -> Option<Job> {
+/// The window row `action` inserts; a test failure naming `expected` and the action otherwise.
+fn job_inserted(action: Option<Action>, expected: &str) -> Job {
     match action {
         Some(Action::Write {
             write: Write::InsertJob(job),
             ..
-        }) => Some(job),
-        _ => None,
+        }) => job,
+        other => panic!("{expected}: {other:?}"),
     }
 }
 
@@ -125,8 +125,10 @@ fn a_window_commits_once_the_search_parameter_sync_covers_its_end() {
     };
     assert!(notes.lines[0].contains("SearchParameter sync"), "{:?}", notes.lines);
     snapshot.cursor.search_parameters_synced_at = Some(till);
-    let cursor = cursor_written(commit(&ctx, &snapshot, &Facts::default()))
-        .expect("a sync up to the window's end lets it commit");
+    let cursor = cursor_written(
+        commit(&ctx, &snapshot, &Facts::default()),
+        "a sync up to the window's end lets it commit",
+    );
     assert_eq!(
         (cursor.since, cursor.committed_job, cursor.migrated_versions),
         (Some(till), 1, 7)
@@ -149,11 +151,8 @@ fn a_commit_resets_the_retry_latch_unless_the_next_window_is_failing() {
     snapshot.cursor.next_job = 2;
     snapshot.cursor.failures = 2;
     snapshot.cursor.search_parameters_synced_at = Some(till);
-    let failures_after = |snapshot: &Snapshot| {
-        cursor_written(commit(&ctx, snapshot, &Facts::default()))
-            .expect("window 0 commits")
-            .failures
-    };
+    let failures_after =
+        |snapshot: &Snapshot| cursor_written(commit(&ctx, snapshot, &Facts::default()), "window 0 commits").failures;
     assert_eq!(failures_after(&snapshot), 0);
     snapshot.jobs[1].export_status = crate::state::rows::ExportStatus::Failed;
     assert_eq!(failures_after(&snapshot), 2);
@@ -324,8 +323,10 @@ fn per_type_mode_plans_its_first_window_by_type() {
         jobs: Vec::new(),
         payloads: Vec::new(),
     };
-    let job = job_inserted(plan_next(&ctx, &snapshot, &mut Facts::default(), oldest, ten_per_range))
-        .expect("the first window is planned");
+    let job = job_inserted(
+        plan_next(&ctx, &snapshot, &mut Facts::default(), oldest, ten_per_range),
+        "the first window is planned",
+    );
     assert_eq!(
         (job.seq, job.resource_type.as_str(), job.type_index, job.since),
         (0, "Observation", 0, oldest)
@@ -447,12 +448,16 @@ fn per_type_rows_carry_their_types_place_in_the_list() {
         }
     };
     let mut facts = Facts::default();
-    let cursor = cursor_written(plan_next(&ctx, &snapshot, &mut facts, oldest, no_observations))
-        .expect("the empty type is recorded first");
+    let cursor = cursor_written(
+        plan_next(&ctx, &snapshot, &mut facts, oldest, no_observations),
+        "the empty type is recorded first",
+    );
     assert_eq!(cursor.types_done, ["Observation"]);
     snapshot.cursor = cursor;
-    let job = job_inserted(plan_next(&ctx, &snapshot, &mut facts, oldest, no_observations))
-        .expect("then the next type is planned");
+    let job = job_inserted(
+        plan_next(&ctx, &snapshot, &mut facts, oldest, no_observations),
+        "then the next type is planned",
+    );
     assert_eq!((job.resource_type.as_str(), job.type_index), ("Patient", 1));
 }
 

@@ -7,7 +7,22 @@ use chrono::Utc;
 #[cfg(feature = "fail-points")]
 use crate::engine::fast;
 use crate::engine::started_exports;
-use crate::migration::{assert_same, round, run_to_completion, seed, stack};
+use crate::migration::{Stack, assert_same, round, run_to_completion, seed, stack};
+
+/// How many exports have started, and the distinct (since, till) ranges among them, sorted.
+fn started_ranges(stack: &Stack) -> (usize, Vec<(String, String)>) {
+    let started = started_exports(stack);
+    let mut ranges: Vec<(String, String)> = started
+        .iter()
+        .map(|r| {
+            let (since, till) = r.split_once("..").expect("since..till");
+            (since.to_string(), till.to_string())
+        })
+        .collect();
+    ranges.sort();
+    ranges.dedup();
+    (started.len(), ranges)
+}
 
 #[tokio::test]
 async fn per_type_mode_migrates_every_version_one_type_at_a_time() {
@@ -17,21 +32,11 @@ async fn per_type_mode_migrates_every_version_one_type_at_a_time() {
     run_to_completion(&stack, 2000).await;
     let versions = assert_same(stack.source.store(), stack.destination.store());
     assert!(versions >= 5000);
-    let started: Vec<(String, String)> = stack
-        .telemetry
-        .events()
-        .into_iter()
-        .filter(|e| e.name == "Export" && e.get("ExportStatus") == Some("Started"))
-        .map(|e| (e.get("Since").unwrap().to_string(), e.get("Till").unwrap().to_string()))
-        .collect();
-    let mut windows = started.clone();
-    windows.sort();
-    windows.dedup();
+    let (started, windows) = started_ranges(&stack);
     assert!(windows.len() >= 12, "{} windows", windows.len());
     assert!(
-        started.len() >= windows.len() * 10,
-        "one export per type with data per window: {}",
-        started.len()
+        started >= windows.len() * 10,
+        "one export per type with data per window: {started}"
     );
 }
 
@@ -55,17 +60,8 @@ async fn switching_is_parallel_mid_run_neither_loses_nor_repeats_data() {
     run_to_completion(&stack, 600).await;
     assert_same(stack.source.store(), stack.destination.store());
     // Windows never overlap: per-type parts cover their window once per type, parallel windows follow on.
-    let started: Vec<(String, String)> = stack
-        .telemetry
-        .events()
-        .into_iter()
-        .filter(|e| e.name == "Export" && e.get("ExportStatus") == Some("Started"))
-        .map(|e| (e.get("Since").unwrap().to_string(), e.get("Till").unwrap().to_string()))
-        .collect();
     // Ranges never overlap: each distinct range starts where the previous one ended (or later).
-    let mut ranges = started.clone();
-    ranges.sort();
-    ranges.dedup();
+    let (_, ranges) = started_ranges(&stack);
     for pair in ranges.windows(2) {
         assert!(pair[1].0 >= pair[0].1, "overlapping windows {pair:?}");
     }

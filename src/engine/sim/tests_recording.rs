@@ -11,7 +11,8 @@ use crate::ledger::{Entry, Kind, State};
 
 /// The same version refused again in a later import's error file is one more attempt on its entry, with the
 /// newer reason, even when the entry was resolved meanwhile: a version the destination lost and refuses again is
-/// open again, never left resolved. The same error file read again (a replay) changes nothing.
+/// open again, never left resolved. The same error file read again (a replay, or an entry written again from it
+/// after a crash) changes nothing.
 #[test]
 fn a_version_refused_again_in_a_new_error_file_updates_its_entry() {
     use crate::fhir::wire::ImportErrorFile;
@@ -48,6 +49,11 @@ fn a_version_refused_again_in_a_new_error_file_updates_its_entry() {
     record(&first, now);
     let e = sim.world().ledger_entry(&v).cloned().expect("recorded");
     assert_eq!((e.kind, e.state, e.attempts), (Kind::Conflict, State::Open, 1), "{e:?}");
+    // A crash after the entry was written but before its file was marked read: the file is read again on a
+    // later tick, and the entry written again from it changes nothing.
+    let replay = now + chrono::TimeDelta::minutes(5);
+    let again = futures::executor::block_on(Work(&ports).upsert(e.clone(), replay)).expect("written");
+    assert_eq!((again.attempts, again.last_seen), (1, now), "{again:?}");
     // Resolved meanwhile (say an operator's retry brought it), then refused again in a new file.
     {
         let mut w = sim.world();
@@ -160,19 +166,28 @@ fn a_refused_search_parameter_is_benign_once_the_destination_holds_it() {
 }
 
 /// A duplicate or conflict whose identical version (same lastUpdated, same content) the destination already
-/// holds is benign: resolved, saying so. One whose version the destination does not hold is open.
+/// holds is benign: resolved, saying so. One whose version the destination does not hold is open, and so is one
+/// it holds with other content or on another millisecond (the same version id is not the same version).
 #[test]
 fn a_refused_line_whose_identical_version_is_at_the_destination_is_benign() {
     use crate::fhir::wire::ImportErrorFile;
     let sim = Sim::new(1, settings(&[]), 6, 0, Faults::default());
-    let (there, missing) = {
+    let (there, missing, changed, moved) = {
         let w = sim.world();
-        (w.source[0], w.source[1])
+        (w.source[0], w.source[1], w.source[2], w.source[3])
     };
-    sim.world().destination.insert(there);
+    {
+        let mut w = sim.world();
+        w.destination.insert(there);
+        w.destination.insert(changed);
+        w.destination.insert(Version {
+            at_ms: moved.at_ms + 1,
+            ..moved
+        });
+    }
     let ports = sim.operator();
     let now = sim.world().now;
-    for (k, v) in [there, missing].into_iter().enumerate() {
+    for (k, v) in [there, missing, changed, moved].into_iter().enumerate() {
         let input = format!("https://exports/0/{}-{k}.ndjson", v.resource_type());
         let file = ImportErrorFile {
             resource_type: Some(v.resource_type().into()),
@@ -182,7 +197,14 @@ fn a_refused_line_whose_identical_version_is_at_the_destination_is_benign() {
         };
         {
             let mut w = sim.world();
-            w.files.insert(input, vec![v]);
+            if v == changed {
+                let mut line: serde_json::Value =
+                    serde_json::from_slice(&super::destination::render(&[v])).expect("a rendered line");
+                line["gender"] = "unknown".into();
+                w.error_texts.insert(input, line.to_string() + "\n");
+            } else {
+                w.files.insert(input, vec![v]);
+            }
             let text = format!(
                 "Failed to import duplicate resource, resource id: r{}, line: 1",
                 v.resource
@@ -202,12 +224,15 @@ fn a_refused_line_whose_identical_version_is_at_the_destination_is_benign() {
         e.resolution.contains("identical version is already at the destination"),
         "{e:?}"
     );
-    let e = w.ledger_entry(&missing).expect("recorded");
-    assert_eq!(
-        (e.kind, e.class, e.state),
-        (Kind::Duplicate, crate::ledger::Class::Permanent, State::Open)
-    );
-    assert!(e.resolution.is_empty(), "{e:?}");
+    for v in [missing, changed, moved] {
+        let e = w.ledger_entry(&v).expect("recorded");
+        assert_eq!(
+            (e.kind, e.class, e.state),
+            (Kind::Duplicate, crate::ledger::Class::Permanent, State::Open),
+            "{v:?}"
+        );
+        assert!(e.resolution.is_empty(), "{e:?}");
+    }
 }
 
 /// A blob read that fails (storage busy or unreachable) fails the recording, as a destination that cannot be

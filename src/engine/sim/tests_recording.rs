@@ -11,8 +11,8 @@ use crate::ledger::{Entry, Kind, State};
 
 /// The same version refused again in a later import's error file is one more attempt on its entry, with the
 /// newer reason, even when the entry was resolved meanwhile: a version the destination lost and refuses again is
-/// open again, never left resolved. The same error file read again (a replay, or an entry written again from it
-/// after a crash) changes nothing.
+/// open again, never left resolved, while an accepted one stays accepted. The same error file read again (a
+/// replay, or an entry written again from it after a crash) changes nothing.
 #[test]
 fn a_version_refused_again_in_a_new_error_file_updates_its_entry() {
     use crate::fhir::wire::ImportErrorFile;
@@ -74,6 +74,21 @@ fn a_version_refused_again_in_a_new_error_file_updates_its_entry() {
     assert_eq!((e.first_seen, e.last_seen), (now, later), "{e:?}");
     assert_eq!(e.error_file, second.url);
     assert!(e.message.contains("duplicate resource"), "{e:?}");
+    // An operator's acceptance stands when the version is refused again: one more attempt, the newer reason,
+    // still accepted with the operator's words.
+    futures::executor::block_on(Work(&ports).accept_failures(&Selection::Keys(vec![key(&v)]), "a test record"))
+        .expect("accepted");
+    let third = file(
+        "c",
+        "Failed to import resource with version conflict, resource id: r0, line: 1",
+    );
+    record(&third, later + chrono::TimeDelta::hours(1));
+    let e = sim.world().ledger_entry(&v).cloned().expect("kept");
+    assert_eq!(
+        (e.kind, e.state, e.attempts, e.resolution.as_str()),
+        (Kind::Conflict, State::Accepted, 3, "accepted: a test record"),
+        "{e:?}"
+    );
 }
 
 /// An error file holding fewer lines than the server counted: the lines it holds are named, and the rest are one

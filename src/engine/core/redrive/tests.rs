@@ -105,6 +105,19 @@ fn a_redrive_is_refused_with_what_to_do_instead() {
     );
 }
 
+/// A re-drive may reach exactly what is migrated and begin exactly at the migration's start date; a moment more
+/// either way is refused.
+#[test]
+fn a_redrive_may_span_exactly_from_the_start_date_to_the_cursor() {
+    let settings = crate::engine::sim::settings(&[("AZURE_StartDate", "2026-01-01")]);
+    assert_eq!(settings.start_date, Some(day(1)));
+    let snapshot = migrated();
+    let asked = |since: i64, till: i64| record(&settings, &snapshot, &request(since, till, &[]));
+    assert!(asked(1, 8).is_ok(), "{:?}", asked(1, 8));
+    assert!(matches!(asked(0, 8), Err(Refusal::BeforeStart { .. })));
+    assert!(matches!(asked(1, 9), Err(Refusal::AboveCursor { .. })));
+}
+
 /// Per-type mode: one row per configured type; a run that stopped after the first row finishes the rest, and
 /// a row a planner inserted meanwhile is counted first, as the engine would.
 #[test]

@@ -486,46 +486,4 @@ fn shortfall(window: i64, file: &ImportErrorFile, named: u64, missing: u64, now:
 }
 
 #[cfg(test)]
-mod tests {
-    use super::super::files::SERVER_FILE_BYTES;
-    use super::*;
-
-    /// An import's input file is one of the server's export files (past its rolling size by up to a search page),
-    /// and its error file is smaller: both are read whole, so every refused line is named by its version, not only
-    /// by its position.
-    #[test]
-    #[allow(clippy::assertions_on_constants)] // a test run, so a mutated bound fails a test rather than a build
-    fn files_of_the_servers_export_size_are_read_whole() {
-        assert!(MAX_FILE_BYTES >= 2 * SERVER_FILE_BYTES);
-    }
-
-    fn refused(status: u16) -> BlobError {
-        BlobError::Service {
-            operation: "download",
-            container: "c".into(),
-            name: "n".into(),
-            status,
-            code: String::new(),
-        }
-    }
-
-    /// Only a read that may pass is waited for; a refusal asking again cannot change is decided at once (an open
-    /// entry saying what to grant), so nothing waits on it until the job timeout.
-    #[test]
-    fn only_reads_that_may_pass_are_waited_for() {
-        for status in [408, 429, 500, 502, 503, 504] {
-            assert!(may_pass(&refused(status)), "{status}");
-        }
-        for status in [400, 401, 403, 409, 412, 416] {
-            assert!(!may_pass(&refused(status)), "{status}");
-        }
-        let transport = BlobError::Other {
-            operation: "download",
-            container: "c".into(),
-            name: "n".into(),
-            detail: "Io error".into(),
-        };
-        assert!(may_pass(&transport));
-        assert!(!may_pass(&BlobError::Setup("https://x".into(), "bad".into())));
-    }
-}
+mod tests;

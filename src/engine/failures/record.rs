@@ -476,7 +476,6 @@ fn shortfall(window: i64, file: &ImportErrorFile, named: u64, missing: u64, now:
         key: file_key(SHORTFALL, &file.url, ""),
         // How many lines the file did hold, so a later read can tell whether it holds the missing ones now.
         line: named,
-        kind: Kind::Unreadable,
         message: format!(
             "the server counted {missing} more failed line(s) than its error file holds: they cannot be named; re-export the window to import them again"
         ),

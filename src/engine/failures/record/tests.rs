@@ -172,7 +172,16 @@ fn unreadable_files_and_shortfalls_count_what_cannot_be_named() {
     );
     assert_eq!(shortfall_of(&e), None);
     let short = shortfall(7, &file, 2, 1, at());
-    assert_eq!((shortfall_of(&short), short.unnamed_lines), (Some(Some(2)), 1));
+    assert_eq!(
+        (shortfall_of(&short), short.unnamed_lines, short.kind),
+        (Some(Some(2)), 1, Kind::Unreadable)
+    );
+    assert!(
+        short
+            .message
+            .starts_with("the server counted 1 more failed line(s) than its error file holds"),
+        "{short:?}"
+    );
     let old = Entry {
         key: format!("{OLD_SHORTFALL}|x"),
         ..short

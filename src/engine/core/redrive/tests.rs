@@ -95,6 +95,9 @@ fn a_redrive_is_refused_with_what_to_do_instead() {
         record(&settings, &fresh, &request(1, 2, &[])).unwrap_err(),
         Refusal::NotStarted
     );
+    // Parallel windows export every type, so any type may be re-driven, listed or not.
+    let listed = crate::engine::sim::settings(&[("AZURE_ResourceTypes", "Patient,Observation")]);
+    assert!(record(&listed, &snapshot, &request(1, 2, &["Encounter"])).is_ok());
     let per_type = crate::engine::sim::settings(&[
         ("AZURE_IsParallel", "false"),
         ("AZURE_ResourceTypes", "Patient,Observation"),
@@ -279,6 +282,18 @@ fn a_redrive_part_is_sized_to_the_chunk_limit_when_claimed() {
         (day(2), day(3), Some(day(4)))
     );
     assert_eq!((part.planned_versions, part.boundary_versions), (Some(50), Some(0)));
+    // Versions on the chunk's end millisecond: the part ends on the empty millisecond before it, planned with
+    // what lies before that.
+    facts.counts.insert((None, day(3), day(3) + one_ms), 3);
+    facts.counts.insert((None, day(3) - one_ms, day(3)), 0);
+    facts.counts.insert((None, day(2), day(3) - one_ms), 47);
+    let Ok(Part::Export(part)) = sized_part(&ctx, &facts, &row) else {
+        panic!()
+    };
+    assert_eq!(
+        (part.till, part.planned_versions, part.boundary_versions),
+        (day(3) - one_ms, Some(47), Some(0))
+    );
 
     // A row whose part was already cut (a 413 split: its till halved, the rest kept as its remainder) is sized
     // within its part and keeps the remainder: the tail of the range is never dropped.

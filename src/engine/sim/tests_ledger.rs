@@ -250,3 +250,63 @@ fn a_retry_is_settled_only_once_its_error_files_are_read_or_past_the_job_timeout
         }
     }
 }
+
+/// Each operator's request changes only the entries it may: an accepted entry can be reopened (open again, saying
+/// what it was) or retried by its key, not accepted again; an open one cannot be reopened; a reopen names its
+/// entries (never all of them at once).
+#[test]
+fn requests_change_only_the_entries_they_may() {
+    use crate::engine::failures::RequestError;
+    let (sim, v, input, file) = one_version_and_error_file("asked", 1);
+    sim.world().files.insert(input, vec![v]);
+    sim.world().error_texts.insert(
+        file.url.clone(),
+        refusal("Failed to import resource with version conflict, resource id: r0, line: 1") + "\n",
+    );
+    let ports = sim.operator();
+    let now = sim.world().now;
+    futures::executor::block_on(Work(&ports).record_failures(1, std::slice::from_ref(&file), now)).expect("recorded");
+    let mine = Selection::Keys(vec![key(&v)]);
+    let work = Work(&ports);
+    let state = || sim.world().ledger_entry(&v).cloned().expect("kept");
+    assert!(matches!(
+        futures::executor::block_on(work.reopen_failures(&mine)),
+        Err(RequestError::NotAccepted(_))
+    ));
+    assert_eq!(
+        futures::executor::block_on(work.accept_failures(&mine, "known gap")).expect("accepted"),
+        1
+    );
+    assert!(matches!(
+        futures::executor::block_on(work.accept_failures(&mine, "again")),
+        Err(RequestError::Unknown(_))
+    ));
+    assert!(matches!(
+        futures::executor::block_on(work.reopen_failures(&Selection::AllOpen)),
+        Err(RequestError::NoIds)
+    ));
+    let stranger = Selection::Keys(vec!["Patient|nobody|1".into()]);
+    assert!(matches!(
+        futures::executor::block_on(work.reopen_failures(&stranger)),
+        Err(RequestError::NotAccepted(_))
+    ));
+    assert_eq!(
+        futures::executor::block_on(work.reopen_failures(&mine)).expect("reopened"),
+        1
+    );
+    let e = state();
+    assert_eq!(
+        (e.state, e.resolution.as_str()),
+        (State::Open, "reopened (was accepted: known gap)")
+    );
+    assert_eq!(
+        futures::executor::block_on(work.accept_failures(&mine, "known gap")).expect("accepted"),
+        1
+    );
+    assert_eq!(
+        futures::executor::block_on(work.retry_failures(&mine, now)).expect("queued"),
+        1
+    );
+    let e = state();
+    assert_eq!((e.state, e.next_attempt, e.attempts), (State::Retrying, Some(now), 1));
+}

@@ -274,10 +274,15 @@ mod tests {
         };
         assert!(matches!(
             classify(&unsent, "$import", 0, now),
+            Verdict::Retry { at, report: false, .. } if at == now + RETRY_SOON
+        ));
+        // Reported with the deferral that completes a failure's worth, not one sooner.
+        assert!(matches!(
+            classify(&unsent, "$import", DEFERRALS_PER_FAILURE - 2, now),
             Verdict::Retry { report: false, .. }
         ));
         assert!(matches!(
-            classify(&unsent, "$import", 10, now),
+            classify(&unsent, "$import", DEFERRALS_PER_FAILURE - 1, now),
             Verdict::Retry { report: true, .. }
         ));
         let bad = Answer::Refused {

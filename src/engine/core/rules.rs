@@ -317,6 +317,15 @@ mod tests {
         assert_eq!(next_streak(a, 1, b), 2);
         assert_eq!(next_streak(a, 2, "export failed: something else"), 1);
         assert_eq!(next_streak("", 0, a), 1);
+        // The same status with other words is another failure.
+        assert_eq!(
+            next_streak(
+                "export failed with HTTP 500: disk full",
+                3,
+                "export failed with HTTP 500: quota exceeded"
+            ),
+            1
+        );
     }
 
     #[test]

@@ -310,3 +310,61 @@ fn requests_change_only_the_entries_they_may() {
     let e = state();
     assert_eq!((e.state, e.next_attempt, e.attempts), (State::Retrying, Some(now), 1));
 }
+
+/// A retry import that never finishes, or whose polls never answer, is waited on up to the job timeout (not a
+/// moment less), then cancelled and its versions queued again with the reason; never polled for ever.
+#[test]
+fn a_retry_import_that_never_finishes_or_answers_is_given_up_after_the_job_timeout() {
+    for unanswered in [false, true] {
+        let (sim, v, input, file) = one_version_and_error_file("hung", 1);
+        sim.world().files.insert(input, vec![v]);
+        sim.world().error_texts.insert(
+            file.url.clone(),
+            refusal("Failed to import resource with version conflict, resource id: r0, line: 1") + "\n",
+        );
+        let ports = sim.operator();
+        let now = sim.world().now;
+        let tick = |now| futures::executor::block_on(Work(&ports).ledger_tick(now)).expect("a tick");
+        futures::executor::block_on(Work(&ports).record_failures(1, std::slice::from_ref(&file), now))
+            .expect("recorded");
+        futures::executor::block_on(Work(&ports).retry_failures(&Selection::Keys(vec![key(&v)]), now))
+            .expect("retry asked");
+        sim.world().faults.import_job_hangs = 100;
+        tick(now);
+        let posted = sim.world().ledger_entry(&v).cloned().expect("kept");
+        assert!(!posted.retry_import.is_empty(), "{posted:?}");
+        if unanswered {
+            sim.world().faults.poll_throttled = 100;
+        }
+        let timeout = settings(&[]).job_timeout;
+        for at in [now + chrono::TimeDelta::minutes(1), now + timeout] {
+            let said = tick(at);
+            let e = sim.world().ledger_entry(&v).cloned().expect("kept");
+            assert_eq!(e.retry_import, posted.retry_import, "still waited on at {at}: {said:?}");
+            assert_eq!(
+                said.iter().any(|l| l.contains("Could not poll")),
+                unanswered,
+                "{said:?}"
+            );
+        }
+        let said = tick(now + timeout + chrono::TimeDelta::milliseconds(1));
+        let e = sim.world().ledger_entry(&v).cloned().expect("kept");
+        assert!(said.iter().any(|l| l.contains("past the job timeout")), "{said:?}");
+        assert_eq!(
+            (e.state, e.retry_import.as_str(), e.attempts),
+            (State::Retrying, "", 2),
+            "{e:?}"
+        );
+        assert!(
+            e.message.contains("ran past the job timeout and was cancelled"),
+            "{e:?}"
+        );
+        let id: usize = posted
+            .retry_import
+            .rsplit('/')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .expect("a job id");
+        assert!(sim.world().imports[id].cancelled, "the hung import is cancelled");
+    }
+}

@@ -368,3 +368,57 @@ fn a_retry_import_that_never_finishes_or_answers_is_given_up_after_the_job_timeo
         assert!(sim.world().imports[id].cancelled, "the hung import is cancelled");
     }
 }
+
+/// Versions left out over the same-millisecond capacity are retried after the others, never in their import,
+/// and one per (type, millisecond) at a time, so a retry adds at most one row to any crowded millisecond.
+#[test]
+fn versions_left_out_for_capacity_are_retried_after_the_others_one_per_millisecond() {
+    let sim = Sim::new(1, settings(&[]), 6, 0, Faults::default());
+    // Three versions of one type: two left out on one millisecond, one refused as a conflict.
+    let (crowded_a, crowded_b, conflict) = {
+        let w = sim.world();
+        let patients: Vec<Version> = w
+            .source
+            .iter()
+            .filter(|v| v.resource_type() == w.source[0].resource_type())
+            .copied()
+            .collect();
+        (patients[0], patients[1], patients[2])
+    };
+    let input = "https://exports/0/crowded.ndjson".to_string();
+    let now = sim.world().now;
+    {
+        let mut w = sim.world();
+        w.files.insert(input.clone(), vec![crowded_a, crowded_b, conflict]);
+        for (n, v) in [crowded_a, crowded_b, conflict].into_iter().enumerate() {
+            let kind = if v == conflict {
+                Kind::Conflict
+            } else {
+                Kind::SameMillisecond
+            };
+            let mut e = Entry::open(key(&v), 1, kind, "left out".into(), now);
+            e.resource_type = v.resource_type().into();
+            e.id = format!("r{}", v.resource);
+            e.version_id = v.version.to_string();
+            e.last_updated = "2026-01-01T00:00:00.001Z".into();
+            e.input_file = input.clone();
+            e.line = n as u64 + 1;
+            e.state = State::Retrying;
+            e.next_attempt = Some(now);
+            let tag = w.next_etag();
+            w.ledger.insert(e.key.clone(), (e, tag));
+        }
+    }
+    let ports = sim.operator();
+    let in_flight = |v: &Version| !sim.world().ledger_entry(v).expect("kept").retry_import.is_empty();
+    futures::executor::block_on(Work(&ports).ledger_tick(now)).expect("a tick");
+    assert_eq!(
+        (in_flight(&conflict), in_flight(&crowded_a), in_flight(&crowded_b)),
+        (true, false, false)
+    );
+    // The conflict settled (here: accepted), the two crowded ones are next, one of them at a time.
+    futures::executor::block_on(Work(&ports).accept_failures(&Selection::Keys(vec![key(&conflict)]), "test"))
+        .expect("accepted");
+    futures::executor::block_on(Work(&ports).ledger_tick(now)).expect("a tick");
+    assert_eq!(u8::from(in_flight(&crowded_a)) + u8::from(in_flight(&crowded_b)), 1);
+}

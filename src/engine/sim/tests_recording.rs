@@ -128,7 +128,8 @@ fn an_error_file_short_of_the_servers_count_records_the_difference() {
 }
 
 /// A SearchParameter the destination refused to import is benign once the destination holds it (the tool's
-/// sync copies them through the REST API), and waits five minutes for the sync otherwise.
+/// sync copies them through the REST API), and waits five minutes for the sync otherwise; the ledger's tick then
+/// looks for it at the destination, never importing it.
 #[test]
 fn a_refused_search_parameter_is_benign_once_the_destination_holds_it() {
     use crate::fhir::wire::ImportErrorFile;
@@ -178,6 +179,24 @@ fn a_refused_search_parameter_is_benign_once_the_destination_holds_it() {
             assert!(e.resolution.is_empty(), "{e:?}");
         }
     }
+    // The ledger's tick checks whether the missing one has arrived (it is never imported): not yet, then so.
+    let tick = |at| futures::executor::block_on(Work(&ports).ledger_tick(at)).expect("a tick");
+    let key = Entry::key_of("SearchParameter", "sp-missing", "1");
+    let said = tick(now + chrono::TimeDelta::minutes(5));
+    assert!(
+        said.iter().any(|l| l.contains("not at the destination yet")),
+        "{said:?}"
+    );
+    let e = sim.world().ledger[&key].0.clone();
+    assert_eq!(
+        (e.state, e.retry_import.as_str(), e.attempts),
+        (State::Retrying, "", 2),
+        "{e:?}"
+    );
+    sim.world().search_parameters.insert("sp-missing".into());
+    tick(now + chrono::TimeDelta::hours(1));
+    let e = sim.world().ledger[&key].0.clone();
+    assert_eq!((e.state, e.retry_import.as_str()), (State::Resolved, ""), "{e:?}");
 }
 
 /// A duplicate or conflict whose identical version (same lastUpdated, same content) the destination already

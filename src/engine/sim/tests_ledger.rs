@@ -234,7 +234,12 @@ fn a_retry_is_settled_only_once_its_error_files_are_read_or_past_the_job_timeout
             sim.world().ledger_entry(&v).cloned().expect("kept")
         } else {
             sim.world().faults.blob_unavailable = 0;
-            tick(now);
+            let said = tick(now);
+            assert!(
+                said.iter()
+                    .any(|l| l.ends_with("ended: 0 version(s) now at the destination, 1 still failing")),
+                "{said:?}"
+            );
             sim.world().ledger_entry(&v).cloned().expect("kept")
         };
         assert!(

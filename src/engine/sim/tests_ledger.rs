@@ -182,23 +182,29 @@ pub(super) fn one_version_and_error_file(
     (sim, v, input, file)
 }
 
+/// A simulator whose ledger holds one version refused with `message` in the error file `name`.
+fn one_refused_version(name: &str, message: &str) -> (Sim, Version) {
+    let (sim, v, input, file) = one_version_and_error_file(name, 1);
+    sim.world().files.insert(input, vec![v]);
+    sim.world()
+        .error_texts
+        .insert(file.url.clone(), refusal(message) + "\n");
+    let now = sim.world().now;
+    futures::executor::block_on(Work(&sim.operator()).record_failures(1, std::slice::from_ref(&file), now))
+        .expect("recorded");
+    (sim, v)
+}
+
 /// A finished retry import's error files are read before its versions are settled: a read that may pass leaves
 /// the retry in flight (its entries keep their kind) until the files can be read, and then the entry takes the
 /// server's new reason. Past the job timeout, it is settled by what the destination holds alone.
 #[test]
 fn a_retry_is_settled_only_once_its_error_files_are_read_or_past_the_job_timeout() {
     for overdue in [false, true] {
-        let (sim, v, input, file) = one_version_and_error_file("first", 1);
-        sim.world().files.insert(input, vec![v]);
-        sim.world().error_texts.insert(
-            file.url.clone(),
-            refusal("Failed to import duplicate resource, resource id: r0, line: 1") + "\n",
-        );
+        let (sim, v) = one_refused_version("first", "Failed to import duplicate resource, resource id: r0, line: 1");
         let ports = sim.operator();
         let now = sim.world().now;
         let tick = |now| futures::executor::block_on(Work(&ports).ledger_tick(now)).expect("a tick");
-        futures::executor::block_on(Work(&ports).record_failures(1, std::slice::from_ref(&file), now))
-            .expect("recorded");
         assert_eq!(sim.world().ledger_entry(&v).map(|e| e.kind), Some(Kind::Duplicate));
         // Another writer's version on its millisecond: the retry is refused as a conflict.
         sim.world().destination.insert(Version {
@@ -262,15 +268,12 @@ fn a_retry_is_settled_only_once_its_error_files_are_read_or_past_the_job_timeout
 #[test]
 fn requests_change_only_the_entries_they_may() {
     use crate::engine::failures::RequestError;
-    let (sim, v, input, file) = one_version_and_error_file("asked", 1);
-    sim.world().files.insert(input, vec![v]);
-    sim.world().error_texts.insert(
-        file.url.clone(),
-        refusal("Failed to import resource with version conflict, resource id: r0, line: 1") + "\n",
+    let (sim, v) = one_refused_version(
+        "asked",
+        "Failed to import resource with version conflict, resource id: r0, line: 1",
     );
     let ports = sim.operator();
     let now = sim.world().now;
-    futures::executor::block_on(Work(&ports).record_failures(1, std::slice::from_ref(&file), now)).expect("recorded");
     let mine = Selection::Keys(vec![key(&v)]);
     let work = Work(&ports);
     let state = || sim.world().ledger_entry(&v).cloned().expect("kept");
@@ -321,17 +324,13 @@ fn requests_change_only_the_entries_they_may() {
 #[test]
 fn a_retry_import_that_never_finishes_or_answers_is_given_up_after_the_job_timeout() {
     for unanswered in [false, true] {
-        let (sim, v, input, file) = one_version_and_error_file("hung", 1);
-        sim.world().files.insert(input, vec![v]);
-        sim.world().error_texts.insert(
-            file.url.clone(),
-            refusal("Failed to import resource with version conflict, resource id: r0, line: 1") + "\n",
+        let (sim, v) = one_refused_version(
+            "hung",
+            "Failed to import resource with version conflict, resource id: r0, line: 1",
         );
         let ports = sim.operator();
         let now = sim.world().now;
         let tick = |now| futures::executor::block_on(Work(&ports).ledger_tick(now)).expect("a tick");
-        futures::executor::block_on(Work(&ports).record_failures(1, std::slice::from_ref(&file), now))
-            .expect("recorded");
         futures::executor::block_on(Work(&ports).retry_failures(&Selection::Keys(vec![key(&v)]), now))
             .expect("retry asked");
         sim.world().faults.import_job_hangs = 100;

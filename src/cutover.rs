@@ -333,6 +333,13 @@ async fn pending(
     since: DateTime<Utc>,
     till: DateTime<Utc>,
 ) -> Result<u64, FhirError> {
+    // `till` may be one millisecond past a write made just now, and the server refuses a `_before` in its future
+    // ("Parameter _before cannot a be a value in the future"): wait for it to pass, with a margin for a server
+    // clock a little behind this one (bounded: `till` comes from the source's newest write).
+    let ahead = till + TimeDelta::milliseconds(50) - Utc::now();
+    if let Ok(wait) = ahead.to_std() {
+        tokio::time::sleep(wait.min(Duration::from_secs(2))).await;
+    }
     let types: Vec<Option<&str>> = match &scope.types {
         None => vec![None],
         Some(types) => types.iter().map(|t| Some(t.as_str())).collect(),

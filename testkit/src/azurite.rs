@@ -15,6 +15,8 @@ pub const DEV_KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UV
 const READY_DEADLINE: Duration = Duration::from_secs(60);
 /// How many times to retry with fresh ports when another process took a port between choosing and binding.
 const START_ATTEMPTS: u32 = 3;
+/// How long a stopping Azurite gets to save its stores and exit before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(15);
 
 static INSTANCE: AtomicU32 = AtomicU32::new(0);
 
@@ -112,22 +114,48 @@ impl Azurite {
         command.spawn().map_err(HarnessError::NodeMissing)
     }
 
-    /// Kills the process (its data stays on disk when started with [`Azurite::start_persistent`]).
+    /// Stops the process the way a service stops, keeping every write it acknowledged (with
+    /// [`Azurite::start_persistent`] its data stays on disk). A SIGKILL would not: Azurite keeps its tables and
+    /// blob metadata in LokiJS stores that save to disk every 5 s (`autosaveInterval: 5000` in
+    /// `LokiTableMetadataStore.js` and `LokiBlobMetadataStore.js`) and on close, so a kill rolls storage back by
+    /// up to 5 s, which Azure Storage never does to an acknowledged write. On SIGTERM Azurite closes its servers
+    /// and stores (`shutdown` in `azurite.js`); a process still running after the grace period is killed.
     pub fn stop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            let deadline = std::time::Instant::now() + STOP_GRACE;
+            while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
-    /// Starts the process again on the same ports and data, and waits until it answers.
+    /// Starts the process again on the same ports and data, and waits until it answers. While it was down
+    /// another process may have been given one of its ports (a test's outgoing connection takes its local port
+    /// from the same range); the start is tried again until the port is free or the deadline passes.
     pub async fn restart(&mut self) -> Result<(), HarnessError> {
         self.stop();
-        self.child = Self::spawn(
-            &self.workdir,
-            &self.log,
-            self.location.as_deref(),
-            (self.blob_port, self.queue_port, self.table_port),
-        )?;
-        self.wait_ready().await
+        let deadline = std::time::Instant::now() + READY_DEADLINE;
+        loop {
+            self.child = Self::spawn(
+                &self.workdir,
+                &self.log,
+                self.location.as_deref(),
+                (self.blob_port, self.queue_port, self.table_port),
+            )?;
+            match self.wait_ready().await {
+                Err(HarnessError::AzuriteExited { .. }) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     async fn wait_ready(&mut self) -> Result<(), HarnessError> {

@@ -269,14 +269,11 @@ async fn finish(
     };
     let through = parse(status.migrated_through.as_deref());
     report.pending_source_versions = match (through, last) {
-        (Some(t), Some(l)) if l >= t => pending(engine, scope, history, t, l + TimeDelta::milliseconds(1)).await?,
-        (None, Some(l)) if scope.is_whole() => {
-            let _ = l;
-            engine.source().total(history).await?
-        }
-        (None, Some(l)) => {
+        (Some(t), Some(l)) if l >= t => pending(engine, scope, history, t).await?,
+        (None, Some(_)) if scope.is_whole() => engine.source().total(history).await?,
+        (None, Some(_)) => {
             let since = scope.since.unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
-            pending(engine, scope, history, since, l + TimeDelta::milliseconds(1)).await?
+            pending(engine, scope, history, since).await?
         }
         _ => 0,
     };
@@ -325,21 +322,14 @@ async fn finish(
     Ok(report)
 }
 
-/// Source versions in `[since, till)` of the scope's types (every type when it has none).
+/// Source versions from `since` to the scope's end (none: to now, writes after the newest seen included), of
+/// the scope's types (every type when it has none).
 async fn pending(
     engine: &crate::engine::Engine,
     scope: &crate::verify::scope::Scope,
     history: bool,
     since: DateTime<Utc>,
-    till: DateTime<Utc>,
 ) -> Result<u64, FhirError> {
-    // `till` may be one millisecond past a write made just now, and the server refuses a `_before` in its future
-    // ("Parameter _before cannot a be a value in the future"): wait for it to pass, with a margin for a server
-    // clock a little behind this one (bounded: `till` comes from the source's newest write).
-    let ahead = till + TimeDelta::milliseconds(50) - Utc::now();
-    if let Ok(wait) = ahead.to_std() {
-        tokio::time::sleep(wait.min(Duration::from_secs(2))).await;
-    }
     let types: Vec<Option<&str>> = match &scope.types {
         None => vec![None],
         Some(types) => types.iter().map(|t| Some(t.as_str())).collect(),
@@ -347,9 +337,10 @@ async fn pending(
     let mut n = 0;
     for t in types {
         n += if history {
+            let till = crate::fhir::history_end(scope.till, Utc::now());
             engine.source().history_count(t, since, till).await?
         } else {
-            engine.source().count(t, since, till).await?
+            engine.source().count(t, since, scope.till).await?
         };
     }
     Ok(n)

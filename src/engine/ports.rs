@@ -342,9 +342,9 @@ impl Engine {
     ) -> Result<u64, FhirError> {
         let history = self.settings.export_with_history || self.settings.export_with_delete;
         if history {
-            self.source.history_count(resource_type, since, till).await
+            self.source.history_count(resource_type, since, Some(till)).await
         } else {
-            self.source.count(resource_type, since, till).await
+            self.source.count(resource_type, since, Some(till)).await
         }
     }
 }

@@ -9,7 +9,7 @@ pub mod auth;
 pub mod client;
 pub mod wire;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
@@ -56,7 +56,7 @@ fn refusal_hint(status: u16) -> &'static str {
             " (the token was not accepted: the server's URL is the token audience; check AZURE_SourceUri/AZURE_DestinationUri and the credential)"
         }
         403 => {
-            " (the identity lacks a role: grant the function app's identity FHIR Data Exporter on the source, FHIR Data Importer and Writer on the destination, and FHIR Data Reader on both)"
+            " (if the identity lacks a role: grant the function app's identity FHIR Data Exporter on the source, FHIR Data Importer and Writer on the destination, and FHIR Data Reader on both; the server also answers 403 to a search it finds invalid, and then its message above says what, so report it as a bug of the tool)"
         }
         404 => " (check the server's URL and its path)",
         423 => " (the destination is locked for initial import mode: switch its import configuration to incremental)",
@@ -98,19 +98,29 @@ fn enc(v: &str) -> String {
     crate::storage::encode_component(v)
 }
 
+/// How far behind this machine's clock a server's may be when a range's end is sent as `_before`.
+pub const HISTORY_END_MARGIN: TimeDelta = TimeDelta::seconds(5);
+
+/// The end to send as `_before` for a history count of `[since, till)`: the server refuses one later than its
+/// own clock (403), so an end within [`HISTORY_END_MARGIN`] of `now`, or after it, is asked as open. What that
+/// may add is only what was written at or after the end in those last seconds.
+pub fn history_end(till: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    till.filter(|t| *t <= now - HISTORY_END_MARGIN)
+}
+
 impl FhirClient {
-    /// `_summary=count` over current resources, optionally of one type, with lastUpdated in `[since, till)`.
+    /// `_summary=count` over current resources, optionally of one type, with lastUpdated in `[since, till)`
+    /// (`till` of `None`: no end).
     pub async fn count(
         &self,
         resource_type: Option<&str>,
         since: DateTime<Utc>,
-        till: DateTime<Utc>,
+        till: Option<DateTime<Utc>>,
     ) -> Result<u64, FhirError> {
-        let mut query = format!(
-            "?_summary=count&_lastUpdated=ge{}&_lastUpdated=lt{}",
-            enc(&format_instant(since)),
-            enc(&format_instant(till))
-        );
+        let mut query = format!("?_summary=count&_lastUpdated=ge{}", enc(&format_instant(since)));
+        if let Some(till) = till {
+            query.push_str(&format!("&_lastUpdated=lt{}", enc(&format_instant(till))));
+        }
         if let Some(t) = resource_type {
             query.push_str(&format!("&_type={}", enc(t)));
         }
@@ -118,20 +128,21 @@ impl FhirClient {
         total_of(&body, self)
     }
 
-    /// Counts every version (history and delete markers) with lastUpdated in `[since, till)`. History endpoints
-    /// ignore `_lastUpdated`, so `_since`/`_before` bound it.
+    /// Counts every version (history and delete markers) with lastUpdated in `[since, till)` (`till` of `None`:
+    /// no end). History endpoints ignore `_lastUpdated`, so `_since`/`_before` bound it. The server refuses a
+    /// `_before` later than its clock (403, `HistoryParameterBeforeCannotBeFuture` in fhir-server's
+    /// `SearchService.cs`), so a range open to the present must be asked with `None`, never with a guessed end.
     pub async fn history_count(
         &self,
         resource_type: Option<&str>,
         since: DateTime<Utc>,
-        till: DateTime<Utc>,
+        till: Option<DateTime<Utc>>,
     ) -> Result<u64, FhirError> {
         let prefix = resource_type.map(|t| format!("{}/", enc(t))).unwrap_or_default();
-        let query = format!(
-            "{prefix}_history?_summary=count&_since={}&_before={}",
-            enc(&format_instant(since)),
-            enc(&format_instant(till))
-        );
+        let mut query = format!("{prefix}_history?_summary=count&_since={}", enc(&format_instant(since)));
+        if let Some(till) = till {
+            query.push_str(&format!("&_before={}", enc(&format_instant(till))));
+        }
         let body = self.get_json(&query).await?;
         total_of(&body, self)
     }
@@ -471,4 +482,30 @@ async fn failed<T>(resp: reqwest::Response) -> Result<Poll<T>, FhirError> {
         status: status.as_u16(),
         diagnostics: client::diagnostics_of(&text),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeDelta, TimeZone, Utc};
+
+    use super::{HISTORY_END_MARGIN, history_end};
+
+    #[test]
+    fn a_history_end_is_sent_only_when_it_is_safely_in_the_servers_past() {
+        let now = Utc.with_ymd_and_hms(2026, 12, 7, 12, 0, 0).unwrap();
+        let past = now - HISTORY_END_MARGIN;
+        assert_eq!(history_end(Some(past), now), Some(past), "an end at the margin is sent");
+        assert_eq!(
+            history_end(Some(past - TimeDelta::days(3)), now),
+            Some(past - TimeDelta::days(3))
+        );
+        let close = past + TimeDelta::milliseconds(1);
+        assert_eq!(history_end(Some(close), now), None, "within the margin: open");
+        assert_eq!(
+            history_end(Some(now + TimeDelta::days(1)), now),
+            None,
+            "in the future: open"
+        );
+        assert_eq!(history_end(None, now), None);
+    }
 }

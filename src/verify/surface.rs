@@ -98,9 +98,9 @@ pub async fn surface_in(
         return surface(source, destination, types, history, include_empty).await;
     }
     let since = scope.since.unwrap_or(chrono::DateTime::<chrono::Utc>::UNIX_EPOCH);
-    let till = scope
-        .till
-        .unwrap_or_else(|| chrono::Utc::now() + chrono::TimeDelta::days(1));
+    let till = scope.till;
+    // A server refuses a `_before` in its future; both servers are asked the same range.
+    let history_till = crate::fhir::history_end(till, chrono::Utc::now());
     let ranged = scope.since.is_some() || scope.till.is_some();
     let jobs: Vec<(String, bool)> = types
         .iter()
@@ -111,7 +111,7 @@ pub async fn surface_in(
         async move {
             let name = crate::storage::encode_component(&t);
             match (ranged, versions) {
-                (true, true) => client.history_count(Some(&t), since, till).await,
+                (true, true) => client.history_count(Some(&t), since, history_till).await,
                 (true, false) => client.count(Some(&t), since, till).await,
                 (false, true) => client.count_of(&format!("{name}/_history?_summary=count")).await,
                 (false, false) => client.count_of(&format!("{name}?_summary=count")).await,

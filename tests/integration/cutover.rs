@@ -3,6 +3,9 @@
 
 use std::time::Duration;
 
+use chrono::{SecondsFormat, TimeDelta, Utc};
+use fhir_emulator::seed::load_into;
+
 use fhir_migration_tool::cutover::{Options, cutover};
 
 use crate::migration::{run_to_completion, seed, stack};
@@ -25,6 +28,14 @@ async fn not_ready_while_the_source_is_written_and_ready_after() {
     seed(&stack, 300, 21);
     run_to_completion(&stack, 200).await;
     let app = &stack._app;
+    // A write whose lastUpdated is ahead of the server's clock (by a second here; by under a millisecond when
+    // a write lands in the millisecond the check runs): the count of what is pending must wait for its end to
+    // pass, since the server refuses a `_before` in its future (403), rather than fail the check.
+    let ahead = Utc::now() + TimeDelta::seconds(1);
+    let line = serde_json::json!({ "resourceType": "Patient", "id": "ahead",
+        "meta": { "versionId": "1", "lastUpdated": ahead.to_rfc3339_opts(SecondsFormat::Millis, true) } });
+    let (_, errors) = load_into(stack.source.store(), &[line.to_string()]);
+    assert!(errors.is_empty(), "{errors:?}");
 
     let lag = cutover(
         app,
@@ -43,6 +54,7 @@ async fn not_ready_while_the_source_is_written_and_ready_after() {
         !lag.ready && lag.reasons.iter().any(|r| r.contains("--final")),
         "{lag:?}"
     );
+    assert_eq!(lag.pending_source_versions, 1, "the write ahead, and only it: {lag:?}");
 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let writer = tokio::spawn(fhir_emulator::writer::run(

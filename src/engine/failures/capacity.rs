@@ -81,7 +81,7 @@ impl Engine {
             let at = DateTime::from_timestamp_millis(*ms).unwrap_or_default();
             let stored = self
                 .destination
-                .history_count(Some(resource_type), at, at + TimeDelta::milliseconds(1))
+                .history_count(Some(resource_type), at, Some(at + TimeDelta::milliseconds(1)))
                 .await?;
             if n == 0 {
                 largest = format!(

@@ -202,6 +202,26 @@ fn a_refused_search_parameter_is_benign_once_the_destination_holds_it() {
 /// A duplicate or conflict whose identical version (same lastUpdated, same content) the destination already
 /// holds is benign: resolved, saying so. One whose version the destination does not hold is open, and so is one
 /// it holds with other content or on another millisecond (the same version id is not the same version).
+/// Records an import whose error file `file` refuses `v` (its one line) as a duplicate.
+fn record_a_duplicate_refusal(
+    ports: &super::SimPorts,
+    file: &crate::fhir::wire::ImportErrorFile,
+    v: &Version,
+    now: chrono::DateTime<chrono::Utc>,
+) {
+    let text = format!(
+        "Failed to import duplicate resource, resource id: r{}, line: 1",
+        v.resource
+    );
+    ports
+        .world
+        .lock()
+        .expect("the world")
+        .error_texts
+        .insert(file.url.clone(), refusal(&text) + "\n");
+    futures::executor::block_on(Work(ports).record_failures(1, std::slice::from_ref(file), now)).expect("recorded");
+}
+
 #[test]
 fn a_refused_line_whose_identical_version_is_at_the_destination_is_benign() {
     use crate::fhir::wire::ImportErrorFile;
@@ -239,14 +259,8 @@ fn a_refused_line_whose_identical_version_is_at_the_destination_is_benign() {
             } else {
                 w.files.insert(input, vec![v]);
             }
-            let text = format!(
-                "Failed to import duplicate resource, resource id: r{}, line: 1",
-                v.resource
-            );
-            w.error_texts.insert(file.url.clone(), refusal(&text) + "\n");
         }
-        futures::executor::block_on(Work(&ports).record_failures(1, std::slice::from_ref(&file), now))
-            .expect("recorded");
+        record_a_duplicate_refusal(&ports, &file, &v, now);
     }
     let w = sim.world();
     let e = w.ledger_entry(&there).expect("recorded");
@@ -377,17 +391,8 @@ fn a_refused_soft_deletion_is_benign_only_when_the_destination_holds_it_deleted(
                 "lastUpdated": at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                 "extension": [{ "url": "http://azurehealthcareapis.com/data-extensions/deleted-state",
                     "valueString": "soft-deleted" }] } });
-        {
-            let mut w = sim.world();
-            w.error_texts.insert(input, line.to_string() + "\n");
-            let text = format!(
-                "Failed to import duplicate resource, resource id: r{}, line: 1",
-                v.resource
-            );
-            w.error_texts.insert(file.url.clone(), refusal(&text) + "\n");
-        }
-        futures::executor::block_on(Work(&ports).record_failures(1, std::slice::from_ref(&file), now))
-            .expect("recorded");
+        sim.world().error_texts.insert(input, line.to_string() + "\n");
+        record_a_duplicate_refusal(&ports, &file, &v, now);
     }
     let w = sim.world();
     let class = |v: &Version| {

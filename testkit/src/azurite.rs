@@ -31,6 +31,8 @@ pub struct Azurite {
     /// `Some(dir)`: data is kept on disk there, so the process can be stopped and started again.
     location: Option<PathBuf>,
     workdir: PathBuf,
+    /// Set when a start failed: its error names the log, which must outlive the process.
+    keep_workdir: bool,
 }
 
 impl Azurite {
@@ -74,8 +76,12 @@ impl Azurite {
             log,
             location,
             workdir,
+            keep_workdir: false,
         };
-        azurite.wait_ready().await?;
+        if let Err(err) = azurite.wait_ready().await {
+            azurite.keep_workdir = true;
+            return Err(err);
+        }
         Ok(azurite)
     }
 
@@ -153,7 +159,10 @@ impl Azurite {
                 Err(HarnessError::AzuriteExited { .. }) if std::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                other => return other,
+                other => {
+                    self.keep_workdir |= other.is_err();
+                    return other;
+                }
             }
         }
     }
@@ -244,5 +253,9 @@ impl Drop for Azurite {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The working directory (log, on-disk data) is kept only when a test fails, for diagnosis.
+        if !self.keep_workdir && !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.workdir);
+        }
     }
 }

@@ -32,8 +32,14 @@ async fn two_instances_run_side_by_side_and_die_on_drop() {
     }
 
     let pid = a.pid();
-    assert!(process_alive(pid));
+    let workdir = a
+        .log_path()
+        .parent()
+        .expect("the log is in the working directory")
+        .to_path_buf();
+    assert!(process_alive(pid) && workdir.is_dir());
     drop(a);
+    assert!(!workdir.exists(), "a passing test leaves no files behind");
     poll_until(
         "Azurite to exit after drop",
         Duration::from_secs(10),

@@ -426,3 +426,54 @@ fn versions_left_out_for_capacity_are_retried_after_the_others_one_per_milliseco
     futures::executor::block_on(Work(&ports).ledger_tick(now)).expect("a tick");
     assert_eq!(u8::from(in_flight(&crowded_a)) + u8::from(in_flight(&crowded_b)), 1);
 }
+
+/// A retry the destination takes settles its entry as resolved and says how many versions arrived. When the
+/// export file is gone by then, the destination's copy of the version is the evidence; another version on its
+/// millisecond (the conflict still there) is not.
+#[test]
+fn a_retry_that_imports_resolves_its_entry_and_counts_it() {
+    for file_gone_then in [None, Some(false), Some(true)] {
+        let (sim, v) = one_refused_version(
+            "taken",
+            "Failed to import resource with version conflict, resource id: r0, line: 1",
+        );
+        let ports = sim.operator();
+        let now = sim.world().now;
+        let tick = |now| futures::executor::block_on(Work(&ports).ledger_tick(now)).expect("a tick");
+        if file_gone_then == Some(false) {
+            sim.world().destination.insert(Version {
+                version: v.version + 100,
+                ..v
+            });
+        }
+        futures::executor::block_on(Work(&ports).retry_failures(&Selection::Keys(vec![key(&v)]), now))
+            .expect("retry asked");
+        tick(now);
+        let posted = sim.world().ledger_entry(&v).cloned().expect("kept");
+        assert!(!posted.retry_import.is_empty(), "{posted:?}");
+        if file_gone_then.is_some() {
+            sim.world().files.remove(&posted.input_file);
+        }
+        let mut said = Vec::new();
+        for _ in 0..10 {
+            said = tick(now);
+            if said.iter().any(|l| l.contains("a retry import ended")) {
+                break;
+            }
+        }
+        let e = sim.world().ledger_entry(&v).cloned().expect("kept");
+        let resolved = file_gone_then != Some(false);
+        let line = if resolved {
+            "ended: 1 version(s) now at the destination, 0 still failing"
+        } else {
+            "ended: 0 version(s) now at the destination, 1 still failing"
+        };
+        assert!(said.iter().any(|l| l.ends_with(line)), "{file_gone_then:?}: {said:?}");
+        if resolved {
+            assert_eq!(e.state, State::Resolved, "{e:?}");
+            assert!(e.resolution.starts_with("imported on retry (attempt "), "{e:?}");
+        } else {
+            assert_eq!(e.state, State::Open, "{e:?}");
+        }
+    }
+}

@@ -195,6 +195,32 @@ fn one_refused_version(name: &str, message: &str) -> (Sim, Version) {
     (sim, v)
 }
 
+/// Another writer's version on `v`'s millisecond at the destination, so a retry of `v` is refused as a conflict.
+fn another_version_on_its_millisecond(sim: &Sim, v: &Version) {
+    sim.world().destination.insert(Version {
+        version: v.version + 100,
+        ..*v
+    });
+}
+
+/// Asks a retry of `v`'s entry and ticks once, which posts the retry import; the entry as it is then.
+fn retry_posted(ports: &super::SimPorts, v: &Version, now: chrono::DateTime<chrono::Utc>) -> Entry {
+    futures::executor::block_on(Work(ports).retry_failures(&Selection::Keys(vec![key(v)]), now)).expect("retry asked");
+    futures::executor::block_on(Work(ports).ledger_tick(now)).expect("a tick");
+    let posted = ports
+        .world
+        .lock()
+        .expect("the world")
+        .ledger_entry(v)
+        .cloned()
+        .expect("kept");
+    assert!(
+        !posted.retry_import.is_empty(),
+        "a retry import is in flight: {posted:?}"
+    );
+    posted
+}
+
 /// A finished retry import's error files are read before its versions are settled: a read that may pass leaves
 /// the retry in flight (its entries keep their kind) until the files can be read, and then the entry takes the
 /// server's new reason. Past the job timeout, it is settled by what the destination holds alone.
@@ -207,18 +233,8 @@ fn a_retry_is_settled_only_once_its_error_files_are_read_or_past_the_job_timeout
         let tick = |now| futures::executor::block_on(Work(&ports).ledger_tick(now)).expect("a tick");
         assert_eq!(sim.world().ledger_entry(&v).map(|e| e.kind), Some(Kind::Duplicate));
         // Another writer's version on its millisecond: the retry is refused as a conflict.
-        sim.world().destination.insert(Version {
-            version: v.version + 100,
-            ..v
-        });
-        futures::executor::block_on(Work(&ports).retry_failures(&Selection::Keys(vec![key(&v)]), now))
-            .expect("retry asked");
-        tick(now);
-        let posted = sim.world().ledger_entry(&v).cloned().expect("kept");
-        assert!(
-            !posted.retry_import.is_empty(),
-            "a retry import is in flight: {posted:?}"
-        );
+        another_version_on_its_millisecond(&sim, &v);
+        let posted = retry_posted(&ports, &v, now);
         // Its error file cannot be read for now.
         sim.world().faults.blob_unavailable = 100;
         let mut said = Vec::new();
@@ -441,16 +457,9 @@ fn a_retry_that_imports_resolves_its_entry_and_counts_it() {
         let now = sim.world().now;
         let tick = |now| futures::executor::block_on(Work(&ports).ledger_tick(now)).expect("a tick");
         if file_gone_then == Some(false) {
-            sim.world().destination.insert(Version {
-                version: v.version + 100,
-                ..v
-            });
+            another_version_on_its_millisecond(&sim, &v);
         }
-        futures::executor::block_on(Work(&ports).retry_failures(&Selection::Keys(vec![key(&v)]), now))
-            .expect("retry asked");
-        tick(now);
-        let posted = sim.world().ledger_entry(&v).cloned().expect("kept");
-        assert!(!posted.retry_import.is_empty(), "{posted:?}");
+        let posted = retry_posted(&ports, &v, now);
         if file_gone_then.is_some() {
             sim.world().files.remove(&posted.input_file);
         }

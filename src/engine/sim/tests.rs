@@ -578,6 +578,9 @@ fn of_two_versions_on_one_millisecond_the_destination_gets_the_later_one() {
                 .collect();
             if scan {
                 assert_eq!((current, named), (Some(10), vec![9]), "seed {seed}");
+                // The scan's payload counts the version it left out, and expects the lines its copy holds.
+                let left_out = super::tests_shell::payloads_expect_the_lines_of_their_files(&w);
+                assert_eq!(left_out, 1, "seed {seed}");
             } else {
                 assert_eq!((current, named), (Some(9), vec![10]), "seed {seed}");
             }

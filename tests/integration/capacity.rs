@@ -21,8 +21,10 @@ fn line(resource_type: &str, id: &str, at: &str) -> String {
     .to_string()
 }
 
-#[tokio::test]
-async fn versions_over_the_same_millisecond_capacity_are_named_and_the_rest_is_migrated() {
+/// A stack whose destination holds at most [`CAPACITY`] rows of one type on one millisecond, its source seeded,
+/// and a millisecond 20 minutes ago with a function giving instants a fraction apart within it (as Azure API
+/// for FHIR keeps them).
+async fn crowded_stack() -> (crate::migration::Stack, impl Fn(usize) -> String) {
     let azurite = Azurite::start().await.unwrap();
     let destination = emulator_with(Flavor::Ahds, &azurite, |c| c.same_ms_capacity = CAPACITY).await;
     let capacity = CAPACITY.to_string();
@@ -38,9 +40,14 @@ async fn versions_over_the_same_millisecond_capacity_are_named_and_the_rest_is_m
     )
     .await;
     seed(&stack, 40, 3);
-    // 12 Patients and 3 Observations on one millisecond (a fraction apart, as Azure API for FHIR keeps them).
     let crowded = (Utc::now() - TimeDelta::minutes(20)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    let precise = |k: usize| crowded.replace('Z', &format!("{:04}Z", k * 7));
+    (stack, move |k: usize| crowded.replace('Z', &format!("{:04}Z", k * 7)))
+}
+
+#[tokio::test]
+async fn versions_over_the_same_millisecond_capacity_are_named_and_the_rest_is_migrated() {
+    let (stack, precise) = crowded_stack().await;
+    // 12 Patients and 3 Observations on one millisecond.
     let mut lines: Vec<String> = (0..12)
         .map(|k| line("Patient", &format!("crowd-{k:02}"), &precise(k)))
         .collect();
@@ -93,4 +100,51 @@ async fn versions_over_the_same_millisecond_capacity_are_named_and_the_rest_is_m
     let report = cutover(&stack._app, &final_check).await.unwrap();
     assert!(report.ready, "{report:?}");
     assert_eq!(report.accepted_failures.len(), 7, "{report:?}");
+}
+
+/// The rows the destination already holds on a crowded millisecond take their share of the capacity: a payload
+/// that would fit on its own (4 of 5) but not beside the 3 held is trimmed to the room left (2), not sent whole
+/// to be refused again and again.
+#[tokio::test]
+async fn rows_the_destination_already_holds_on_a_millisecond_leave_less_room() {
+    let (stack, precise) = crowded_stack().await;
+    // Written at the destination by something else before the migration (another source, or the REST API).
+    let held: Vec<String> = (0..3)
+        .map(|k| line("Patient", &format!("held-{k}"), &precise(20 + k)))
+        .collect();
+    let (_, errors) = load_into(stack.destination.store(), &held);
+    assert!(errors.is_empty(), "{errors:?}");
+    let lines: Vec<String> = (0..4)
+        .map(|k| line("Patient", &format!("crowd-{k:02}"), &precise(k)))
+        .collect();
+    let (_, errors) = load_into(stack.source.store(), &lines);
+    assert!(errors.is_empty(), "{errors:?}");
+
+    run_to_completion(&stack, 300).await;
+
+    let entries = stack.engine.ledger().list(None).await.unwrap();
+    let mut left_out: Vec<&str> = entries
+        .iter()
+        .filter(|e| e.kind == Kind::SameMillisecond)
+        .map(|e| e.key.as_str())
+        .collect();
+    left_out.sort_unstable();
+    assert_eq!(left_out, ["Patient|crowd-02|1", "Patient|crowd-03|1"], "{entries:#?}");
+    assert!(
+        entries
+            .iter()
+            .all(|e| e.kind == Kind::SameMillisecond || !e.state.unresolved()),
+        "{entries:#?}"
+    );
+    let dst = stack.destination.store();
+    for k in 0..4 {
+        assert_eq!(
+            dst.resource("Patient", &format!("crowd-{k:02}")).is_some(),
+            k < 2,
+            "crowd-{k:02}"
+        );
+    }
+    for k in 0..3 {
+        assert!(dst.resource("Patient", &format!("held-{k}")).is_some(), "held-{k}");
+    }
 }

@@ -269,8 +269,9 @@ async fn finish(
     };
     let through = parse(status.migrated_through.as_deref());
     report.pending_source_versions = match (through, last) {
+        // Asked only when the newest write is at or after the migrated-through point: before it nothing is
+        // pending, and a range whose start is past its end is never asked.
         (Some(t), Some(l)) if l >= t => pending(engine, scope, history, t).await?,
-        (None, Some(_)) if scope.is_whole() => engine.source().total(history).await?,
         (None, Some(_)) => {
             let since = scope.since.unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
             pending(engine, scope, history, since).await?

@@ -488,7 +488,43 @@ async fn failed<T>(resp: reqwest::Response) -> Result<Poll<T>, FhirError> {
 mod tests {
     use chrono::{TimeDelta, TimeZone, Utc};
 
-    use super::{HISTORY_END_MARGIN, history_end};
+    use super::{FhirError, HISTORY_END_MARGIN, history_end};
+
+    /// A refusal's message says what the operator can do about its status, and only where there is something
+    /// to say: 401 the audience, 403 the roles (and that an invalid search is refused the same way), 404 the
+    /// URL, 423 the import mode, 429 and 5xx that it is retried.
+    #[test]
+    fn a_refusal_says_what_to_do_about_its_status() {
+        let message = |status: u16| {
+            FhirError::Rejected {
+                status,
+                url: "https://fhir.example/Patient".into(),
+                diagnostics: "refused".into(),
+                retry_after: None,
+            }
+            .to_string()
+        };
+        let prefix = |status: u16| format!("the server refused https://fhir.example/Patient: HTTP {status}: refused");
+        assert!(message(401).contains("token audience"), "{}", message(401));
+        let forbidden = message(403);
+        assert!(
+            forbidden.contains("FHIR Data Exporter") && forbidden.contains("FHIR Data Importer"),
+            "{forbidden}"
+        );
+        assert!(forbidden.contains("a search it finds invalid"), "{forbidden}");
+        assert!(message(404).contains("check the server's URL"), "{}", message(404));
+        assert!(message(423).contains("incremental"), "{}", message(423));
+        for busy in [429, 500, 503, 599] {
+            assert!(
+                message(busy).ends_with("(the server is busy or failing; it is retried)"),
+                "{}",
+                message(busy)
+            );
+        }
+        for plain in [400, 409, 412, 422, 600] {
+            assert_eq!(message(plain), prefix(plain), "no hint for {plain}");
+        }
+    }
 
     #[test]
     fn a_history_end_is_sent_only_when_it_is_safely_in_the_servers_past() {

@@ -8,7 +8,7 @@ use fhir_emulator::seed::load_into;
 
 use fhir_migration_tool::cutover::{Options, cutover};
 
-use crate::migration::{run_to_completion, seed, stack};
+use crate::migration::{Stack, run_to_completion, seed, stack};
 
 /// The final check as an operator runs it, with a short quiet period and a generous timeout.
 pub fn final_check() -> Options {
@@ -22,6 +22,32 @@ pub fn final_check() -> Options {
     }
 }
 
+/// A look without the final check: no waiting.
+fn at_once() -> Options {
+    Options {
+        final_check: false,
+        quiet: Duration::ZERO,
+        timeout: Duration::ZERO,
+        poll: Duration::ZERO,
+        scope_configured: false,
+        on_wait: None,
+    }
+}
+
+/// Writes resources whose lastUpdated is a second ahead of the server's clock.
+fn write_ahead(stack: &Stack, ids: &[&str]) {
+    let ahead = (Utc::now() + TimeDelta::seconds(1)).to_rfc3339_opts(SecondsFormat::Millis, true);
+    let lines: Vec<String> = ids
+        .iter()
+        .map(|id| {
+            serde_json::json!({ "resourceType": "Patient", "id": id, "meta": { "versionId": "1", "lastUpdated": ahead } })
+                .to_string()
+        })
+        .collect();
+    let (_, errors) = load_into(stack.source.store(), &lines);
+    assert!(errors.is_empty(), "{errors:?}");
+}
+
 #[tokio::test]
 async fn not_ready_while_the_source_is_written_and_ready_after() {
     let stack = stack(&[("AZURE_SafetyLagSeconds", "1"), ("AZURE_ExportConfirmSeconds", "0")]).await;
@@ -31,25 +57,9 @@ async fn not_ready_while_the_source_is_written_and_ready_after() {
     // A write whose lastUpdated is ahead of the server's clock (by a second here; by under a millisecond when
     // a write lands in the millisecond the check runs): the count of what is pending must wait for its end to
     // pass, since the server refuses a `_before` in its future (403), rather than fail the check.
-    let ahead = Utc::now() + TimeDelta::seconds(1);
-    let line = serde_json::json!({ "resourceType": "Patient", "id": "ahead",
-        "meta": { "versionId": "1", "lastUpdated": ahead.to_rfc3339_opts(SecondsFormat::Millis, true) } });
-    let (_, errors) = load_into(stack.source.store(), &[line.to_string()]);
-    assert!(errors.is_empty(), "{errors:?}");
+    write_ahead(&stack, &["ahead"]);
 
-    let lag = cutover(
-        app,
-        &Options {
-            final_check: false,
-            quiet: Duration::ZERO,
-            timeout: Duration::ZERO,
-            poll: Duration::ZERO,
-            scope_configured: false,
-            on_wait: None,
-        },
-    )
-    .await
-    .unwrap();
+    let lag = cutover(app, &at_once()).await.unwrap();
     assert!(
         !lag.ready && lag.reasons.iter().any(|r| r.contains("--final")),
         "{lag:?}"
@@ -315,4 +325,45 @@ async fn a_deidentified_migration_is_ready_with_content_not_comparable_and_real_
             .any(|r| r.contains("3 missing, 2 extra and 0 different")),
         "{report:?}"
     );
+}
+
+/// The product's default, current resources only, for part of the server (`AZURE_StartDate`): before anything
+/// is migrated, what is pending is what the range holds at the source, not the whole server; once caught up,
+/// exactly the writes after the migrated-through point.
+#[tokio::test]
+async fn current_resources_pending_are_counted_within_the_configured_range() {
+    let start = Utc::now() - TimeDelta::days(10);
+    let start_text = fhir_migration_tool::fhir::format_instant(start);
+    let stack = stack(&[
+        ("AZURE_ExportWithHistory", "false"),
+        ("AZURE_ExportWithDelete", "false"),
+        ("AZURE_StartDate", start_text.as_str()),
+        ("AZURE_SafetyLagSeconds", "1"),
+        ("AZURE_ExportConfirmSeconds", "0"),
+    ])
+    .await;
+    seed(&stack, 200, 23);
+    let current: Vec<_> = stack
+        .source
+        .store()
+        .snapshot()
+        .into_iter()
+        .filter_map(|(_, r)| r.current().filter(|v| !v.deleted).map(|v| v.last_updated))
+        .collect();
+    let in_range = current.iter().filter(|t| **t >= start.timestamp_millis()).count() as u64;
+    assert!(
+        0 < in_range && in_range < current.len() as u64,
+        "{in_range} of {}",
+        current.len()
+    );
+
+    let before = cutover(&stack._app, &at_once()).await.unwrap();
+    assert_eq!(before.migrated_through, None, "{before:?}");
+    assert_eq!(before.pending_source_versions, in_range, "{before:?}");
+
+    run_to_completion(&stack, 200).await;
+    write_ahead(&stack, &["ahead-1", "ahead-2"]);
+    let after = cutover(&stack._app, &at_once()).await.unwrap();
+    assert_eq!(after.pending_source_versions, 2, "the two writes ahead: {after:?}");
+    assert!(!after.ready, "{after:?}");
 }

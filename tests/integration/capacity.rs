@@ -44,6 +44,27 @@ async fn crowded_stack() -> (crate::migration::Stack, impl Fn(usize) -> String) 
     (stack, move |k: usize| crowded.replace('Z', &format!("{:04}Z", k * 7)))
 }
 
+/// The keys of the versions named as left out for the capacity, sorted; each is permanent and open, says why,
+/// and nothing else failed for good.
+async fn left_out(stack: &crate::migration::Stack) -> Vec<String> {
+    let entries = stack.engine.ledger().list(None).await.unwrap();
+    let mut keys = Vec::new();
+    for e in &entries {
+        if e.kind == Kind::SameMillisecond {
+            assert_eq!((e.class, e.state), (Class::Permanent, State::Open), "{e:?}");
+            assert!(e.message.contains("on one millisecond"), "{}", e.message);
+            keys.push(e.key.clone());
+        } else {
+            assert!(
+                !e.state.unresolved(),
+                "only the versions left out are unresolved: {e:?}"
+            );
+        }
+    }
+    keys.sort_unstable();
+    keys
+}
+
 #[tokio::test]
 async fn versions_over_the_same_millisecond_capacity_are_named_and_the_rest_is_migrated() {
     let (stack, precise) = crowded_stack().await;
@@ -57,24 +78,9 @@ async fn versions_over_the_same_millisecond_capacity_are_named_and_the_rest_is_m
 
     run_to_completion(&stack, 300).await;
 
-    let entries = stack.engine.ledger().list(None).await.unwrap();
-    let mut left_out: Vec<_> = entries.iter().filter(|e| e.kind == Kind::SameMillisecond).collect();
-    left_out.sort_by(|a, b| a.key.cmp(&b.key));
-    let keys: Vec<&str> = left_out.iter().map(|e| e.key.as_str()).collect();
     // Newest versions first, then by id: the first five ids fit, the other seven are named.
     let expected: Vec<String> = (5..12).map(|k| format!("Patient|crowd-{k:02}|1")).collect();
-    assert_eq!(keys, expected, "{entries:#?}");
-    for e in &left_out {
-        assert_eq!((e.class, e.state), (Class::Permanent, State::Open), "{e:?}");
-        assert!(e.message.contains("on one millisecond"), "{}", e.message);
-    }
-    // Nothing else failed for good, and each version named is the one left out.
-    assert!(
-        entries
-            .iter()
-            .all(|e| e.kind == Kind::SameMillisecond || !e.state.unresolved()),
-        "{entries:#?}"
-    );
+    assert_eq!(left_out(&stack).await, expected);
     let dst = stack.destination.store();
     for k in 0..12 {
         let there = dst.resource("Patient", &format!("crowd-{k:02}")).is_some();
@@ -122,20 +128,7 @@ async fn rows_the_destination_already_holds_on_a_millisecond_leave_less_room() {
 
     run_to_completion(&stack, 300).await;
 
-    let entries = stack.engine.ledger().list(None).await.unwrap();
-    let mut left_out: Vec<&str> = entries
-        .iter()
-        .filter(|e| e.kind == Kind::SameMillisecond)
-        .map(|e| e.key.as_str())
-        .collect();
-    left_out.sort_unstable();
-    assert_eq!(left_out, ["Patient|crowd-02|1", "Patient|crowd-03|1"], "{entries:#?}");
-    assert!(
-        entries
-            .iter()
-            .all(|e| e.kind == Kind::SameMillisecond || !e.state.unresolved()),
-        "{entries:#?}"
-    );
+    assert_eq!(left_out(&stack).await, ["Patient|crowd-02|1", "Patient|crowd-03|1"]);
     let dst = stack.destination.store();
     for k in 0..4 {
         assert_eq!(

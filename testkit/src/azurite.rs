@@ -3,7 +3,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use crate::{HarnessError, free_port, poll_until, workspace_root};
+use crate::{HarnessError, free_ports, poll_until, workspace_root};
 
 /// Azurite's well-known development account (public, documented by Microsoft; not a secret).
 pub const DEV_ACCOUNT: &str = "devstoreaccount1";
@@ -50,7 +50,14 @@ impl Azurite {
     async fn start_with(persistent: bool) -> Result<Azurite, HarnessError> {
         let mut last_error = None;
         for _ in 0..START_ATTEMPTS {
-            match Self::start_once(persistent).await {
+            let outcome = Self::start_once(persistent).await;
+            // Only the last attempt's log is named in an error: an earlier one's directory goes.
+            if let Some(HarnessError::AzuriteExited { log, .. }) = last_error.take()
+                && let Some(dir) = log.parent()
+            {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            match outcome {
                 Ok(azurite) => return Ok(azurite),
                 // A port race makes Azurite exit early; choose new ports and try again.
                 Err(err @ HarnessError::AzuriteExited { .. }) => last_error = Some(err),
@@ -61,7 +68,7 @@ impl Azurite {
     }
 
     async fn start_once(persistent: bool) -> Result<Azurite, HarnessError> {
-        let (blob_port, queue_port, table_port) = (free_port()?, free_port()?, free_port()?);
+        let [blob_port, queue_port, table_port] = free_ports()?;
         let n = INSTANCE.fetch_add(1, Ordering::SeqCst);
         let workdir = std::env::temp_dir().join(format!("fhir-testkit-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&workdir)?;

@@ -57,6 +57,19 @@ pub fn free_port() -> std::io::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
+/// `N` loopback ports that were free a moment ago, all different: each is held until the last is chosen, since
+/// the system may hand a port just let go to the next request (Azurite then fails to listen twice on one port).
+pub fn free_ports<const N: usize>() -> std::io::Result<[u16; N]> {
+    let mut held = Vec::with_capacity(N);
+    let mut ports = [0; N];
+    for port in &mut ports {
+        let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        *port = listener.local_addr()?.port();
+        held.push(listener);
+    }
+    Ok(ports)
+}
+
 /// A memory figure of this process from `/proc/self/status` in MB (`VmRSS:` now, `VmHWM:` the peak), for the
 /// benchmarks; 0 where the file is unavailable.
 pub fn process_memory_mb(field: &str) -> f64 {

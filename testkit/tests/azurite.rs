@@ -49,3 +49,15 @@ async fn two_instances_run_side_by_side_and_die_on_drop() {
     .await
     .unwrap();
 }
+
+/// Ports chosen for one process are all different, even though the system may hand a port just let go to the
+/// next request.
+#[test]
+fn ports_chosen_together_are_all_different() {
+    for _ in 0..20 {
+        let ports = fhir_testkit::free_ports::<16>().unwrap();
+        let distinct: std::collections::HashSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len(), "{ports:?}");
+        assert!(!distinct.contains(&0));
+    }
+}

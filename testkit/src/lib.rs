@@ -53,8 +53,7 @@ pub fn workspace_root() -> PathBuf {
 /// A loopback port that was free a moment ago. Callers that hand it to another process must retry on
 /// "address in use", since another test may grab the same port in between.
 pub fn free_port() -> std::io::Result<u16> {
-    let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
-    Ok(listener.local_addr()?.port())
+    Ok(free_ports::<1>()?[0])
 }
 
 /// `N` loopback ports that were free a moment ago, all different: each is held until the last is chosen, since
